@@ -1,1 +1,22 @@
-"""pinfold.config"""
+"""pinfold.config: the typed configuration, TOML loading and validation."""
+
+from .errors import ConfigError
+from .loader import from_mapping, load, render, replace
+from .schema import (
+    BitswapConfig,
+    BlockstoreConfig,
+    ClusterConfig,
+    Config,
+    ImportConfig,
+    LogConfig,
+    MetricsConfig,
+    NodeConfig,
+    ReplicationConfig,
+    RpcConfig,
+)
+
+__all__ = [
+    "BitswapConfig", "BlockstoreConfig", "ClusterConfig", "Config", "ConfigError",
+    "ImportConfig", "LogConfig", "MetricsConfig", "NodeConfig", "ReplicationConfig",
+    "RpcConfig", "from_mapping", "load", "render", "replace",
+]
