@@ -1,0 +1,562 @@
+"""The ``pinfold`` command line (DESIGN.md, Interface).
+
+Every command takes ``--json`` and then prints one JSON document (JSON lines for
+listings) on stdout. Errors go to stderr as one line, ``pinfold: error: ...``,
+with a non-zero exit code (1 for errors the daemon reports, 2 for usage, 3 when
+no daemon is running); never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_NO_DAEMON = 3
+
+
+def _bool(text: str) -> bool:
+    low = text.lower()
+    if low in ("true", "1", "yes", "on"):
+        return True
+    if low in ("false", "0", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _probability(text: str) -> float:
+    try:
+        p = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a probability, got {text!r}") from None
+    if not 0.0 < p < 1.0:
+        raise argparse.ArgumentTypeError(f"availability must be in (0, 1), got {text}")
+    return p
+
+
+def _positive_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {n}")
+    return n
+
+
+def _nonneg_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {n}")
+    return n
+
+
+def _replication_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("replication (cluster-wide; default rmin/rmax from config)")
+    g.add_argument("--replicas", type=_positive_int, metavar="K", help="hold K copies (rmin = rmax = K)")
+    g.add_argument("--rmin", type=_positive_int, metavar="A", help="repair below A healthy copies")
+    g.add_argument("--rmax", type=_positive_int, metavar="B", help="hold at most B copies")
+    g.add_argument("--availability", type=_probability, metavar="P",
+                   help="hold enough copies that 1 - prod(1 - p_i) >= P")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pinfold",
+        description="pinfold: a peer-to-peer block storage daemon that keeps every pin "
+        "at replication factor k.",
+    )
+    parser.add_argument("--home", help="home directory (default $PINFOLD_HOME or ~/.pinfold)")
+    parser.add_argument("--json", action="store_true", help="print JSON on stdout")
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def cmd(name: str, help_: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                       help="print JSON on stdout")
+        return p
+
+    p = cmd("init", "create the home: config.toml with defaults and the identity key")
+    p.add_argument("--listen", action="append", metavar="MULTIADDR", help="libp2p listen address")
+    p.add_argument("--metrics", metavar="ADDR", help='metrics HOST:PORT ("" = off)')
+    p.add_argument("--cluster", metavar="NAME", help="cluster name")
+    p.add_argument("--bootstrap", action="append", metavar="MULTIADDR", help="peer to dial")
+
+    cmd("daemon", "run the node in the foreground")
+    cmd("id", "peer ID, listen addresses, version")
+
+    p = cmd("add", "add a file or directory; prints the root CID")
+    p.add_argument("path", help="file, directory (with -r) or - for standard input")
+    p.add_argument("-r", "--recursive", action="store_true", help="add a directory tree")
+    p.add_argument("--pin", action="store_true", help="pin the root (cluster-wide in a cluster)")
+    _replication_options(p)
+    p.add_argument("--name", help="pin name")
+    p.add_argument("--chunk-size", type=_positive_int, metavar="BYTES")
+    p.add_argument("--cid-version", type=int, choices=(0, 1))
+    p.add_argument("--raw-leaves", type=_bool, metavar="BOOL")
+    p.add_argument("--max-links", type=_positive_int, metavar="N")
+
+    p = cmd("cat", "write a file's bytes to stdout")
+    p.add_argument("cid")
+    p.add_argument("--offset", type=_nonneg_int, default=0)
+    p.add_argument("--length", type=_nonneg_int)
+
+    p = cmd("get", "write a file or directory tree to disk")
+    p.add_argument("cid")
+    p.add_argument("-o", "--output", metavar="PATH", help="default: the CID")
+
+    block = cmd("block", "raw blocks").add_subparsers(dest="subcommand", metavar="SUBCOMMAND")
+    p = block.add_parser("put", help="store a file as one block; prints its CID")
+    p.add_argument("file", help="path or -")
+    p.add_argument("--codec", choices=("raw", "dag-pb", "dag-cbor"), default="raw")
+    p.add_argument("--cid-version", type=int, choices=(0, 1), default=1)
+    p = block.add_parser("get", help="write a block's bytes to stdout")
+    p.add_argument("cid")
+    p = block.add_parser("stat", help="a block's size")
+    p.add_argument("cid")
+    p = block.add_parser("rm", help="remove an unpinned block")
+    p.add_argument("cid")
+
+    dag = cmd("dag", "DAGs as CAR files").add_subparsers(dest="subcommand", metavar="SUBCOMMAND")
+    p = dag.add_parser("import", help="import a CAR v1 file and pin its roots")
+    p.add_argument("file", help="path or -")
+    p.add_argument("--pin-roots", type=_bool, default=True, metavar="BOOL")
+    p = dag.add_parser("export", help="export a DAG as a CAR v1 file")
+    p.add_argument("cid")
+    p.add_argument("-o", "--output", metavar="FILE.car", help="default: stdout")
+
+    pin = cmd("pin", "pins").add_subparsers(dest="subcommand", metavar="SUBCOMMAND")
+    p = pin.add_parser("add", help="pin a CID (fetching it if needed)")
+    p.add_argument("cid")
+    _replication_options(p)
+    p.add_argument("--name")
+    p.add_argument("--direct", action="store_true", help="pin only the root block")
+    p.add_argument("--expire-in", type=float, metavar="SECONDS")
+    p = pin.add_parser("rm", help="unpin a CID")
+    p.add_argument("cid")
+    p = pin.add_parser("ls", help="list pins")
+    p.add_argument("--state", help="queued, pinning, pinned, pin_error, unpinning, remote")
+    p = pin.add_parser("status", help="holders, states and achieved availability of a pin")
+    p.add_argument("cid")
+
+    repo = cmd("repo", "the local store").add_subparsers(dest="subcommand", metavar="SUBCOMMAND")
+    repo.add_parser("stat", help="blocks, bytes, pins, map usage")
+    repo.add_parser("gc", help="delete blocks no pin holds")
+    p = repo.add_parser("verify", help="re-hash every block")
+    p.add_argument("--heal", action="store_true", help="drop corrupt blocks and re-fetch them")
+
+    peers = cmd("peers", "libp2p peers").add_subparsers(dest="subcommand", metavar="SUBCOMMAND")
+    peers.add_parser("ls", help="connected peers")
+    p = peers.add_parser("connect", help="dial a peer")
+    p.add_argument("multiaddr")
+    p = peers.add_parser("disconnect", help="close connections to a peer")
+    p.add_argument("peer_id")
+
+    cluster = cmd("cluster", "the cluster").add_subparsers(dest="subcommand", metavar="SUBCOMMAND")
+    cluster.add_parser("peers", help="cluster peers: state, availability, capacity")
+    cluster.add_parser("status", help="pins under-replicated, repairing, in error")
+
+    p = cmd("recover", "retry pins in error")
+    p.add_argument("cid", nargs="?")
+    p.add_argument("--all", action="store_true")
+
+    p = cmd("simulate", "measure availability with the real planner on a simulated clock")
+    p.add_argument("--nodes", type=_positive_int, default=10)
+    p.add_argument("--p", type=_probability, default=0.9, help="each node's online fraction")
+    p.add_argument("--k", type=_positive_int, default=3, help="replication factor")
+    p.add_argument("--target", type=_probability, help="target availability instead of --k")
+    p.add_argument("--pins", type=_positive_int, default=200)
+    p.add_argument("--repair", type=_bool, default=True, metavar="BOOL")
+    p.add_argument("--duration", type=float, default=None, metavar="SECONDS",
+                   help="simulated time")
+    p.add_argument("--seed", type=int, default=0)
+
+    cmd("shutdown", "stop the daemon")
+    return parser
+
+
+# ---------------------------------------------------------------- output helpers
+
+
+class Output:
+    """Writes results as JSON or as text."""
+
+    def __init__(self, as_json: bool) -> None:
+        self.json = as_json
+
+    def doc(self, obj: Any, text: str | None = None) -> None:
+        if self.json:
+            print(json.dumps(obj, sort_keys=True))
+        elif text is not None:
+            print(text)
+        else:
+            for k, v in obj.items():
+                print(f"{k}: {v}")
+
+    def lines(self, items: Iterable[dict[str, Any]], fmt) -> int:
+        n = 0
+        for item in items:
+            n += 1
+            print(json.dumps(item, sort_keys=True) if self.json else fmt(item), flush=True)
+        return n
+
+
+def _read_input(path: str) -> Iterator[bytes]:
+    if path == "-":
+        stream = sys.stdin.buffer
+        while chunk := stream.read(1 << 20):
+            yield chunk
+        return
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            yield chunk
+
+
+def _write_stdout(chunks: Iterable[bytes]) -> int:
+    out = sys.stdout.buffer
+    n = 0
+    for chunk in chunks:
+        out.write(chunk)
+        n += len(chunk)
+    out.flush()
+    return n
+
+
+class Progress:
+    """A progress line on stderr, only when stderr is a terminal."""
+
+    def __init__(self, total: int | None, label: str) -> None:
+        self.total = total
+        self.label = label
+        self.done = 0
+        self.enabled = sys.stderr.isatty()
+        self._last = 0
+
+    def __call__(self, nbytes: int) -> None:
+        self.done += nbytes
+        if not self.enabled or self.done - self._last < (8 << 20):
+            return
+        self._last = self.done
+        if self.total:
+            pct = 100.0 * self.done / self.total
+            sys.stderr.write(f"\r{self.label} {self.done / 2**20:,.0f} / "
+                             f"{self.total / 2**20:,.0f} MiB ({pct:5.1f}%)")
+        else:
+            sys.stderr.write(f"\r{self.label} {self.done / 2**20:,.0f} MiB")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.enabled and self._last:
+            sys.stderr.write("\n")
+
+
+def _replication_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    if args.replicas is not None and (args.rmin is not None or args.rmax is not None):
+        raise UsageError("--replicas cannot be combined with --rmin/--rmax")
+    if args.availability is not None and args.replicas is not None:
+        raise UsageError("--availability cannot be combined with --replicas")
+    out: dict[str, Any] = {}
+    if args.replicas is not None:
+        out["rmin"] = out["rmax"] = args.replicas
+    if args.rmin is not None:
+        out["rmin"] = args.rmin
+    if args.rmax is not None:
+        out["rmax"] = args.rmax
+    if "rmin" in out and "rmax" in out and out["rmax"] < out["rmin"]:
+        raise UsageError(f"--rmax ({out['rmax']}) must be >= --rmin ({out['rmin']})")
+    if args.availability is not None:
+        out["availability"] = args.availability
+    return out
+
+
+class UsageError(Exception):
+    """Bad combination of command-line options."""
+
+
+# ---------------------------------------------------------------- commands
+
+
+def _client(args: argparse.Namespace):
+    from .client import Client
+
+    return Client(home=args.home)
+
+
+def run_command(args: argparse.Namespace, out: Output) -> int:
+    command = args.command
+    if command == "init":
+        return _cmd_init(args, out)
+    if command == "daemon":
+        from .node import run_daemon
+
+        return run_daemon(home=args.home)
+    if command == "simulate":
+        return _cmd_simulate(args, out)
+
+    with _client(args) as c:
+        if command == "id":
+            info = c.id()
+            out.doc(info, "\n".join([f"peer_id: {info['peer_id']}", "addresses:",
+                                     *(f"  {a}" for a in info.get("addresses", [])),
+                                     f"version: {info.get('version', '')}"]))
+        elif command == "add":
+            return _cmd_add(c, args, out)
+        elif command == "cat":
+            _write_stdout(c.cat(args.cid, offset=args.offset, length=args.length))
+        elif command == "get":
+            target = args.output or args.cid
+            res = c.get(args.cid, target)
+            out.doc(res, f"saved {res['cid']} to {target}")
+        elif command == "block":
+            return _cmd_block(c, args, out)
+        elif command == "dag":
+            return _cmd_dag(c, args, out)
+        elif command == "pin":
+            return _cmd_pin(c, args, out)
+        elif command == "repo":
+            return _cmd_repo(c, args, out)
+        elif command == "peers":
+            return _cmd_peers(c, args, out)
+        elif command == "cluster":
+            return _cmd_cluster(c, args, out)
+        elif command == "recover":
+            if not args.all and not args.cid:
+                raise UsageError("recover needs a CID or --all")
+            res = c.recover(None if args.all else args.cid)
+            out.doc(res, f"recovering {res.get('recovered', 0)} pin(s)")
+        elif command == "shutdown":
+            res = c.shutdown()
+            out.doc(res, "daemon stopping")
+        else:
+            raise UsageError(f"unknown command {command!r}")
+    return 0
+
+
+def _cmd_init(args: argparse.Namespace, out: Output) -> int:
+    from pinfold.config import Config, replace
+
+    from .home import init_home, resolve_home
+    from .identity import load_identity, peer_id_of
+
+    cfg = Config()
+    changes: dict[str, dict[str, Any]] = {}
+    if args.listen:
+        changes.setdefault("node", {})["listen"] = list(args.listen)
+    if args.bootstrap:
+        changes.setdefault("node", {})["bootstrap"] = list(args.bootstrap)
+    if args.metrics is not None:
+        changes["metrics"] = {"listen": args.metrics}
+    if args.cluster is not None:
+        changes["cluster"] = {"name": args.cluster}
+    if changes:
+        cfg = replace(cfg, **changes)
+    root = resolve_home(args.home)
+    home = init_home(root, cfg)
+    peer_id = peer_id_of(load_identity(home.identity_path)).to_base58()
+    out.doc({"home": str(root), "peer_id": peer_id, "config": str(home.config_path)},
+            f"initialised {root}\npeer_id: {peer_id}")
+    return 0
+
+
+def _cmd_simulate(args: argparse.Namespace, out: Output) -> int:
+    from pinfold.replication.simulate import SimParams, run_simulation
+
+    kwargs: dict[str, Any] = dict(nodes=args.nodes, p=args.p, pins=args.pins,
+                                  repair=args.repair, seed=args.seed)
+    if args.target is not None:
+        kwargs["target"] = args.target
+    else:
+        kwargs["k"] = args.k
+    if args.duration is not None:
+        kwargs["duration_s"] = args.duration
+    result = run_simulation(SimParams(**kwargs)).as_dict()
+    out.doc(result, (f"formula  {result['formula']:.6f}\n"
+                     f"measured {result['measured']:.6f}  "
+                     f"(99% CI {result['ci_low']:.6f} .. {result['ci_high']:.6f})"))
+    return 0
+
+
+def _cmd_add(c, args: argparse.Namespace, out: Output) -> int:
+    opts: dict[str, Any] = {}
+    for key in ("chunk_size", "cid_version", "raw_leaves", "max_links", "name"):
+        if getattr(args, key) is not None:
+            opts[key] = getattr(args, key)
+    repl = _replication_kwargs(args)
+    pin = args.pin or bool(repl)
+    path = args.path
+    if path != "-" and os.path.isdir(path):
+        if not args.recursive:
+            raise UsageError(f"{path} is a directory: use -r to add it")
+        res = c.add_dir(path, pin=pin, **repl, **opts)
+    else:
+        total = None if path == "-" else os.path.getsize(path)
+        progress = Progress(total, "added")
+        try:
+            res = c.add_stream(_read_input(path), pin=pin, progress=progress, **repl, **opts)
+        finally:
+            progress.close()
+    out.doc(res, res["cid"])
+    return 0
+
+
+def _cmd_block(c, args: argparse.Namespace, out: Output) -> int:
+    sub = args.subcommand
+    if sub == "put":
+        data = b"".join(_read_input(args.file))
+        res = c.block_put(data, codec=args.codec, cid_version=args.cid_version)
+        out.doc(res, res["cid"])
+    elif sub == "get":
+        sys.stdout.buffer.write(c.block_get(args.cid))
+        sys.stdout.buffer.flush()
+    elif sub == "stat":
+        res = c.block_stat(args.cid)
+        out.doc(res, f"{res['cid']} {res['size']}")
+    elif sub == "rm":
+        res = c.block_rm(args.cid)
+        out.doc(res, f"removed {res['cid']}")
+    else:
+        raise UsageError("block needs a subcommand: put, get, stat, rm")
+    return 0
+
+
+def _cmd_dag(c, args: argparse.Namespace, out: Output) -> int:
+    sub = args.subcommand
+    if sub == "import":
+        res = c.dag_import_stream(_read_input(args.file), pin_roots=args.pin_roots)
+        out.doc(res, "\n".join(f"imported root {r}" for r in res["roots"])
+                + f"\n{res['blocks']} blocks, {res['bytes']} bytes")
+    elif sub == "export":
+        chunks = c.dag_export(args.cid)
+        if args.output:
+            tmp = Path(args.output + ".part")
+            with open(tmp, "wb") as f:
+                n = sum(f.write(chunk) for chunk in chunks)
+            os.replace(tmp, args.output)
+            out.doc({"cid": args.cid, "bytes": n, "path": args.output},
+                    f"exported {args.cid} to {args.output} ({n} bytes)")
+        else:
+            _write_stdout(chunks)
+    else:
+        raise UsageError("dag needs a subcommand: import, export")
+    return 0
+
+
+def _fmt_pin(p: dict[str, Any]) -> str:
+    return f"{p['cid']} {p.get('mode', '')} {p.get('state', '')} {p.get('name', '')}".rstrip()
+
+
+def _cmd_pin(c, args: argparse.Namespace, out: Output) -> int:
+    sub = args.subcommand
+    if sub == "add":
+        res = c.pin(args.cid, recursive=not args.direct, name=args.name,
+                    expire_in=args.expire_in, **_replication_kwargs(args))
+        out.doc(res, f"pinned {res['cid']}")
+    elif sub == "rm":
+        res = c.unpin(args.cid)
+        out.doc(res, f"unpinned {res['cid']}")
+    elif sub == "ls":
+        out.lines(c.pins(state=args.state), _fmt_pin)
+    elif sub == "status":
+        res = c.status(args.cid)
+        lines = [f"cid: {res['cid']}", f"rmin/rmax: {res['rmin']}/{res['rmax']}",
+                 f"healthy: {res['healthy']}", f"availability: {res['availability']:.6f}",
+                 "holders:"]
+        lines += [f"  {h['peer_id']} {h['state']}" for h in res.get("holders", [])]
+        out.doc(res, "\n".join(lines))
+    else:
+        raise UsageError("pin needs a subcommand: add, rm, ls, status")
+    return 0
+
+
+def _cmd_repo(c, args: argparse.Namespace, out: Output) -> int:
+    sub = args.subcommand
+    if sub == "stat":
+        out.doc(c.repo_stat())
+    elif sub == "gc":
+        res = c.repo_gc()
+        out.doc(res, f"freed {res['blocks_freed']} blocks, {res['bytes_freed']} bytes")
+    elif sub == "verify":
+        res = c.repo_verify(heal=args.heal)
+        out.doc(res, f"checked {res['checked']} blocks, {len(res['corrupt'])} corrupt"
+                + "".join(f"\n  corrupt: {x}" for x in res["corrupt"]))
+        return 0 if not res["corrupt"] or res.get("healed") == len(res["corrupt"]) else EXIT_ERROR
+    else:
+        raise UsageError("repo needs a subcommand: stat, gc, verify")
+    return 0
+
+
+def _cmd_peers(c, args: argparse.Namespace, out: Output) -> int:
+    sub = args.subcommand
+    if sub == "ls":
+        out.lines(c.peers(), lambda p: f"{p['peer_id']} {' '.join(p.get('addresses', []))}")
+    elif sub == "connect":
+        res = c.connect(args.multiaddr)
+        out.doc(res, f"connected {res['peer_id']}")
+    elif sub == "disconnect":
+        res = c.disconnect(args.peer_id)
+        out.doc(res, f"disconnected {res['peer_id']}")
+    else:
+        raise UsageError("peers needs a subcommand: ls, connect, disconnect")
+    return 0
+
+
+def _cmd_cluster(c, args: argparse.Namespace, out: Output) -> int:
+    sub = args.subcommand
+    if sub == "peers":
+        out.lines(c.cluster_peers(), lambda p: (
+            f"{p['peer_id']} {p['state']} p={p.get('p', 0):.3f} "
+            f"free={p.get('free_bytes', 0)} pins={p.get('pins', 0)}"))
+    elif sub == "status":
+        out.doc(c.cluster_status())
+    else:
+        raise UsageError("cluster needs a subcommand: peers, status")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``pinfold`` console script; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.version:
+        from importlib.metadata import version
+
+        print(version("pinfold"))
+        return 0
+    if not args.command:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    out = Output(bool(getattr(args, "json", False)))
+    try:
+        return run_command(args, out)
+    except UsageError as exc:
+        print(f"pinfold: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("pinfold: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # stdout closed early (e.g. `pinfold cat CID | head`): not an error.
+        try:
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115
+        except OSError:
+            pass
+        return 0
+    except Exception as exc:  # every error becomes one line; the code says which kind
+        from .errors import exit_code_for, message_for
+
+        print(f"pinfold: error: {message_for(exc)}", file=sys.stderr)
+        return exit_code_for(exc)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

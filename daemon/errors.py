@@ -1,0 +1,29 @@
+"""How the CLI turns exceptions into one line on stderr and an exit code.
+
+Exit codes: 1 an error (the daemon's or a local one), 2 bad usage,
+3 no daemon running on the socket.
+"""
+
+from __future__ import annotations
+
+EXIT_ERROR = 1
+EXIT_NO_DAEMON = 3
+
+
+def message_for(exc: BaseException) -> str:
+    """One line describing ``exc`` for a user (no traceback)."""
+    if isinstance(exc, FileNotFoundError) and exc.filename:
+        return f"{exc.filename}: no such file or directory"
+    if isinstance(exc, PermissionError) and exc.filename:
+        return f"{exc.filename}: permission denied"
+    if isinstance(exc, IsADirectoryError) and exc.filename:
+        return f"{exc.filename}: is a directory"
+    text = str(exc) or type(exc).__name__
+    return text.replace("\n", " ")
+
+
+def exit_code_for(exc: BaseException) -> int:
+    """The exit code for ``exc``: 3 when the daemon is not running, else 1."""
+    if getattr(exc, "code", None) == "daemon_not_running":
+        return EXIT_NO_DAEMON
+    return EXIT_ERROR

@@ -1,0 +1,90 @@
+"""The home directory: where config, identity key, store and socket live.
+
+Resolution order (DESIGN.md, Interface): ``--home DIR``, else ``$PINFOLD_HOME``,
+else ``~/.pinfold``. Layout::
+
+    <home>/config.toml     the TOML configuration (written by ``pinfold init``)
+    <home>/identity.key    the libp2p Ed25519 private key, protobuf-serialized, mode 0600
+    <home>/store/          the LMDB environment (data.mdb, lock.mdb)
+    <home>/rpc.sock        the RPC socket unless ``rpc.socket`` says otherwise
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from pinfold.config import Config, ConfigError, load, render
+
+
+class HomeError(Exception):
+    """The home directory is missing, not initialised, or already initialised."""
+
+    code = "home_error"
+
+
+def resolve_home(home: str | os.PathLike[str] | None = None) -> Path:
+    """The home directory path (not created)."""
+    if home:
+        return Path(home).expanduser().absolute()
+    env = os.environ.get("PINFOLD_HOME")
+    if env:
+        return Path(env).expanduser().absolute()
+    return Path.home() / ".pinfold"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Home:
+    """Paths inside one home directory."""
+
+    root: Path
+
+    @property
+    def config_path(self) -> Path:
+        return self.root / "config.toml"
+
+    @property
+    def identity_path(self) -> Path:
+        return self.root / "identity.key"
+
+    @property
+    def store_path(self) -> Path:
+        return self.root / "store"
+
+    def socket_path(self, config: Config) -> Path:
+        """The RPC socket path: ``rpc.socket`` if set (relative to the home), else ``<home>/rpc.sock``."""
+        if config.rpc.socket:
+            p = Path(config.rpc.socket).expanduser()
+            return p if p.is_absolute() else self.root / p
+        return self.root / "rpc.sock"
+
+    def load_config(self) -> Config:
+        """Load ``config.toml`` (defaults when absent). Raises ``ConfigError``."""
+        return load(self.config_path)
+
+    @property
+    def initialised(self) -> bool:
+        return self.config_path.exists() and self.identity_path.exists()
+
+
+def init_home(root: Path, config: Config) -> Home:
+    """Create a home: the directory (0700), ``config.toml`` and the identity key (0600).
+
+    Raises:
+        HomeError: the home already holds a config or identity key.
+    """
+    home = Home(root=root)
+    if home.config_path.exists() or home.identity_path.exists():
+        raise HomeError(f"{root} is already initialised (config.toml or identity.key exists)")
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    from .identity import create_identity  # libp2p import is slow; only here
+
+    create_identity(home.identity_path)
+    tmp = home.config_path.with_suffix(".tmp")
+    tmp.write_text(render(config))
+    os.replace(tmp, home.config_path)
+    return home
+
+
+__all__ = ["Home", "HomeError", "ConfigError", "init_home", "resolve_home"]
