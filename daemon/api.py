@@ -1,0 +1,469 @@
+"""The RPC methods: what ``pinfold`` commands do inside the daemon.
+
+Each handler takes an RPC ``Call`` (``.params``, ``.upload()``, ``.send()``) and
+returns the final result (a msgpack-able dict). Handlers translate user input
+into blockstore calls; errors raised here carry a ``code`` that the RPC server
+turns into a structured error reply.
+
+Method names and their parameters (the client in ``client.py`` mirrors them):
+
+=================  ===========================================================
+``id``             -> {peer_id, addresses, version}
+``add``            upload: file bytes; params: chunk_size, cid_version,
+                   raw_leaves, max_links, name, pin, rmin, rmax, availability
+                   -> {cid, bytes, blocks}
+``add_dir``        upload: entries framed as [u32 len][msgpack {path, type,
+                   size}][size bytes]; same params -> {cid, bytes, blocks, files}
+``cat``            {cid, offset, length} -> stream of bytes -> {bytes}
+``get``            {cid} -> stream of {path, type, size} headers, each file's
+                   header followed by its bytes -> {cid, files, bytes}
+``block_put``      upload: one block; {codec, cid_version} -> {cid, size}
+``block_get``      {cid} -> stream of bytes -> {cid, size}
+``block_stat``     {cid} -> {cid, size}
+``block_rm``       {cid} -> {cid, removed}
+``dag_import``     upload: CAR v1; {pin_roots} -> {roots, blocks, bytes}
+``dag_export``     {cid} -> stream of CAR v1 bytes -> {cid, blocks, bytes}
+``pin_add``        {cid, recursive, name, rmin, rmax, availability, expire_in}
+``pin_rm``         {cid}
+``pin_ls``         {state} -> stream of pin dicts -> {count}
+``pin_status``     {cid} -> DESIGN.md contract
+``repo_stat``      -> {blocks, bytes, pins, map_used_bytes, ...}
+``repo_gc``        -> {blocks_freed, bytes_freed, seconds}
+``repo_verify``    {heal} -> {checked, corrupt, healed}
+``shutdown``       -> {stopping: true}
+=================  ===========================================================
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import msgpack
+import trio
+
+from pinfold.blockstore import car as carfmt
+from pinfold.blockstore import dag as dagmod
+from pinfold.blockstore import unixfs
+from pinfold.blockstore.cid import (
+    CID,
+    DAG_CBOR,
+    DAG_PB,
+    MAX_BLOCK_SIZE,
+    RAW,
+    check_block_size,
+    cid_v1,
+    identity_data,
+    is_identity,
+    make_cid,
+    parse_cid,
+)
+from pinfold.blockstore.errors import BlockNotFound, BlockstoreError, PinError
+
+from .streams import UploadReader
+
+if TYPE_CHECKING:
+    from .node import Node
+
+log = logging.getLogger("pinfold.api")
+
+#: Bytes of blocks gathered before one write is handed to the writer, and how
+#: many such writes may be in flight: the add pipeline overlaps receiving and
+#: hashing with LMDB commits while bounding memory to about BATCH x INFLIGHT.
+SINK_BATCH_BYTES = 8 * 1024 * 1024
+SINK_INFLIGHT = 3
+#: Largest item a stream sends (CAR export packs small blocks together).
+SEND_CHUNK = 1024 * 1024
+DIR_HEADER_MAX = 64 * 1024
+
+
+class InvalidArgument(BlockstoreError, ValueError):
+    """A request parameter is missing or wrong; the message names it."""
+
+    code = "invalid_argument"
+
+
+def _param(params: dict[str, Any], key: str, kind: type | tuple[type, ...], default: Any = None,
+           *, required: bool = False) -> Any:
+    if key not in params or params[key] is None:
+        if required:
+            raise InvalidArgument(f"missing parameter {key!r}")
+        return default
+    value = params[key]
+    if kind is int and isinstance(value, bool) or not isinstance(value, kind):
+        name = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
+        raise InvalidArgument(f"parameter {key!r} must be {name}, got {value!r}")
+    return value
+
+
+def _cid_param(params: dict[str, Any], key: str = "cid") -> CID:
+    return parse_cid(_param(params, key, str, required=True))
+
+
+class BlockSink:
+    """Hands blocks to the batched writer in large batches, a few in flight.
+
+    ``put`` returns as soon as the blocks are queued (bounded by SINK_INFLIGHT
+    pending writes); ``flush`` waits until every queued block is committed.
+    Every block is registered with ``protection`` first, so GC cannot delete it
+    between its commit and the pin that follows.
+    """
+
+    def __init__(self, node: Node, nursery: trio.Nursery, protection: Any) -> None:
+        self._node = node
+        self._nursery = nursery
+        self._protection = protection
+        self._batch: list[tuple[CID, bytes]] = []
+        self._batch_bytes = 0
+        self._slots = trio.Semaphore(SINK_INFLIGHT)
+        self.blocks = 0
+        self.bytes = 0
+
+    async def put(self, blocks: list[tuple[CID, bytes]]) -> None:
+        for cid, data in blocks:
+            if is_identity(cid):
+                continue
+            self._protection.add(cid)
+            self._batch.append((cid, data))
+            self._batch_bytes += len(data)
+            self.blocks += 1
+            self.bytes += len(data)
+        if self._batch_bytes >= SINK_BATCH_BYTES:
+            await self._submit()
+
+    async def _submit(self) -> None:
+        if not self._batch:
+            return
+        batch, self._batch, self._batch_bytes = self._batch, [], 0
+        await self._slots.acquire()
+
+        async def write() -> None:
+            try:
+                await self._node.writer.put_many(batch)
+            finally:
+                self._slots.release()
+
+        self._nursery.start_soon(write)
+
+    async def flush(self) -> None:
+        await self._submit()
+        for _ in range(SINK_INFLIGHT):
+            await self._slots.acquire()
+        for _ in range(SINK_INFLIGHT):
+            self._slots.release()
+
+
+def _import_params(node: Node, params: dict[str, Any]) -> unixfs.ImportParams:
+    d = node.config.import_
+    cid_version = _param(params, "cid_version", int, d.cid_version)
+    raw_default = d.raw_leaves if cid_version == d.cid_version else cid_version == 1
+    if cid_version == 0 and "chunk_size" not in params and d.cid_version != 0:
+        base = unixfs.ImportParams.kubo_classic()
+        chunk, links = base.chunk_size, base.max_links
+    else:
+        chunk, links = d.chunk_size_bytes, d.max_links
+    try:
+        return unixfs.ImportParams(
+            chunk_size=_param(params, "chunk_size", int, chunk),
+            cid_version=cid_version,
+            raw_leaves=_param(params, "raw_leaves", bool, raw_default),
+            max_links=_param(params, "max_links", int, links),
+        )
+    except ValueError as exc:
+        raise InvalidArgument(str(exc)) from exc
+
+
+class Api:
+    """The handlers, bound to one node."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    def handlers(self) -> dict[str, Callable[[Any], Awaitable[Any]]]:
+        """Method name -> handler, for the RPC server."""
+        names = ["id", "add", "add_dir", "cat", "get", "block_put", "block_get", "block_stat",
+                 "block_rm", "dag_import", "dag_export", "pin_add", "pin_rm", "pin_ls",
+                 "pin_status", "repo_stat", "repo_gc", "repo_verify", "shutdown"]
+        table = {name: getattr(self, name) for name in names}
+        table.update(self.node.extra_handlers())
+        return table
+
+    # ------------------------------------------------------------------ basics
+
+    async def id(self, call: Any) -> dict[str, Any]:
+        return self.node.identity_info()
+
+    async def shutdown(self, call: Any) -> dict[str, Any]:
+        self.node.request_stop()
+        return {"stopping": True}
+
+    # ------------------------------------------------------------------ add
+
+    async def _import_file(self, sink: BlockSink, chunks: AsyncIterator[bytes],
+                           params: unixfs.ImportParams) -> tuple[CID, int]:
+        importer = unixfs.FileImporter(params)
+        async for chunk in chunks:
+            blocks = importer.feed(chunk)
+            if blocks:
+                await sink.put(blocks)
+            self.node.metrics.add_bytes.inc(len(chunk))
+        blocks, root, size = importer.finish()
+        await sink.put(blocks)
+        return root, size
+
+    async def add(self, call: Any) -> dict[str, Any]:
+        params = _import_params(self.node, call.params)
+        with self.node.store.protect() as protection:
+            async with trio.open_nursery() as nursery:
+                sink = BlockSink(self.node, nursery, protection)
+                root, size = await self._import_file(sink, call.upload(), params)
+                await sink.flush()
+            result = {"cid": str(root), "bytes": size, "blocks": sink.blocks}
+            if _param(call.params, "pin", bool, False):
+                result["pin"] = await self.node.pin(root, recursive=True, **self._pin_opts(call))
+        return result
+
+    async def add_dir(self, call: Any) -> dict[str, Any]:
+        params = _import_params(self.node, call.params)
+        builder = unixfs.DirectoryBuilder(params)
+        reader = UploadReader(call.upload())
+        files = 0
+        total = 0
+        with self.node.store.protect() as protection:
+            async with trio.open_nursery() as nursery:
+                sink = BlockSink(self.node, nursery, protection)
+                while not await reader.at_eof():
+                    (hlen,) = struct.unpack(">I", await reader.read_exactly(4))
+                    if hlen > DIR_HEADER_MAX:
+                        raise InvalidArgument(f"directory entry header of {hlen} bytes is too large")
+                    try:
+                        header = msgpack.unpackb(await reader.read_exactly(hlen))
+                        path = _param(header, "path", str, required=True)
+                        kind = _param(header, "type", str, required=True)
+                        size = _param(header, "size", int, 0)
+                    except (ValueError, msgpack.UnpackException) as exc:
+                        raise InvalidArgument(f"bad directory entry header: {exc}") from exc
+                    try:
+                        if kind == "dir":
+                            builder.add_dir(path)
+                            continue
+                        if kind != "file" or size < 0:
+                            raise InvalidArgument(f"bad directory entry {path!r}: type {kind!r}")
+
+                        async def body(n: int = size) -> AsyncIterator[bytes]:
+                            left = n
+                            while left:
+                                piece = await reader.read_some(min(left, 1 << 20))
+                                if not piece:
+                                    raise InvalidArgument(f"upload ended inside {path!r}")
+                                left -= len(piece)
+                                yield piece
+
+                        before = sink.bytes
+                        root, fsize = await self._import_file(sink, body(), params)
+                        builder.add_file(path, root, fsize, self._tsize(root, sink.bytes - before))
+                    except ValueError as exc:
+                        raise InvalidArgument(str(exc)) from exc
+                    files += 1
+                    total += size
+                blocks, root = builder.finish()
+                await sink.put(blocks)
+                await sink.flush()
+            result = {"cid": str(root), "bytes": total, "blocks": sink.blocks, "files": files}
+            if _param(call.params, "pin", bool, False):
+                result["pin"] = await self.node.pin(root, recursive=True, **self._pin_opts(call))
+        return result
+
+    def _tsize(self, root: CID, written: int) -> int:
+        # Tsize of a file link: the cumulative size of its DAG, which is what
+        # the importer wrote for it (block bytes, counted once per block).
+        return written if written else self.node.store.get_size(root)
+
+    # ------------------------------------------------------------------ read
+
+    async def cat(self, call: Any) -> dict[str, Any]:
+        cid = _cid_param(call.params)
+        offset = _param(call.params, "offset", int, 0)
+        length = _param(call.params, "length", int, None)
+        if offset < 0 or (length is not None and length < 0):
+            raise InvalidArgument("offset and length must be >= 0")
+        sent = 0
+        async for chunk in unixfs.cat(self.node.get_block, cid, offset, length):
+            await call.send(chunk)
+            sent += len(chunk)
+        self.node.metrics.cat_bytes.inc(sent)
+        return {"cid": str(cid), "bytes": sent}
+
+    async def get(self, call: Any) -> dict[str, Any]:
+        cid = _cid_param(call.params)
+        files = 0
+        sent = 0
+        async for entry in unixfs.walk_tree(self.node.get_block, cid):
+            await call.send({"path": entry.path, "type": entry.kind, "size": entry.size})
+            if entry.kind == "file":
+                files += 1
+                async for chunk in unixfs.cat(self.node.get_block, entry.cid):
+                    await call.send(chunk)
+                    sent += len(chunk)
+        self.node.metrics.cat_bytes.inc(sent)
+        return {"cid": str(cid), "files": files, "bytes": sent}
+
+    # ------------------------------------------------------------------ blocks
+
+    async def block_put(self, call: Any) -> dict[str, Any]:
+        codec_name = _param(call.params, "codec", str, "raw")
+        codecs = {"raw": RAW, "dag-pb": DAG_PB, "dag-cbor": DAG_CBOR}
+        if codec_name not in codecs:
+            raise InvalidArgument(f"codec must be one of {', '.join(codecs)}, got {codec_name!r}")
+        version = _param(call.params, "cid_version", int, 1)
+        if version not in (0, 1):
+            raise InvalidArgument(f"cid_version must be 0 or 1, got {version}")
+        buf = bytearray()
+        async for chunk in call.upload():
+            buf += chunk
+            check_block_size(len(buf), MAX_BLOCK_SIZE)
+        data = bytes(buf)
+        if codec_name == "dag-pb":
+            try:
+                dagmod.links(make_cid(data, DAG_PB), data)
+            except ValueError as exc:
+                raise InvalidArgument(f"not a valid dag-pb block: {exc}") from exc
+        cid = make_cid(data, codecs[codec_name], version=version)
+        await self.node.writer.put_many([(cid, data)])
+        return {"cid": str(cid), "size": len(data)}
+
+    async def block_get(self, call: Any) -> dict[str, Any]:
+        cid = _cid_param(call.params)
+        data = await self.node.get_block(cid)
+        for i in range(0, len(data), SEND_CHUNK):
+            await call.send(data[i:i + SEND_CHUNK])
+        return {"cid": str(cid), "size": len(data)}
+
+    async def block_stat(self, call: Any) -> dict[str, Any]:
+        cid = _cid_param(call.params)
+        if is_identity(cid):
+            return {"cid": str(cid), "size": len(identity_data(cid))}
+        if not self.node.store.has(cid):
+            await self.node.get_block(cid)
+        return {"cid": str(cid), "size": self.node.store.get_size(cid)}
+
+    async def block_rm(self, call: Any) -> dict[str, Any]:
+        cid = _cid_param(call.params)
+        store = self.node.store
+
+        def rm() -> bool:
+            if store.refcount(cid) > 0:
+                raise PinError(f"block {cid} is held by a pin; unpin it first")
+            if not store.has(cid):
+                raise BlockNotFound(cid)
+            return store.delete(cid)
+
+        removed = await self.node.writer.submit(rm)
+        return {"cid": str(cid), "removed": bool(removed)}
+
+    # ------------------------------------------------------------------ CAR
+
+    async def dag_import(self, call: Any) -> dict[str, Any]:
+        pin_roots = _param(call.params, "pin_roots", bool, True)
+        reader = carfmt.CarReader()
+        with self.node.store.protect() as protection:
+            async with trio.open_nursery() as nursery:
+                sink = BlockSink(self.node, nursery, protection)
+                async for chunk in call.upload():
+                    await sink.put(reader.feed(chunk))
+                reader.finish()
+                await sink.flush()
+            roots = list(reader.roots)
+            pins = []
+            if pin_roots:
+                for root in roots:
+                    pins.append(await self.node.pin(root, recursive=True, fetch=False))
+        return {"roots": [str(r) for r in roots], "blocks": sink.blocks, "bytes": sink.bytes,
+                "pinned": len(pins)}
+
+    async def dag_export(self, call: Any) -> dict[str, Any]:
+        root = _cid_param(call.params)
+        await self.node.ensure_dag(root)
+        pending = bytearray(carfmt.car_header([root]))
+        blocks = 0
+        total = 0
+        async for cid in dagmod.walk(self.node.get_block, root, has_block=self.node.has_block):
+            data = await self.node.get_block(cid)
+            pending += carfmt.car_section(cid, data)
+            blocks += 1
+            if len(pending) >= SEND_CHUNK:
+                total += len(pending)
+                await call.send(bytes(pending))
+                pending.clear()
+        if pending:
+            total += len(pending)
+            await call.send(bytes(pending))
+        return {"cid": str(root), "blocks": blocks, "bytes": total}
+
+    # ------------------------------------------------------------------ pins
+
+    def _pin_opts(self, call: Any) -> dict[str, Any]:
+        p = call.params
+        opts: dict[str, Any] = {}
+        for key in ("rmin", "rmax"):
+            v = _param(p, key, int, None)
+            if v is not None:
+                if v < 1:
+                    raise InvalidArgument(f"{key} must be >= 1, got {v}")
+                opts[key] = v
+        if "rmin" in opts and "rmax" in opts and opts["rmax"] < opts["rmin"]:
+            raise InvalidArgument(f"rmax ({opts['rmax']}) must be >= rmin ({opts['rmin']})")
+        avail = _param(p, "availability", (int, float), None)
+        if avail is not None:
+            if not 0.0 < float(avail) < 1.0:
+                raise InvalidArgument(f"availability must be in (0, 1), got {avail}")
+            opts["availability"] = float(avail)
+        name = _param(p, "name", str, None)
+        if name is not None:
+            if len(name) > 255:
+                raise InvalidArgument("name must be at most 255 characters")
+            opts["name"] = name
+        expire_in = _param(p, "expire_in", (int, float), None)
+        if expire_in is not None:
+            if expire_in <= 0:
+                raise InvalidArgument(f"expire_in must be > 0 seconds, got {expire_in}")
+            opts["expire_at"] = time.time() + float(expire_in)
+        return opts
+
+    async def pin_add(self, call: Any) -> dict[str, Any]:
+        cid = _cid_param(call.params)
+        recursive = _param(call.params, "recursive", bool, True)
+        return await self.node.pin(cid, recursive=recursive, **self._pin_opts(call))
+
+    async def pin_rm(self, call: Any) -> dict[str, Any]:
+        cid = _cid_param(call.params)
+        return await self.node.unpin(cid)
+
+    async def pin_ls(self, call: Any) -> dict[str, Any]:
+        state = _param(call.params, "state", str, None)
+        count = 0
+        async for item in self.node.pin_list(state):
+            await call.send(item)
+            count += 1
+        return {"count": count}
+
+    async def pin_status(self, call: Any) -> dict[str, Any]:
+        return await self.node.pin_status(_cid_param(call.params))
+
+    # ------------------------------------------------------------------ repo
+
+    async def repo_stat(self, call: Any) -> dict[str, Any]:
+        return await self.node.repo_stat()
+
+    async def repo_gc(self, call: Any) -> dict[str, Any]:
+        return await self.node.gc()
+
+    async def repo_verify(self, call: Any) -> dict[str, Any]:
+        heal = _param(call.params, "heal", bool, False)
+        return await self.node.verify(heal=heal)
+
+
+__all__ = ["Api", "InvalidArgument", "cid_v1"]

@@ -1,0 +1,335 @@
+"""The node: composes store, writer, RPC server, metrics (and, when configured,
+the libp2p host, Bitswap and the replication manager) and runs them in one
+trio nursery, in dependency order (STYLE.md 4).
+
+``run_daemon(home)`` is ``pinfold daemon``: it refuses a second daemon on the
+same home (the store's lock and the live socket), stops cleanly on SIGINT or
+SIGTERM or the ``shutdown`` RPC (in-flight writes finish or roll back; nothing
+committed is lost), and tells systemd when it is ready (``sd_notify``).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import asdict, is_dataclass
+from importlib.metadata import version as _dist_version
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from pinfold.blockstore import dag as dagmod
+from pinfold.blockstore.cid import CID, identity_data, is_identity
+from pinfold.blockstore.errors import BlockNotFound, NotPinned
+from pinfold.blockstore.lmdbstore import LmdbBlockStore
+from pinfold.blockstore.writer import BatchWriter
+from pinfold.config import Config
+
+from .home import Home, HomeError, resolve_home
+from .metrics import Metrics, counter, gauge, gauge_by
+
+log = logging.getLogger("pinfold.node")
+
+try:
+    VERSION = _dist_version("pinfold")
+except Exception:  # running from a source tree without metadata
+    VERSION = "0.0.0"
+
+
+def _jsonable(value: Any) -> Any:
+    if is_dataclass(value):
+        value = asdict(value)
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, CID):
+        return str(value)
+    return value
+
+
+def pin_record_dict(rec: Any) -> dict[str, Any]:
+    """A pin record as the RPC and CLI show it (CID as text)."""
+    d = _jsonable(rec)
+    d["cid"] = str(rec.cid)
+    d.setdefault("state", "pinned")
+    return d
+
+
+class Node:
+    """One pinfold node. Build with ``Node(home, config)``, run with ``await nursery.start(node.run)``."""
+
+    def __init__(self, home: Home, config: Config) -> None:
+        self.home = home
+        self.config = config
+        self.metrics = Metrics()
+        self.store: LmdbBlockStore | None = None
+        self.writer: BatchWriter | None = None
+        self.socket_path = home.socket_path(config)
+        self.metrics_address: tuple[str, int] | None = None
+        self.started_at = time.time()
+        self._stop = trio.Event()
+        self.peer_id = ""
+        self.addresses: list[str] = []
+        # Filled in by the network layer when present (issue 3).
+        self.fetcher: Any = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def request_stop(self) -> None:
+        """Ask the node to stop; ``run`` returns after a clean shutdown."""
+        self._stop.set()
+
+    def extra_handlers(self) -> dict[str, Callable[[Any], Any]]:
+        """RPC methods contributed by optional components (network, cluster)."""
+        return {}
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Open everything, serve until stopped, then close in reverse order."""
+        from .api import Api
+        from .identity import load_identity, peer_id_of
+        from .rpcserver import RpcServer
+
+        keypair = load_identity(self.home.identity_path)
+        self.peer_id = peer_id_of(keypair).to_base58()
+        bs = self.config.blockstore
+        self.store = await trio.to_thread.run_sync(
+            lambda: LmdbBlockStore(self.home.store_path, max_size_bytes=bs.max_size_bytes,
+                                   sync=bs.sync))
+        try:
+            self.writer = BatchWriter(self.store)
+            self._register_metrics()
+            if self.config.metrics.listen:
+                self.metrics_address = self.metrics.serve(self.config.metrics.listen)
+            api = Api(self)
+            server = RpcServer(self.socket_path, api.handlers(), daemon_version=VERSION,
+                               on_request_done=self.metrics.rpc_done)
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self.writer.run)
+                await nursery.start(server.run)
+                if bs.gc_interval_s > 0:
+                    nursery.start_soon(self._gc_loop, bs.gc_interval_s)
+                log.info("pinfold %s ready: peer %s, socket %s, metrics %s", VERSION,
+                         self.peer_id, self.socket_path,
+                         "%s:%d" % self.metrics_address if self.metrics_address else "off")
+                task_status.started()
+                await self._stop.wait()
+                log.info("stopping")
+                nursery.cancel_scope.cancel()
+        finally:
+            self.metrics.close()
+            store, self.store = self.store, None
+            if store is not None:
+                store.close()
+
+    async def _gc_loop(self, interval_s: float) -> None:
+        while True:
+            await trio.sleep(interval_s)
+            await self.gc()
+
+    # ------------------------------------------------------------------ info
+
+    def identity_info(self) -> dict[str, Any]:
+        return {"peer_id": self.peer_id, "addresses": list(self.addresses), "version": VERSION}
+
+    def _register_metrics(self) -> None:
+        store = self.store
+        writer = self.writer
+        assert store is not None and writer is not None
+
+        def store_metrics():
+            st = store.stat()
+            yield gauge("pinfold_blockstore_blocks", "Blocks stored", st.blocks)
+            yield gauge("pinfold_blockstore_data_bytes", "Bytes of block data stored", st.bytes)
+            yield gauge("pinfold_blockstore_map_used_bytes", "LMDB map bytes in use",
+                        st.map_used_bytes)
+            yield gauge("pinfold_blockstore_map_size_bytes", "Current LMDB map size",
+                        st.map_size_bytes)
+            yield gauge("pinfold_blockstore_max_size_bytes", "Configured LMDB map ceiling",
+                        st.max_size_bytes)
+            counts = {"recursive": 0, "direct": 0}
+            counts.update(store.pin_counts())
+            yield gauge_by("pinfold_pins", "Local pins by type", "type", counts)
+            ws = writer.statistics()
+            yield counter("pinfold_blockstore_write_batches", "Write transactions committed",
+                          ws.batches)
+            yield gauge("pinfold_blockstore_write_queue_length", "Write requests waiting",
+                        ws.queue_length)
+
+        self.metrics.add_source(store_metrics)
+
+    # ------------------------------------------------------------------ blocks
+
+    def has_block(self, cid: CID) -> bool:
+        """True if the block is local (identity CIDs always are)."""
+        return is_identity(cid) or self.store.has(cid)
+
+    async def get_block(self, cid: CID) -> bytes:
+        """The block's bytes, from the store or (when a network is attached) from peers.
+
+        Raises:
+            BlockNotFound: not local and no network, or a ``FetchTimeout`` subclass
+                when no peer had it in time.
+        """
+        if is_identity(cid):
+            return identity_data(cid)
+        try:
+            return self.store.get(cid)
+        except BlockNotFound:
+            if self.fetcher is None:
+                raise
+        return await self.fetcher.get_block(cid)
+
+    async def ensure_dag(self, root: CID) -> None:
+        """Make every block of ``root``'s DAG local (fetching when a network is attached)."""
+        if self.fetcher is not None:
+            await self.fetcher.ensure_dag(root)
+
+    # ------------------------------------------------------------------ pins
+
+    async def pin(self, cid: CID, *, recursive: bool = True, name: str = "",
+                  fetch: bool = True, rmin: int | None = None, rmax: int | None = None,
+                  availability: float | None = None, expire_at: float | None = None,
+                  metadata: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Pin ``cid`` locally: its blocks' refcounts and the pin record in one transaction.
+
+        Raises:
+            BlockNotFound: a block of the DAG is missing and cannot be fetched.
+            StoreFull: no room to fetch the DAG.
+        """
+        store = self.store
+        if fetch and recursive:
+            await self.ensure_dag(cid)
+        with store.protect() as protection:
+            if recursive:
+                blocks = []
+                async for c in dagmod.walk(self.get_block, cid, has_block=self.has_block):
+                    protection.add(c)
+                    blocks.append(c)
+            else:
+                await self.get_block(cid)
+                protection.add(cid)
+                blocks = [cid]
+            meta = dict(metadata or {})
+            if expire_at is not None:
+                meta["expire_at"] = expire_at
+            rec = await self.writer.submit(
+                lambda: store.pin_add(cid, recursive=recursive, blocks=blocks, name=name or "",
+                                      metadata=meta or None))
+        return pin_record_dict(rec)
+
+    async def unpin(self, cid: CID) -> dict[str, Any]:
+        """Remove the local pin of ``cid``. Raises ``NotPinned``."""
+        store = self.store
+        rec = await self.writer.submit(lambda: store.pin_rm(cid))
+        d = pin_record_dict(rec)
+        d["state"] = "unpinned"
+        return d
+
+    async def pin_list(self, state: str | None) -> AsyncIterator[dict[str, Any]]:
+        """Local pins as dicts (state ``pinned``), filtered by ``state``."""
+        if state not in (None, "pinned"):
+            return
+        for rec in self.store.pin_ls():
+            yield pin_record_dict(rec)
+            await trio.lowlevel.checkpoint()
+
+    async def pin_status(self, cid: CID) -> dict[str, Any]:
+        """The DESIGN.md ``pin status`` record for a standalone node."""
+        rec = self.store.pin_get(cid)
+        if rec is None:
+            raise NotPinned(f"{cid} is not pinned")
+        p = self.config.replication.p_prior
+        return {"cid": str(cid), "name": rec.name, "mode": rec.mode, "rmin": 1, "rmax": 1,
+                "healthy": 1, "availability": p,
+                "holders": [{"peer_id": self.peer_id, "state": "pinned", "p": p}]}
+
+    # ------------------------------------------------------------------ repo
+
+    async def repo_stat(self) -> dict[str, Any]:
+        st = self.store.stat()
+        d = _jsonable(st)
+        d["pins"] = sum(self.store.pin_counts().values())
+        d["path"] = str(self.home.store_path)
+        return d
+
+    async def gc(self) -> dict[str, Any]:
+        res = await trio.to_thread.run_sync(self.store.gc)
+        self.metrics.gc_runs.inc()
+        self.metrics.gc_freed_bytes.inc(res.bytes_freed)
+        self.metrics.gc_freed_blocks.inc(res.blocks_freed)
+        return _jsonable(res)
+
+    async def verify(self, *, heal: bool = False) -> dict[str, Any]:
+        res = await trio.to_thread.run_sync(lambda: self.store.verify(drop=heal))
+        corrupt = [str(c) for c in res.corrupt]
+        healed = 0
+        if heal and self.fetcher is not None:
+            for c in res.corrupt:
+                try:
+                    await self.fetcher.get_block(c)
+                    healed += 1
+                except Exception as exc:
+                    log.warning("could not re-fetch corrupt block %s: %s", c, exc)
+        return {"checked": res.checked, "corrupt": corrupt, "healed": healed}
+
+
+# ---------------------------------------------------------------------- process
+
+
+def setup_logging(level: str) -> None:
+    """One line per event on stderr; no timestamps under systemd (journald adds them)."""
+    import os
+
+    under_journal = bool(os.environ.get("JOURNAL_STREAM") or os.environ.get("INVOCATION_ID"))
+    fmt = "%(levelname)s %(name)s: %(message)s" if under_journal else \
+        "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(fmt))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # py-libp2p disables propagation on import; route its loggers into ours.
+    for name in list(logging.root.manager.loggerDict):
+        if name.startswith("libp2p"):
+            lg = logging.getLogger(name)
+            lg.propagate = True
+            lg.handlers[:] = []
+    logging.getLogger("libp2p").setLevel(max(logging.WARNING, root.level))
+
+
+async def _serve(node: Node) -> None:
+    async with trio.open_nursery() as nursery:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            await nursery.start(node.run)
+            from .sdnotify import notify
+
+            notify("READY=1\nSTATUS=serving")
+
+            async def watch_signals() -> None:
+                async for signum in signals:
+                    log.info("received %s", signal.Signals(signum).name)
+                    node.request_stop()
+                    return
+
+            nursery.start_soon(watch_signals)
+            await node._stop.wait()
+            notify("STOPPING=1")
+            nursery.cancel_scope.deadline = trio.current_time() + 30
+
+
+def run_daemon(home: str | Path | None = None) -> int:
+    """``pinfold daemon``: run in the foreground until SIGINT/SIGTERM; returns the exit code."""
+    root = resolve_home(home)
+    h = Home(root=root)
+    if not h.initialised:
+        raise HomeError(f"{root} is not initialised: run `pinfold init` first")
+    config = h.load_config()
+    setup_logging(config.log.level)
+    node = Node(h, config)
+    trio.run(_serve, node)
+    return 0
