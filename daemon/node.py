@@ -134,7 +134,9 @@ class Node:
     # ------------------------------------------------------------------ info
 
     def identity_info(self) -> dict[str, Any]:
-        return {"peer_id": self.peer_id, "addresses": list(self.addresses), "version": VERSION}
+        metrics = "%s:%d" % self.metrics_address if self.metrics_address else ""
+        return {"peer_id": self.peer_id, "addresses": list(self.addresses), "version": VERSION,
+                "metrics": metrics, "socket": str(self.socket_path)}
 
     def _register_metrics(self) -> None:
         store = self.store

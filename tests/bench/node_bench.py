@@ -1,0 +1,128 @@
+"""Single-node throughput: add and cat through the CLI and socket, against baselines.
+
+Baselines are measured in the same run on the same machine:
+- add: hashlib sha256 of each 1 MiB chunk + raw LMDB puts batched 64 a
+  transaction (sync on commit, like the daemon's default), i.e. the least work
+  any content-addressed store must do to keep the file.
+- cat: reading the same file from the page cache in 1 MiB reads.
+Peak RSS of the daemon is VmHWM from /proc, reset between phases.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import lmdb
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from tests.harness import DaemonProcess, run_cli  # noqa: E402
+
+MiB = 1024 * 1024
+
+
+def make_file(path: Path, size: int) -> None:
+    with open(path, "wb") as f:
+        left = size
+        while left:
+            n = min(left, 64 * MiB)
+            f.write(os.urandom(n))
+            left -= n
+
+
+def baseline_add(path: Path, tmp: Path) -> float:
+    env = lmdb.open(str(tmp / "baseline"), map_size=4 << 30, sync=True, metasync=True)
+    t0 = time.perf_counter()
+    with open(path, "rb") as f:
+        batch = []
+        while chunk := f.read(MiB):
+            batch.append((hashlib.sha256(chunk).digest(), chunk))
+            if len(batch) == 64:
+                with env.begin(write=True) as txn:
+                    for k, v in batch:
+                        txn.put(k, v)
+                batch = []
+        if batch:
+            with env.begin(write=True) as txn:
+                for k, v in batch:
+                    txn.put(k, v)
+    dt = time.perf_counter() - t0
+    env.close()
+    return dt
+
+
+def page_cache_read(path: Path) -> float:
+    with open(path, "rb") as f:  # warm
+        while f.read(8 * MiB):
+            pass
+    t0 = time.perf_counter()
+    with open(path, "rb") as f:
+        while f.read(MiB):
+            pass
+    return time.perf_counter() - t0
+
+
+def vmhwm_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def reset_peak(pid: int) -> None:
+    try:
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def run(size: int = 1024 * MiB) -> list[tuple[str, str, str]]:
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="pinfold-bench-") as d:
+        tmp = Path(d)
+        f = tmp / "random.bin"
+        make_file(f, size)
+        base = baseline_add(f, tmp)
+        base_mbs = size / MiB / base
+        d0 = DaemonProcess(tmp, "bench")
+        d0.start()
+        try:
+            reset_peak(d0.pid)
+            t0 = time.perf_counter()
+            cid = run_cli(d0.home, "add", str(f), timeout=1200).stdout.decode().strip()
+            add_s = time.perf_counter() - t0
+            add_rss = vmhwm_mib(d0.pid)
+            add_mbs = size / MiB / add_s
+            rows.append(("add 1 GiB via CLI+socket", f"{add_mbs:,.0f} MB/s",
+                         f"{add_mbs / base_mbs:.2f} x baseline sha256+LMDB ({base_mbs:,.0f} MB/s)"
+                         " target >= 0.6"))
+            pc = page_cache_read(f)
+            pc_mbs = size / MiB / pc
+            reset_peak(d0.pid)
+            t0 = time.perf_counter()
+            with open(os.devnull, "wb") as devnull:
+                subprocess.run([sys.executable, "-m", "pinfold.daemon.cli", "--home",
+                                str(d0.home), "cat", cid], stdout=devnull, check=True,
+                               timeout=1200)
+            cat_s = time.perf_counter() - t0
+            cat_rss = vmhwm_mib(d0.pid)
+            cat_mbs = size / MiB / cat_s
+            rows.append(("cat 1 GiB via CLI+socket", f"{cat_mbs:,.0f} MB/s",
+                         f"{cat_mbs / pc_mbs:.2f} x page-cache read ({pc_mbs:,.0f} MB/s)"
+                         " target >= 0.25"))
+            rows.append(("daemon peak RSS during add", f"{add_rss:,.0f} MiB", "target < 200 MiB"))
+            rows.append(("daemon peak RSS during cat", f"{cat_rss:,.0f} MiB", ""))
+        finally:
+            d0.stop()
+            d0.kill9()
+    return rows
+
+
+if __name__ == "__main__":
+    for row in run(int(sys.argv[1]) * MiB if len(sys.argv) > 1 else 1024 * MiB):
+        print(" | ".join(row))

