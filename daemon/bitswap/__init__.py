@@ -1,0 +1,44 @@
+"""pinfold's Bitswap 1.2.0 (answering 1.1.0 and 1.0.0).
+
+Layers (STYLE.md 1): ``message`` (wire codec), ``server`` and ``client``
+(sans-IO decision cores), ``exchange`` (the trio driver on libp2p streams).
+"""
+
+from .client import ClientConfig, WantManager
+from .errors import (
+    BitswapError,
+    BitswapNotRunning,
+    FetchTimeout,
+    MalformedMessage,
+    MessageTooLarge,
+    RemoteProtocolError,
+    TooManyBadBlocks,
+    WantlistTooLarge,
+)
+from .exchange import Bitswap, BitswapConfig, BitswapStats, FetchStats
+from .message import PROTOCOL_1_0_0, PROTOCOL_1_1_0, PROTOCOL_1_2_0, PROTOCOLS
+from .server import LedgerStat, ServerConfig, ServerEngine
+
+__all__ = [
+    "Bitswap",
+    "BitswapConfig",
+    "BitswapStats",
+    "FetchStats",
+    "ClientConfig",
+    "ServerConfig",
+    "WantManager",
+    "ServerEngine",
+    "LedgerStat",
+    "BitswapError",
+    "BitswapNotRunning",
+    "FetchTimeout",
+    "MalformedMessage",
+    "MessageTooLarge",
+    "RemoteProtocolError",
+    "TooManyBadBlocks",
+    "WantlistTooLarge",
+    "PROTOCOL_1_0_0",
+    "PROTOCOL_1_1_0",
+    "PROTOCOL_1_2_0",
+    "PROTOCOLS",
+]
