@@ -82,3 +82,15 @@ class NotPinned(PinError):
     """``pin rm`` of a CID that has no pin."""
 
     code = "not_pinned"
+
+
+class StoreClosed(BlockstoreError):
+    """The store, or the batch writer in front of it, was closed before or while the call ran."""
+
+    code = "store_closed"
+
+
+class NotAFile(BlockstoreError, ValueError):
+    """``cat`` of a CID that is not a UnixFS file (a directory, a symlink, or not UnixFS at all)."""
+
+    code = "not_a_file"
