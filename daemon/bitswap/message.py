@@ -260,9 +260,8 @@ def _int32_varint(value: int) -> bytes:
 
 
 def _encode_entry(e: WantEntry) -> bytes:
-    parts = [_len_field(1, bytes(e.cid))]
-    if e.priority != 0:
-        parts.append(_key(2, 0) + _int32_varint(e.priority))
+    # priority is always written: proto3 would omit 0, and the spec reads absence as 1
+    parts = [_len_field(1, bytes(e.cid)), _key(2, 0) + _int32_varint(e.priority)]
     if e.cancel:
         parts.append(b"\x18\x01")
     if e.want_type != WantType.BLOCK:
