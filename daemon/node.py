@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import signal
-import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, is_dataclass
@@ -284,43 +283,27 @@ class Node:
 
 
 def setup_logging(level: str) -> None:
-    """One line per event on stderr; no timestamps under systemd (journald adds them)."""
-    import os
+    """One line per event on stderr; no timestamps under journald, which adds them.
 
-    under_journal = bool(os.environ.get("JOURNAL_STREAM") or os.environ.get("INVOCATION_ID"))
-    fmt = "%(levelname)s %(name)s: %(message)s" if under_journal else \
-        "%(asctime)s %(levelname)s %(name)s: %(message)s"
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(fmt))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    # py-libp2p disables propagation on import; route its loggers into ours.
-    for name in list(logging.root.manager.loggerDict):
-        if name.startswith("libp2p"):
-            lg = logging.getLogger(name)
-            lg.propagate = True
-            lg.handlers[:] = []
-    logging.getLogger("libp2p").setLevel(max(logging.WARNING, root.level))
+    See ``daemon/service.py`` (``configure_logging``): syslog priority prefixes
+    under journald, py-libp2p's loggers routed in.
+    """
+    from .service import configure_logging
+
+    configure_logging(level)
 
 
 async def _serve(node: Node) -> None:
+    from .sdnotify import notify
+    from .service import supervise
+
     async with trio.open_nursery() as nursery:
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
             await nursery.start(node.run)
-            from .sdnotify import notify
-
             notify("READY=1\nSTATUS=serving")
-
-            async def watch_signals() -> None:
-                async for signum in signals:
-                    log.info("received %s", signal.Signals(signum).name)
-                    node.request_stop()
-                    return
-
-            nursery.start_soon(watch_signals)
-            await node._stop.wait()
-            notify("STOPPING=1")
+            # Signals (stop, SIGHUP reload) and the systemd watchdog, until a stop is asked.
+            await supervise(node, signals, stop_requested=node._stop)
+            notify("STOPPING=1\nSTATUS=stopping")
             nursery.cancel_scope.deadline = trio.current_time() + 30
 
 
