@@ -29,12 +29,13 @@ from .cid import CID, DAG_CBOR, DAG_PB, IDENTITY, RAW
 from .dagpb import decode_cid
 from .errors import BlockNotFound, DecodeError
 
-__all__ = ["links", "walk", "walk_blocks", "cbor_encode", "cbor_decode"]
+__all__ = ["cbor_decode", "cbor_encode", "links", "walk", "walk_blocks"]
 
 GetBlock = Callable[[CID], Awaitable[bytes]]
 HasBlock = Callable[[CID], bool | Awaitable[bool]]
 
-_MAX_DEPTH: Final = 512
+#: Deepest nesting accepted; keeps the recursive decoder far from Python's recursion limit.
+_MAX_DEPTH: Final = 256
 
 
 # =========================================================================== DAG-CBOR
@@ -108,7 +109,7 @@ def cbor_encode(value: Any) -> bytes:
         elif isinstance(v, dict):
             for k in v:
                 if not isinstance(k, str):
-                    raise ValueError(f"DAG-CBOR map keys must be strings, got {type(k).__name__}")
+                    raise TypeError(f"DAG-CBOR map keys must be strings, got {type(k).__name__}")
             out.extend(_head(5, len(v)))
             for k in sorted(v, key=_map_key):
                 enc(k, depth + 1)
@@ -121,7 +122,7 @@ def cbor_encode(value: Any) -> bytes:
 
 
 class _CborReader:
-    __slots__ = ("buf", "pos", "cids")
+    __slots__ = ("buf", "cids", "pos")
 
     def __init__(self, buf: bytes) -> None:
         self.buf = buf
@@ -134,7 +135,7 @@ class _CborReader:
     def take(self, n: int) -> bytes:
         if self.pos + n > len(self.buf):
             raise self.fail(f"truncated: needs {n} bytes, {len(self.buf) - self.pos} remain")
-        b = self.buf[self.pos:self.pos + n]
+        b = self.buf[self.pos : self.pos + n]
         self.pos += n
         return b
 
@@ -158,7 +159,7 @@ class _CborReader:
 
     def item(self, depth: int) -> Any:
         if depth > _MAX_DEPTH:
-            raise self.fail("nesting deeper than 512")
+            raise self.fail(f"nesting deeper than {_MAX_DEPTH}")
         major, value, at = self.head()
         if major == 0:
             return value
@@ -172,7 +173,10 @@ class _CborReader:
             except UnicodeDecodeError:
                 raise self.fail("text string is not valid UTF-8", at) from None
         if major == 4:
-            return [self.item(depth + 1) for _ in range(value)]
+            items = []
+            for _ in range(value):
+                items.append(self.item(depth + 1))
+            return items
         if major == 5:
             result: dict[str, Any] = {}
             last: tuple[int, bytes] | None = None
@@ -180,10 +184,16 @@ class _CborReader:
                 key_at = self.pos
                 key = self.item(depth + 1)
                 if not isinstance(key, str):
-                    raise self.fail(f"map key is {type(key).__name__}, DAG-CBOR needs text strings", key_at)
+                    raise self.fail(
+                        f"map key is {type(key).__name__}, DAG-CBOR needs text strings", key_at
+                    )
                 sort_key = _map_key(key)
                 if last is not None and sort_key <= last:
-                    what = "duplicate map key" if sort_key == last else "map keys not in canonical order"
+                    what = (
+                        "duplicate map key"
+                        if sort_key == last
+                        else "map keys not in canonical order"
+                    )
                     raise self.fail(f"{what} ({key!r})", key_at)
                 last = sort_key
                 result[key] = self.item(depth + 1)
@@ -194,7 +204,9 @@ class _CborReader:
             content_at = self.pos
             content = self.item(depth + 1)
             if not isinstance(content, bytes) or not content or content[0] != 0:
-                raise self.fail("tag 42 content must be a byte string starting with 0x00", content_at)
+                raise self.fail(
+                    "tag 42 content must be a byte string starting with 0x00", content_at
+                )
             cid = decode_cid(content[1:], what=f"DAG-CBOR CID at byte {content_at}")
             self.cids.append(cid)
             return cid
@@ -231,7 +243,9 @@ def _decode_with_links(data: bytes | bytearray | memoryview) -> tuple[Any, list[
         raise DecodeError("DAG-CBOR: empty input")
     value = reader.item(0)
     if reader.pos != len(reader.buf):
-        raise DecodeError(f"DAG-CBOR: {len(reader.buf) - reader.pos} trailing bytes after the value")
+        raise DecodeError(
+            f"DAG-CBOR: {len(reader.buf) - reader.pos} trailing bytes after the value"
+        )
     return value, reader.cids
 
 

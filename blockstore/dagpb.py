@@ -33,16 +33,16 @@ from multiformats import CID, multibase, multicodec, multihash
 from .errors import DecodeError
 
 __all__ = [
+    "MAX_UINT64",
     "PBLink",
     "PBNode",
-    "encode",
     "decode",
+    "decode_cid",
+    "encode",
+    "new_cid",
+    "read_uvarint",
     "sort_links",
     "uvarint",
-    "read_uvarint",
-    "decode_cid",
-    "new_cid",
-    "MAX_UINT64",
 ]
 
 MAX_UINT64: Final = (1 << 64) - 1
@@ -244,7 +244,9 @@ class PBNode:
             if isinstance(self.data, (bytearray, memoryview)):
                 object.__setattr__(self, "data", bytes(self.data))
             else:
-                raise TypeError(f"PBNode.data must be bytes or None, got {type(self.data).__name__}")
+                raise TypeError(
+                    f"PBNode.data must be bytes or None, got {type(self.data).__name__}"
+                )
 
 
 def sort_links(links: Iterable[PBLink]) -> tuple[PBLink, ...]:
@@ -287,8 +289,14 @@ def encode(node: PBNode) -> bytes:
 
 # --------------------------------------------------------------------------- decode
 
-_WIRE_NAMES: Final = {0: "varint", 1: "fixed64", 2: "length-delimited", 3: "start-group",
-                      4: "end-group", 5: "fixed32"}
+_WIRE_NAMES: Final = {
+    0: "varint",
+    1: "fixed64",
+    2: "length-delimited",
+    3: "start-group",
+    4: "end-group",
+    5: "fixed32",
+}
 
 
 def _wire(wt: int) -> str:
@@ -322,11 +330,13 @@ def _decode_link(buf: bytes, start: int, end: int, index: int) -> PBLink:
             continue
         if wt != 2:
             label = "Hash" if field == 1 else "Name"
-            raise DecodeError(f"{where}: {label} has wire type {_wire(wt)}, expected length-delimited")
+            raise DecodeError(
+                f"{where}: {label} has wire type {_wire(wt)}, expected length-delimited"
+            )
         length, pos = read_uvarint(buf, pos, what=f"{where} length")
         if pos + length > end:
             raise DecodeError(f"{where}: field {field} runs past the end of the link")
-        value = buf[pos:pos + length]
+        value = buf[pos : pos + length]
         pos += length
         if field == 1:
             cid = decode_cid(value, what=f"{where} Hash")
@@ -367,20 +377,25 @@ def decode(data: bytes | bytearray | memoryview) -> PBNode:
         key, pos = read_uvarint(buf, pos, what="PBNode field key")
         field, wt = key >> 3, key & 7
         if field not in (1, 2):
-            raise DecodeError(f"PBNode: unknown field {field} at byte {pos - 1} (expected Data=1, Links=2)")
+            raise DecodeError(
+                f"PBNode: unknown field {field} at byte {pos - 1} (expected Data=1, Links=2)"
+            )
         if wt != 2:
             label = "Data" if field == 1 else "Links"
-            raise DecodeError(f"PBNode: {label} has wire type {_wire(wt)}, expected length-delimited")
+            raise DecodeError(
+                f"PBNode: {label} has wire type {_wire(wt)}, expected length-delimited"
+            )
         length, pos = read_uvarint(buf, pos, what="PBNode field length")
         if pos + length > end:
             label = "Data" if field == 1 else f"PBLink #{len(links)}"
             raise DecodeError(
-                f"PBNode: {label} claims {length} bytes but only {end - pos} remain (truncated block)"
+                f"PBNode: {label} claims {length} bytes but only {end - pos} remain "
+                "(truncated block)"
             )
         if field == 1:
             if node_data is not None:
                 raise DecodeError("PBNode: duplicate Data field")
-            node_data = buf[pos:pos + length]
+            node_data = buf[pos : pos + length]
             if links:
                 links_done = True
         else:

@@ -33,23 +33,23 @@ from .dagpb import MAX_UINT64, encode_link, new_cid, read_uvarint, uvarint
 from .errors import DecodeError, NotAFile
 
 __all__ = [
-    "DataType",
-    "UnixTime",
-    "UnixFSData",
-    "encode_data",
-    "decode_data",
-    "ImportParams",
-    "FileImporter",
-    "import_bytes",
-    "DirectoryBuilder",
-    "Entry",
-    "Stat",
-    "cat",
-    "walk_tree",
-    "stat",
+    "IDENTITY_MAX_BYTES",
     "MAX_CHUNK_SIZE",
     "MAX_LINKS",
-    "IDENTITY_MAX_BYTES",
+    "DataType",
+    "DirectoryBuilder",
+    "Entry",
+    "FileImporter",
+    "ImportParams",
+    "Stat",
+    "UnixFSData",
+    "UnixTime",
+    "cat",
+    "decode_data",
+    "encode_data",
+    "import_bytes",
+    "stat",
+    "walk_tree",
 ]
 
 GetBlock = Callable[[CID], Awaitable[bytes]]
@@ -164,8 +164,16 @@ def encode_data(msg: UnixFSData) -> bytes:
     return b"".join(parts)
 
 
-_DATA_FIELDS: Final = {1: "Type", 2: "Data", 3: "filesize", 4: "blocksizes", 5: "hashType",
-                       6: "fanout", 7: "mode", 8: "mtime"}
+_DATA_FIELDS: Final = {
+    1: "Type",
+    2: "Data",
+    3: "filesize",
+    4: "blocksizes",
+    5: "hashType",
+    6: "fanout",
+    7: "mode",
+    8: "mtime",
+}
 
 
 def _decode_unixtime(buf: bytes) -> UnixTime:
@@ -185,10 +193,12 @@ def _decode_unixtime(buf: bytes) -> UnixTime:
                 raise DecodeError("UnixFS mtime: duplicate FractionalNanoseconds")
             if pos + 4 > end:
                 raise DecodeError("UnixFS mtime: truncated FractionalNanoseconds")
-            nanos = int.from_bytes(buf[pos:pos + 4], "little")
+            nanos = int.from_bytes(buf[pos : pos + 4], "little")
             pos += 4
             if not 1 <= nanos <= 999_999_999:
-                raise DecodeError(f"UnixFS mtime: FractionalNanoseconds {nanos} outside 1..999999999")
+                raise DecodeError(
+                    f"UnixFS mtime: FractionalNanoseconds {nanos} outside 1..999999999"
+                )
         else:
             raise DecodeError(f"UnixFS mtime: unexpected field {field} with wire type {wt}")
     if seconds is None:
@@ -230,11 +240,13 @@ def decode_data(raw: bytes | bytearray | memoryview | None) -> UnixFSData:
             seen.add(field)
         if field in (2, 8) or (field == 4 and wt == 2):
             if wt != 2:
-                raise DecodeError(f"UnixFS Data: {name} has wire type {wt}, expected length-delimited")
+                raise DecodeError(
+                    f"UnixFS Data: {name} has wire type {wt}, expected length-delimited"
+                )
             length, pos = read_uvarint(buf, pos, what=f"UnixFS {name} length")
             if pos + length > end:
                 raise DecodeError(f"UnixFS Data: {name} claims {length} bytes, {end - pos} remain")
-            chunk = buf[pos:pos + length]
+            chunk = buf[pos : pos + length]
             pos += length
             if field == 2:
                 values["data"] = chunk
@@ -272,7 +284,9 @@ def decode_data(raw: bytes | bytearray | memoryview | None) -> UnixFSData:
     if msg.type == DataType.HAMT_SHARD:
         fanout = msg.fanout
         if fanout is None or fanout < 8 or fanout > _MAX_FANOUT or fanout & (fanout - 1):
-            raise DecodeError(f"UnixFS HAMT shard: fanout {fanout} is not a power of two in 8..1024")
+            raise DecodeError(
+                f"UnixFS HAMT shard: fanout {fanout} is not a power of two in 8..1024"
+            )
     return msg
 
 
@@ -301,20 +315,28 @@ class ImportParams:
     def __post_init__(self) -> None:
         if type(self.chunk_size) is not int or not 1 <= self.chunk_size <= MAX_CHUNK_SIZE:
             raise ValueError(
-                f"ImportParams.chunk_size must be an int in 1..{MAX_CHUNK_SIZE} bytes, got {self.chunk_size!r}"
+                f"ImportParams.chunk_size must be an int in 1..{MAX_CHUNK_SIZE} bytes, "
+                f"got {self.chunk_size!r}"
             )
         if type(self.cid_version) is not int or self.cid_version not in (0, 1):
             raise ValueError(f"ImportParams.cid_version must be 0 or 1, got {self.cid_version!r}")
         if not isinstance(self.raw_leaves, bool):
-            raise ValueError(f"ImportParams.raw_leaves must be a bool, got {self.raw_leaves!r}")
+            raise ValueError(f"ImportParams.raw_leaves must be a bool, got {self.raw_leaves!r}")  # noqa: TRY004
         if type(self.max_links) is not int or not 2 <= self.max_links <= MAX_LINKS:
-            raise ValueError(f"ImportParams.max_links must be an int in 2..{MAX_LINKS}, got {self.max_links!r}")
+            raise ValueError(
+                f"ImportParams.max_links must be an int in 2..{MAX_LINKS}, got {self.max_links!r}"
+            )
         if self.cid_version == 0 and self.raw_leaves:
-            raise ValueError("ImportParams.raw_leaves must be False with cid_version 0 (CIDv0 names only dag-pb)")
+            raise ValueError(
+                "ImportParams.raw_leaves must be False with cid_version 0 (CIDv0 names only dag-pb)"
+            )
 
     @classmethod
     def kubo_classic(cls) -> ImportParams:
-        """Kubo's historical default (``unixfs-v0-2015``): 256 KiB chunks, CIDv0, dag-pb leaves, 174 links."""
+        """Kubo's historical default (``unixfs-v0-2015``).
+
+        256 KiB chunks, CIDv0, dag-pb leaves, 174 links a node.
+        """
         return cls(chunk_size=256 * 1024, cid_version=0, raw_leaves=False, max_links=174)
 
 
@@ -407,17 +429,17 @@ class FileImporter:
         if fill:
             # Complete the partial chunk in place (buf only grows up to chunk_size, once).
             take = min(cs - fill, n)
-            buf[fill:fill + take] = view[:take]
+            buf[fill : fill + take] = view[:take]
             fill += take
             pos = take
             if fill == cs:
                 self._leaf_from_buf(cs, out)
                 fill = 0
         while n - pos >= cs:
-            self._leaf(view[pos:pos + cs], out)
+            self._leaf(view[pos : pos + cs], out)
             pos += cs
         if pos < n:
-            buf[fill:fill + n - pos] = view[pos:]
+            buf[fill : fill + n - pos] = view[pos:]
             fill += n - pos
         self._fill = fill
         return out
@@ -473,11 +495,14 @@ class FileImporter:
             # PBNode{Data: UnixFS{Type: File, Data: chunk, filesize: n}}, one copy of the chunk.
             size_v = uvarint(n)
             ufs_len = 3 + len(size_v) + n + 1 + len(size_v)
-            block = b"".join((b"\x0a", uvarint(ufs_len), b"\x08\x02\x12", size_v, chunk, b"\x18", size_v))
+            block = b"".join(
+                (b"\x0a", uvarint(ufs_len), b"\x08\x02\x12", size_v, chunk, b"\x18", size_v)
+            )
         else:
             block = b"\x0a\x04\x08\x02\x18\x00"  # the empty file: Type File, filesize 0
-        cid = new_cid(self._leaf_version, self._leaf_codec,
-                      _SHA256_PREFIX + hashlib.sha256(block).digest())
+        cid = new_cid(
+            self._leaf_version, self._leaf_codec, _SHA256_PREFIX + hashlib.sha256(block).digest()
+        )
         out.append((cid, block))
         self._blocks += 1
         self._push(0, (cid, bytes(cid), len(block), n), out)
@@ -506,8 +531,9 @@ class FileImporter:
         ufs = b"\x08\x02\x18" + uvarint(filesize) + b"".join(sizes)
         block = b"".join(links) + b"\x0a" + uvarint(len(ufs)) + ufs
         check_block_size(len(block))
-        cid = new_cid(self._params.cid_version, DAG_PB,
-                      _SHA256_PREFIX + hashlib.sha256(block).digest())
+        cid = new_cid(
+            self._params.cid_version, DAG_PB, _SHA256_PREFIX + hashlib.sha256(block).digest()
+        )
         out.append((cid, block))
         self._blocks += 1
         self._push(level + 1, (cid, bytes(cid), len(block) + tsize, filesize), out)
@@ -544,7 +570,7 @@ class _Dir:
 
 def _split_path(path: str) -> list[str]:
     if not isinstance(path, str):
-        raise ValueError(f"path must be a str, got {type(path).__name__}")
+        raise TypeError(f"path must be a str, got {type(path).__name__}")
     if path == "":
         raise ValueError("path is empty")
     if path.startswith("/"):
@@ -591,7 +617,9 @@ class DirectoryBuilder:
             if child is None:
                 child = node.children[name] = _Dir()
             elif not isinstance(child, _Dir):
-                raise ValueError(f"path {path!r}: {'/'.join(parts[:i + 1])!r} is a file, not a directory")
+                raise ValueError(
+                    f"path {path!r}: {'/'.join(parts[: i + 1])!r} is a file, not a directory"
+                )
             node = child
         return node
 
@@ -612,7 +640,7 @@ class DirectoryBuilder:
         """
         parts = _split_path(path)
         if not isinstance(cid, CID):
-            raise ValueError(f"path {path!r}: cid must be a CID, got {type(cid).__name__}")
+            raise TypeError(f"path {path!r}: cid must be a CID, got {type(cid).__name__}")
         if size_bytes < 0 or tsize_bytes < 0:
             raise ValueError(f"path {path!r}: sizes must be >= 0, got {size_bytes}, {tsize_bytes}")
         parent = self._parent(parts, path)
@@ -702,14 +730,14 @@ async def _load(get_block: GetBlock, cid: CID) -> bytes:
     if cid.hashfun.code == IDENTITY:
         data = bytes(cid.raw_digest)
         if len(data) > IDENTITY_MAX_BYTES:
-            raise DecodeError(f"identity CID {cid} inlines {len(data)} bytes, more than {IDENTITY_MAX_BYTES}")
+            raise DecodeError(
+                f"identity CID {cid} inlines {len(data)} bytes, more than {IDENTITY_MAX_BYTES}"
+            )
         return data
     return await get_block(cid)
 
 
-def _file_node(
-    node: dagpb.PBNode, ufs: UnixFSData, cid: CID
-) -> tuple[bytes, tuple[int, ...], int]:
+def _file_node(node: dagpb.PBNode, ufs: UnixFSData, cid: CID) -> tuple[bytes, tuple[int, ...], int]:
     """Validate a dag-pb File/Raw node: ``(inline bytes, blocksizes, total file bytes)``."""
     if len(ufs.blocksizes) != len(node.links):
         raise DecodeError(
@@ -727,8 +755,12 @@ def _file_node(
     return inline, ufs.blocksizes, total
 
 
-_KIND_NAMES: Final = {DataType.DIRECTORY: "a directory", DataType.HAMT_SHARD: "a HAMT-sharded directory",
-                      DataType.SYMLINK: "a symlink", DataType.METADATA: "a metadata node"}
+_KIND_NAMES: Final = {
+    DataType.DIRECTORY: "a directory",
+    DataType.HAMT_SHARD: "a HAMT-sharded directory",
+    DataType.SYMLINK: "a symlink",
+    DataType.METADATA: "a metadata node",
+}
 
 
 async def cat(
@@ -773,7 +805,9 @@ async def cat(
         codec = cid.codec.code
         if codec == RAW:
             if expected is not None and len(block) != expected:
-                raise DecodeError(f"raw leaf {cid} has {len(block)} bytes, its parent says {expected}")
+                raise DecodeError(
+                    f"raw leaf {cid} has {len(block)} bytes, its parent says {expected}"
+                )
             if is_root:
                 end = len(block) if end is None else min(end, len(block))
                 is_root = False
@@ -785,7 +819,9 @@ async def cat(
         if codec != DAG_PB:
             if is_root:
                 raise NotAFile(f"{cid} is {cid.codec.name}, not a UnixFS file")
-            raise DecodeError(f"file chunk {cid} has codec {cid.codec.name}; expected raw or dag-pb")
+            raise DecodeError(
+                f"file chunk {cid} has codec {cid.codec.name}; expected raw or dag-pb"
+            )
         node = dagpb.decode(block)
         ufs = decode_data(node.data)
         if ufs.type not in (DataType.FILE, DataType.RAW):
@@ -859,13 +895,17 @@ async def _hamt_entries(
             link = shard.links[j]
             name = link.name or ""
             if len(name) < width:
-                raise DecodeError(f"HAMT shard {shard_cid}: link name {name!r} shorter than its prefix")
+                raise DecodeError(
+                    f"HAMT shard {shard_cid}: link name {name!r} shorter than its prefix"
+                )
             if len(name) == width:
                 sub_block = await _load(get_block, link.hash)
                 sub = dagpb.decode(sub_block)
                 sub_data = decode_data(sub.data)
                 if sub_data.type != DataType.HAMT_SHARD:
-                    raise DecodeError(f"HAMT shard {shard_cid}: sub-shard {link.hash} is not a shard")
+                    raise DecodeError(
+                        f"HAMT shard {shard_cid}: sub-shard {link.hash} is not a shard"
+                    )
                 stack.append((shard_cid, shard, data, j + 1))
                 stack.append((link.hash, sub, sub_data, 0))
                 break
@@ -908,8 +948,9 @@ async def walk_tree(get_block: GetBlock, root: CID) -> AsyncIterator[Entry]:
                 target = (ufs.data or b"").decode("utf-8")
             except UnicodeDecodeError:
                 raise DecodeError(f"symlink {cid}: target is not UTF-8") from None
-            yield Entry(path=path, kind="symlink", cid=cid, size=len(ufs.data or b""), target=target,
-                        **meta)
+            yield Entry(
+                path=path, kind="symlink", cid=cid, size=len(ufs.data or b""), target=target, **meta
+            )
         elif ufs.type in (DataType.DIRECTORY, DataType.HAMT_SHARD):
             yield Entry(path=path, kind="dir", cid=cid, size=None, **meta)
             if ufs.type == DataType.DIRECTORY:

@@ -15,11 +15,18 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from pinfold.blockstore import dagpb
 from pinfold.blockstore.car import read_car
 from pinfold.blockstore.cid import DAG_PB, make_cid, parse_cid
-from pinfold.blockstore.dagpb import PBLink, PBNode, decode, decode_cid, encode, read_uvarint, uvarint
+from pinfold.blockstore.dagpb import (
+    PBLink,
+    PBNode,
+    decode,
+    decode_cid,
+    encode,
+    read_uvarint,
+    uvarint,
+)
 from pinfold.blockstore.errors import DecodeError
 
 VECTORS = Path(__file__).parent / "vectors"
@@ -39,7 +46,9 @@ def test_zero_length_block_is_empty_node() -> None:
     # Spec, "Zero-length blocks": decodes to no Data and no Links; its CIDs are fixed.
     assert decode(b"") == PBNode()
     assert encode(PBNode()) == b""
-    assert str(make_cid(b"", DAG_PB)) == "bafybeihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku"
+    assert (
+        str(make_cid(b"", DAG_PB)) == "bafybeihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku"
+    )
     assert str(make_cid(b"", DAG_PB, version=0)) == "QmdfTbBqBPQ7VNxZEYEj14VmRuZBkqFbiwReogJgS1zR1n"
 
 
@@ -62,8 +71,13 @@ def test_absent_and_empty_fields_encode_differently() -> None:
 
 
 def test_sort_links_by_name_bytes_stable() -> None:
-    links = [PBLink(hash=CID_A, name="b"), PBLink(hash=CID_B, name="é"), PBLink(hash=CID_A, name="Z"),
-             PBLink(hash=CID_B), PBLink(hash=CID_A, name="")]
+    links = [
+        PBLink(hash=CID_A, name="b"),
+        PBLink(hash=CID_B, name="é"),
+        PBLink(hash=CID_A, name="Z"),
+        PBLink(hash=CID_B),
+        PBLink(hash=CID_A, name=""),
+    ]
     names = [link.name for link in dagpb.sort_links(links)]
     # Absent name sorts as "", stably before the explicit "" that came after it.
     assert names == [None, "", "Z", "b", "é"]

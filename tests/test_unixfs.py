@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from pinfold.blockstore.cid import CID, DAG_CBOR, DAG_PB, RAW, make_cid, parse_cid
 from pinfold.blockstore.dagpb import PBLink, PBNode, encode, new_cid
 from pinfold.blockstore.errors import BlockNotFound, DecodeError, NotAFile
@@ -62,7 +61,9 @@ class Store:
     def put(self, blocks: Iterable[tuple[CID, bytes]]) -> None:
         for cid, data in blocks:
             if cid.hashfun.code == 0x12:
-                assert hashlib.sha256(data).digest() == bytes(cid.raw_digest), "block does not match CID"
+                assert hashlib.sha256(data).digest() == bytes(cid.raw_digest), (
+                    "block does not match CID"
+                )
             self.blocks[bytes(cid)] = data
 
     async def get(self, cid: CID) -> bytes:
@@ -290,11 +291,17 @@ def test_children_come_before_parents() -> None:
     mode=st.sampled_from(["v1raw", "v1pb", "v0pb"]),
     seed=st.integers(min_value=0, max_value=2**32),
 )
-def test_streaming_equals_one_shot_and_round_trips(size: int, chunk: int, links: int, mode: str, seed: int) -> None:
+def test_streaming_equals_one_shot_and_round_trips(
+    size: int, chunk: int, links: int, mode: str, seed: int
+) -> None:
     import trio
 
-    params = ImportParams(chunk_size=chunk, max_links=links, cid_version=0 if mode == "v0pb" else 1,
-                          raw_leaves=mode == "v1raw")
+    params = ImportParams(
+        chunk_size=chunk,
+        max_links=links,
+        cid_version=0 if mode == "v0pb" else 1,
+        raw_leaves=mode == "v1raw",
+    )
     data = random.Random(seed).randbytes(size)
     one_blocks, one_root, one_tsize = import_bytes(data, params)
 
@@ -304,7 +311,7 @@ def test_streaming_equals_one_shot_and_round_trips(size: int, chunk: int, links:
     pos = 0
     while pos < size:
         n = rng.choice([0, 1, rng.randint(1, 2 * chunk), rng.randint(1, 10 * chunk)])
-        blocks += imp.feed(memoryview(data)[pos:pos + n])
+        blocks += imp.feed(memoryview(data)[pos : pos + n])
         pos += n
     rest, root, total = imp.finish()
     blocks += rest
@@ -320,7 +327,7 @@ def test_streaming_equals_one_shot_and_round_trips(size: int, chunk: int, links:
         for _ in range(5):
             off = rng.randint(0, size + 3)
             length = rng.choice([None, 0, 1, rng.randint(0, size + 3)])
-            expected = data[off:] if length is None else data[off:off + length]
+            expected = data[off:] if length is None else data[off : off + length]
             assert await read_all(store, root, off, length) == expected
         s = await stat(store.get, root)
         assert (s.kind, s.size, s.blocks) == ("file", size, len(store.blocks))
@@ -417,7 +424,7 @@ def test_directory_add_dir_rules() -> None:
         builder.add_dir("d/f")
     builder.add_dir("e")
     builder.add_dir("e/sub")
-    blocks, root = builder.finish()
+    blocks, _ = builder.finish()
     assert len(blocks) == 4  # root, d, e, e/sub  (e/sub is the empty directory)
     with pytest.raises(ValueError, match="sizes must be >= 0"):
         DirectoryBuilder().add_file("x", HELLO, -1, 0)
@@ -452,7 +459,7 @@ async def test_cat_range_reads_only_the_blocks_it_needs() -> None:
     assert store.reads[0] == root and store.reads[-1].codec.code == RAW
 
     store.reads.clear()
-    assert await read_all(store, root, 4 * KIB - 10, 20) == data[4 * KIB - 10:4 * KIB + 10]
+    assert await read_all(store, root, 4 * KIB - 10, 20) == data[4 * KIB - 10 : 4 * KIB + 10]
     assert len(store.reads) == 6  # the range crosses a level-1 boundary: two paths, two leaves
 
     store.reads.clear()
@@ -472,7 +479,7 @@ async def test_cat_classic_dag_pb_leaves_and_offsets() -> None:
     data = stream("classic", 3 * KIB + 5)
     store, root = build(data, chunk_size=KIB, cid_version=0, raw_leaves=False, max_links=174)
     assert root.version == 0
-    assert await read_all(store, root, KIB + 1, 2 * KIB - 2) == data[KIB + 1:3 * KIB - 1]
+    assert await read_all(store, root, KIB + 1, 2 * KIB - 2) == data[KIB + 1 : 3 * KIB - 1]
     assert len(store.reads) == 3  # root + two dag-pb leaves
 
 
@@ -496,8 +503,11 @@ async def test_cat_rejects_bad_arguments_and_non_files() -> None:
 
 
 def pb(links: list[tuple[CID, int]], ufs: UnixFSData, version: int = 1) -> tuple[CID, bytes]:
-    block = encode(PBNode(links=tuple(PBLink(hash=c, name="", tsize=t) for c, t in links),
-                          data=encode_data(ufs)))
+    block = encode(
+        PBNode(
+            links=tuple(PBLink(hash=c, name="", tsize=t) for c, t in links), data=encode_data(ufs)
+        )
+    )
     return make_cid(block, DAG_PB, version=version), block
 
 
@@ -505,17 +515,29 @@ async def test_cat_detects_inconsistent_sizes() -> None:
     leaf = (make_cid(b"12345"), b"12345")
     store = Store([leaf])
     cases = [
-        (pb([(leaf[0], 5)], UnixFSData(type=DataType.FILE, filesize=5)), "1 links but 0 blocksizes"),
-        (pb([(leaf[0], 5)], UnixFSData(type=DataType.FILE, filesize=9, blocksizes=(5,))), "filesize 9"),
-        (pb([(leaf[0], 5)], UnixFSData(type=DataType.FILE, filesize=4, blocksizes=(4,))),
-         "has 5 bytes, its parent says 4"),
+        (
+            pb([(leaf[0], 5)], UnixFSData(type=DataType.FILE, filesize=5)),
+            "1 links but 0 blocksizes",
+        ),
+        (
+            pb([(leaf[0], 5)], UnixFSData(type=DataType.FILE, filesize=9, blocksizes=(5,))),
+            "filesize 9",
+        ),
+        (
+            pb([(leaf[0], 5)], UnixFSData(type=DataType.FILE, filesize=4, blocksizes=(4,))),
+            "has 5 bytes, its parent says 4",
+        ),
     ]
     for (cid, block), message in cases:
         store.put([(cid, block)])
         with pytest.raises(DecodeError, match=message):
             await read_all(store, cid)
-    named = encode(PBNode(links=(PBLink(hash=leaf[0], name="x", tsize=5),),
-                          data=encode_data(UnixFSData(type=DataType.FILE, filesize=5, blocksizes=(5,)))))
+    named = encode(
+        PBNode(
+            links=(PBLink(hash=leaf[0], name="x", tsize=5),),
+            data=encode_data(UnixFSData(type=DataType.FILE, filesize=5, blocksizes=(5,))),
+        )
+    )
     named_cid = make_cid(named, DAG_PB)
     store.put([(named_cid, named)])
     with pytest.raises(DecodeError, match="has a name"):
@@ -528,8 +550,10 @@ async def test_cat_detects_inconsistent_sizes() -> None:
 
 async def test_cat_inline_data_before_children_and_legacy_raw_type() -> None:
     leaf_cid, leaf = pb([], UnixFSData(type=DataType.RAW, data=b"world", filesize=5))
-    root_cid, root = pb([(leaf_cid, len(leaf))],
-                        UnixFSData(type=DataType.FILE, data=b"hello ", filesize=11, blocksizes=(5,)))
+    root_cid, root = pb(
+        [(leaf_cid, len(leaf))],
+        UnixFSData(type=DataType.FILE, data=b"hello ", filesize=11, blocksizes=(5,)),
+    )
     store = Store([(leaf_cid, leaf), (root_cid, root)])
     assert await read_all(store, root_cid) == b"hello world"
     assert await read_all(store, root_cid, 3, 5) == b"lo wo"
@@ -549,7 +573,10 @@ async def test_identity_cids_need_no_reads() -> None:
     store.put(blocks)
     assert await read_all(store, inline, 1) == b"ello"
     entries = [e async for e in walk_tree(store.get, root)]
-    assert [(e.path, e.kind, e.size) for e in entries] == [("", "dir", None), ("greeting", "file", 5)]
+    assert [(e.path, e.kind, e.size) for e in entries] == [
+        ("", "dir", None),
+        ("greeting", "file", 5),
+    ]
     assert store.reads == [root]
     too_big = new_cid(1, RAW, b"\x00\x81\x01" + bytes(129))
     with pytest.raises(DecodeError, match="more than 128"):
@@ -559,16 +586,23 @@ async def test_identity_cids_need_no_reads() -> None:
 async def test_walk_tree_file_root_and_stat() -> None:
     data = stream("stat", 10 * KIB)
     store, root = build(data, chunk_size=KIB, max_links=3)
-    assert [e async for e in walk_tree(store.get, root)] == [Entry(path="", kind="file", cid=root, size=len(data))]
+    assert [e async for e in walk_tree(store.get, root)] == [
+        Entry(path="", kind="file", cid=root, size=len(data))
+    ]
     assert store.reads == [root]  # only the file's root is read
     s = await stat(store.get, root)
     assert (s.kind, s.size, s.blocks, s.entries) == ("file", len(data), len(store.blocks), 0)
 
 
-def dir_node(entries: list[tuple[str, CID, int]], kind: DataType = DataType.DIRECTORY,
-             **extra: object) -> tuple[CID, bytes]:
-    block = encode(PBNode(links=tuple(PBLink(hash=c, name=n, tsize=t) for n, c, t in entries),
-                          data=encode_data(UnixFSData(type=kind, **extra))))  # type: ignore[arg-type]
+def dir_node(
+    entries: list[tuple[str, CID, int]], kind: DataType = DataType.DIRECTORY, **extra: object
+) -> tuple[CID, bytes]:
+    block = encode(
+        PBNode(
+            links=tuple(PBLink(hash=c, name=n, tsize=t) for n, c, t in entries),
+            data=encode_data(UnixFSData(type=kind, **extra)),
+        )
+    )  # type: ignore[arg-type]
     return make_cid(block, DAG_PB), block
 
 
@@ -584,13 +618,29 @@ async def test_walk_tree_rejects_unsafe_names(name: str) -> None:
 
 async def test_walk_tree_symlink_mode_mtime_and_duplicate_names() -> None:
     link_cid, link_block = pb([], UnixFSData(type=DataType.SYMLINK, data=b"../target"))
-    file_cid, file_block = pb([], UnixFSData(type=DataType.FILE, data=b"x", filesize=1, mode=0o600,
-                                             mtime=UnixTime(seconds=1_700_000_000, nanos=5)))
+    file_cid, file_block = pb(
+        [],
+        UnixFSData(
+            type=DataType.FILE,
+            data=b"x",
+            filesize=1,
+            mode=0o600,
+            mtime=UnixTime(seconds=1_700_000_000, nanos=5),
+        ),
+    )
     root, block = dir_node([("f", file_cid, 10), ("f", HELLO, 12), ("s", link_cid, 10)])
-    store = Store([(link_cid, link_block), (file_cid, file_block), (HELLO, b"hello world\n"), (root, block)])
+    store = Store(
+        [(link_cid, link_block), (file_cid, file_block), (HELLO, b"hello world\n"), (root, block)]
+    )
     entries = [e async for e in walk_tree(store.get, root)]
-    assert entries[1] == Entry(path="f", kind="file", cid=file_cid, size=1, mode=0o600,
-                               mtime=UnixTime(seconds=1_700_000_000, nanos=5))
+    assert entries[1] == Entry(
+        path="f",
+        kind="file",
+        cid=file_cid,
+        size=1,
+        mode=0o600,
+        mtime=UnixTime(seconds=1_700_000_000, nanos=5),
+    )
     assert entries[2] == Entry(path="s", kind="symlink", cid=link_cid, size=9, target="../target")
     assert len(entries) == 3  # the second "f" is ignored: first entry wins (UnixFS spec)
     with pytest.raises(NotAFile, match="symlink"):
@@ -602,13 +652,28 @@ async def test_walk_tree_symlink_mode_mtime_and_duplicate_names() -> None:
 
 async def test_walk_tree_reads_hamt_sharded_directories() -> None:
     a, b, c = make_cid(b"A"), make_cid(b"BB"), make_cid(b"CCC")
-    sub, sub_block = dir_node([("07b.txt", b, 2), ("FFc.txt", c, 3)], DataType.HAMT_SHARD,
-                              data=b"\x00" * 32, hash_type=0x22, fanout=256)
-    root, root_block = dir_node([("00a.txt", a, 1), ("1C", sub, 100)], DataType.HAMT_SHARD,
-                                data=b"\x00" * 32, hash_type=0x22, fanout=256)
+    sub, sub_block = dir_node(
+        [("07b.txt", b, 2), ("FFc.txt", c, 3)],
+        DataType.HAMT_SHARD,
+        data=b"\x00" * 32,
+        hash_type=0x22,
+        fanout=256,
+    )
+    root, root_block = dir_node(
+        [("00a.txt", a, 1), ("1C", sub, 100)],
+        DataType.HAMT_SHARD,
+        data=b"\x00" * 32,
+        hash_type=0x22,
+        fanout=256,
+    )
     store = Store([(a, b"A"), (b, b"BB"), (c, b"CCC"), (sub, sub_block), (root, root_block)])
     entries = [(e.path, e.kind, e.size) async for e in walk_tree(store.get, root)]
-    assert entries == [("", "dir", None), ("a.txt", "file", 1), ("b.txt", "file", 2), ("c.txt", "file", 3)]
+    assert entries == [
+        ("", "dir", None),
+        ("a.txt", "file", 1),
+        ("b.txt", "file", 2),
+        ("c.txt", "file", 3),
+    ]
     bad, bad_block = dir_node([("0", a, 1)], DataType.HAMT_SHARD, hash_type=0x22, fanout=256)
     store.put([(bad, bad_block)])
     with pytest.raises(DecodeError, match="shorter than its prefix"):
