@@ -285,7 +285,11 @@ async def _has(has_block: HasBlock, cid: CID) -> bool:
 
 
 async def _walk(
-    get_block: GetBlock, root: CID, has_block: HasBlock | None, read_raw: bool
+    get_block: GetBlock,
+    root: CID,
+    has_block: HasBlock | None,
+    read_raw: bool,
+    prefetch: Callable[[list[CID]], object] | None = None,
 ) -> AsyncIterator[tuple[CID, bytes | None]]:
     stack = [root]
     seen: set[bytes] = set()
@@ -306,11 +310,26 @@ async def _walk(
             continue
         data = await get_block(cid)
         yield cid, data
-        stack.extend(reversed(links(cid, data)))
+        children = links(cid, data)
+        if prefetch is not None:
+            wanted = {
+                bytes(c): c
+                for c in children
+                if bytes(c) not in seen
+                and c.hashfun.code != IDENTITY
+                and (read_raw or c.codec.code != RAW)
+            }
+            if wanted:
+                prefetch(list(wanted.values()))
+        stack.extend(reversed(children))
 
 
 async def walk(
-    get_block: GetBlock, root: CID, *, has_block: HasBlock | None = None
+    get_block: GetBlock,
+    root: CID,
+    *,
+    has_block: HasBlock | None = None,
+    prefetch: Callable[[list[CID]], object] | None = None,
 ) -> AsyncIterator[CID]:
     """Yield every distinct CID of the DAG under ``root`` (root included), pre-order DFS.
 
@@ -325,18 +344,30 @@ async def walk(
         root: the DAG root.
         has_block: ``has_block(cid) -> bool`` (plain or async), checked for
             raw-codec CIDs.
+        prefetch: called after each block is read with the not-yet-visited
+            children this walk will read (raw ones omitted, as ``walk`` does
+            not read them), so a driver can want them from peers ahead of
+            time. Must not block.
 
     Raises:
         BlockNotFound: a raw block is absent (``has_block`` said False), or
             ``get_block`` raised it.
         DecodeError: a block is malformed or of an unsupported codec.
     """
-    async for cid, _ in _walk(get_block, root, has_block, read_raw=False):
+    async for cid, _ in _walk(get_block, root, has_block, read_raw=False, prefetch=prefetch):
         yield cid
 
 
-async def walk_blocks(get_block: GetBlock, root: CID) -> AsyncIterator[tuple[CID, bytes]]:
-    """Like ``walk`` but yields ``(cid, block bytes)``, reading raw blocks too (for CAR export)."""
-    async for cid, data in _walk(get_block, root, None, read_raw=True):
+async def walk_blocks(
+    get_block: GetBlock,
+    root: CID,
+    *,
+    prefetch: Callable[[list[CID]], object] | None = None,
+) -> AsyncIterator[tuple[CID, bytes]]:
+    """Like ``walk`` but yields ``(cid, block bytes)``, reading raw blocks too (for CAR export).
+
+    ``prefetch`` is as for ``walk``, raw children included.
+    """
+    async for cid, data in _walk(get_block, root, None, read_raw=True, prefetch=prefetch):
         assert data is not None
         yield cid, data

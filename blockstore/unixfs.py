@@ -29,6 +29,7 @@ from typing import Final, Literal
 
 from . import dagpb
 from .cid import CID, DAG_PB, IDENTITY, MAX_BLOCK_SIZE, RAW, check_block_size
+from .dag import walk
 from .dagpb import MAX_UINT64, encode_link, new_cid, read_uvarint, uvarint
 from .errors import DecodeError, NotAFile
 
@@ -764,7 +765,12 @@ _KIND_NAMES: Final = {
 
 
 async def cat(
-    get_block: GetBlock, root: CID, offset: int = 0, length: int | None = None
+    get_block: GetBlock,
+    root: CID,
+    offset: int = 0,
+    length: int | None = None,
+    *,
+    prefetch: Callable[[list[CID]], object] | None = None,
 ) -> AsyncIterator[bytes]:
     """Yield the bytes of the UnixFS file ``root``, in order, for ``[offset, offset+length)``.
 
@@ -779,6 +785,10 @@ async def cat(
         root: the file's root CID.
         offset: first byte to return, >= 0.
         length: most bytes to return, >= 0; ``None`` = to the end.
+        prefetch: called, as soon as an interior node is decoded, with the
+            CIDs of its children that this read will fetch, in read order; a
+            driver can want them from peers ahead of time. Its return value
+            is ignored; it must not block.
 
     Yields:
         Non-empty ``bytes`` pieces, at most one block's worth each.
@@ -847,6 +857,8 @@ async def cat(
             if pos + size > offset and size > 0:
                 wanted.append((link.hash, pos, size))
             pos += size
+        if prefetch is not None and wanted:
+            prefetch([cid for cid, _, _ in wanted])
         stack.extend(reversed(wanted))
 
 
@@ -996,8 +1008,6 @@ async def stat(get_block: GetBlock, cid: CID) -> Stat:
     Raises:
         DecodeError: as ``walk_tree``; ``BlockNotFound`` as ``get_block`` raises it.
     """
-    from .dag import walk  # same layer; imported here to keep module import order simple
-
     kind: Literal["file", "dir", "symlink"] = "file"
     size = 0
     entries = -1

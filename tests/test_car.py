@@ -477,3 +477,17 @@ def test_sha256_of_sections() -> None:
     section = car_section(cid, data)
     assert section[0] == len(bytes(cid)) + 3
     assert hashlib.sha256(section[-3:]).digest() == bytes(cid.raw_digest)
+
+
+async def test_walk_prefetch_hints_children_it_will_read() -> None:
+    leaves = [(make_cid(bytes([i])), bytes([i])) for i in range(3)]
+    inner = node(leaves[0][0], leaves[1][0])
+    root = node(inner[0], leaves[2][0], inner[0])
+    store = Store([*leaves, inner, root])
+    hints: list[list[CID]] = []
+    order = [c async for c in walk(store.get, root[0], prefetch=hints.append)]
+    assert order[0] == root[0]
+    assert hints == [[inner[0]]]  # raw leaves are not read by walk, the repeat is listed once
+    hints.clear()
+    _ = [c async for c, _ in walk_blocks(store.get, root[0], prefetch=hints.append)]
+    assert hints == [[inner[0], leaves[2][0]], [leaves[0][0], leaves[1][0]]]

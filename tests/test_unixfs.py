@@ -687,3 +687,21 @@ async def test_walk_tree_rejects_non_unixfs() -> None:
     with pytest.raises(DecodeError, match="not UnixFS"):
         async for _ in walk_tree(store.get, cbor):
             pass
+
+
+async def test_cat_prefetch_names_exactly_the_blocks_it_reads() -> None:
+    data = stream("prefetch", 20 * KIB)
+    store, root = build(data, chunk_size=KIB, max_links=4)
+    hints: list[CID] = []
+    reads_at_hint: list[int] = []
+
+    def prefetch(cids: list[CID]) -> None:
+        hints.extend(cids)
+        reads_at_hint.extend([len(store.reads)] * len(cids))
+
+    got = b"".join([p async for p in cat(store.get, root, 3000, 5000, prefetch=prefetch)])
+    assert got == data[3000:8000]
+    # Every block read after the root was announced, before it was read, and nothing else.
+    assert sorted(map(bytes, hints)) == sorted(map(bytes, store.reads[1:]))
+    for cid, hinted_at in zip(hints, reads_at_hint, strict=True):
+        assert store.reads.index(cid) >= hinted_at
