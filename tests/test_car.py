@@ -225,7 +225,7 @@ def test_garbage_is_a_decode_error(raw: bytes, message: str) -> None:
         read_car(raw)
 
 
-@settings(max_examples=200)
+@settings(max_examples=200, deadline=None)
 @given(st.binary(max_size=200))
 def test_random_bytes_raise_only_format_errors(raw: bytes) -> None:
     try:
@@ -416,6 +416,7 @@ json_like = st.recursive(
 )
 
 
+@settings(deadline=None)
 @given(json_like)
 def test_cbor_round_trip(value: object) -> None:
     raw = cbor_encode(value)

@@ -228,6 +228,7 @@ pbnodes = st.builds(
 )
 
 
+@settings(deadline=None)
 @given(pbnodes)
 def test_round_trip(node: PBNode) -> None:
     raw = encode(node)
@@ -235,7 +236,7 @@ def test_round_trip(node: PBNode) -> None:
     assert encode(decode(raw)) == raw
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=80))
 def test_decode_random_bytes_raises_only_decode_error(raw: bytes) -> None:
     try:
@@ -246,6 +247,7 @@ def test_decode_random_bytes_raises_only_decode_error(raw: bytes) -> None:
     assert decode(encode(node)) == node
 
 
+@settings(deadline=None)
 @given(pbnodes, st.integers(min_value=0, max_value=200), st.binary(min_size=1, max_size=3))
 def test_mutations_never_crash(node: PBNode, where: int, junk: bytes) -> None:
     raw = bytearray(encode(node))

@@ -141,6 +141,7 @@ datas = st.builds(
 )
 
 
+@settings(deadline=None)
 @given(datas)
 def test_data_round_trip(msg: UnixFSData) -> None:
     raw = encode_data(msg)
@@ -148,7 +149,7 @@ def test_data_round_trip(msg: UnixFSData) -> None:
     assert encode_data(decode_data(raw)) == raw
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=40))
 def test_data_decode_random_bytes_raises_only_decode_error(raw: bytes) -> None:
     try:
