@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import re
 import signal
 import socket
 import tempfile
@@ -454,3 +455,29 @@ async def test_node_probes_pass_on_a_healthy_node_and_fail_on_a_hung_store(
         monkeypatch.setattr(store_cls, "stat", real_stat)
         assert await dog.check() == ""
         node.request_stop()
+
+
+def test_daemon_logs_for_journald_one_line_per_event_and_not_per_block(tmp_path: Path) -> None:
+    # The harness appends the daemon's stderr to d.log_path: make that file "the
+    # journal stream" the way systemd would ($JOURNAL_STREAM = device:inode).
+    log_path = tmp_path / "jr.log"  # DaemonProcess(tmp_path, "jr").log_path
+    log_path.touch()
+    st = log_path.stat()
+    d = DaemonProcess(tmp_path, "jr", env={"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"})
+    assert d.log_path == log_path
+    with d:
+        before = d.log_path.read_text().splitlines()
+        data = os.urandom(8 * 1024 * 1024 + 1)  # 9 leaves + 1 root block
+        with d.client() as c:
+            res = c.add_stream([data[i:i + 65536] for i in range(0, len(data), 65536)])
+            assert res["blocks"] == 10
+            assert b"".join(c.cat(res["cid"])) == data
+        after = d.log_path.read_text().splitlines()
+    lines = d.log_path.read_text().splitlines()
+    assert lines, "the daemon logged nothing"
+    for line in lines:
+        # "<6>INFO pinfold.node: ..." - a syslog priority, a level, no timestamp.
+        assert re.match(r"<[0-7]>(DEBUG|INFO|WARNING|ERROR|CRITICAL) [\w.]+: ", line), line
+    assert any(line.startswith("<6>INFO pinfold.node: pinfold ") for line in lines)
+    # Adding and reading 10 blocks logs far fewer than 10 lines at INFO.
+    assert len(after) - len(before) < res["blocks"] // 2, after[len(before):]
