@@ -55,3 +55,32 @@ lint: $(STAMP)
 
 clean:
 	rm -rf $(VENV) tests/interop/node_modules .pytest_cache
+
+# ---------------------------------------------------------------- operations (deploy/)
+.PHONY: deploy-tools lint-deploy
+
+## make deploy-tools: systemd-analyze, systemd-sysusers and promtool for the deploy checks.
+## As root on Debian it installs the systemd and prometheus packages when a tool is missing
+## (nothing is fetched when all are present). Note: on a host running systemd, the
+## prometheus package also enables a Prometheus server; CI containers do not run it.
+deploy-tools:
+	@if command -v systemd-analyze >/dev/null 2>&1 && command -v systemd-sysusers >/dev/null 2>&1 \
+		&& command -v promtool >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			--no-install-recommends systemd prometheus >/dev/null; \
+	else \
+		echo "deploy-tools: systemd-analyze or promtool missing (apt-get install systemd prometheus);" \
+			"tests/test_deploy.py skips those checks"; \
+	fi
+
+## make install-service: install and start pinfold as a systemd service (as root)
+install-service:
+	sh deploy/install-service.sh
+
+## make lint-deploy: the unit's systemd-analyze exposure score (fails above 2.5), promtool checks
+lint-deploy: deploy-tools
+	@out=$$(systemd-analyze security --offline=true --threshold=25 --no-pager deploy/pinfold.service 2>&1); \
+		rc=$$?; printf '%s\n' "$$out" | tail -n 1; exit $$rc
+	cd deploy/prometheus && promtool check rules alerts.yml && promtool check config prometheus.yml \
+		&& promtool test rules alerts_test.yml
