@@ -118,9 +118,13 @@ class _ResizeGate:
                     if self._readers == 0:
                         self._cond.notify_all()
 
+    def held(self) -> bool:
+        """True if this thread is inside a read transaction."""
+        return getattr(self._local, "depth", 0) > 0
+
     @contextmanager
     def exclusive(self) -> Iterator[None]:
-        if getattr(self._local, "depth", 0):
+        if self.held():
             raise RuntimeError(
                 "cannot resize the LMDB map from inside a read transaction "
                 "(write from inside read(fn)?)"
@@ -319,6 +323,8 @@ class LmdbBlockStore(TxnBlockStore):
         self._write_lock = threading.Lock()
         self._gate = _ResizeGate()
         self._local = threading.local()  # .txn: this thread's running write transaction
+        self._tables: dict[bytes, DbHandle] = {}
+        self._freed_last = False  # the last commit freed space (delete, unpin, GC)
         self._closed = False
         self._lock_fd: int | None = None
         self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -388,7 +394,7 @@ class LmdbBlockStore(TxnBlockStore):
                     try:
                         return fn(_LmdbTxn(self, txn, writable=False))
                     finally:
-                        txn.abort()
+                        self._abort(txn)
             with self._write_lock, self._gate.exclusive():
                 self._env.set_mapsize(0)
 
@@ -409,31 +415,54 @@ class LmdbBlockStore(TxnBlockStore):
                         txn.put(b"bytes", _u64(total + wtxn.bytes_delta), db=self._db_meta)
                     txn.commit()
                 except lmdb.MapFullError:
-                    txn.abort()
+                    self._abort(txn)
                     self._rollbacks += 1
                     self._grow(freeing=freeing)
                     continue
                 except lmdb.DiskError as exc:
-                    txn.abort()
+                    self._abort(txn)
                     self._rollbacks += 1
                     self._store_full += 1
                     raise StoreFull(
                         f"the disk holding the blockstore at {self.path} is full: {exc}"
                     ) from exc
                 except BaseException:
-                    txn.abort()
+                    self._abort(txn)
                     self._rollbacks += 1
                     raise
                 finally:
                     wtxn.writable = False
                     self._local.txn = None
                 self._commits += 1
+                self._freed_last = freeing
                 return result
+
+    def _abort(self, txn: lmdb.Transaction) -> None:
+        """Abort a write transaction with the readers held off.
+
+        py-lmdb 3.0's ``abort`` of a write transaction contends with every
+        concurrent ``get`` for the environment's internal lock and was measured
+        to stall for tens of seconds under three busy reader threads; behind the
+        gate it takes microseconds.
+        """
+        if self._gate.held():  # a write from inside read(fn): cannot wait for ourselves
+            txn.abort()
+            return
+        with self._gate.exclusive():
+            txn.abort()
 
     def _grow(self, *, freeing: bool) -> None:
         """Double the map, up to the put cap (or ``max_size_bytes`` for ``freeing``)."""
         cap = self._max_size if freeing else self._put_cap
         current = self._env.info()["map_size"]
+        if current >= cap and self._freed_last:
+            # LMDB reuses pages freed by a transaction only after one more
+            # commit; make that commit, then retry in the space just freed.
+            self._freed_last = False
+            with self._env.begin(write=True, db=self._db_meta) as txn:
+                epoch = int.from_bytes(txn.get(b"epoch", b""), "big") + 1
+                txn.put(b"epoch", _u64(epoch))
+            return
         if current >= cap:
             self._store_full += 1
             raise StoreFull(
@@ -452,20 +481,30 @@ class LmdbBlockStore(TxnBlockStore):
 
         The replication layer keeps its pinset and peer stats here, so its
         writes go through the same single writer (``write(fn)``, or
-        ``BatchWriter.submit``) and commit atomically with block writes.
+        ``BatchWriter.submit``) and commit atomically with block writes. Open
+        tables at start-up, outside any transaction; opening one again returns
+        the same handle.
 
         Raises:
             ValueError: a reserved or malformed name (see ``check_db_name``).
+            RuntimeError: called from inside a transaction on this thread (LMDB
+                would not let that transaction see the new table).
             BlockstoreError: too many named tables (at most 27 besides the store's own).
         """
         check_db_name(name)
+        handle = self._tables.get(name)
+        if handle is not None:
+            return handle
+        if getattr(self._local, "txn", None) is not None or self._gate.held():
+            raise RuntimeError(f"open_db({name!r}) inside a transaction: open tables first")
         with self._write_lock:
             if self._closed:
                 raise StoreClosed(f"the blockstore at {self.path} is closed")
             try:
-                return DbHandle(name, self._env.open_db(name))
+                handle = DbHandle(name, self._env.open_db(name))
             except lmdb.DbsFullError as exc:
                 raise BlockstoreError(f"too many named databases (max {_MAX_DBS})") from exc
+            return self._tables.setdefault(name, handle)
 
     # ---- stat, close -----------------------------------------------------------
 

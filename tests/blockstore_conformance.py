@@ -397,7 +397,8 @@ def _write_fn_atomic(s: Any) -> None:
         with pytest.raises(ValueError):
             s.open_db(bad)
     # opening again gives the same table
-    assert s.read(lambda t: t.db_get(s.open_db(b"cluster"), b"k2")) == b"v2"
+    again = s.open_db(b"cluster")
+    assert s.read(lambda t: t.db_get(again, b"k2")) == b"v2"
 
 
 def _txn_pins(s: Any) -> None:
