@@ -367,3 +367,38 @@ def test_scraped_metric_names_follow_prometheus_conventions(tmp_path: Path) -> N
             if f.type == "counter":
                 assert s.name == f.name + "_total", s.name
             assert not UNBOUNDED_LABELS & set(s.labels), f"{s.name} has an unbounded label"
+
+
+# ---------------------------------------------------------------------- backup / restore
+
+#: The hot-backup command of README.md "Operating pinfold" (run there as root).
+BACKUP_SNIPPET = ("import lmdb, sys; "
+                  "lmdb.open(sys.argv[1], readonly=True).copy(sys.argv[2], compact=True)")
+
+
+def test_readme_backup_command_copies_a_running_store_and_restores(tmp_path: Path) -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert BACKUP_SNIPPET in readme, "README's backup command changed: update this test"
+    data = os.urandom(3 * 1024 * 1024 + 7)
+    backup = tmp_path / "backup"
+    backup.mkdir()
+    d = DaemonProcess(tmp_path, "bk")
+    with d:
+        with d.client() as c:
+            cid = c.add_stream([data], pin=True)["cid"]
+            # The copy runs while the daemon holds the store open and keeps writing.
+            res = subprocess.run([sys.executable, "-c", BACKUP_SNIPPET, str(d.home / "store"),
+                                  str(backup)], check=False, capture_output=True, text=True,
+                                 timeout=120)
+            assert res.returncode == 0, res.stderr
+            c.add_stream([b"written after the backup"])
+    assert (backup / "data.mdb").stat().st_size > len(data)
+    # Restore: daemon stopped, store replaced by the copy, daemon started again.
+    store = d.home / "store"
+    shutil.rmtree(store)
+    store.mkdir(mode=0o700)
+    shutil.copy(backup / "data.mdb", store / "data.mdb")
+    with d:
+        with d.client() as c:
+            assert b"".join(c.cat(cid)) == data
+            assert any(p["cid"] == cid for p in c.pins())
