@@ -99,6 +99,16 @@ def _param(params: dict[str, Any], key: str, kind: type | tuple[type, ...], defa
     return value
 
 
+async def send_bytes(call: Any, data: bytes) -> None:
+    """Stream ``data`` as items of at most ``SEND_CHUNK`` bytes (the RPC frame bound)."""
+    if len(data) <= SEND_CHUNK:
+        await call.send(data)
+        return
+    view = memoryview(data)
+    for i in range(0, len(data), SEND_CHUNK):
+        await call.send(bytes(view[i:i + SEND_CHUNK]))
+
+
 def _cid_param(params: dict[str, Any], key: str = "cid") -> CID:
     return parse_cid(_param(params, key, str, required=True))
 
@@ -203,7 +213,8 @@ class Api:
     # ------------------------------------------------------------------ add
 
     async def _import_file(self, sink: BlockSink, chunks: AsyncIterator[bytes],
-                           params: unixfs.ImportParams) -> tuple[CID, int]:
+                           params: unixfs.ImportParams) -> tuple[CID, int, int]:
+        """Import one file; returns (root CID, file size in bytes, Tsize of the root in bytes)."""
         importer = unixfs.FileImporter(params)
         async for chunk in chunks:
             blocks = importer.feed(chunk)
@@ -212,14 +223,14 @@ class Api:
             self.node.metrics.add_bytes.inc(len(chunk))
         blocks, root, size = importer.finish()
         await sink.put(blocks)
-        return root, size
+        return root, size, importer.root_tsize
 
     async def add(self, call: Any) -> dict[str, Any]:
         params = _import_params(self.node, call.params)
         with self.node.store.protect() as protection:
             async with trio.open_nursery() as nursery:
                 sink = BlockSink(self.node, nursery, protection)
-                root, size = await self._import_file(sink, call.upload(), params)
+                root, size, _ = await self._import_file(sink, call.upload(), params)
                 await sink.flush()
             result = {"cid": str(root), "bytes": size, "blocks": sink.blocks}
             if _param(call.params, "pin", bool, False):
@@ -262,9 +273,8 @@ class Api:
                                 left -= len(piece)
                                 yield piece
 
-                        before = sink.bytes
-                        root, fsize = await self._import_file(sink, body(), params)
-                        builder.add_file(path, root, fsize, self._tsize(root, sink.bytes - before))
+                        root, fsize, tsize = await self._import_file(sink, body(), params)
+                        builder.add_file(path, root, fsize, tsize)
                     except ValueError as exc:
                         raise InvalidArgument(str(exc)) from exc
                     files += 1
@@ -277,11 +287,6 @@ class Api:
                 result["pin"] = await self.node.pin(root, recursive=True, **self._pin_opts(call))
         return result
 
-    def _tsize(self, root: CID, written: int) -> int:
-        # Tsize of a file link: the cumulative size of its DAG, which is what
-        # the importer wrote for it (block bytes, counted once per block).
-        return written if written else self.node.store.get_size(root)
-
     # ------------------------------------------------------------------ read
 
     async def cat(self, call: Any) -> dict[str, Any]:
@@ -292,7 +297,7 @@ class Api:
             raise InvalidArgument("offset and length must be >= 0")
         sent = 0
         async for chunk in unixfs.cat(self.node.get_block, cid, offset, length):
-            await call.send(chunk)
+            await send_bytes(call, chunk)
             sent += len(chunk)
         self.node.metrics.cat_bytes.inc(sent)
         return {"cid": str(cid), "bytes": sent}
@@ -302,11 +307,17 @@ class Api:
         files = 0
         sent = 0
         async for entry in unixfs.walk_tree(self.node.get_block, cid):
-            await call.send({"path": entry.path, "type": entry.kind, "size": entry.size})
+            header: dict[str, Any] = {"path": entry.path, "type": entry.kind,
+                                      "size": entry.size or 0}
+            if entry.kind == "symlink":
+                target = entry.target
+                header["target"] = target.decode("utf-8", "replace") if isinstance(
+                    target, bytes) else str(target)
+            await call.send(header)
             if entry.kind == "file":
                 files += 1
                 async for chunk in unixfs.cat(self.node.get_block, entry.cid):
-                    await call.send(chunk)
+                    await send_bytes(call, chunk)
                     sent += len(chunk)
         self.node.metrics.cat_bytes.inc(sent)
         return {"cid": str(cid), "files": files, "bytes": sent}
@@ -338,8 +349,7 @@ class Api:
     async def block_get(self, call: Any) -> dict[str, Any]:
         cid = _cid_param(call.params)
         data = await self.node.get_block(cid)
-        for i in range(0, len(data), SEND_CHUNK):
-            await call.send(data[i:i + SEND_CHUNK])
+        await send_bytes(call, data)
         return {"cid": str(cid), "size": len(data)}
 
     async def block_stat(self, call: Any) -> dict[str, Any]:
@@ -352,14 +362,13 @@ class Api:
 
     async def block_rm(self, call: Any) -> dict[str, Any]:
         cid = _cid_param(call.params)
-        store = self.node.store
 
-        def rm() -> bool:
-            if store.refcount(cid) > 0:
+        def rm(t: Any) -> bool:
+            if t.refcount(cid) > 0:
                 raise PinError(f"block {cid} is held by a pin; unpin it first")
-            if not store.has(cid):
+            if not t.has(cid):
                 raise BlockNotFound(cid)
-            return store.delete(cid)
+            return t.delete(cid)
 
         removed = await self.node.writer.submit(rm)
         return {"cid": str(cid), "removed": bool(removed)}
@@ -396,11 +405,11 @@ class Api:
             blocks += 1
             if len(pending) >= SEND_CHUNK:
                 total += len(pending)
-                await call.send(bytes(pending))
+                await send_bytes(call, bytes(pending))
                 pending.clear()
         if pending:
             total += len(pending)
-            await call.send(bytes(pending))
+            await send_bytes(call, bytes(pending))
         return {"cid": str(root), "blocks": blocks, "bytes": total}
 
     # ------------------------------------------------------------------ pins

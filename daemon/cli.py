@@ -544,6 +544,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("pinfold: interrupted", file=sys.stderr)
         return 130
+    except BaseExceptionGroup as group:
+        from .errors import exit_code_for, leaf, message_for
+
+        if isinstance(leaf(group), KeyboardInterrupt):
+            return 130
+        print(f"pinfold: error: {message_for(group)}", file=sys.stderr)
+        return exit_code_for(group)
     except BrokenPipeError:
         # stdout closed early (e.g. `pinfold cat CID | head`): not an error.
         try:

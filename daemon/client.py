@@ -214,6 +214,7 @@ class Client:
         current: Path | None = None
         files = 0
         total = 0
+        links: list[tuple[Path, str]] = []
 
         def finish() -> None:
             nonlocal out, current
@@ -232,6 +233,9 @@ class Client:
                     dest = target / rel if rel else target
                     if item["type"] == "dir":
                         dest.mkdir(parents=True, exist_ok=True)
+                    elif item["type"] == "symlink":
+                        # Made last, so no later entry is ever written through a link.
+                        links.append((dest, item.get("target", "")))
                     else:
                         dest.parent.mkdir(parents=True, exist_ok=True)
                         current = dest
@@ -242,6 +246,9 @@ class Client:
                     out.write(item)
                     total += len(item)
             finish()
+            for dest, link_target in links:
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                os.symlink(link_target, dest)
         finally:
             if out is not None:
                 out.close()

@@ -10,8 +10,18 @@ EXIT_ERROR = 1
 EXIT_NO_DAEMON = 3
 
 
+def leaf(exc: BaseException) -> BaseException:
+    """The one real error inside nested exception groups (trio nurseries wrap errors)."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
 def message_for(exc: BaseException) -> str:
     """One line describing ``exc`` for a user (no traceback)."""
+    exc = leaf(exc)
+    if isinstance(exc, BaseExceptionGroup):
+        return "; ".join(message_for(e) for e in exc.exceptions)
     if isinstance(exc, FileNotFoundError) and exc.filename:
         return f"{exc.filename}: no such file or directory"
     if isinstance(exc, PermissionError) and exc.filename:
@@ -24,6 +34,7 @@ def message_for(exc: BaseException) -> str:
 
 def exit_code_for(exc: BaseException) -> int:
     """The exit code for ``exc``: 3 when the daemon is not running, else 1."""
+    exc = leaf(exc)
     if getattr(exc, "code", None) == "daemon_not_running":
         return EXIT_NO_DAEMON
     return EXIT_ERROR

@@ -24,12 +24,13 @@ import logging
 import math
 import random
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Final
 
 import multiaddr
 import trio
 from libp2p import new_host
+from multiformats import multihash
 from libp2p.abc import IHost, INetConn, INetStream, INetwork, INotifee
 from libp2p.crypto.keys import KeyPair
 from libp2p.crypto.x25519 import create_new_key_pair as _new_x25519_key_pair
@@ -42,6 +43,7 @@ from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
+from libp2p.transport.tcp.tcp import TCP
 
 __all__ = [
     "HostConfig",
@@ -268,14 +270,23 @@ class Host:
             dial_timeout=self.config.dial_timeout_s,
         )
         self._listen = [parse_multiaddr(a) for a in self.config.listen]
+        self._dialed: list[tuple[float, Any]] = []  # (when, RawConnection) of our outbound dials
         self.libp2p: IHost = new_host(
             key_pair=key_pair,
             sec_opt={NOISE_PROTOCOL_ID: noise},
             muxer_opt={YAMUX_PROTOCOL_ID: Yamux},
             connection_config=conn_config,
             listen_addrs=self._listen,
+            transports=[_TrackingTCP(self._dialed)],
         )
         route_libp2p_logs()
+        # py-libp2p's auto-connector redials every peer in the peerstore until it
+        # holds (low + high watermark) / 2 connections -- including peers we cut
+        # off. pinfold decides whom to dial (bootstrap peers, the cluster), so it
+        # is switched off; pruning still applies above max_connections.
+        network = self.libp2p.get_network()
+        if hasattr(network, "auto_connector"):
+            network.auto_connector.maybe_connect = _no_auto_connect  # type: ignore[method-assign]
         self._bootstrap = [parse_multiaddr(a, need_peer_id=True) for a in self.config.bootstrap]
         self._subscribers: list[trio.MemorySendChannel[PeerEvent]] = []
         self._counters = _Counters()
@@ -331,6 +342,7 @@ class Host:
                     await trio.sleep_forever()
         finally:
             self._stopped = True
+            self._reap_sockets(older_than_s=None)
             for ch in self._subscribers:
                 ch.close()
             self._subscribers.clear()
@@ -354,6 +366,11 @@ class Host:
         if self.is_connected(info.peer_id):
             return info.peer_id
         self._counters.dials += 1
+        # py-libp2p refuses to redial a peer for 60 s after a failed dial; pinfold
+        # applies its own backoff (bootstrap) or the user asked explicitly.
+        negative = getattr(self.libp2p.get_network(), "_negative_peer_cache", None)
+        if negative is not None:
+            negative.evict(str(info.peer_id))
         try:
             with trio.fail_after(self.config.dial_timeout_s):
                 await self.libp2p.connect(info)
@@ -365,6 +382,8 @@ class Host:
         except Exception as exc:
             self._counters.dial_failures += 1
             raise DialError(f"dial {ma} failed: {exc}") from exc
+        finally:
+            self._reap_sockets(older_than_s=_REAP_AGE_S)
         return info.peer_id
 
     async def disconnect(self, peer_id: ID | str) -> bool:
@@ -504,6 +523,34 @@ class Host:
             self._connected.add(pid)
             self._publish(PeerEvent(peer_id=pid, connected=True))
 
+    def _reap_sockets(self, *, older_than_s: float | None) -> None:
+        """Close sockets of our outbound dials that py-libp2p dropped without
+        closing (failed upgrades, remote-closed connections), so they do not leak.
+
+        Args:
+            older_than_s: only dials at least this old, seconds (a younger one may
+                still be handshaking); None = every dial not in a live connection.
+        """
+        if not self._dialed:
+            return
+        live = set()
+        for conns in self.libp2p.get_network().get_connections_map().values():
+            for conn in conns:
+                raw = _raw_connection(conn)
+                if raw is not None:
+                    live.add(id(raw))
+        now = trio.current_time()
+        keep = []
+        for when, raw in self._dialed:
+            if id(raw) in live or (older_than_s is not None and now - when < older_than_s):
+                keep.append((when, raw))
+                continue
+            try:
+                raw.stream.stream.socket.close()
+            except Exception:  # already closed or not a TCP stream
+                pass
+        self._dialed[:] = keep
+
     def _on_disconnected(self, conn: INetConn) -> None:
         self._counters.closed += 1
         pid = conn.muxed_conn.peer_id
@@ -531,13 +578,43 @@ class Host:
             await trio.sleep(self.config.bootstrap_check_interval_s)
 
 
+#: a dial this old is done handshaking; its socket may be reaped when not in use, seconds
+_REAP_AGE_S: Final = 60.0
+
+
+class _TrackingTCP(TCP):
+    """py-libp2p's TCP transport, remembering each outbound connection (see ``_reap_sockets``)."""
+
+    def __init__(self, dialed: list[tuple[float, Any]]) -> None:
+        super().__init__()
+        self._dialed = dialed
+
+    async def dial(self, maddr: multiaddr.Multiaddr) -> Any:
+        raw = await super().dial(maddr)
+        self._dialed.append((trio.current_time(), raw))
+        return raw
+
+
+def _raw_connection(conn: INetConn) -> Any:
+    """The RawConnection under a swarm connection (SwarmConn -> Yamux -> SecureSession -> Noise -> raw)."""
+    obj: Any = conn
+    for attr in ("muxed_conn", "secured_conn", "conn", "conn"):
+        obj = getattr(obj, attr, None)
+        if obj is None:
+            return None
+    return obj
+
+
+async def _no_auto_connect() -> None:
+    return None
+
+
 def _as_peer_id(value: ID | str) -> ID:
     if isinstance(value, ID):
         return value
     try:
-        return ID.from_base58(value.strip())
+        pid = ID.from_base58(value.strip())
+        multihash.unwrap(pid.to_bytes())  # a peer ID is a multihash of the public key
     except Exception as exc:
         raise HostError(f"invalid peer ID {value!r}: {exc}") from exc
-
-
-_ = (field, Any)  # kept for type references in docs
+    return pid

@@ -215,18 +215,18 @@ class Node:
                 await self.get_block(cid)
                 protection.add(cid)
                 blocks = [cid]
-            meta = dict(metadata or {})
+            meta = {str(k): str(v) for k, v in (metadata or {}).items()}
             if expire_at is not None:
-                meta["expire_at"] = expire_at
+                meta["expire_at"] = repr(float(expire_at))
+            now = time.time()
             rec = await self.writer.submit(
-                lambda: store.pin_add(cid, recursive=recursive, blocks=blocks, name=name or "",
-                                      metadata=meta or None))
+                lambda t: t.pin_add(cid, recursive=recursive, blocks=blocks, name=name or "",
+                                    metadata=meta or None, now=now))
         return pin_record_dict(rec)
 
     async def unpin(self, cid: CID) -> dict[str, Any]:
         """Remove the local pin of ``cid``. Raises ``NotPinned``."""
-        store = self.store
-        rec = await self.writer.submit(lambda: store.pin_rm(cid))
+        rec = await self.writer.submit(lambda t: t.pin_rm(cid))
         d = pin_record_dict(rec)
         d["state"] = "unpinned"
         return d

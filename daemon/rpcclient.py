@@ -52,6 +52,7 @@ from .rpcwire import (
     ServerMessage,
     Welcome,
     WireError,
+    bulk_read_size,
     decode_server_message,
     encode,
 )
@@ -310,13 +311,23 @@ class RpcConnection:
             try:
                 body = decoder.next_body()
                 if body is not None:
-                    return decode_server_message(body), len(body)
+                    return decode_server_message(body), body.nbytes
             except WireError as exc:
                 raise RpcProtocolError(exc.code, f"bad frame from the daemon: {exc}") from exc
             if not block and not self._poll.poll(0):
                 return None
             try:
-                n = self._sock.recv_into(decoder.get_buffer())
+                if want := decoder.bulk_wanted():
+                    if self._timeout is None:  # blocking: the kernel gathers it all
+                        data = self._sock.recv(want, socket.MSG_WAITALL)
+                    else:
+                        data = self._sock.recv(bulk_read_size(self._sock.fileno(), want))
+                    n = len(data)
+                    if n:
+                        decoder.add_bulk(data)
+                else:
+                    n = self._sock.recv_into(decoder.get_buffer())
+                    decoder.commit(n)
             except TimeoutError:
                 raise RpcError("timeout",
                                f"no reply from the daemon within {self._timeout} s") from None
@@ -327,7 +338,6 @@ class RpcConnection:
                     f"the daemon closed the connection ({exc.strerror or exc})") from None
             if n == 0:
                 raise RpcConnectionClosed("the daemon closed the connection")
-            decoder.commit(n)
 
 
 class RpcStream:
@@ -603,16 +613,22 @@ class AsyncRpcConnection:
             try:
                 body = decoder.next_body()
                 if body is not None:
-                    return decode_server_message(body), len(body)
+                    return decode_server_message(body), body.nbytes
             except WireError as exc:
                 raise RpcProtocolError(exc.code, f"bad frame from the daemon: {exc}") from exc
             try:
-                n = await self._sock.recv_into(decoder.get_buffer())
+                if want := decoder.bulk_wanted():
+                    data = await self._sock.recv(bulk_read_size(self._sock.fileno(), want))
+                    n = len(data)
+                    if n:
+                        decoder.add_bulk(data)
+                else:
+                    n = await self._sock.recv_into(decoder.get_buffer())
+                    decoder.commit(n)
             except OSError:
                 return None
             if n == 0:
                 return None
-            decoder.commit(n)
 
     async def _reader(self) -> None:
         try:

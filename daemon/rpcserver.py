@@ -47,6 +47,7 @@ from .rpcwire import (
     DEFAULT_WINDOW_BYTES,
     MAX_WINDOW_BYTES,
     MIN_WINDOW_BYTES,
+    Body,
     Cancel,
     Credit,
     Data,
@@ -61,6 +62,7 @@ from .rpcwire import (
     SendCredit,
     Welcome,
     WireError,
+    bulk_read_size,
     decode_client_message,
     encode,
     error_code_of,
@@ -208,8 +210,9 @@ class Call:
     async def send(self, item: Any) -> None:
         """Stream one reply item to the client, waiting for its credit.
 
-        Bytes are sent as msgpack bin without a copy (bytearray and memoryview
-        are copied to bytes first, so the caller may reuse them).
+        Bytes are sent as msgpack bin without a copy, as are memoryview slices
+        of bytes (``memoryview(data)[i:j]``); bytearray and other memoryviews
+        are copied first, so the caller may reuse them once this returns.
 
         Args:
             item: any msgpack-serializable value; its frame is at most
@@ -219,8 +222,9 @@ class Call:
             ValueError: the item's frame would exceed the frame limit.
             TypeError: the item is not msgpack-serializable.
         """
-        if isinstance(item, bytearray | memoryview):
-            item = bytes(item)
+        if isinstance(item, bytearray) or (
+                isinstance(item, memoryview) and not isinstance(item.obj, bytes)):
+            item = bytes(item)  # mutable (or borrowed) memory: copy before queueing
         req = self._req
         bufs, cost = encode(Item(id=req.id, item=item))
         await trio.lowlevel.checkpoint()
@@ -337,13 +341,19 @@ class _Connection:
             server = self.server
             while True:
                 try:
-                    n = await sock.recv_into(decoder.get_buffer())
+                    if want := decoder.bulk_wanted():
+                        data = await sock.recv(bulk_read_size(sock.fileno(), want))
+                        n = len(data)
+                        if n:
+                            decoder.add_bulk(data)
+                    else:
+                        n = await sock.recv_into(decoder.get_buffer())
+                        decoder.commit(n)
                 except OSError:
                     return
                 if n == 0:
                     return
                 server._bytes_in += n
-                decoder.commit(n)
                 while (body := decoder.next_body()) is not None:
                     self._on_body(body)
         if self.handshake_scope.cancelled_caught:
@@ -352,7 +362,7 @@ class _Connection:
 
     # ----------------------------------------------------------------- reading
 
-    def _on_body(self, body: memoryview) -> None:
+    def _on_body(self, body: Body) -> None:
         msg = decode_client_message(body)
         if not self.greeted:
             if not isinstance(msg, Hello):
@@ -370,7 +380,7 @@ class _Connection:
             if not req.upload_open:
                 raise WireError("protocol_error",
                                 f"data for request {msg.id}, which has no open upload")
-            cost = len(body)
+            cost = body.nbytes
             req.recv.on_receive(cost)
             req.chunks.append((msg.data, cost))
             self.server._upload_received(req.recv.peak_buffered, cost)

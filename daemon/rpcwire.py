@@ -58,8 +58,11 @@ the connection is closed after them) are listed in ``CONNECTION_ERROR_CODES``.
 
 from __future__ import annotations
 
+import array
+import fcntl
 import re
 import struct
+import termios
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -483,11 +486,11 @@ def _message_map(body: bytes | bytearray | memoryview) -> tuple[dict[str, Any], 
     return obj, kind
 
 
-def decode_client_message(body: bytes | bytearray | memoryview) -> ClientMessage:
+def decode_client_message(body: bytes | bytearray | memoryview | Bulk) -> ClientMessage:
     """Decode and validate one frame body sent by a client.
 
     Args:
-        body: the frame body (length prefix removed).
+        body: the frame body (length prefix removed), or a ``Bulk`` from ``FrameDecoder``.
 
     Returns:
         The message.
@@ -496,6 +499,12 @@ def decode_client_message(body: bytes | bytearray | memoryview) -> ClientMessage
         WireError: ``protocol_error`` naming the malformed part (unknown type,
             missing or unknown field, wrong type, out-of-range value).
     """
+    if isinstance(body, Bulk):
+        if body.kind != "data":
+            raise WireError("protocol_error", f"unknown client message type {body.kind!r}")
+        if len(body.payload) > MAX_CHUNK_BYTES:
+            raise WireError("protocol_error", f"data.data must be bin of 1..{MAX_CHUNK_BYTES} bytes")
+        return Data(id=body.id, data=body.payload)
     obj, kind = _message_map(body)
     if kind == "data":
         _fields(obj, "data", ("id", "data"))
@@ -535,12 +544,16 @@ def decode_client_message(body: bytes | bytearray | memoryview) -> ClientMessage
     raise WireError("protocol_error", f"unknown client message type {kind[:40]!r}")
 
 
-def decode_server_message(body: bytes | bytearray | memoryview) -> ServerMessage:
-    """Decode and validate one frame body sent by a server.
+def decode_server_message(body: bytes | bytearray | memoryview | Bulk) -> ServerMessage:
+    """Decode and validate one frame body sent by a server (or a ``Bulk``).
 
     Raises:
         WireError: ``protocol_error`` naming the malformed part.
     """
+    if isinstance(body, Bulk):
+        if body.kind != "item":
+            raise WireError("protocol_error", f"unknown server message type {body.kind!r}")
+        return Item(id=body.id, item=body.payload)
     obj, kind = _message_map(body)
     if kind == "item":
         _fields(obj, "item", ("id", "item"))
@@ -575,27 +588,118 @@ def decode_server_message(body: bytes | bytearray | memoryview) -> ServerMessage
 # --------------------------------------------------------------------------- framing
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Bulk:
+    """A large ``data`` or ``item`` frame whose bin payload was received as one bytes object.
+
+    ``FrameDecoder`` recognizes the canonical layout ``encode`` writes
+    (``{t, id, data|item}`` in that order, unsigned id, bin payload ending the
+    frame) and receives the payload straight into a bytes object, skipping
+    msgpack's copy. Any other layout takes the generic path; both give the
+    same message from ``decode_*_message``.
+
+    Attributes:
+        kind: ``"data"`` or ``"item"``.
+        id: the request id (already range-checked).
+        payload: the bin payload.
+        nbytes: the frame's body length, bytes (its flow-control cost).
+    """
+
+    kind: str
+    id: int
+    payload: bytes
+    nbytes: int
+
+
+Body = memoryview | Bulk
+"""What ``FrameDecoder.next_body`` returns; ``.nbytes`` is the body length either way."""
+
+_BULK_HEADS = ((_DATA_HEAD, "data", _DATA_KEY), (_ITEM_HEAD, "item", _ITEM_KEY))
+_UINT = {0xCC: 1, 0xCD: 2, 0xCE: 4, 0xCF: 8}
+_BIN = {0xC4: 1, 0xC5: 2, 0xC6: 4}
+_BULK_HEADER_MAX = len(_DATA_HEAD) + 9 + len(_DATA_KEY) + 5  # id as uint64, bin32
+_READ_BYTES = 32 << 10
+
+
+def _bulk_header_len(buf: memoryview) -> int | None:
+    """How long a canonical bulk header starting ``buf`` is (as far as ``buf`` tells),
+    or None if ``buf`` cannot start one. Lets a driver read a header byte-exactly,
+    so that the payload after it can be received whole into one bytes object."""
+    have = len(buf)
+    for head, _, key in _BULK_HEADS:
+        size = len(head)
+        if have <= size:
+            if buf[:have] == head[:have]:
+                return size + 1  # up to the id's type byte
+            continue
+        if buf[:size] != head:
+            continue
+        tag = buf[size]
+        extra = 0 if tag <= 0x7F else _UINT.get(tag)
+        if extra is None:
+            return None
+        pos = size + 1 + extra + len(key)  # the bin type byte
+        if have <= pos:
+            return pos + 1
+        width = _BIN.get(buf[pos])
+        return None if width is None else pos + 1 + width
+    return None
+
+
+def _parse_bulk_header(buf: memoryview, n: int) -> tuple[str, int, int] | None:
+    """``(kind, id, header_len)`` if ``buf`` (a body's first bytes, the whole header
+    included) starts a canonical bulk frame of body length ``n`` whose bin payload
+    ends the frame; else None."""
+    for head, kind, key in _BULK_HEADS:
+        if buf[:len(head)] != head:
+            continue
+        pos = len(head)
+        tag = buf[pos]
+        if tag <= 0x7F:
+            rid, pos = tag, pos + 1
+        elif tag in _UINT:
+            size = _UINT[tag]
+            rid = int.from_bytes(buf[pos + 1:pos + 1 + size], "big")
+            pos += 1 + size
+        else:
+            return None
+        if not 1 <= rid <= MAX_REQUEST_ID or buf[pos:pos + len(key)] != key:
+            return None
+        pos += len(key)
+        size = _BIN.get(buf[pos])
+        if size is None:
+            return None
+        length = int.from_bytes(buf[pos + 1:pos + 1 + size], "big")
+        pos += 1 + size
+        return (kind, rid, pos) if pos + length == n else None
+    return None
+
+
 class FrameDecoder:
-    """Splits a byte stream into frame bodies; sans-IO and friendly to ``recv_into``.
+    """Splits a byte stream into frame bodies; sans-IO, built for few copies.
 
-    Drivers either ``feed(data)``, or, to save copies, receive straight into
-    ``get_buffer()``, ``commit(n)``, then take bodies with ``next_body()``
-    until it returns None (draining keeps ``get_buffer()`` non-empty).
+    Drivers loop: if ``bulk_wanted()`` is non-zero, receive up to that many
+    bytes as a new bytes object (``socket.recv``) and pass it to
+    ``add_bulk``; otherwise receive into ``get_buffer()`` (``recv_into``) and
+    ``commit(n)``. After either, take bodies with ``next_body()`` until it
+    returns None (draining keeps ``get_buffer()`` non-empty). ``feed(data)``
+    does all of this for bytes already in hand.
 
-    ``next_body`` returns a view into the decoder's own buffers, valid until
-    the next call on the decoder: decode it (``decode_*_message`` copies what
-    it keeps) before asking for more. Bodies larger than ``direct_threshold``
-    land in a second buffer, reused from frame to frame, that the socket fills
-    directly; so a 1 MiB chunk is copied once by the kernel and once by msgpack,
-    and no buffer is allocated per frame.
+    Large canonical ``data``/``item`` frames come back as ``Bulk``: their
+    payload is received into its own bytes object (one kernel copy, no
+    more). Other bodies come back as a view into the decoder's buffers, valid
+    until the next call on the decoder: decode it (``decode_*_message`` copies
+    what it keeps) before asking for more. Large non-canonical bodies land in
+    a second buffer reused from frame to frame.
 
-    Memory: ``buffer_bytes`` plus ``max_frame_bytes`` once a large frame was seen.
+    Memory: ``buffer_bytes``, plus ``max_frame_bytes`` once a large
+    non-canonical frame was seen, plus the bulk payload in progress.
     """
 
     def __init__(self, *, max_frame_bytes: int = MAX_FRAME_BYTES,
                  buffer_bytes: int = 256 << 10, direct_threshold: int = 64 << 10) -> None:
-        if direct_threshold + 4 > buffer_bytes:
-            raise ValueError("buffer_bytes must exceed direct_threshold + 4")
+        if direct_threshold + 4 > buffer_bytes or direct_threshold < _BULK_HEADER_MAX:
+            raise ValueError("need direct_threshold >= 64 and buffer_bytes > direct_threshold + 4")
         self._max = max_frame_bytes
         self._buf = bytearray(buffer_bytes)
         self._view = memoryview(self._buf)
@@ -605,11 +709,30 @@ class FrameDecoder:
         self._big_buf = bytearray()
         self._big: memoryview | None = None  # the current large body being filled
         self._big_filled = 0
+        # The bulk frame in progress: kind, id, body length, payload pieces, bytes missing.
+        self._bulk: tuple[str, int, int] | None = None
+        self._pieces: list[bytes] = []
+        self._bulk_need = 0
+        # After a bulk frame, expect another: read headers byte-exactly so the next
+        # payload is received whole (see ``get_buffer``).
+        self._probe = False
 
     @property
     def buffered(self) -> int:
         """Bytes received but not yet returned as frames."""
-        return self._end - self._start + self._big_filled
+        return (self._end - self._start + self._big_filled
+                + sum(len(p) for p in self._pieces))
+
+    def bulk_wanted(self) -> int:
+        """Bytes of a bulk payload still to receive with ``add_bulk`` (0: use ``get_buffer``)."""
+        return self._bulk_need
+
+    def add_bulk(self, data: bytes) -> None:
+        """Add received payload bytes (at most ``bulk_wanted()``; kept without copying)."""
+        if not 0 < len(data) <= self._bulk_need:
+            raise ValueError(f"add_bulk takes 1..{self._bulk_need} bytes, got {len(data)}")
+        self._pieces.append(data)
+        self._bulk_need -= len(data)
 
     def get_buffer(self) -> memoryview:
         """A writable view to receive into (never empty); then call ``commit``."""
@@ -617,7 +740,25 @@ class FrameDecoder:
             return self._big[self._big_filled:]
         if self._end == len(self._buf):
             self._compact()
-        return self._view[self._end:]
+        limit = _READ_BYTES  # modest: payload bytes read here are copied once more
+        if self._probe:
+            need = self._header_need()
+            if need:
+                limit = need
+            else:
+                self._probe = False
+        return self._view[self._end:self._end + limit]
+
+    def _header_need(self) -> int:
+        """Bytes still to read to complete the next frame's bulk header; 0 if not bulk."""
+        avail = self._end - self._start
+        if avail < 4:
+            return 4 - avail
+        (n,) = _LEN.unpack_from(self._buf, self._start)
+        if not self._direct < n <= self._max:
+            return 0
+        header_len = _bulk_header_len(self._view[self._start + 4:self._end])
+        return max(0, header_len - (avail - 4)) if header_len is not None else 0
 
     def commit(self, n: int) -> None:
         """Record that ``n`` bytes were written at the start of the last ``get_buffer()``."""
@@ -626,22 +767,27 @@ class FrameDecoder:
         else:
             self._end += n
 
-    def feed(self, data: bytes | bytearray | memoryview) -> list[bytes]:
-        """Append received bytes (copying them) and return the frame bodies they complete.
+    def feed(self, data: bytes | bytearray | memoryview) -> list[bytes | Bulk]:
+        """Take received bytes (copying them) and return the frame bodies they complete.
 
         Raises:
             WireError: ``frame_too_large`` if a length prefix is over the limit,
                 ``protocol_error`` for an empty frame.
         """
-        bodies: list[bytes | bytearray] = []
+        bodies: list[bytes | Bulk] = []
         view = memoryview(data).cast("B")
         while view.nbytes:
-            target = self.get_buffer()
-            n = min(target.nbytes, view.nbytes)
-            target[:n] = view[:n]
-            self.commit(n)
+            want = self._bulk_need
+            if want:
+                n = min(want, view.nbytes)
+                self.add_bulk(bytes(view[:n]))
+            else:
+                target = self.get_buffer()
+                n = min(target.nbytes, view.nbytes)
+                target[:n] = view[:n]
+                self.commit(n)
             view = view[n:]
-            bodies.extend(bytes(body) for body in iter_bodies(self))
+            bodies.extend(b if isinstance(b, Bulk) else bytes(b) for b in iter_bodies(self))
         return bodies
 
     def _compact(self) -> None:
@@ -650,15 +796,23 @@ class FrameDecoder:
             self._buf[:n] = self._buf[self._start:self._end]
         self._start, self._end = 0, n
 
-    def next_body(self) -> memoryview | None:
+    def next_body(self) -> Body | None:
         """The next complete frame body, or None if more bytes are needed.
 
-        The body is a view valid until the next call on this decoder.
+        A view is valid until the next call on this decoder; a ``Bulk`` owns its bytes.
 
         Raises:
             WireError: ``frame_too_large`` for a length prefix above the limit,
                 ``protocol_error`` for a zero length.
         """
+        if self._bulk is not None:
+            if self._bulk_need:
+                return None
+            (kind, rid, n), pieces = self._bulk, self._pieces
+            self._bulk, self._pieces = None, []
+            self._probe = True
+            payload = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+            return Bulk(kind=kind, id=rid, payload=payload, nbytes=n)
         big = self._big
         if big is not None:
             if self._big_filled < len(big):
@@ -684,22 +838,58 @@ class FrameDecoder:
             if self._start == self._end:
                 self._start = self._end = 0
             return body
-        if n > self._direct:
-            have = avail - 4
-            if len(self._big_buf) < n:
-                self._big_buf = bytearray(self._max)
-            big = memoryview(self._big_buf)[:n]
-            big[:have] = self._view[start + 4:self._end]
-            self._big, self._big_filled = big, have
+        if n <= self._direct:
+            if start + 4 + n > len(self._buf):
+                self._compact()  # make room: it will fit in the buffer
+            return None
+        body_start = start + 4
+        header = self._view[body_start:self._end]
+        header_len = _bulk_header_len(header)
+        if header_len is not None and len(header) < header_len:
+            return None  # wait for the whole header
+        parsed = None if header_len is None else _parse_bulk_header(header, n)
+        if parsed is not None:
+            kind, rid, header_len = parsed
+            have = avail - 4 - header_len
+            self._bulk = (kind, rid, n)
+            self._pieces = [bytes(self._view[body_start + header_len:self._end])] if have else []
+            self._bulk_need = n - header_len - have
             self._start = self._end = 0
             return None
-        if start + 4 + n > len(self._buf):
-            self._compact()
+        have = avail - 4
+        if len(self._big_buf) < n:
+            self._big_buf = bytearray(self._max)
+        big = memoryview(self._big_buf)[:n]
+        big[:have] = self._view[body_start:self._end]
+        self._big, self._big_filled = big, have
+        self._start = self._end = 0
         return None
 
 
-def iter_bodies(decoder: FrameDecoder) -> Iterator[memoryview]:
-    """Every complete body currently in ``decoder``, each valid until the next is taken.
+BULK_PIECE_BYTES = 256 << 10
+"""Read size for a bulk payload that has not fully arrived yet (see ``bulk_read_size``)."""
+
+
+def bulk_read_size(fd: int, want: int) -> int:
+    """How much of a bulk payload to ``recv`` now on socket ``fd``.
+
+    If all ``want`` bytes are queued in the socket (``FIONREAD``), all of
+    them: one ``recv`` then yields the whole payload as one bytes object and
+    the decoder needs no join. Otherwise a piece of at most
+    ``BULK_PIECE_BYTES``: the reader is ahead of the writer, so the later
+    join costs nothing that matters. This is the drivers' only syscall
+    besides send and receive.
+    """
+    queued = array.array("i", [0])
+    try:
+        fcntl.ioctl(fd, termios.FIONREAD, queued, True)
+    except OSError:
+        return min(want, BULK_PIECE_BYTES)
+    return want if queued[0] >= want else min(want, BULK_PIECE_BYTES)
+
+
+def iter_bodies(decoder: FrameDecoder) -> Iterator[Body]:
+    """Every complete body currently in ``decoder``; a view is valid until the next is taken.
 
     Raises ``WireError`` like ``next_body``.
     """

@@ -134,7 +134,7 @@ def test_errors_are_one_line(daemon: DaemonProcess, tmp_path: Path) -> None:
     nofile = run_cli(daemon.home, "add", str(tmp_path / "missing"), check=False)
     assert nofile.returncode == 1 and b"no such file" in nofile.stderr
     nodaemon = run_cli(tmp_path / "elsewhere", "id", check=False)
-    assert nodaemon.returncode == 3 and b"not running" in nodaemon.stderr.lower()
+    assert nodaemon.returncode == 3 and b"no pinfold daemon is running" in nodaemon.stderr
 
 
 def test_second_daemon_refused_and_stale_socket_replaced(tmp_path: Path) -> None:
@@ -144,7 +144,7 @@ def test_second_daemon_refused_and_stale_socket_replaced(tmp_path: Path) -> None
             [os.sys.executable, "-m", "pinfold.daemon.cli", "--home", str(a.home), "daemon"],
             capture_output=True, timeout=60)
         assert second.returncode != 0
-        assert b"already" in second.stderr.lower()
+        assert b"another pinfold daemon" in second.stderr
         assert len(second.stderr.strip().splitlines()) <= 2
         sock = a.home / "rpc.sock"
         assert (sock.stat().st_mode & 0o777) == 0o660
@@ -216,7 +216,11 @@ def test_kill9_during_add_then_restart_is_clean(tmp_path: Path) -> None:
     t = threading.Thread(target=big_add)
     t.start()
     started.wait(30)
-    wait_for(lambda: a.client().repo_stat()["blocks"] > 12, timeout=60, what="add in progress")
+    def blocks() -> int:
+        with a.client() as c:
+            return c.repo_stat()["blocks"]
+
+    wait_for(lambda: blocks() > 12, timeout=60, what="add in progress")
     a.kill9()
     t.join(60)
     a.start()
