@@ -342,7 +342,7 @@ class Host:
                     await trio.sleep_forever()
         finally:
             self._stopped = True
-            self._reap_sockets(older_than_s=None)
+            self._reap_sockets(older_than_s=None, shutdown=True)
             for ch in self._subscribers:
                 ch.close()
             self._subscribers.clear()
@@ -523,18 +523,20 @@ class Host:
             self._connected.add(pid)
             self._publish(PeerEvent(peer_id=pid, connected=True))
 
-    def _reap_sockets(self, *, older_than_s: float | None) -> None:
+    def _reap_sockets(self, *, older_than_s: float | None, shutdown: bool = False) -> None:
         """Close sockets of our outbound dials that py-libp2p dropped without
         closing (failed upgrades, remote-closed connections), so they do not leak.
 
         Args:
             older_than_s: only dials at least this old, seconds (a younger one may
                 still be handshaking); None = every dial not in a live connection.
+            shutdown: the host stopped: close every socket, live or not.
         """
         if not self._dialed:
             return
         live = set()
-        for conns in self.libp2p.get_network().get_connections_map().values():
+        conn_map = {} if shutdown else self.libp2p.get_network().get_connections_map()
+        for conns in conn_map.values():
             for conn in conns:
                 raw = _raw_connection(conn)
                 if raw is not None:
