@@ -122,43 +122,76 @@ def test_unit_is_type_notify_with_watchdog_reload_and_sandbox() -> None:
     assert int(one["TimeoutStopSec"]) > 30
 
 
-def test_memory_deny_write_execute_is_safe_for_the_daemon(tmp_path: Path) -> None:
-    """The unit sets MemoryDenyWriteExecute=yes; the daemon must run under it.
-
-    Linux >= 6.3 offers the same rule to any process (prctl PR_SET_MDWE, inherited
-    across fork and exec), so the real daemon runs under it here and answers RPC.
-    """
+def _mdwe_supported() -> bool:
     import ctypes
 
     libc = ctypes.CDLL(None, use_errno=True)
-    pr_get_mdwe = 66
-    if libc.prctl(pr_get_mdwe, 0, 0, 0, 0) < 0:
+    return libc.prctl(66, 0, 0, 0, 0) >= 0  # PR_GET_MDWE
+
+
+#: A child Python that turns MDWE on for itself, then execs the daemon (prctl
+#: PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN; inherited across fork and exec).
+MDWE_WRAPPER = """\
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+if libc.prctl(65, 1, 0, 0, 0) != 0:
+    raise OSError(ctypes.get_errno(), "PR_SET_MDWE")
+os.execv(sys.executable, [sys.executable, *sys.argv[1:]])
+"""
+
+
+def _start_under_mdwe(tmp_path: Path, name: str) -> DaemonProcess:
+    if not _mdwe_supported():
         pytest.skip("kernel without PR_SET_MDWE (Linux < 6.3)")
-    # A child Python that turns MDWE on for itself, then execs the daemon.
     wrapper = tmp_path / "mdwe.py"
-    wrapper.write_text(
-        "import ctypes, os, sys\n"
-        "libc = ctypes.CDLL(None, use_errno=True)\n"
-        "if libc.prctl(65, 1, 0, 0, 0) != 0:\n"
-        "    raise OSError(ctypes.get_errno(), 'PR_SET_MDWE')\n"
-        "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])\n")
-    d = DaemonProcess(tmp_path, "mdwe")
+    wrapper.write_text(MDWE_WRAPPER)
+    d = DaemonProcess(tmp_path, name)
     d.init()
     with open(d.log_path, "ab") as log:
         d.proc = subprocess.Popen(
             [sys.executable, str(wrapper), "-m", "pinfold.daemon.cli", "--home", str(d.home),
              "daemon"], stdout=log, stderr=subprocess.STDOUT)
+    return d
+
+
+def test_memory_deny_write_execute_is_safe_for_the_daemon(tmp_path: Path) -> None:
+    """The unit sets MemoryDenyWriteExecute=yes; the daemon must run under it.
+
+    Linux >= 6.3 offers the same rule to any process (prctl PR_SET_MDWE), so the
+    real daemon runs under it here, answers RPC, stores and reads a DAG.
+    """
+    d = _start_under_mdwe(tmp_path, "mdwe")
     try:
         assert d.wait_ready(timeout=60)["peer_id"]
         status = Path(f"/proc/{d.pid}/status").read_text()
-        assert re.search(r"^MemoryDenyWriteExecute:\s+1$", status, re.MULTILINE) or \
-            "MemoryDenyWriteExecute" not in status  # older /proc without the field
+        assert "MemoryDenyWriteExecute" not in status or \
+            re.search(r"^MemoryDenyWriteExecute:\s+1$", status, re.MULTILINE), status
         with d.client() as c:
             res = c.add_stream([b"x" * 3_000_000])
             assert b"".join(c.cat(res["cid"])) == b"x" * 3_000_000
     finally:
         d.stop()
         d.kill9()
+
+
+def test_memory_deny_write_execute_is_safe_for_noise_yamux_bitswap(tmp_path: Path) -> None:
+    """A peer connects to a daemon under MDWE (Noise, Yamux) and fetches by Bitswap."""
+    a = _start_under_mdwe(tmp_path, "mdwe-a")
+    b = DaemonProcess(tmp_path, "mdwe-b")
+    try:
+        info = a.wait_ready(timeout=60)
+        if not info["addresses"]:
+            pytest.skip("the daemon reports no libp2p listen addresses (host not running)")
+        b.start()
+        data = os.urandom(2_500_000)
+        with a.client() as ca, b.client() as cb:
+            cid = ca.add_stream([data])["cid"]
+            cb.connect(info["addresses"][0])
+            assert b"".join(cb.cat(cid)) == data
+    finally:
+        for d in (b, a):
+            d.stop()
+            d.kill9()
 
 
 # ---------------------------------------------------------------------- installer
@@ -383,22 +416,20 @@ def test_readme_backup_command_copies_a_running_store_and_restores(tmp_path: Pat
     backup = tmp_path / "backup"
     backup.mkdir()
     d = DaemonProcess(tmp_path, "bk")
-    with d:
-        with d.client() as c:
-            cid = c.add_stream([data], pin=True)["cid"]
-            # The copy runs while the daemon holds the store open and keeps writing.
-            res = subprocess.run([sys.executable, "-c", BACKUP_SNIPPET, str(d.home / "store"),
-                                  str(backup)], check=False, capture_output=True, text=True,
-                                 timeout=120)
-            assert res.returncode == 0, res.stderr
-            c.add_stream([b"written after the backup"])
+    with d, d.client() as c:
+        cid = c.add_stream([data], pin=True)["cid"]
+        # The copy runs while the daemon holds the store open and keeps writing.
+        res = subprocess.run([sys.executable, "-c", BACKUP_SNIPPET, str(d.home / "store"),
+                              str(backup)], check=False, capture_output=True, text=True,
+                             timeout=120)
+        assert res.returncode == 0, res.stderr
+        c.add_stream([b"written after the backup"])
     assert (backup / "data.mdb").stat().st_size > len(data)
     # Restore: daemon stopped, store replaced by the copy, daemon started again.
     store = d.home / "store"
     shutil.rmtree(store)
     store.mkdir(mode=0o700)
     shutil.copy(backup / "data.mdb", store / "data.mdb")
-    with d:
-        with d.client() as c:
-            assert b"".join(c.cat(cid)) == data
-            assert any(p["cid"] == cid for p in c.pins())
+    with d, d.client() as c:
+        assert b"".join(c.cat(cid)) == data
+        assert any(p["cid"] == cid for p in c.pins())
