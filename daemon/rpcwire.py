@@ -640,7 +640,7 @@ def _bulk_header_len(buf: memoryview) -> int | None:
             return None
         pos = size + 1 + extra + len(key)  # the bin type byte
         if have <= pos:
-            return pos + 1
+            return pos + 5  # assume bin32, as bulk payloads (> 64 KiB) nearly always are
         width = _BIN.get(buf[pos])
         return None if width is None else pos + 1 + width
     return None
@@ -753,7 +753,7 @@ class FrameDecoder:
         """Bytes still to read to complete the next frame's bulk header; 0 if not bulk."""
         avail = self._end - self._start
         if avail < 4:
-            return 4 - avail
+            return 4 + len(_DATA_HEAD) + 1 - avail  # the prefix, the fixed head, the id's type
         (n,) = _LEN.unpack_from(self._buf, self._start)
         if not self._direct < n <= self._max:
             return 0
