@@ -81,6 +81,20 @@ class Handlers:
             self.sent_minus_consumed.append(sent - self.consumed[0])
         return {"bytes": sent}
 
+    async def h_send_buffers(self, call: Call) -> int:
+        """Views of bytes go out as they are; a bytearray reused after send() must not
+        change what the client receives."""
+        data = pattern(3 * MiB)
+        view = memoryview(data)
+        for i in range(0, len(data), MiB):
+            await call.send(view[i:i + MiB])
+        scratch = bytearray(b"a" * 1000)
+        await call.send(scratch)
+        scratch[:] = b"b" * 1000
+        await call.send(memoryview(scratch))
+        scratch[:] = b"c" * 1000
+        return len(data)
+
     async def h_items(self, call: Call) -> int:
         for i in range(call.params["n"]):
             await call.send({"i": i})
@@ -439,6 +453,17 @@ async def test_many_small_items(rpc: Harness) -> None:
     assert result == 5000
 
 
+async def test_buffer_items_are_sent_safely(rpc: Harness) -> None:
+    def run() -> tuple[list[bytes], Any]:
+        with RpcConnection(rpc.path) as conn:
+            stream = conn.stream("send_buffers")
+            return list(stream), stream.result
+
+    items, result = await in_thread(run)
+    assert b"".join(items[:3]) == pattern(3 * MiB) and result == 3 * MiB
+    assert items[3:] == [b"a" * 1000, b"b" * 1000]
+
+
 async def test_bidirectional_streaming_sync_client(start: Callable[..., Any]) -> None:
     """Upload and download at once through small windows, from one thread, no deadlock."""
     h = await start(limits=RpcLimits(window_bytes=SMALL_WINDOW))
@@ -579,6 +604,7 @@ async def test_request_limit_per_connection(start: Callable[..., Any]) -> None:
                 await conn.call("echo")
             assert err.value.code == "too_many_requests"
             assert not s1.done and not s2.done
+            assert h.server.statistics().requests_in_flight == 2
         assert (await conn.call("echo"))["method"] == "echo"
 
 
@@ -823,7 +849,7 @@ async def test_client_that_never_reads_is_cut_off(start: Callable[..., Any]) -> 
     def flood() -> bool:
         with RawClient(h.path) as raw:
             raw.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-            for rid in range(1, 200_000):
+            for rid in range(1, 5_000_000):
                 if not raw.send(frame({"t": "call", "id": rid, "method": "x" * 200})):
                     return True
             return False

@@ -124,6 +124,97 @@ def test_frames_survive_any_split(bodies: list[bytes], rnd: random.Random) -> No
     assert decoder.buffered == 0
 
 
+def drive(decoder: w.FrameDecoder, stream: bytes, rnd: random.Random) -> list[bytes | w.Bulk]:
+    """Feed ``stream`` the way the socket drivers do, in random read sizes; bodies are
+    snapshotted (views copied) as they come out."""
+    out: list[bytes | w.Bulk] = []
+    pos = 0
+    while pos < len(stream):
+        size = rnd.choice([1, 7, 100, 5000, 70_000, 1 << 20])
+        if want := decoder.bulk_wanted():
+            n = min(want, size, len(stream) - pos)
+            decoder.add_bulk(stream[pos:pos + n])
+        else:
+            target = decoder.get_buffer()
+            n = min(target.nbytes, size, len(stream) - pos)
+            target[:n] = stream[pos:pos + n]
+            decoder.commit(n)
+        pos += n
+        out.extend(b if isinstance(b, w.Bulk) else bytes(b) for b in w.iter_bodies(decoder))
+    return out
+
+
+bulk_messages = st.one_of(
+    st.builds(w.Data, id=ids, data=st.integers(1, w.MAX_CHUNK_BYTES).map(lambda n: b"d" * n)),
+    st.builds(w.Item, id=ids, item=st.integers(0, w.MAX_CHUNK_BYTES).map(lambda n: b"i" * n)),
+    st.builds(w.Item, id=ids, item=st.integers(0, 200_000).map(lambda n: ["x" * n])),
+    st.builds(w.End, id=ids),
+)
+
+
+@given(st.lists(bulk_messages, min_size=1, max_size=6), st.randoms(use_true_random=False))
+@settings(max_examples=60, deadline=None)
+def test_large_payload_frames_decode_the_same_on_every_path(
+        msgs: list[w.ClientMessage | w.ServerMessage], rnd: random.Random) -> None:
+    stream = b"".join(w.encode_bytes(m) for m in msgs)
+    bodies = drive(w.FrameDecoder(), stream, rnd)
+    assert len(bodies) == len(msgs)
+    for msg, body in zip(msgs, bodies, strict=True):
+        decode = w.decode_client_message if isinstance(msg, w.Data | w.End) \
+            else w.decode_server_message
+        assert decode(body) == msg
+        nbytes = body.nbytes if isinstance(body, w.Bulk) else len(body)
+        assert nbytes == len(w.encode_bytes(msg)) - 4
+        if isinstance(msg, w.Data) and len(msg.data) > 65536:
+            assert isinstance(body, w.Bulk)  # the payload skipped msgpack's copy
+
+
+@pytest.mark.parametrize("obj", [
+    {"id": 5, "t": "data", "data": b"k" * 100_000},                     # other key order
+    {"t": "data", "data": b"k" * 100_000, "id": 5},
+])
+def test_non_canonical_large_frames_take_the_generic_path(obj: dict) -> None:
+    stream = frame(obj)
+    (body,) = drive(w.FrameDecoder(), stream, random.Random(1))
+    assert not isinstance(body, w.Bulk)
+    assert w.decode_client_message(body) == w.Data(id=5, data=b"k" * 100_000)
+
+
+def test_signed_id_encoding_takes_the_generic_path() -> None:
+    head = b"\x83\xa1t\xa4data\xa2id\xd3" + (5).to_bytes(8, "big") + b"\xa4data"
+    payload = b"p" * 100_000
+    body = head + b"\xc6" + len(payload).to_bytes(4, "big") + payload
+    (got,) = drive(w.FrameDecoder(), struct.pack(">I", len(body)) + body, random.Random(2))
+    assert not isinstance(got, w.Bulk)
+    assert w.decode_client_message(got) == w.Data(id=5, data=payload)
+
+
+def test_bulk_frames_are_still_validated() -> None:
+    # A canonical header whose bin ends before the frame does: trailing garbage.
+    payload = b"p" * 100_000
+    head = b"\x83\xa1t\xa4data\xa2id\x05\xa4data\xc6" + len(payload).to_bytes(4, "big")
+    body = head + payload + b"\x00"
+    (got,) = drive(w.FrameDecoder(), struct.pack(">I", len(body)) + body, random.Random(3))
+    with pytest.raises(w.WireError, match="not valid msgpack"):
+        w.decode_client_message(got)
+    # A payload over the chunk limit (the frame itself is within the frame limit).
+    big = w.encode_bytes(w.Item(id=1, item=b"z" * (w.MAX_CHUNK_BYTES + 100)))
+    big = big[:5] + big[5:].replace(b"\xa4item", b"\xa4data", 2)
+    (got,) = drive(w.FrameDecoder(), big, random.Random(4))
+    assert isinstance(got, w.Bulk)
+    with pytest.raises(w.WireError, match="data.data must be bin"):
+        w.decode_client_message(got)
+    # An item sent to a server, a data frame sent to a client: wrong direction.
+    (item,) = drive(w.FrameDecoder(), w.encode_bytes(w.Item(id=1, item=b"x" * 70_000)),
+                    random.Random(5))
+    with pytest.raises(w.WireError, match="unknown client message type 'item'"):
+        w.decode_client_message(item)
+    (data,) = drive(w.FrameDecoder(), w.encode_bytes(w.Data(id=1, data=b"x" * 70_000)),
+                    random.Random(6))
+    with pytest.raises(w.WireError, match="unknown server message type 'data'"):
+        w.decode_server_message(data)
+
+
 def test_frame_too_large_is_refused_before_reading_the_body() -> None:
     decoder = w.FrameDecoder()
     with pytest.raises(w.WireError) as err:
