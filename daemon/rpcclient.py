@@ -8,6 +8,11 @@ Both stream in both directions without holding whole payloads: an upload is
 pulled from its iterator one chunk at a time as the daemon's credit allows, and
 a reply stream is read one item at a time as the caller consumes it.
 
+Data path: an upload chunk is written with one ``sendmsg`` of a small header
+plus the caller's buffer (no copy); a 1 MiB reply item is received straight
+into the bytes object handed to the caller (``MSG_WAITALL`` when no timeout
+is set), one kernel copy in all.
+
 Example::
 
     with RpcConnection(home / "rpc.sock") as conn:
@@ -33,6 +38,8 @@ import trio
 from .rpcwire import (
     DEFAULT_WINDOW_BYTES,
     MAX_CHUNK_BYTES,
+    MAX_WINDOW_BYTES,
+    MIN_WINDOW_BYTES,
     Cancel,
     Credit,
     DaemonNotRunning,
@@ -86,6 +93,12 @@ def _pieces(chunk: Chunk) -> Iterator[memoryview]:
         yield view[start:start + MAX_CHUNK_BYTES]
 
 
+def _check_window(window_bytes: int) -> None:
+    if not MIN_WINDOW_BYTES <= window_bytes <= MAX_WINDOW_BYTES:
+        raise ValueError(f"window_bytes must be in {MIN_WINDOW_BYTES}..{MAX_WINDOW_BYTES}, "
+                         f"got {window_bytes}")
+
+
 def _check_params(params: Mapping[str, Any] | None) -> dict[str, Any]:
     if params is None:
         return {}
@@ -137,6 +150,7 @@ class RpcConnection:
         window_bytes: per-request reply window, bytes (``rpcwire`` bounds).
 
     Raises:
+        ValueError: ``window_bytes`` is out of bounds.
         DaemonNotRunning: the socket is missing or nothing listens on it.
         RpcError: permission denied (``permission_denied``), a refused
             handshake (e.g. ``unsupported_version``, ``too_many_connections``)
@@ -151,6 +165,7 @@ class RpcConnection:
     def __init__(self, socket_path: str | os.PathLike[str], *, connect_timeout: float = 5.0,
                  timeout: float | None = None,
                  window_bytes: int = DEFAULT_WINDOW_BYTES) -> None:
+        _check_window(window_bytes)
         self.socket_path = os.fspath(socket_path)
         self._window = window_bytes
         self._timeout = timeout
@@ -827,6 +842,7 @@ async def open_rpc_connection(socket_path: str | os.PathLike[str], *,
         RpcError: the handshake was refused (``unsupported_version``,
             ``too_many_connections``) or timed out (``timeout``).
     """
+    _check_window(window_bytes)
     path = os.fspath(socket_path)
     sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     with sock:

@@ -54,6 +54,12 @@ Messages (``?`` marks optional fields; any other key is a protocol error)::
 
 Error codes are short snake_case strings. Connection-level ones (``id`` nil,
 the connection is closed after them) are listed in ``CONNECTION_ERROR_CODES``.
+
+Data path (add/cat are bound by it): ``encode`` returns a 1 MiB payload as its
+own buffer behind a small header, for one gather write; ``FrameDecoder``
+recognizes that canonical layout on the way in and receives the payload
+straight into one bytes object (``Bulk``). Any other valid msgpack layout of
+the same message decodes to the same result through the generic path.
 """
 
 from __future__ import annotations

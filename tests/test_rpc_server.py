@@ -318,6 +318,11 @@ def test_no_daemon_is_a_clear_error(short_dir: Path) -> None:
         RpcConnection(path)
 
 
+def test_client_window_is_checked_locally(short_dir: Path) -> None:
+    with pytest.raises(ValueError, match="window_bytes must be in"):
+        RpcConnection(short_dir / "rpc.sock", window_bytes=1000)
+
+
 async def test_async_client_reports_no_daemon(short_dir: Path) -> None:
     with pytest.raises(w.DaemonNotRunning, match="socket missing"):
         async with open_rpc_connection(short_dir / "nope.sock"):
