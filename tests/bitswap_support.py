@@ -57,17 +57,11 @@ def raw_blocks(n: int, size: int, *, seed: int = 0) -> list[tuple[CID, bytes]]:
 
 
 def random_bytes(n: int, seed: int = 0) -> bytes:
-    """Deterministic pseudo-random bytes (fast: a repeated 1 MiB random block with a counter)."""
+    """Deterministic pseudo-random bytes (no repeated chunks, so no deduplicated blocks)."""
     import random
 
     rng = random.Random(seed)
-    base = rng.randbytes(min(n, 1 << 20))
-    out = bytearray()
-    i = 0
-    while len(out) < n:
-        out += i.to_bytes(8, "big") + base[8:]
-        i += 1
-    return bytes(out[:n])
+    return b"".join(rng.randbytes(min(1 << 20, n - i)) for i in range(0, n, 1 << 20))
 
 
 def new_host(**kw) -> Host:

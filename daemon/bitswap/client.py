@@ -27,7 +27,7 @@ session and Helia's want-list behave alike):
 from __future__ import annotations
 
 import itertools
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
 
@@ -154,6 +154,7 @@ class WantManager:
         self._sessions: dict[int, _Session] = {}
         self._peers: dict[Peer, _PeerState] = {}
         self._queue: deque[bytes] = deque()  # wants waiting for a peer slot
+        self._done: OrderedDict[bytes, tuple[int, ...]] = OrderedDict()  # key -> sessions, recent
         self._sid = itertools.count(1)
 
     # ------------------------------------------------------------ sessions
@@ -280,8 +281,15 @@ class WantManager:
         st.last_heard = now
         sends: dict[Peer, list[WantEntry]] = {}
         for p in presences:
-            w = self._wants.get(cid_key(p.cid))
+            key = cid_key(p.cid)
+            w = self._wants.get(key)
             if w is None:
+                if p.type == PresenceType.HAVE:
+                    # a late HAVE for a block already received still shows the peer is useful
+                    for sid in self._done.get(key, ()):
+                        s = self._sessions.get(sid)
+                        if s is not None and self._allowed(s, peer):
+                            s.useful[peer] = None
                 continue
             if p.type == PresenceType.HAVE:
                 w.have_peers.add(peer)
@@ -316,9 +324,17 @@ class WantManager:
         if st is not None:
             st.last_heard = now
         if w is None:
+            # a duplicate still proves the peer holds the session's data
+            for sid in self._done.get(key, ()):
+                s = self._sessions.get(sid)
+                if s is not None and st is not None and self._allowed(s, peer):
+                    s.useful[peer] = None
             return None
         if w.queued:
             w.queued = False  # removed lazily from the queue
+        self._done[key] = tuple(w.sessions)
+        if len(self._done) > 4096:
+            self._done.popitem(last=False)
         cancels: dict[Peer, list[WantEntry]] = {}
         if w.block_peer is not None:
             self._release(w.block_peer, w)
@@ -416,6 +432,11 @@ class WantManager:
 
     # ------------------------------------------------------------ internals
 
+    def _useful(self, w: _Want, peer: Peer) -> bool:
+        return any(
+            (s := self._sessions.get(sid)) is not None and peer in s.useful for sid in w.sessions
+        )
+
     def _allowed(self, s: _Session, peer: Peer) -> bool:
         return s.peers is None or peer in s.peers
 
@@ -475,6 +496,14 @@ class WantManager:
             if free:
                 best = min(free, key=lambda p: len(self._peers[p].outstanding))
                 self._assign(best, w, now, sends)
+                # discovery: while some allowed peers have not proved useful to the
+                # session, ask them too (want-have), so later wants spread over them
+                unproven = [p for p in candidates if p not in w.have_asked and not self._useful(w, p)]
+                for p in unproven:
+                    w.have_asked.add(p)
+                    sends.setdefault(p, []).append(
+                        WantEntry(cid=w.cid, want_type=WantType.HAVE, send_dont_have=True)
+                    )
                 return
             if not w.queued:
                 w.queued = True
