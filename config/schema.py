@@ -122,7 +122,7 @@ class BitswapConfig:
     """Block exchange (Bitswap 1.2.0)."""
 
     fetch_timeout_s: float = _f(30.0, "a wanted block not received by then fails the fetch")
-    max_wantlist: int = _f(8192, "entries a peer may keep in its wantlist with us")
+    max_wantlist: int = _f(16384, "entries a peer may keep in its wantlist with us")
     serve: str = _f("all", "who may fetch blocks: \"all\" peers or only \"cluster\" peers")
 
     def __post_init__(self) -> None:

@@ -296,9 +296,11 @@ class Api:
         if offset < 0 or (length is not None and length < 0):
             raise InvalidArgument("offset and length must be >= 0")
         sent = 0
-        async for chunk in unixfs.cat(self.node.get_block, cid, offset, length):
-            await send_bytes(call, chunk)
-            sent += len(chunk)
+        async with self.node.prefetcher() as prefetch:
+            async for chunk in unixfs.cat(self.node.get_block, cid, offset, length,
+                                          prefetch=prefetch):
+                await send_bytes(call, chunk)
+                sent += len(chunk)
         self.node.metrics.cat_bytes.inc(sent)
         return {"cid": str(cid), "bytes": sent}
 
@@ -316,9 +318,11 @@ class Api:
             await call.send(header)
             if entry.kind == "file":
                 files += 1
-                async for chunk in unixfs.cat(self.node.get_block, entry.cid):
-                    await send_bytes(call, chunk)
-                    sent += len(chunk)
+                async with self.node.prefetcher() as prefetch:
+                    async for chunk in unixfs.cat(self.node.get_block, entry.cid,
+                                                  prefetch=prefetch):
+                        await send_bytes(call, chunk)
+                        sent += len(chunk)
         self.node.metrics.cat_bytes.inc(sent)
         return {"cid": str(cid), "files": files, "bytes": sent}
 

@@ -14,6 +14,7 @@ import logging
 import signal
 import time
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import asdict, is_dataclass
 from importlib.metadata import version as _dist_version
 from pathlib import Path
@@ -74,7 +75,8 @@ class Node:
         self._stop = trio.Event()
         self.peer_id = ""
         self.addresses: list[str] = []
-        # Filled in by the network layer when present (issue 3).
+        # The network side (host + Bitswap); None only in tests that build a bare node.
+        self.network: Any = None
         self.fetcher: Any = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -85,7 +87,7 @@ class Node:
 
     def extra_handlers(self) -> dict[str, Callable[[Any], Any]]:
         """RPC methods contributed by optional components (network, cluster)."""
-        return {}
+        return self.network.handlers() if self.network is not None else {}
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Open everything, serve until stopped, then close in reverse order."""
@@ -100,8 +102,13 @@ class Node:
             lambda: LmdbBlockStore(self.home.store_path, max_size_bytes=bs.max_size_bytes,
                                    sync=bs.sync))
         try:
+            from .network import Network
+
             self.writer = BatchWriter(self.store)
+            self.network = Network(self, keypair)
+            self.fetcher = self.network
             self._register_metrics()
+            self.metrics.add_source(self.network.metric_families)
             if self.config.metrics.listen:
                 self.metrics_address = self.metrics.serve(self.config.metrics.listen)
             api = Api(self)
@@ -109,6 +116,8 @@ class Node:
                                on_request_done=self.metrics.rpc_done)
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.writer.run)
+                await nursery.start(self.network.run)
+                self.addresses = self.network.host.addrs()
                 await nursery.start(server.run)
                 if bs.gc_interval_s > 0:
                     nursery.start_soon(self._gc_loop, bs.gc_interval_s)
@@ -185,10 +194,39 @@ class Node:
                 raise
         return await self.fetcher.get_block(cid)
 
-    async def ensure_dag(self, root: CID) -> None:
-        """Make every block of ``root``'s DAG local (fetching when a network is attached)."""
+    @asynccontextmanager
+    async def prefetcher(self) -> AsyncIterator[Callable[[list[CID]], None]]:
+        """A ``prefetch(cids)`` callback for ``unixfs.cat``: missing blocks are wanted
+        from peers in the background as soon as their parent is read, so a remote
+        file streams without a round trip per block. Pending wants are cancelled
+        when the context exits."""
+        if self.fetcher is None:
+            yield lambda cids: None
+            return
+
+        async def drain(cids: list[CID]) -> None:
+            try:
+                async for _ in self.fetcher.bitswap.fetch_blocks(cids):
+                    pass
+            except Exception as exc:  # the reader's own get_block reports failures
+                log.debug("prefetch of %d blocks stopped: %s", len(cids), exc)
+
+        async with trio.open_nursery() as nursery:
+            def prefetch(cids: list[CID]) -> None:
+                missing = [c for c in cids if not self.has_block(c)]
+                if missing:
+                    nursery.start_soon(drain, missing)
+
+            yield prefetch
+            nursery.cancel_scope.cancel()
+
+    async def ensure_dag(self, root: CID, *, protection: Any = None) -> None:
+        """Make every block of ``root``'s DAG local (fetching when a network is attached).
+
+        Blocks fetched are added to ``protection`` (a store ``Protection``) as they arrive.
+        """
         if self.fetcher is not None:
-            await self.fetcher.ensure_dag(root)
+            await self.fetcher.ensure_dag(root, protection=protection)
 
     # ------------------------------------------------------------------ pins
 
@@ -203,9 +241,9 @@ class Node:
             StoreFull: no room to fetch the DAG.
         """
         store = self.store
-        if fetch and recursive:
-            await self.ensure_dag(cid)
         with store.protect() as protection:
+            if fetch and recursive:
+                await self.ensure_dag(cid, protection=protection)
             if recursive:
                 blocks = []
                 async for c in dagmod.walk(self.get_block, cid, has_block=self.has_block):

@@ -1,0 +1,146 @@
+"""The node's network side: the libp2p host and Bitswap, as one component.
+
+``Network`` implements what ``Node`` needs to read content it does not hold
+(``get_block``, ``ensure_dag``), the ``peers_*`` RPC methods, and the
+host/Bitswap metric families. Blocks fetched for a pin are registered with
+the pin's GC protection as they are stored, so GC cannot delete them between
+their arrival and the pin's commit.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+import trio
+from libp2p.peer.id import ID
+
+from pinfold.blockstore.cid import CID, cid_key
+
+from .bitswap import Bitswap, BitswapConfig, ClientConfig, ServerConfig
+from .host import Host, HostConfig
+from .metrics import counter, counter_by, gauge, gauge_by, histogram
+
+if TYPE_CHECKING:
+    from .node import Node
+
+log = logging.getLogger("pinfold.network")
+
+
+class Network:
+    """Host + Bitswap for one node. Start with ``await nursery.start(network.run)``."""
+
+    def __init__(self, node: Node, key_pair: Any) -> None:
+        cfg = node.config
+        self.node = node
+        self.host = Host(key_pair, HostConfig(
+            listen=tuple(cfg.node.listen),
+            bootstrap=tuple(cfg.node.bootstrap),
+            max_connections=cfg.node.max_connections,
+            bootstrap_backoff_max_s=cfg.node.reconnect_max_backoff_s,
+        ))
+        self._protections: set[Any] = set()
+        self.bitswap = Bitswap(
+            self.host, node.store, self._put_many,
+            config=BitswapConfig(
+                server=ServerConfig(max_wantlist_entries=cfg.bitswap.max_wantlist),
+                client=ClientConfig(),
+                default_timeout_s=cfg.bitswap.fetch_timeout_s,
+            ),
+        )
+
+    async def _put_many(self, blocks: list[tuple[CID, bytes]]) -> None:
+        for protection in self._protections:
+            for cid, _ in blocks:
+                protection.add(cid_key(cid))
+        await self.node.writer.put_many(blocks)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.host.run)
+            await nursery.start(self.bitswap.run)
+            task_status.started()
+
+    # ------------------------------------------------------------------ fetching
+
+    async def get_block(self, cid: CID) -> bytes:
+        """Fetch one block from connected peers (verified, stored). Raises ``FetchTimeout``."""
+        return await self.bitswap.get_block(cid)
+
+    async def ensure_dag(self, root: CID, *, protection: Any = None,
+                         peers: Iterable[ID] | None = None) -> Any:
+        """Fetch every missing block of ``root``'s DAG; returns Bitswap's ``FetchStats``.
+
+        With ``protection`` (a store ``Protection``), every block stored by the
+        fetch is added to it as it arrives.
+        """
+        if protection is not None:
+            self._protections.add(protection)
+        try:
+            return await self.bitswap.fetch_dag(root, peers=peers)
+        finally:
+            self._protections.discard(protection)
+
+    # ------------------------------------------------------------------ RPC
+
+    def handlers(self) -> dict[str, Callable[[Any], Any]]:
+        return {"peers_ls": self.peers_ls, "peers_connect": self.peers_connect,
+                "peers_disconnect": self.peers_disconnect}
+
+    async def peers_ls(self, call: Any) -> dict[str, Any]:
+        peers = self.host.peers()
+        for p in peers:
+            await call.send({"peer_id": p.peer_id.to_base58(), "addresses": list(p.addrs),
+                             "direction": p.direction})
+        return {"count": len(peers)}
+
+    async def peers_connect(self, call: Any) -> dict[str, Any]:
+        addr = call.params.get("multiaddr")
+        if not isinstance(addr, str):
+            from .api import InvalidArgument
+
+            raise InvalidArgument("missing parameter 'multiaddr'")
+        peer = await self.host.connect(addr)
+        return {"peer_id": peer.to_base58(), "multiaddr": addr}
+
+    async def peers_disconnect(self, call: Any) -> dict[str, Any]:
+        peer = call.params.get("peer_id")
+        if not isinstance(peer, str):
+            from .api import InvalidArgument
+
+            raise InvalidArgument("missing parameter 'peer_id'")
+        closed = await self.host.disconnect(peer)
+        return {"peer_id": peer, "disconnected": bool(closed)}
+
+    # ------------------------------------------------------------------ metrics
+
+    def metric_families(self) -> Iterable[Any]:
+        hs = self.host.statistics()
+        bs = self.bitswap.statistics()
+        yield gauge("pinfold_libp2p_peers_connected", "libp2p peers connected now", hs.peers)
+        yield counter("pinfold_libp2p_dial_failures", "Outbound dials that failed",
+                      hs.dial_failures)
+        yield counter("pinfold_bitswap_blocks_sent", "Blocks sent to peers", bs.blocks_sent)
+        yield counter("pinfold_bitswap_sent_bytes", "Block bytes sent to peers", bs.bytes_sent)
+        yield counter("pinfold_bitswap_blocks_received", "Wanted blocks received and stored",
+                      bs.blocks_received)
+        yield counter("pinfold_bitswap_received_bytes", "Block bytes received and stored",
+                      bs.bytes_received)
+        yield counter("pinfold_bitswap_duplicate_blocks", "Blocks received after they were "
+                      "no longer wanted", bs.duplicate_blocks)
+        yield gauge_by("pinfold_bitswap_wantlist_entries", "Wantlist entries: ours (local) "
+                       "and all peers' held on our ledgers (peers)", "side",
+                       {"local": bs.wantlist_size, "peers": bs.peer_wantlist_entries})
+        reasons = {"unwanted": 0, "unsupported_hash": 0, "malformed": 0, "oversize": 0,
+                   "wantlist_flood": 0, "bad_blocks": 0}
+        reasons.update(bs.rejected)
+        yield counter_by("pinfold_bitswap_rejected_blocks", "Blocks or messages rejected, "
+                         "by reason", "reason", reasons)
+        yield counter("pinfold_bitswap_peers_cut_off", "Peers disconnected for misbehaviour",
+                      bs.peers_cut_off)
+        buckets = [(b, c) for b, c in bs.fetch_latency_buckets]
+        buckets.append((float("inf"), bs.fetch_latency_count))
+        yield histogram("pinfold_bitswap_fetch_duration_seconds",
+                        "Time from wanting a block to receiving it", buckets,
+                        bs.fetch_latency_sum_s)
