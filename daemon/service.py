@@ -252,11 +252,14 @@ def node_probes(node: Node, *, timeout_s: float) -> dict[str, Probe]:
     - ``store``: ``store.stat()`` in a worker thread (LMDB answers, the thread
       pool is not exhausted);
     - ``rpc``: an ``id`` call over the node's own Unix socket with a
-      ``timeout_s`` deadline (the accept loop and the handlers run).
+      ``timeout_s`` deadline (the accept loop and the handlers run); a refusal
+      with ``too_many_connections`` counts as healthy, so a burst of clients
+      does not get the node restarted.
 
     Both return through the trio loop, which must therefore be running too.
     """
     from .rpcclient import RpcConnection
+    from .rpcwire import RpcError
 
     async def store_probe() -> None:
         store = node.store
@@ -265,11 +268,16 @@ def node_probes(node: Node, *, timeout_s: float) -> dict[str, Probe]:
         await trio.to_thread.run_sync(store.stat, abandon_on_cancel=True)
 
     def rpc_roundtrip() -> None:
-        conn = RpcConnection(node.socket_path, connect_timeout=timeout_s, timeout=timeout_s)
         try:
-            conn.call("id")
-        finally:
-            conn.close()
+            conn = RpcConnection(node.socket_path, connect_timeout=timeout_s, timeout=timeout_s)
+            try:
+                conn.call("id")
+            finally:
+                conn.close()
+        except RpcError as exc:
+            # A server at its connection limit is busy, not wedged: it answered.
+            if exc.code != "too_many_connections":
+                raise
 
     async def rpc_probe() -> None:
         await trio.to_thread.run_sync(rpc_roundtrip, abandon_on_cancel=True)

@@ -481,3 +481,59 @@ def test_daemon_logs_for_journald_one_line_per_event_and_not_per_block(tmp_path:
     assert any(line.startswith("<6>INFO pinfold.node: pinfold ") for line in lines)
     # Adding and reading 10 blocks logs far fewer than 10 lines at INFO.
     assert len(after) - len(before) < res["blocks"] // 2, after[len(before):]
+
+
+async def test_rpc_probe_counts_a_full_server_as_alive(tmp_path: Path) -> None:
+    """A server at its connection limit refuses with too_many_connections: busy, not wedged."""
+    from types import SimpleNamespace
+
+    from pinfold.daemon.rpcclient import RpcConnection
+    from pinfold.daemon.rpcserver import RpcLimits, RpcServer
+    from pinfold.daemon.rpcwire import RpcError
+    from pinfold.daemon.service import node_probes
+
+    async def id_(call: object) -> dict:
+        return {"peer_id": "test"}
+
+    with tempfile.TemporaryDirectory(prefix="pfr-", dir="/tmp") as d:
+        path = Path(d) / "rpc.sock"
+        server = RpcServer(path, {"id": id_}, daemon_version="1",
+                           limits=RpcLimits(max_connections=1))
+        probe = node_probes(SimpleNamespace(socket_path=path, store=None), timeout_s=2.0)["rpc"]
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.run)
+            with trio.fail_after(10):
+                await probe()  # an idle server answers
+            # Take the only connection once the server has seen the probe's one close.
+            # (Connecting blocks, a sync client: do it off the trio thread.)
+            with trio.fail_after(10):
+                while True:
+                    try:
+                        busy = await trio.to_thread.run_sync(
+                            lambda: RpcConnection(path, timeout=10))
+                        break
+                    except RpcError as exc:
+                        assert exc.code == "too_many_connections"
+                        await trio.sleep(0.01)  # poll the condition again
+            try:
+                await trio.to_thread.run_sync(busy.call, "id")  # holds the only connection
+
+                def second() -> str:
+                    try:
+                        conn = RpcConnection(path, timeout=10)
+                    except RpcError as exc:
+                        return exc.code
+                    try:
+                        conn.call("id")
+                        return "answered"
+                    except RpcError as exc:
+                        return exc.code
+                    finally:
+                        conn.close()
+
+                assert await trio.to_thread.run_sync(second) == "too_many_connections"
+                with trio.fail_after(10):
+                    await probe()  # refused, yet alive: no exception
+            finally:
+                busy.close()
+            nursery.cancel_scope.cancel()
