@@ -398,7 +398,9 @@ class LmdbBlockStore(TxnBlockStore):
             with self._write_lock, self._gate.exclusive():
                 self._env.set_mapsize(0)
 
-    def _write(self, fn: Callable[[StoreTxn], T], *, freeing: bool = False) -> T:
+    def _write(
+        self, fn: Callable[[StoreTxn], T], *, freeing: bool = False, size_hint: int = 0
+    ) -> T:
         current = getattr(self._local, "txn", None)
         if current is not None:  # inside write(fn) on this thread: join it
             return fn(current)
@@ -406,6 +408,9 @@ class LmdbBlockStore(TxnBlockStore):
             while True:
                 if self._closed:
                     raise StoreClosed(f"the blockstore at {self.path} is closed")
+                if size_hint:
+                    self._make_room(size_hint)
+                    size_hint = 0
                 txn = self._env.begin(write=True, buffers=True)
                 wtxn = self._local.txn = _LmdbTxn(self, txn, writable=True)
                 try:
@@ -450,6 +455,21 @@ class LmdbBlockStore(TxnBlockStore):
             return
         with self._gate.exclusive():
             txn.abort()
+
+    def _make_room(self, nbytes: int) -> None:
+        """Grow the map ahead of a write of about ``nbytes``, up to the put cap.
+
+        Counts only the map's high-water mark, not free pages inside it, so
+        it may grow a little early; the map is address space, not disk.
+        """
+        info = self._env.info()
+        need = (info["last_pgno"] + 1) * _PAGE + nbytes + nbytes // 8 + MiB
+        current = info["map_size"]
+        if need > current and current < self._put_cap:
+            size = min(self._put_cap, _round_pages(max(current * 2, need)))
+            with self._gate.exclusive():
+                self._env.set_mapsize(size)
+            self._map_resizes += 1
 
     def _grow(self, *, freeing: bool) -> None:
         """Double the map, up to the put cap (or ``max_size_bytes`` for ``freeing``)."""

@@ -215,7 +215,9 @@ class MemoryBlockStore(TxnBlockStore):
                 return fn(self._current)
             return fn(_MemoryTxn(self, writable=False))
 
-    def _write(self, fn: Callable[[StoreTxn], T], *, freeing: bool = False) -> T:
+    def _write(
+        self, fn: Callable[[StoreTxn], T], *, freeing: bool = False, size_hint: int = 0
+    ) -> T:
         with self._lock:
             self._check_open()
             if self._current is not None:  # inside write(fn) on this thread: join it

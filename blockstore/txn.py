@@ -499,11 +499,14 @@ class TxnBlockStore(ABC):
         """Run ``fn`` in a short read transaction."""
 
     @abstractmethod
-    def _write(self, fn: Callable[[StoreTxn], T], *, freeing: bool = False) -> T:
+    def _write(
+        self, fn: Callable[[StoreTxn], T], *, freeing: bool = False, size_hint: int = 0
+    ) -> T:
         """Run ``fn`` in the single write transaction and commit.
 
         ``freeing`` marks writes that free space (deletes, unpins, GC): they may
         use the store's reserve beyond the point where puts get ``StoreFull``.
+        ``size_hint`` is about how many bytes ``fn`` writes (0: unknown).
         """
 
     @abstractmethod
@@ -534,18 +537,20 @@ class TxnBlockStore(ABC):
         """
         return self._read(fn)
 
-    def write(self, fn: Callable[[StoreTxn], T]) -> T:
+    def write(self, fn: Callable[[StoreTxn], T], *, size_hint: int = 0) -> T:
         """Run ``fn(txn)`` in one write transaction, commit, and return its result.
 
         All of ``fn``'s writes commit together or not at all. ``fn`` may be run
         again on a fresh transaction after the map grew, so it must have no
-        effect outside ``txn``.
+        effect outside ``txn``. ``size_hint`` (bytes ``fn`` is about to write,
+        0 if unknown) lets the LMDB store grow its map before the transaction
+        instead of aborting and redoing it.
 
         Raises:
             StoreFull: the writes do not fit under ``max_size_bytes`` (rolled back).
             Exception: whatever ``fn`` raises (rolled back).
         """
-        return self._write(fn)
+        return self._write(fn, size_hint=size_hint)
 
     # ---- BlockStore protocol ---------------------------------------------------
 
@@ -575,9 +580,11 @@ class TxnBlockStore(ABC):
             StoreFull: the blocks do not fit under ``max_size_bytes``.
         """
         items = list(blocks)
+        nbytes = 0
         for _, data in items:
             check_block_size(len(data))
-        return self._write(lambda t: t.put_many(items))
+            nbytes += len(data)
+        return self._write(lambda t: t.put_many(items), size_hint=nbytes)
 
     def delete(self, cid: CID) -> bool:
         """Remove a block; True if it was there. Pins are not consulted."""

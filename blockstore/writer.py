@@ -176,7 +176,10 @@ class BatchWriter:
         """In the worker thread: the batch in one transaction, else one by one."""
         self._batches += 1
         try:
-            values = self._store.write(lambda txn: [req.fn(txn) for req in batch])
+            values = self._store.write(
+                lambda txn: [req.fn(txn) for req in batch],
+                size_hint=sum(req.nbytes for req in batch),
+            )
         except Exception as exc:  # noqa: BLE001 - the error belongs to a caller, not to us
             if len(batch) == 1:
                 self._finish(batch[0], error=exc)
@@ -184,7 +187,7 @@ class BatchWriter:
             self._failed_batches += 1
             for req in batch:
                 try:
-                    value = self._store.write(req.fn)
+                    value = self._store.write(req.fn, size_hint=req.nbytes)
                 except Exception as exc1:  # noqa: BLE001 - handed to its caller
                     self._finish(req, error=exc1)
                 else:
