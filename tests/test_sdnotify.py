@@ -344,7 +344,7 @@ def _start(tmp_path: Path, listener: NotifyListener, **env: str) -> DaemonProces
 
 def test_daemon_sends_ready_watchdog_stopping_in_order(tmp_path: Path,
                                                        listener: NotifyListener) -> None:
-    d = _start(tmp_path, listener, WATCHDOG_USEC="1000000")  # ping every 0.5 s
+    d = _start(tmp_path, listener, WATCHDOG_USEC="2000000")  # ping every 1 s
     try:
         ready = listener.wait_for_line("READY=1")
         # READY=1 comes only once the RPC socket answers.
