@@ -106,7 +106,7 @@ async def send_bytes(call: Any, data: bytes) -> None:
         return
     view = memoryview(data)
     for i in range(0, len(data), SEND_CHUNK):
-        await call.send(bytes(view[i:i + SEND_CHUNK]))
+        await call.send(view[i:i + SEND_CHUNK])
 
 
 def _cid_param(params: dict[str, Any], key: str = "cid") -> CID:
