@@ -30,7 +30,6 @@ from tests.bitswap_support import new_host, random_bytes, raw_blocks, running_no
 
 MiB = 1024 * 1024
 
-pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
 
 
 async def test_fetch_64_mib_of_blocks_between_two_hosts():

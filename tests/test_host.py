@@ -19,7 +19,6 @@ from libp2p.stream_muxer.yamux.yamux import Yamux
 from tests.bitswap_support import LOOPBACK, new_host, wait_until
 from pinfold.daemon.host import DialError, Host, HostConfig, HostError
 
-pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
 
 
 async def test_two_hosts_connect_list_ping_and_disconnect(nursery):

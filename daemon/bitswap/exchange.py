@@ -23,6 +23,7 @@ served as usual.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import math
@@ -396,8 +397,11 @@ class Bitswap:
             InvalidCID: ``cid`` is not a CID.
             BitswapNotRunning: the service is not running.
         """
-        async for _cid, data in self.fetch_blocks([cid], timeout_s=timeout_s, peers=peers):
-            return data
+        async with contextlib.aclosing(
+            self.fetch_blocks([cid], timeout_s=timeout_s, peers=peers)
+        ) as blocks:
+            async for _cid, data in blocks:
+                return data
         raise AssertionError("fetch_blocks ended without the block")  # pragma: no cover
 
     async def fetch_blocks(

@@ -24,7 +24,6 @@ _reason = skip_reason()
 pytestmark = [
     pytest.mark.interop,
     pytest.mark.skipif(_reason is not None, reason=_reason or ""),
-    pytest.mark.filterwarnings("ignore::ResourceWarning"),
 ]
 
 # 5 MiB in 256 KiB raw leaves, 4 links a node: 20 leaves under three levels of dag-pb
