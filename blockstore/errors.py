@@ -24,8 +24,8 @@ class BlockNotFound(BlockstoreError, KeyError):
 
     code = "not_found"
 
-    def __init__(self, cid: object) -> None:
-        super().__init__(f"block not found: {cid}")
+    def __init__(self, cid: object, detail: str = "") -> None:
+        super().__init__(f"block not found: {cid}" + (f" ({detail})" if detail else ""))
         self.cid = cid
 
     def __str__(self) -> str:  # KeyError would quote the message

@@ -17,6 +17,7 @@ import trio
 from libp2p.peer.id import ID
 
 from pinfold.blockstore.cid import CID, cid_key
+from pinfold.blockstore.errors import BlockNotFound
 
 from .bitswap import Bitswap, BitswapConfig, ClientConfig, ServerConfig
 from .host import Host, HostConfig
@@ -64,8 +65,18 @@ class Network:
 
     # ------------------------------------------------------------------ fetching
 
+    def _require_peers(self, cid: CID) -> None:
+        if not self.host.connected_peers():
+            raise BlockNotFound(cid, "not in the local store and no peer is connected")
+
     async def get_block(self, cid: CID) -> bytes:
-        """Fetch one block from connected peers (verified, stored). Raises ``FetchTimeout``."""
+        """Fetch one block from connected peers (verified, stored).
+
+        Raises:
+            BlockNotFound: no peer is connected (fails at once rather than wait).
+            FetchTimeout: no peer delivered it in time.
+        """
+        self._require_peers(cid)
         return await self.bitswap.get_block(cid)
 
     async def ensure_dag(self, root: CID, *, protection: Any = None,
@@ -75,6 +86,8 @@ class Network:
         With ``protection`` (a store ``Protection``), every block stored by the
         fetch is added to it as it arrives.
         """
+        if not self.node.store.has(root) and not self.host.connected_peers():
+            self._require_peers(root)
         if protection is not None:
             self._protections.add(protection)
         try:
