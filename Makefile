@@ -10,7 +10,7 @@ NODE_STAMP := tests/interop/node_modules/.installed
 HOME_DIR := $(if $(PINFOLD_HOME),$(PINFOLD_HOME),$(HOME)/.pinfold)
 PYTEST_ARGS ?=
 
-.PHONY: node-deps all install run test test-all bench lint availability reliability demo install-service clean
+.PHONY: node-deps all install run test test-all bench lint demo install-service clean
 
 all: install
 
@@ -41,16 +41,16 @@ run: $(STAMP)
 	$(BIN)/pinfold --home "$(HOME_DIR)" daemon
 
 ## make test: the default suite (everything but tests marked slow)
-test: $(STAMP) node-deps
+test: $(STAMP) node-deps deploy-tools
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
-test-all: $(STAMP) node-deps
+test-all: $(STAMP) node-deps deploy-tools
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP) node-deps
 	$(PY) tests/bench/run.py
 
-lint: $(STAMP)
+lint: $(STAMP) lint-deploy
 	$(BIN)/ruff check daemon replication blockstore config tests
 
 clean:
