@@ -30,12 +30,12 @@ from typing import Any, Final
 import multiaddr
 import trio
 from libp2p import new_host
-from multiformats import multihash
 from libp2p.abc import IHost, INetConn, INetStream, INetwork, INotifee
 from libp2p.crypto.keys import KeyPair
 from libp2p.crypto.x25519 import create_new_key_pair as _new_x25519_key_pair
 from libp2p.custom_types import TProtocol
-from libp2p.host.ping import PING_LENGTH, ID as PING_PROTOCOL
+from libp2p.host.ping import ID as PING_PROTOCOL
+from libp2p.host.ping import PING_LENGTH
 from libp2p.network.config import ConnectionConfig
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import info_from_p2p_addr
@@ -44,17 +44,18 @@ from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 from libp2p.transport.tcp.tcp import TCP
+from multiformats import multihash
 
 __all__ = [
-    "HostConfig",
-    "Host",
-    "HostError",
     "DialError",
+    "Host",
+    "HostConfig",
+    "HostError",
+    "HostStats",
     "PeerEvent",
     "PeerStatus",
-    "HostStats",
-    "route_libp2p_logs",
     "parse_multiaddr",
+    "route_libp2p_logs",
 ]
 
 logger = logging.getLogger(__name__)
@@ -474,7 +475,7 @@ class Host:
         """
         return await self.libp2p.new_stream(peer_id, [TProtocol(p) for p in protocols])
 
-    def subscribe(self, capacity: int | float = math.inf) -> trio.MemoryReceiveChannel[PeerEvent]:
+    def subscribe(self, capacity: float = math.inf) -> trio.MemoryReceiveChannel[PeerEvent]:
         """A channel of ``PeerEvent``s (connects and last-connection disconnects).
 
         The channel closes when the host stops. Peers already connected are not replayed:

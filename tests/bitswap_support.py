@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 
 import trio
 from libp2p.crypto.ed25519 import create_new_key_pair
-
 from pinfold.blockstore.cid import CID, RAW, cid_key, make_cid
 from pinfold.blockstore.errors import BlockNotFound
 from pinfold.daemon.bitswap import Bitswap, BitswapConfig

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from pinfold.blockstore.cid import RAW, cid_key, make_cid
 from pinfold.daemon.bitswap.client import ClientConfig, SendWants, WantFailed, WantManager
 from pinfold.daemon.bitswap.errors import WantlistTooLarge

@@ -7,7 +7,6 @@ import hashlib
 import pytest
 import trio
 from multiformats import CID
-
 from pinfold.blockstore.cid import RAW, cid_key, make_cid
 from pinfold.blockstore.unixfs import ImportParams, import_bytes
 from pinfold.daemon.bitswap import BitswapConfig, ClientConfig, FetchTimeout, ServerConfig
@@ -26,6 +25,7 @@ from pinfold.daemon.bitswap.message import (
     encode_framed,
     encode_uvarint,
 )
+
 from tests.bitswap_support import new_host, random_bytes, raw_blocks, running_nodes, wait_until
 
 MiB = 1024 * 1024

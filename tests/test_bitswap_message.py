@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from pinfold.blockstore.cid import DAG_PB, RAW, make_cid
 from pinfold.daemon.bitswap.errors import MalformedMessage, MessageTooLarge
 from pinfold.daemon.bitswap.message import (

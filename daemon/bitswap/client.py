@@ -36,10 +36,10 @@ from pinfold.blockstore.cid import CID, cid_key
 from .message import BlockPresence, PresenceType, WantEntry, WantType
 
 __all__ = [
+    "Action",
     "ClientConfig",
     "SendWants",
     "WantFailed",
-    "Action",
     "WantManager",
 ]
 
@@ -101,17 +101,17 @@ Action = SendWants | WantFailed
 
 class _Want:
     __slots__ = (
-        "cid",
-        "key",
-        "created",
-        "sessions",
         "block_peer",
         "block_sent_at",
+        "cid",
+        "created",
+        "dont_have",
         "have_asked",
         "have_peers",
-        "dont_have",
-        "stalled",
+        "key",
         "queued",
+        "sessions",
+        "stalled",
     )
 
     def __init__(self, cid: CID, key: bytes, now: float, session: int) -> None:

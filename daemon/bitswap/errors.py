@@ -93,7 +93,7 @@ class FetchTimeout(BitswapError, TimeoutError):
         )
 
 
-def _rebuild_fetch_timeout(cid, timeout_s, peers_asked, dont_have):  # noqa: ANN001, ANN202
+def _rebuild_fetch_timeout(cid, timeout_s, peers_asked, dont_have):
     return FetchTimeout(cid, timeout_s=timeout_s, peers_asked=peers_asked, dont_have=dont_have)
 
 

@@ -36,7 +36,6 @@ from typing import Any, Protocol
 import trio
 from libp2p.abc import INetStream
 from libp2p.peer.id import ID
-
 from pinfold.blockstore.cid import (
     CID,
     SHA2_256,
@@ -74,8 +73,8 @@ from .message import (
 from .server import ServerConfig, ServerEngine
 
 __all__ = [
-    "BitswapConfig",
     "Bitswap",
+    "BitswapConfig",
     "BitswapHost",
     "BitswapStats",
     "FetchStats",
@@ -104,7 +103,7 @@ class BitswapHost(Protocol):
 
     def connected_peers(self) -> list[ID]: ...
 
-    def subscribe(self, capacity: int | float = ...) -> trio.MemoryReceiveChannel[Any]: ...
+    def subscribe(self, capacity: float = ...) -> trio.MemoryReceiveChannel[Any]: ...
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -231,7 +230,7 @@ class _Env:
 class _Outbox:
     """Messages waiting to go out on our stream to one peer."""
 
-    __slots__ = ("peer", "wants", "envs", "wake", "closed", "stream", "protocol")
+    __slots__ = ("closed", "envs", "peer", "protocol", "stream", "wake", "wants")
 
     def __init__(self, peer: ID) -> None:
         self.peer = peer
@@ -289,7 +288,7 @@ class _Outbox:
 
 
 class _Session:
-    __slots__ = ("sid", "send", "recv", "by_peer")
+    __slots__ = ("by_peer", "recv", "send", "sid")
 
     def __init__(self, sid: int) -> None:
         self.sid = sid
@@ -590,7 +589,7 @@ class Bitswap:
             fetch_latency_count=self._lat_n,
         )
 
-    def ledgers(self):  # noqa: ANN201 - list[LedgerStat]
+    def ledgers(self):
         """Per-peer ledgers (wantlist size, queued and sent/received bytes)."""
         return self._engine.ledgers()
 

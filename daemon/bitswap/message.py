@@ -47,26 +47,26 @@ from pinfold.blockstore.cid import CID, MAX_BLOCK_SIZE, cid_key
 from .errors import MalformedMessage, MessageTooLarge
 
 __all__ = [
+    "MAX_MESSAGE_SIZE",
+    "PROTOCOLS",
     "PROTOCOL_1_0_0",
     "PROTOCOL_1_1_0",
     "PROTOCOL_1_2_0",
-    "PROTOCOLS",
-    "MAX_MESSAGE_SIZE",
-    "WantType",
-    "PresenceType",
-    "WantEntry",
+    "Block",
     "BlockPresence",
     "CidPrefix",
-    "Block",
-    "Message",
-    "encode_message",
-    "encode_framed",
-    "frame",
-    "decode_message",
     "FrameDecoder",
+    "Message",
+    "PresenceType",
+    "WantEntry",
+    "WantType",
+    "block_size_on_wire",
+    "decode_message",
+    "encode_framed",
+    "encode_message",
     "encode_uvarint",
     "entry_size",
-    "block_size_on_wire",
+    "frame",
 ]
 
 PROTOCOL_1_2_0: Final = "/ipfs/bitswap/1.2.0"

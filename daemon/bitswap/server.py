@@ -37,7 +37,7 @@ from pinfold.blockstore.cid import CID, cid_key
 from .errors import WantlistTooLarge
 from .message import MAX_MESSAGE_SIZE, WantEntry, WantType
 
-__all__ = ["ServerConfig", "Envelope", "LedgerStat", "ServerEngine"]
+__all__ = ["Envelope", "LedgerStat", "ServerConfig", "ServerEngine"]
 
 Peer = Hashable
 
@@ -108,7 +108,7 @@ class LedgerStat:
 
 
 class _Want:
-    __slots__ = ("cid", "key", "priority", "want_type", "send_dont_have", "seq", "dont_have_sent")
+    __slots__ = ("cid", "dont_have_sent", "key", "priority", "send_dont_have", "seq", "want_type")
 
     def __init__(self, e: WantEntry, key: bytes, seq: int) -> None:
         self.cid = e.cid
@@ -123,13 +123,13 @@ class _Want:
 class _Ledger:
     __slots__ = (
         "active",
-        "heap",
-        "waiting",
-        "queued_bytes",
-        "bytes_sent",
-        "bytes_received",
-        "blocks_sent",
         "blocks_received",
+        "blocks_sent",
+        "bytes_received",
+        "bytes_sent",
+        "heap",
+        "queued_bytes",
+        "waiting",
     )
 
     def __init__(self) -> None:

@@ -37,9 +37,9 @@ def _blocks(n: int):
 
 
 async def _serve(kind: str, n: int) -> None:
-    from tests.bitswap_support import DictStore, new_host
-
     from pinfold.daemon.bitswap import Bitswap
+
+    from tests.bitswap_support import DictStore, new_host
 
     host = new_host()
     async with trio.open_nursery() as nursery:
@@ -117,9 +117,9 @@ async def _fetch_raw(addr: str, n: int) -> float:
 
 
 async def _fetch_bitswap(addr: str, n: int) -> float:
-    from tests.bitswap_support import DictStore, new_host
-
     from pinfold.daemon.bitswap import Bitswap
+
+    from tests.bitswap_support import DictStore, new_host
 
     cids = [c for c, _ in _blocks(n)]
     host = new_host()
