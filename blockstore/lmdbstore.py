@@ -394,7 +394,7 @@ class LmdbBlockStore(TxnBlockStore):
                     try:
                         return fn(_LmdbTxn(self, txn, writable=False))
                     finally:
-                        self._abort(txn)
+                        txn.abort()
             with self._write_lock, self._gate.exclusive():
                 self._env.set_mapsize(0)
 
@@ -521,7 +521,7 @@ class LmdbBlockStore(TxnBlockStore):
             if self._closed:
                 raise StoreClosed(f"the blockstore at {self.path} is closed")
             try:
-                handle = DbHandle(name, self._env.open_db(name))
+                handle = DbHandle(name=name, native=self._env.open_db(name))
             except lmdb.DbsFullError as exc:
                 raise BlockstoreError(f"too many named databases (max {_MAX_DBS})") from exc
             return self._tables.setdefault(name, handle)

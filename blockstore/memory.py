@@ -243,7 +243,7 @@ class MemoryBlockStore(TxnBlockStore):
         with self._lock:
             self._check_open()
             self._dbs.setdefault(name, {})
-        return DbHandle(name)
+        return DbHandle(name=name)
 
     def stat(self) -> StoreStat:
         """Counts of blocks and bytes; ``max_size_bytes`` is 0 when unbounded."""

@@ -23,17 +23,14 @@ in the one write transaction allowed at a time.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Final, Self, TypeVar
 
-from multiformats import multihash
-
-from .cid import CID, check_block_size, cid_key, identity_data, is_identity
-from .errors import BlockNotFound, NotPinned, PinError, StoreFull
+from .cid import CID, check_block_size, cid_key, identity_data, is_identity, verify_block
+from .errors import BlockCorrupt, BlockNotFound, InvalidCID, NotPinned, PinError, StoreFull
 from .pins import GcResult, PinRecord, Protection, ProtectionSet, VerifyResult, held_keys, key_of
 from .store import StoreStat
 
@@ -57,12 +54,11 @@ _PAGE: Final = 1024
 #: Bounds of one ``verify`` read transaction: blocks and bytes re-hashed.
 _VERIFY_PAGE_BLOCKS: Final = 64
 _VERIFY_PAGE_BYTES: Final = 64 * 1024 * 1024
-_SHA256_PREFIX: Final = b"\x12\x20"
 #: ``meta`` counters of pins by mode.
 _PIN_COUNTER: Final = {"recursive": b"pins_recursive", "direct": b"pins_direct"}
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class DbHandle:
     """A named table opened with ``open_db``; pass it to ``txn.db_get`` and friends.
 
@@ -105,18 +101,21 @@ def check_db_name(name: bytes) -> bytes:
     return name
 
 
+def raw_cid(key: bytes) -> CID:
+    """A CIDv1 with the raw codec naming the block stored under multihash ``key``."""
+    return CID("base32", 1, "raw", key)
+
+
 def block_matches_key(key: bytes, data: bytes | memoryview) -> bool:
-    """True if ``data`` hashes to the multihash ``key`` (sha2-256 fast path).
+    """True if ``data`` hashes to the multihash ``key`` (``cid.verify_block``).
 
     A key naming a hash function pinfold cannot compute counts as a mismatch.
     """
-    if len(key) == 34 and key.startswith(_SHA256_PREFIX):
-        return hashlib.sha256(data).digest() == key[2:]
     try:
-        code, _ = multihash.unwrap_raw(key)
-        return bytes(multihash.digest(bytes(data), code)) == key
-    except (KeyError, ValueError):  # unknown or malformed hash function
+        verify_block(raw_cid(key), data)
+    except (BlockCorrupt, InvalidCID, KeyError, ValueError):
         return False
+    return True
 
 
 class StoreTxn(ABC):
@@ -778,6 +777,6 @@ class TxnBlockStore(ABC):
             dropped = self._write(drop_corrupt, freeing=True)
         return VerifyResult(
             checked=checked,
-            corrupt=tuple(CID("base32", 1, "raw", key) for key in corrupt),
+            corrupt=tuple(raw_cid(key) for key in corrupt),
             dropped=dropped,
         )
