@@ -293,3 +293,12 @@ def test_property_never_more_than_the_cap_in_flight(events):
             m.peer_connected(p, now)
         for q in m.connected():
             assert m.outstanding(q) <= cap
+
+
+def test_unanswerable_wants_make_room_instead_of_counting_as_a_flood():
+    eng = ServerEngine(ServerConfig(max_wantlist_entries=10))
+    eng.receive_wantlist("p", [want(c) for c in CIDS[:10]])
+    assert eng.next_envelope(sizes({})).dont_haves  # all missing: answered, kept waiting
+    eng.receive_wantlist("p", [want(c) for c in CIDS[10:15]])  # no flood: oldest waiting dropped
+    assert eng.ledger("p").wantlist_size == 10
+    assert set(eng.wanted_by("p")) == set(CIDS[5:15])

@@ -610,6 +610,8 @@ class Bitswap:
     def _close_session(self, sess: _Session) -> None:
         self._sessions.pop(sess.sid, None)
         self._apply(self._wants.close_session(sess.sid))
+        for key in [k for k in self._want_times if not self._wants.is_wanted(k)]:
+            del self._want_times[key]
 
     def _want(self, sess: _Session, cids: list[CID]) -> None:
         now = trio.current_time()

@@ -21,7 +21,9 @@ boxo's/Helia's engines):
   then arrival order.
 * bounded memory: at most ``max_queued_bytes_per_peer`` of block data handed
   to the driver and not yet written per peer; at most ``max_wantlist_entries``
-  wants per peer, else ``WantlistTooLarge`` (a flood: the driver disconnects).
+  wants per peer: unanswerable wants (missing blocks) are forgotten oldest
+  first to make room; wants we can serve beyond the limit raise
+  ``WantlistTooLarge`` (a flood: the driver disconnects).
 """
 
 from __future__ import annotations
@@ -232,6 +234,14 @@ class ServerEngine:
                 self._unindex(key, peer)
             led.activate(w)
             if led.size() > self.config.max_wantlist_entries:
+                if led.waiting:
+                    # forget the oldest want we could not serve (already answered
+                    # DONT_HAVE, or the peer did not ask for one): a long-lived
+                    # peer that never cancels is not a flood
+                    old_key = next(iter(led.waiting))
+                    del led.waiting[old_key]
+                    self._unindex(old_key, peer)
+                    continue
                 self.peer_disconnected(peer)
                 raise WantlistTooLarge(
                     f"peer wants more than {self.config.max_wantlist_entries} blocks at once"
