@@ -126,6 +126,9 @@ class BitswapConfig:
         read_chunk_bytes: bytes asked of the stream per read.
         hash_in_thread_bytes: hash a message's blocks in a worker thread when
             they total at least this many bytes (the main thread keeps reading).
+        inbound_queue_messages: decoded messages per inbound stream waiting to
+            be processed while the stream is read further (memory bound:
+            4 MiB each).
     """
 
     server: ServerConfig = field(default_factory=ServerConfig)
@@ -140,6 +143,7 @@ class BitswapConfig:
     ban_s: float = 60.0
     read_chunk_bytes: int = 1024 * 1024
     hash_in_thread_bytes: int = 256 * 1024
+    inbound_queue_messages: int = 4  # up to 16 MiB decoded and waiting per stream
 
     def __post_init__(self) -> None:
         for name in ("default_timeout_s", "idle_stream_close_s", "stream_open_timeout_s",
@@ -842,6 +846,22 @@ class Bitswap:
             return
         if peer not in self._outboxes:
             self._peer_up(peer)
+        # Reading and processing overlap: the reader keeps draining the stream
+        # (Yamux window updates flow) while the processor hashes and stores the
+        # previous messages; at most ``inbound_queue_messages`` wait in between.
+        send, recv = trio.open_memory_channel[Message](self.config.inbound_queue_messages)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._process_inbound, peer, recv, nursery.cancel_scope)
+                async with send:
+                    await self._read_inbound(peer, stream, send)
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._close_quietly(stream)
+
+    async def _read_inbound(
+        self, peer: ID, stream: INetStream, send: trio.MemorySendChannel[Message]
+    ) -> None:
         decoder = FrameDecoder(MAX_MESSAGE_SIZE)
         chunk = self.config.read_chunk_bytes
         try:
@@ -858,14 +878,26 @@ class Bitswap:
                 while (body := decoder.next_frame()) is not None:
                     msg = decode_message(body)
                     self._c["messages_received"] += 1
-                    await self._on_message(peer, msg)
-                    if peer not in self._outboxes:  # cut off meanwhile
+                    try:
+                        await send.send(msg)
+                    except trio.BrokenResourceError:  # the processor cut the peer off
                         return
         except RemoteProtocolError as exc:
             await self._cut_off(peer, exc)
-        finally:
-            with trio.CancelScope(shield=True):
-                await self._close_quietly(stream)
+
+    async def _process_inbound(
+        self, peer: ID, recv: trio.MemoryReceiveChannel[Message], scope: trio.CancelScope
+    ) -> None:
+        async with recv:
+            try:
+                async for msg in recv:
+                    await self._on_message(peer, msg)
+                    if peer not in self._outboxes:  # cut off meanwhile
+                        scope.cancel()
+                        return
+            except RemoteProtocolError as exc:
+                await self._cut_off(peer, exc)
+                scope.cancel()
 
     async def _close_quietly(self, stream: INetStream) -> None:
         try:

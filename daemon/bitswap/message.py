@@ -636,7 +636,8 @@ class FrameDecoder:
             return None
         s = self._start
         e = s + self._need
-        body = bytes(buf[s:e])
+        with memoryview(buf) as view:
+            body = view[s:e].tobytes()  # one copy (a bytearray slice would copy twice)
         self._start = e
         self._need = -1
         return memoryview(body)
