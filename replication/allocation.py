@@ -12,6 +12,10 @@ gives the CID's *ranking*. Properties:
 - adding or removing a peer moves only the CIDs it wins or held (minimal
   disruption).
 
+Room: the planner skips peers whose free space is below the pin's
+``size_bytes`` when it *adds* holders; a peer that already holds the DAG keeps
+its place in the ranking (it needs no more room).
+
 The hash: u comes from ``splitmix64(H(cid) xor H(peer))`` where H is
 BLAKE2b-64; the CID hash is computed once per CID and the peer hashes once per
 peer, so ranking n peers costs n integer mixes and logarithms.

@@ -48,6 +48,7 @@ from .types import HealthEvent, HealthEventKind, Heartbeat, PeerHealth, PeerStat
 
 __all__ = [
     "HealthConfig",
+    "HealthStats",
     "HealthView",
     "decode_heartbeat",
     "encode_heartbeat",
@@ -99,6 +100,15 @@ class HealthConfig:
     def ttl_s(self) -> float:
         """The suspect threshold, seconds (2 x heartbeat when ``peer_ttl_s`` is 0)."""
         return self.peer_ttl_s or 2.0 * self.heartbeat_interval_s
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HealthStats:
+    """Peer counts by status at one moment (metrics, ``cluster peers``)."""
+
+    alive: int
+    suspect: int
+    dead: int
 
 
 class _Peer:
@@ -220,21 +230,44 @@ class HealthView:
         rec = self._peers.get(peer_id)
         return None if rec is None else self._status(rec, now)
 
+    def statistics(self, now: float) -> HealthStats:
+        """How many known peers are alive, suspect and dead at ``now``."""
+        counts = dict.fromkeys(PeerStatus, 0)
+        for rec in self._peers.values():
+            counts[self._status(rec, now)] += 1
+        return HealthStats(alive=counts[PeerStatus.ALIVE], suspect=counts[PeerStatus.SUSPECT],
+                           dead=counts[PeerStatus.DEAD])
+
     def statuses(self, now: float) -> dict[str, PeerStatus]:
         """Every known peer's status at ``now``."""
         return {p: self._status(r, now) for p, r in self._peers.items()}
 
     def snapshot(self, now: float) -> tuple[dict[str, PeerStatus], dict[str, float],
                                             dict[str, Heartbeat | None]]:
-        """``(status, p, info)`` dicts of every known peer at ``now``, in one pass (planner)."""
+        """``(status, p, info)`` dicts of every known peer at ``now``, in one pass (planner).
+
+        ``p`` is ``p_stable``: an outage in progress is the business of the
+        suspect/dead states and their grace period; if it also lowered p_i, an
+        availability target would trigger repairs before the grace ran out.
+        """
         status: dict[str, PeerStatus] = {}
         ps: dict[str, float] = {}
         info: dict[str, Heartbeat | None] = {}
         for pid, rec in self._peers.items():
             status[pid] = self._status(rec, now)
-            ps[pid] = self._p(rec, now)
+            ps[pid] = rec.u / rec.t if rec.t > 0 else self.config.p_prior
             info[pid] = rec.info
         return status, ps, info
+
+    def p_stable(self, peer_id: str) -> float:
+        """The availability estimate as of the peer's last heartbeat (``p_prior`` if unknown).
+
+        Unlike ``p`` it ignores the silence since then; the planner uses it.
+        """
+        rec = self._peers.get(peer_id)
+        if rec is None or rec.t <= 0:
+            return self.config.p_prior
+        return rec.u / rec.t
 
     def _p(self, rec: _Peer, now: float) -> float:
         elapsed = max(0.0, now - rec.t_upd)
@@ -244,7 +277,11 @@ class HealthView:
         return rec.u * d / denom if denom > 0 else self.config.p_prior
 
     def p(self, peer_id: str, now: float) -> float:
-        """Estimated availability of a peer at ``now`` in [0, 1] (``p_prior`` if unknown)."""
+        """Estimated availability of a peer at ``now`` in [0, 1] (``p_prior`` if unknown).
+
+        Counts the silence since the last heartbeat (beyond one interval) as
+        missed heartbeats, so a peer that has been away a day shows it.
+        """
         rec = self._peers.get(peer_id)
         return self.config.p_prior if rec is None else self._p(rec, now)
 

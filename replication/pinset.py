@@ -55,7 +55,7 @@ import bisect
 import hashlib
 from array import array
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 import msgpack
@@ -108,11 +108,17 @@ def entry_hash(entry: Entry) -> int:
 
     The whole value is hashed, not only (cid, ts, writer): two replicas that
     somehow hold different values under the same stamp (a writer whose clock
-    state was lost) still see different digests and reconcile.
+    state was lost) still see different digests and reconcile. Computed once
+    per entry and cached on it.
     """
-    return int.from_bytes(
-        _B2(_pack(entry_to_wire(entry)), digest_size=16, person=b"pinfold-entry").digest(), "big"
-    )
+    h = entry._hash
+    if h is None:
+        h = int.from_bytes(
+            _B2(_pack(entry_to_wire(entry)), digest_size=16, person=b"pinfold-entry").digest(),
+            "big",
+        )
+        object.__setattr__(entry, "_hash", h)
+    return h
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -134,6 +140,7 @@ class Entry:
     ts: int
     peer_id: str
     pin: Pin | None
+    _hash: int | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if type(self.ts) is not int or not 0 <= self.ts <= MAX_TIMESTAMP:

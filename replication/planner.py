@@ -27,7 +27,9 @@ cannot act; it re-plans its CIDs when it is back).
      Cluster's rmin/rmax hysteresis, ``allocate.go``).
    - More than ``rmax`` kept (a dead peer came back after its copy was
      repaired): the desired holders are the first ``rmax`` of the kept ones,
-     pinned copies first, then by rank.
+     pinned copies first, then by rank. With an availability target the
+     upper bound is one more than the holders the target needs (counting the
+     best-estimated ones first), so copies do not pile up to rmax either.
    - Not enough: the kept holders stay and peers are added from the CID's
      ranking (weighted rendezvous over alive peers; skipping peers that failed
      to pin it or lack room for ``size_bytes``) up to ``rmax`` - or, with an
@@ -39,8 +41,8 @@ cannot act; it re-plans its CIDs when it is back).
    the alive pinned holders as fetch sources). A holder that is not desired
    releases its copy - at once if it is not pinned (queued, pinning,
    pin_error), and a pinned one only once every desired holder reports
-   ``pinned`` on an alive peer and there are at least ``rmin`` of them, so a
-   drop never leaves fewer than rmin healthy copies.
+   ``pinned`` and at least ``rmin`` of them are alive, so a drop never leaves
+   fewer than rmin healthy copies.
    If fewer than rmin holders (or not the target) can be had, the closest alive
    peer reports it (``ReportAction``); only one peer acts on a CID's repair
    alerts, so there is no thundering herd (IPFS Cluster ``isClosest``).
@@ -61,7 +63,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final
 
-from .allocation import Allocator, Candidate, RendezvousAllocator, availability
+from .allocation import (
+    Allocator,
+    Candidate,
+    RendezvousAllocator,
+    availability,
+    replicas_for_availability,
+)
 from .errors import InvalidPin
 from .health import HealthView
 from .holdings import ACTIVE_STATES, HOLDING_STATES, Holdings
@@ -162,6 +170,11 @@ def _meets(ps: Iterable[float], target: float) -> bool:
     return miss <= (1.0 - target) * (1.0 + _EPS)
 
 
+def _acts(peer: str, me: str | None, status: dict[str, PeerStatus]) -> bool:
+    """Whether ``peer`` carries out actions in this plan (module docstring, "Who acts")."""
+    return peer == me if me is not None else status.get(peer) is _ALIVE
+
+
 def _plan_one(cid: bytes, pinset: PinSet, holdings: Holdings, ctx: PlanContext,
               me: str | None, repair: bool, out: list[Action]) -> None:
     entry = pinset.get(cid)
@@ -174,7 +187,7 @@ def _plan_one(cid: bytes, pinset: PinSet, holdings: Holdings, ctx: PlanContext,
     if pin is None or pin.expired(ctx.now):
         reason = Reason.UNPINNED if pin is None else Reason.EXPIRED
         for q, st in states.items():
-            if st in HOLDING_STATES and (q == me if me is not None else status.get(q) is _ALIVE):
+            if st in HOLDING_STATES and _acts(q, me, status):
                 out.append(UnpinAction(cid=cid, peer_id=q, reason=reason))
         if pin is not None and ctx.candidates:
             closest = ctx.allocator.rank(cid, ctx.candidates)[0].peer_id
@@ -186,17 +199,31 @@ def _plan_one(cid: bytes, pinset: PinSet, holdings: Holdings, ctx: PlanContext,
             if st in ACTIVE_STATES and (status.get(q) is _ALIVE or status.get(q) is _SUSPECT)]
     rmin, rmax, target = pin.rmin, pin.rmax, pin.availability
     p = ctx.p
-    enough = len(keep) >= rmin and (target is None or _meets((p[q] for q in keep), target))
+    if target is None:
+        enough = len(keep) >= rmin
+        cap = rmax
+    else:
+        # An availability target sets the band [needed, needed + 1] (ANCHORS.md 7:
+        # k_max = k_min + slack), needed counted with the best-estimated holders.
+        best = sorted((p[q] for q in keep), reverse=True)
+        enough = len(keep) >= rmin and _meets(best, target)
+        cap = min(rmax, replicas_for_availability(best, target, rmin, len(best)) + 1) \
+            if enough else rmax
 
     ranking: list[Candidate] | None = None
-    if enough and len(keep) <= rmax:
+    if enough and len(keep) <= cap:
         desired = keep
     else:
         ranking = ctx.allocator.rank(cid, ctx.candidates)
         pos = {c.peer_id: i for i, c in enumerate(ranking)}
         n = len(ranking)
         keep.sort(key=lambda q: (states[q] is not _PINNED, pos.get(q, n), q))
-        desired = keep[:rmax]
+        if enough and target is not None:
+            # Trim to the shortest prefix (in keep order) that meets the target, + 1.
+            need = replicas_for_availability([p[q] for q in keep], target, rmin, len(keep))
+            desired = keep[:min(rmax, need + 1)]
+        else:
+            desired = keep[:rmax]
         if not enough and (repair or not any(st in HOLDING_STATES for st in states.values())):
             kept = set(desired)
             size = pin.size_bytes or 0
@@ -229,12 +256,14 @@ def _plan_one(cid: bytes, pinset: PinSet, holdings: Holdings, ctx: PlanContext,
         for q, st in states.items():
             if q in dset or st not in HOLDING_STATES:
                 continue
-            if q != me if me is not None else status.get(q) is not _ALIVE:
-                continue  # only alive peers act; a silent one re-plans when it is back
+            if not _acts(q, me, status):
+                continue  # a silent peer re-plans its CIDs when it is back
             if st is _PINNED:
                 if ready is None:
-                    ready = len(desired) >= rmin and all(
-                        states.get(d) is _PINNED and status.get(d) is _ALIVE for d in desired)
+                    # Every desired holder reports pinned, and at least rmin of
+                    # them are alive: dropping extras leaves >= rmin healthy.
+                    ready = all(states.get(d) is _PINNED for d in desired) and sum(
+                        1 for d in desired if status.get(d) is _ALIVE) >= rmin
                 if not ready:
                     continue
                 out.append(UnpinAction(cid=cid, peer_id=q, reason=Reason.EXTRA))
@@ -358,7 +387,7 @@ def pin_status(cid: bytes, pinset: PinSet, holdings: Holdings, health: HealthVie
     healthy_p = []
     for peer, st in sorted(holdings.states(cid).items()):
         ps = health.status(peer, now)
-        pp = health.p(peer, now)
+        pp = health.p_stable(peer)
         holders.append(HolderStatus(peer_id=peer, state=st, peer_status=ps, p=pp))
         if st is _PINNED and ps is _ALIVE:
             healthy_p.append(pp)

@@ -155,3 +155,12 @@ def test_config_refuses_bad_values() -> None:
                {"p_prior": 1.5}, {"p_halflife_s": float("nan")}):
         with pytest.raises(InvalidPin, match=next(iter(kw))):
             HealthConfig(**kw)
+
+
+def test_statistics_count_peers_by_status() -> None:
+    view = HealthView(CFG)
+    view.observe(hb("peer-a"), 0.0)
+    view.observe(hb("peer-b"), 80.0)
+    view.observe(hb("peer-c"), 99.0)
+    stats = view.statistics(100.0)
+    assert (stats.alive, stats.suspect, stats.dead) == (1, 1, 1)

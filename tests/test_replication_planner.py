@@ -144,10 +144,18 @@ def test_an_extra_copy_is_dropped_only_after_the_desired_holders_are_pinned() ->
     states[order[3]] = PinState.PINNED
     acts = plan(ps, holdings_of({c: states}), health(ALIVE5), EVERYONE, NOW)
     assert kinds(acts) == [("UnpinAction", order[3])]  # the lowest-ranked pinned copy
-    # While a desired holder is suspect, no pinned copy is dropped.
-    acts = plan(ps, holdings_of({c: states}), health({**ALIVE5, order[0]: PeerStatus.SUSPECT}),
-                EVERYONE, NOW)
-    assert acts == []
+    # A suspect holder's copy is the one trimmed (alive copies first); it drops it
+    # itself when it is back - the three alive copies stay.
+    view = health({**ALIVE5, order[0]: PeerStatus.SUSPECT})
+    assert plan(ps, holdings_of({c: states}), view, EVERYONE, NOW) == []
+    own = plan(ps, holdings_of({c: states}), view, Policy(self_peer_id=order[0]), NOW)
+    assert kinds(own) == [("UnpinAction", order[0])]
+    # With an availability target out of reach, copies beyond rmax still go and
+    # the closest peer reports the shortfall.
+    target = pinset_of(Pin(cid=c, rmin=1, rmax=2, availability=0.9999))
+    trim = {order[0]: PinState.PINNED, order[1]: PinState.PINNED, order[2]: PinState.PINNED}
+    acts = plan(target, holdings_of({c: trim}), health(ALIVE5), EVERYONE, NOW)
+    assert sorted(kinds(acts)) == [("ReportAction", order[0]), ("UnpinAction", order[2])]
 
 
 def test_pinned_copies_win_over_unfinished_ones_when_trimming() -> None:
@@ -223,6 +231,25 @@ def test_availability_target_picks_enough_holders() -> None:
     reports = [a for a in acts if isinstance(a, ReportAction)]
     assert len(reports) == 1 and reports[0].kind is ReportKind.TARGET_UNMET
     assert reports[0].peer_id == ranking(c, ALIVE5)[0]
+
+
+def test_availability_target_keeps_a_band_of_needed_plus_one() -> None:
+    c = cid(17)
+    order = ranking(c, ALIVE5)
+    ps = pinset_of(Pin(cid=c, rmin=1, rmax=5, availability=0.999))  # p = 0.9: needs 3
+    four = {q: PinState.PINNED for q in order[:4]}
+    assert plan(ps, holdings_of({c: four}), health(ALIVE5), EVERYONE, NOW) == []
+    five = {q: PinState.PINNED for q in order}
+    acts = plan(ps, holdings_of({c: five}), health(ALIVE5), EVERYONE, NOW)
+    assert kinds(acts) == [("UnpinAction", order[4])]
+    # One of three holders dead: 0.99 < 0.999, so one is added (back to three).
+    three = {q: PinState.PINNED for q in order[:3]}
+    view = health({**ALIVE5, order[0]: PeerStatus.DEAD})
+    acts = plan(ps, holdings_of({c: three}), view, EVERYONE, NOW)
+    assert kinds(acts) == [("PinAction", order[3])]
+    # While it is only suspect, its copy still counts (the grace period).
+    view = health({**ALIVE5, order[0]: PeerStatus.SUSPECT})
+    assert plan(ps, holdings_of({c: three}), view, EVERYONE, NOW) == []
 
 
 def test_under_replication_is_reported_once_by_the_closest_alive_peer() -> None:
