@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import bisect
 from array import array
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -249,14 +249,15 @@ class PeerStates:
         known: ``{owner: (epoch, version)}`` restored from disk.
     """
 
-    __slots__ = ("_holdings", "_known", "peer_id", "stale_deltas")
+    __slots__ = ("_holdings", "_known", "_partial", "peer_id", "stale_deltas")
 
     def __init__(self, peer_id: str, holdings: Holdings,
                  known: Mapping[str, tuple[int, int]] | None = None) -> None:
         self.peer_id = check_peer_id(peer_id)
         self._holdings = holdings
         self._known: dict[str, tuple[int, int]] = dict(known or {})
-        #: deltas dropped for being old or having a gap (counted for tests/metrics)
+        self._partial: set[str] = set()
+        #: deltas not applied for being old or having a gap (they are pulled instead)
         self.stale_deltas = 0
 
     def known(self, owner: str) -> tuple[int, int] | None:
@@ -267,13 +268,22 @@ class PeerStates:
         """A copy of every owner's ``(epoch, version)``."""
         return dict(self._known)
 
+    def resuming(self, owner: str) -> bool:
+        """True while a paged reset of ``owner`` is incomplete (pull with ``resume``)."""
+        return owner in self._partial
+
     def needs_pull(self, owner: str, epoch: int, version: int) -> bool:
         """True when the owner advertises a log state we have not applied."""
         k = self._known.get(owner)
-        return k is None or k[0] != epoch or k[1] < version
+        return owner in self._partial or k is None or k[0] != epoch or k[1] < version
 
-    def apply(self, delta: StatesDelta) -> tuple[bool, set[bytes]]:
+    def apply(self, delta: StatesDelta, *, pulled: bool = False) -> tuple[bool, set[bytes]]:
         """Apply a delta if it continues what is known.
+
+        Args:
+            delta: from the owner's gossip, or a pull answer (``pulled``).
+            pulled: the delta answers our own pull from the owner; resets are
+                accepted only then, as are the pages that continue one.
 
         Returns:
             ``(applied, changed)``: whether it was applied, and the CIDs whose
@@ -287,22 +297,20 @@ class PeerStates:
         h = self._holdings
         changed: set[bytes] = set()
         if delta.reset:
-            if delta.base != 0:
+            if not pulled:
                 self.stale_deltas += 1
                 return False, changed
-            if k is not None and k[0] == delta.epoch and k[1] > delta.version and not delta.more:
-                self.stale_deltas += 1  # an old reset
-                return False, changed
-            old = dict(h.peer_states(owner))
-            new = {c: s for c, s in delta.changes if s is not PinState.REMOTE}
-            if delta.more:
-                # First page of a paged reset: forget the owner, then add pages.
-                changed = h.replace_peer(owner, new)
-            else:
-                changed = h.replace_peer(owner, new)
-            del old
+            changed = h.replace_peer(
+                owner, {c: s for c, s in delta.changes if s is not PinState.REMOTE})
         else:
-            if k is None or k[0] != delta.epoch or delta.base > k[1] or delta.version <= k[1]:
+            continuing = owner in self._partial
+            if continuing:
+                ok = (pulled and k is not None and k[0] == delta.epoch and delta.base == k[1]
+                      and delta.version >= k[1])
+            else:
+                ok = (k is not None and k[0] == delta.epoch and delta.base <= k[1]
+                      < delta.version)
+            if not ok:
                 self.stale_deltas += 1
                 return False, changed
             for cid, st in delta.changes:
@@ -310,11 +318,16 @@ class PeerStates:
                     h.set(cid, owner, st)
                     changed.add(cid)
         self._known[owner] = (delta.epoch, delta.version)
+        if delta.more and (delta.reset or owner in self._partial):
+            self._partial.add(owner)
+        else:
+            self._partial.discard(owner)
         return True, changed
 
     def forget(self, owner: str) -> set[bytes]:
         """Drop everything known of ``owner``; returns its CIDs."""
         self._known.pop(owner, None)
+        self._partial.discard(owner)
         return self._holdings.forget_peer(owner)
 
 
@@ -378,7 +391,3 @@ def decode_delta(data: bytes) -> StatesDelta:
     """
     return delta_from_obj(msgpack_unpack(data, "states"))
 
-
-def changes_of(entries: Iterable[tuple[bytes, PinState]]) -> tuple[tuple[bytes, PinState], ...]:
-    """``entries`` as a tuple (helper for building deltas in tests)."""
-    return tuple(entries)
