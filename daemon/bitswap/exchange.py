@@ -51,7 +51,6 @@ from .client import ClientConfig, SendWants, WantFailed, WantManager
 from .errors import (
     BitswapNotRunning,
     FetchTimeout,
-    MalformedMessage,
     RemoteProtocolError,
     TooManyBadBlocks,
 )
@@ -70,7 +69,7 @@ from .message import (
     decode_message,
     encode_framed,
 )
-from .server import ServerConfig, ServerEngine
+from .server import LedgerStat, ServerConfig, ServerEngine
 
 __all__ = [
     "Bitswap",
@@ -593,7 +592,7 @@ class Bitswap:
             fetch_latency_count=self._lat_n,
         )
 
-    def ledgers(self):
+    def ledgers(self) -> list[LedgerStat]:
         """Per-peer ledgers (wantlist size, queued and sent/received bytes)."""
         return self._engine.ledgers()
 
@@ -908,9 +907,10 @@ class Bitswap:
 
     async def _on_message(self, peer: ID, msg: Message) -> None:
         now = trio.current_time()
-        if msg.wantlist or msg.full:
-            if self._engine.receive_wantlist(peer, msg.wantlist, full=msg.full):
-                self._server_wake.set()
+        if (msg.wantlist or msg.full) and self._engine.receive_wantlist(
+            peer, msg.wantlist, full=msg.full
+        ):
+            self._server_wake.set()
         if msg.presences:
             self._apply(self._wants.on_presences(peer, msg.presences, now))
         if msg.blocks:
@@ -998,4 +998,3 @@ class Bitswap:
                     del self._banned[peer]
 
 
-_ = MalformedMessage  # re-exported through errors for callers
