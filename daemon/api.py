@@ -153,6 +153,7 @@ class BlockSink:
         async def write() -> None:
             try:
                 await self._node.writer.put_many(batch)
+                self._node.blocks_added([cid for cid, _ in batch])
             finally:
                 self._slots.release()
 
@@ -348,6 +349,7 @@ class Api:
                 raise InvalidArgument(f"not a valid dag-pb block: {exc}") from exc
         cid = make_cid(data, codecs[codec_name], version=version)
         await self.node.writer.put_many([(cid, data)])
+        self.node.blocks_added([cid])
         return {"cid": str(cid), "size": len(data)}
 
     async def block_get(self, call: Any) -> dict[str, Any]:

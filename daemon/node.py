@@ -179,6 +179,11 @@ class Node:
         """True if the block is local (identity CIDs always are)."""
         return is_identity(cid) or self.store.has(cid)
 
+    def blocks_added(self, cids: list[CID]) -> None:
+        """Tell the exchange that blocks were stored outside it (peers may be waiting)."""
+        if self.network is not None:
+            self.network.bitswap.blocks_added(cids)
+
     async def get_block(self, cid: CID) -> bytes:
         """The block's bytes, from the store or (when a network is attached) from peers.
 
