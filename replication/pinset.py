@@ -639,13 +639,29 @@ class PinSet:
         if obj["v"] != _FORMAT_VERSION:
             raise PinsetDecodeError(f"pinset: unsupported format version {obj['v']!r}")
         try:
-            ps = cls(tree_bits=obj["tree_bits"])
-            wm = check_timestamp(obj["watermark"], "watermark")
+            cls(tree_bits=obj["tree_bits"])
+            check_timestamp(obj["watermark"], "watermark")
         except InvalidPin as exc:
             raise PinsetDecodeError(f"pinset: {exc}") from exc
-        entries = _entries_from_wire(obj["entries"])
-        ps._watermark = wm
+        return cls.from_entries(_entries_from_wire(obj["entries"]), watermark=obj["watermark"],
+                                tree_bits=obj["tree_bits"])
+
+    @classmethod
+    def from_entries(cls, entries: Iterable[Entry], *, watermark: int = 0,
+                     tree_bits: int = DEFAULT_TREE_BITS) -> PinSet:
+        """Rebuild a replica from its stored entries and watermark (e.g. LMDB rows).
+
+        The entries are merged first and the watermark set after, so live pins
+        older than the watermark (any pin older than the tombstone horizon) are
+        kept; tombstones older than it are dropped.
+
+        Raises:
+            InvalidPin: bad ``watermark`` or ``tree_bits``.
+        """
+        ps = cls(tree_bits=tree_bits)
         ps.merge(entries)
+        if watermark:
+            ps.compact_tombstones(check_timestamp(watermark, "watermark"))
         return ps
 
 

@@ -278,10 +278,13 @@ def test_roundtrip_of_every_field() -> None:
            ts=7, peer_id="12D3KooWabc")
     ps.put(Pin(cid=CIDS[0]), ts=8, peer_id="peer-b")
     ps.remove(CIDS[0], ts=9, peer_id="peer-b")
-    ps.compact_tombstones(3)
+    ps.put(Pin(cid=CIDS[2]), ts=10, peer_id="peer-b")
+    ps.remove(CIDS[2], ts=11, peer_id="peer-b")
+    ps.compact_tombstones(10)  # drops the tombstone of CIDS[0]; the old live pin stays
+    assert ps.entry_count == 2 and v0 in ps
     back = PinSet.from_bytes(ps.to_bytes())
     assert snapshot(back) == snapshot(ps)
-    assert back.watermark == 3
+    assert back.watermark == 10 and v0 in back  # a pin older than the watermark survives
     assert back.pin(v0).metadata == (("a", "1"), ("b", "2"))
     entries = list(ps.entries(include_tombstones=True))
     assert decode_entries(encode_entries(entries)) == entries
