@@ -34,7 +34,9 @@ cannot act; it re-plans its CIDs when it is back).
      ranking (weighted rendezvous over alive peers; skipping peers that failed
      to pin it or lack room for ``size_bytes``) up to ``rmax`` - or, with an
      availability target, until ``1 - prod(1 - p_i) >= target`` with at least
-     ``rmin``, at most ``rmax``. New pins take this path (nobody holds them).
+     ``rmin``, at most ``rmax`` (p_i: ``HealthView.p_stable``, the estimate
+     as of the peer's last heartbeat). New pins take this path (nobody holds
+     them).
      With ``Policy.repair`` off only a pin nobody ever held is placed (IPFS
      Cluster's ``disable_repinning``).
    Each desired holder that does not hold the CID pins it (``PinAction``, with
@@ -135,7 +137,7 @@ class PlanContext:
     Attributes:
         now: the planning time, seconds.
         status: ``{peer_id: status}`` of every known peer.
-        p: ``{peer_id: availability estimate}``.
+        p: ``{peer_id: availability estimate}`` (``HealthView.p_stable``).
         candidates: alive peers with a known capacity > 0, as ``Candidate``s
             (built on first use: a plan in steady state never ranks).
         allocator: ranks candidates per CID.
