@@ -52,9 +52,11 @@ Pure: no trio, no LMDB, no clock.
 from __future__ import annotations
 
 import bisect
+import gc
 import hashlib
 from array import array
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -95,6 +97,24 @@ FANOUT_BITS: Final = 4
 _FORMAT_VERSION: Final = 1
 _B2 = hashlib.blake2b
 _MODES: Final = {"recursive": PinMode.RECURSIVE, "direct": PinMode.DIRECT}
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector around bulk decoding and merging.
+
+    Building a million lists, dicts and dataclasses triggers many full
+    collections that find nothing (these objects form no cycles); pausing
+    makes decoding ~5x faster (msgpack's documentation gives the same advice).
+    The code inside never awaits, so no other trio task runs meanwhile.
+    """
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 def bucket_of(cid: bytes, tree_bits: int = DEFAULT_TREE_BITS) -> int:
@@ -391,6 +411,10 @@ class PinSet:
             The entries that changed this replica, in input order (their CIDs
             are the ones to re-plan).
         """
+        with _gc_paused():
+            return self._merge(entries)
+
+    def _merge(self, entries: Iterable[Entry]) -> list[Entry]:
         changed: list[Entry] = []
         get = self._entries.get
         wm = self._watermark
@@ -687,7 +711,8 @@ def msgpack_unpack(data: object, what: str = "pinset") -> Any:
     if not isinstance(data, bytes | bytearray | memoryview):
         raise PinsetDecodeError(f"{what}: expected bytes, got {type(data).__name__}")
     try:
-        return msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=True)
+        with _gc_paused():
+            return msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=True)
     except msgpack.ExtraData as exc:
         raise PinsetDecodeError(f"{what}: trailing bytes after the message") from exc
     except (ValueError, TypeError, OverflowError, RecursionError, msgpack.UnpackException) as exc:
@@ -758,8 +783,9 @@ def _entries_from_wire(items: Any) -> list[Entry]:
     if type(items) is not list:
         raise PinsetDecodeError("entries: expected a list")
     out = []
-    for i, obj in enumerate(items):
-        out.append(entry_from_wire(obj, f"entry {i}"))
+    with _gc_paused():
+        for i, obj in enumerate(items):
+            out.append(entry_from_wire(obj, f"entry {i}"))
     return out
 
 
