@@ -60,6 +60,40 @@ def _nonneg_int(text: str) -> int:
     return n
 
 
+def _positive_float(text: str) -> float:
+    try:
+        x = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (x > 0 and x != float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return x
+
+
+def _nonneg_float(text: str) -> float:
+    try:
+        x = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (x >= 0 and x != float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return x
+
+
+def _online_fractions(text: str) -> float | tuple[float, ...]:
+    """``0.9`` (every node) or ``0.9,0.8,0.95`` (one online fraction per node), each in (0, 1]."""
+    values = []
+    for part in text.split(","):
+        try:
+            x = float(part)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a probability, got {part!r}") from None
+        if not 0.0 < x <= 1.0:
+            raise argparse.ArgumentTypeError(f"online fraction must be in (0, 1], got {part}")
+        values.append(x)
+    return values[0] if len(values) == 1 else tuple(values)
+
+
 def _replication_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("replication (cluster-wide; default rmin/rmax from config)")
     g.add_argument("--replicas", type=_positive_int, metavar="K", help="hold K copies (rmin = rmax = K)")
@@ -172,13 +206,33 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = cmd("simulate", "measure availability with the real planner on a simulated clock")
     p.add_argument("--nodes", type=_positive_int, default=10)
-    p.add_argument("--p", type=_probability, default=0.9, help="each node's online fraction")
-    p.add_argument("--k", type=_positive_int, default=3, help="replication factor")
-    p.add_argument("--target", type=_probability, help="target availability instead of --k")
+    p.add_argument("--p", type=_online_fractions, default=0.9, metavar="P[,P...]",
+                   help="each node's online fraction, or one value per node (comma-separated)")
+    p.add_argument("--k", type=_positive_int, default=None,
+                   help="replication factor (default 3, at most --nodes)")
+    p.add_argument("--target", "--availability", dest="target", type=_probability, metavar="P",
+                   help="target availability instead of --k")
+    p.add_argument("--rmax", type=_positive_int, default=None, help="holders allocated at most")
     p.add_argument("--pins", type=_positive_int, default=200)
     p.add_argument("--repair", type=_bool, default=True, metavar="BOOL")
-    p.add_argument("--duration", type=float, default=None, metavar="SECONDS",
+    p.add_argument("--duration", type=_positive_float, default=None, metavar="SECONDS",
                    help="simulated time")
+    p.add_argument("--session", type=_positive_float, default=None, metavar="SECONDS",
+                   help="mean online session length (offline: session x (1 - p) / p)")
+    p.add_argument("--session-dist", choices=("exponential", "fixed"), default=None,
+                   help="session length distribution")
+    p.add_argument("--grace", type=_nonneg_float, default=None, metavar="SECONDS",
+                   help="repair grace after a peer turns suspect")
+    p.add_argument("--heartbeat", type=_positive_float, default=None, metavar="SECONDS",
+                   help="heartbeat interval (suspect after 2 x this)")
+    p.add_argument("--repair-bandwidth", type=_positive_float, default=None, metavar="BYTES/S",
+                   help="a node's fetch speed for repairs")
+    p.add_argument("--pin-size", type=_nonneg_int, default=None, metavar="BYTES",
+                   help="size of every pinned DAG")
+    p.add_argument("--p-prior", type=_probability, default=None, metavar="P",
+                   help="availability assumed for a node before it is observed")
+    p.add_argument("--confidence", type=_probability, default=None, metavar="C",
+                   help="confidence level of the interval (default 0.99)")
     p.add_argument("--seed", type=int, default=0)
 
     cmd("shutdown", "stop the daemon")
@@ -371,18 +425,26 @@ def _cmd_init(args: argparse.Namespace, out: Output) -> int:
 def _cmd_simulate(args: argparse.Namespace, out: Output) -> int:
     from pinfold.replication.simulate import SimParams, run_simulation
 
-    kwargs: dict[str, Any] = dict(nodes=args.nodes, p=args.p, pins=args.pins,
-                                  repair=args.repair, seed=args.seed)
-    if args.target is not None:
-        kwargs["target"] = args.target
-    else:
-        kwargs["k"] = args.k
-    if args.duration is not None:
-        kwargs["duration_s"] = args.duration
+    if args.target is not None and args.k is not None:
+        raise UsageError("--k cannot be combined with --target/--availability")
+    kwargs: dict[str, Any] = {"nodes": args.nodes, "p": args.p, "pins": args.pins,
+                              "repair": args.repair, "seed": args.seed}
+    for option, key in (("target", "target"), ("k", "k"), ("rmax", "rmax"),
+                        ("duration", "duration_s"), ("session", "session_mean_s"),
+                        ("session_dist", "session_dist"), ("grace", "grace_s"),
+                        ("heartbeat", "heartbeat_interval_s"),
+                        ("repair_bandwidth", "repair_bandwidth_Bps"),
+                        ("pin_size", "pin_size_bytes"), ("p_prior", "p_prior"),
+                        ("confidence", "confidence")):
+        value = getattr(args, option)
+        if value is not None:
+            kwargs[key] = value
     result = run_simulation(SimParams(**kwargs)).as_dict()
+    level = f"{result['confidence'] * 100:g}%"
     out.doc(result, (f"formula  {result['formula']:.6f}\n"
                      f"measured {result['measured']:.6f}  "
-                     f"(99% CI {result['ci_low']:.6f} .. {result['ci_high']:.6f})"))
+                     f"({level} CI {result['ci_low']:.6f} .. {result['ci_high']:.6f})\n"
+                     f"repairs  {result['repairs']}  mean holders {result['mean_holders']:.2f}"))
     return 0
 
 
