@@ -52,13 +52,14 @@ class ClientConfig:
 
     Attributes:
         max_outstanding_per_peer: want-blocks in flight to one peer (pipelining
-            depth; 32 x 1 MiB blocks keeps a loopback link busy).
+            depth; 16 x 1 MiB blocks keep a loopback link busy, and a low cap
+            spreads a DAG over every holder sooner).
         stall_timeout_s: a peer with want-blocks in flight that sent us nothing
             for this long, seconds, loses them to other peers.
         max_wants: wants outstanding at once over all sessions (memory bound).
     """
 
-    max_outstanding_per_peer: int = 32
+    max_outstanding_per_peer: int = 16
     stall_timeout_s: float = 10.0
     max_wants: int = 100_000
 
