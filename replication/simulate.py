@@ -320,6 +320,16 @@ def mean_ci(xs: list[float], confidence: float) -> tuple[float, float]:
     return m, half
 
 
+def _wilson(successes: int, n: int, confidence: float) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion."""
+    z = statistics.NormalDist().inv_cdf(0.5 + confidence / 2)
+    phat = successes / n
+    denom = 1 + z * z / n
+    centre = (phat + z * z / (2 * n)) / denom
+    spread = z * math.sqrt(phat * (1 - phat) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - spread), min(1.0, centre + spread)
+
+
 def _node_seed(seed: int, i: int) -> int:
     h = hashlib.blake2b(f"pinfold-sim:{seed}:{i}".encode(), digest_size=8).digest()
     return int.from_bytes(h, "big")
@@ -522,7 +532,8 @@ class _Sim:
                 self.online[i] = True
                 self.start[i] = 0.0
                 self.feed(i, 0.0)
-                self.push(self.session(i, True), _DOWN, i)
+                if self.ps[i] < 1.0:  # p = 1: always online
+                    self.push(self.session(i, True), _DOWN, i)
             else:
                 # Offline since a time -age; its last heartbeat was then.
                 age = self.session(i, False) if self.ps[i] < 1 else 0.0
@@ -558,7 +569,8 @@ class _Sim:
         self.epoch[i] += 1
         self.start[i] = t
         self.feed(i, t)
-        self.push(t + self.session(i, True), _DOWN, i)
+        if self.ps[i] < 1.0:
+            self.push(t + self.session(i, True), _DOWN, i)
         for cid, st in self.holdings.peer_states(self.peer[i]).items():
             if st is PinState.PINNED:
                 self.change_online(cid, 1, t)
@@ -604,12 +616,17 @@ class _Sim:
         m = prm.pins
         means = [u / (m * self.blen) for u in self.batch_up]
         measured, half = mean_ci(means, prm.confidence)
+        lo, hi = max(0.0, measured - half), min(1.0, measured + half)
+        if half == 0.0:
+            # Never (or always) unavailable: no variance to go on. Fall back to
+            # the Wilson score interval of "every slice was fully available" in
+            # n slices - conservative (a slice is one trial, not a fraction).
+            lo, hi = _wilson(round(measured * prm.batches), prm.batches, prm.confidence)
         formula = statistics.fmean(
             1.0 - math.prod(1.0 - self.ps[i] for i in self.holders0[c]) for c in self.cids)
         span = self.end - self.warm
         return SimResult(
-            params=prm, formula=formula, measured=measured,
-            ci_low=max(0.0, measured - half), ci_high=min(1.0, measured + half),
+            params=prm, formula=formula, measured=measured, ci_low=lo, ci_high=hi,
             batch_means=tuple(means),
             unavailable_pin_seconds=m * span - sum(self.batch_up),
             repairs=self.repairs, repair_bytes=self.repair_bytes, drops=self.drops,

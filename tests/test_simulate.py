@@ -117,3 +117,9 @@ def test_mean_ci_widens_for_autocorrelated_series() -> None:
     naive_ar = t_quantile(0.995, 399) * statistics.stdev(ar) / len(ar) ** 0.5
     assert half_ar > 2.5 * naive_ar
     assert mean_ci([0.7] * 10, 0.99) == (0.7, 0.0)
+
+
+def test_a_run_without_any_outage_still_gets_an_honest_interval() -> None:
+    r = run_simulation(SimParams(p=1.0, k=1, nodes=3, pins=5, duration_s=DAY, repair=False))
+    assert r.measured == 1.0 and r.formula == 1.0
+    assert r.ci_high == 1.0 and 0.9 < r.ci_low < 1.0  # Wilson over 200 slices, not [1, 1]
