@@ -14,7 +14,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 SECTIONS = [
     ("single node: add/cat (issue 2)", "tests.bench.node_bench"),
-    ("bitswap: node-to-node fetch (issue 3)", "tests.bench.bitswap_bench"),
+    ("bitswap: raw stream vs Bitswap vs Helia (issue 3)", "tests.bench.bitswap_bench"),
+    ("bitswap: daemon-to-daemon fetch (issue 3)", "tests.bench.node_fetch_bench"),
     ("replication: repair and scale (issue 4)", "tests.bench.replication_bench"),
 ]
 
