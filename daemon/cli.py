@@ -369,7 +369,11 @@ def run_command(args: argparse.Namespace, out: Output) -> int:
             _write_stdout(c.cat(args.cid, offset=args.offset, length=args.length))
         elif command == "get":
             target = args.output or args.cid
-            res = c.get(args.cid, target)
+            progress = Progress(None, "received")
+            try:
+                res = c.get(args.cid, target, progress=progress)
+            finally:
+                progress.close()
             out.doc(res, f"saved {res['cid']} to {target}")
         elif command == "block":
             return _cmd_block(c, args, out)

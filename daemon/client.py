@@ -204,10 +204,12 @@ class Client:
             params["length"] = length
         return self.stream("cat", params)
 
-    def get(self, cid: str, path: str | os.PathLike[str]) -> dict[str, Any]:
+    def get(self, cid: str, path: str | os.PathLike[str], *,
+            progress: Callable[[int], None] | None = None) -> dict[str, Any]:
         """Write the file or directory tree ``cid`` to ``path``; returns ``{"cid", "files", "bytes"}``.
 
-        A file is written to ``path.part`` and renamed when complete.
+        A file is written to ``path.part`` and renamed when complete;
+        ``progress(nbytes)`` is called as data arrives.
         """
         target = Path(path)
         out: BinaryIO | None = None
@@ -245,6 +247,8 @@ class Client:
                     assert out is not None, "file data before a file header"
                     out.write(item)
                     total += len(item)
+                    if progress:
+                        progress(len(item))
             finish()
             for dest, link_target in links:
                 dest.parent.mkdir(parents=True, exist_ok=True)
