@@ -40,6 +40,7 @@ import logging
 import struct
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 import msgpack
@@ -55,6 +56,7 @@ from pinfold.blockstore.cid import (
     MAX_BLOCK_SIZE,
     RAW,
     check_block_size,
+    cid_key,
     cid_v1,
     identity_data,
     is_identity,
@@ -119,13 +121,17 @@ class BlockSink:
     ``put`` returns as soon as the blocks are queued (bounded by SINK_INFLIGHT
     pending writes); ``flush`` waits until every queued block is committed.
     Every block is registered with ``protection`` first, so GC cannot delete it
-    between its commit and the pin that follows.
+    between its commit and the pin that follows. The blocks a write newly
+    stored (absent before it) are appended to ``created``, so a request that
+    fails can remove them (``discard_created``).
     """
 
-    def __init__(self, node: Node, nursery: trio.Nursery, protection: Any) -> None:
+    def __init__(self, node: Node, nursery: trio.Nursery, protection: Any,
+                 created: list[CID] | None = None) -> None:
         self._node = node
         self._nursery = nursery
         self._protection = protection
+        self.created: list[CID] = created if created is not None else []
         self._batch: list[tuple[CID, bytes]] = []
         self._batch_bytes = 0
         self._slots = trio.Semaphore(SINK_INFLIGHT)
@@ -152,7 +158,12 @@ class BlockSink:
 
         async def write() -> None:
             try:
-                await self._node.writer.put_many(batch)
+                # Shielded, so a failing or cancelled request still learns which blocks
+                # this batch created (at most SINK_BATCH_BYTES of one write to wait for).
+                with trio.CancelScope(shield=True):
+                    new = await self._node.writer.submit(
+                        lambda t: _put_new(t, batch), nbytes=sum(len(d) for _, d in batch))
+                self.created.extend(new)
                 self._node.blocks_added([cid for cid, _ in batch])
             finally:
                 self._slots.release()
@@ -165,6 +176,51 @@ class BlockSink:
             await self._slots.acquire()
         for _ in range(SINK_INFLIGHT):
             self._slots.release()
+
+
+def _put_new(txn: Any, batch: list[tuple[CID, bytes]]) -> list[CID]:
+    """Store ``batch`` in ``txn``; return the CIDs that were not stored before."""
+    new = [cid for cid, _ in batch if not txn.has(cid)]
+    txn.put_many(batch)
+    return new
+
+
+async def discard_created(node: Node, created: list[CID]) -> int:
+    """Delete blocks a failed request stored, unless a pin or a live protection
+    (another add, a fetch) holds them by now; returns how many were deleted.
+
+    Checked inside the writer's transaction, as GC checks, so a block another
+    request registered first is kept. Shielded from cancellation; never raises
+    (what cannot be deleted now stays for GC).
+    """
+    if not created:
+        return 0
+    protections = node.store.protections
+
+    def drop(txn: Any) -> int:
+        return sum(1 for cid in created if txn.refcount(cid) == 0
+                   and not protections.is_protected(cid_key(cid)) and txn.delete(cid))
+
+    try:
+        with trio.CancelScope(shield=True):
+            return await node.writer.submit(drop)
+    except Exception as exc:  # noqa: BLE001 - the request's own error is what matters
+        log.warning("could not remove %d blocks of a failed request (GC will): %s",
+                    len(created), exc)
+        return 0
+
+
+@asynccontextmanager
+async def undo_on_failure(node: Node) -> AsyncIterator[list[CID]]:
+    """A list for ``BlockSink(created=...)``: if the block raises (an error, a cancel),
+    the blocks it newly stored are removed again (``discard_created``), so a failed
+    add or CAR import leaves the store as it found it."""
+    created: list[CID] = []
+    try:
+        yield created
+    except BaseException:
+        await discard_created(node, created)
+        raise
 
 
 def _import_params(node: Node, params: dict[str, Any]) -> unixfs.ImportParams:
@@ -228,14 +284,16 @@ class Api:
 
     async def add(self, call: Any) -> dict[str, Any]:
         params = _import_params(self.node, call.params)
-        with self.node.store.protect() as protection:
-            async with trio.open_nursery() as nursery:
-                sink = BlockSink(self.node, nursery, protection)
-                root, size, _ = await self._import_file(sink, call.upload(), params)
-                await sink.flush()
-            result = {"cid": str(root), "bytes": size, "blocks": sink.blocks}
-            if _param(call.params, "pin", bool, False):
-                result["pin"] = await self.node.pin(root, recursive=True, **self._pin_opts(call))
+        async with undo_on_failure(self.node) as created:
+            with self.node.store.protect() as protection:
+                async with trio.open_nursery() as nursery:
+                    sink = BlockSink(self.node, nursery, protection, created)
+                    root, size, _ = await self._import_file(sink, call.upload(), params)
+                    await sink.flush()
+                result = {"cid": str(root), "bytes": size, "blocks": sink.blocks}
+                if _param(call.params, "pin", bool, False):
+                    result["pin"] = await self.node.pin(root, recursive=True,
+                                                        **self._pin_opts(call))
         return result
 
     async def add_dir(self, call: Any) -> dict[str, Any]:
@@ -244,48 +302,53 @@ class Api:
         reader = UploadReader(call.upload())
         files = 0
         total = 0
-        with self.node.store.protect() as protection:
-            async with trio.open_nursery() as nursery:
-                sink = BlockSink(self.node, nursery, protection)
-                while not await reader.at_eof():
-                    (hlen,) = struct.unpack(">I", await reader.read_exactly(4))
-                    if hlen > DIR_HEADER_MAX:
-                        raise InvalidArgument(f"directory entry header of {hlen} bytes is too large")
-                    try:
-                        header = msgpack.unpackb(await reader.read_exactly(hlen))
-                        path = _param(header, "path", str, required=True)
-                        kind = _param(header, "type", str, required=True)
-                        size = _param(header, "size", int, 0)
-                    except (ValueError, msgpack.UnpackException) as exc:
-                        raise InvalidArgument(f"bad directory entry header: {exc}") from exc
-                    try:
-                        if kind == "dir":
-                            builder.add_dir(path)
-                            continue
-                        if kind != "file" or size < 0:
-                            raise InvalidArgument(f"bad directory entry {path!r}: type {kind!r}")
+        async with undo_on_failure(self.node) as created:
+            with self.node.store.protect() as protection:
+                async with trio.open_nursery() as nursery:
+                    sink = BlockSink(self.node, nursery, protection, created)
+                    while not await reader.at_eof():
+                        (hlen,) = struct.unpack(">I", await reader.read_exactly(4))
+                        if hlen > DIR_HEADER_MAX:
+                            raise InvalidArgument(
+                                f"directory entry header of {hlen} bytes is too large")
+                        try:
+                            header = msgpack.unpackb(await reader.read_exactly(hlen))
+                            path = _param(header, "path", str, required=True)
+                            kind = _param(header, "type", str, required=True)
+                            size = _param(header, "size", int, 0)
+                        except (ValueError, msgpack.UnpackException) as exc:
+                            raise InvalidArgument(f"bad directory entry header: {exc}") from exc
+                        try:
+                            if kind == "dir":
+                                builder.add_dir(path)
+                                continue
+                            if kind != "file" or size < 0:
+                                raise InvalidArgument(
+                                    f"bad directory entry {path!r}: type {kind!r}")
 
-                        async def body(n: int = size) -> AsyncIterator[bytes]:
-                            left = n
-                            while left:
-                                piece = await reader.read_some(min(left, 1 << 20))
-                                if not piece:
-                                    raise InvalidArgument(f"upload ended inside {path!r}")
-                                left -= len(piece)
-                                yield piece
+                            async def body(n: int = size) -> AsyncIterator[bytes]:
+                                left = n
+                                while left:
+                                    piece = await reader.read_some(min(left, 1 << 20))
+                                    if not piece:
+                                        raise InvalidArgument(f"upload ended inside {path!r}")
+                                    left -= len(piece)
+                                    yield piece
 
-                        root, fsize, tsize = await self._import_file(sink, body(), params)
-                        builder.add_file(path, root, fsize, tsize)
-                    except ValueError as exc:
-                        raise InvalidArgument(str(exc)) from exc
-                    files += 1
-                    total += size
-                blocks, root = builder.finish()
-                await sink.put(blocks)
-                await sink.flush()
-            result = {"cid": str(root), "bytes": total, "blocks": sink.blocks, "files": files}
-            if _param(call.params, "pin", bool, False):
-                result["pin"] = await self.node.pin(root, recursive=True, **self._pin_opts(call))
+                            root, fsize, tsize = await self._import_file(sink, body(), params)
+                            builder.add_file(path, root, fsize, tsize)
+                        except ValueError as exc:
+                            raise InvalidArgument(str(exc)) from exc
+                        files += 1
+                        total += size
+                    blocks, root = builder.finish()
+                    await sink.put(blocks)
+                    await sink.flush()
+                result = {"cid": str(root), "bytes": total, "blocks": sink.blocks,
+                          "files": files}
+                if _param(call.params, "pin", bool, False):
+                    result["pin"] = await self.node.pin(root, recursive=True,
+                                                        **self._pin_opts(call))
         return result
 
     # ------------------------------------------------------------------ read
@@ -384,18 +447,19 @@ class Api:
     async def dag_import(self, call: Any) -> dict[str, Any]:
         pin_roots = _param(call.params, "pin_roots", bool, True)
         reader = carfmt.CarReader()
-        with self.node.store.protect() as protection:
-            async with trio.open_nursery() as nursery:
-                sink = BlockSink(self.node, nursery, protection)
-                async for chunk in call.upload():
-                    await sink.put(reader.feed(chunk))
-                reader.finish()
-                await sink.flush()
-            roots = list(reader.roots)
-            pins = []
-            if pin_roots:
-                for root in roots:
-                    pins.append(await self.node.pin(root, recursive=True, fetch=False))
+        async with undo_on_failure(self.node) as created:
+            with self.node.store.protect() as protection:
+                async with trio.open_nursery() as nursery:
+                    sink = BlockSink(self.node, nursery, protection, created)
+                    async for chunk in call.upload():
+                        await sink.put(reader.feed(chunk))
+                    reader.finish()
+                    await sink.flush()
+                roots = list(reader.roots)
+                pins = []
+                if pin_roots:
+                    for root in roots:
+                        pins.append(await self.node.pin(root, recursive=True, fetch=False))
         return {"roots": [str(r) for r in roots], "blocks": sink.blocks, "bytes": sink.bytes,
                 "pinned": len(pins)}
 
