@@ -13,6 +13,7 @@ other exception fails the test (Hypothesis shrinks it to a small input).
 
 from __future__ import annotations
 
+import random
 from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -117,3 +118,14 @@ def run_fuzz(name: str, parse: Callable[[Any], Any], allowed: tuple[type[BaseExc
     record("hostile", name, inputs=counts["inputs"], rejected=counts["rejected"],
            accepted=counts["accepted"], crashes=0, state_changes=0, live=False)
     return counts
+
+
+def random_hostile(rng: random.Random, corpus: Sequence[bytes], *, max_random: int = 600) -> bytes:
+    """One hostile input from a seeded ``random.Random`` (for live campaigns outside
+    Hypothesis): random bytes a quarter of the time, else a corpus entry with one to
+    six mutations (as ``hostile_bytes``)."""
+    if rng.random() < 0.25:
+        return rng.randbytes(rng.randint(0, max_random))
+    ops = [(rng.randint(0, 5), rng.randint(0, 1 << 20), rng.randbytes(rng.randint(0, 6)))
+           for _ in range(rng.randint(1, 6))]
+    return mutate(rng.choice(list(corpus)), ops)
