@@ -63,6 +63,27 @@ class Network:
             await nursery.start(self.bitswap.run)
             task_status.started()
 
+    def addresses(self) -> list[str]:
+        """Full ``/p2p/`` listen multiaddrs, with an unspecified address (0.0.0.0, ::)
+        expanded into one address per local interface, as ``ipfs id`` shows them."""
+        import socket
+
+        import psutil
+
+        out: list[str] = []
+        for addr in self.host.addrs():
+            for wildcard, family in (("/ip4/0.0.0.0/", socket.AF_INET), ("/ip6/::/", socket.AF_INET6)):
+                if addr.startswith(wildcard):
+                    proto = wildcard.split("/")[1]
+                    for nic_addrs in psutil.net_if_addrs().values():
+                        for a in nic_addrs:
+                            if a.family == family and not a.address.startswith("fe80"):
+                                out.append(f"/{proto}/{a.address}/" + addr[len(wildcard):])
+                    break
+            else:
+                out.append(addr)
+        return sorted(dict.fromkeys(out), key=lambda a: ("/127." not in a and "/::1/" not in a, a))
+
     # ------------------------------------------------------------------ fetching
 
     def _require_peers(self, cid: CID) -> None:
