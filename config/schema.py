@@ -60,6 +60,10 @@ class RpcConfig:
 
     socket: str = _f("", "Unix socket path; \"\" means <home>/rpc.sock")
     max_connections: int = _f(256, "concurrent client connections at most")
+    allowed_group: str = _f(
+        "", "group (name or gid) given the socket (mode 0660) whose members may use the daemon;"
+        " \"\" = the daemon's own group. Root and the daemon's user always may"
+    )
 
     def __post_init__(self) -> None:
         _check("rpc", "max_connections", self.max_connections >= 1, "must be >= 1",

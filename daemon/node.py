@@ -93,7 +93,7 @@ class Node:
         """Open everything, serve until stopped, then close in reverse order."""
         from .api import Api
         from .identity import load_identity, peer_id_of
-        from .rpcserver import RpcLimits, RpcServer
+        from .rpcserver import RpcLimits, RpcServer, resolve_group
 
         keypair = load_identity(self.home.identity_path)
         self.peer_id = peer_id_of(keypair).to_base58()
@@ -113,6 +113,7 @@ class Node:
                 self.metrics_address = self.metrics.serve(self.config.metrics.listen)
             api = Api(self)
             server = RpcServer(self.socket_path, api.handlers(), daemon_version=VERSION,
+                               group=resolve_group(self.config.rpc.allowed_group),
                                limits=RpcLimits(max_connections=self.config.rpc.max_connections),
                                on_request_done=self.metrics.rpc_done)
             async with trio.open_nursery() as nursery:

@@ -20,6 +20,13 @@ Handlers::
     server = RpcServer(path, {"add": add}, daemon_version="0.1.0")
     await nursery.start(server.run)
 
+Access: the socket file is mode 0660 (owner and group), and every accepted
+connection's peer credentials (``SO_PEERCRED``, ``SO_PEERGROUPS``) are checked
+as well: root, the daemon's own user and members of the socket's group (the
+daemon's group, or ``rpc.allowed_group``) are served; anyone else gets a
+``permission_denied`` error and is closed, even if the file's permissions were
+widened by hand.
+
 A handler's exception becomes an error reply: ``exc.code`` if it has a valid
 snake_case ``code`` attribute (``blockstore.errors`` classes, ``RpcError``),
 otherwise ``internal`` (logged with its traceback). A handler whose request
@@ -30,11 +37,13 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import grp
 import logging
 import math
 import os
 import socket
 import stat
+import struct
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -148,6 +157,8 @@ class RpcServerStats:
         connections: connections open now.
         connections_total: connections accepted since start (refused ones included).
         connections_refused: connections refused for ``max_connections``.
+        connections_refused_credentials: connections refused because the peer's
+            user is neither root, the daemon's user nor in the socket's group.
         requests_in_flight: requests whose handler runs now.
         requests_total: requests received since start (rejected ones included).
         protocol_errors: connections closed for a protocol violation.
@@ -161,6 +172,7 @@ class RpcServerStats:
     connections: int
     connections_total: int
     connections_refused: int
+    connections_refused_credentials: int
     requests_in_flight: int
     requests_total: int
     protocol_errors: int
@@ -576,6 +588,10 @@ class RpcServer:
         handlers: method name -> handler (copied; later changes are not seen).
         daemon_version: sent to clients in ``welcome``.
         mode: permissions of the socket file (default 0o660: owner and group).
+        group: gid the socket file is given and whose members may connect
+            (``resolve_group``); None = the daemon's effective gid. Root and the
+            daemon's own user may always connect; other peers are refused with
+            ``permission_denied`` after a ``SO_PEERCRED`` check.
         limits: connection, request and buffer bounds.
         on_request_done: called as ``(method, outcome, seconds)`` when a
             request ends; outcome is ``ok`` or the error code (``cancelled``
@@ -588,7 +604,8 @@ class RpcServer:
     """
 
     def __init__(self, socket_path: str | os.PathLike[str], handlers: Mapping[str, Handler], *,
-                 daemon_version: str, mode: int = 0o660, limits: RpcLimits = RpcLimits(),
+                 daemon_version: str, mode: int = 0o660, group: int | None = None,
+                 limits: RpcLimits = RpcLimits(),
                  on_request_done: RequestDone | None = None) -> None:
         self.socket_path = Path(socket_path)
         for name, fn in handlers.items():
@@ -599,11 +616,13 @@ class RpcServer:
         self.handlers: dict[str, Handler] = dict(handlers)
         self.daemon_version = daemon_version
         self.mode = mode
+        self.group = os.getegid() if group is None else group
         self.limits = limits
         self.on_request_done = on_request_done
         self._connections: set[_Connection] = set()
         self._connections_total = 0
         self._connections_refused = 0
+        self._refused_credentials = 0
         self._requests_total = 0
         self._protocol_errors = 0
         self._bytes_in = 0
@@ -618,6 +637,7 @@ class RpcServer:
             connections=len(self._connections),
             connections_total=self._connections_total,
             connections_refused=self._connections_refused,
+            connections_refused_credentials=self._refused_credentials,
             requests_in_flight=sum(len(c.active) for c in self._connections),
             requests_total=self._requests_total,
             protocol_errors=self._protocol_errors,
@@ -648,7 +668,7 @@ class RpcServer:
         lock_fd = _lock(self.socket_path, self.mode)
         try:
             await trio.to_thread.run_sync(_clear_stale, self.socket_path)
-            std_sock = _bind(self.socket_path, self.mode)
+            std_sock = _bind(self.socket_path, self.mode, self.group)
             identity = os.stat(self.socket_path)
             listener = trio.socket.from_stdlib_socket(std_sock)
             try:
@@ -675,11 +695,19 @@ class RpcServer:
                     continue
                 raise
             self._connections_total += 1
+            refusal = self._check_peer(sock)
+            if refusal is not None:
+                self._refused_credentials += 1
+                log.warning("RPC connection refused: %s", refusal)
+                nursery.start_soon(self._refuse, sock, "permission_denied", refusal)
+                continue
             for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
                 sock.setsockopt(socket.SOL_SOCKET, opt, _SOCKET_BUFFER_BYTES)
             if len(self._connections) >= self.limits.max_connections:
                 self._connections_refused += 1
-                nursery.start_soon(self._refuse, sock)
+                nursery.start_soon(
+                    self._refuse, sock, "too_many_connections",
+                    f"the daemon serves at most {self.limits.max_connections} RPC connections")
             else:
                 nursery.start_soon(self._serve, sock)
 
@@ -695,11 +723,19 @@ class RpcServer:
             self._upload_buffered -= sum(cost for r in conn.active.values() for _, cost in r.chunks)
             sock.close()
 
-    async def _refuse(self, sock: trio.socket.SocketType) -> None:
-        frame = b"".join(encode(ErrorReply(
-            id=None, code="too_many_connections",
-            message=f"the daemon serves at most {self.limits.max_connections} RPC connections")
-        )[0])
+    def _check_peer(self, sock: trio.socket.SocketType) -> str | None:
+        """None if the connecting process may use the daemon, else why not (for the reply)."""
+        try:
+            creds = peer_credentials(sock)
+        except OSError as exc:  # not a Unix socket peer we can identify: refuse
+            return f"cannot read the peer's credentials: {exc.strerror or exc}"
+        if creds.uid in (0, os.geteuid()) or self.group in creds.groups:
+            return None
+        return (f"user {creds.uid} (pid {creds.pid}) is not allowed to use this daemon: only "
+                f"root, user {os.geteuid()} and members of group {self.group} may connect")
+
+    async def _refuse(self, sock: trio.socket.SocketType, code: str, message: str) -> None:
+        frame = b"".join(encode(ErrorReply(id=None, code=code, message=message))[0])
         with sock, trio.move_on_after(self.limits.close_flush_timeout_s):
             try:
                 await sock.send(frame)
@@ -719,6 +755,85 @@ class RpcServer:
 
     def _upload_dropped(self, nbytes: int) -> None:
         self._upload_buffered -= nbytes
+
+
+# --------------------------------------------------------------------------- peer credentials
+
+#: ``SO_PEERGROUPS`` (Linux >= 4.13): the peer's supplementary groups at connect time.
+_SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)
+_UCRED = struct.Struct("3i")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PeerCredentials:
+    """Who is at the other end of a Unix socket (as the kernel saw it at ``connect``).
+
+    Attributes:
+        pid: the peer's process ID.
+        uid: its effective user ID.
+        gid: its effective group ID.
+        groups: ``gid`` plus its supplementary group IDs.
+    """
+
+    pid: int
+    uid: int
+    gid: int
+    groups: frozenset[int]
+
+
+def peer_credentials(sock: socket.socket | trio.socket.SocketType) -> PeerCredentials:
+    """The credentials of a connected Unix-socket peer (``SO_PEERCRED``, ``SO_PEERGROUPS``).
+
+    Supplementary groups come from ``SO_PEERGROUPS``; on kernels without it,
+    from ``/proc/<pid>/status`` (the peer's groups now, not at connect time).
+
+    Raises:
+        OSError: the socket has no peer credentials (not a connected Unix socket).
+    """
+    pid, uid, gid = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                  _UCRED.size))
+    groups = {gid}
+    size = 64 * 4
+    while True:
+        try:
+            raw = sock.getsockopt(socket.SOL_SOCKET, _SO_PEERGROUPS, size)
+            groups.update(struct.unpack(f"{len(raw) // 4}I", raw[: len(raw) // 4 * 4]))
+            break
+        except OSError as exc:
+            if exc.errno == errno.ERANGE and size < 65536 * 4:
+                size *= 4
+                continue
+            groups.update(_proc_groups(pid))
+            break
+    return PeerCredentials(pid=pid, uid=uid, gid=gid, groups=frozenset(groups))
+
+
+def _proc_groups(pid: int) -> set[int]:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("Groups:"):
+                    return {int(g) for g in line.split()[1:]}
+    except OSError:
+        pass
+    return set()
+
+
+def resolve_group(name: str) -> int | None:
+    """The gid of ``rpc.allowed_group`` (a group name or a numeric gid); None for "".
+
+    Raises:
+        ConfigError: no such group.
+    """
+    from pinfold.config import ConfigError
+
+    name = name.strip()
+    if not name:
+        return None
+    try:
+        return int(name) if name.isdigit() else grp.getgrnam(name).gr_gid
+    except KeyError:
+        raise ConfigError("rpc.allowed_group", f"no such group {name!r}") from None
 
 
 # --------------------------------------------------------------------------- socket file
@@ -772,7 +887,7 @@ def _clear_stale(path: Path) -> None:
     raise RpcServerError("already_running", f"another daemon is already running on {path}")
 
 
-def _bind(path: Path, mode: int) -> socket.socket:
+def _bind(path: Path, mode: int, group: int | None = None) -> socket.socket:
     raw = os.fsencode(path)
     if len(raw) > 107:
         raise RpcServerError("socket_path_invalid",
@@ -787,6 +902,8 @@ def _bind(path: Path, mode: int) -> socket.socket:
             sock.bind(raw)
         finally:
             os.umask(old_umask)
+        if group is not None and os.stat(path).st_gid != group:
+            os.chown(path, -1, group)
         os.chmod(path, mode)
         sock.listen(128)
     except OSError as exc:

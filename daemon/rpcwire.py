@@ -113,6 +113,7 @@ CONNECTION_ERROR_CODES = frozenset({
     "frame_too_large",        # a length prefix above MAX_FRAME_BYTES
     "unsupported_version",    # hello named another protocol or version
     "too_many_connections",   # the server's connection limit is reached
+    "permission_denied",      # the peer's user may not use the daemon (SO_PEERCRED)
     "handshake_timeout",      # no hello in time
     "shutting_down",          # the server is stopping
 })
