@@ -159,6 +159,10 @@ class ReplicationConfig:
     concurrent_pins: int = _f(4, "pin fetches at once")
     tombstone_horizon_s: float = _f(7 * 86400.0, "unpins are forgotten after this")
     replan_interval_s: float = _f(30.0, "full re-plan at least this often")
+    sync_interval_s: float = _f(30.0, "anti-entropy with a random cluster peer this often")
+    retry_min_s: float = _f(5.0, "first wait before a failed pin is retried (doubles each time)")
+    retry_max_s: float = _f(600.0, "longest wait between retries of a failed pin")
+    capacity_bytes: int = _f(0, "storage offered to the cluster; 0 = blockstore.max_size_bytes")
 
     def __post_init__(self) -> None:
         _check("replication", "rmin", self.rmin >= 1, "must be >= 1", self.rmin)
@@ -177,6 +181,14 @@ class ReplicationConfig:
                "must be > 0", self.tombstone_horizon_s)
         _check("replication", "replan_interval_s", self.replan_interval_s > 0, "must be > 0",
                self.replan_interval_s)
+        _check("replication", "sync_interval_s", self.sync_interval_s > 0, "must be > 0",
+               self.sync_interval_s)
+        _check("replication", "retry_min_s", self.retry_min_s > 0, "must be > 0",
+               self.retry_min_s)
+        _check("replication", "retry_max_s", self.retry_max_s >= self.retry_min_s,
+               "must be >= retry_min_s", self.retry_max_s)
+        _check("replication", "capacity_bytes", self.capacity_bytes >= 0, "must be >= 0",
+               self.capacity_bytes)
 
     @property
     def effective_peer_ttl_s(self) -> float:
