@@ -78,6 +78,8 @@ class Node:
         # The network side (host + Bitswap); None only in tests that build a bare node.
         self.network: Any = None
         self.fetcher: Any = None
+        # The replication manager and its transport (daemon/cluster.py) when cluster.name is set.
+        self.cluster: Any = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -87,7 +89,18 @@ class Node:
 
     def extra_handlers(self) -> dict[str, Callable[[Any], Any]]:
         """RPC methods contributed by optional components (network, cluster)."""
-        return self.network.handlers() if self.network is not None else {}
+        table = self.network.handlers() if self.network is not None else {}
+        if self.cluster is not None:
+            table.update(self.cluster.handlers())
+        else:
+            table.update(standalone_cluster_handlers(self))
+        return table
+
+    def apply_config(self, config: Config) -> None:
+        """Live keys of a reload (``daemon/service.py``): the cluster's trust and replication."""
+        self.config = config
+        if self.cluster is not None:
+            self.cluster.apply_config(config)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Open everything, serve until stopped, then close in reverse order."""
@@ -102,13 +115,17 @@ class Node:
             lambda: LmdbBlockStore(self.home.store_path, max_size_bytes=bs.max_size_bytes,
                                    sync=bs.sync))
         try:
+            from .cluster import Cluster, replication_metric_families
             from .network import Network
 
-            self.writer = BatchWriter(self.store)
+            self.writer = BatchWriter(self.store, max_batch_bytes=16 * 1024 * 1024)
             self.network = Network(self, keypair)
             self.fetcher = self.network
+            if self.config.cluster.name:
+                self.cluster = Cluster(self, keypair)
             self._register_metrics()
             self.metrics.add_source(self.network.metric_families)
+            self.metrics.add_source(lambda: replication_metric_families(self))
             if self.config.metrics.listen:
                 self.metrics_address = self.metrics.serve(self.config.metrics.listen)
             api = Api(self)
@@ -119,7 +136,9 @@ class Node:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.writer.run)
                 await nursery.start(self.network.run)
-                self.addresses = self.network.host.addrs()
+                self.addresses = self.network.addresses()
+                if self.cluster is not None:
+                    await nursery.start(self.cluster.run)
                 await nursery.start(server.run)
                 if bs.gc_interval_s > 0:
                     nursery.start_soon(self._gc_loop, bs.gc_interval_s)
@@ -241,16 +260,46 @@ class Node:
                   fetch: bool = True, rmin: int | None = None, rmax: int | None = None,
                   availability: float | None = None, expire_at: float | None = None,
                   metadata: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Pin ``cid`` locally: its blocks' refcounts and the pin record in one transaction.
+        """Pin ``cid``: in a cluster, a pin of the shared pinset; standalone, a local pin.
+
+        In a cluster the pin is written to the shared pinset (rmin/rmax or the
+        availability target, defaults from ``[replication]``) and the cluster's
+        planners pick its holders; when the DAG is complete locally (it was
+        just added here) an origin copy is kept until enough holders have it.
+
+        Raises:
+            BlockNotFound: standalone: a block of the DAG is missing and cannot be fetched.
+            StoreFull: standalone: no room to fetch the DAG.
+            InvalidPin: cluster: a replication option is out of range.
+        """
+        if self.cluster is not None:
+            return await self.cluster.pin(cid, recursive=recursive, name=name, rmin=rmin,
+                                          rmax=rmax, availability=availability,
+                                          expire_at=expire_at, metadata=metadata)
+        return await self.pin_local(cid, recursive=recursive, name=name, fetch=fetch,
+                                    expire_at=expire_at, metadata=metadata)
+
+    async def pin_local(self, cid: CID, *, recursive: bool = True, name: str = "",
+                        fetch: bool = True, expire_at: float | None = None,
+                        metadata: dict[str, Any] | None = None,
+                        providers: list[Any] | None = None) -> dict[str, Any]:
+        """Pin ``cid`` in the local store: its blocks' refcounts and the pin record in one
+        transaction, fetching missing blocks first (from ``providers`` when given).
+
+        Returns:
+            The pin record as a dict, with ``fetched_bytes`` (bytes fetched from peers).
 
         Raises:
             BlockNotFound: a block of the DAG is missing and cannot be fetched.
             StoreFull: no room to fetch the DAG.
         """
         store = self.store
+        fetched = 0
         with store.protect() as protection:
-            if fetch and recursive:
-                await self.ensure_dag(cid, protection=protection)
+            if fetch and recursive and self.fetcher is not None:
+                kw = {"peers": providers} if providers else {}
+                stats = await self.fetcher.ensure_dag(cid, protection=protection, **kw)
+                fetched = int(getattr(stats, "fetched_bytes", 0) or 0)
             if recursive:
                 blocks = []
                 async for c in dagmod.walk(self.get_block, cid, has_block=self.has_block):
@@ -267,9 +316,17 @@ class Node:
             rec = await self.writer.submit(
                 lambda t: t.pin_add(cid, recursive=recursive, blocks=blocks, name=name or "",
                                     metadata=meta or None, now=now))
-        return pin_record_dict(rec)
+        d = pin_record_dict(rec)
+        d["fetched_bytes"] = fetched
+        return d
 
     async def unpin(self, cid: CID) -> dict[str, Any]:
+        """Unpin ``cid``: a tombstone in the cluster pinset, or the local pin. Raises ``NotPinned``."""
+        if self.cluster is not None:
+            return await self.cluster.unpin(cid)
+        return await self.unpin_local(cid)
+
+    async def unpin_local(self, cid: CID) -> dict[str, Any]:
         """Remove the local pin of ``cid``. Raises ``NotPinned``."""
         rec = await self.writer.submit(lambda t: t.pin_rm(cid))
         d = pin_record_dict(rec)
@@ -277,7 +334,12 @@ class Node:
         return d
 
     async def pin_list(self, state: str | None) -> AsyncIterator[dict[str, Any]]:
-        """Local pins as dicts (state ``pinned``), filtered by ``state``."""
+        """Pins as dicts, filtered by ``state``: the cluster pinset with this node's
+        state of each pin, or (standalone) the local pins, state ``pinned``."""
+        if self.cluster is not None:
+            async for item in self.cluster.pin_list(state):
+                yield item
+            return
         if state not in (None, "pinned"):
             return
         for rec in self.store.pin_ls():
@@ -285,7 +347,9 @@ class Node:
             await trio.lowlevel.checkpoint()
 
     async def pin_status(self, cid: CID) -> dict[str, Any]:
-        """The DESIGN.md ``pin status`` record for a standalone node."""
+        """The DESIGN.md ``pin status`` record (the cluster's view, or this node alone)."""
+        if self.cluster is not None:
+            return await self.cluster.pin_status(cid)
         rec = self.store.pin_get(cid)
         if rec is None:
             raise NotPinned(f"{cid} is not pinned")
@@ -322,6 +386,25 @@ class Node:
                 except Exception as exc:
                     log.warning("could not re-fetch corrupt block %s: %s", c, exc)
         return {"checked": res.checked, "corrupt": corrupt, "healed": healed}
+
+
+def standalone_cluster_handlers(node: Node) -> dict[str, Callable[[Any], Any]]:
+    """``cluster peers``/``cluster status``/``recover`` on a node without a cluster."""
+
+    async def cluster_peers(call: Any) -> dict[str, Any]:
+        await call.send({"peer_id": node.peer_id, "state": "alive",
+                         "p": node.config.replication.p_prior, "self": True,
+                         "pins": sum(node.store.pin_counts().values())})
+        return {"count": 1, "cluster": ""}
+
+    async def cluster_status(call: Any) -> dict[str, Any]:
+        return {"cluster": "", "pins": sum(node.store.pin_counts().values()),
+                "under_replicated": 0, "repairing": 0, "errors": 0, "standalone": True}
+
+    async def recover(call: Any) -> dict[str, Any]:
+        return {"recovered": 0, "cids": []}
+
+    return {"cluster_peers": cluster_peers, "cluster_status": cluster_status, "recover": recover}
 
 
 # ---------------------------------------------------------------------- process
