@@ -237,6 +237,8 @@ def decode_request(data: bytes) -> SyncRequest:
         PinsetDecodeError: malformed, or a response where a request belongs.
     """
     t, obj = _tag(data)
+    if t in ("ok", "st", "sum", "ent"):
+        raise PinsetDecodeError(f"sync: {t!r} is a response, not a request")
     if t == "push":
         if set(obj) != {"t", "entries"} or type(obj["entries"]) is not list:
             raise PinsetDecodeError("sync: push: expected {t, entries: [...]}")
@@ -265,6 +267,8 @@ def decode_response(data: bytes) -> SyncResponse:
         PinsetDecodeError: malformed, or a request where a response belongs.
     """
     t, obj = _tag(data)
+    if t in ("push", "st?", "sum?", "ent?"):
+        raise PinsetDecodeError(f"sync: {t!r} is a request, not a response")
     if t == "ok":
         if set(obj) != {"t", "changed"}:
             raise PinsetDecodeError("sync: ok: expected {t, changed}")

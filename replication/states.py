@@ -310,6 +310,9 @@ class PeerStates:
             else:
                 ok = (k is not None and k[0] == delta.epoch and delta.base <= k[1]
                       < delta.version)
+                if (pulled and not ok and k is not None and k[0] == delta.epoch
+                        and delta.version == k[1] and not delta.changes):
+                    return True, changed  # a pull answer: nothing new
             if not ok:
                 self.stale_deltas += 1
                 return False, changed
