@@ -84,3 +84,8 @@ lint-deploy: deploy-tools
 		rc=$$?; printf '%s\n' "$$out" | tail -n 1; exit $$rc
 	cd deploy/prometheus && promtool check rules alerts.yml && promtool check config prometheus.yml \
 		&& promtool test rules alerts_test.yml
+
+## make demo: 4 local nodes, the real model file added with --replicas 2, a holder killed
+## with SIGKILL, the repair shown as it happens, the status table printed, everything stopped.
+demo: $(STAMP)
+	$(PY) tests/cluster_demo.py

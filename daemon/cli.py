@@ -535,9 +535,16 @@ def _cmd_pin(c, args: argparse.Namespace, out: Output) -> int:
     elif sub == "status":
         res = c.status(args.cid)
         lines = [f"cid: {res['cid']}", f"rmin/rmax: {res['rmin']}/{res['rmax']}",
-                 f"healthy: {res['healthy']}", f"availability: {res['availability']:.6f}",
-                 "holders:"]
-        lines += [f"  {h['peer_id']} {h['state']}" for h in res.get("holders", [])]
+                 f"healthy: {res['healthy']}", f"availability: {res['availability']:.6f}"]
+        if res.get("target") is not None:
+            lines.append(f"target: {res['target']}")
+        lines.append("holders:")
+        for h in res.get("holders", []):
+            extra = [x for x in (h.get("peer_status"),) if x]
+            if h.get("p") is not None:
+                extra.append(f"p={h['p']:.4f}")
+            lines.append(f"  {h['peer_id']} {h['state']:<9}" + (f" ({', '.join(extra)})"
+                                                               if extra else ""))
         out.doc(res, "\n".join(lines))
     else:
         raise UsageError("pin needs a subcommand: add, rm, ls, status")
@@ -583,7 +590,24 @@ def _cmd_cluster(c, args: argparse.Namespace, out: Output) -> int:
             f"{p['peer_id']} {p['state']} p={p.get('p', 0):.3f} "
             f"free={p.get('free_bytes', 0)} pins={p.get('pins', 0)}"))
     elif sub == "status":
-        out.doc(c.cluster_status())
+        res = c.cluster_status()
+        if res.get("standalone"):
+            out.doc(res, f"standalone node (no cluster): {res.get('pins', 0)} local pins")
+            return 0
+        text = [f"cluster: {res.get('cluster', '')}", f"pins: {res['pins']}",
+                f"  at target:        {res.get('at_target', 0)}",
+                (f"  under-replicated: {res['under_replicated']} "
+                 f"(repairing {res.get('repairing', 0)})"),
+                f"  over-replicated:  {res.get('over', 0)}",
+                f"  with errors:      {res['errors']}",
+                f"min availability: {res.get('min_availability', 1.0):.6f}"]
+        if res.get("peers"):
+            text.append("peers: " + ", ".join(f"{k} {v}" for k, v in res["peers"].items()))
+        if res.get("local"):
+            text.append("here: " + ", ".join(f"{k} {v}" for k, v in res["local"].items() if v))
+        text += [f"  under-replicated: {x}" for x in res.get("under_replicated_cids", [])[:20]]
+        text += [f"  error: {x}" for x in res.get("error_cids", [])[:20]]
+        out.doc(res, "\n".join(text))
     else:
         raise UsageError("cluster needs a subcommand: peers, status")
     return 0
