@@ -123,6 +123,8 @@ log = logging.getLogger("pinfold.replication")
 #: fetches of seconds to hours).
 REPAIR_BUCKETS: Final = (1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
                          7200.0, 21600.0)
+#: Entries asked per anti-entropy page (responders overshoot by up to one bucket).
+_SYNC_PAGE: Final = MAX_PAGE_ENTRIES * 4 // 5
 #: CIDs planned per chunk before yielding to other tasks.
 _CHUNK: Final = 2048
 #: Pinset entries per gossip message (~130 bytes each: ~260 KB, under gossip's 1 MiB).
@@ -254,6 +256,7 @@ class ManagerStats:
     rejected_messages: int
 
 
+_NO_RECORD: Final = LocalRecord()  # shared, never modified: a state with no bookkeeping
 _EMPTY_STATS: Final = ManagerStats(
     pins=0, local_states=dict.fromkeys([s.value for s in PinState], 0), queue_length=0,
     cluster_pins=dict.fromkeys(_CATEGORY_NAMES, 0), peers={"alive": 0, "suspect": 0, "dead": 0},
@@ -389,7 +392,15 @@ class Manager:
         self._dirty_event = trio.Event()
         self._full_pass_due = True
         self._retry_heap: list[tuple[float, bytes]] = []
-        self._cid_info: dict[bytes, float] = {}
+        # Pins that are not simply at target (under/over-replicated, repairing, in
+        # error or short of holders): their category/flag code and availability. A
+        # pin at target is not stored (a million healthy pins cost nothing here);
+        # the lowest availability among those is kept as a running minimum,
+        # recomputed by each full pass.
+        self._cid_info: dict[bytes, int] = {}
+        self._cid_avail: dict[bytes, float] = {}
+        self._clean_min = 1.0
+        self._clean_min_next: float | None = None
         self._category_counts = [0, 0, 0]
         self._flag_counts = Counter[int]()
         self._repair_since: dict[bytes, float] = {}
@@ -675,8 +686,7 @@ class Manager:
         under: list[str] = []
         errors: list[str] = []
         repairing = 0
-        for cid, v in self._cid_info.items():
-            code = int(v // 2)
+        for cid, code in self._cid_info.items():
             if code & 3 == _UNDER and len(under) < 100:
                 under.append(cid_text(cid))
             if code & _REPAIRING_FLAG:
@@ -686,7 +696,7 @@ class Manager:
         return ClusterStatus(
             pins=len(self.pinset), under_replicated=self._category_counts[_UNDER],
             repairing=repairing, errors=self._flag_counts[_ERROR_FLAG],
-            at_target=self._category_counts[_AT], over=self._category_counts[_OVER],
+            at_target=self._at_target(), over=self._category_counts[_OVER],
             min_availability=self._min_availability(), under_replicated_cids=tuple(under),
             error_cids=tuple(errors))
 
@@ -740,7 +750,9 @@ class Manager:
         return ManagerStats(
             pins=len(self.pinset), local_states=local,
             queue_length=self._local_counts[PinState.QUEUED] + self._local_counts[PinState.PINNING],
-            cluster_pins={name: self._category_counts[i] for i, name in enumerate(_CATEGORY_NAMES)},
+            cluster_pins={"under_replicated": self._category_counts[_UNDER],
+                          "at_target": self._at_target(),
+                          "over_replicated": self._category_counts[_OVER]},
             peers=peers,
             repairs={k: c.repairs[k] for k in ("started", "completed", "failed")},
             repair_buckets=tuple(buckets), repair_count=c.repair_count, repair_sum_s=c.repair_sum,
@@ -752,12 +764,15 @@ class Manager:
         cached = self._min_avail_cache
         if cached is not None and now - cached[0] < 2.0:
             return cached[1]
-        low = 1.0
-        for v in self._cid_info.values():
-            a = v - 2 * int(v // 2)
-            low = min(low, a)
+        low = min(self._cid_avail.values(), default=1.0)
+        if len(self.pinset) > len(self._cid_avail):
+            low = min(low, self._clean_min)
         self._min_avail_cache = (now, low)
         return low
+
+    def _at_target(self) -> int:
+        c = self._category_counts
+        return max(0, len(self.pinset) - c[_UNDER] - c[_OVER])
 
     def apply_config(self, config: ManagerConfig) -> None:
         """Take new settings that can change while running.
@@ -948,7 +963,7 @@ class Manager:
         self._min_avail_cache = None
 
     def _short_cids(self) -> set[bytes]:
-        return {c for c, v in self._cid_info.items() if int(v // 2) & _SHORT_FLAG}
+        return {c for c, code in self._cid_info.items() if code & _SHORT_FLAG}
 
     # ------------------------------------------------------------------ planning
 
@@ -985,12 +1000,15 @@ class Manager:
                 cids.extend(c for c in self._cid_info if c not in self.pinset)
                 cids.extend(c for c in self.local if self.local[c].staged)
                 self._dirty.clear()
+                self._clean_min_next = 1.0
             else:
                 cids = list(self._dirty)
                 self._dirty.clear()
             for i in range(0, len(cids), _CHUNK):
                 self._plan_chunk(cids[i:i + _CHUNK])
                 await trio.lowlevel.checkpoint()
+            if self._clean_min_next is not None:
+                self._clean_min, self._clean_min_next = self._clean_min_next, None
 
     def _compact_tombstones(self) -> None:
         before = hlc_from_wall(max(0.0, self.now() - self.config.tombstone_horizon_s))
@@ -1035,7 +1053,8 @@ class Manager:
         pin = self.pinset.pin(cid)
         old = self._cid_info.pop(cid, None)
         if old is not None:
-            code = int(old // 2)
+            code = old
+            self._cid_avail.pop(cid, None)
             self._category_counts[code & 3] -= 1
             for flag in (_REPAIRING_FLAG, _ERROR_FLAG, _SHORT_FLAG):
                 if code & flag:
@@ -1070,11 +1089,18 @@ class Manager:
             pin.availability is not None and availability(active_ps) < pin.availability - 1e-9)
         code = cat | (_REPAIRING_FLAG if repairing and cat == _UNDER else 0) | (
             _ERROR_FLAG if error else 0) | (_SHORT_FLAG if short else 0)
-        self._category_counts[cat] += 1
-        for flag in (_REPAIRING_FLAG, _ERROR_FLAG, _SHORT_FLAG):
-            if code & flag:
-                self._flag_counts[flag] += 1
-        self._cid_info[cid] = code * 2.0 + availability(healthy)
+        avail = availability(healthy)
+        if code == _AT:
+            self._clean_min = min(self._clean_min, avail)
+            if self._clean_min_next is not None:
+                self._clean_min_next = min(self._clean_min_next, avail)
+        else:
+            self._category_counts[cat] += 1
+            for flag in (_REPAIRING_FLAG, _ERROR_FLAG, _SHORT_FLAG):
+                if code & flag:
+                    self._flag_counts[flag] += 1
+            self._cid_info[cid] = code
+            self._cid_avail[cid] = avail
         if cat != _UNDER:
             self._reports.pop(cid, None)
             since = self._repair_since.pop(cid, None)
@@ -1137,7 +1163,7 @@ class Manager:
             if rec is not None:
                 self.local.pop(cid, None)
         else:
-            self._pending.local[cid] = (st, rec or LocalRecord())
+            self._pending.local[cid] = (st, rec or _NO_RECORD)
         self._flush_event.set()
 
     def _on_pin_action(self, a: PinAction) -> None:
@@ -1372,7 +1398,9 @@ class Manager:
         return True
 
     async def _sync_session(self, peer_id: str, session: SyncSession) -> None:
-        rec = Reconciler(self.pinset)
+        # Pages end on bucket boundaries, so a responder may overshoot the limit by
+        # up to a bucket; stay well under the decoder's MAX_PAGE_ENTRIES.
+        rec = Reconciler(self.pinset, page_limit=_SYNC_PAGE)
         while (req := rec.next_request()) is not None:
             resp = decode_response(await session.ask(encode_request(req)))
             before = self.pinset.statistics().max_ts
