@@ -158,6 +158,19 @@ class HealthView:
         self._prior_weight = c.p_halflife_s / c.heartbeat_interval_s
         self._peers: dict[str, _Peer] = {}
 
+    def reconfigure(self, config: HealthConfig) -> None:
+        """Take new thresholds (a config reload); known peers and their estimates stay.
+
+        Statuses follow the new TTL and grace from the next read; a peer already
+        reported dead under the old ones stays reported until it recovers.
+        """
+        self.config = c = config
+        self._ttl = c.ttl_s
+        self._dead_after = c.ttl_s + c.repair_grace_s
+        self._interval = c.heartbeat_interval_s
+        self._decay = math.log(2.0) / c.p_halflife_s
+        self._prior_weight = c.p_halflife_s / c.heartbeat_interval_s
+
     def __len__(self) -> int:
         return len(self._peers)
 

@@ -775,13 +775,15 @@ class Manager:
         return max(0, len(self.pinset) - c[_UNDER] - c[_OVER])
 
     def apply_config(self, config: ManagerConfig) -> None:
-        """Take new settings that can change while running.
+        """Take new settings that can change while running (a config reload).
 
-        ``rmin``/``rmax`` defaults, ``concurrent_pins``, ``replan_interval_s``,
-        ``sync_interval_s``, retry times and ``tombstone_horizon_s`` apply at
-        once; the health thresholds (heartbeat, TTL, grace, p_prior) apply to
-        the heartbeat period at once and to the health view after a restart.
+        Everything applies at once: default rmin/rmax of new pins,
+        ``concurrent_pins``, intervals, retry times, the tombstone horizon, and
+        the health thresholds (heartbeat period, TTL, grace, p_prior) - known
+        peers keep their estimates. Every pin is re-planned.
         """
+        if config.health_config() != self.health.config:
+            self.health.reconfigure(config.health_config())
         self._limiter.total_tokens = config.concurrent_pins
         if config.concurrent_pins > self.config.concurrent_pins and self._nursery is not None:
             for _ in range(config.concurrent_pins - self.config.concurrent_pins):

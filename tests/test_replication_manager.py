@@ -320,3 +320,20 @@ async def test_unpin_releases_every_copy(autojump_clock, nursery) -> None:
     await wait_until(lambda: all(m.local_state(cid) is PinState.REMOTE
                                  for m in c.managers.values()))
     assert all(m.status(cid) is None for m in c.managers.values())
+
+
+async def test_reload_applies_grace_and_concurrency_live(autojump_clock, nursery) -> None:
+    import dataclasses
+
+    c = Cluster(nursery)
+    for n in "ab":
+        await c.start(n)
+    await trio.sleep(3)
+    a = c.managers["a"]
+    a.apply_config(dataclasses.replace(CFG, repair_grace_s=30.0, concurrent_pins=5))
+    assert a._limiter.total_tokens == 5
+    c.stop("b")
+    stopped = trio.current_time()
+    await wait_until(lambda: a.health.status("b", a.now()) is PeerStatus.DEAD, timeout=100)
+    # TTL 2 s + the new grace of 30 s (not the 5 s it started with).
+    assert 31.0 <= trio.current_time() - stopped <= 33.5
