@@ -469,8 +469,8 @@ class NodePins:
         node = self.node
         root = self._cid(cid)
         store = node.store
-        if not store.has(root):
-            return None
+        if not store.has(root) or store.pin_get(root) is not None:
+            return None  # not here, or already held by a pin that protects it
 
         async def local_only(c: CID) -> bytes:
             return store.get(c)
@@ -673,6 +673,7 @@ def replication_metric_families(node: Node) -> Iterable[Any]:
         queue = 0
         dropped = 0
         fetched = 0
+        rejected = 0
     else:
         st = cluster.manager.last_statistics()  # this runs in the metrics thread
         ts = cluster.transport.statistics()
@@ -683,6 +684,7 @@ def replication_metric_families(node: Node) -> Iterable[Any]:
         queue = st.queue_length
         dropped = ts.untrusted_dropped + ts.forged_dropped
         fetched = st.bytes_fetched
+        rejected = st.rejected_messages
     yield gauge_by("pinfold_cluster_pins", "Cluster pins by healthy holders against rmin/rmax, "
                    "as this node sees them", "status", pins)
     yield gauge_by("pinfold_cluster_peers", "Cluster peers by state (this node included)",
@@ -700,5 +702,7 @@ def replication_metric_families(node: Node) -> Iterable[Any]:
                   "Cluster messages dropped: untrusted, blocked or forged senders", dropped)
     yield counter("pinfold_replication_fetched_bytes", "Bytes fetched to pin allocated DAGs",
                   fetched)
+    yield counter("pinfold_cluster_rejected_messages", "Cluster messages from trusted peers "
+                  "rejected as malformed, impersonating or too far ahead in time", rejected)
     yield gauge("pinfold_replication_grace_seconds",
                 "The configured replication.repair_grace_s", grace)

@@ -1170,8 +1170,9 @@ class Manager:
 
     def _on_pin_action(self, a: PinAction) -> None:
         cid = a.cid
-        if self.own.get(cid) in ACTIVE_STATES or cid in self._jobs:
-            return
+        st = self.own.get(cid)
+        if st in ACTIVE_STATES or st is PinState.UNPINNING or cid in self._jobs:
+            return  # (an unpin in progress re-plans the CID when it is done)
         rec = self.local.get(cid)
         if rec is not None and rec.retry_at is not None and rec.retry_at > self.now():
             return
@@ -1239,7 +1240,10 @@ class Manager:
                 await self._queue_wakeup.wait()  # shared by every worker
             cid = self._queue.popleft()
             job = self._jobs.get(cid)
-            if job is None or self.own.get(cid) is not PinState.QUEUED:
+            if job is None:
+                continue
+            if self.own.get(cid) is not PinState.QUEUED:
+                self._jobs.pop(cid, None)
                 continue
             async with self._limiter:
                 if self._jobs.get(cid) is not job:

@@ -133,7 +133,8 @@ def repair_bench(total_mib: int, pins: int = 200) -> Iterator[tuple[str, ...]]:
                                                "MiB/s)"))
         yield ("repair: bytes moved / bytes needed",
                f"received {recv / needed:.3f}", f"fetched for pins {fetched / needed:.3f}",
-               f"{int(dups)} duplicate blocks", "target 1.0")
+               (f"+ {int(dups)} duplicate blocks (<= {(recv + dups * MiB) / needed:.3f} "
+                "counting each as 1 MiB)"), "target 1.0")
     finally:
         for d in nodes:
             try:
