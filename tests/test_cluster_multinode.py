@@ -312,15 +312,21 @@ def test_partitioned_writers_converge_to_the_last_writer(cluster: Cluster) -> No
         cli_json(n[3].home, "pin", "rm", x)
         cli_json(n[1].home, "pin", "rm", y)
         cli_json(n[0].home, "pin", "add", z, "--replicas", "2", "--name", "left-z")
-        time.sleep(0.05)
         cli_json(n[1].home, "pin", "add", x, "--replicas", "2", "--name", "left-x")
         cli_json(n[4].home, "pin", "add", y, "--replicas", "2", "--name", "right-y")
         cli_json(n[2].home, "pin", "rm", z)
-        time.sleep(1.0)
-        # Each side sees only its own writes.
-        assert status(n[0], x)["name"] == "left-x" and status(n[2], x) is None
-        assert status(n[0], y) is None and status(n[3], y)["name"] == "right-y"
-        assert status(n[1], z)["name"] == "left-z" and status(n[4], z) is None
+
+        def sides_settled() -> bool:  # each side has its own writes...
+            return (all((s := status(n[i], x)) and s["name"] == "left-x" for i in left)
+                    and all(status(n[i], y) is None for i in left)
+                    and all((s := status(n[i], z)) and s["name"] == "left-z" for i in left)
+                    and all(status(n[i], x) is None for i in right)
+                    and all((s := status(n[i], y)) and s["name"] == "right-y" for i in right)
+                    and all(status(n[i], z) is None for i in right))
+
+        wait_for(sides_settled, timeout=20, what="each side to apply its own writes")
+        # ... and none of the other side's.
+        assert status(n[2], x) is None and status(n[0], y) is None and status(n[1], z)
     finally:
         _partition(cluster, left, right, False)
 
