@@ -20,11 +20,13 @@ Availability p_i is an exponentially decayed fraction of heartbeats: each
 heartbeat carries ``seq``, the number of heartbeats its sender has sent, so
 the gap between two received heartbeats counts the heartbeats the peer *sent*
 (it was running) against those expected from the elapsed time (``elapsed /
-interval``). Lost gossip messages thus do not lower p_i; downtime does. Both
+interval``). A gap no longer than the TTL counts as fully up (the peer was
+alive throughout by the definition above), so late or lost gossip messages do
+not lower p_i; silence beyond the TTL and restarts do. Both
 counts decay with half-life ``p_halflife_s`` and start as if the peer had been
 observed for one half-life at ``p_prior``, so a new peer starts at the prior
 and the estimate follows its recent behaviour. ``p`` also counts the silence
-since the last heartbeat (beyond one interval) as missed heartbeats.
+since the last heartbeat (beyond the TTL) as missed heartbeats.
 
 Time: ``now`` is the receiver's clock in seconds (the same base for every
 call); heartbeats carry no sender time, so clock skew between peers does not
@@ -210,7 +212,13 @@ class HealthView:
         sent = hb.seq - rec.seq if hb.incarnation == rec.incarnation else 1
         elapsed = max(0.0, now - rec.t_upd)
         expected = elapsed / self._interval
-        sent = max(1.0, min(float(sent), expected + 1.0))
+        if hb.incarnation == rec.incarnation and elapsed <= self._ttl:
+            # The peer never went quiet for a TTL, so it counted as alive the
+            # whole time: a late heartbeat (a busy sender, a slow relay) is not
+            # downtime. Only silence beyond the TTL, or a restart, lowers p_i.
+            sent = max(1.0, expected)
+        else:
+            sent = max(1.0, min(float(sent), expected + 1.0))
         expected = max(expected, sent)
         d = math.exp(-self._decay * elapsed)
         rec.u = rec.u * d + sent
@@ -285,15 +293,16 @@ class HealthView:
     def _p(self, rec: _Peer, now: float) -> float:
         elapsed = max(0.0, now - rec.t_upd)
         d = math.exp(-self._decay * elapsed)
-        missing = max(0.0, elapsed / self._interval - 1.0)
+        missing = max(0.0, elapsed - self._ttl) / self._interval
         denom = rec.t * d + missing
         return rec.u * d / denom if denom > 0 else self.config.p_prior
 
     def p(self, peer_id: str, now: float) -> float:
         """Estimated availability of a peer at ``now`` in [0, 1] (``p_prior`` if unknown).
 
-        Counts the silence since the last heartbeat (beyond one interval) as
-        missed heartbeats, so a peer that has been away a day shows it.
+        Counts the silence since the last heartbeat (beyond the TTL, the time a
+        peer counts as alive without news) as missed heartbeats, so a peer that
+        has been away a day shows it.
         """
         rec = self._peers.get(peer_id)
         return self.config.p_prior if rec is None else self._p(rec, now)
