@@ -135,6 +135,10 @@ class HostConfig:
         bootstrap_backoff_min_s: first retry delay after a bootstrap peer is lost, seconds.
         bootstrap_backoff_max_s: cap of the doubling retry delay, seconds.
         bootstrap_check_interval_s: how often connected bootstrap peers are checked, seconds.
+        max_inbound_streams_per_peer: streams one peer may have open to us at once;
+            further ones are reset at once. Without it a single peer could hold all
+            of py-libp2p's global stream slots (10000) and no other peer could open a
+            stream (found by the reliability campaign).
     """
 
     listen: tuple[str, ...] = ("/ip4/0.0.0.0/tcp/4101",)  # DESIGN.md [node] listen default
@@ -144,6 +148,7 @@ class HostConfig:
     bootstrap_backoff_min_s: float = 1.0
     bootstrap_backoff_max_s: float = 60.0  # at most a minute between tries to a lost peer
     bootstrap_check_interval_s: float = 1.0
+    max_inbound_streams_per_peer: int = 128  # go-libp2p's per-peer default is 256 (incl. outbound)
 
     def __post_init__(self) -> None:
         if not self.listen:
@@ -159,6 +164,9 @@ class HostConfig:
             raise ValueError(f"host.max_connections: must be >= 1, got {self.max_connections}")
         if self.dial_timeout_s <= 0:
             raise ValueError(f"host.dial_timeout_s: must be > 0, got {self.dial_timeout_s}")
+        if self.max_inbound_streams_per_peer < 1:
+            raise ValueError("host.max_inbound_streams_per_peer: must be >= 1, "
+                             f"got {self.max_inbound_streams_per_peer}")
         if not 0 < self.bootstrap_backoff_min_s <= self.bootstrap_backoff_max_s:
             raise ValueError("host.bootstrap_backoff_min_s must be > 0 and <= bootstrap_backoff_max_s")
 
@@ -198,6 +206,7 @@ class HostStats:
         dial_failures: of those, how many failed.
         bootstrap_connected: bootstrap peers connected now.
         bootstrap_total: bootstrap peers configured.
+        streams_refused: inbound streams reset for ``max_inbound_streams_per_peer``.
     """
 
     peers: int
@@ -207,6 +216,7 @@ class HostStats:
     dial_failures: int
     bootstrap_connected: int
     bootstrap_total: int
+    streams_refused: int = 0
 
 
 class _Notifee(INotifee):
@@ -214,7 +224,7 @@ class _Notifee(INotifee):
         self._host = host
 
     async def opened_stream(self, network: INetwork, stream: INetStream) -> None:
-        return None
+        await self._host._on_stream_opened(stream)
 
     async def closed_stream(self, network: INetwork, stream: INetStream) -> None:
         return None
@@ -241,6 +251,7 @@ class _Counters:
     closed: int = 0
     dials: int = 0
     dial_failures: int = 0
+    streams_refused: int = 0
 
 
 class Host:
@@ -500,6 +511,7 @@ class Host:
             dial_failures=self._counters.dial_failures,
             bootstrap_connected=len(boot & connected),
             bootstrap_total=len(boot),
+            streams_refused=self._counters.streams_refused,
         )
 
     # ------------------------------------------------------------ internals
@@ -553,6 +565,28 @@ class Host:
             except Exception:  # already closed or not a TCP stream
                 pass
         self._dialed[:] = keep
+
+    async def _on_stream_opened(self, stream: INetStream) -> None:
+        """Reset an inbound stream that takes its peer over ``max_inbound_streams_per_peer``."""
+        if getattr(stream.muxed_stream, "is_initiator", True):
+            return  # ours
+        pid = stream.muxed_conn.peer_id
+        inbound = 0
+        for conn in self.libp2p.get_network().get_connections(pid):
+            for s in conn.get_streams():
+                if not getattr(s.muxed_stream, "is_initiator", True):
+                    inbound += 1
+        if inbound <= self.config.max_inbound_streams_per_peer:
+            return
+        self._counters.streams_refused += 1
+        if self._counters.streams_refused % 1000 == 1:
+            logger.warning("peer %s opened more than %d streams; resetting the extra ones "
+                           "(%d so far)", pid, self.config.max_inbound_streams_per_peer,
+                           self._counters.streams_refused)
+        try:
+            await stream.reset()
+        except Exception as exc:  # noqa: BLE001 - already gone is as good as reset
+            logger.debug("reset of an extra stream from %s failed: %r", pid, exc)
 
     def _on_disconnected(self, conn: INetConn) -> None:
         self._counters.closed += 1
