@@ -124,7 +124,8 @@ class BitswapConfig:
         ban_s: how long a cut-off peer is refused, seconds.
         read_chunk_bytes: bytes asked of the stream per read.
         hash_in_thread_bytes: hash a message's blocks in a worker thread when
-            they total at least this many bytes (the main thread keeps reading).
+            they total at least this many bytes (the main thread keeps reading);
+            messages at least this long are also decoded in a worker thread.
         inbound_queue_messages: decoded messages per inbound stream waiting to
             be processed while the stream is read further (memory bound:
             4 MiB each).
@@ -875,7 +876,12 @@ class Bitswap:
                     return
                 decoder.feed(data)
                 while (body := decoder.next_frame()) is not None:
-                    msg = decode_message(body)
+                    if len(body) >= self.config.hash_in_thread_bytes:
+                        # a big message (up to ~100k wants in 4 MiB) is decoded off the
+                        # trio thread, so one peer's message cannot stall the daemon
+                        msg = await trio.to_thread.run_sync(decode_message, body)
+                    else:
+                        msg = decode_message(body)
                     self._c["messages_received"] += 1
                     try:
                         await send.send(msg)

@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from pinfold.blockstore.cid import CID, MAX_BLOCK_SIZE, cid_key
+from pinfold.blockstore.dagpb import decode_cid
 
 from .errors import MalformedMessage, MessageTooLarge
 
@@ -378,8 +379,10 @@ def _read_len(buf: memoryview, pos: int, end: int) -> tuple[int, int]:
 
 
 def _parse_cid(raw: memoryview, what: str) -> CID:
+    # dagpb's binary CID decoder: ~8 us a CID where multiformats' CID.decode takes
+    # ~230 us, which let one 4 MiB message of ~100k wants stall the daemon ~20 s.
     try:
-        return CID.decode(bytes(raw))
+        return decode_cid(raw, what=what)
     except Exception as exc:
         raise MalformedMessage(f"{what} is not a CID: {exc}") from exc
 
