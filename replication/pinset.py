@@ -611,7 +611,9 @@ class PinSet:
 
         Args:
             lo, hi: bucket range.
-            limit: stop after the bucket that reaches this many entries (>= 1).
+            limit: most entries to return (>= 1); a bucket that would pass it is
+                left for the next page (a page holds at least one bucket, so a
+                single bucket larger than ``limit`` is still sent whole).
 
         Returns:
             ``(entries, resume)``: ``resume`` is the first bucket not sent, or
@@ -631,6 +633,8 @@ class PinSet:
             if counts[b]:
                 keys = self._buckets[b]
                 assert keys is not None
+                if out and len(out) + len(keys) > limit:
+                    return out, b
                 out.extend(entries[k] for k in sorted(keys))
                 if len(out) >= limit:
                     return out, (b + 1 if b + 1 < hi else None)

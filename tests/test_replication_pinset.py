@@ -439,3 +439,21 @@ def test_sync_rejects_protocol_violations() -> None:
     with pytest.raises(InvalidPin, match="does not match"):
         rec.handle(answer(ps, SummaryRequest(tree_bits=8, level=1, indices=(0,))))
     assert req is not None
+
+
+def test_entry_pages_never_exceed_the_limit() -> None:
+    """A page stops before a bucket that would pass the limit (the decoder refuses
+    pages over MAX_PAGE_ENTRIES, so an overshoot broke full pulls of ~650k pins)."""
+    ps = PinSet(tree_bits=4)  # 16 buckets, so every bucket holds many entries
+    for i in range(400):
+        cid = raw_cid(f"page-{i}".encode())
+        ps.merge([Entry(cid=cid, ts=i + 1, peer_id=PEERS[0], pin=Pin(cid=cid))])
+    lo, total = 0, 0
+    while True:
+        got, resume = ps.entries_in_buckets(lo, 16, 30)
+        assert 0 < len(got) <= 30 or len(got) == len(ps._buckets[lo] or ())
+        total += len(got)
+        if resume is None:
+            break
+        lo = resume
+    assert total == 400
