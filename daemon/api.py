@@ -37,6 +37,7 @@ Method names and their parameters (the client in ``client.py`` mirrors them):
 from __future__ import annotations
 
 import logging
+import os
 import struct
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -109,6 +110,31 @@ async def send_bytes(call: Any, data: bytes) -> None:
     view = memoryview(data)
     for i in range(0, len(data), SEND_CHUNK):
         await call.send(view[i:i + SEND_CHUNK])
+
+
+class OutputClosed(BlockstoreError):
+    """The client's output (the file descriptor it passed) was closed by its reader."""
+
+    code = "output_closed"
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+async def _write_fd(fd: int, data: bytes) -> None:
+    """Write ``data`` to a client's file descriptor (blocking, so in a worker thread).
+
+    ``cat`` to a passed descriptor writes the bytes straight to the client's
+    stdout, saving the copy through the socket and the client process.
+    Raises ``OutputClosed`` when the reader went away (EPIPE).
+    """
+    try:
+        await trio.to_thread.run_sync(_write_all, fd, data, abandon_on_cancel=True)
+    except BrokenPipeError as exc:
+        raise OutputClosed("the output was closed before the end of the file") from exc
 
 
 def _cid_param(params: dict[str, Any], key: str = "cid") -> CID:
@@ -359,12 +385,23 @@ class Api:
         length = _param(call.params, "length", int, None)
         if offset < 0 or (length is not None and length < 0):
             raise InvalidArgument("offset and length must be >= 0")
+        to_fd = _param(call.params, "to_fd", bool, False)
+        fd = call.take_fd() if to_fd else None
+        if to_fd and fd is None:
+            raise InvalidArgument("to_fd is set but no file descriptor came with the request")
         sent = 0
-        async with self.node.prefetcher() as prefetch:
-            async for chunk in unixfs.cat(self.node.get_block, cid, offset, length,
-                                          prefetch=prefetch):
-                await send_bytes(call, chunk)
-                sent += len(chunk)
+        try:
+            async with self.node.prefetcher() as prefetch:
+                async for chunk in unixfs.cat(self.node.get_block, cid, offset, length,
+                                              prefetch=prefetch):
+                    if fd is None:
+                        await send_bytes(call, chunk)
+                    else:
+                        await _write_fd(fd, chunk)
+                    sent += len(chunk)
+        finally:
+            if fd is not None:
+                os.close(fd)
         self.node.metrics.cat_bytes.inc(sent)
         return {"cid": str(cid), "bytes": sent}
 

@@ -366,7 +366,18 @@ def run_command(args: argparse.Namespace, out: Output) -> int:
         elif command == "add":
             return _cmd_add(c, args, out)
         elif command == "cat":
-            _write_stdout(c.cat(args.cid, offset=args.offset, length=args.length))
+            if sys.stdout.isatty():
+                _write_stdout(c.cat(args.cid, offset=args.offset, length=args.length))
+            else:
+                # A file or pipe: the daemon writes to our stdout directly.
+                sys.stdout.flush()
+                try:
+                    c.cat_to_fd(args.cid, sys.stdout.fileno(), offset=args.offset,
+                                length=args.length)
+                except Exception as exc:
+                    if getattr(exc, "code", None) == "output_closed":
+                        return 0  # like `cat | head`: the reader had enough
+                    raise
         elif command == "get":
             target = args.output or args.cid
             progress = Progress(None, "received")

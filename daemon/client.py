@@ -204,6 +204,16 @@ class Client:
             params["length"] = length
         return self.stream("cat", params)
 
+    def cat_to_fd(self, cid: str, fd: int, *, offset: int = 0,
+                  length: int | None = None) -> dict[str, Any]:
+        """Have the daemon write the file's bytes straight to ``fd`` (a file, pipe or
+        terminal of this process, passed over the socket with SCM_RIGHTS); returns
+        ``{"cid", "bytes"}``. Saves a copy through the socket and this process."""
+        params: dict[str, Any] = {"cid": str(cid), "offset": offset, "to_fd": True}
+        if length is not None:
+            params["length"] = length
+        return self.conn.call("cat", params, pass_fd=fd)
+
     def get(self, cid: str, path: str | os.PathLike[str], *,
             progress: Callable[[int], None] | None = None) -> dict[str, Any]:
         """Write the file or directory tree ``cid`` to ``path``; returns ``{"cid", "files", "bytes"}``.

@@ -25,6 +25,8 @@ Example::
 
 from __future__ import annotations
 
+import array
+
 import os
 import select
 import socket
@@ -200,7 +202,7 @@ class RpcConnection:
     # ------------------------------------------------------------------ public
 
     def call(self, method: str, params: Mapping[str, Any] | None = None, *,
-             upload: Iterable[Chunk] | None = None) -> Any:
+             upload: Iterable[Chunk] | None = None, pass_fd: int | None = None) -> Any:
         """Run one request and return its final result; streamed items are discarded.
 
         Args:
@@ -210,6 +212,8 @@ class RpcConnection:
                 credit allows (chunks over 1 MiB are split without copying).
                 Each chunk is fully written before the next is pulled, so a
                 producer may reuse its buffer.
+            pass_fd: optional file descriptor sent with the request (SCM_RIGHTS);
+                the daemon gets its own duplicate (e.g. ``cat`` writes to it).
 
         Returns:
             The handler's result (any msgpack value).
@@ -221,13 +225,13 @@ class RpcConnection:
             Exception: whatever the upload iterable raised (the request is
                 cancelled first).
         """
-        with self.stream(method, params, upload=upload) as stream:
+        with self.stream(method, params, upload=upload, pass_fd=pass_fd) as stream:
             for _ in stream:
                 pass
             return stream.result
 
     def stream(self, method: str, params: Mapping[str, Any] | None = None, *,
-               upload: Iterable[Chunk] | None = None) -> RpcStream:
+               upload: Iterable[Chunk] | None = None, pass_fd: int | None = None) -> RpcStream:
         """Start a request whose reply is a stream of items; see ``RpcStream``.
 
         Arguments as ``call``. The request is sent before this returns.
@@ -240,8 +244,11 @@ class RpcConnection:
         self._next_id += 1
         stream = RpcStream(self, rid, method, upload)
         self._current = stream
-        self._guarded(self._send_msg, Request(id=rid, method=method, params=params,
-                                              upload=upload is not None))
+        msg = Request(id=rid, method=method, params=params, upload=upload is not None)
+        if pass_fd is None:
+            self._guarded(self._send_msg, msg)
+        else:
+            self._guarded(self._send_msg_with_fd, msg, pass_fd)
         return stream
 
     def close(self) -> None:
@@ -285,6 +292,14 @@ class RpcConnection:
     def _send_msg(self, msg: Any) -> None:
         bufs, _ = encode(msg)
         self._send_bufs(bufs)
+
+    def _send_msg_with_fd(self, msg: Any, fd: int) -> None:
+        bufs, _ = encode(msg)
+        data = b"".join(bytes(b) for b in bufs)  # a request frame is small
+        n = self._sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                         array.array("i", [fd]))])
+        if n < len(data):
+            self._send_bufs([memoryview(data)[n:]])
 
     def _send_bufs(self, bufs: list[Any]) -> None:
         try:

@@ -77,6 +77,11 @@ from .rpcwire import (
     error_code_of,
 )
 
+
+#: File descriptors a connection may hold passed and not yet taken by a handler.
+MAX_PASSED_FDS = 4
+_FD_CMSG_SPACE = socket.CMSG_SPACE(MAX_PASSED_FDS * 4)
+
 log = logging.getLogger("pinfold.daemon.rpc")
 
 Handler = Callable[["Call"], Awaitable[Any]]
@@ -203,6 +208,12 @@ class Call:
         self._req = req
         self._upload_taken = False
 
+    def take_fd(self) -> int | None:
+        """The oldest file descriptor the client passed on this connection (SCM_RIGHTS)
+        and not yet taken, or None. The caller owns it and must close it."""
+        fds = self._req.conn.fds
+        return fds.popleft() if fds else None
+
     def upload(self) -> _Upload:
         """The upload stream: ``async for chunk in call.upload()`` yields bytes chunks.
 
@@ -320,6 +331,10 @@ class _Connection:
         self.outer_scope = trio.CancelScope()
         self.handlers: trio.Nursery | None = None
         self.pending: list[Any] = []  # buffers the writer has taken but not yet fully sent
+        # File descriptors the client passed (SCM_RIGHTS), oldest first; a handler
+        # takes one with ``Call.take_fd`` (e.g. ``cat`` writing straight to the
+        # client's stdout). Closed when the connection ends.
+        self.fds: deque[int] = deque()
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -342,6 +357,7 @@ class _Connection:
                     self.enqueue(*encode(ErrorReply(id=None, code=error.code,
                                                     message=str(error))))
                 self.send_channel.close()
+                self.close_passed_fds()
                 # The writer flushes what is queued, within the flush timeout.
                 self.outer_scope.deadline = trio.current_time() + self.limits.close_flush_timeout_s
 
@@ -359,7 +375,10 @@ class _Connection:
                         if n:
                             decoder.add_bulk(data)
                     else:
-                        n = await sock.recv_into(decoder.get_buffer())
+                        n, ancdata, _flags, _addr = await sock.recvmsg_into(
+                            [decoder.get_buffer()], _FD_CMSG_SPACE)
+                        if ancdata:
+                            self._take_passed_fds(ancdata)
                         decoder.commit(n)
                 except OSError:
                     return
@@ -371,6 +390,28 @@ class _Connection:
         if self.handshake_scope.cancelled_caught:
             raise WireError("handshake_timeout",
                             f"no hello within {self.limits.handshake_timeout_s:g} seconds")
+
+    def _take_passed_fds(self, ancdata: list[tuple[int, int, bytes]]) -> None:
+        """Keep file descriptors passed with SCM_RIGHTS, at most ``MAX_PASSED_FDS``."""
+        for level, kind, data in ancdata:
+            if level != socket.SOL_SOCKET or kind != socket.SCM_RIGHTS:
+                continue
+            fds = [int(fd) for fd in memoryview(data)[: len(data) - len(data) % 4].cast("i")]
+            for fd in fds:
+                if len(self.fds) >= MAX_PASSED_FDS:
+                    os.close(fd)
+                    self.close_passed_fds()
+                    raise WireError("protocol_error",
+                                    f"more than {MAX_PASSED_FDS} file descriptors passed "
+                                    "and not used")
+                self.fds.append(fd)
+
+    def close_passed_fds(self) -> None:
+        while self.fds:
+            try:
+                os.close(self.fds.popleft())
+            except OSError:
+                pass
 
     # ----------------------------------------------------------------- reading
 
@@ -905,7 +946,7 @@ def _bind(path: Path, mode: int, group: int | None = None) -> socket.socket:
         if group is not None and os.stat(path).st_gid != group:
             os.chown(path, -1, group)
         os.chmod(path, mode)
-        sock.listen(128)
+        sock.listen(socket.SOMAXCONN)  # a burst of clients beyond 128 must not get EAGAIN
     except OSError as exc:
         sock.close()
         raise RpcServerError("socket_bind_failed",
