@@ -89,3 +89,19 @@ lint-deploy: deploy-tools
 ## with SIGKILL, the repair shown as it happens, the status table printed, everything stopped.
 demo: $(STAMP)
 	$(PY) tests/cluster_demo.py
+
+# ---------------------------------------------------------------- availability (issue 5)
+.PHONY: availability
+REPORT_STAMP := $(VENV)/.report-installed
+
+$(REPORT_STAMP): pyproject.toml $(STAMP)
+	$(PY) -m pip install --quiet -e '.[dev,report]'
+	@touch $@
+
+## make availability: does the cluster meet P_a = 1 - (1 - p)^k, and by how much does repair
+## beat it? The simulator sweep (real planner, p x k, static and repair, targets) and real
+## daemons under a seeded kill -9 churn schedule (p = 0.5, 0.7, 0.9; static placement and a
+## repairing cluster side by side, about 8 minutes) write tables (Markdown, CSV), a PNG plot
+## and summary.md (the README table) into results/availability/. Exits 1 if a check fails.
+availability: $(STAMP) $(REPORT_STAMP)
+	$(PY) -m tests.availability.report

@@ -303,9 +303,9 @@ class ChurnParams:
     duration_s: float = 140.0
     mean_up_s: float = 20.0
     min_down_s: float = 1.5
-    fetch_timeout_s: float = 1.0
+    fetch_timeout_s: float = 1.5
     round_slack_s: float = 0.5
-    probes_per_round: int = 0
+    probes_per_round: int = 12
     mode: str = "static"
     heartbeat_interval_s: float = 0.5
     grace_s: float = 2.0
@@ -454,19 +454,26 @@ class ChurnResult:
 # ---------------------------------------------------------------- the driver
 
 
+_TAKEN: set[int] = set()
+_TAKEN_LOCK = threading.Lock()
+
+
 def _free_ports(n: int, rng: random.Random) -> list[int]:
-    """n ports on 127.0.0.1 that bind now, below the ephemeral range (module note)."""
+    """n ports on 127.0.0.1 that bind now, below the ephemeral range (module note), and
+    not handed to another experiment of this process (they may run side by side)."""
     ports: list[int] = []
-    while len(ports) < n:
-        port = rng.randrange(*_PORT_RANGE)
-        if port in ports:
-            continue
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
+    with _TAKEN_LOCK:
+        while len(ports) < n:
+            port = rng.randrange(*_PORT_RANGE)
+            if port in _TAKEN:
                 continue
-        ports.append(port)
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            _TAKEN.add(port)
+            ports.append(port)
     return ports
 
 
@@ -601,9 +608,12 @@ class _Churn:
                                 raise AssertionError(f"block put: CID {put}, expected {cid}")
                             c.pin(cid)
                 else:
+                    # ``add`` pins in the same call: a block put first could be collected
+                    # (gc_interval_s) before the pin lands.
                     with self.nodes[0].rpc() as c:
-                        cid = c.block_put(data)["cid"]
-                        c.pin(cid, replicas=k, name=f"availability-k{k}")
+                        cid = c.add(data, replicas=k, name=f"availability-k{k}")
+                    if cid != str(make_cid(data)):
+                        raise AssertionError(f"add: root {cid} is not the single raw block")
                     holders = None
                 self.pins.append({"cid": cid, "k": k, "holders": holders,
                                   "sha256": hashlib.sha256(data).digest()})
@@ -794,7 +804,7 @@ class _Churn:
         """Probe rounds until ``duration_s`` (module docstring); returns every probe."""
         prm = self.prm
         round_s = prm.fetch_timeout_s + prm.round_slack_s
-        per_round = prm.probes_per_round or len(self.pins)
+        per_round = min(prm.probes_per_round or len(self.pins), len(self.pins))
         records: list[ProbeRecord] = []
         with ThreadPoolExecutor(max_workers=min(per_round, 32),
                                 thread_name_prefix="probe") as pool:

@@ -188,9 +188,12 @@ def write_real(out: Path, rows: Sequence[dict[str, Any]]) -> None:
             "the exact fraction of time a holder was up (static mode); \"simulator\" is "
             "`run_simulation` with the same N, p, k, session length and repair setting.\n\n")
     if rows:
+        sessions = ", ".join(sorted({f"p = {r['p']:g}: {r['mean_up_s']:g} s up / "
+                                     f"{r['mean_up_s'] * (1 - r['p']) / r['p']:.3g} s down"
+                                     for r in rows}))
         text += (f"Settings: N = {rows[0]['nodes']} churning nodes + 1 gateway, "
-                 f"{rows[0]['duration_s']:g} s a run, mean online session "
-                 f"{rows[0]['mean_up_s']:g} s.\n\n")
+                 f"{rows[0]['duration_s']:g} s a run; mean sessions {sessions}. The static "
+                 f"and cluster runs of one p ran side by side on the same schedule.\n\n")
     text += _md_table(["p", "mode", "k", "formula", "formula (realized)", "oracle",
                        "simulator", "probes ok [99% CI]", "probes", "check"], md)
     (out / "real.md").write_text(text)
@@ -243,9 +246,9 @@ def plot(out: Path, sweep_rows: Sequence[SweepRow], real: Sequence[dict[str, Any
          "tab:green", "s", 0.0),
     ]
     for ax, p in zip(axes[0], ps, strict=True):
-        kk = [k for k in ks]
+        kk = list(ks)
         ax.plot(kk, [nines(1 - (1 - p) ** k) for k in kk], color="black", ls="--", lw=1.2,
-                marker="_", ms=14, label="formula 1-(1-p)^k", zorder=1)
+                marker=".", ms=6, label="formula 1-(1-p)^k", zorder=1)
         for label, pick, color, marker, dx in series:
             rows = sorted(pick(p), key=lambda r: r.k)
             x = [r.k + dx for r in rows]
@@ -296,6 +299,13 @@ def plot(out: Path, sweep_rows: Sequence[SweepRow], real: Sequence[dict[str, Any
 
 
 # ---------------------------------------------------------------- main
+
+
+def session_for(p: float, mean_up_s: float, min_mean_down_s: float = 5.0) -> float:
+    """Mean online session for a real run at p: ``mean_up_s``, lengthened so that the mean
+    offline session is at least ``min_mean_down_s`` (a restart takes a second or more, and a
+    fetch that waits out the timeout would bridge very short absences)."""
+    return max(mean_up_s, min_mean_down_s * p / (1.0 - p)) if p < 1.0 else mean_up_s
 
 
 def _run_logged(prm: ChurnParams) -> ChurnResult:
@@ -358,7 +368,8 @@ def main(argv: list[str] | None = None) -> int:
                 # The modes of one p run side by side on the same seeded schedule
                 # (common random numbers: node i goes down at the same moments in
                 # both clusters), so their difference is the effect of repair.
-                prms = [dataclasses.replace(base, p=p, mode=m, seed=base.seed + i)
+                prms = [dataclasses.replace(base, p=p, mode=m, seed=base.seed + i,
+                                            mean_up_s=session_for(p, base.mean_up_s))
                         for m in modes]
                 print(f"== real daemons: p={p}, {' and '.join(modes)} side by side", flush=True)
                 with ThreadPoolExecutor(max_workers=len(prms)) as pool:
