@@ -229,7 +229,7 @@ def test_report_writes_tables_and_a_plot(tmp_path, quick_rows) -> None:
     csv_lines = (tmp_path / "sweep.csv").read_text().splitlines()
     assert csv_lines[0].startswith("p,k,repair,formula,measured,ci_low,ci_high")
     assert len(csv_lines) == 1 + len(quick_rows)
-    assert "| 0.9 | static | 2 |" in (tmp_path / "real.md").read_text()
+    assert "| 0.9 | 0.900 | static | 2 |" in (tmp_path / "real.md").read_text()
     assert nines(0.999) == pytest.approx(3) and nines(1.0) == 5.0
     pytest.importorskip("matplotlib")  # the `report` extra (make availability installs it)
     from tests.availability.report import plot

@@ -3,7 +3,7 @@
 Six daemons are SIGKILLed and restarted on a seeded schedule so that each is up
 70% of the time; a gateway that holds none of the pins probes them by Bitswap.
 A static placement (the harness puts each pin on k nodes) and a pinfold cluster
-(``pin add --replicas k``, repair after a 2 s grace) run side by side on the same
+(``pin add --replicas k``, repair after a 3 s grace) run side by side on the same
 schedule. ``make availability`` runs the full report (p in {0.5, 0.7, 0.9}).
 """
 
@@ -39,7 +39,8 @@ def test_static_placement_agrees_with_the_formula(side_by_side) -> None:
     res = side_by_side["static"]
     for r in res.rows:
         assert r.probes >= 300
-        assert r.ci_low <= r.formula <= r.ci_high, r
+        # The formula at the nodes' achieved uptime (a restart takes a second or more).
+        assert r.ci_low <= r.formula_realized <= r.ci_high, r
         # The probes see what the holders' up-times say (the oracle), up to the
         # fetch timeout's slack and start-up lags.
         assert r.oracle is not None and abs(r.measured - r.oracle) < 0.06, r
@@ -60,7 +61,7 @@ def test_cluster_with_repair_is_at_or_above_the_formula(side_by_side) -> None:
     static = {r.k: r for r in side_by_side["static"].rows}
     for r in res.rows:
         assert r.probes >= 300
-        assert r.ci_high >= r.formula, r
+        assert r.ci_high >= r.formula_realized, r
         if r.k >= 2:
             # Same schedule as the static run: repair keeps copies on live nodes.
             assert r.measured >= static[r.k].measured - 0.03, (r, static[r.k])
