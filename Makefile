@@ -105,3 +105,23 @@ $(REPORT_STAMP): pyproject.toml $(STAMP)
 ## and summary.md (the README table) into results/availability/. Exits 1 if a check fails.
 availability: $(STAMP) $(REPORT_STAMP)
 	$(PY) -m tests.availability.report
+
+# ---------------------------------------------------------------- reliability (issue 7)
+.PHONY: reliability
+
+RELIABILITY_OUT := results/reliability
+
+## make reliability: the crash (>= 100 kills, power-loss images), hostile-input, security and
+## load (200 RPC clients for 5 minutes, 10 fetching peers) campaigns at full scale (~30 min on
+## 2 cores). Prints the table and writes it to results/reliability.md; the raw figures go to
+## results/reliability/*.json. A campaign added later (the cluster fault campaign) records its
+## own results/reliability/<name>.json and appears as further rows. `make test` runs the same
+## tests at quick scale. PINFOLD_RELIABILITY_SEED=N changes the seed.
+reliability: $(STAMP)
+	@rm -rf $(RELIABILITY_OUT)
+	@mkdir -p $(RELIABILITY_OUT)
+	PINFOLD_RELIABILITY=full PINFOLD_RELIABILITY_OUT=$(RELIABILITY_OUT) \
+		$(PY) -m pytest tests/reliability $(PYTEST_ARGS); \
+	status=$$?; \
+	$(PY) -m tests.reliability.report $(RELIABILITY_OUT) results/reliability.md; \
+	exit $$status

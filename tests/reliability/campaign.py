@@ -111,13 +111,20 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[rank - 1]
 
 
-def rss_bytes(pid: int) -> int:
-    """Resident set size of process ``pid`` in bytes (``VmRSS`` of /proc/PID/status)."""
+def rss_bytes(pid: int, kind: str = "VmRSS") -> int:
+    """Resident memory of process ``pid`` in bytes, from /proc/PID/status.
+
+    Args:
+        kind: ``VmRSS`` (all resident pages), ``RssAnon`` (the process's own
+            memory: heap, stacks) or ``RssFile`` (mapped files: LMDB's data.mdb
+            pages read through its memory map count here, and the kernel can
+            drop them at any time).
+    """
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(kind + ":"):
                 return int(line.split()[1]) * 1024
-    raise ValueError(f"no VmRSS for pid {pid}")
+    raise ValueError(f"no {kind} for pid {pid}")
 
 
 def open_fds(pid: int) -> int:
@@ -130,19 +137,23 @@ class RssSampler:
 
     Attributes:
         samples: ``(monotonic seconds, rss bytes)`` pairs.
+        anon_samples: ``(monotonic seconds, RssAnon bytes)`` pairs (without mapped files).
     """
 
     def __init__(self, pid: int, interval_s: float = 0.25) -> None:
         self.pid = pid
         self.interval_s = interval_s
         self.samples: list[tuple[float, int]] = []
+        self.anon_samples: list[tuple[float, int]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                self.samples.append((time.monotonic(), rss_bytes(self.pid)))
+                now = time.monotonic()
+                self.samples.append((now, rss_bytes(self.pid)))
+                self.anon_samples.append((now, rss_bytes(self.pid, "RssAnon")))
             except (OSError, ValueError):
                 return  # the process is gone
             self._stop.wait(self.interval_s)
@@ -151,6 +162,11 @@ class RssSampler:
     def peak(self) -> int:
         """Largest RSS seen, bytes."""
         return max((r for _, r in self.samples), default=0)
+
+    @property
+    def anon_peak(self) -> int:
+        """Largest RssAnon seen, bytes (the process's own memory, mapped files excluded)."""
+        return max((r for _, r in self.anon_samples), default=0)
 
     def __enter__(self) -> Self:
         self._thread.start()

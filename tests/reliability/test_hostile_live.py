@@ -553,7 +553,8 @@ async def test_bitswap_messages_from_live_peers(seeded: Seeded, nursery: trio.Nu
             while list(c.peers()):
                 await trio.sleep(0.05)
     record("hostile", "Bitswap messages from live peers", inputs=n, peers_used=hosts_used,
-           peers_cut_off=cut_off, crashes=seeded.crashes, state_changes=0, live=True)
+           peers_cut_off=cut_off, rejected=cut_off, accepted=n - cut_off,
+           crashes=seeded.crashes, state_changes=0, live=True)
     assert cut_off > 0  # malformed input does get peers disconnected
 
 
