@@ -54,12 +54,12 @@ from libp2p.utils.varint import encode_uvarint, read_varint_prefixed_bytes_limit
 from pinfold.blockstore import dag as dagmod
 from pinfold.blockstore.cid import CID, parse_cid
 from pinfold.blockstore.errors import BlockNotFound, BlockstoreError, NotPinned
-from pinfold.replication.errors import PinNotFound, ReplicationError
+from pinfold.replication.errors import InvalidPin, PinNotFound, ReplicationError
 from pinfold.replication.manager import Manager, ManagerConfig
 from pinfold.replication.messages import KINDS
 from pinfold.replication.persist import ReplicationDB
 from pinfold.replication.transport import ClusterHandler, FetchFailed, TransportError
-from pinfold.replication.types import PinMode, PinState, cid_text, pin_key
+from pinfold.replication.types import PeerStatus, PinMode, PinState, cid_text, pin_key
 
 from .host import DialError, Host, HostError
 from .metrics import counter, counter_by, gauge, gauge_by, histogram
@@ -536,6 +536,16 @@ class Cluster:
                   availability: float | None = None, expire_at: float | None = None,
                   metadata: dict[str, Any] | None = None, stage: bool = True) -> dict[str, Any]:
         key = pin_key(cid)
+        if rmin is not None:
+            # IPFS Cluster fails a pin it cannot allocate; a pin asking for more
+            # copies than there are peers could never be healthy and would keep the
+            # under-replication alert firing. (Config defaults are not checked, so a
+            # first node can pin before its peers join.)
+            peers = [p for p in self.manager.cluster_peers() if p.state != PeerStatus.DEAD]
+            if rmin > len(peers):
+                raise InvalidPin(
+                    f"rmin {rmin} is more than the {len(peers)} cluster peer(s) not dead; "
+                    "a pin with more copies than peers could never be healthy")
         pin = await self.manager.pin_add(
             key, name=name, mode=PinMode.RECURSIVE if recursive else PinMode.DIRECT, rmin=rmin,
             rmax=rmax, availability_target=availability, expire_at=expire_at,

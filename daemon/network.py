@@ -29,6 +29,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("pinfold.network")
 
 
+class NetworkError(Exception):
+    """The network side cannot start (e.g. its listen port is taken)."""
+
+    code = "network_error"
+
+
 class Network:
     """Host + Bitswap for one node. Start with ``await nursery.start(network.run)``."""
 
@@ -57,7 +63,40 @@ class Network:
                 protection.add(cid_key(cid))
         await self.node.writer.put_many(blocks)
 
+    def check_listen_ports(self) -> None:
+        """Refuse to start on a TCP port another process already listens on.
+
+        py-libp2p binds with SO_REUSEPORT, so a second daemon on the same port
+        would start silently and the kernel would split incoming connections
+        between the two. A plain bind (no SO_REUSEPORT) fails in that case.
+
+        Raises:
+            NetworkError: a fixed listen port is in use (names the key and address).
+        """
+        import socket
+
+        for addr in self.node.config.node.listen:
+            parts = addr.strip("/").split("/")
+            if len(parts) < 4 or parts[0] not in ("ip4", "ip6") or parts[2] != "tcp":
+                continue
+            host, port = parts[1], int(parts[3])
+            if port == 0:
+                continue
+            family = socket.AF_INET if parts[0] == "ip4" else socket.AF_INET6
+            probe = socket.socket(family, socket.SOCK_STREAM)
+            # SO_REUSEADDR (not SO_REUSEPORT): TIME_WAIT leftovers of our own last
+            # run do not block a restart, a live listener still does.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host, port))
+            except OSError as exc:
+                raise NetworkError(f"node.listen: {addr}: {exc.strerror or exc} (is another "
+                                   "pinfold daemon or program listening there?)") from exc
+            finally:
+                probe.close()
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self.check_listen_ports()
         async with trio.open_nursery() as nursery:
             await nursery.start(self.host.run)
             await nursery.start(self.bitswap.run)

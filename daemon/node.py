@@ -276,6 +276,12 @@ class Node:
             return await self.cluster.pin(cid, recursive=recursive, name=name, rmin=rmin,
                                           rmax=rmax, availability=availability,
                                           expire_at=expire_at, metadata=metadata)
+        if (rmin or 1) > 1 or (rmax or 1) > 1 or availability is not None:
+            from .api import InvalidArgument
+
+            raise InvalidArgument(
+                "replication options (--replicas, --rmin, --rmax, --availability) need a "
+                "cluster: this node is standalone (set cluster.name in config.toml)")
         return await self.pin_local(cid, recursive=recursive, name=name, fetch=fetch,
                                     expire_at=expire_at, metadata=metadata)
 

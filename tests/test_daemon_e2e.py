@@ -250,3 +250,33 @@ def test_real_model_file_round_trip(daemon: DaemonProcess, tmp_path: Path) -> No
             h.update(chunk)
         assert h.hexdigest() == want
         assert c.status(cid)["healthy"] == 1
+
+
+def test_second_daemon_on_a_taken_libp2p_port_is_refused(tmp_path: Path) -> None:
+    """py-libp2p binds with SO_REUSEPORT; without a check a second daemon would share
+    the port and the kernel would split connections between the two."""
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    def on_port(name: str) -> DaemonProcess:
+        d = DaemonProcess(tmp_path, name)
+        d.init()
+        cfg = d.home / "config.toml"
+        cfg.write_text(cfg.read_text().replace("/ip4/127.0.0.1/tcp/0", f"/ip4/127.0.0.1/tcp/{port}"))
+        return d
+
+    a = on_port("a").start()
+    try:
+        b = on_port("b")
+        out = subprocess.run(
+            [os.sys.executable, "-m", "pinfold.daemon.cli", "--home", str(b.home), "daemon"],
+            capture_output=True, timeout=120)
+        assert out.returncode == 1
+        assert f"node.listen: /ip4/127.0.0.1/tcp/{port}: Address already in use".encode() \
+            in out.stderr
+        a.stop()
+        b.start()  # the port is free again at once (TIME_WAIT does not block it)
+        b.stop()
+    finally:
+        a.kill9()
