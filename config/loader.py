@@ -9,6 +9,7 @@ means all defaults. Unknown sections or keys and values of the wrong type are
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 import types
 import typing
@@ -71,6 +72,8 @@ def from_mapping(data: dict[str, Any]) -> Config:
             if not _type_ok(hints[key], value):
                 raise ConfigError(f"{name}.{key}",
                                   f"must be {_type_name(hints[key])}, got {value!r}")
+            if hints[key] is float and not math.isfinite(float(value)):
+                raise ConfigError(f"{name}.{key}", f"must be a finite number, got {value!r}")
         coerced = {k: (float(v) if hints[k] is float else v) for k, v in table.items()}
         sections[SECTIONS[name].name] = cls(**coerced)
     return Config(**sections)

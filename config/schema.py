@@ -45,9 +45,12 @@ class NodeConfig:
     reconnect_max_backoff_s: float = _f(60.0, "longest wait between reconnection attempts")
 
     def __post_init__(self) -> None:
-        for addr in [*self.listen, *self.bootstrap]:
-            _check("node", "listen" if addr in self.listen else "bootstrap",
-                   addr.startswith("/"), "must be a multiaddr starting with '/'", addr)
+        for addr in self.listen:
+            _check("node", "listen", addr.startswith("/"),
+                   "must be a multiaddr starting with '/'", addr)
+        for addr in self.bootstrap:
+            _check("node", "bootstrap", addr.startswith("/") and "/p2p/" in addr,
+                   "must be a multiaddr with /p2p/<peer ID>", addr)
         _check("node", "max_connections", self.max_connections >= 1, "must be >= 1",
                self.max_connections)
         _check("node", "reconnect_max_backoff_s", self.reconnect_max_backoff_s > 0,
@@ -138,12 +141,24 @@ class BitswapConfig:
                "must be \"all\" or \"cluster\"", self.serve)
 
 
+_BASE58 = frozenset("123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz")
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ClusterConfig:
     """Cluster membership."""
 
     name: str = _f("", "cluster name; \"\" = a standalone node")
     trusted_peers: list[str] = _f([], "peer IDs allowed to change the shared pinset")
+
+    def __post_init__(self) -> None:
+        _check("cluster", "name", len(self.name) <= 64 and "/" not in self.name,
+               "must be at most 64 characters without '/'", self.name)
+        for peer in self.trusted_peers:
+            # Base58 peer IDs: Ed25519 keys (12D3KooW..., 52 chars) or sha2-256 (Qm..., 46).
+            _check("cluster", "trusted_peers",
+                   peer[:2] in ("12", "Qm") and 40 <= len(peer) <= 60 and set(peer) <= _BASE58,
+                   "must be a list of peer IDs (12D3KooW... or Qm...)", peer)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

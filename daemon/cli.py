@@ -55,9 +55,22 @@ def _nonneg_int(text: str) -> int:
         n = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {n}")
+    if not 0 <= n < 2**63:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 2^63 - 1, got {n}")
     return n
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        s = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not 0 < s < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be > 0 seconds, got {text}")
+    return s
+
+
+PIN_STATES = ("queued", "pinning", "pinned", "pin_error", "unpinning", "remote")
 
 
 def _positive_float(text: str) -> float:
@@ -175,11 +188,11 @@ def build_parser() -> argparse.ArgumentParser:
     _replication_options(p)
     p.add_argument("--name")
     p.add_argument("--direct", action="store_true", help="pin only the root block")
-    p.add_argument("--expire-in", type=float, metavar="SECONDS")
+    p.add_argument("--expire-in", type=_positive_seconds, metavar="SECONDS")
     p = pin.add_parser("rm", help="unpin a CID")
     p.add_argument("cid")
     p = pin.add_parser("ls", help="list pins")
-    p.add_argument("--state", help="queued, pinning, pinned, pin_error, unpinning, remote")
+    p.add_argument("--state", choices=PIN_STATES, help="only pins in this local state")
     p = pin.add_parser("status", help="holders, states and achieved availability of a pin")
     p.add_argument("cid")
 

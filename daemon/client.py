@@ -20,7 +20,9 @@ One ``Client`` is one connection and serves one call at a time; use one
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import struct
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -176,12 +178,22 @@ class Client:
                 dirnames.sort()
                 rel_dir = Path(dirpath).relative_to(root)
                 if str(rel_dir) != ".":
+                    try:
+                        rel_dir.as_posix().encode("utf-8")
+                    except UnicodeEncodeError:
+                        raise ValueError(f"{os.fsdecode(dirpath)!r}: the name is not valid "
+                                         "UTF-8 (UnixFS names are UTF-8)") from None
                     yield _dir_header(rel_dir.as_posix(), "dir", 0)
                 for name in sorted(filenames):
                     full = Path(dirpath) / name
                     if full.is_symlink():
                         raise ValueError(f"{full}: symbolic links are not supported")
                     rel = (rel_dir / name).as_posix()
+                    try:
+                        rel.encode("utf-8")
+                    except UnicodeEncodeError:
+                        raise ValueError(f"{os.fsdecode(full)!r}: the name is not valid "
+                                         "UTF-8 (UnixFS names are UTF-8)") from None
                     size = full.stat().st_size
                     yield _dir_header(rel, "file", size)
                     with open(full, "rb") as f:
@@ -222,7 +234,14 @@ class Client:
         ``progress(nbytes)`` is called as data arrives.
         """
         target = Path(path)
+        if target.exists() or target.is_symlink():
+            raise FileExistsError(errno.EEXIST, "already exists; choose another -o PATH",
+                                  str(target))
+        if not target.parent.is_dir():
+            raise FileNotFoundError(errno.ENOENT, "parent directory does not exist",
+                                    str(target.parent))
         out: BinaryIO | None = None
+        seen: set[str] = set()
         current: Path | None = None
         files = 0
         total = 0
@@ -242,6 +261,9 @@ class Client:
                     rel = item["path"]
                     if rel.startswith("/") or ".." in rel.split("/"):
                         raise ValueError(f"daemon sent an unsafe path {rel!r}")
+                    if rel in seen:
+                        raise ValueError(f"the directory holds the name {rel!r} twice")
+                    seen.add(rel)
                     dest = target / rel if rel else target
                     if item["type"] == "dir":
                         dest.mkdir(parents=True, exist_ok=True)
@@ -263,6 +285,18 @@ class Client:
             for dest, link_target in links:
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 os.symlink(link_target, dest)
+        except BaseException:
+            if out is not None:
+                out.close()
+                out = None
+            # Leave nothing half-written behind: the target did not exist before.
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target, ignore_errors=True)
+            else:
+                for leftover in (target, target.with_name(target.name + ".part")):
+                    if leftover.exists() or leftover.is_symlink():
+                        leftover.unlink()
+            raise
         finally:
             if out is not None:
                 out.close()

@@ -23,11 +23,15 @@ def message_for(exc: BaseException) -> str:
     if isinstance(exc, BaseExceptionGroup):
         return "; ".join(message_for(e) for e in exc.exceptions)
     if isinstance(exc, FileNotFoundError) and exc.filename:
-        return f"{exc.filename}: no such file or directory"
+        reason = exc.strerror if exc.strerror and exc.strerror != "No such file or directory" \
+            else "no such file or directory"
+        return f"{exc.filename}: {reason}"
     if isinstance(exc, PermissionError) and exc.filename:
         return f"{exc.filename}: permission denied"
     if isinstance(exc, IsADirectoryError) and exc.filename:
         return f"{exc.filename}: is a directory"
+    if isinstance(exc, OSError) and exc.filename and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}"
     text = str(exc) or type(exc).__name__
     return text.replace("\n", " ")
 

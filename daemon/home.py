@@ -75,6 +75,8 @@ def init_home(root: Path, config: Config) -> Home:
         HomeError: the home already holds a config or identity key.
     """
     home = Home(root=root)
+    if root.exists() and not root.is_dir():
+        raise HomeError(f"{root} exists and is not a directory")
     if home.config_path.exists() or home.identity_path.exists():
         raise HomeError(f"{root} is already initialised (config.toml or identity.key exists)")
     root.mkdir(mode=0o700, parents=True, exist_ok=True)

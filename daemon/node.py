@@ -27,7 +27,7 @@ from pinfold.blockstore.cid import CID, identity_data, is_identity
 from pinfold.blockstore.errors import BlockNotFound, NotPinned
 from pinfold.blockstore.lmdbstore import LmdbBlockStore
 from pinfold.blockstore.writer import BatchWriter
-from pinfold.config import Config
+from pinfold.config import Config, ConfigError
 
 from .home import Home, HomeError, resolve_home
 from .metrics import Metrics, counter, gauge, gauge_by
@@ -127,7 +127,11 @@ class Node:
             self.metrics.add_source(self.network.metric_families)
             self.metrics.add_source(lambda: replication_metric_families(self))
             if self.config.metrics.listen:
-                self.metrics_address = self.metrics.serve(self.config.metrics.listen)
+                try:
+                    self.metrics_address = self.metrics.serve(self.config.metrics.listen)
+                except OSError as exc:
+                    raise ConfigError("metrics.listen", f"{self.config.metrics.listen}: "
+                                      f"{exc.strerror or exc}") from exc
             api = Api(self)
             server = RpcServer(self.socket_path, api.handlers(), daemon_version=VERSION,
                                group=resolve_group(self.config.rpc.allowed_group),

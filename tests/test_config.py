@@ -51,6 +51,12 @@ def test_partial_file(tmp_path: Path) -> None:
         ({"import": {"cid_version": 0}}, "import.raw_leaves: must be false when cid_version is 0"),
         ({"bitswap": {"serve": "some"}}, "bitswap.serve: must be \"all\" or \"cluster\""),
         ({"log": []}, "log: must be a table"),
+        ({"node": {"bootstrap": ["/ip4/1.2.3.4/tcp/1"]}},
+         "node.bootstrap: must be a multiaddr with /p2p/<peer ID>"),
+        ({"replication": {"repair_grace_s": float("inf")}},
+         "replication.repair_grace_s: must be a finite number"),
+        ({"cluster": {"trusted_peers": ["notapeer"]}},
+         "cluster.trusted_peers: must be a list of peer IDs"),
     ],
 )
 def test_bad_values_name_the_key(data: dict, message: str) -> None:

@@ -280,3 +280,30 @@ def test_second_daemon_on_a_taken_libp2p_port_is_refused(tmp_path: Path) -> None
         b.stop()
     finally:
         a.kill9()
+
+
+def test_bad_targets_and_options_are_refused_cleanly(daemon: DaemonProcess, tmp_path: Path) -> None:
+    cid = cli_json(daemon.home, "add", "-", input=b"some bytes\n")["cid"]
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    out = run_cli(daemon.home, "get", cid, "-o", str(existing), check=False)
+    assert out.returncode == 1 and b"already exists" in out.stderr
+    assert list(existing.iterdir()) == []
+    nowhere = tmp_path / "missing-parent" / "f"
+    out = run_cli(daemon.home, "get", cid, "-o", str(nowhere), check=False)
+    assert out.returncode == 1 and b"parent directory does not exist" in out.stderr
+    assert not nowhere.parent.exists()
+    for args, needle in [
+        (("pin", "ls", "--state", "bogus"), b"invalid choice"),
+        (("cat", cid, "--offset", "99999999999999999999"), b"must be between 0 and 2^63"),
+        (("pin", "add", cid, "--expire-in", "-5"), b"must be > 0 seconds"),
+    ]:
+        out = run_cli(daemon.home, *args, check=False)
+        assert out.returncode == 2 and needle in out.stderr, (args, out.stderr)
+    out = run_cli(daemon.home, "pin", "add", cid, "--replicas", "3", check=False)
+    assert out.returncode == 1 and b"need a cluster" in out.stderr
+    bad = tmp_path / "tree"
+    bad.mkdir()
+    (bad / os.fsdecode(b"bad\xffname")).write_bytes(b"x")
+    out = run_cli(daemon.home, "add", "-r", str(bad), check=False)
+    assert out.returncode == 1 and b"not valid UTF-8" in out.stderr
