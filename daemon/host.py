@@ -85,6 +85,9 @@ def route_libp2p_logs(level: int = logging.WARNING) -> None:
             for handler in list(obj.handlers):
                 obj.removeHandler(handler)
             obj.propagate = True
+    # A refused dial is routine (a peer restarting, a bootstrap retry) and the
+    # caller reports it; py-libp2p's TCP transport logs each one at ERROR.
+    logging.getLogger("libp2p.transport.tcp.tcp").setLevel(logging.CRITICAL)
 
 
 class HostError(Exception):
