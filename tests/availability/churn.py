@@ -556,9 +556,6 @@ class _Churn:
                     "repair_grace_s": prm.grace_s, "replan_interval_s": prm.replan_interval_s,
                     "sync_interval_s": 5.0, "retry_min_s": 1.0, "retry_max_s": 5.0,
                     "p_prior": min(prm.p, 0.999)}
-                # Copies dropped as extra leave unpinned blocks that Bitswap would still
-                # serve; collect them soon so availability is the holders' alone.
-                sections["blockstore"] = {"gc_interval_s": 5.0}
             n.write_config(render(replace(load(n.home / "config.toml"), **sections)))
         self.gateway.write_config(render(replace(
             load(self.gateway.home / "config.toml"),
@@ -608,8 +605,8 @@ class _Churn:
                                 raise AssertionError(f"block put: CID {put}, expected {cid}")
                             c.pin(cid)
                 else:
-                    # ``add`` pins in the same call: a block put first could be collected
-                    # (gc_interval_s) before the pin lands.
+                    # ``add`` pins in the same call (a put, then a pin, leaves a moment
+                    # in which the block is unpinned).
                     with self.nodes[0].rpc() as c:
                         cid = c.add(data, replicas=k, name=f"availability-k{k}")
                     if cid != str(make_cid(data)):
@@ -784,6 +781,26 @@ class _Churn:
             else:
                 self._spawn(i)
 
+    def gc_loop(self, interval_s: float = 5.0) -> None:
+        """Cluster mode: collect unpinned blocks on every running node every ``interval_s``.
+
+        A copy the cluster drops as extra is unpinned, but its blocks stay in the store
+        (and Bitswap serves them) until GC; collecting them keeps availability the
+        holders' alone. Done by the harness during the churn only (no adds then), not
+        through ``blockstore.gc_interval_s``, which could also collect a just-added
+        block before its pin lands."""
+        while not self.stopping.wait(interval_s):
+            for i, n in enumerate(self.nodes):
+                with self.lock:
+                    up = self.ready_at[i] is not None
+                if not up:
+                    continue
+                try:
+                    with n.rpc() as c:
+                        c.repo_gc()
+                except (DaemonNotRunning, RpcError, OSError):
+                    pass  # killed meanwhile: its store is collected after its next start
+
     # ------------------------------------------------------------ probing
 
     def probe(self, index: int, t: float) -> ProbeRecord:
@@ -823,6 +840,11 @@ class _Churn:
                 # The prober's clock: wait for the round's scheduled moment (or stop).
                 if delay > 0 and self.stopping.wait(delay):
                     break
+                gw = self.gateway.proc
+                if gw is None or gw.poll() is not None:
+                    code = None if gw is None else gw.returncode
+                    raise RuntimeError(f"the gateway daemon exited ({code}) at "
+                                       f"t={self.now():.1f} s:\n{self.gateway.log()}")
                 chosen = rng.sample(range(len(self.pins)), per_round)
                 launched = self.now()
                 records += pool.map(self.probe, chosen, [launched] * len(chosen))
@@ -848,11 +870,16 @@ class _Churn:
                 self.ready_at[i] = 0.0
             driver = threading.Thread(target=self.drive, args=(schedule,), daemon=True)
             driver.start()
+            collector = threading.Thread(target=self.gc_loop, daemon=True)
+            if prm.mode == "cluster":
+                collector.start()
             try:
                 records = self.probe_loop(random.Random(f"pinfold-churn-probes:{prm.seed}"))
             finally:
                 self.stopping.set()
                 driver.join(timeout=30)
+                if collector.is_alive():
+                    collector.join(timeout=30)
             end = self.now()
             span = min(end, prm.duration_s)
             with self.lock:

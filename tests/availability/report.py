@@ -30,6 +30,7 @@ import dataclasses
 import json
 import math
 import shlex
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -350,9 +351,12 @@ def session_for(p: float, mean_up_s: float, min_mean_down_s: float = 5.0) -> flo
     return max(mean_up_s, min_mean_down_s * p / (1.0 - p)) if p < 1.0 else mean_up_s
 
 
-def _run_logged(prm: ChurnParams) -> ChurnResult:
-    """``run_churn`` with its progress lines tagged by mode."""
-    return run_churn(prm, log=lambda line: print(f"  [{prm.mode}] {line}", flush=True))
+def _run_logged(prm: ChurnParams, root: Path) -> ChurnResult:
+    """``run_churn`` with its progress lines tagged by mode; homes and daemon logs stay in
+    ``root`` (under the git-ignored results/tmp/) for a post-mortem."""
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    return run_churn(prm, root, log=lambda line: print(f"  [{prm.mode}] {line}", flush=True))
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -371,6 +375,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--real-modes", default="static,cluster",
                     help="static and/or cluster (comma-separated; run side by side)")
     ap.add_argument("--skip-real", action="store_true", help="simulator only")
+    ap.add_argument("--work", type=Path, default=Path("results/tmp/availability"),
+                    help="homes and logs of the real daemons (kept for a post-mortem)")
     ap.add_argument("--replot", action="store_true",
                     help="redraw tables and plot from OUT/results.json, run nothing")
     args = ap.parse_args(argv)
@@ -417,7 +423,9 @@ def main(argv: list[str] | None = None) -> int:
                         for m in modes]
                 print(f"== real daemons: p={p}, {' and '.join(modes)} side by side", flush=True)
                 with ThreadPoolExecutor(max_workers=len(prms)) as pool:
-                    futures = [pool.submit(_run_logged, prm) for prm in prms]
+                    futures = [pool.submit(_run_logged, prm,
+                                           args.work / f"p{prm.p:g}-{prm.mode}")
+                               for prm in prms]
                 for prm, fut in zip(prms, futures, strict=True):
                     try:
                         res = fut.result()
