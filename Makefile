@@ -116,12 +116,13 @@ RELIABILITY_OUT := results/reliability
 ## 2 cores). Prints the table and writes it to results/reliability.md; the raw figures go to
 ## results/reliability/*.json. A campaign added later (the cluster fault campaign) records its
 ## own results/reliability/<name>.json and appears as further rows. `make test` runs the same
-## tests at quick scale. PINFOLD_RELIABILITY_SEED=N changes the seed.
+## tests at quick scale. PINFOLD_RELIABILITY_SEED=N changes the seed. Single campaigns run for
+## minutes, so the 300 s faulthandler dump of pyproject.toml is raised to an hour here.
 reliability: $(STAMP)
 	@rm -rf $(RELIABILITY_OUT)
 	@mkdir -p $(RELIABILITY_OUT)
 	PINFOLD_RELIABILITY=full PINFOLD_RELIABILITY_OUT=$(RELIABILITY_OUT) \
-		$(PY) -m pytest tests/reliability $(PYTEST_ARGS); \
+		$(PY) -m pytest tests/reliability -o faulthandler_timeout=3600 $(PYTEST_ARGS); \
 	status=$$?; \
 	$(PY) -m tests.reliability.report $(RELIABILITY_OUT) results/reliability.md; \
 	exit $$status
