@@ -282,40 +282,49 @@ def plot(out: Path, sweep_rows: Sequence[SweepRow], real: Sequence[dict[str, Any
     ks = sorted({r.k for r in sweep_rows})
     fig, axes = plt.subplots(1, len(ps), figsize=(4.6 * len(ps), 4.4), sharey=True,
                              squeeze=False)
-    series = [
-        ("simulator, static", lambda p: [r for r in sweep_rows if r.p == p and not r.repair],
-         "tab:blue", "o", -0.12),
-        ("simulator, repair", lambda p: [r for r in sweep_rows if r.p == p and r.repair],
-         "tab:green", "s", 0.0),
-    ]
+    # Every series as (label, color, marker, x offset, rows of (k, measured, low, high)).
+    def sim_rows(p: float, repair: bool) -> list[tuple[int, float, float, float]]:
+        return [(r.k, r.measured, r.ci_low, r.ci_high) for r in sweep_rows
+                if r.p == p and r.repair is repair]
+
+    def real_of(p: float, mode: str) -> list[tuple[int, float, float, float]]:
+        return [(r["k"], r["measured"], r["ci_low"], r["ci_high"]) for r in real
+                if r["p"] == p and r["mode"] == mode]
+
+    series = [("simulator, static", "tab:blue", "o", -0.18, lambda p: sim_rows(p, False)),
+              ("simulator, repair", "tab:green", "s", -0.06, lambda p: sim_rows(p, True)),
+              ("real daemons, static", "tab:red", "D", 0.06, lambda p: real_of(p, "static")),
+              ("real daemons, cluster (repair)", "tab:purple", "v", 0.18,
+               lambda p: real_of(p, "cluster"))]
     for ax, p in zip(axes[0], ps, strict=True):
         kk = list(ks)
         ax.plot(kk, [nines(1 - (1 - p) ** k) for k in kk], color="black", ls="--", lw=1.2,
                 marker=".", ms=6, label="formula 1-(1-p)^k", zorder=1)
-        for label, pick, color, marker, dx in series:
-            rows = sorted(pick(p), key=lambda r: r.k)
-            x = [r.k + dx for r in rows]
-            y = [nines(r.measured) for r in rows]
-            lo = [y_ - nines(r.ci_low) for y_, r in zip(y, rows, strict=True)]
-            hi = [nines(r.ci_high) - y_ for y_, r in zip(y, rows, strict=True)]
-            ax.errorbar(x, y, yerr=[lo, hi], color=color, marker=marker, ls="none",
-                        capsize=3, label=label, zorder=3)
-            capped = [(xi, yi) for xi, yi in zip(x, y, strict=True) if yi >= NINES_CAP]
-            if capped:
-                ax.scatter(*zip(*capped, strict=True), marker="^", s=70, color=color,
-                           zorder=4)
-        for mode, color, marker, dx in (("static", "tab:red", "D", 0.12),
-                                        ("cluster", "tab:purple", "v", 0.24)):
-            rows = sorted((r for r in real if r["p"] == p and r["mode"] == mode),
-                          key=lambda r: r["k"])
+        for label, color, marker, dx, pick in series:
+            rows = sorted(pick(p))
             if not rows:
                 continue
-            x = [r["k"] + dx for r in rows]
-            y = [nines(r["measured"]) for r in rows]
-            lo = [y_ - nines(r["ci_low"]) for y_, r in zip(y, rows, strict=True)]
-            hi = [nines(r["ci_high"]) - y_ for y_, r in zip(y, rows, strict=True)]
+            # A measured 1.0 (no downtime seen) has no place on a nines axis: it is drawn
+            # hollow at its interval's lower end ("at least this"). An interval reaching
+            # 1.0 is drawn one-sided: the lower whisker and an arrow up.
+            x, y, lo, hi = [], [], [], []
+            for k, m, low, high in rows:
+                yy = nines(low) if m >= 1.0 else nines(m)
+                x.append(k + dx)
+                y.append(yy)
+                lo.append(max(0.0, yy - nines(low)))
+                hi.append(0.0 if high >= 1.0 else max(0.0, nines(high) - yy))
+                if high >= 1.0:
+                    ax.annotate("", xy=(k + dx, min(yy + 0.45, NINES_CAP + 0.25)),
+                                xytext=(k + dx, yy),
+                                arrowprops={"arrowstyle": "->", "color": color, "lw": 1.1})
             ax.errorbar(x, y, yerr=[lo, hi], color=color, marker=marker, ls="none",
-                        capsize=3, label=f"real daemons, {mode}", zorder=3)
+                        capsize=3, label=label, zorder=3)
+            bounds = [(xi, yi) for xi, yi, (_, m, _, _) in zip(x, y, rows, strict=True)
+                      if m >= 1.0]
+            if bounds:
+                ax.scatter(*zip(*bounds, strict=True), marker=marker, s=36, facecolors="white",
+                           edgecolors=color, zorder=4)
         ax.set_title(f"p = {p:g}")
         ax.set_xticks(ks)
         ax.set_xlabel("replication factor k")
@@ -333,8 +342,9 @@ def plot(out: Path, sweep_rows: Sequence[SweepRow], real: Sequence[dict[str, Any
                 labels.append(lab)
     fig.legend(handles, labels, loc="lower center", ncol=len(labels), frameon=False)
     fig.suptitle("pinfold availability: formula vs simulator (real planner) vs real daemons "
-                 f"(99% CI; ▲ = no downtime seen, drawn at {NINES_CAP:g} nines)", fontsize=11)
-    fig.tight_layout(rect=(0, 0.07, 1, 0.95))
+                 "under kill -9 churn\n99% intervals; arrow up: the interval reaches 1; "
+                 "hollow: no downtime seen, drawn at the interval's lower end", fontsize=10.5)
+    fig.tight_layout(rect=(0, 0.07, 1, 0.93))
     path = out / "availability.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
