@@ -218,7 +218,7 @@ def test_plan_reload_applies_live_keys_and_defers_the_rest() -> None:
     running = Config()
     new = replace(running, log={"level": "debug"},
                   replication={"repair_grace_s": 5.0, "concurrent_pins": 9},
-                  node={"listen": ["/ip4/127.0.0.1/tcp/9"], "bootstrap": ["/ip4/1.2.3.4/tcp/1"]})
+                  node={"listen": ["/ip4/127.0.0.1/tcp/9"], "bootstrap": ["/ip4/1.2.3.4/tcp/1/p2p/12D3KooWDU9sJ75avPT257JWaXe4suVjG1qPQAqhMNeNWgMf8aeH"]})
     plan = plan_reload(running, new)
     assert [c.key for c in plan.applied] == ["log.level", "node.bootstrap",
                                              "replication.repair_grace_s"]
@@ -226,7 +226,7 @@ def test_plan_reload_applies_live_keys_and_defers_the_rest() -> None:
     # The running config takes the live values and keeps the restart-only ones.
     assert plan.config.log.level == "debug"
     assert plan.config.replication.repair_grace_s == 5.0
-    assert plan.config.node.bootstrap == ["/ip4/1.2.3.4/tcp/1"]
+    assert plan.config.node.bootstrap == ["/ip4/1.2.3.4/tcp/1/p2p/12D3KooWDU9sJ75avPT257JWaXe4suVjG1qPQAqhMNeNWgMf8aeH"]
     assert plan.config.node.listen == running.node.listen
     assert plan.config.replication.concurrent_pins == running.replication.concurrent_pins
     assert plan.needs_restart[0].describe() == \
