@@ -6,6 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+REPORT_STAMP := $(VENV)/.report-installed
 NODE_STAMP := tests/interop/node_modules/.installed
 HOME_DIR := $(if $(PINFOLD_HOME),$(PINFOLD_HOME),$(HOME)/.pinfold)
 PYTEST_ARGS ?=
@@ -41,10 +42,10 @@ run: $(STAMP)
 	$(BIN)/pinfold --home "$(HOME_DIR)" daemon
 
 ## make test: the default suite (everything but tests marked slow)
-test: $(STAMP) node-deps deploy-tools
+test: $(STAMP) $(REPORT_STAMP) node-deps deploy-tools
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
-test-all: $(STAMP) node-deps deploy-tools
+test-all: $(STAMP) $(REPORT_STAMP) node-deps deploy-tools
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP) node-deps
