@@ -38,13 +38,14 @@ def test_default_configuration_fits_the_time_budget(side_by_side) -> None:
 def test_static_placement_agrees_with_the_formula(side_by_side) -> None:
     res = side_by_side["static"]
     for r in res.rows:
-        assert r.probes >= 300
+        assert r.probes >= 150  # 12 of 24 pins a 2 s round for 140 s: ~210 a k
         # The formula at the nodes' achieved uptime (a restart takes a second or more).
         assert r.ci_low <= r.formula_realized <= r.ci_high, r
         # The probes see what the holders' up-times say (the oracle), up to the
         # fetch timeout's slack and start-up lags.
         assert r.oracle is not None and abs(r.measured - r.oracle) < 0.06, r
-        assert r.sim_ci_low <= r.formula <= r.sim_ci_high or abs(r.sim - r.formula) < 0.01
+        # The simulator's figure for the same settings (its own tests check its interval).
+        assert abs(r.sim - r.formula) < 0.03, r
 
 
 def test_gateway_never_serves_a_pin_whose_holders_are_all_gone(side_by_side) -> None:
@@ -60,7 +61,7 @@ def test_cluster_with_repair_is_at_or_above_the_formula(side_by_side) -> None:
     res = side_by_side["cluster"]
     static = {r.k: r for r in side_by_side["static"].rows}
     for r in res.rows:
-        assert r.probes >= 300
+        assert r.probes >= 150  # 12 of 24 pins a 2 s round for 140 s: ~210 a k
         assert r.ci_high >= r.formula_realized, r
         if r.k >= 2:
             # Same schedule as the static run: repair keeps copies on live nodes.
