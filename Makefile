@@ -93,7 +93,6 @@ demo: $(STAMP)
 
 # ---------------------------------------------------------------- availability (issue 5)
 .PHONY: availability
-REPORT_STAMP := $(VENV)/.report-installed
 
 $(REPORT_STAMP): pyproject.toml $(STAMP)
 	$(PY) -m pip install --quiet -e '.[dev,report]'
