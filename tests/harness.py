@@ -35,9 +35,16 @@ def model_file() -> Path | None:
     return path if path.exists() else None
 
 
+class GiveUp(Exception):
+    """Raised by a ``wait_for`` predicate when waiting longer cannot help (re-raised at once)."""
+
+
 def wait_for(predicate: Callable[[], T], *, timeout: float = 30.0, interval: float = 0.05,
              what: str = "condition") -> T:
-    """Poll ``predicate`` until it returns a truthy value; raise ``TimeoutError`` naming ``what``."""
+    """Poll ``predicate`` until it returns a truthy value; raise ``TimeoutError`` naming ``what``.
+
+    A ``GiveUp`` raised by the predicate ends the wait at once.
+    """
     deadline = time.monotonic() + timeout
     last_exc: BaseException | None = None
     while True:
@@ -45,6 +52,8 @@ def wait_for(predicate: Callable[[], T], *, timeout: float = 30.0, interval: flo
             value = predicate()
             if value:
                 return value
+        except GiveUp:
+            raise
         except Exception as exc:  # the daemon may not be up yet
             last_exc = exc
         if time.monotonic() > deadline:
@@ -89,8 +98,15 @@ class DaemonProcess:
         run_cli(self.home, "init", "--listen", "/ip4/127.0.0.1/tcp/0", "--metrics",
                 "127.0.0.1:0")
         if self.extra_config:
+            # Merge the extra TOML into the config `init` wrote (appending would
+            # declare its tables twice).
+            import tomllib
+
+            from pinfold.config import load, render, replace
+
             cfg = self.home / "config.toml"
-            cfg.write_text(cfg.read_text() + "\n" + self.extra_config + "\n")
+            merged = replace(load(cfg), **tomllib.loads(self.extra_config))
+            cfg.write_text(render(merged))
         self._initialised = True
 
     def start(self, *, wait: bool = True) -> DaemonProcess:
@@ -107,8 +123,7 @@ class DaemonProcess:
     def wait_ready(self, timeout: float = 60.0) -> dict[str, Any]:
         def ready() -> dict[str, Any] | None:
             if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"daemon {self.name} exited {self.proc.returncode}:\n"
-                                   + self.log())
+                raise GiveUp(f"daemon {self.name} exited {self.proc.returncode}:\n" + self.log())
             with self.client() as c:
                 return c.id()
 
