@@ -53,8 +53,8 @@ class NodeConfig:
                    "must be a multiaddr with /p2p/<peer ID>", addr)
         _check("node", "max_connections", self.max_connections >= 1, "must be >= 1",
                self.max_connections)
-        _check("node", "reconnect_max_backoff_s", self.reconnect_max_backoff_s > 0,
-               "must be > 0", self.reconnect_max_backoff_s)
+        _check("node", "reconnect_max_backoff_s", self.reconnect_max_backoff_s >= 1.0,
+               "must be >= 1 (the first retry waits 1 s)", self.reconnect_max_backoff_s)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
