@@ -502,8 +502,14 @@ def _cmd_add(c, args: argparse.Namespace, out: Output) -> int:
 def _cmd_block(c, args: argparse.Namespace, out: Output) -> int:
     sub = args.subcommand
     if sub == "put":
-        data = b"".join(_read_input(args.file))
-        res = c.block_put(data, codec=args.codec, cid_version=args.cid_version)
+        limit = 2 * 1024 * 1024  # Bitswap's block limit; refuse before reading more
+        data = bytearray()
+        for chunk in _read_input(args.file):
+            data += chunk
+            if len(data) > limit:
+                raise ValueError(f"{args.file}: block exceeds the limit of {limit} bytes "
+                                 "(use `pinfold add` for larger files)")
+        res = c.block_put(bytes(data), codec=args.codec, cid_version=args.cid_version)
         out.doc(res, res["cid"])
     elif sub == "get":
         sys.stdout.buffer.write(c.block_get(args.cid))
