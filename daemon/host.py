@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -302,6 +303,18 @@ class Host:
         network = self.libp2p.get_network()
         if hasattr(network, "auto_connector"):
             network.auto_connector.maybe_connect = _no_auto_connect  # type: ignore[method-assign]
+        # py-libp2p 0.8.1 holds an inbound slot until the *node* stops (its inbound handler
+        # waits on manager.wait_finished() after the upgrade), so after max_connections
+        # inbound connections over the node's life every new one was refused. A slot now
+        # lasts as long as the handshake (found by the reliability campaign).
+        if isinstance(getattr(network, "_inbound_limiter", None), trio.CapacityLimiter):
+            self._inbound_slots = _InboundSlots(
+                limit=int(network._inbound_limiter.total_tokens),
+                live=lambda: len(network.get_connections()),
+                handshake_timeout_s=conn_config.inbound_upgrade_timeout)
+            network._inbound_limiter = self._inbound_slots
+        else:
+            self._inbound_slots = None
         self._bootstrap = [parse_multiaddr(a, need_peer_id=True) for a in self.config.bootstrap]
         self._subscribers: list[trio.MemorySendChannel[PeerEvent]] = []
         self._counters = _Counters()
@@ -534,6 +547,8 @@ class Host:
 
     def _on_connected(self, conn: INetConn) -> None:
         self._counters.opened += 1
+        if self._inbound_slots is not None and not getattr(conn.muxed_conn, "is_initiator", True):
+            self._inbound_slots.upgraded()
         pid = conn.muxed_conn.peer_id
         if pid not in self._connected:
             self._connected.add(pid)
@@ -620,6 +635,43 @@ class Host:
 
 #: a dial this old is done handshaking; its socket may be reaped when not in use, seconds
 _REAP_AGE_S: Final = 60.0
+
+
+class _InboundSlots:
+    """Stands in for the swarm's inbound ``CapacityLimiter`` (``acquire_nowait``/``release``).
+
+    A slot is taken when an inbound TCP connection arrives and given back when
+    its handshake fails (``release``, called by py-libp2p) or succeeds
+    (``upgraded``, from our ``connected`` notification). A new connection is
+    refused while handshakes in progress plus live connections reach ``limit``.
+    A handshake older than ``handshake_timeout_s`` is no longer counted
+    (py-libp2p abandons it by then), so an uncounted outcome cannot leak a slot.
+    """
+
+    def __init__(self, *, limit: int, live: Callable[[], int], handshake_timeout_s: float) -> None:
+        self.total_tokens = limit
+        self._live = live
+        self._timeout_s = max(1.0, handshake_timeout_s)
+        self._started: deque[float] = deque()  # start times of handshakes in progress
+
+    def handshaking(self) -> int:
+        """Handshakes in progress (started within the timeout and not finished)."""
+        cutoff = trio.current_time() - self._timeout_s
+        while self._started and self._started[0] < cutoff:
+            self._started.popleft()
+        return len(self._started)
+
+    def acquire_nowait(self) -> None:
+        if self.handshaking() + self._live() >= self.total_tokens:
+            raise trio.WouldBlock
+        self._started.append(trio.current_time())
+
+    def release(self) -> None:
+        if self._started:
+            self._started.popleft()
+
+    def upgraded(self) -> None:
+        self.release()
 
 
 class _TrackingTCP(TCP):
