@@ -80,9 +80,12 @@ async def test_the_daemon_answers_while_a_peer_sends_huge_wantlists(
         thread.start()
         try:
             for frame in frames:
-                stream = await hostile.new_stream(victim, [PROTOCOL_1_2_0])
-                await stream.write(frame)
-                await stream.close()
+                try:
+                    stream = await hostile.new_stream(victim, [PROTOCOL_1_2_0])
+                    await stream.write(frame)
+                    await stream.close()
+                except Exception:  # noqa: BLE001 - the daemon may cut the flooder off
+                    break  # (a reset stream or a closed connection): that is allowed
             # let the daemon work through them while the probe measures
             with trio.move_on_after(6):
                 while len(latencies) < 100:
