@@ -61,7 +61,8 @@ def hostile_rows(data: dict[str, Any]) -> Rows:
             continue
         if "peers_cut_off" in r:
             result = (f"{r['inputs']} inputs; {r['peers_cut_off']} got their peer cut off, "
-                      f"{r['accepted']} tolerated (the peer was still served)")
+                      f"{r['accepted']} tolerated (the peer was still served), "
+                      f"{r.get('stalled_peers', 0)} stalled the peer's stream negotiation")
         elif "requests" in r:
             result = (f"{r['inputs']} connections, {r['requests']} requests; "
                       f"{r['rejected']} error replies, {r['accepted']} results")
@@ -100,7 +101,7 @@ def security_rows(data: dict[str, Any]) -> Rows:
         if "blocks_stored" in r:
             bits.append(f"{r['blocks_sent']} sent, {r['blocks_stored']} stored")
         if "wants_sent" in r:
-            bits.append(f"{r['wants_sent']} wants sent, at most {r['wants_held_max']} held")
+            bits.append(f"{r['wants_sent']} wants sent, {r['wants_held_max']} held after")
         rows.append((f"  {name}", "; ".join(bits)))
     return rows
 
