@@ -130,7 +130,9 @@ class BitswapConfig:
 
     fetch_timeout_s: float = _f(30.0, "a wanted block not received by then fails the fetch")
     max_wantlist: int = _f(16384, "entries a peer may keep in its wantlist with us")
-    serve: str = _f("all", "who may fetch blocks: \"all\" peers or only \"cluster\" peers")
+    serve: str = _f("all", "who may fetch blocks: \"all\" peers, or only \"cluster\" members"
+                    " (cluster.trusted_peers if set, else peers known to the cluster);"
+                    " needs cluster.name")
 
     def __post_init__(self) -> None:
         _check("bitswap", "fetch_timeout_s", self.fetch_timeout_s > 0, "must be > 0",
@@ -235,6 +237,13 @@ class Config:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     replication: ReplicationConfig = field(default_factory=ReplicationConfig)
     log: LogConfig = field(default_factory=LogConfig)
+
+    def __post_init__(self) -> None:
+        # Checks across sections. A standalone node has no members to serve: serve =
+        # "cluster" there would refuse every peer, almost surely a mistake.
+        _check("bitswap", "serve", self.bitswap.serve != "cluster" or bool(self.cluster.name),
+               "\"cluster\" needs a cluster: set cluster.name (this node is standalone)",
+               self.bitswap.serve)
 
 
 def section_name(f: Any) -> str:

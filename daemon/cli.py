@@ -631,6 +631,9 @@ def _cmd_cluster(c, args: argparse.Namespace, out: Output) -> int:
                 f"  over-replicated:  {res.get('over', 0)}",
                 f"  with errors:      {res['errors']}",
                 f"min availability: {res.get('min_availability', 1.0):.6f}"]
+        if res.get("serve") == "cluster":
+            text.append(f"bitswap serves cluster members only "
+                        f"({res.get('refused_wants', 0)} wants from others refused)")
         if res.get("peers"):
             text.append("peers: " + ", ".join(f"{k} {v}" for k, v in res["peers"].items()))
         if res.get("local"):

@@ -28,6 +28,9 @@ replication manager (``pinfold.replication.manager``) to
   by Bitswap (from the holders first), pin it with block refcounts, unpin,
   keep an origin copy.
 
+- ``Cluster.may_fetch`` - who may fetch blocks from this node when
+  ``bitswap.serve = "cluster"`` (``serve_allowed``): the cluster's members.
+
 Replication metrics (``replication_metric_families``) are exported by every
 node, zeros when standalone, under the names the deploy/ alerts and dashboard
 use.
@@ -38,7 +41,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Container, Iterable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
@@ -76,6 +79,7 @@ __all__ = [
     "NodePins",
     "TransportStats",
     "replication_metric_families",
+    "serve_allowed",
     "topic_name",
 ]
 
@@ -93,6 +97,46 @@ def topic_name(cluster: str) -> str:
 
 def _signed_bytes(cluster: str, kind: str, body: bytes) -> bytes:
     return f"/pinfold/{cluster}/{kind}".encode() + b"\x00" + body
+
+
+def serve_allowed(peer: str, *, serve: str, trusted: Collection[str], blocked: Container[str],
+                  known: Container[str]) -> bool:
+    """May ``peer`` fetch blocks from this node (have its Bitswap wants answered)? Pure.
+
+    ``bitswap.serve = "all"``: every peer may. ``"cluster"``: only members of
+    this node's cluster, never a blocked peer (``peers_block``):
+
+    - with ``cluster.trusted_peers`` set, exactly those peer IDs (whether or not
+      they have been heard from yet);
+    - without it, the peers the cluster knows: those whose signed heartbeat on
+      this cluster's topic the replication manager accepted (envelope signed by
+      the sender's libp2p key, naming the sender), now or before a restart (the
+      health view is kept in the store), whatever their state (alive, suspect
+      or dead: a member that was down is served again as soon as it returns,
+      as IPFS Cluster keeps a peer in its peerset until it is removed). Without
+      trusted peers any peer that knows the cluster name can join, so this
+      keeps out peers that never joined; ``cluster.trusted_peers`` is what keeps
+      out everyone else. Wants a new member sends before its first heartbeat
+      arrives are refused and not replayed; its retries (the manager retries
+      failed pins) get through once it is known.
+
+    Args:
+        peer: the asking peer's ID (base58 text).
+        serve: ``bitswap.serve``, "all" or "cluster".
+        trusted: ``cluster.trusted_peers`` (empty: not set).
+        blocked: peers cut off with ``peers_block``.
+        known: peers the cluster's health view holds.
+
+    Returns:
+        True if the peer's wants are to be answered.
+    """
+    if serve == "all":
+        return True
+    if peer in blocked:
+        return False
+    if trusted:
+        return peer in trusted
+    return peer in known
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -529,6 +573,15 @@ class Cluster:
         self.transport.set_trusted(config.cluster.trusted_peers)
         self.manager.apply_config(ManagerConfig.from_config(config))
 
+    def may_fetch(self, peer: ID) -> bool:
+        """Bitswap's serve filter: ``serve_allowed`` with the live config, trust and
+        membership (``bitswap.serve`` is read at each call, so a reload applies at once)."""
+        serve = self.node.config.bitswap.serve
+        if serve == "all":
+            return True
+        return serve_allowed(peer.to_base58(), serve=serve, trusted=self.transport.trusted,
+                             blocked=self.transport.blocked, known=self.manager.health)
+
     # ------------------------------------------------------------------ node API
 
     async def pin(self, cid: CID, *, recursive: bool = True, name: str = "",
@@ -624,6 +677,8 @@ class Cluster:
         d = self.manager.cluster_status().as_dict()
         st = self.manager.statistics()
         d["cluster"] = self.name
+        d["serve"] = self.node.config.bitswap.serve
+        d["refused_wants"] = self.node.network.bitswap.statistics().refused_wants
         d["local"] = st.local_states
         d["peers"] = st.peers
         d["repairs"] = st.repairs

@@ -97,10 +97,14 @@ class Node:
         return table
 
     def apply_config(self, config: Config) -> None:
-        """Live keys of a reload (``daemon/service.py``): the cluster's trust and replication."""
+        """Live keys of a reload (``daemon/service.py``): the cluster's trust and
+        replication, and who may fetch (``bitswap.serve``, ``cluster.trusted_peers``):
+        wants held for peers refused now are dropped."""
         self.config = config
         if self.cluster is not None:
             self.cluster.apply_config(config)
+        if self.network is not None:
+            self.network.bitswap.recheck_serve()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Open everything, serve until stopped, then close in reverse order."""
@@ -123,6 +127,8 @@ class Node:
             self.fetcher = self.network
             if self.config.cluster.name:
                 self.cluster = Cluster(self, keypair)
+                # bitswap.serve = "cluster" (read live by the filter): only members fetch.
+                self.network.bitswap.set_serve_filter(self.cluster.may_fetch)
             self._register_metrics()
             self.metrics.add_source(self.network.metric_families)
             self.metrics.add_source(lambda: replication_metric_families(self))
@@ -196,6 +202,14 @@ class Node:
                         ws.queue_length)
 
         self.metrics.add_source(store_metrics)
+
+        def serve_metrics():
+            refused = self.network.bitswap.statistics().refused_wants if self.network else 0
+            yield counter("pinfold_bitswap_refused_wants", "Wants from peers not allowed to "
+                          "fetch (bitswap.serve = \"cluster\" and not a cluster member), "
+                          "dropped unanswered", refused)
+
+        self.metrics.add_source(serve_metrics)
 
     # ------------------------------------------------------------------ blocks
 
@@ -408,8 +422,10 @@ def standalone_cluster_handlers(node: Node) -> dict[str, Callable[[Any], Any]]:
         return {"count": 1, "cluster": ""}
 
     async def cluster_status(call: Any) -> dict[str, Any]:
+        refused = node.network.bitswap.statistics().refused_wants if node.network else 0
         return {"cluster": "", "pins": sum(node.store.pin_counts().values()),
-                "under_replicated": 0, "repairing": 0, "errors": 0, "standalone": True}
+                "under_replicated": 0, "repairing": 0, "errors": 0, "standalone": True,
+                "serve": node.config.bitswap.serve, "refused_wants": refused}
 
     async def recover(call: Any) -> dict[str, Any]:
         return {"recovered": 0, "cids": []}

@@ -292,6 +292,7 @@ LIVE_KEYS: frozenset[str] = frozenset({
     "node.bootstrap",
     "cluster.trusted_peers",
     "bitswap.fetch_timeout_s",
+    "bitswap.serve",
     "replication.rmin",
     "replication.rmax",
     "replication.p_prior",
@@ -305,7 +306,9 @@ LIVE_KEYS: frozenset[str] = frozenset({
 
 ``log.level`` is applied here; the others take effect because the components
 read them from ``node.config`` when they use them (or through
-``node.apply_config(config)`` when the node defines it). Everything else
+``node.apply_config(config)`` when the node defines it; ``bitswap.serve`` and
+``cluster.trusted_peers`` there also drop the wants held for peers no longer
+allowed to fetch). Everything else
 (listen addresses, sockets, the store, the cluster name, ...) is bound when the
 node starts and needs ``systemctl restart pinfold``.
 """

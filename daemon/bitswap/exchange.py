@@ -19,6 +19,18 @@ nothing we asked for count against the peer, which is disconnected after
 ``max_bad_blocks``; garbage, oversize messages and wantlist floods disconnect
 at once. Such peers are refused for ``ban_s`` seconds while the others are
 served as usual.
+
+Who may fetch: with a serve filter (``set_serve_filter``; the node installs
+the cluster's membership test when ``bitswap.serve = "cluster"``) the wants
+of a peer the filter refuses are counted (``refused_wants``) and dropped on
+arrival: they never reach the engine, so no ledger entry, no answer and no
+memory is kept for them. Our own fetching from such peers is unaffected.
+Refused peers get silence, not DONT_HAVE even when they ask ``sendDontHave``:
+both answers are the same whatever we hold, so neither tells what we hold,
+but silence also reveals nothing else (not even that a policy applies), costs
+no bytes and no outbox memory per want (a want flood cannot make us queue
+replies), and gives a probe no reply timing to measure. The price: an
+outsider's fetch waits for its own timeout instead of failing at once.
 """
 
 from __future__ import annotations
@@ -78,11 +90,15 @@ __all__ = [
     "BitswapStats",
     "FetchStats",
     "PutMany",
+    "ServeFilter",
 ]
 
 logger = logging.getLogger(__name__)
 
 PutMany = Callable[[list[tuple[CID, bytes]]], Awaitable[Any]]
+
+ServeFilter = Callable[[ID], bool]
+"""``allowed(peer) -> bool``: may ``peer`` fetch blocks from us (have its wants answered)?"""
 
 #: Upper bounds (seconds) of the fetch-latency histogram buckets.
 LATENCY_BUCKETS_S: tuple[float, ...] = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0)
@@ -174,6 +190,8 @@ class BitswapStats:
         rejected: blocks/messages rejected, by reason ("unwanted",
             "unsupported_hash", "malformed", "oversize", "wantlist_flood", "bad_blocks").
         peers_cut_off: peers disconnected for misbehaviour.
+        refused_wants: wants (cancels not counted) from peers the serve filter
+            refuses, dropped unanswered (``bitswap.serve = "cluster"``).
         fetch_latency_buckets: cumulative counts of want-to-block latencies per
             upper bound in seconds (Prometheus histogram buckets; +Inf = fetch_latency_count).
         fetch_latency_sum_s: sum of those latencies, seconds.
@@ -192,6 +210,7 @@ class BitswapStats:
     peer_wantlist_entries: int
     rejected: MappingProxyType[str, int]
     peers_cut_off: int
+    refused_wants: int
     fetch_latency_buckets: tuple[tuple[float, int], ...]
     fetch_latency_sum_s: float
     fetch_latency_count: int
@@ -350,6 +369,7 @@ class Bitswap:
         self._nursery: trio.Nursery | None = None
         self._server_wake = trio.Event()
         self._running = False
+        self._serve_filter: ServeFilter | None = None
         # counters
         self._c: Counter[str] = Counter()
         self._rejected: Counter[str] = Counter()
@@ -588,6 +608,7 @@ class Bitswap:
             peer_wantlist_entries=sum(s.wantlist_size for s in self._engine.ledgers()),
             rejected=MappingProxyType(dict(self._rejected)),
             peers_cut_off=self._c["peers_cut_off"],
+            refused_wants=self._c["refused_wants"],
             fetch_latency_buckets=tuple(cum),
             fetch_latency_sum_s=self._lat_sum,
             fetch_latency_count=self._lat_n,
@@ -596,6 +617,56 @@ class Bitswap:
     def ledgers(self) -> list[LedgerStat]:
         """Per-peer ledgers (wantlist size, queued and sent/received bytes)."""
         return self._engine.ledgers()
+
+    # ------------------------------------------------------------ who may fetch
+
+    def set_serve_filter(self, allowed: ServeFilter | None) -> int:
+        """Answer wants only from peers for which ``allowed(peer)`` is true (None: every peer).
+
+        The filter is called once per received message that carries wants, on the
+        trio thread, so it must be cheap and must not block; it may read state
+        that changes (membership, config): call ``recheck_serve`` after such a
+        change so wants already held for peers now refused are dropped. A
+        filter that raises refuses the peer (fails closed).
+
+        Returns:
+            Wants dropped because their peers are refused now (``recheck_serve``).
+        """
+        self._serve_filter = allowed
+        return self.recheck_serve()
+
+    def recheck_serve(self) -> int:
+        """Drop the wants held for peers the serve filter refuses now, and the blocks
+        queued for them and not yet written. Peers keep their connections, and our
+        wants to them stand.
+
+        Returns:
+            How many wants were dropped.
+        """
+        dropped = 0
+        for peer in self._engine.peers():
+            if self._may_serve(peer):  # type: ignore[arg-type]
+                continue
+            dropped += self._engine.drop_wants(peer)
+            box = self._outboxes.get(peer)  # type: ignore[arg-type]
+            if box is not None:
+                for env in box.envs:
+                    self._engine.envelope_sent(peer, env.block_bytes, env.nblocks,
+                                               written=False)
+                box.envs.clear()
+        if dropped:
+            logger.info("bitswap: dropped %d wants of peers no longer allowed to fetch", dropped)
+        return dropped
+
+    def _may_serve(self, peer: ID) -> bool:
+        allowed = self._serve_filter
+        if allowed is None:
+            return True
+        try:
+            return bool(allowed(peer))
+        except Exception:
+            logger.exception("bitswap: serve filter failed for %s; refusing its wants", peer)
+            return False
 
     # ------------------------------------------------------------ sessions
 
@@ -913,10 +984,17 @@ class Bitswap:
 
     async def _on_message(self, peer: ID, msg: Message) -> None:
         now = trio.current_time()
-        if (msg.wantlist or msg.full) and self._engine.receive_wantlist(
-            peer, msg.wantlist, full=msg.full
-        ):
-            self._server_wake.set()
+        if msg.wantlist or msg.full:
+            if not self._may_serve(peer):
+                # Refused (bitswap.serve = "cluster"): no answer, not even DONT_HAVE, and
+                # nothing kept; wants it held from before were dropped by recheck_serve.
+                refused = sum(1 for e in msg.wantlist if not e.cancel)
+                self._c["refused_wants"] += refused
+                if refused:
+                    logger.debug("bitswap: refused %d wants from %s (not allowed to fetch)",
+                                 refused, peer)
+            elif self._engine.receive_wantlist(peer, msg.wantlist, full=msg.full):
+                self._server_wake.set()
         if msg.presences:
             self._apply(self._wants.on_presences(peer, msg.presences, now))
         if msg.blocks:

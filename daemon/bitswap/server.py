@@ -193,6 +193,25 @@ class ServerEngine:
         """Peers with a ledger."""
         return list(self._ledgers)
 
+    def drop_wants(self, peer: Peer) -> int:
+        """Forget every want of ``peer`` (it may no longer fetch from us); the ledger's
+        counters and queued bytes stay.
+
+        Returns:
+            How many wants were dropped (active and waiting).
+        """
+        led = self._ledgers.get(peer)
+        if led is None:
+            return 0
+        n = led.size()
+        for key in led.waiting:
+            self._unindex(key, peer)
+        led.active.clear()
+        led.heap.clear()
+        led.waiting.clear()
+        self._in_rr.discard(peer)
+        return n
+
     # ------------------------------------------------------------ input
 
     def receive_wantlist(self, peer: Peer, entries: Iterable[WantEntry], *, full: bool = False) -> bool:
