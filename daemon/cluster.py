@@ -139,6 +139,30 @@ def serve_allowed(peer: str, *, serve: str, trusted: Collection[str], blocked: C
     return peer in known
 
 
+class _GuardedPubsub(Pubsub):
+    """py-libp2p's ``Pubsub``, except that an inbound message that makes it raise is dropped.
+
+    py-libp2p 0.8 runs ``push_msg`` for each received message as a task of the
+    Pubsub service, and an exception there ends the service, and with it the
+    node: one gossipsub message from any connected peer, trusted or not, whose
+    ``key`` field is not a protobuf public key makes ``signature_validator``
+    raise ``DecodeError``. Such a message is a forgery; ``on_dropped`` counts it.
+    Our own publishes still raise (``LibP2PTransport.publish`` reports them).
+    """
+
+    on_dropped: Callable[[], None] = staticmethod(lambda: None)
+
+    async def push_msg(self, msg_forwarder: ID, msg: Any) -> None:
+        if msg_forwarder == self.host.get_id():
+            await super().push_msg(msg_forwarder, msg)
+            return
+        try:
+            await super().push_msg(msg_forwarder, msg)
+        except Exception as exc:  # noqa: BLE001 - a malformed message from a peer: drop it
+            self.on_dropped()
+            log.debug("dropped a malformed gossip message from %s: %s", msg_forwarder, exc)
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TransportStats:
     """Counters of the cluster transport (metrics).
@@ -234,7 +258,8 @@ class LibP2PTransport:
             # Loopback test clusters have one IP and cluster peers are few and
             # trusted: the eclipse and per-topic rate guards only drop our own deltas.
             spam_protection_enabled=False, eclipse_protection_enabled=False)
-        self._pubsub = Pubsub(host.libp2p, self._router, strict_signing=True)
+        self._pubsub = _GuardedPubsub(host.libp2p, self._router, strict_signing=True)
+        self._pubsub.on_dropped = self._count_forged
         # py-libp2p starts its seqno at int(time.time()) and adds one per message, so
         # after a restart it would reuse seqnos still in peers' seen-caches and its
         # first messages would be dropped as duplicates; nanoseconds cannot repeat.
@@ -313,6 +338,9 @@ class LibP2PTransport:
             return env["k"], env["b"]
         except Exception:  # noqa: BLE001 - anything malformed is a forgery to drop
             return None
+
+    def _count_forged(self) -> None:
+        self._forged += 1
 
     def _validate(self, forwarder: ID, msg: Any) -> bool:
         """Gossipsub topic validator: drop (and do not relay) untrusted or forged messages."""
