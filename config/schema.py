@@ -41,6 +41,10 @@ class NodeConfig:
     bootstrap: list[str] = _f(
         [], "multiaddrs with /p2p/ dialled at start and kept connected (reconnect with backoff)"
     )
+    announce: list[str] = _f(
+        [], "multiaddrs peers are told to dial instead of the listen addresses (NAT, port "
+        "forward, proxy), as Kubo's Addresses.Announce; [] announces the listen addresses"
+    )
     max_connections: int = _f(256, "connections accepted at most; more are refused")
     reconnect_max_backoff_s: float = _f(60.0, "longest wait between reconnection attempts")
 
@@ -51,6 +55,9 @@ class NodeConfig:
         for addr in self.bootstrap:
             _check("node", "bootstrap", addr.startswith("/") and "/p2p/" in addr,
                    "must be a multiaddr with /p2p/<peer ID>", addr)
+        for addr in self.announce:
+            _check("node", "announce", addr.startswith("/") and "/tcp/" in addr,
+                   "must be a TCP multiaddr starting with '/'", addr)
         _check("node", "max_connections", self.max_connections >= 1, "must be >= 1",
                self.max_connections)
         _check("node", "reconnect_max_backoff_s", self.reconnect_max_backoff_s >= 1.0,

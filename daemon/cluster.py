@@ -280,7 +280,7 @@ class LibP2PTransport:
         return [p.to_base58() for p in self.host.connected_peers()]
 
     def addresses(self) -> tuple[str, ...]:
-        return tuple(self.host.addrs())
+        return tuple(self.host.announced())
 
     def note_addresses(self, peer_id: str, addresses: Sequence[str]) -> None:
         if peer_id != self._me_text:

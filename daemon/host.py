@@ -126,6 +126,32 @@ def parse_multiaddr(value: str | multiaddr.Multiaddr, *, need_peer_id: bool = Fa
     return ma
 
 
+def _strip_p2p(addr: str) -> multiaddr.Multiaddr:
+    """``addr`` without its ``/p2p/<peer ID>`` part (py-libp2p appends its own)."""
+    return multiaddr.Multiaddr(addr.split("/p2p/", 1)[0])
+
+
+def _causes(exc: BaseException) -> str:
+    """``": cause; cause"`` from the exceptions py-libp2p chains under a dial error
+    (its own message says only "with exceptions")."""
+    found: list[str] = []
+    todo = [exc.__cause__]
+    while todo and len(found) < 4:
+        e = todo.pop(0)
+        if e is None:
+            continue
+        inner = getattr(e, "errors", None) or getattr(e, "exceptions", None)
+        if isinstance(inner, (list, tuple)) and inner:
+            todo.extend(inner)
+            continue
+        text = f"{type(e).__name__}: {e}"
+        while e.__cause__ is not None and len(text) < 300:
+            e = e.__cause__
+            text += f" <- {type(e).__name__}: {e}"
+        found.append(text)
+    return (": " + "; ".join(found)) if found else ""
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class HostConfig:
     """Settings of the libp2p host.
@@ -133,6 +159,9 @@ class HostConfig:
     Attributes:
         listen: TCP multiaddrs to listen on (``/ip4/<addr>/tcp/<port>``; port 0 picks one).
         bootstrap: full ``/p2p/`` multiaddrs dialled at start and kept connected.
+        announce: multiaddrs peers should dial instead of the listen addresses (as
+            Kubo's ``Addresses.Announce``: behind NAT, a port forward or a proxy);
+            empty = announce the listen addresses.
         max_connections: total connection limit (inbound + outbound); further
             dials fail and inbound connections are refused.
         dial_timeout_s: seconds a dial (TCP + Noise + Yamux) may take.
@@ -147,6 +176,7 @@ class HostConfig:
 
     listen: tuple[str, ...] = ("/ip4/0.0.0.0/tcp/4101",)  # DESIGN.md [node] listen default
     bootstrap: tuple[str, ...] = ()
+    announce: tuple[str, ...] = ()
     max_connections: int = 256  # ample for a cluster; bounds memory and handshakes
     dial_timeout_s: float = 10.0  # py-libp2p's own dial default
     bootstrap_backoff_min_s: float = 1.0
@@ -164,6 +194,8 @@ class HostConfig:
                 raise ValueError(f"host.listen: {a!r} is not a TCP multiaddr (/ip4/.../tcp/PORT)")
         for a in self.bootstrap:
             parse_multiaddr(a, need_peer_id=True)
+        for a in self.announce:
+            parse_multiaddr(a)
         if self.max_connections < 1:
             raise ValueError(f"host.max_connections: must be >= 1, got {self.max_connections}")
         if self.dial_timeout_s <= 0:
@@ -294,6 +326,9 @@ class Host:
             connection_config=conn_config,
             listen_addrs=self._listen,
             transports=[_TrackingTCP(self._dialed)],
+            # identify tells peers these instead of the listen addresses (Kubo's
+            # Addresses.Announce), so they never learn an address they cannot reach
+            announce_addrs=[_strip_p2p(a) for a in self.config.announce] or None,
         )
         route_libp2p_logs()
         # py-libp2p's auto-connector redials every peer in the peerstore until it
@@ -337,12 +372,22 @@ class Host:
         """
         out = []
         suffix = f"/p2p/{self.peer_id}"
-        for ma in self.libp2p.get_addrs():
+        addrs = (self.libp2p.get_transport_addrs() if self.config.announce
+                 else self.libp2p.get_addrs())
+        for ma in addrs:
             text = str(ma)
             if "/p2p/" not in text:
                 text += suffix
             out.append(text)
         return out
+
+    def announced(self) -> list[str]:
+        """What peers are told to dial: ``HostConfig.announce`` if set, else ``addrs()``;
+        each ends in ``/p2p/<our peer ID>``."""
+        if not self.config.announce:
+            return self.addrs()
+        suffix = f"/p2p/{self.peer_id}"
+        return [a if "/p2p/" in a else a + suffix for a in self.config.announce]
 
     # ------------------------------------------------------------ service
 
@@ -394,6 +439,14 @@ class Host:
         if self.is_connected(info.peer_id):
             return info.peer_id
         self._counters.dials += 1
+        # py-libp2p dials only the first address per transport class it has for a
+        # peer (MAX_ADDRS_PER_PEER), and identify puts the peer's listen addresses
+        # first: a peer behind a proxy or NAT (node.announce) was then redialled at
+        # an address we cannot reach, forever, whatever address we were given
+        # (found by the cluster fault campaign). The address asked for is dialled.
+        store = self.libp2p.get_peerstore()
+        store.clear_addrs(info.peer_id)
+        store.add_addrs(info.peer_id, info.addrs, 120)
         # py-libp2p refuses to redial a peer for 60 s after a failed dial; pinfold
         # applies its own backoff (bootstrap) or the user asked explicitly.
         negative = getattr(self.libp2p.get_network(), "_negative_peer_cache", None)
@@ -409,7 +462,7 @@ class Host:
             raise
         except Exception as exc:
             self._counters.dial_failures += 1
-            raise DialError(f"dial {ma} failed: {exc}") from exc
+            raise DialError(f"dial {ma} failed: {exc}{_causes(exc)}") from exc
         finally:
             self._reap_sockets(older_than_s=_REAP_AGE_S)
         return info.peer_id

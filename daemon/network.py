@@ -44,6 +44,7 @@ class Network:
         self.host = Host(key_pair, HostConfig(
             listen=tuple(cfg.node.listen),
             bootstrap=tuple(cfg.node.bootstrap),
+            announce=tuple(cfg.node.announce),
             max_connections=cfg.node.max_connections,
             bootstrap_backoff_max_s=cfg.node.reconnect_max_backoff_s,
         ))
@@ -103,12 +104,15 @@ class Network:
             task_status.started()
 
     def addresses(self) -> list[str]:
-        """Full ``/p2p/`` listen multiaddrs, with an unspecified address (0.0.0.0, ::)
-        expanded into one address per local interface, as ``ipfs id`` shows them."""
+        """Full ``/p2p/`` multiaddrs peers should dial: ``node.announce`` if set, else
+        the listen addresses with an unspecified address (0.0.0.0, ::) expanded into
+        one address per local interface, as ``ipfs id`` shows them."""
         import socket
 
         import psutil
 
+        if self.node.config.node.announce:
+            return self.host.announced()
         out: list[str] = []
         for addr in self.host.addrs():
             for wildcard, family in (("/ip4/0.0.0.0/", socket.AF_INET), ("/ip6/::/", socket.AF_INET6)):

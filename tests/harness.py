@@ -83,7 +83,10 @@ class DaemonProcess:
     """One ``pinfold daemon`` in its own process and home."""
 
     def __init__(self, root: Path, name: str = "node", *, config: str = "",
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, wrap: list[str] | None = None) -> None:
+        """``wrap`` prefixes the daemon's command (``["ip", "netns", "exec", NS]`` runs it
+        in a network namespace; the RPC socket is a path, so the client still reaches it)."""
+        self.wrap = list(wrap or [])
         self.home = root / name
         self.name = name
         self.extra_config = config
@@ -113,7 +116,7 @@ class DaemonProcess:
         self.init()
         log = open(self.log_path, "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [PYTHON, "-m", "pinfold.daemon.cli", "--home", str(self.home), "daemon"],
+            [*self.wrap, PYTHON, "-m", "pinfold.daemon.cli", "--home", str(self.home), "daemon"],
             stdout=log, stderr=subprocess.STDOUT, env=self.env)
         log.close()
         if wait:

@@ -153,3 +153,40 @@ def test_libp2p_logs_reach_the_root_logger(caplog):
     logging.getLogger("libp2p.test").warning("hello from libp2p")
     assert "hello from libp2p" in caplog.text
     assert logging.getLogger("libp2p").propagate is True
+
+
+async def test_connect_dials_the_address_given_not_a_stale_one(nursery):
+    """py-libp2p dials only the first TCP address it knows for a peer; one learned
+    earlier (identify, an old announcement) that is unreachable must not hide the
+    address asked for (the cluster fault campaign found nodes that never reconnected)."""
+    a, b = new_host(), new_host()
+    await nursery.start(a.run)
+    await nursery.start(b.run)
+    (addr,) = a.addrs()
+    # A closed port on loopback: what a peer's unreachable listen address looks like.
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    dead_port = probe.getsockname()[1]
+    probe.close()
+    stale = multiaddr.Multiaddr(f"/ip4/127.0.0.1/tcp/{dead_port}")
+    b.libp2p.get_peerstore().add_addrs(a.peer_id, [stale], 3600)
+    assert await b.connect(addr) == a.peer_id
+    assert b.is_connected(a.peer_id)
+
+
+async def test_announce_replaces_the_advertised_addresses(nursery):
+    announce = "/ip4/10.1.2.3/tcp/7100"
+    a = Host(create_new_key_pair(), HostConfig(listen=LOOPBACK, announce=(announce,)))
+    b = new_host()
+    await nursery.start(a.run)
+    await nursery.start(b.run)
+    (listen,) = a.addrs()
+    assert listen.startswith("/ip4/127.0.0.1/tcp/")  # the listen address is still ours
+    assert a.announced() == [f"{announce}/p2p/{a.peer_id}"]
+    await b.connect(listen)
+    # identify tells b the announced address only, never the listen address
+    await wait_until(lambda: any("10.1.2.3" in str(x)
+                                 for x in b.libp2p.get_peerstore().addrs(a.peer_id)),
+                     what="identify to deliver a's addresses")
+    with pytest.raises(HostError, match="not-a-multiaddr"):
+        HostConfig(listen=LOOPBACK, announce=("not-a-multiaddr",))
