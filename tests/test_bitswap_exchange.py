@@ -273,3 +273,21 @@ async def test_wrong_block_for_a_wanted_cid_is_rejected_and_the_fetch_uses_a_goo
         assert not fetcher.store.has(make_cid(b"forged" * 100, RAW))  # never stored
         # the liar may redial to send more lies; the ban disconnects it again
         await wait_until(lambda: not fetcher.host.is_connected(hostile.peer_id), what="liar gone")
+
+
+async def test_a_peer_found_unusable_is_used_again_while_still_connected():
+    """A peer we once could not open or write a stream to (a bad moment: streams
+    reset, a write timed out) is retried after ``unusable_retry_s`` while its
+    connection lasts; dropped for good, a fetch whose only holder it was never
+    asked it again (the cluster fault campaign's wedged pins)."""
+    cfg = BitswapConfig(unusable_retry_s=0.5)
+    async with running_nodes(2, config=cfg) as (a, b):
+        (cid, data), = raw_blocks(1, 4096, seed=77)
+        b.store.add([(cid, data)])
+        await a.host.connect(b.addr)
+        await wait_until(lambda: b.peer_id in a.bitswap._outboxes, what="a to use b")
+        a.bitswap._peer_unusable(b.peer_id)
+        assert b.peer_id not in a.bitswap._outboxes and a.host.is_connected(b.peer_id)
+        with trio.fail_after(10):
+            got = await a.bitswap.get_block(cid, timeout_s=8)
+        assert got == data

@@ -136,6 +136,8 @@ class BitswapConfig:
         stream_open_timeout_s: seconds to open and negotiate a Bitswap stream.
         write_timeout_s: seconds one message write may block on flow control.
         tick_interval_s: how often deadlines and stalls are checked, seconds.
+        unusable_retry_s: after no stream to a peer could be opened or written, the
+            peer is left alone this long, then used again if still connected, seconds.
         max_bad_blocks: blocks matching no CID we asked a peer for before it is cut off.
         ban_s: how long a cut-off peer is refused, seconds.
         read_chunk_bytes: bytes asked of the stream per read.
@@ -155,6 +157,7 @@ class BitswapConfig:
     stream_open_timeout_s: float = 10.0
     write_timeout_s: float = 30.0
     tick_interval_s: float = 0.25
+    unusable_retry_s: float = 5.0
     max_bad_blocks: int = 4
     ban_s: float = 60.0
     read_chunk_bytes: int = 1024 * 1024
@@ -163,7 +166,7 @@ class BitswapConfig:
 
     def __post_init__(self) -> None:
         for name in ("default_timeout_s", "idle_stream_close_s", "stream_open_timeout_s",
-                     "write_timeout_s", "tick_interval_s"):
+                     "write_timeout_s", "tick_interval_s", "unusable_retry_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"bitswap.{name}: must be > 0, got {getattr(self, name)}")
         if self.session_window < 1:
@@ -830,9 +833,25 @@ class Bitswap:
         return False
 
     def _peer_unusable(self, peer: ID) -> None:
-        """We cannot open or write a Bitswap stream to ``peer``: stop using it."""
-        logger.info("bitswap: cannot send to %s; no longer exchanging with it", peer)
+        """We cannot open or write a Bitswap stream to ``peer``: stop using it for
+        ``unusable_retry_s``, then again if it is still connected.
+
+        Dropping it for good wedged two nodes whose connection survived a bad
+        moment (streams reset, a write timed out): each had stopped sending to the
+        other, the connection stayed up so no new "connected" event came, and a
+        pin's fetch asked every peer but its only holder until the end (found by
+        the cluster fault campaign, under connection resets).
+        """
+        logger.info("bitswap: cannot send to %s; retrying in %g s", peer,
+                    self.config.unusable_retry_s)
         self._peer_down(peer)
+        if self._nursery is not None:
+            self._nursery.start_soon(self._retry_peer, peer)
+
+    async def _retry_peer(self, peer: ID) -> None:
+        await trio.sleep(self.config.unusable_retry_s)
+        if peer not in self._outboxes and peer in self._host.connected_peers():
+            self._peer_up(peer)
 
     async def _close_stream(self, box: _Outbox) -> None:
         stream, box.stream = box.stream, None
