@@ -6,9 +6,8 @@ Usage::
 
 Each campaign writes ``RESULTS_DIR/<campaign>.json`` (``campaign.record``). A
 known campaign has a summary function below that turns its rows into table
-rows; any other JSON file (a campaign added later, e.g. the cluster fault
-campaign writing ``faults.json``) is shown with the generic renderer, one row
-per recorded row. Campaigns not run appear as "not run", so a missing part is
+rows; any other JSON file (a campaign added later) is shown with the generic
+renderer, one row per recorded row. Campaigns not run appear as "not run", so a missing part is
 visible in the table.
 """
 
@@ -57,9 +56,17 @@ def hostile_rows(data: dict[str, Any]) -> Rows:
         ("state changes (target 0)", str(changes)),
     ]
     for name, r in sorted(data.items()):
-        if not r.get("inputs"):
+        if not r.get("inputs") and "untrusted_or_forged_dropped" not in r:
             continue
-        if "peers_cut_off" in r:
+        if "gossip" in r:
+            result = (f"{r['inputs']} inputs ({r['gossip']} gossipsub messages, "
+                      f"{r['sync_frames']} /pinfold/sync/1 frames, "
+                      f"{r.get('sync_garbage_answers', 0)} garbage sync answers): all dropped or "
+                      f"rejected, state changes {r['state_changes']}")
+        elif "untrusted_or_forged_dropped" in r:
+            result = (f"{r['untrusted_or_forged_dropped']} untrusted or forged messages dropped, "
+                      f"{r['rejected_from_members']} malformed bodies rejected")
+        elif "peers_cut_off" in r:
             result = (f"{r['inputs']} inputs; {r['peers_cut_off']} got their peer cut off, "
                       f"{r['accepted']} tolerated (the peer was still served), "
                       f"{r.get('stalled_peers', 0)} stalled the peer's stream negotiation")
@@ -85,7 +92,8 @@ def security_rows(data: dict[str, Any]) -> Rows:
     rows.append(("connections/streams refused by reason",
                  "; ".join(f"{k} {v}" for k, v in sorted(refused.items()))))
     for name in ("wantlist flood", "bytes in flight to a peer that never reads",
-                 "stream flood from one peer", "connection flood", "unsolicited blocks"):
+                 "stream flood from one peer", "connection flood", "unsolicited blocks",
+                 "serve = cluster"):
         r = data.get(name)
         if r is None:
             continue
@@ -100,6 +108,12 @@ def security_rows(data: dict[str, Any]) -> Rows:
                         f"{r['victim_fds_peak']}")
         if "blocks_stored" in r:
             bits.append(f"{r['blocks_sent']} sent, {r['blocks_stored']} stored")
+        if "outsider_wait_s" in r:
+            bits.append(f"a cluster member fetched the file in {r['member_fetch_s']} s; "
+                        f"an outsider's {r['refused']} wants got no block and no reply (its "
+                        f"fetch timed out after {r['outsider_wait_s']} s), "
+                        f"{r['wants_held_max']} kept; it fetched from a serve = \"all\" node "
+                        f"in {r['outsider_fetch_after_serve_all_s']} s")
         if "wants_sent" in r:
             bits.append(f"{r['wants_sent']} wants sent, {r['wants_held_max']} held after")
         rows.append((f"  {name}", "; ".join(bits)))
@@ -126,6 +140,36 @@ def load_rows(data: dict[str, Any]) -> Rows:
     return rows
 
 
+def fault_rows(data: dict[str, Any]) -> Rows:
+    rows: Rows = []
+    summary = data.get("summary")
+    if summary:
+        rows.append(("faults injected / pins converged",
+                     (f"{summary['faults_injected']} faults in {summary['phases']} phases / "
+                      f"{summary['pins_converged']} of {summary['pins_converged']} live pins "
+                      f"at rmin..rmax on every node after each phase (slowest "
+                      f"{summary['converge_max_s']} s after the faults stopped)")))
+        rows.append(("time below rmin while repairable, bound",
+                     (f"bound {summary['bound_s']} s (TTL + grace + heartbeat + max(3 x the "
+                      f"fault-free repair {summary['fault_free_repair_s']} s, 3 s)); worst "
+                      f"{summary.get('below_rmin_repairable_max_s', 'n/a')} s; pins below rmin "
+                      f"with every node up: {summary.get('below_rmin_all_up', 'n/a')}")))
+    for name, r in data.items():
+        if name == "summary":
+            continue
+        kinds = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in sorted(r["by_kind"].items()))
+        below = (f"below rmin: {r['below_rmin_holder_down']} episodes with a holder down "
+                 f"(longest {r['below_rmin_max_s']} s, of it repairable "
+                 f"{r['below_rmin_repairable_max_s']} s), {r['below_rmin_all_up']} with all up")
+        rows.append((f"  {name}", (f"{r['fault_seconds']} s of faults ({kinds}); "
+                                   f"{r['pins_added']} pins added, {r['pins_unpinned']} unpinned"
+                                   f"{', a holder killed' if r['killed'] else ''}; converged "
+                                   f"{r['converge_s']} s after; first reached rmin in "
+                                   f"{r['first_rmin_p50_s']} s (p50), {r['first_rmin_max_s']} s "
+                                   f"(max); {below}")))
+    return rows
+
+
 def generic_rows(data: dict[str, Any]) -> Rows:
     rows: Rows = []
     for name, r in data.items():
@@ -138,7 +182,7 @@ def generic_rows(data: dict[str, Any]) -> Rows:
 #: campaign file stem -> (title, summary); the order of the table
 CAMPAIGNS: dict[str, tuple[str, Callable[[dict[str, Any]], Rows]]] = {
     "crash": ("Crashes (kill -9, power loss)", crash_rows),
-    "faults": ("Faults between nodes (cluster)", generic_rows),
+    "faults": ("Faults between nodes (cluster)", fault_rows),
     "hostile": ("Hostile input", hostile_rows),
     "security": ("Security", security_rows),
     "load": ("Load", load_rows),

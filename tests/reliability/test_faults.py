@@ -542,6 +542,8 @@ def test_fault_campaign(campaign: Campaign) -> None:
            pins_converged=sum(r["pins_converged"] for r in results),
            converge_max_s=max(r["converge_s"] for r in results),
            fault_free_repair_s=round(repair_s, 1), bound_s=round(bound_s, 1),
+           below_rmin_all_up=sum(r["below_rmin_all_up"] for r in results),
+           below_rmin_repairable_max_s=max(r["below_rmin_repairable_max_s"] for r in results),
            live_pins_at_end=len(cp.live()))
     assert not failures, "\n".join(failures)
     assert sum(r["faults_injected"] for r in results) > 0, "the proxy injected nothing"
