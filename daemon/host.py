@@ -20,6 +20,7 @@ Identity: ``pinfold.daemon.identity`` reads/writes the key file (libp2p
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import random
@@ -183,6 +184,7 @@ class HostConfig:
     bootstrap_backoff_max_s: float = 60.0  # at most a minute between tries to a lost peer
     bootstrap_check_interval_s: float = 1.0
     max_inbound_streams_per_peer: int = 128  # go-libp2p's per-peer default is 256 (incl. outbound)
+    close_timeout_s: float = 5.0  # a clean close takes ~0.2 s (two 0.1 s sleeps in py-libp2p)
 
     def __post_init__(self) -> None:
         if not self.listen:
@@ -200,6 +202,8 @@ class HostConfig:
             raise ValueError(f"host.max_connections: must be >= 1, got {self.max_connections}")
         if self.dial_timeout_s <= 0:
             raise ValueError(f"host.dial_timeout_s: must be > 0, got {self.dial_timeout_s}")
+        if self.close_timeout_s <= 0:
+            raise ValueError(f"host.close_timeout_s: must be > 0, got {self.close_timeout_s}")
         if self.max_inbound_streams_per_peer < 1:
             raise ValueError("host.max_inbound_streams_per_peer: must be >= 1, "
                              f"got {self.max_inbound_streams_per_peer}")
@@ -470,13 +474,47 @@ class Host:
     async def disconnect(self, peer_id: ID | str) -> bool:
         """Close every connection to ``peer_id``; True if there was one.
 
+        The close runs to its end even when the caller is cancelled meanwhile (it
+        is shielded, for at most ``close_timeout_s``): py-libp2p 0.8.1's
+        ``SwarmConn.close`` marks the connection closed before its first await,
+        and every later close returns at once on that mark. Cancelled anywhere
+        after it, the connection stayed in the swarm for good: still "connected",
+        its new streams no longer accepted (the peer's stream negotiations timed
+        out), and never removed, not even once the peer hung up (found by the live
+        hostile Bitswap campaign: a peer cut off for a malformed message while its
+        other stream's processing cancelled the cut-off). A close that does not
+        finish in time (a peer that stopped reading blocks our goodbyes) is
+        finished by force: sockets closed, connections dropped.
+
         Raises:
             HostError: ``peer_id`` is not a valid peer ID.
         """
         pid = _as_peer_id(peer_id)
-        was = self.is_connected(pid)
-        await self.libp2p.disconnect(pid)
-        return was
+        network = self.libp2p.get_network()
+        conns = list(network.get_connections(pid))
+        with trio.CancelScope(shield=True):
+            with trio.move_on_after(self.config.close_timeout_s) as scope:
+                await self.libp2p.disconnect(pid)
+            if scope.cancelled_caught:
+                logger.info("closing the connection to %s took over %g s; dropping it",
+                            pid, self.config.close_timeout_s)
+                for conn in network.get_connections(pid):  # the close was cut short here
+                    await self._drop(conn)
+        return bool(conns)
+
+    async def _drop(self, conn: INetConn) -> None:
+        """Close ``conn``'s socket and remove it from the swarm, notifying as a close does."""
+        raw = _raw_connection(conn)
+        with contextlib.suppress(OSError, AttributeError):  # closed already, or not TCP
+            raw.stream.stream.socket.close()
+        network = self.libp2p.get_network()
+        network.remove_conn(conn)  # type: ignore[attr-defined]
+        with trio.move_on_after(1.0):
+            try:
+                await network.notify_disconnected(conn)  # type: ignore[attr-defined]
+            except Exception as exc:  # noqa: BLE001 - a notifee's failure is not ours
+                logger.debug("disconnect notification for %s failed: %r",
+                             conn.muxed_conn.peer_id, exc)
 
     def is_connected(self, peer_id: ID) -> bool:
         """True while at least one connection to ``peer_id`` is open."""

@@ -218,6 +218,38 @@ async def test_hostile_peer_is_cut_off_while_a_good_peer_is_served(attack, nurse
         await wait_until(lambda: not victim.host.is_connected(hostile.peer_id), what="ban holds")
 
 
+async def test_a_peer_cut_off_while_its_messages_are_processed_is_disconnected(nursery):
+    """Regression (live hostile Bitswap campaign, ~1.5% of inputs): one stream carries
+    messages with unsolicited blocks (under ``max_bad_blocks``), then a malformed frame.
+    The reader cut the peer off; the processor, seeing the peer gone, cancelled the
+    stream's tasks and with them the disconnect in progress, which left py-libp2p's
+    connection half closed for good: the peer was neither served nor disconnected, its
+    new streams were never negotiated and its connection outlived its hanging up."""
+    junk = tuple(Block(prefix=CidPrefix.of(c), data=d) for c, d in raw_blocks(2, 100, seed=11))
+    hostile_bytes = encode_framed(Message(blocks=junk)) * 2 + b"\x10" + b"\x0b\xff\xff\xff" * 4
+    async with running_nodes(1) as (victim,):
+        for attempt in range(8):  # before the fix, one of the first 3 tries wedged
+            hostile = new_host()
+            scope = trio.CancelScope()
+
+            async def run_hostile(*, task_status=trio.TASK_STATUS_IGNORED, host=hostile,
+                                  scope=scope):
+                with scope:
+                    await host.run(task_status=task_status)
+
+            await nursery.start(run_hostile)
+            stream = await _open_bitswap(hostile, victim)
+            await stream.write(hostile_bytes)
+            await stream.close()
+            await wait_until(lambda h=hostile: not victim.host.is_connected(h.peer_id)
+                             and not h.is_connected(victim.peer_id),
+                             what=f"peer {attempt} cut off on both ends")
+            scope.cancel()
+        stats = victim.bitswap.statistics()
+        assert stats.peers_cut_off == 8 and stats.rejected.get("malformed") == 8
+        assert victim.host.peers() == []
+
+
 async def test_wrong_block_for_a_wanted_cid_is_rejected_and_the_fetch_uses_a_good_peer(nursery):
     """The hostile peer says HAVE and then sends bytes that do not hash to the CID."""
     (cid, data), = raw_blocks(1, 4096, seed=6)

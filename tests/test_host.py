@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import socket
 
@@ -190,3 +192,90 @@ async def test_announce_replaces_the_advertised_addresses(nursery):
                      what="identify to deliver a's addresses")
     with pytest.raises(HostError, match="not-a-multiaddr"):
         HostConfig(listen=LOOPBACK, announce=("not-a-multiaddr",))
+
+
+async def test_a_cancelled_disconnect_still_closes_the_connection(nursery):
+    """Regression (live hostile Bitswap campaign): py-libp2p marks a connection closed
+    before its close's first await; a close cancelled after that left it listed
+    forever, its new streams never negotiated. Cancelled at any point, the disconnect
+    now completes: both ends see it and the peers can connect again."""
+    a, b = new_host(), new_host()
+    await nursery.start(a.run)
+    await nursery.start(b.run)
+    events = a.subscribe()
+    for checkpoints in (0, 1, 2, 3, 5, 8, 13, 21, 34):
+        await b.connect(a.addrs()[0])
+        await wait_until(lambda: a.is_connected(b.peer_id), what="connected")
+        assert (await events.receive()).connected
+
+        async with trio.open_nursery() as inner:
+            inner.start_soon(a.disconnect, b.peer_id)
+            for _ in range(checkpoints):
+                await trio.lowlevel.checkpoint()
+            inner.cancel_scope.cancel()
+        await wait_until(lambda: not a.is_connected(b.peer_id) and not b.is_connected(a.peer_id),
+                         what=f"disconnect cancelled after {checkpoints} checkpoints seen by both")
+        ev = await events.receive()
+        assert (ev.peer_id, ev.connected) == (b.peer_id, False)
+        assert a.peers() == [] and b.peers() == []
+
+
+async def test_a_disconnect_from_a_peer_that_stopped_reading_ends_within_close_timeout(nursery):
+    """Closing writes goodbyes (GO_AWAY, stream resets); to a peer whose socket is not
+    read they block once the TCP buffers are full. After ``close_timeout_s`` the socket
+    is closed and the connection dropped instead."""
+    a, b = new_host(close_timeout_s=1.0), new_host()
+    await nursery.start(a.run)
+    await nursery.start(b.run)
+    events = a.subscribe()
+    a_port = int(a.addrs()[0].split("/tcp/")[1].split("/")[0])
+    stalled = trio.Event()  # set: the relay stops reading what ``a`` sends
+
+    async def relay(client: trio.SocketStream) -> None:
+        upstream = await trio.open_tcp_stream("127.0.0.1", a_port)
+
+        async def pump(src: trio.SocketStream, dst: trio.SocketStream, stalls: bool) -> None:
+            with trio.move_on_after(30):
+                while data := await src.receive_some(65536):
+                    await dst.send_all(data)
+                    if stalls and stalled.is_set():
+                        await trio.sleep_forever()
+
+        async with client, upstream, trio.open_nursery() as n:
+            n.start_soon(pump, client, upstream, False)
+            n.start_soon(pump, upstream, client, True)
+
+    listeners = await nursery.start(functools.partial(trio.serve_tcp, relay, 0, host="127.0.0.1"))
+    relay_port = listeners[0].socket.getsockname()[1]
+    await b.connect(f"/ip4/127.0.0.1/tcp/{relay_port}/p2p/{a.peer_id}")
+    await wait_until(lambda: a.is_connected(b.peer_id), what="connected through the relay")
+    assert (await events.receive()).connected
+
+    async def sink(stream) -> None:  # b takes the data in (Yamux buffers it) and keeps it
+        await trio.sleep_forever()
+
+    b.set_stream_handler("/test/sink/1", sink)
+    # 48 x 256 KiB Yamux windows: far more than the TCP buffers hold
+    streams = [await a.new_stream(b.peer_id, ["/test/sink/1"]) for _ in range(48)]
+    stalled.set()
+    blocked = trio.Event()
+
+    async def write_until_blocked(stream) -> None:
+        with contextlib.suppress(Exception):  # the stream dies with the dropped connection
+            with trio.move_on_after(0.5) as scope:
+                while True:
+                    await stream.write(b"\0" * 65536)
+                    scope.deadline = trio.current_time() + 0.5
+            blocked.set()  # no write completed for 0.5 s: the socket is full
+
+    async with trio.open_nursery() as writers:
+        for stream in streams:
+            writers.start_soon(write_until_blocked, stream)
+        await blocked.wait()
+        start = trio.current_time()
+        assert await a.disconnect(b.peer_id) is True
+        assert trio.current_time() - start < 3
+        assert not a.is_connected(b.peer_id) and a.peers() == []
+        ev = await events.receive()
+        assert (ev.peer_id, ev.connected) == (b.peer_id, False)
+        writers.cancel_scope.cancel()
