@@ -329,6 +329,7 @@ class _Job:
     mode: PinMode
     sources: tuple[str, ...]
     reason: Reason
+    aborted: bool = False  # every source went silent: re-plan rather than wait out the fetch
 
 
 @dataclass(slots=True)
@@ -961,8 +962,29 @@ class Manager:
                 cids |= self._short_cids()
             else:
                 log.info("cluster peer %s is suspect", ev.peer_id)
+            if ev.kind is not HealthEventKind.RECOVERED:
+                self._abort_fetches_from(ev.peer_id)
             self._mark_dirty(cids)
         self._min_avail_cache = None
+
+    def _abort_fetches_from(self, peer_id: str) -> None:
+        """Cancel running fetches whose every source peer has gone silent.
+
+        A fetch waits up to the Bitswap timeout (30 s) for blocks; its sources
+        were the holders alive when it was planned. Behind a partition they stay
+        "connected" but silent, and ``concurrent_pins`` such fetches held every
+        fetch slot while pins that could be repaired from reachable holders
+        waited (found by the cluster fault campaign). The CID is re-planned with
+        the sources alive now.
+        """
+        now = self.now()
+        for cid, scope in list(self._running.items()):
+            job = self._jobs.get(cid)
+            if job is None or job.aborted or peer_id not in job.sources:
+                continue
+            if all(self.health.status(s, now) is not PeerStatus.ALIVE for s in job.sources):
+                job.aborted = True
+                scope.cancel()
 
     def _short_cids(self) -> set[bytes]:
         return {c for c, code in self._cid_info.items() if code & _SHORT_FLAG}
@@ -1264,6 +1286,12 @@ class Manager:
                 error = str(exc) or type(exc).__name__
         self._running.pop(cid, None)
         self._jobs.pop(cid, None)
+        if scope.cancelled_caught and job.aborted:
+            log.info("pinning %s: every source went silent; re-planning it", cid_text(cid))
+            await self._unpin_quietly(cid)
+            self._set_state(cid, PinState.REMOTE)
+            self._mark_dirty([cid])
+            return
         if scope.cancelled_caught:
             # Unpinned while fetching: release anything the fetch may have pinned.
             await self._unpin_quietly(cid)

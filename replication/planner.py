@@ -27,7 +27,9 @@ cannot act; it re-plans its CIDs when it is back).
      Cluster's rmin/rmax hysteresis, ``allocate.go``).
    - More than ``rmax`` kept (a dead peer came back after its copy was
      repaired): the desired holders are the first ``rmax`` of the kept ones,
-     pinned copies first, then by rank. With an availability target the
+     pinned copies first, alive before suspect, then by an *unweighted*
+     rendezvous order of (CID, peer), which no node's view changes (weights
+     do: two holders each sure the other stays would both drop). With an availability target the
      upper bound is one more than the holders the target needs (counting the
      best-estimated ones first), so copies do not pile up to rmax either.
    - Not enough: the kept holders stay and peers are added from the CID's
@@ -70,6 +72,9 @@ from .allocation import (
     Candidate,
     RendezvousAllocator,
     availability,
+    cid_hash64,
+    mix64,
+    peer_seed,
     replicas_for_availability,
 )
 from .errors import InvalidPin
@@ -219,7 +224,18 @@ def _plan_one(cid: bytes, pinset: PinSet, holdings: Holdings, ctx: PlanContext,
         ranking = ctx.allocator.rank(cid, ctx.candidates)
         pos = {c.peer_id: i for i, c in enumerate(ranking)}
         n = len(ranking)
-        keep.sort(key=lambda q: (states[q] is not _PINNED, pos.get(q, n), q))
+        if enough:
+            # Trimming extras: which copies stay must not depend on the view (the
+            # weights -- free bytes, uptime -- differ between nodes, and two
+            # holders each sure the other stays would both drop: found by the
+            # cluster fault campaign after partitions healed). Pinned first, alive
+            # (ranked) before suspect, then an unweighted rendezvous order every
+            # node computes the same.
+            cid_h = cid_hash64(cid)
+            keep.sort(key=lambda q: (states[q] is not _PINNED, q not in pos,
+                                     -mix64(cid_h ^ peer_seed(q)), q))
+        else:
+            keep.sort(key=lambda q: (states[q] is not _PINNED, pos.get(q, n), q))
         if enough and target is not None:
             # Trim to the shortest prefix (in keep order) that meets the target, + 1.
             need = replicas_for_availability([p[q] for q in keep], target, rmin, len(keep))

@@ -335,3 +335,42 @@ async def test_reload_applies_grace_and_concurrency_live(autojump_clock, nursery
     await wait_until(lambda: a.health.status("b", a.now()) is PeerStatus.DEAD, timeout=100)
     # TTL 2 s + the new grace of 30 s (not the 5 s it started with).
     assert 31.0 <= trio.current_time() - stopped <= 33.5
+
+
+async def test_a_fetch_whose_sources_all_went_silent_is_replanned(autojump_clock, nursery) -> None:
+    """A fetch waits for blocks from the holders alive when it was planned; when
+    every one of them goes silent (behind a partition they stay "connected"), the
+    fetch is cancelled and the CID re-planned, instead of holding a fetch slot
+    until the Bitswap timeout (the cluster fault campaign)."""
+
+    class SilentSource(MemoryPins):
+        """Blocks from "a" never arrive; without "a" as a source a fetch takes 1 s."""
+
+        async def pin(self, cid, *, mode, sources):
+            if "a" in sources:
+                self.fetches.append((cid, tuple(sources), trio.current_time()))
+                await trio.sleep_forever()
+            return await super().pin(cid, mode=mode, sources=sources)
+
+    c = Cluster(nursery)
+    await c.start("a")
+    await c.start("c")
+    await trio.sleep(3)
+    x = cid_of(7)
+    await c.managers["a"].pin_add(x, rmin=2, rmax=2)
+    await wait_until(lambda: c.pinned_by(x) == {"a", "c"}, what="a and c hold x")
+    b_pins = SilentSource(fetch_s=1.0)
+    await c.start("b", pins=b_pins)
+    # (b, joining, may copy x before it hears who holds it; the extra copy goes)
+    await trio.sleep(3)
+    await wait_until(lambda: c.pinned_by(x) == {"a", "c"}, what="x back on a and c only")
+    b_pins.fetches.clear()
+    c.stop("c")  # c dies: b is allocated x and fetches it from a ...
+    await wait_until(lambda: any(f[0] == x for f in b_pins.fetches), what="b fetching x from a")
+    assert b_pins.fetches[-1][1] == ("a",), b_pins.fetches
+    c.stop("a")  # ... which goes silent too
+    silent_at = trio.current_time()
+    await wait_until(lambda: c.managers["b"].local_state(x) is PinState.PINNED, timeout=60,
+                     what="b to re-plan x without the silent source")
+    # aborted when a turned suspect (TTL 2 s), then fetched in 1 s
+    assert trio.current_time() - silent_at < 10

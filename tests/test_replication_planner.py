@@ -465,3 +465,27 @@ def test_replanning_after_the_actions_ran_yields_nothing(world) -> None:
             assert reached or len(alive_holders) == min(pin.rmax, len(alive))
         if not suspect_holders:
             assert len(alive_holders) <= pin.rmax
+
+
+def test_trimming_extras_does_not_depend_on_the_view_weights() -> None:
+    """Two holders whose views weigh peers differently (a capacity change not yet
+    heard everywhere) must not both drop their copy of an over-replicated pin."""
+    c = cid(41)
+    peers = ["peer-0", "peer-1", "peer-2"]
+
+    def view(capacity: dict[str, int]) -> HealthView:
+        v = HealthView(CFG)
+        for p in peers:
+            v.observe(Heartbeat(peer_id=p, capacity_bytes=capacity[p], free_bytes=capacity[p]),
+                      seen_at(PeerStatus.ALIVE))
+        return v
+
+    ps = pinset_of(Pin(cid=c, rmin=1, rmax=1))
+    held = holdings_of({c: {"peer-0": PinState.PINNED, "peer-1": PinState.PINNED}})
+    for small, big in ((1, 1000), (1000, 1)):
+        v0 = view({"peer-0": small * GIB, "peer-1": big * GIB, "peer-2": GIB})
+        v1 = view({"peer-0": big * GIB, "peer-1": small * GIB, "peer-2": GIB})
+        drops = [a.peer_id for me, v in (("peer-0", v0), ("peer-1", v1))
+                 for a in plan(ps, held, v, Policy(self_peer_id=me), NOW)
+                 if isinstance(a, UnpinAction)]
+        assert len(drops) == 1, drops
