@@ -163,6 +163,10 @@ def fault_rows(data: dict[str, Any]) -> Rows:
                  f"{r['below_rmin_repairable_max_s']} s), {r['below_rmin_all_up']} with all up")
         rows.append((f"  {name}", (f"{r['fault_seconds']} s of faults ({kinds}); "
                                    f"{r['pins_added']} pins added, {r['pins_unpinned']} unpinned"
+                                   + (f", {r['pins_refused_too_few_live_peers']} refused by a "
+                                      "node that saw fewer live peers than rmin"
+                                      if r.get("pins_refused_too_few_live_peers") else "")
+                                   + 
                                    f"{', a holder killed' if r['killed'] else ''}; converged "
                                    f"{r['converge_s']} s after; first reached rmin in "
                                    f"{r['first_rmin_p50_s']} s (p50), {r['first_rmin_max_s']} s "

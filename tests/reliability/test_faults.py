@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pinfold.daemon.rpcwire import RpcError
 
 from tests import faultnet
 from tests.harness import DaemonProcess, wait_for
@@ -78,6 +79,7 @@ class PinRecord:
     cid: str
     added_at: float
     rmax: int
+    origin: int
     removed_at: float | None = None
 
 
@@ -104,6 +106,7 @@ class Campaign:
     partitions: list[tuple[float, float | None, frozenset[int]]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     stop: threading.Event = field(default_factory=threading.Event)
+    refused: int = 0
     _n_files: int = 0
 
     # ------------------------------------------------------------ observation
@@ -142,7 +145,10 @@ class Campaign:
     def up_nodes(self) -> list[int]:
         return [i for i in range(N) if i not in self.down]
 
-    def add_pin(self, i: int | None = None) -> str:
+    def add_pin(self, i: int | None = None) -> str | None:
+        """Add a file on node ``i`` (random) and pin it; None when the node refused
+        the pin because it sees fewer live peers than rmin (a node cut off alone,
+        as IPFS Cluster refuses a pin it cannot allocate)."""
         i = self.rng.choice(self.up_nodes()) if i is None else i
         self._n_files += 1
         size = self.rng.randrange(16 * 1024, 384 * 1024)
@@ -150,17 +156,25 @@ class Campaign:
         rmax = self.rng.choice((RMIN, RMAX))  # some pins have no spare copy
         with self.nodes[i].client() as c:
             cid = c.add(data)
-            c.pin(cid, rmin=RMIN, rmax=rmax)
-        self.pins[cid] = PinRecord(cid, time.monotonic(), rmax)
+            try:
+                c.pin(cid, rmin=RMIN, rmax=rmax)
+            except RpcError as exc:
+                if "could never be healthy" not in str(exc):
+                    raise
+                self.refused += 1
+                return None
+        self.pins[cid] = PinRecord(cid, time.monotonic(), rmax, i)
         return cid
 
-    def unpin(self, i: int | None = None) -> str | None:
-        live = sorted(self.live())
+    def unpin(self) -> str | None:
+        """Unpin a random live pin through the node that pinned it (during a
+        partition the other side may not know it yet: ``not in the pinset``)."""
+        up = set(self.up_nodes())
+        live = sorted(c for c in self.live() if self.pins[c].origin in up)
         if not live:
             return None
         cid = self.rng.choice(live)
-        i = self.rng.choice(self.up_nodes()) if i is None else i
-        with self.nodes[i].client() as c:
+        with self.nodes[self.pins[cid].origin].client() as c:
             c.unpin(cid)
         self.pins[cid].removed_at = time.monotonic()
         return cid
@@ -421,6 +435,7 @@ def run_phase(cp: Campaign, phase: Phase, fault_s: float) -> dict[str, Any]:
     else:
         cp.net.set_faults("all", **phase.faults)
     killed: int | None = None
+    refused_before = cp.refused
     end = time.monotonic() + fault_s
     added = unpinned = 0
     while time.monotonic() < end:
@@ -429,8 +444,7 @@ def run_phase(cp: Campaign, phase: Phase, fault_s: float) -> dict[str, Any]:
             if killed is not None:
                 cp.kill(killed)
         try:
-            cp.add_pin()
-            added += 1
+            added += cp.add_pin() is not None
             if rng.random() < 0.4 and unpin_ok(cp):
                 cp.unpin()
                 unpinned += 1
@@ -452,7 +466,8 @@ def run_phase(cp: Campaign, phase: Phase, fault_s: float) -> dict[str, Any]:
     initial, episodes = cp.episodes(t0, t1)
     return {"phase": phase.name, "fault_seconds": round(fault_end - t0, 1),
             "faults_injected": sum(faults.values()), "by_kind": dict(faults),
-            "pins_added": added, "pins_unpinned": unpinned, "killed": killed is not None, "killed_node": killed,
+            "pins_added": added, "pins_unpinned": unpinned,
+            "pins_refused_too_few_live_peers": cp.refused - refused_before, "killed": killed is not None, "killed_node": killed,
             "partition_side": sorted(side), "converge_s": round(converge_s, 1), "pins_converged": live,
             "first_rmin_p50_s": _pct(initial, 0.5), "first_rmin_max_s": _pct(initial, 1.0),
             "episodes": episodes}
@@ -523,7 +538,9 @@ def test_fault_campaign(campaign: Campaign) -> None:
             max((e.repairable_s for e in down_eps), default=0.0), 1)
         if up_eps:
             failures.append(f"{res['phase']}: {len(up_eps)} pins fell below rmin with every "
-                            f"node up: {[(e.cid[:16], round(e.seconds, 1)) for e in up_eps]}")
+                            f"node up: {[(e.cid[:16], round(e.seconds, 1)) for e in up_eps]}; "
+                            f"(seconds into the phase, holders up, repairable): "
+                            f"{[e.trace for e in up_eps[:3]]}")
         long_eps = [e for e in down_eps if e.repairable_s > bound_s]
         if long_eps:
             failures.append(f"{res['phase']}: below rmin while repairable for longer than the "
