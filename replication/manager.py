@@ -1198,6 +1198,11 @@ class Manager:
         rec = self.local.get(cid)
         if rec is not None and rec.retry_at is not None and rec.retry_at > self.now():
             return
+        if a.reason is Reason.REPAIR and not a.sources:
+            # Its holders are all silent: a fetch could only wait out the Bitswap
+            # timeout in a fetch slot that a repairable pin needs (found by the
+            # cluster fault campaign). A holder coming back re-plans the CID.
+            return
         self._jobs[cid] = _Job(mode=a.mode, sources=a.sources, reason=a.reason)
         if a.reason is Reason.REPAIR:
             self._counters.repairs["started"] += 1

@@ -88,6 +88,7 @@ class Sample:
     at: float
     up: frozenset[int]
     pinned: dict[int, frozenset[str]]
+    complete: bool = True  # every node not known to be down answered
 
     def holders(self, cid: str) -> int:
         return sum(1 for i in self.up if cid in self.pinned.get(i, frozenset()))
@@ -127,8 +128,11 @@ class Campaign:
             if got is not None:
                 pinned[i] = got
         with self.lock:  # a node killed while we read it does not count as up
-            up = frozenset(i for i in up if i not in self.down and i in pinned)
-        return Sample(time.monotonic(), up, pinned)
+            alive = frozenset(i for i in up if i not in self.down)
+        # A running node that did not answer (busy starting, a slow RPC) is not
+        # known to hold nothing: such a sample does not count for episodes.
+        return Sample(time.monotonic(), alive & frozenset(pinned), pinned,
+                      complete=alive <= frozenset(pinned))
 
     def sampler(self) -> None:
         while not self.stop.is_set():
@@ -284,7 +288,7 @@ class Campaign:
         """First-replication times of pins added in [since, until), and every
         below-rmin episode there."""
         with self.lock:
-            samples = [s for s in self.samples if since <= s.at <= until]
+            samples = [s for s in self.samples if since <= s.at <= until and s.complete]
             downs = list(self.down_intervals)
         initial: list[float] = []
         out: list[Episode] = []
