@@ -150,17 +150,19 @@ def fault_rows(data: dict[str, Any]) -> Rows:
                       f"at rmin..rmax on every node after each phase (slowest "
                       f"{summary['converge_max_s']} s after the faults stopped)")))
         rows.append(("time below rmin while repairable, bound",
-                     (f"bound {summary['bound_s']} s (TTL + grace + heartbeat + max(3 x the "
-                      f"fault-free repair {summary['fault_free_repair_s']} s, 3 s)); worst "
-                      f"{summary.get('below_rmin_repairable_max_s', 'n/a')} s; pins below rmin "
-                      f"with every node up: {summary.get('below_rmin_all_up', 'n/a')}")))
+                     (f"bound {summary['bound_min_s']}-{summary['bound_max_s']} s by phase (TTL "
+                      f"+ grace + heartbeat + max(3 x fault-free repair "
+                      f"{summary['fault_free_repair_s']} s x the phase's placement slowdown, "
+                      f"3 s)); worst {summary['below_rmin_repairable_max_s']} s; pins below "
+                      f"rmin with every node up: {summary['below_rmin_all_up']}")))
     for name, r in data.items():
         if name == "summary":
             continue
         kinds = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in sorted(r["by_kind"].items()))
         below = (f"below rmin: {r['below_rmin_holder_down']} episodes with a holder down "
                  f"(longest {r['below_rmin_max_s']} s, of it repairable "
-                 f"{r['below_rmin_repairable_max_s']} s), {r['below_rmin_all_up']} with all up")
+                 f"{r['below_rmin_repairable_max_s']} s; bound {r.get('bound_s')} s), "
+                 f"{r['below_rmin_all_up']} with all up")
         rows.append((f"  {name}", (f"{r['fault_seconds']} s of faults ({kinds}); "
                                    f"{r['pins_added']} pins added, {r['pins_unpinned']} unpinned"
                                    + (f", {r['pins_refused_too_few_live_peers']} refused by a "
