@@ -64,8 +64,8 @@ def hostile_rows(data: dict[str, Any]) -> Rows:
                       f"{r.get('sync_garbage_answers', 0)} garbage sync answers): all dropped or "
                       f"rejected, state changes {r['state_changes']}")
         elif "untrusted_or_forged_dropped" in r:
-            result = (f"{r['untrusted_or_forged_dropped']} untrusted or forged messages dropped, "
-                      f"{r['rejected_from_members']} malformed bodies rejected")
+            result = (f"{int(r['untrusted_or_forged_dropped'])} untrusted or forged messages "
+                      f"dropped, {int(r['rejected_from_members'])} malformed bodies rejected")
         elif "peers_cut_off" in r:
             result = (f"{r['inputs']} inputs; {r['peers_cut_off']} got their peer cut off, "
                       f"{r['accepted']} tolerated (the peer was still served), "
