@@ -390,8 +390,8 @@ class Host:
         each ends in ``/p2p/<our peer ID>``."""
         if not self.config.announce:
             return self.addrs()
-        suffix = f"/p2p/{self.peer_id}"
-        return [a if "/p2p/" in a else a + suffix for a in self.config.announce]
+        suffix = f"/p2p/{self.peer_id}"  # ours, whatever /p2p/ part the config had
+        return [str(_strip_p2p(a)) + suffix for a in self.config.announce]
 
     # ------------------------------------------------------------ service
 
