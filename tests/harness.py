@@ -62,6 +62,19 @@ def wait_for(predicate: Callable[[], T], *, timeout: float = 30.0, interval: flo
         time.sleep(interval)
 
 
+def metric(daemon: DaemonProcess, name: str, **labels: str) -> float:
+    """Sum of the samples ``name`` (with these label values) on ``daemon``'s /metrics."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with daemon.client() as c:
+        addr = c.id()["metrics"]
+    text = urllib.request.urlopen(f"http://{addr}/metrics", timeout=10).read().decode()
+    return sum(s.value for fam in text_string_to_metric_families(text) for s in fam.samples
+               if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
+
+
 def run_cli(home: Path, *args: str, input: bytes | None = None, check: bool = True,
             timeout: float = 120) -> subprocess.CompletedProcess[bytes]:
     """Run ``pinfold --home HOME ARGS...`` as a subprocess."""

@@ -20,7 +20,6 @@ import random
 import subprocess
 import sys
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,9 +28,9 @@ import pytest
 from pinfold.config import load, render, replace
 from pinfold.daemon.home import Home
 from pinfold.daemon.identity import load_identity, peer_id_of
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.harness import DaemonProcess, cli_json, wait_for
+from tests.harness import metric as harness_metric
 
 ROOT = Path(__file__).resolve().parents[1]
 GRACE_S = 3.0
@@ -84,15 +83,7 @@ def pinned_on(cl: Cluster, cid: str) -> set[str]:
 
 
 def metric(d: DaemonProcess, name: str, labels: dict[str, str] | None = None) -> float:
-    with d.client() as c:
-        addr = c.id()["metrics"]
-    text = urllib.request.urlopen(f"http://{addr}/metrics", timeout=10).read().decode()
-    total = 0.0
-    for fam in text_string_to_metric_families(text):
-        for s in fam.samples:
-            if s.name == name and all(s.labels.get(k) == v for k, v in (labels or {}).items()):
-                total += s.value
-    return total
+    return harness_metric(d, name, **(labels or {}))
 
 
 @pytest.fixture(scope="module")

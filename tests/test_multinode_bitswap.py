@@ -4,31 +4,17 @@ from __future__ import annotations
 
 import random
 import threading
-import urllib.request
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from tests.harness import DaemonProcess, wait_for
+from tests.harness import DaemonProcess, metric, wait_for
 
 MiB = 1024 * 1024
 
 
 def _rand(n: int, seed: int) -> bytes:
     return random.Random(seed).randbytes(n)
-
-
-def _metric(d: DaemonProcess, name: str) -> float:
-    with d.client() as c:
-        addr = c.id()["metrics"]
-    text = urllib.request.urlopen(f"http://{addr}/metrics", timeout=10).read().decode()
-    total = 0.0
-    for fam in text_string_to_metric_families(text):
-        for s in fam.samples:
-            if s.name == name:
-                total += s.value
-    return total
 
 
 def _connect(a: DaemonProcess, b: DaemonProcess) -> None:
@@ -65,8 +51,8 @@ def test_fetch_64mib_between_daemons(nodes) -> None:
         assert pin["cid"] == cid
         assert b"".join(cb.cat(cid)) == data
         assert cb.repo_verify()["corrupt"] == []
-    assert _metric(a, "pinfold_bitswap_blocks_sent_total") >= 64
-    assert _metric(b, "pinfold_bitswap_blocks_received_total") >= 64
+    assert metric(a, "pinfold_bitswap_blocks_sent_total") >= 64
+    assert metric(b, "pinfold_bitswap_blocks_received_total") >= 64
 
 
 def test_three_holders_serve_one_fetcher(nodes) -> None:
@@ -82,7 +68,7 @@ def test_three_holders_serve_one_fetcher(nodes) -> None:
     with fetcher.client() as c:
         c.pin(cid)
         assert b"".join(c.cat(cid)) == data
-    sent = [_metric(h, "pinfold_bitswap_blocks_sent_total") for h in holders]
+    sent = [metric(h, "pinfold_bitswap_blocks_sent_total") for h in holders]
     assert all(s > 0 for s in sent), f"blocks sent per holder: {sent}"
     assert sum(sent) >= 49
 

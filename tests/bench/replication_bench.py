@@ -28,16 +28,14 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from pinfold.config import load, render, replace
-from prometheus_client.parser import text_string_to_metric_families
 
-from tests.harness import PYTHON, DaemonProcess, cli_json, wait_for
+from tests.harness import PYTHON, DaemonProcess, cli_json, metric, wait_for
 
 MiB = 1024 * 1024
 GRACE_S = 3.0
@@ -45,14 +43,6 @@ TTL_S = 1.0
 
 
 # ------------------------------------------------------------------ repair
-
-
-def _metric(d: DaemonProcess, name: str) -> float:
-    with d.client() as c:
-        addr = c.id()["metrics"]
-    text = urllib.request.urlopen(f"http://{addr}/metrics", timeout=10).read().decode()
-    return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
-               if s.name == name)
 
 
 def _status(d: DaemonProcess) -> dict:
@@ -109,9 +99,9 @@ def repair_bench(total_mib: int, pins: int = 200) -> Iterator[tuple[str, ...]]:
             needed = sum(c.status(cid).get("size_bytes", 0) or 0 for cid in lost)
         if not needed:  # size_bytes comes from the origin copy; fall back to the file sizes
             needed = len(lost) * size
-        recv0 = {d.name: _metric(d, "pinfold_bitswap_received_bytes_total") for d in survivors}
-        fetch0 = {d.name: _metric(d, "pinfold_replication_fetched_bytes_total") for d in survivors}
-        dup0 = {d.name: _metric(d, "pinfold_bitswap_duplicate_blocks_total") for d in survivors}
+        recv0 = {d.name: metric(d, "pinfold_bitswap_received_bytes_total") for d in survivors}
+        fetch0 = {d.name: metric(d, "pinfold_replication_fetched_bytes_total") for d in survivors}
+        dup0 = {d.name: metric(d, "pinfold_bitswap_duplicate_blocks_total") for d in survivors}
         killed = time.perf_counter()
         victim.kill9()
         wait_for(lambda: _status(observer)["under_replicated"] > 0, timeout=30, interval=0.1,
@@ -121,11 +111,11 @@ def repair_bench(total_mib: int, pins: int = 200) -> Iterator[tuple[str, ...]]:
         took = time.perf_counter() - killed
         after_grace = took - TTL_S - GRACE_S
         time.sleep(1.5)  # metrics are the managers' snapshots at their last heartbeat
-        recv = sum(_metric(d, "pinfold_bitswap_received_bytes_total") - recv0[d.name]
+        recv = sum(metric(d, "pinfold_bitswap_received_bytes_total") - recv0[d.name]
                    for d in survivors)
-        fetched = sum(_metric(d, "pinfold_replication_fetched_bytes_total") - fetch0[d.name]
+        fetched = sum(metric(d, "pinfold_replication_fetched_bytes_total") - fetch0[d.name]
                       for d in survivors)
-        dups = sum(_metric(d, "pinfold_bitswap_duplicate_blocks_total") - dup0[d.name]
+        dups = sum(metric(d, "pinfold_bitswap_duplicate_blocks_total") - dup0[d.name]
                    for d in survivors)
         yield ("repair: kill -9 one holder", f"{len(lost)} copies lost ({needed / MiB:.0f} MiB)",
                f"{took:.1f} s from the kill", (f"{after_grace:.1f} s after TTL+grace "

@@ -56,7 +56,7 @@ from pinfold.daemon.rpcwire import RpcError
 
 from tests import faultnet
 from tests.harness import DaemonProcess, wait_for
-from tests.reliability.campaign import configured, pick, record, seed
+from tests.reliability.campaign import configured, percentile, pick, record, seed
 
 WHY_NOT = faultnet.available()
 pytestmark = pytest.mark.skipif(WHY_NOT is not None, reason=f"no network namespaces: {WHY_NOT}")
@@ -487,10 +487,7 @@ def unpin_ok(cp: Campaign) -> bool:
 
 
 def _pct(values: list[float], q: float) -> float:
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 2)
+    return round(percentile(values, q), 2)
 
 
 def measure_repair(cp: Campaign) -> float:

@@ -25,7 +25,6 @@ import socket
 import stat
 import subprocess
 import sys
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -53,10 +52,9 @@ from pinfold.daemon.bitswap.message import (
     encode_framed,
 )
 from pinfold.daemon.host import Host, HostConfig
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.bitswap_support import DictStore, new_host
-from tests.harness import DaemonProcess
+from tests.harness import DaemonProcess, metric
 from tests.reliability.campaign import (
     Content,
     KiB,
@@ -341,7 +339,7 @@ async def test_a_wantlist_flood_is_bounded_and_good_peers_are_served(
     await nursery.start(good.run)
     await good.host.connect(addr)
     seconds = await _fetch_all(good, content)
-    held = _metric(daemon, "pinfold_bitswap_wantlist_entries", side="peers")
+    held = metric(daemon, "pinfold_bitswap_wantlist_entries", side="peers")
     assert held <= 2000 + 1000, held  # the per-peer bound (one message of slack)
     growth = rss_bytes(daemon.pid) - rss_before
     record("security", "wantlist flood", wants_sent=wants, wants_held_max=int(held),
@@ -420,7 +418,7 @@ async def test_a_stream_flood_from_one_peer_is_refused_while_others_are_served(
     with trio.fail_after(20):
         await good.host.connect(addr)
     seconds = await _fetch_all(good, content)
-    stats = _metric(daemon, "pinfold_libp2p_peers_connected")
+    stats = metric(daemon, "pinfold_libp2p_peers_connected")
     record("security", "stream flood from one peer", attempts=opened + refused,
            streams_opened=opened, refused={"streams over 128 per peer": refused},
            good_peer_fetch_s=round(seconds, 2), peers_connected=int(stats))
@@ -501,15 +499,3 @@ def _closed_by_peer(s: socket.socket) -> bool:
         return False  # still open (held by the victim or waiting in its accept queue)
     except OSError:
         return True  # reset
-
-
-def _metric(daemon: DaemonProcess, name: str, **labels: str) -> float:
-    with daemon.client() as c:
-        where = c.id()["metrics"]
-    text = urllib.request.urlopen(f"http://{where}/metrics", timeout=10).read().decode()
-    total = 0.0
-    for fam in text_string_to_metric_families(text):
-        for sample in fam.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                total += sample.value
-    return total

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import random
 import signal
-import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -25,27 +24,14 @@ import trio
 from pinfold.blockstore.unixfs import ImportParams, import_bytes
 from pinfold.config import loader
 from pinfold.daemon.bitswap import Bitswap, FetchTimeout
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.bitswap_support import DictStore, new_host
-from tests.harness import DaemonProcess, wait_for
+from tests.harness import DaemonProcess, metric, wait_for
 from tests.reliability.campaign import MiB, configured, record
 
 CLUSTER = {"name": "private"}
 REPLICATION = {"heartbeat_interval_s": 0.5}
 FILE_BYTES = 3 * MiB + 12345  # four 1 MiB leaves and a root
-
-
-def _metric(d: DaemonProcess, name: str, **labels: str) -> float:
-    with d.client() as c:
-        addr = c.id()["metrics"]
-    text = urllib.request.urlopen(f"http://{addr}/metrics", timeout=10).read().decode()
-    total = 0.0
-    for fam in text_string_to_metric_families(text):
-        for s in fam.samples:
-            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
-                total += s.value
-    return total
 
 
 def _members(d: DaemonProcess) -> set[str]:
@@ -107,7 +93,7 @@ async def _poll(predicate: Any, *, timeout_s: float, what: str) -> Any:
 
 
 def _total(daemons: list[DaemonProcess], name: str, **labels: str) -> int:
-    return int(sum(_metric(d, name, **labels) for d in daemons))
+    return int(sum(metric(d, name, **labels) for d in daemons))
 
 
 async def test_only_cluster_members_fetch_and_outsiders_get_nothing(
@@ -146,7 +132,7 @@ async def test_only_cluster_members_fetch_and_outsiders_get_nothing(
     nursery.start_soon(fetch_refused)
     # Every CID was wanted from each daemon, and each refused it.
     for d in (a, b):
-        await _poll(lambda d=d: _metric(d, "pinfold_bitswap_refused_wants_total") >= len(cids),
+        await _poll(lambda d=d: metric(d, "pinfold_bitswap_refused_wants_total") >= len(cids),
                     timeout_s=20, what=f"daemon {d.name} to refuse the outsider's wants")
     held = _total([a, b], "pinfold_bitswap_wantlist_entries", side="peers")
     assert held == 0  # none of the outsider's wants is kept
