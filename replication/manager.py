@@ -411,6 +411,11 @@ class Manager:
         self._published_version = 0
         self._flush_event = trio.Event()
         self._flush_done = trio.Event()
+        # Each peer's states log as its last heartbeat advertised it (this run), and
+        # the peers whose reports we have applied up to that point: only their
+        # "pinned" lets this node drop an extra copy (planner, "current").
+        self._advertised: dict[str, tuple[int, int]] = {}
+        self._current: set[str] = set()
         self._sync_wanted: dict[str, float] = {}
         self._syncing: set[str] = set()
         self._last_sync: dict[str, float] = {}
@@ -509,10 +514,12 @@ class Manager:
                 self._queue.append(cid)
             if state is PinState.PIN_ERROR and rec.retry_at is not None:
                 heapq.heappush(self._retry_heap, (rec.retry_at, cid))
-        epoch = loaded.meta_int(b"epoch")
-        if not epoch:
-            epoch = max(1, int(self.now() * 1000))
-            self._pending.meta[b"epoch"] = int_bytes(epoch)
+        # Every start opens a new epoch of our states log: peers pull a reset of
+        # the restored states. Reusing the epoch let a peer keep changes it had
+        # pulled before the crash but we had not persisted (and the restore's own
+        # rewrites, pinning -> queued, unpinning -> pinned) as our current states.
+        epoch = max(loaded.meta_int(b"epoch") + 1, int(self.now() * 1000))
+        self._pending.meta[b"epoch"] = int_bytes(epoch)
         self.own = OwnStates(self.peer_id, self.holdings, epoch=epoch,
                              version=loaded.meta_int(b"version"))
         self._published_version = self.own.version
@@ -846,7 +853,9 @@ class Manager:
         self._on_health_events(events)
         digest, count = self.pinset.summary(0, 0)
         pins_differ = (digest, count) != (beat.pinset_digest, beat.pinset_count)
+        self._advertised[peer_id] = (beat.states_epoch, beat.states_version)
         states_behind = self.peers.needs_pull(peer_id, beat.states_epoch, beat.states_version)
+        self._check_current(peer_id)
         if pins_differ or states_behind:
             self._want_sync(peer_id, immediate=False)
         else:
@@ -898,7 +907,23 @@ class Manager:
             self._pending.meta[known_key(owner)] = known_value(*k)
         self._flush_event.set()
         self._mark_dirty(changed)
+        self._check_current(owner)
         return True
+
+    def _check_current(self, peer_id: str) -> None:
+        """Track whether ``peer_id``'s reported states are up to date: applied at
+        least up to what its last heartbeat (since we started) advertised. A peer
+        turning current re-plans its CIDs (a drop of an extra copy may have waited
+        for it)."""
+        adv = self._advertised.get(peer_id)
+        k = self.peers.known(peer_id)
+        now_current = (adv is not None and k is not None and k[0] == adv[0]
+                       and k[1] >= adv[1] and not self.peers.resuming(peer_id))
+        if now_current and peer_id not in self._current:
+            self._current.add(peer_id)
+            self._mark_dirty(self.holdings.cids_of(peer_id))
+        elif not now_current:
+            self._current.discard(peer_id)
 
     # ------------------------------------------------------------------ health
 
@@ -1049,7 +1074,7 @@ class Manager:
 
     def _plan_chunk(self, cids: list[bytes]) -> list[Any]:
         now = self.now()
-        ctx = PlanContext(self.health, now)
+        ctx = PlanContext(self.health, now, current=self._current)
         actions = plan_cids(cids, self.pinset, self.holdings, self.health, self.policy, now,
                             context=ctx)
         c = self._counters
@@ -1236,6 +1261,9 @@ class Manager:
                 scope.cancel()  # the worker releases whatever was pinned
             return
         if st is PinState.PINNED:
+            log.info("releasing %s (%s): holders %s", cid_text(cid), a.reason.value,
+                     " ".join(f"{q[-6:]}={s.value}" for q, s in
+                              sorted(self.holdings.states(cid).items())))
             self._set_state(cid, PinState.UNPINNING)
             assert self._nursery is not None
             self._nursery.start_soon(self._unpin, cid)

@@ -46,7 +46,13 @@ cannot act; it re-plans its CIDs when it is back).
    releases its copy - at once if it is not pinned (queued, pinning,
    pin_error), and a pinned one only once every desired holder reports
    ``pinned`` and at least ``rmin`` of them are alive, so a drop never leaves
-   fewer than rmin healthy copies.
+   fewer than rmin healthy copies. When the context says which peers' reports
+   are *current* (``PlanContext.current``: the node has applied every state
+   change the peer's last heartbeat advertised), a pinned copy is dropped only
+   if every other desired holder is current: a node just restarted knows the
+   others' states as they were before it stopped, and dropping on that stale
+   view left pins at one copy with every node up (found by the cluster fault
+   campaign).
    If fewer than rmin holders (or not the target) can be had, the closest alive
    peer reports it (``ReportAction``); only one peer acts on a CID's repair
    alerts, so there is no thundering herd (IPFS Cluster ``isClosest``).
@@ -146,12 +152,16 @@ class PlanContext:
         candidates: alive peers with a known capacity > 0, as ``Candidate``s
             (built on first use: a plan in steady state never ranks).
         allocator: ranks candidates per CID.
+        current: peers whose reported pin states are known to be up to date
+            (None: trust every report, as the simulator and tests do).
     """
 
-    __slots__ = ("_candidates", "_info", "allocator", "now", "p", "status")
+    __slots__ = ("_candidates", "_info", "allocator", "current", "now", "p", "status")
 
-    def __init__(self, health: HealthView, now: float, allocator: Allocator | None = None) -> None:
+    def __init__(self, health: HealthView, now: float, allocator: Allocator | None = None,
+                 current: frozenset[str] | set[str] | None = None) -> None:
         self.now = now
+        self.current = current
         self.status, self.p, self._info = health.snapshot(now)
         self._candidates: list[Candidate] | None = None
         self.allocator: Allocator = allocator or RendezvousAllocator()
@@ -280,7 +290,11 @@ def _plan_one(cid: bytes, pinset: PinSet, holdings: Holdings, ctx: PlanContext,
                 if ready is None:
                     # Every desired holder reports pinned, and at least rmin of
                     # them are alive: dropping extras leaves >= rmin healthy.
-                    ready = all(states.get(d) is _PINNED for d in desired) and sum(
+                    # With ``ctx.current``: each other desired holder's report is
+                    # current (a stale "pinned" may be a copy already gone).
+                    cur = ctx.current
+                    ready = all(states.get(d) is _PINNED and (
+                        cur is None or d == me or d in cur) for d in desired) and sum(
                         1 for d in desired if status.get(d) is _ALIVE) >= rmin
                 if not ready:
                     continue

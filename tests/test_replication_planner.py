@@ -20,7 +20,14 @@ from pinfold.replication.errors import InvalidPeerID
 from pinfold.replication.health import HealthConfig, HealthView
 from pinfold.replication.holdings import ACTIVE_STATES, Holdings
 from pinfold.replication.pinset import PinSet
-from pinfold.replication.planner import Policy, affected_cids, pin_status, plan, plan_cids
+from pinfold.replication.planner import (
+    PlanContext,
+    Policy,
+    affected_cids,
+    pin_status,
+    plan,
+    plan_cids,
+)
 from pinfold.replication.types import (
     Action,
     ExpireAction,
@@ -156,6 +163,36 @@ def test_an_extra_copy_is_dropped_only_after_the_desired_holders_are_pinned() ->
     trim = {order[0]: PinState.PINNED, order[1]: PinState.PINNED, order[2]: PinState.PINNED}
     acts = plan(target, holdings_of({c: trim}), health(ALIVE5), EVERYONE, NOW)
     assert sorted(kinds(acts)) == [("ReportAction", order[0]), ("UnpinAction", order[2])]
+
+
+def test_an_extra_copy_is_not_dropped_on_stale_reports() -> None:
+    """A node just restarted knows the others' states from before it stopped: the
+    copy it would drop for a holder that reports "pinned" may be gone already (the
+    cluster fault campaign saw pins at one copy with every node up). It drops only
+    once every other desired holder's report is current."""
+    c = cid(42)
+    ps = pinset_of(Pin(cid=c, rmin=2, rmax=2))
+    states = {p: PinState.PINNED for p in ("peer-0", "peer-1", "peer-2")}
+    held = holdings_of({c: states})
+    view = health({p: PeerStatus.ALIVE for p in states})
+    (drop,) = [a for a in plan(ps, held, view, EVERYONE, NOW) if isinstance(a, UnpinAction)]
+    me = drop.peer_id
+    others = sorted(set(states) - {me})
+    mine = Policy(self_peer_id=me)
+
+    def drops(current: set[str] | None) -> list[str]:
+        ctx = PlanContext(view, NOW, current=current)
+        return [a.peer_id for a in plan_cids([c], ps, held, view, mine, NOW, context=ctx)
+                if isinstance(a, UnpinAction)]
+
+    assert drops(None) == [me]  # no currency tracking: every report is trusted
+    assert drops(set()) == []
+    assert drops({others[0]}) == []  # one desired holder's report is stale
+    assert drops(set(others)) == [me]
+    # The other holders, whose own copies are desired, act the same either way.
+    for q in others:
+        ctx = PlanContext(view, NOW, current=set())
+        assert plan_cids([c], ps, held, view, Policy(self_peer_id=q), NOW, context=ctx) == []
 
 
 def test_pinned_copies_win_over_unfinished_ones_when_trimming() -> None:
