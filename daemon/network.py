@@ -216,6 +216,8 @@ class Network:
                          "by reason", "reason", reasons)
         yield counter("pinfold_bitswap_peers_cut_off", "Peers disconnected for misbehaviour",
                       bs.peers_cut_off)
+        yield counter("pinfold_bitswap_wantlist_resends", "Full wantlists sent again to a "
+                      "peer after a stream to or from it broke", bs.wantlist_resends)
         buckets = [(b, c) for b, c in bs.fetch_latency_buckets]
         buckets.append((float("inf"), bs.fetch_latency_count))
         yield histogram("pinfold_bitswap_fetch_duration_seconds",

@@ -323,3 +323,49 @@ async def test_a_peer_found_unusable_is_used_again_while_still_connected():
         with trio.fail_after(10):
             got = await a.bitswap.get_block(cid, timeout_s=8)
         assert got == data
+
+
+@pytest.mark.parametrize("broken", ["our stream to the holder", "the holder's stream to us"])
+async def test_a_want_lost_with_a_broken_stream_is_sent_again(broken):
+    """Messages on a stream that breaks may be lost while the peer stays connected
+    (a reset connection replaced by another, so no disconnect is seen). The
+    fetcher sends its whole wantlist for that peer again (``full``) instead of
+    waiting out the stall timeout - here longer than the fetch's own timeout, so
+    without the resend the fetch fails (the cluster fault campaign's slow repairs
+    under connection resets)."""
+    cfg = BitswapConfig(client=ClientConfig(stall_timeout_s=600.0))
+    async with running_nodes(2, config=cfg) as (a, b):
+        (c1, d1), (c2, d2) = raw_blocks(2, 4096, seed=78)
+        b.store.add([(c1, d1), (c2, d2)])
+        await a.host.connect(b.addr)
+        with trio.fail_after(10):
+            assert await a.bitswap.get_block(c1, timeout_s=8) == d1  # streams both ways
+        # b loses the next want it is sent (as if it went down with a broken stream).
+        real = b.bitswap._on_message
+        lost = []
+
+        async def lossy(peer, msg):
+            if not lost and any(not e.cancel for e in msg.wantlist):
+                lost.append(msg)
+                return
+            await real(peer, msg)
+
+        b.bitswap._on_message = lossy
+        async with trio.open_nursery() as nursery:
+            got = []
+
+            async def fetch():
+                got.append(await a.bitswap.get_block(c2, timeout_s=20))
+
+            nursery.start_soon(fetch)
+            await wait_until(lambda: lost and a.bitswap._wants.wantlist_for(b.peer_id),
+                             what="the want to be lost")
+            assert a.bitswap.statistics().wantlist_resends == 0
+            side = a if broken == "our stream to the holder" else b
+            peer = b if side is a else a
+            stream = side.bitswap._outboxes[peer.peer_id].stream
+            assert stream is not None
+            await stream.reset()
+        assert got == [d2]
+        st = a.bitswap.statistics()
+        assert st.wantlist_resends >= 1 and st.blocks_received == 2

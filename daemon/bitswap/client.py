@@ -18,7 +18,10 @@ session and Helia's want-list behave alike):
   faster holders serve more (pipelining without overloading one peer).
 * Retries: DONT_HAVE, a disconnect, or a stall (a peer with want-blocks in
   flight that sent nothing for ``stall_timeout_s``) moves the want to another
-  peer; peers that said DONT_HAVE are not asked again for that block.
+  peer; peers that said DONT_HAVE are not asked again for that block. When a
+  stream to or from a peer breaks, the driver sends it our whole wantlist for
+  it again (``wantlist_for``, a ``full`` message: the spec's "full wantlist"),
+  as messages on the broken stream may be lost.
 * Deadline: a want fails (``WantFailed``) when its session made no progress
   for the session's ``timeout_s`` and the want is at least that old.
 * When a block arrives, every other peer asked for it gets a cancel.
@@ -425,6 +428,23 @@ class WantManager:
         """Want-blocks in flight to ``peer``."""
         st = self._peers.get(peer)
         return len(st.outstanding) if st else 0
+
+    def wantlist_for(self, peer: Peer) -> list[WantEntry]:
+        """Every want open with ``peer``, for a full wantlist after our messages to
+        it, or its blocks to us, may have been lost (a stream or connection broke).
+
+        Want-blocks in flight to the peer go as want-block, want-haves it has not
+        answered as want-have (both with sendDontHave).
+        """
+        if peer not in self._peers:
+            return []
+        out: list[WantEntry] = []
+        for w in self._wants.values():
+            if w.block_peer == peer:
+                out.append(WantEntry(cid=w.cid, want_type=WantType.BLOCK, send_dont_have=True))
+            elif peer in w.have_asked and peer not in w.have_peers and peer not in w.dont_have:
+                out.append(WantEntry(cid=w.cid, want_type=WantType.HAVE, send_dont_have=True))
+        return out
 
     def useful_peers(self, sid: int) -> list[Peer]:
         """Peers that sent a block or said HAVE in session ``sid``."""

@@ -195,6 +195,8 @@ class BitswapStats:
         peers_cut_off: peers disconnected for misbehaviour.
         refused_wants: wants (cancels not counted) from peers the serve filter
             refuses, dropped unanswered (``bitswap.serve = "cluster"``).
+        wantlist_resends: full wantlists sent again to a peer after a stream to
+            or from it broke (messages on it may have been lost).
         fetch_latency_buckets: cumulative counts of want-to-block latencies per
             upper bound in seconds (Prometheus histogram buckets; +Inf = fetch_latency_count).
         fetch_latency_sum_s: sum of those latencies, seconds.
@@ -214,6 +216,7 @@ class BitswapStats:
     rejected: MappingProxyType[str, int]
     peers_cut_off: int
     refused_wants: int
+    wantlist_resends: int
     fetch_latency_buckets: tuple[tuple[float, int], ...]
     fetch_latency_sum_s: float
     fetch_latency_count: int
@@ -256,11 +259,12 @@ class _Env:
 class _Outbox:
     """Messages waiting to go out on our stream to one peer."""
 
-    __slots__ = ("closed", "envs", "peer", "protocol", "stream", "wake", "wants")
+    __slots__ = ("closed", "envs", "full", "peer", "protocol", "stream", "wake", "wants")
 
     def __init__(self, peer: ID) -> None:
         self.peer = peer
         self.wants: list[WantEntry] = []
+        self.full = False  # the next message replaces the peer's copy of our wantlist
         self.envs: deque[_Env] = deque()
         self.wake = trio.Event()
         self.closed = False
@@ -271,12 +275,18 @@ class _Outbox:
         self.wants.extend(entries)
         self.wake.set()
 
+    def set_full(self, entries: list[WantEntry]) -> None:
+        """Send ``entries`` as our whole wantlist next (pending updates are in it)."""
+        self.wants = entries
+        self.full = True
+        self.wake.set()
+
     def add_env(self, env: _Env) -> None:
         self.envs.append(env)
         self.wake.set()
 
     def pending(self) -> bool:
-        return bool(self.wants or self.envs)
+        return bool(self.wants or self.envs or self.full)
 
     def take(self, limit: int) -> tuple[Message, list[_Env]]:
         """The next message (wants first, then whole envelopes), at most ``limit`` bytes."""
@@ -306,7 +316,9 @@ class _Outbox:
             blocks.extend(env.blocks)
             presences.extend(env.presences)
             budget -= cost
-        msg = Message(wantlist=tuple(wants), blocks=tuple(blocks), presences=tuple(presences))
+        full, self.full = self.full, False
+        msg = Message(wantlist=tuple(wants), full=full, blocks=tuple(blocks),
+                      presences=tuple(presences))
         return msg, envs
 
 
@@ -612,6 +624,7 @@ class Bitswap:
             rejected=MappingProxyType(dict(self._rejected)),
             peers_cut_off=self._c["peers_cut_off"],
             refused_wants=self._c["refused_wants"],
+            wantlist_resends=self._c["wantlist_resends"],
             fetch_latency_buckets=tuple(cum),
             fetch_latency_sum_s=self._lat_sum,
             fetch_latency_count=self._lat_n,
@@ -807,7 +820,8 @@ class Bitswap:
                     await self._close_stream(box)
 
     async def _write(self, box: _Outbox, msg: Message) -> bool:
-        """Write one message, reopening the stream once if the old one broke."""
+        """Write one message, reopening the stream once if the old one broke (and
+        then sending our whole wantlist again: what the old one carried may be lost)."""
         for attempt in (1, 2):
             try:
                 if box.stream is None:
@@ -816,10 +830,12 @@ class Bitswap:
                     box.stream = stream
                     box.protocol = str(stream.get_protocol() or PROTOCOL_1_2_0)
                     if self._nursery is not None:
-                        self._nursery.start_soon(self._drain, stream)
+                        self._nursery.start_soon(self._drain, box, stream)
                 data = encode_framed(msg, protocol=box.protocol)
                 with trio.fail_after(self.config.write_timeout_s):
                     await box.stream.write(data)
+                if attempt == 2 and not msg.full:
+                    self._resend_wants(box.peer)
                 return True
             except trio.Cancelled:
                 raise
@@ -871,18 +887,43 @@ class Bitswap:
         except Exception as exc:
             logger.debug("bitswap: stream reset failed: %r", exc)
 
-    async def _drain(self, stream: INetStream) -> None:
+    async def _drain(self, box: _Outbox, stream: INetStream) -> None:
         """Keep reading our outbound stream until it ends (peers send nothing on it,
-        but an unread Yamux stream gets reset)."""
+        but an unread Yamux stream gets reset).
+
+        It ends normally after we closed it (idle). Ending while still in use, it
+        broke (reset, or the connection went while the peer stays connected over
+        another): messages written on it may be lost, so the next message goes on
+        a new stream and our wantlist for the peer is sent again in full.
+        """
         try:
             while True:
                 data = await stream.read(65536)
                 if not data:
-                    return
+                    break
         except trio.Cancelled:
             raise
         except Exception:
+            pass
+        if box.stream is stream and not box.closed:
+            box.stream = None
+            await self._reset_stream(stream)
+            self._resend_wants(box.peer)
+
+    def _resend_wants(self, peer: ID) -> None:
+        """Send ``peer`` our whole wantlist for it again (``full``), if we want
+        anything from it: after a broken stream our wants or its blocks may be
+        lost, and the want would otherwise wait out the stall timeout."""
+        box = self._outboxes.get(peer)
+        if box is None or box.closed:
             return
+        entries = self._wants.wantlist_for(peer)
+        if not entries:
+            return
+        self._c["wantlist_resends"] += 1
+        logger.debug("bitswap: stream with %s broke; sending our %d wants again",
+                     peer, len(entries))
+        box.set_full(entries)
 
     # ------------------------------------------------------------ serving
 
@@ -948,6 +989,12 @@ class Bitswap:
         finally:
             with trio.CancelScope(shield=True):
                 await self._close_quietly(stream)
+        # The peer closes its stream when it has nothing more to send us: if it
+        # still owes us answers to wants we sent, the stream broke (a reset, or a
+        # connection lost while another one stays up) and they may be lost with
+        # it. Ask again rather than wait out the stall timeout (found by the
+        # cluster fault campaign: repairs under connection resets were slow).
+        self._resend_wants(peer)
 
     async def _read_inbound(
         self, peer: ID, stream: INetStream, send: trio.MemorySendChannel[Message]
