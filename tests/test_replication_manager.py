@@ -388,3 +388,41 @@ async def test_a_fetch_whose_sources_all_went_silent_is_replanned(autojump_clock
     SilentSource.silent = set()
     await c.start("a")
     await wait_until(lambda: c.pinned_by(x) == {"a", "b"}, timeout=120, what="x repaired on b")
+
+
+async def test_a_restarted_node_trusts_others_reports_only_once_current(autojump_clock,
+                                                                        nursery) -> None:
+    """After a restart a node knows the others' states as they were when it
+    stopped: it must not drop an extra copy on them (a copy it counts on may be
+    gone) until it has applied what each peer's heartbeat advertises. Its own
+    states log starts a new epoch, so peers pull a fresh reset of it."""
+    c = Cluster(nursery)
+    store = MemoryBlockStore()
+
+    async def submit(fn):
+        return store.write(fn)
+
+    pins = MemoryPins()
+    for n in "ab":
+        await c.start(n)
+    x = await c.start("x", pins=pins, db=ReplicationDB(store, submit))
+    await trio.sleep(3)
+    cids = [cid_of(8000 + i) for i in range(12)]
+    for cid in cids:
+        await c.managers["a"].pin_add(cid, rmin=2, rmax=2)
+    await wait_until(lambda: all(len(c.pinned_by(cid)) == 2 for cid in cids))
+    await wait_until(lambda: x._current == {"a", "b"}, what="x to be current on a and b")
+    await x.wait_flushed()
+    epoch = x.own.epoch
+    c.stop("x")
+    await trio.sleep(1)
+    x2 = await c.start("x", pins=pins, db=ReplicationDB(store, submit))
+    assert x2._current == set(), "nothing restored is current"
+    assert x2.own.epoch > epoch
+    await wait_until(lambda: x2._current == {"a", "b"}, what="x to be current again")
+    b = c.managers["b"]
+    await wait_until(lambda: b.peers.known("x") is not None and b.peers.known("x")[0] == x2.own.epoch,
+                     what="b to pull x's new epoch")
+    held = {cid for cid in cids if x2.local_state(cid) is PinState.PINNED}
+    assert all(b.holdings.get(cid, "x") is PinState.PINNED for cid in held)
+    assert all(len(c.pinned_by(cid)) == 2 for cid in cids)
