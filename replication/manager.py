@@ -411,10 +411,14 @@ class Manager:
         self._published_version = 0
         self._flush_event = trio.Event()
         self._flush_done = trio.Event()
-        # Each peer's states log as its last heartbeat advertised it (this run), and
-        # the peers whose reports we have applied up to that point: only their
+        # Each peer's states log as its last heartbeat advertised it (this run), the
+        # peers a sync session completed with since we started or they came back
+        # (a round trip: heartbeats held up by a partition arrive long after they
+        # were sent, from a peer that may have died meanwhile), and those of them
+        # whose reports we have applied up to the advertised version: only their
         # "pinned" lets this node drop an extra copy (planner, "current").
         self._advertised: dict[str, tuple[int, int]] = {}
+        self._proven: set[str] = set()
         self._current: set[str] = set()
         self._sync_wanted: dict[str, float] = {}
         self._syncing: set[str] = set()
@@ -858,8 +862,10 @@ class Manager:
         self._check_current(peer_id)
         if pins_differ or states_behind:
             self._want_sync(peer_id, immediate=False)
-        else:
+        elif peer_id in self._proven:
             self._sync_wanted.pop(peer_id, None)
+        else:
+            self._want_sync(peer_id, immediate=True)  # a round trip makes it current
 
     def _merge(self, entries: Iterable[Entry]) -> int:
         """Merge remote pinset entries (after the clock check); returns how many changed."""
@@ -911,14 +917,16 @@ class Manager:
         return True
 
     def _check_current(self, peer_id: str) -> None:
-        """Track whether ``peer_id``'s reported states are up to date: applied at
-        least up to what its last heartbeat (since we started) advertised. A peer
-        turning current re-plans its CIDs (a drop of an extra copy may have waited
-        for it)."""
+        """Track whether ``peer_id``'s reported states are up to date: a sync
+        session with it completed since we started or it came back, and its
+        states are applied at least up to what its last heartbeat advertised. A
+        peer turning current re-plans its CIDs (a drop of an extra copy may have
+        waited for it)."""
         adv = self._advertised.get(peer_id)
         k = self.peers.known(peer_id)
-        now_current = (adv is not None and k is not None and k[0] == adv[0]
-                       and k[1] >= adv[1] and not self.peers.resuming(peer_id))
+        now_current = (peer_id in self._proven and adv is not None and k is not None
+                       and k[0] == adv[0] and k[1] >= adv[1]
+                       and not self.peers.resuming(peer_id))
         if now_current and peer_id not in self._current:
             self._current.add(peer_id)
             self._mark_dirty(self.holdings.cids_of(peer_id))
@@ -985,6 +993,11 @@ class Manager:
             elif ev.kind is HealthEventKind.RECOVERED:
                 log.info("cluster peer %s is back", ev.peer_id)
                 cids |= self._short_cids()
+                # Its heartbeat may be one held up by a partition: trust its reports
+                # for dropping copies only after a round trip with it.
+                self._proven.discard(ev.peer_id)
+                self._current.discard(ev.peer_id)
+                self._want_sync(ev.peer_id, immediate=True)
             else:
                 log.info("cluster peer %s is suspect", ev.peer_id)
             if ev.kind is not HealthEventKind.RECOVERED:
@@ -1462,6 +1475,8 @@ class Manager:
             log.debug("sync with %s failed: %s", peer_id, exc)
             return False
         self._synced_once.set()
+        self._proven.add(peer_id)
+        self._check_current(peer_id)
         return True
 
     async def _sync_session(self, peer_id: str, session: SyncSession) -> None:

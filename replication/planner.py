@@ -47,12 +47,14 @@ cannot act; it re-plans its CIDs when it is back).
    pin_error), and a pinned one only once every desired holder reports
    ``pinned`` and at least ``rmin`` of them are alive, so a drop never leaves
    fewer than rmin healthy copies. When the context says which peers' reports
-   are *current* (``PlanContext.current``: the node has applied every state
-   change the peer's last heartbeat advertised), a pinned copy is dropped only
-   if every other desired holder is current: a node just restarted knows the
-   others' states as they were before it stopped, and dropping on that stale
-   view left pins at one copy with every node up (found by the cluster fault
-   campaign).
+   are *current* (``PlanContext.current``: a sync round trip with the peer
+   completed since it came back, and the node has applied every state change
+   the peer's last heartbeat advertised), a pinned copy is dropped only if
+   every other desired holder is current. A node just restarted knows the
+   others' states as they were before it stopped, and a partition that held
+   bytes delivers heartbeats of a peer that died meanwhile: dropping on either
+   stale view left pins at one copy with every node up (found by the cluster
+   fault campaign).
    If fewer than rmin holders (or not the target) can be had, the closest alive
    peer reports it (``ReportAction``); only one peer acts on a CID's repair
    alerts, so there is no thundering herd (IPFS Cluster ``isClosest``).

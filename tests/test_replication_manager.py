@@ -17,7 +17,13 @@ from typing import ClassVar
 import trio
 from pinfold.blockstore.memory import MemoryBlockStore
 from pinfold.replication.manager import Manager, ManagerConfig
-from pinfold.replication.messages import KIND_PINS, KIND_STATES
+from pinfold.replication.messages import (
+    KIND_HEARTBEAT,
+    KIND_PINS,
+    KIND_STATES,
+    ClusterBeat,
+    encode_beat,
+)
 from pinfold.replication.persist import ReplicationDB
 from pinfold.replication.transport import MemoryHub, MemoryPins
 from pinfold.replication.types import PeerStatus, PinState
@@ -426,3 +432,38 @@ async def test_a_restarted_node_trusts_others_reports_only_once_current(autojump
     held = {cid for cid in cids if x2.local_state(cid) is PinState.PINNED}
     assert all(b.holdings.get(cid, "x") is PinState.PINNED for cid in held)
     assert all(len(c.pinned_by(cid)) == 2 for cid in cids)
+
+
+async def test_a_heartbeat_held_up_by_a_partition_does_not_make_a_dead_holder_count(
+        autojump_clock, nursery) -> None:
+    """A partition that holds bytes delivers, when it heals, heartbeats a peer
+    sent before it died: the peer looks alive again for a TTL. Its copies must not
+    let the others drop theirs until a round trip with it succeeds (the cluster
+    fault campaign saw pins left at one copy this way)."""
+    c = Cluster(nursery)
+    for n in ("a", "b", "y"):
+        await c.start(n)
+    await trio.sleep(3)
+    a, y = c.managers["a"], c.managers["y"]
+    cids = [cid_of(9000 + i) for i in range(16)]
+    for cid in cids:
+        await a.pin_add(cid, rmin=2, rmax=2)
+    await wait_until(lambda: all(len(c.pinned_by(cid)) == 2 for cid in cids))
+    held_by_y = [cid for cid in cids if y.local_state(cid) is PinState.PINNED]
+    assert len(held_by_y) >= 4
+    # y's next heartbeat, as the partition would hold it; then y dies.
+    digest, count = y.pinset.summary(0, 0)
+    stale = encode_beat(ClusterBeat(heartbeat=y._heartbeat(), pinset_digest=digest,
+                                    pinset_count=count, states_epoch=y.own.epoch,
+                                    states_version=y._published_version))
+    c.stop("y")
+    await wait_until(lambda: a.health.status("y", a.now()) is PeerStatus.DEAD, what="y dead")
+    await wait_until(lambda: all(len(c.pinned_by(cid)) == 2 for cid in cids),
+                     what="y's pins repaired on a and b")
+    # The partition heals: a gets y's held-up heartbeat.
+    a.on_message("y", KIND_HEARTBEAT, stale)
+    assert a.health.status("y", a.now()) is PeerStatus.ALIVE
+    await trio.sleep(1.5)  # y looks alive until its TTL runs out
+    assert all(len(c.pinned_by(cid)) == 2 for cid in cids), \
+        {cid.hex()[-8:]: sorted(c.pinned_by(cid)) for cid in cids}
+    assert "y" not in a._current
