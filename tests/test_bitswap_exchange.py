@@ -369,3 +369,25 @@ async def test_a_want_lost_with_a_broken_stream_is_sent_again(broken):
         assert got == [d2]
         st = a.bitswap.statistics()
         assert st.wantlist_resends >= 1 and st.blocks_received == 2
+
+
+async def test_a_block_arriving_after_its_want_was_cancelled_is_late_not_unsolicited():
+    """A fetch that timed out (or was aborted) cancels its wants, but a block may
+    already be on the wire: it is a late duplicate, not an unsolicited block, and
+    must not count toward cutting the peer off (under faults good cluster peers
+    were cut off this way). A block we never asked for still counts."""
+    from pinfold.daemon.bitswap.errors import TooManyBadBlocks
+
+    cfg = BitswapConfig(max_bad_blocks=0)
+    async with running_nodes(2, config=cfg) as (a, b):
+        (c1, d1), (c2, d2) = raw_blocks(2, 4096, seed=79)
+        await a.host.connect(b.addr)
+        with pytest.raises(FetchTimeout):
+            await a.bitswap.get_block(c1, timeout_s=1)  # b does not have it
+        await a.bitswap._on_message(b.peer_id, Message(blocks=(Block(prefix=CidPrefix.of(c1), data=d1),)))
+        st = a.bitswap.statistics()
+        assert st.duplicate_blocks == 1 and st.rejected.get("unwanted", 0) == 0
+        assert st.peers_cut_off == 0 and not a.store.has(c1)
+        with pytest.raises(TooManyBadBlocks):
+            await a.bitswap._on_message(b.peer_id, Message(blocks=(Block(prefix=CidPrefix.of(c2), data=d2),)))
+        assert a.bitswap.statistics().rejected["unwanted"] == 1

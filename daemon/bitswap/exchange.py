@@ -185,7 +185,8 @@ class BitswapStats:
         bytes_sent: block bytes sent.
         blocks_received: wanted blocks received, verified and stored.
         bytes_received: their bytes.
-        duplicate_blocks: blocks received that we no longer wanted (arrived twice).
+        duplicate_blocks: blocks received that we no longer wanted (arrived twice, or
+            after we cancelled the want).
         duplicate_bytes: their bytes.
         messages_received: Bitswap messages decoded.
         wantlist_size: blocks we want now.
@@ -380,6 +381,11 @@ class Bitswap:
         self._banned: dict[ID, float] = {}
         self._bad_blocks: Counter[ID] = Counter()
         self._recent: OrderedDict[bytes, None] = OrderedDict()  # keys received lately
+        # keys we sent wants for lately: a block for one of them that arrives after
+        # we cancelled the want (a fetch aborted or timed out, the cancel crossing
+        # the block on the wire) is late, not unsolicited -- counting it against
+        # the peer cut good cluster peers off under faults
+        self._asked: OrderedDict[bytes, None] = OrderedDict()
         self._want_times: dict[bytes, float] = {}
         self._nursery: trio.Nursery | None = None
         self._server_wake = trio.Event()
@@ -711,11 +717,19 @@ class Bitswap:
         self._apply(self._wants.want(sess.sid, cids, now))
 
     def _apply(self, actions: Iterable[SendWants | WantFailed]) -> None:
+        asked = self._asked
         for a in actions:
             if isinstance(a, SendWants):
                 box = self._outboxes.get(a.peer)  # type: ignore[arg-type]
                 if box is not None and not box.closed:
                     box.add_wants(a.entries)
+                    for e in a.entries:
+                        if not e.cancel:
+                            key = cid_key(e.cid)
+                            asked[key] = None
+                            asked.move_to_end(key)
+                    while len(asked) > 65536:
+                        asked.popitem(last=False)
             else:
                 self._want_times.pop(cid_key(a.cid), None)
                 err = FetchTimeout(
@@ -1087,7 +1101,7 @@ class Bitswap:
             if self._wants.is_wanted(key):
                 accepted.append((self._wants.wanted_cid(key) or cid, bytes(blk.data)))
                 accepted_keys.add(key)
-            elif key in self._recent:
+            elif key in self._recent or key in self._asked:
                 self._c["duplicate_blocks"] += 1
                 self._c["duplicate_bytes"] += len(blk.data)
             else:
