@@ -391,3 +391,25 @@ async def test_a_block_arriving_after_its_want_was_cancelled_is_late_not_unsolic
         with pytest.raises(TooManyBadBlocks):
             await a.bitswap._on_message(b.peer_id, Message(blocks=(Block(prefix=CidPrefix.of(c2), data=d2),)))
         assert a.bitswap.statistics().rejected["unwanted"] == 1
+
+
+async def test_an_unusable_peer_is_retried_soon_then_less_often():
+    """A failed send (a reset connection) leaves the peer alone 0.25 s at first --
+    a repair whose only source it is waits for it -- doubling on each failure in
+    a row up to ``unusable_retry_s``; a successful send starts over."""
+    cfg = BitswapConfig(unusable_retry_s=2.0)
+    async with running_nodes(2, config=cfg) as (a, b):
+        (cid, data), = raw_blocks(1, 4096, seed=80)
+        b.store.add([(cid, data)])
+        await a.host.connect(b.addr)
+        await wait_until(lambda: b.peer_id in a.bitswap._outboxes, what="a to use b")
+        delays = []
+        for _ in range(5):
+            a.bitswap._peer_unusable(b.peer_id)
+            delays.append(a.bitswap._unusable_delay[b.peer_id])
+            await wait_until(lambda: b.peer_id in a.bitswap._outboxes, timeout_s=5,
+                             what="b used again")
+        assert delays == [0.5, 1.0, 2.0, 2.0, 2.0]  # the next retry's delay
+        with trio.fail_after(10):
+            assert await a.bitswap.get_block(cid, timeout_s=8) == data
+        assert b.peer_id not in a.bitswap._unusable_delay

@@ -137,7 +137,8 @@ class BitswapConfig:
         write_timeout_s: seconds one message write may block on flow control.
         tick_interval_s: how often deadlines and stalls are checked, seconds.
         unusable_retry_s: after no stream to a peer could be opened or written, the
-            peer is left alone this long, then used again if still connected, seconds.
+            peer is left alone, then used again if still connected: after 0.25 s,
+            doubling on each failure in a row up to this many seconds.
         max_bad_blocks: blocks matching no CID we asked a peer for before it is cut off.
         ban_s: how long a cut-off peer is refused, seconds.
         read_chunk_bytes: bytes asked of the stream per read.
@@ -379,6 +380,7 @@ class Bitswap:
         self._outboxes: dict[ID, _Outbox] = {}
         self._sessions: dict[int, _Session] = {}
         self._banned: dict[ID, float] = {}
+        self._unusable_delay: dict[ID, float] = {}  # next retry delay after a failed send
         self._bad_blocks: Counter[ID] = Counter()
         self._recent: OrderedDict[bytes, None] = OrderedDict()  # keys received lately
         # keys we sent wants for lately: a block for one of them that arrives after
@@ -820,6 +822,8 @@ class Bitswap:
                 if envs:
                     self._server_wake.set()
                 if ok:
+                    if self._unusable_delay:
+                        self._unusable_delay.pop(box.peer, None)
                     self._c["blocks_sent"] += nb
                     self._c["bytes_sent"] += sum(e.block_bytes for e in envs)
                 else:
@@ -870,16 +874,23 @@ class Bitswap:
         moment (streams reset, a write timed out): each had stopped sending to the
         other, the connection stayed up so no new "connected" event came, and a
         pin's fetch asked every peer but its only holder until the end (found by
-        the cluster fault campaign, under connection resets).
+        the cluster fault campaign, under connection resets). The first retry comes
+        after 0.25 s -- a reset connection is usually replaced within that, and a
+        repair whose only source is this peer waits for it -- doubling on each
+        failure in a row up to ``unusable_retry_s``.
         """
-        logger.info("bitswap: cannot send to %s; retrying in %g s", peer,
-                    self.config.unusable_retry_s)
+        if len(self._unusable_delay) > 4096:
+            self._unusable_delay.clear()  # peers long gone; a bound, not a policy
+        delay = self._unusable_delay.get(peer, 0.25)
+        self._unusable_delay[peer] = min(2 * delay, self.config.unusable_retry_s)
+        delay = min(delay, self.config.unusable_retry_s)
+        logger.info("bitswap: cannot send to %s; retrying in %g s", peer, delay)
         self._peer_down(peer)
         if self._nursery is not None:
-            self._nursery.start_soon(self._retry_peer, peer)
+            self._nursery.start_soon(self._retry_peer, peer, delay)
 
-    async def _retry_peer(self, peer: ID) -> None:
-        await trio.sleep(self.config.unusable_retry_s)
+    async def _retry_peer(self, peer: ID, delay: float) -> None:
+        await trio.sleep(delay)
         if peer not in self._outboxes and peer in self._host.connected_peers():
             self._peer_up(peer)
 
