@@ -1013,16 +1013,31 @@ class Manager:
         "connected" but silent, and ``concurrent_pins`` such fetches held every
         fetch slot while pins that could be repaired from reachable holders
         waited (found by the cluster fault campaign). The CID is re-planned with
-        the sources alive now.
+        the sources alive now. Sources that are only suspect cancel the fetch
+        only if a queued pin waits for its slot or another alive holder has the
+        CID; otherwise it is cancelled when they are declared dead.
         """
         now = self.now()
+        status = self.health.status
         for cid, scope in list(self._running.items()):
             job = self._jobs.get(cid)
             if job is None or job.aborted or peer_id not in job.sources:
                 continue
-            if all(self.health.status(s, now) is not PeerStatus.ALIVE for s in job.sources):
-                job.aborted = True
-                scope.cancel()
+            states = [status(s, now) for s in job.sources]
+            if any(st is PeerStatus.ALIVE for st in states):
+                continue
+            # Only suspect (a late heartbeat: under loss and connection resets
+            # holders flap suspect every few seconds, and aborting there threw
+            # away repairs that were about to finish): abort when the slot is
+            # wanted by a queued pin or another holder could serve the CID;
+            # otherwise keep fetching until a source is declared dead.
+            if all(st is PeerStatus.SUSPECT for st in states) and not self._queue and not any(
+                    q not in job.sources and st is PinState.PINNED
+                    and status(q, now) is PeerStatus.ALIVE
+                    for q, st in self.holdings.states(cid).items()):
+                continue
+            job.aborted = True
+            scope.cancel()
 
     def _short_cids(self) -> set[bytes]:
         return {c for c, code in self._cid_info.items() if code & _SHORT_FLAG}
@@ -1315,6 +1330,14 @@ class Manager:
                 continue
             async with self._limiter:
                 if self._jobs.get(cid) is not job:
+                    continue
+                now = self.now()
+                if job.reason is Reason.REPAIR and job.sources and not any(
+                        self.health.status(s, now) is PeerStatus.ALIVE for s in job.sources):
+                    # Its sources went silent while it waited: no hopeless fetch;
+                    # the CID is planned again when a holder is heard.
+                    self._jobs.pop(cid, None)
+                    self._set_state(cid, PinState.REMOTE)
                     continue
                 await self._fetch(cid, job)
 

@@ -384,9 +384,18 @@ async def test_a_fetch_whose_sources_all_went_silent_is_replanned(autojump_clock
     assert b_pins.fetches[-1][1] == ("a",), b_pins.fetches
     c.stop("a")  # ... which goes silent too
     silent_at = trio.current_time()
+    b = c.managers["b"]
+    # Suspect is only a late heartbeat (under loss and resets holders flap): with
+    # no pin waiting for the slot and no other holder, the fetch goes on ...
+    await wait_until(lambda: b.health.status("a", b.now()) is PeerStatus.SUSPECT,
+                     what="a suspect")
+    await trio.sleep(1)
+    assert b_pins.running == 1
+    # ... until a is declared dead (TTL 2 s + grace 5 s after its last heartbeat).
     await wait_until(lambda: b_pins.running == 0, timeout=60, what="b's fetch to be aborted")
-    assert trio.current_time() - silent_at < 5  # when a turned suspect (TTL 2 s)
-    assert c.managers["b"].local_state(x) is not PinState.PINNING
+    assert b.health.status("a", b.now()) is PeerStatus.DEAD
+    assert trio.current_time() - silent_at < 2 + 5 + 1
+    assert b.local_state(x) is not PinState.PINNING
     # With no holder to fetch from, b does not start a hopeless fetch; when a is
     # heard again (and serves), x is repaired from it.
     await trio.sleep(10)
@@ -394,6 +403,54 @@ async def test_a_fetch_whose_sources_all_went_silent_is_replanned(autojump_clock
     SilentSource.silent = set()
     await c.start("a")
     await wait_until(lambda: c.pinned_by(x) == {"a", "b"}, timeout=120, what="x repaired on b")
+
+
+async def test_a_fetch_from_suspect_sources_gives_its_slot_to_a_waiting_pin(autojump_clock,
+                                                                            nursery) -> None:
+    """When a pin waits for the fetch slot, a fetch whose sources all turned
+    suspect is cancelled at once rather than when they are declared dead."""
+    import dataclasses
+
+    class SilentSource(MemoryPins):
+        cancelled: ClassVar[list[tuple[bytes, float]]] = []
+        started: ClassVar[list[bytes]] = []
+
+        async def pin(self, cid, *, mode, sources):
+            if "a" in sources:
+                self.started.append(cid)
+                self.running += 1
+                try:
+                    await trio.sleep_forever()
+                except trio.Cancelled:
+                    self.cancelled.append((cid, trio.current_time()))
+                    raise
+                finally:
+                    self.running -= 1
+            return await super().pin(cid, mode=mode, sources=sources)
+
+    c = Cluster(nursery, dataclasses.replace(CFG, concurrent_pins=1))
+    await c.start("a")
+    await c.start("c")
+    await trio.sleep(3)
+    xs = [cid_of(7100), cid_of(7101)]
+    for x in xs:
+        await c.managers["a"].pin_add(x, rmin=2, rmax=2)
+    await wait_until(lambda: all(c.pinned_by(x) == {"a", "c"} for x in xs))
+    b_pins = SilentSource(fetch_s=1.0)
+    b = await c.start("b", pins=b_pins)
+    await trio.sleep(3)
+    await wait_until(lambda: all(c.pinned_by(x) == {"a", "c"} for x in xs))
+    c.stop("c")  # b is allocated both; one fetches from a, the other waits for the slot
+    await wait_until(lambda: b_pins.running == 1 and len(b._queue) == 1, what="one fetch, one queued")
+    first = SilentSource.started[-1]
+    c.stop("a")
+    await wait_until(lambda: b.health.status("a", b.now()) is PeerStatus.SUSPECT, what="a suspect")
+    await wait_until(lambda: SilentSource.cancelled, timeout=1, what="the fetch cancelled")
+    assert SilentSource.cancelled[0][0] == first
+    # The waiting pin's source is silent too: it does not start a hopeless fetch.
+    await trio.sleep(1)
+    assert b_pins.running == 0 and SilentSource.started == [first]
+    assert b.health.status("a", b.now()) is PeerStatus.SUSPECT
 
 
 async def test_a_restarted_node_trusts_others_reports_only_once_current(autojump_clock,
