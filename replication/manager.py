@@ -330,6 +330,7 @@ class _Job:
     sources: tuple[str, ...]
     reason: Reason
     aborted: bool = False  # every source went silent: re-plan rather than wait out the fetch
+    queued_at: float = 0.0  # trio time the job was queued
 
 
 @dataclass(slots=True)
@@ -1256,7 +1257,8 @@ class Manager:
             # timeout in a fetch slot that a repairable pin needs (found by the
             # cluster fault campaign). A holder coming back re-plans the CID.
             return
-        self._jobs[cid] = _Job(mode=a.mode, sources=a.sources, reason=a.reason)
+        self._jobs[cid] = _Job(mode=a.mode, sources=a.sources, reason=a.reason,
+                               queued_at=trio.current_time())
         if a.reason is Reason.REPAIR:
             self._counters.repairs["started"] += 1
         self._set_state(cid, PinState.QUEUED)
@@ -1342,6 +1344,7 @@ class Manager:
                 await self._fetch(cid, job)
 
     async def _fetch(self, cid: bytes, job: _Job) -> None:
+        started = trio.current_time()
         self._set_state(cid, PinState.PINNING)
         error: str | None = None
         fetched = 0
@@ -1373,6 +1376,10 @@ class Manager:
             rec.staged = False
             if job.reason is Reason.REPAIR:
                 self._counters.repairs["completed"] += 1
+                log.info("repaired %s from %s: %d bytes fetched, %.1f s after it was queued "
+                         "(fetch %.1f s)", cid_text(cid), " ".join(q[-6:] for q in job.sources),
+                         fetched, trio.current_time() - job.queued_at,
+                         trio.current_time() - started)
             self._set_state(cid, PinState.PINNED)
             return
         rec.attempts += 1

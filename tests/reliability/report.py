@@ -151,9 +151,10 @@ def fault_rows(data: dict[str, Any]) -> Rows:
                       f"{summary['converge_max_s']} s after the faults stopped)")))
         rows.append(("time below rmin while repairable, bound",
                      (f"bound {summary['bound_min_s']}-{summary['bound_max_s']} s by phase (TTL "
-                      f"+ grace + heartbeat + max(3 x fault-free repair "
+                      f"+ grace + heartbeat + max(3 x max(fault-free repair "
                       f"{summary['fault_free_repair_s']} s x the phase's placement slowdown, "
-                      f"3 s)); worst {summary['below_rmin_repairable_max_s']} s; pins below "
+                      f"the phase's placement p50), 3 s)); worst "
+                      f"{summary['below_rmin_repairable_max_s']} s; pins below "
                       f"rmin with every node up: {summary['below_rmin_all_up']}")))
     for name, r in data.items():
         if name == "summary":

@@ -27,13 +27,16 @@ and every episode in which a pin that had reached rmin fell below it:
   repaired* (a surviving holder reached at least rmin up nodes, itself
   included; a holder alone behind a partition cannot be helped until the
   partition heals) must stay within ``peer TTL + repair grace + one heartbeat +
-  max(3 x R x S, 3 s)``: detecting the death, then the repair. R is the
-  fault-free repair time, measured at the start of the same run (from the death
-  being declared, TTL + grace after the victim's last heartbeat, to the last
-  pin back at rmin); S is
-  how much slower the phase's faults made placing a new pin (p50 time to rmin
-  in the phase over the fault-free p50): a repair is the same fetch work, so
-  repairing slower than placing under the same faults fails the test.
+  max(3 x max(R x S, P), 3 s)``: detecting the death, then the repair (3 x: a
+  dead node's pins are repaired as a batch). R is the fault-free repair time,
+  measured at the start of the same run (from the death being declared, TTL +
+  grace after the victim's last heartbeat, to the last pin back at rmin); P is
+  the p50 time a new pin took to reach rmin in the phase, and S how much slower
+  that is than without faults. A repair is the same fetch work as placing a
+  pin, so repairing much slower than placing under the same faults fails the
+  test. (The first version scaled R alone: R, a bare fetch, is a quarter of a
+  placement, which also gossips the pin, so under faults that add seconds to
+  every fetch the bound fell below the time one fetch took.)
 
 Scale: ``make test`` runs three phases without kills (about a minute; the
 fault-free repair measurement still kills and restarts a holder); ``make reliability``
@@ -543,9 +546,12 @@ def test_fault_campaign(campaign: Campaign) -> None:
 
     def bound(res: dict[str, Any]) -> tuple[float, float]:
         """(bound, slowdown) of a phase: the fault-free repair time scaled by how much
-        slower the phase's faults made placing a new pin (the same fetch work)."""
-        slowdown = max(1.0, res["first_rmin_p50_s"] / place_s)
-        return TTL_S + GRACE_S + HEARTBEAT_S + max(3 * repair_s * slowdown, 3.0), slowdown
+        slower the phase's faults made placing a new pin, and at least the time
+        placing one took in the phase (p50): a repair is the same fetch work."""
+        placed = res["first_rmin_p50_s"]
+        slowdown = max(1.0, placed / place_s)
+        return (TTL_S + GRACE_S + HEARTBEAT_S
+                + max(3 * max(repair_s * slowdown, placed), 3.0)), slowdown
 
     rounds = pick(1, 2)
     phases = QUICK_PHASES if pick(True, False) else ALL_PHASES
