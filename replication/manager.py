@@ -1334,10 +1334,13 @@ class Manager:
                 if self._jobs.get(cid) is not job:
                     continue
                 now = self.now()
-                if job.reason is Reason.REPAIR and job.sources and not any(
-                        self.health.status(s, now) is PeerStatus.ALIVE for s in job.sources):
-                    # Its sources went silent while it waited: no hopeless fetch;
-                    # the CID is planned again when a holder is heard.
+                states = [self.health.status(s, now) for s in job.sources]
+                if job.reason is Reason.REPAIR and states and not any(
+                        st is PeerStatus.ALIVE for st in states) and (
+                        self._queue or not all(st is PeerStatus.SUSPECT for st in states)):
+                    # Its sources went silent while it waited (dead, or suspect while
+                    # other pins wait for a slot: the rule of _abort_fetches_from): no
+                    # hopeless fetch; the CID is planned again when a holder is heard.
                     self._jobs.pop(cid, None)
                     self._set_state(cid, PinState.REMOTE)
                     continue
