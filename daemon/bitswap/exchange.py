@@ -916,18 +916,22 @@ class Bitswap:
         """Keep reading our outbound stream until it ends (peers send nothing on it,
         but an unread Yamux stream gets reset).
 
-        It ends normally after we closed it (idle). Ending while still in use, it
-        broke (reset, or the connection went while the peer stays connected over
-        another): messages written on it may be lost, so the next message goes on
-        a new stream and our wantlist for the peer is sent again in full.
+        A clean end is no news: after we closed it (idle), or a peer closing its
+        side of our stream at once (js-libp2p peers such as Helia do). An error
+        while the stream is still in use means it broke (reset, or the connection
+        went while the peer stays connected over another): messages written on
+        it may be lost, so the next message goes on a new stream and our
+        wantlist for the peer is sent again in full.
         """
         try:
             while True:
                 data = await stream.read(65536)
                 if not data:
-                    break
+                    return
         except trio.Cancelled:
             raise
+        except EOFError:  # py-libp2p's StreamEOF: a clean end
+            return
         except Exception:
             pass
         if box.stream is stream and not box.closed:
