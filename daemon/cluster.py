@@ -569,6 +569,39 @@ class NodePins:
         return cap, max(0, cap - used)
 
 
+def silent_peers(records: Iterable[Any], connected: Iterable[str], now: float, period: float,
+                 next_at: dict[str, tuple[float, float]], t: float) -> list[tuple[str, float]]:
+    """Connected cluster peers silent for ``period`` seconds, to reconnect now.
+
+    Args:
+        records: ``HealthView.records(now)`` (``peer_id``, ``last_seen`` seconds).
+        connected: peer IDs connected now.
+        now: the health view's clock, seconds.
+        period: silence that calls for a reconnect, seconds.
+        next_at: per peer ``(earliest next reconnect, backoff)`` on clock ``t``;
+            updated in place (backoff doubles up to 600 s, reset once heard).
+        t: the clock of ``next_at``, seconds.
+
+    Returns:
+        ``[(peer_id, silent seconds)]``.
+    """
+    out = []
+    conn = set(connected)
+    for rec in records:
+        silent = now - rec.last_seen
+        if silent < period:
+            next_at.pop(rec.peer_id, None)
+            continue
+        if rec.peer_id not in conn:
+            continue
+        at, backoff = next_at.get(rec.peer_id, (t, period))
+        if t < at:
+            continue
+        next_at[rec.peer_id] = (t + backoff, min(2 * backoff, 600.0))
+        out.append((rec.peer_id, silent))
+    return out
+
+
 class Cluster:
     """The replication manager of a node and its libp2p transport.
 
@@ -592,9 +625,37 @@ class Cluster:
         async with trio.open_nursery() as nursery:
             await nursery.start(self.transport.run)
             await nursery.start(self.manager.run)
+            nursery.start_soon(self._reconnect_silent_loop)
             log.info("cluster %r: %d pins, trusted peers: %s", self.name, len(self.manager.pinset),
                      ", ".join(sorted(self.transport.trusted)) or "any")
             task_status.started()
+
+    async def _reconnect_silent_loop(self) -> None:
+        """Drop the connections of cluster peers that stay connected but silent.
+
+        Under connection resets the cluster fault campaign saw a node whose
+        py-libp2p host stopped taking in anything on its connections -- no
+        gossip, no sync streams -- while they stayed open and its own messages
+        still went out: it counted every peer dead for good, and the cluster never
+        converged. A peer connected but without a heartbeat for twice its TTL +
+        grace gets its connections closed; the dial loop reconnects it and
+        gossipsub opens fresh streams. Each peer at most once per that period,
+        doubling while it stays silent (up to 10 minutes).
+        """
+        host = self.node.network.host
+        next_at: dict[str, tuple[float, float]] = {}
+        while True:
+            cfg = self.manager.config
+            await trio.sleep(cfg.heartbeat_interval_s)
+            period = 2 * (cfg.ttl_s + cfg.repair_grace_s)
+            now_w, now_t = self.manager.now(), trio.current_time()
+            connected = {p.to_base58(): p for p in host.connected_peers()}
+            for peer, wait in silent_peers(self.manager.health.records(now_w), connected,
+                                           now_w, period, next_at, now_t):
+                log.warning("cluster peer %s is connected but silent for %.0f s; "
+                            "reconnecting it", peer, wait)
+                with trio.move_on_after(5):
+                    await host.disconnect(connected[peer])
 
     def apply_config(self, config: Any) -> None:
         """Live keys of a reload: trusted peers, replication settings."""
