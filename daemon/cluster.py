@@ -41,7 +41,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Collection, Container, Iterable, Sequence
+from collections.abc import Callable, Collection, Container, Iterable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
@@ -569,12 +569,14 @@ class NodePins:
         return cap, max(0, cap - used)
 
 
-def silent_peers(records: Iterable[Any], connected: Iterable[str], now: float, period: float,
-                 next_at: dict[str, tuple[float, float]], t: float) -> list[tuple[str, float]]:
-    """Connected cluster peers silent for ``period`` seconds, to reconnect now.
+def silent_peers(last_heard: Mapping[str, float], connected: Iterable[str], now: float,
+                 period: float, next_at: dict[str, tuple[float, float]],
+                 t: float) -> list[tuple[str, float]]:
+    """Connected cluster peers whose heartbeats stopped ``period`` seconds ago, to
+    reconnect now.
 
     Args:
-        records: ``HealthView.records(now)`` (``peer_id``, ``last_seen`` seconds).
+        last_heard: per peer, when its last heartbeat arrived (``now``'s clock).
         connected: peer IDs connected now.
         now: the health view's clock, seconds.
         period: silence that calls for a reconnect, seconds.
@@ -587,18 +589,18 @@ def silent_peers(records: Iterable[Any], connected: Iterable[str], now: float, p
     """
     out = []
     conn = set(connected)
-    for rec in records:
-        silent = now - rec.last_seen
+    for peer, heard in last_heard.items():
+        silent = now - heard
         if silent < period:
-            next_at.pop(rec.peer_id, None)
+            next_at.pop(peer, None)
             continue
-        if rec.peer_id not in conn:
+        if peer not in conn:
             continue
-        at, backoff = next_at.get(rec.peer_id, (t, period))
+        at, backoff = next_at.get(peer, (t, period))
         if t < at:
             continue
-        next_at[rec.peer_id] = (t + backoff, min(2 * backoff, 600.0))
-        out.append((rec.peer_id, silent))
+        next_at[peer] = (t + backoff, min(2 * backoff, 600.0))
+        out.append((peer, silent))
     return out
 
 
@@ -637,8 +639,9 @@ class Cluster:
         py-libp2p host stopped taking in anything on its connections -- no
         gossip, no sync streams -- while they stayed open and its own messages
         still went out: it counted every peer dead for good, and the cluster never
-        converged. A peer connected but without a heartbeat for twice its TTL +
-        grace gets its connections closed; the dial loop reconnects it and
+        converged (sync probes cannot help when nothing comes in). A peer
+        connected but without a heartbeat for twice its TTL + grace gets its
+        connections closed; the dial loop reconnects it and
         gossipsub opens fresh streams. Each peer at most once per that period,
         doubling while it stays silent (up to 10 minutes).
         """
@@ -650,7 +653,7 @@ class Cluster:
             period = 2 * (cfg.ttl_s + cfg.repair_grace_s)
             now_w, now_t = self.manager.now(), trio.current_time()
             connected = {p.to_base58(): p for p in host.connected_peers()}
-            for peer, wait in silent_peers(self.manager.health.records(now_w), connected,
+            for peer, wait in silent_peers(self.manager.last_heartbeat, connected,
                                            now_w, period, next_at, now_t):
                 log.warning("cluster peer %s is connected but silent for %.0f s; "
                             "reconnecting it", peer, wait)

@@ -232,6 +232,27 @@ class HealthView:
             return [HealthEvent(peer_id=hb.peer_id, kind=HealthEventKind.RECOVERED, at=now)]
         return []
 
+    def touch(self, peer_id: str, now: float) -> list[HealthEvent]:
+        """Record that ``peer_id`` answered a request just now (a direct probe).
+
+        Heartbeats travel by gossip; when gossip to us stalls (seen under
+        connection resets and partitions) a peer that still answers a sync
+        round trip is alive. Its status is refreshed as by a heartbeat, without
+        new info or a change to p_i's heartbeat counts.
+
+        Returns:
+            ``[recovered]`` when this ends a suspect/dead episode, else ``[]``;
+            ``[]`` for an unknown peer (it has never sent a heartbeat).
+        """
+        rec = self._peers.get(peer_id)
+        if rec is None:
+            return []
+        rec.last_seen = max(rec.last_seen, now)
+        if rec.reported is not PeerStatus.ALIVE:
+            rec.reported = PeerStatus.ALIVE
+            return [HealthEvent(peer_id=peer_id, kind=HealthEventKind.RECOVERED, at=now)]
+        return []
+
     def forget(self, peer_id: str) -> None:
         """Drop a peer (it left the cluster for good). Unknown peers are ignored."""
         self._peers.pop(peer_id, None)

@@ -419,6 +419,7 @@ class Manager:
         # whose reports we have applied up to the advertised version: only their
         # "pinned" lets this node drop an extra copy (planner, "current").
         self._advertised: dict[str, tuple[int, int]] = {}
+        self.last_heartbeat: dict[str, float] = {}  # peer -> wall time its last beat arrived
         self._proven: set[str] = set()
         self._current: set[str] = set()
         self._sync_wanted: dict[str, float] = {}
@@ -849,6 +850,7 @@ class Manager:
             raise InvalidPin(f"heartbeat names {hb.peer_id} but was sent by {peer_id}")
         now = self.now()
         new = peer_id not in self.health
+        self.last_heartbeat[peer_id] = now
         events = self.health.observe(hb, now)
         if hb.addresses:
             self.transport.note_addresses(peer_id, hb.addresses)
@@ -1001,6 +1003,10 @@ class Manager:
                 self._want_sync(ev.peer_id, immediate=True)
             else:
                 log.info("cluster peer %s is suspect", ev.peer_id)
+                # Probe it directly: a sync round trip that succeeds keeps it alive
+                # when only the gossip carrying its heartbeats stalled (SWIM's
+                # direct probe before declaring a member failed).
+                self._want_sync(ev.peer_id, immediate=True)
             if ev.kind is not HealthEventKind.RECOVERED:
                 self._abort_fetches_from(ev.peer_id)
             self._mark_dirty(cids)
@@ -1508,6 +1514,11 @@ class Manager:
             log.debug("sync with %s failed: %s", peer_id, exc)
             return False
         self._synced_once.set()
+        events = self.health.touch(peer_id, self.now())
+        if events:
+            log.info("cluster peer %s answered a sync while its heartbeats were late",
+                     peer_id)
+            self._on_health_events(events)
         self._proven.add(peer_id)
         self._check_current(peer_id)
         return True

@@ -164,3 +164,16 @@ def test_statistics_count_peers_by_status() -> None:
     view.observe(hb("peer-c"), 99.0)
     stats = view.statistics(100.0)
     assert (stats.alive, stats.suspect, stats.dead) == (1, 1, 1)
+
+
+def test_a_direct_answer_keeps_a_peer_alive_when_its_heartbeats_are_late() -> None:
+    view = HealthView(CFG)
+    assert view.touch("peer-a", 5.0) == []  # never sent a heartbeat: unknown
+    view.observe(hb(), 100.0)
+    assert [e.kind for e in view.tick(112.0)] == [HealthEventKind.SUSPECT]
+    back = view.touch("peer-a", 112.0)  # it answered a sync round trip
+    assert [(e.kind, e.at) for e in back] == [(HealthEventKind.RECOVERED, 112.0)]
+    assert view.status("peer-a", 121.9) is PeerStatus.ALIVE
+    assert view.touch("peer-a", 113.0) == []
+    assert view.tick(200.0)[-1].kind is HealthEventKind.DEAD  # silence still counts
+    assert view.info("peer-a") == hb()  # the info is the last heartbeat's

@@ -525,3 +525,31 @@ async def test_a_heartbeat_held_up_by_a_partition_does_not_make_a_dead_holder_co
     assert all(len(c.pinned_by(cid)) == 2 for cid in cids), \
         {cid.hex()[-8:]: sorted(c.pinned_by(cid)) for cid in cids}
     assert "y" not in a._current
+
+
+async def test_a_peer_whose_heartbeats_stall_but_answers_a_probe_is_not_declared_dead(
+        autojump_clock, nursery) -> None:
+    """Gossip to a node can stall while its connections still carry requests
+    (py-libp2p under resets and partitions). A suspect peer is probed with a
+    sync round trip; while it answers it is not declared dead, so its pins are
+    not repaired elsewhere (SWIM's direct probe)."""
+    c = Cluster(nursery)
+    for n in "abc":
+        await c.start(n)
+    await trio.sleep(3)
+    cids = [cid_of(9500 + i) for i in range(6)]
+    for cid in cids:
+        await c.managers["a"].pin_add(cid, rmin=2, rmax=2)
+    await wait_until(lambda: all(len(c.pinned_by(cid)) == 2 for cid in cids))
+    before = {n: len(p.fetches) for n, p in c.pins.items()}
+    c.hub.dropped_kinds.add(KIND_HEARTBEAT)  # no heartbeat gets through for 30 s
+    await trio.sleep(30)
+    for m in c.managers.values():
+        assert all(m.health.status(q, m.now()) is not PeerStatus.DEAD for q in "abc")
+        assert m.statistics().repairs.get("started", 0) == 0
+    assert {n: len(p.fetches) for n, p in c.pins.items()} == before
+    c.hub.dropped_kinds.discard(KIND_HEARTBEAT)
+    # A peer that really stops is still declared dead.
+    c.stop("c")
+    await wait_until(lambda: c.managers["a"].health.status("c", c.managers["a"].now())
+                     is PeerStatus.DEAD, what="c dead")
