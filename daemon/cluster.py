@@ -653,8 +653,9 @@ class Cluster:
             period = 2 * (cfg.ttl_s + cfg.repair_grace_s)
             now_w, now_t = self.manager.now(), trio.current_time()
             connected = {p.to_base58(): p for p in host.connected_peers()}
-            for peer, wait in silent_peers(self.manager.last_heartbeat, connected,
-                                           now_w, period, next_at, now_t):
+            members = {p: t for p, t in self.manager.last_heartbeat.items()
+                       if p in self.manager.health and p not in self.transport.blocked}
+            for peer, wait in silent_peers(members, connected, now_w, period, next_at, now_t):
                 log.warning("cluster peer %s is connected but silent for %.0f s; "
                             "reconnecting it", peer, wait)
                 with trio.move_on_after(5):
