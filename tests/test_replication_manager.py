@@ -75,6 +75,13 @@ class Cluster:
         self.scopes[name].cancel()
         self.hub.set_up(name, False)
 
+    async def place(self, origin: str, cids: list[bytes]) -> None:
+        """Pin ``cids`` from ``origin`` with 2 copies each; wait until each has its 2."""
+        for cid in cids:
+            await self.managers[origin].pin_add(cid, rmin=2, rmax=2)
+        await wait_until(lambda: all(len(self.pinned_by(x)) == 2 for x in cids),
+                         what="placement")
+
     def pinned_by(self, cid: bytes) -> set[str]:
         return {n for n, m in self.managers.items()
                 if self.hub.nodes[n].up and m.local_state(cid) is PinState.PINNED}
@@ -171,9 +178,7 @@ async def test_dead_holder_repaired_only_after_grace_replanning_only_its_cids(
         await c.start(n)
     await trio.sleep(3)
     cids = [cid_of(1000 + i) for i in range(300)]
-    for cid in cids:
-        await c.managers["a"].pin_add(cid, rmin=2, rmax=2)
-    await wait_until(lambda: all(len(c.pinned_by(x)) == 2 for x in cids), what="placement")
+    await c.place("a", cids)
     await trio.sleep(5)
     survivors = [c.managers[n] for n in "abc"]
     planned: list[set[bytes]] = []
@@ -472,9 +477,7 @@ async def test_a_restarted_node_trusts_others_reports_only_once_current(autojump
     x = await c.start("x", pins=pins, db=ReplicationDB(store, submit))
     await trio.sleep(3)
     cids = [cid_of(8000 + i) for i in range(12)]
-    for cid in cids:
-        await c.managers["a"].pin_add(cid, rmin=2, rmax=2)
-    await wait_until(lambda: all(len(c.pinned_by(cid)) == 2 for cid in cids))
+    await c.place("a", cids)
     await wait_until(lambda: x._current == {"a", "b"}, what="x to be current on a and b")
     await x.wait_flushed()
     epoch = x.own.epoch
@@ -504,9 +507,7 @@ async def test_a_heartbeat_held_up_by_a_partition_does_not_make_a_dead_holder_co
     await trio.sleep(3)
     a, y = c.managers["a"], c.managers["y"]
     cids = [cid_of(9000 + i) for i in range(16)]
-    for cid in cids:
-        await a.pin_add(cid, rmin=2, rmax=2)
-    await wait_until(lambda: all(len(c.pinned_by(cid)) == 2 for cid in cids))
+    await c.place("a", cids)
     held_by_y = [cid for cid in cids if y.local_state(cid) is PinState.PINNED]
     assert len(held_by_y) >= 4
     # y's next heartbeat, as the partition would hold it; then y dies.
@@ -538,9 +539,7 @@ async def test_a_peer_whose_heartbeats_stall_but_answers_a_probe_is_not_declared
         await c.start(n)
     await trio.sleep(3)
     cids = [cid_of(9500 + i) for i in range(6)]
-    for cid in cids:
-        await c.managers["a"].pin_add(cid, rmin=2, rmax=2)
-    await wait_until(lambda: all(len(c.pinned_by(cid)) == 2 for cid in cids))
+    await c.place("a", cids)
     before = {n: len(p.fetches) for n, p in c.pins.items()}
     c.hub.dropped_kinds.add(KIND_HEARTBEAT)  # no heartbeat gets through for 30 s
     await trio.sleep(30)
