@@ -1025,26 +1025,31 @@ class Manager:
         CID; otherwise it is cancelled when they are declared dead.
         """
         now = self.now()
-        status = self.health.status
         for cid, scope in list(self._running.items()):
             job = self._jobs.get(cid)
             if job is None or job.aborted or peer_id not in job.sources:
                 continue
-            states = [status(s, now) for s in job.sources]
-            if any(st is PeerStatus.ALIVE for st in states):
-                continue
-            # Only suspect (a late heartbeat: under loss and connection resets
-            # holders flap suspect every few seconds, and aborting there threw
-            # away repairs that were about to finish): abort when the slot is
-            # wanted by a queued pin or another holder could serve the CID;
-            # otherwise keep fetching until a source is declared dead.
-            if all(st is PeerStatus.SUSPECT for st in states) and not self._queue and not any(
-                    q not in job.sources and st is PinState.PINNED
-                    and status(q, now) is PeerStatus.ALIVE
-                    for q, st in self.holdings.states(cid).items()):
-                continue
-            job.aborted = True
-            scope.cancel()
+            if self._sources_silent(cid, job, now):
+                job.aborted = True
+                scope.cancel()
+
+    def _sources_silent(self, cid: bytes, job: _Job, now: float) -> bool:
+        """Whether ``job`` should not fetch (on, or at all) from its sources.
+
+        True when none is alive, unless all are only suspect (a late heartbeat:
+        under loss and connection resets holders flap suspect every few seconds,
+        and giving up there threw away repairs about to finish) while no queued
+        pin wants the fetch slot and no other alive holder could serve the CID.
+        """
+        status = self.health.status
+        states = [status(s, now) for s in job.sources]
+        if not states or any(st is PeerStatus.ALIVE for st in states):
+            return False
+        if not all(st is PeerStatus.SUSPECT for st in states) or self._queue:
+            return True
+        return any(q not in job.sources and st is PinState.PINNED
+                   and status(q, now) is PeerStatus.ALIVE
+                   for q, st in self.holdings.states(cid).items())
 
     def _short_cids(self) -> set[bytes]:
         return {c for c, code in self._cid_info.items() if code & _SHORT_FLAG}
@@ -1339,14 +1344,10 @@ class Manager:
             async with self._limiter:
                 if self._jobs.get(cid) is not job:
                     continue
-                now = self.now()
-                states = [self.health.status(s, now) for s in job.sources]
-                if job.reason is Reason.REPAIR and states and not any(
-                        st is PeerStatus.ALIVE for st in states) and (
-                        self._queue or not all(st is PeerStatus.SUSPECT for st in states)):
-                    # Its sources went silent while it waited (dead, or suspect while
-                    # other pins wait for a slot: the rule of _abort_fetches_from): no
-                    # hopeless fetch; the CID is planned again when a holder is heard.
+                if job.reason is Reason.REPAIR and self._sources_silent(cid, job, self.now()):
+                    # Its sources went silent while it waited (the rule of
+                    # _abort_fetches_from): no hopeless fetch; the CID is planned
+                    # again with the holders alive then.
                     self._jobs.pop(cid, None)
                     self._set_state(cid, PinState.REMOTE)
                     continue
