@@ -6,6 +6,7 @@ import hashlib
 
 import pytest
 import trio
+import trio.testing
 from multiformats import CID
 from pinfold.blockstore.cid import RAW, cid_key, make_cid
 from pinfold.blockstore.unixfs import ImportParams, import_bytes
@@ -361,14 +362,60 @@ async def test_a_want_lost_with_a_broken_stream_is_sent_again(broken):
             await wait_until(lambda: lost and a.bitswap._wants.wantlist_for(b.peer_id),
                              what="the want to be lost")
             assert a.bitswap.statistics().wantlist_resends == 0
-            side = a if broken == "our stream to the holder" else b
-            peer = b if side is a else a
-            stream = side.bitswap._outboxes[peer.peer_id].stream
-            assert stream is not None
-            await stream.reset()
+            # The holder's end of the stream resets, as a failing connection does.
+            if broken == "our stream to the holder":
+                stream = a.bitswap._outboxes[b.peer_id].stream
+                assert stream is not None
+                (conn,) = b.host.libp2p.get_network().get_connections(a.peer_id)
+                await conn.muxed_conn.streams[stream.muxed_stream.stream_id].reset()
+            else:
+                stream = b.bitswap._outboxes[a.peer_id].stream
+                assert stream is not None
+                await stream.reset()
         assert got == [d2]
         st = a.bitswap.statistics()
         assert st.wantlist_resends >= 1 and st.blocks_received == 2
+
+
+async def test_a_reply_stream_closed_cleanly_does_not_resend_the_wantlist():
+    """Kubo and Helia open a new Bitswap stream for every reply and close it
+    cleanly. That is no sign of loss: resending the wantlist on each one made
+    them send every block twice. Only a broken stream (the test above) does."""
+    cfg = BitswapConfig(client=ClientConfig(stall_timeout_s=600.0))
+    async with running_nodes(2, config=cfg) as (a, b):
+        (c1, d1), (c2, _) = raw_blocks(2, 4096, seed=79)
+        b.store.add([(c1, d1)])
+        await a.host.connect(b.addr)
+        with trio.fail_after(10):
+            assert await a.bitswap.get_block(c1, timeout_s=8) == d1
+        real = b.bitswap._on_message
+
+        async def ignore_wants(peer, msg):  # b sits on the want for c2
+            if not any(not e.cancel for e in msg.wantlist):
+                await real(peer, msg)
+
+        b.bitswap._on_message = ignore_wants
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(lambda: a.bitswap.get_block(c2, timeout_s=20))
+            await wait_until(lambda: a.bitswap._wants.wantlist_for(b.peer_id),
+                             what="a to want c2 from b")
+            received = a.bitswap.statistics().messages_received
+            # b answers on a new stream, as Kubo does, and closes it.
+            s = await b.host.new_stream(a.peer_id, [PROTOCOL_1_2_0])
+            presence = BlockPresence(cid=c1, type=PresenceType.HAVE)
+            await s.write(encode_framed(Message(presences=(presence,))))
+            await s.close()
+            with trio.fail_after(10):
+                while True:  # a closes its side when its handler is done
+                    try:
+                        if not await s.read(1024):
+                            break
+                    except EOFError:
+                        break
+            await trio.testing.wait_all_tasks_blocked()
+            assert a.bitswap.statistics().messages_received == received + 1
+            assert a.bitswap.statistics().wantlist_resends == 0
+            nursery.cancel_scope.cancel()
 
 
 async def test_a_block_arriving_after_its_want_was_cancelled_is_late_not_unsolicited():

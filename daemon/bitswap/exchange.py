@@ -924,14 +924,15 @@ class Bitswap:
         wantlist for the peer is sent again in full.
         """
         try:
-            while True:
-                data = await stream.read(65536)
-                if not data:
-                    return
+            while await stream.read(65536):
+                pass
+            if _ended_cleanly(stream):
+                return
         except trio.Cancelled:
             raise
-        except EOFError:  # py-libp2p's StreamEOF: a clean end
-            return
+        except EOFError:  # py-libp2p's StreamEOF
+            if _ended_cleanly(stream):
+                return
         except Exception:
             pass
         if box.stream is stream and not box.closed:
@@ -1014,20 +1015,27 @@ class Bitswap:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._process_inbound, peer, recv, nursery.cancel_scope)
                 async with send:
-                    await self._read_inbound(peer, stream, send)
+                    clean = await self._read_inbound(peer, stream, send)
         finally:
             with trio.CancelScope(shield=True):
                 await self._close_quietly(stream)
-        # The peer closes its stream when it has nothing more to send us: if it
-        # still owes us answers to wants we sent, the stream broke (a reset, or a
-        # connection lost while another one stays up) and they may be lost with
-        # it. Ask again rather than wait out the stall timeout (found by the
-        # cluster fault campaign: repairs under connection resets were slow).
-        self._resend_wants(peer)
+        # Kubo and Helia open a new stream for every reply and close it cleanly:
+        # that is no news. A reset, or an end because the connection went away
+        # (another one may stay up, so no disconnect is seen), may have lost
+        # messages with it: then our wants go again rather than wait out the
+        # stall timeout.
+        if not clean:
+            self._resend_wants(peer)
 
     async def _read_inbound(
         self, peer: ID, stream: INetStream, send: trio.MemorySendChannel[Message]
-    ) -> None:
+    ) -> bool:
+        """Read ``stream`` into ``send`` until it ends.
+
+        Returns:
+            True when the peer closed the stream cleanly on a live connection;
+            False when it was reset, its connection closed, or we stopped reading.
+        """
         decoder = FrameDecoder(MAX_MESSAGE_SIZE)
         chunk = self.config.read_chunk_bytes
         try:
@@ -1036,10 +1044,12 @@ class Bitswap:
                     data = await stream.read(chunk)
                 except trio.Cancelled:
                     raise
-                except Exception:  # EOF, reset, connection closed
-                    return
+                except EOFError:  # py-libp2p's StreamEOF; also raised on a closed connection
+                    return _ended_cleanly(stream)
+                except Exception:  # reset, connection error
+                    return False
                 if not data:
-                    return
+                    return _ended_cleanly(stream)
                 decoder.feed(data)
                 while (body := decoder.next_frame()) is not None:
                     if len(body) >= self.config.hash_in_thread_bytes:
@@ -1052,9 +1062,10 @@ class Bitswap:
                     try:
                         await send.send(msg)
                     except trio.BrokenResourceError:  # the processor cut the peer off
-                        return
+                        return False
         except RemoteProtocolError as exc:
             await self._cut_off(peer, exc)
+        return False
 
     async def _process_inbound(
         self, peer: ID, recv: trio.MemoryReceiveChannel[Message], scope: trio.CancelScope
@@ -1177,3 +1188,14 @@ class Bitswap:
                     del self._banned[peer]
 
 
+def _ended_cleanly(stream: INetStream) -> bool:
+    """Whether an EOF on ``stream`` is a clean end: the stream was not reset and
+    its connection is still open (py-libp2p 0.8.1 raises StreamEOF for both).
+
+    Reads py-libp2p's Yamux internals (``muxed_conn.is_closed``,
+    ``muxed_stream.reset_received``); tests/test_libp2p_internals.py fails if
+    they change.
+    """
+    if getattr(getattr(stream, "muxed_conn", None), "is_closed", False):
+        return False
+    return not getattr(getattr(stream, "muxed_stream", None), "reset_received", False)
