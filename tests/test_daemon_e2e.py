@@ -6,7 +6,6 @@ import hashlib
 import json
 import os
 import random
-import signal
 import socket
 import subprocess
 import threading
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from pinfold.daemon.client import Client, DaemonNotRunning, RpcError
+from pinfold.daemon.client import DaemonNotRunning
 from tests.harness import DaemonProcess, cli_json, model_file, run_cli, wait_for
 
 
