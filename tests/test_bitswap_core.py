@@ -302,3 +302,71 @@ def test_unanswerable_wants_make_room_instead_of_counting_as_a_flood():
     eng.receive_wantlist("p", [want(c) for c in CIDS[10:15]])  # no flood: oldest waiting dropped
     assert eng.ledger("p").wantlist_size == 10
     assert set(eng.wanted_by("p")) == set(CIDS[5:15])
+
+
+def _fails(actions):
+    return [a for a in actions if isinstance(a, WantFailed)]
+
+
+def _all_dont_have(m, peers, cid, now):
+    for p in peers:
+        m.on_presences(p, [BlockPresence(cid=cid, type=PresenceType.DONT_HAVE)], now)
+
+
+def test_a_want_every_peer_answers_dont_have_for_fails_at_once():
+    """Content nobody has ends the fetch in well under a second, not at the
+    deadline, naming how many peers were asked and what they answered."""
+    m = WantManager()
+    for p in ("p1", "p2"):
+        m.peer_connected(p, 0.0)
+    sid = m.new_session(timeout_s=30, now=0.0)
+    m.want(sid, [CIDS[0]], 0.0)
+    _all_dont_have(m, ["p1"], CIDS[0], 0.1)
+    assert not _fails(m.tick(0.5))  # p2 has not answered yet
+    _all_dont_have(m, ["p2"], CIDS[0], 0.6)
+    assert not _fails(m.tick(0.7))  # settling: a peer that connects now is asked too
+    (fail,) = _fails(m.tick(0.9))
+    assert fail.all_dont_have and fail.sessions == (sid,)
+    assert fail.peers_asked == fail.dont_have == ("p1", "p2")
+    assert not m.is_wanted(cid_key(CIDS[0]))
+
+
+def test_a_peer_connecting_after_every_dont_have_is_asked_before_giving_up():
+    m = WantManager()
+    m.peer_connected("p1", 0.0)
+    sid = m.new_session(timeout_s=30, now=0.0)
+    m.want(sid, [CIDS[0]], 0.0)
+    _all_dont_have(m, ["p1"], CIDS[0], 0.1)
+    out = sends(m.peer_connected("p2", 0.2))
+    assert [e.want_type for e in out["p2"]] == [WantType.HAVE]
+    assert not _fails(m.tick(1.0))
+    m.on_presences("p2", [BlockPresence(cid=CIDS[0], type=PresenceType.HAVE)], 1.1)
+    assert not _fails(m.tick(5.0))  # someone has it: wait for it
+
+
+def test_a_session_limited_to_expected_holders_waits_through_dont_have():
+    """A fetch from given peers (a cluster pin's holders, which may be fetching
+    the block themselves) keeps waiting until its deadline."""
+    m = WantManager()
+    m.peer_connected("holder", 0.0)
+    sid = m.new_session(timeout_s=3, now=0.0, peers=["holder"])
+    m.want(sid, [CIDS[0]], 0.0)
+    _all_dont_have(m, ["holder"], CIDS[0], 0.1)
+    assert not _fails(m.tick(2.0))
+    (fail,) = _fails(m.tick(3.0))
+    assert not fail.all_dont_have
+
+
+def test_the_only_holder_leaving_after_others_said_dont_have_ends_the_want_early():
+    m = WantManager()
+    for p in ("p1", "p2"):
+        m.peer_connected(p, 0.0)
+    sid = m.new_session(timeout_s=30, now=0.0)
+    m.want(sid, [CIDS[0]], 0.0)
+    m.on_presences("p1", [BlockPresence(cid=CIDS[0], type=PresenceType.HAVE)], 0.1)
+    _all_dont_have(m, ["p2"], CIDS[0], 0.1)
+    assert not _fails(m.tick(1.0))
+    m.peer_disconnected("p1", 1.1)
+    assert not _fails(m.tick(1.2))
+    (fail,) = _fails(m.tick(1.5))
+    assert fail.all_dont_have and fail.dont_have == ("p2",)

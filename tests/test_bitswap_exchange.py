@@ -10,7 +10,13 @@ import trio.testing
 from multiformats import CID
 from pinfold.blockstore.cid import RAW, cid_key, make_cid
 from pinfold.blockstore.unixfs import ImportParams, import_bytes
-from pinfold.daemon.bitswap import BitswapConfig, ClientConfig, FetchTimeout, ServerConfig
+from pinfold.daemon.bitswap import (
+    BitswapConfig,
+    BlockUnavailable,
+    ClientConfig,
+    FetchTimeout,
+    ServerConfig,
+)
 from pinfold.daemon.bitswap.message import (
     PROTOCOL_1_2_0,
     PROTOCOLS,
@@ -118,19 +124,38 @@ async def test_a_holder_disconnecting_mid_transfer_does_not_stop_the_fetch():
         assert all(fetcher.store.has(c) for c, _ in blocks)
 
 
-async def test_a_block_nobody_has_gives_dont_have_and_a_clear_timeout():
+async def test_a_block_every_peer_answers_dont_have_for_fails_within_a_second():
+    """Content nobody has does not wait out the fetch timeout (30 s here): the
+    error comes once every peer answered DONT_HAVE and says what they answered."""
     missing = make_cid(b"nobody has this", RAW)
-    async with running_nodes(2) as (peer, fetcher):
-        await fetcher.host.connect(peer.addr)
-        await wait_until(lambda: fetcher.bitswap.statistics().peers == 1, what="bitswap peer")
+    async with running_nodes(3) as (p1, p2, fetcher):
+        for peer in (p1, p2):
+            await fetcher.host.connect(peer.addr)
+        await wait_until(lambda: fetcher.bitswap.statistics().peers == 2, what="bitswap peers")
         start = trio.current_time()
-        with pytest.raises(FetchTimeout) as info:
-            await fetcher.bitswap.get_block(missing, timeout_s=1.0)
-        assert trio.current_time() - start < 5
+        with pytest.raises(BlockUnavailable) as info:
+            await fetcher.bitswap.get_block(missing, timeout_s=30.0)
+        assert trio.current_time() - start < 1.0
         err = info.value
-        assert str(err) == f"no peer had block {missing} within 1 s; asked 1 peer, 1 said dont-have"
-        assert err.peers_asked == err.dont_have == (str(peer.peer_id),)
+        assert isinstance(err, FetchTimeout)  # callers that retry on a timeout still do
+        assert str(err) == (f"no peer has block {missing}: 2 peers asked, "
+                            "2 answered dont-have, none have")
+        assert set(err.peers_asked) == set(err.dont_have) == {str(p1.peer_id), str(p2.peer_id)}
         assert fetcher.bitswap.statistics().wantlist_size == 0
+
+
+async def test_a_fetch_from_given_peers_waits_out_dont_have_until_its_deadline():
+    """Given peers (a cluster pin's holders) are expected to get the block;
+    their DONT_HAVE does not end the fetch early."""
+    missing = make_cid(b"not yet", RAW)
+    async with running_nodes(2) as (holder, fetcher):
+        await fetcher.host.connect(holder.addr)
+        await wait_until(lambda: fetcher.bitswap.statistics().peers == 1, what="bitswap peer")
+        with pytest.raises(FetchTimeout) as info:
+            await fetcher.bitswap.get_block(missing, timeout_s=1.5, peers=[holder.peer_id])
+        assert not isinstance(info.value, BlockUnavailable)
+        assert str(info.value) == (f"no peer had block {missing} within 1.5 s; "
+                                   "asked 1 peer, 1 said dont-have")
 
 
 async def test_fetch_with_no_peers_times_out_naming_that():

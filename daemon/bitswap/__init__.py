@@ -8,6 +8,7 @@ from .client import ClientConfig, WantManager
 from .errors import (
     BitswapError,
     BitswapNotRunning,
+    BlockUnavailable,
     FetchTimeout,
     MalformedMessage,
     MessageTooLarge,
@@ -31,6 +32,7 @@ __all__ = [
     "BitswapStats",
     "ClientConfig",
     "FetchStats",
+    "BlockUnavailable",
     "FetchTimeout",
     "LedgerStat",
     "MalformedMessage",

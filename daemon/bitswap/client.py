@@ -24,6 +24,11 @@ session and Helia's want-list behave alike):
   as messages on the broken stream may be lost.
 * Deadline: a want fails (``WantFailed``) when its session made no progress
   for the session's ``timeout_s`` and the want is at least that old.
+* Nobody has it: a want fails early (``WantFailed`` with ``all_dont_have``)
+  when every connected peer it may ask answered DONT_HAVE and none said HAVE,
+  for ``dont_have_settle_s`` (a peer that connects meanwhile is asked first).
+  Only sessions open to any peer do this; a session restricted to given peers
+  (cluster holders, expected to get the block) waits for its deadline.
 * When a block arrives, every other peer asked for it gets a cancel.
 """
 
@@ -60,17 +65,23 @@ class ClientConfig:
         stall_timeout_s: a peer with want-blocks in flight that sent us nothing
             for this long, seconds, loses them to other peers.
         max_wants: wants outstanding at once over all sessions (memory bound).
+        dont_have_settle_s: a want that every peer it may ask answered DONT_HAVE
+            fails after this long, seconds (well under a second: the answer is
+            in; the wait only lets a peer that is connecting be asked too).
     """
 
     max_outstanding_per_peer: int = 16
     stall_timeout_s: float = 10.0
     max_wants: int = 100_000
+    dont_have_settle_s: float = 0.25
 
     def __post_init__(self) -> None:
         if self.max_outstanding_per_peer < 1:
             raise ValueError("bitswap.max_outstanding_per_peer: must be >= 1")
         if self.stall_timeout_s <= 0:
             raise ValueError("bitswap.stall_timeout_s: must be > 0")
+        if self.dont_have_settle_s < 0:
+            raise ValueError("bitswap.dont_have_settle_s: must be >= 0")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -91,6 +102,8 @@ class WantFailed:
         timeout_s: the deadline (no progress for this long), seconds.
         peers_asked: peers asked for it, sorted by ``str``.
         dont_have: peers among them that answered DONT_HAVE, sorted.
+        all_dont_have: True when it failed early because every peer asked
+            answered DONT_HAVE (``timeout_s`` then did not pass).
     """
 
     cid: CID
@@ -98,6 +111,7 @@ class WantFailed:
     timeout_s: float
     peers_asked: tuple[Peer, ...]
     dont_have: tuple[Peer, ...]
+    all_dont_have: bool = False
 
 
 Action = SendWants | WantFailed
@@ -110,6 +124,7 @@ class _Want:
         "cid",
         "created",
         "dont_have",
+        "exhausted_at",
         "have_asked",
         "have_peers",
         "key",
@@ -130,6 +145,7 @@ class _Want:
         self.dont_have: set[Peer] = set()
         self.stalled: set[Peer] = set()
         self.queued = False
+        self.exhausted_at: float | None = None  # since when every peer said DONT_HAVE
 
 
 @dataclass(slots=True)
@@ -313,6 +329,8 @@ class WantManager:
                     self._drain_queue(now, sends)
                 elif w.block_peer is None and not w.queued:
                     self._schedule(w, now, sends)
+                if w.exhausted_at is None and self._exhausted(w):
+                    w.exhausted_at = now
         return _send_actions(sends)
 
     def on_block(self, peer: Peer, key: bytes, now: float) -> tuple[CID, tuple[int, ...], list[Action]] | None:
@@ -381,7 +399,18 @@ class WantManager:
                     self._schedule(w, now, sends)
             st.busy_since = now  # look again after another stall period
         failed: list[_Want] = []
+        early: set[bytes] = set()
+        settle = self.config.dont_have_settle_s
         for w in self._wants.values():
+            if w.exhausted_at is None and w.dont_have and self._exhausted(w):
+                w.exhausted_at = now  # e.g. the only peer that said HAVE went away
+            elif w.exhausted_at is not None:
+                if not self._exhausted(w):
+                    w.exhausted_at = None
+                elif now - w.exhausted_at >= settle:
+                    failed.append(w)
+                    early.add(w.key)
+                    continue
             timeout = None
             for sid in w.sessions:
                 s = self._sessions.get(sid)
@@ -406,6 +435,7 @@ class WantManager:
                     ),
                     peers_asked=tuple(sorted(w.have_asked | w.dont_have, key=str)),
                     dont_have=tuple(sorted(w.dont_have, key=str)),
+                    all_dont_have=w.key in early,
                 )
             )
             for sid in w.sessions:
@@ -457,6 +487,17 @@ class WantManager:
         return any(
             (s := self._sessions.get(sid)) is not None and peer in s.useful for sid in w.sessions
         )
+
+    def _exhausted(self, w: _Want) -> bool:
+        """Every peer ``w`` may ask answered DONT_HAVE, none said HAVE, and no
+        session of it is restricted to given peers (expected holders)."""
+        if w.block_peer is not None or w.have_peers or not w.dont_have:
+            return False
+        for sid in w.sessions:
+            s = self._sessions.get(sid)
+            if s is not None and s.peers is not None:
+                return False
+        return not self._candidates(w)
 
     def _allowed(self, s: _Session, peer: Peer) -> bool:
         return s.peers is None or peer in s.peers

@@ -97,6 +97,33 @@ def _rebuild_fetch_timeout(cid, timeout_s, peers_asked, dont_have):
     return FetchTimeout(cid, timeout_s=timeout_s, peers_asked=peers_asked, dont_have=dont_have)
 
 
+class BlockUnavailable(FetchTimeout):
+    """Every connected peer asked for a block answered DONT_HAVE and none is
+    expected to get it: the fetch ends at once instead of at its deadline.
+
+    A ``FetchTimeout`` subclass, so callers that retry on a timeout still do.
+    """
+
+    code = "not_found"
+
+    def __init__(self, cid: object, *, peers_asked: Sequence[str] = (),
+                 dont_have: Sequence[str] = (), timeout_s: float = 0.0) -> None:
+        super().__init__(cid, timeout_s=timeout_s, peers_asked=peers_asked, dont_have=dont_have)
+        n = len(self.peers_asked)
+        Exception.__init__(
+            self,
+            f"no peer has block {cid}: {n} peer{'s' if n != 1 else ''} asked, "
+            f"{len(self.dont_have)} answered dont-have, none have",
+        )
+
+    def __reduce__(self):
+        return (_rebuild_block_unavailable, (self.cid, self.peers_asked, self.dont_have))
+
+
+def _rebuild_block_unavailable(cid, peers_asked, dont_have):
+    return BlockUnavailable(cid, peers_asked=peers_asked, dont_have=dont_have)
+
+
 class BitswapNotRunning(BitswapError):
     """A fetch was started before ``Bitswap.run`` started, or after it stopped."""
 

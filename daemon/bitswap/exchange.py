@@ -62,6 +62,7 @@ from pinfold.blockstore.store import BlockStore
 from .client import ClientConfig, SendWants, WantFailed, WantManager
 from .errors import (
     BitswapNotRunning,
+    BlockUnavailable,
     FetchTimeout,
     RemoteProtocolError,
     TooManyBadBlocks,
@@ -734,11 +735,13 @@ class Bitswap:
                         asked.popitem(last=False)
             else:
                 self._want_times.pop(cid_key(a.cid), None)
-                err = FetchTimeout(
-                    a.cid,
-                    timeout_s=a.timeout_s,
-                    peers_asked=[str(p) for p in a.peers_asked],
-                    dont_have=[str(p) for p in a.dont_have],
+                peers_asked = [str(p) for p in a.peers_asked]
+                dont_have = [str(p) for p in a.dont_have]
+                err: FetchTimeout = (
+                    BlockUnavailable(a.cid, peers_asked=peers_asked, dont_have=dont_have)
+                    if a.all_dont_have
+                    else FetchTimeout(a.cid, timeout_s=a.timeout_s, peers_asked=peers_asked,
+                                      dont_have=dont_have)
                 )
                 for sid in a.sessions:
                     sess = self._sessions.get(sid)
