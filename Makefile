@@ -51,8 +51,11 @@ test-all: $(STAMP) $(REPORT_STAMP) node-deps deploy-tools
 bench: $(STAMP) node-deps
 	$(PY) tests/bench/run.py
 
+## make lint: ruff, the import contracts of pyproject.toml (layers, no cycles; lint-imports),
+## the deploy checks
 lint: $(STAMP) lint-deploy
 	$(BIN)/ruff check daemon replication blockstore config tests
+	$(BIN)/lint-imports --no-logo
 
 clean:
 	rm -rf $(VENV) tests/interop/node_modules .pytest_cache
