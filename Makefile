@@ -11,7 +11,7 @@ NODE_STAMP := tests/interop/node_modules/.installed
 HOME_DIR := $(if $(PINFOLD_HOME),$(PINFOLD_HOME),$(HOME)/.pinfold)
 PYTEST_ARGS ?=
 
-.PHONY: node-deps all install run test test-all bench lint demo install-service clean
+.PHONY: node-deps all install run test test-all bench lint sizes demo install-service clean
 
 all: install
 
@@ -51,8 +51,16 @@ test-all: $(STAMP) $(REPORT_STAMP) node-deps deploy-tools
 bench: $(STAMP) node-deps
 	$(PY) tests/bench/run.py
 
+## make lint: ruff, the import contracts of pyproject.toml (layers, no cycles; lint-imports),
+## the deploy checks
 lint: $(STAMP) lint-deploy
 	$(BIN)/ruff check daemon replication blockstore config tests
+	$(BIN)/lint-imports --no-logo
+
+## make sizes: the Python files over $(SIZE_LINES) lines, longest first (a report; exits 0)
+SIZE_LINES ?= 600
+sizes:
+	@$(PYTHON) tools/filesizes.py --threshold $(SIZE_LINES)
 
 clean:
 	rm -rf $(VENV) tests/interop/node_modules .pytest_cache
