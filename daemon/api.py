@@ -13,7 +13,9 @@ Method names and their parameters (the client in ``client.py`` mirrors them):
                    raw_leaves, max_links, name, pin, rmin, rmax, availability
                    -> {cid, bytes, blocks}
 ``add_dir``        upload: entries framed as [u32 len][msgpack {path, type,
-                   size}][size bytes]; same params -> {cid, bytes, blocks, files}
+                   size, target}][size bytes] (type file, dir or symlink; a
+                   symlink has a target and no bytes); same params
+                   -> {cid, bytes, blocks, files, symlinks}
 ``cat``            {cid, offset, length} -> stream of bytes -> {bytes}
 ``get``            {cid} -> stream of {path, type, size} headers, each file's
                    header followed by its bytes -> {cid, files, bytes}
@@ -327,6 +329,7 @@ class Api:
         builder = unixfs.DirectoryBuilder(params)
         reader = UploadReader(call.upload())
         files = 0
+        links = 0
         total = 0
         async with undo_on_failure(self.node) as created:
             with self.node.store.protect() as protection:
@@ -347,6 +350,11 @@ class Api:
                         try:
                             if kind == "dir":
                                 builder.add_dir(path)
+                                continue
+                            if kind == "symlink":
+                                target = _param(header, "target", str, required=True)
+                                await sink.put([builder.add_symlink(path, target)])
+                                links += 1
                                 continue
                             if kind != "file" or size < 0:
                                 raise InvalidArgument(
@@ -371,7 +379,7 @@ class Api:
                     await sink.put(blocks)
                     await sink.flush()
                 result = {"cid": str(root), "bytes": total, "blocks": sink.blocks,
-                          "files": files}
+                          "files": files, "symlinks": links}
                 if _param(call.params, "pin", bool, False):
                     result["pin"] = await self.node.pin(root, recursive=True,
                                                         **self._pin_opts(call))

@@ -145,6 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = cmd("add", "add a file or directory; prints the root CID")
     p.add_argument("path", help="file, directory (with -r) or - for standard input")
     p.add_argument("-r", "--recursive", action="store_true", help="add a directory tree")
+    p.add_argument("-L", "--dereference", action="store_true",
+                   help="with -r: follow symbolic links and store what they point to "
+                   "(default: store relative links into the tree as links)")
     p.add_argument("--pin", action="store_true", help="pin the root (cluster-wide in a cluster)")
     _replication_options(p)
     p.add_argument("--name", help="pin name")
@@ -487,7 +490,7 @@ def _cmd_add(c, args: argparse.Namespace, out: Output) -> int:
     if path != "-" and os.path.isdir(path):
         if not args.recursive:
             raise UsageError(f"{path} is a directory: use -r to add it")
-        res = c.add_dir(path, pin=pin, **repl, **opts)
+        res = c.add_dir(path, pin=pin, dereference=args.dereference, **repl, **opts)
     else:
         total = None if path == "-" else os.path.getsize(path)
         progress = Progress(total, "added")
