@@ -36,7 +36,8 @@ from pinfold.config import ConfigError, load
 from .home import Home, resolve_home
 from .rpcclient import DaemonNotRunning, RpcConnection, RpcError
 
-__all__ = ["Client", "DaemonNotRunning", "LinkError", "RpcError", "walk_local_tree"]
+__all__ = ["Client", "DaemonNotRunning", "LinkError", "PinWaitTimeout", "RpcError",
+           "walk_local_tree"]
 
 CHUNK = 1 << 20
 
@@ -141,28 +142,44 @@ class Client:
         """Add a file (path, bytes or binary file object); returns the root CID text.
 
         With ``replicas``/``rmin``/``rmax``/``availability`` the root is pinned
-        cluster-wide (``pin`` implied). See ``add_stream`` for ``opts``.
+        cluster-wide (``pin`` implied). See ``add_info`` for ``wait`` and
+        ``add_stream`` for ``opts``.
         """
         return self.add_info(source, pin=pin, replicas=replicas, rmin=rmin, rmax=rmax,
                              availability=availability, **opts)["cid"]
 
     def add_info(self, source: str | os.PathLike[str] | bytes | BinaryIO, *, pin: bool = False,
                  replicas: int | None = None, rmin: int | None = None, rmax: int | None = None,
-                 availability: float | None = None, **opts: Any) -> dict[str, Any]:
-        """Like ``add`` but returns ``{"cid", "bytes", "blocks"}``."""
+                 availability: float | None = None, wait: bool = False,
+                 wait_timeout: float | None = None, **opts: Any) -> dict[str, Any]:
+        """Like ``add`` but returns ``{"cid", "bytes", "blocks"}`` (and ``pin`` when pinned).
+
+        With ``wait`` (implied by ``wait_timeout``, seconds) the pin is made and
+        this returns once rmin holders report it pinned, as ``pin(wait=True)``.
+
+        Raises:
+            ValueError: ``wait_timeout`` is not > 0 (before anything is sent).
+            PinWaitTimeout: the timeout passed first.
+        """
+        _check_timeout(wait_timeout)
         repl = _replication(replicas, rmin, rmax, availability)
-        pin = pin or bool(repl)
+        waiting = wait or wait_timeout is not None
+        pin = pin or bool(repl) or waiting
         if isinstance(source, (bytes, bytearray, memoryview)):
             data = bytes(source)
             chunks: Iterable[bytes] = (data[i:i + CHUNK] for i in range(0, len(data), CHUNK))
-            return self.add_stream(chunks, pin=pin, **repl, **opts)
-        if hasattr(source, "read"):
-            return self.add_stream(_file_chunks(source, None), pin=pin, **repl, **opts)
-        path = Path(source)
-        if path.is_dir():
-            return self.add_dir(path, pin=pin, **repl, **opts)
-        with open(path, "rb") as f:
-            return self.add_stream(_file_chunks(f, None), pin=pin, **repl, **opts)
+            res = self.add_stream(chunks, pin=pin, **repl, **opts)
+        elif hasattr(source, "read"):
+            res = self.add_stream(_file_chunks(source, None), pin=pin, **repl, **opts)
+        elif Path(source).is_dir():
+            res = self.add_dir(Path(source), pin=pin, **repl, **opts)
+        else:
+            with open(Path(source), "rb") as f:
+                res = self.add_stream(_file_chunks(f, None), pin=pin, **repl, **opts)
+        if waiting:
+            res["pin"]["status"] = self.wait_pinned(res["cid"], timeout=wait_timeout)
+            res["pin"]["holders_pinned"] = res["pin"]["status"]["healthy"]
+        return res
 
     def add_dir(self, path: str | os.PathLike[str], *, pin: bool = False,
                 dereference: bool = False, **opts: Any) -> dict[str, Any]:
@@ -343,15 +360,66 @@ class Client:
     def pin(self, cid: str, *, replicas: int | None = None, rmin: int | None = None,
             rmax: int | None = None, availability: float | None = None,
             recursive: bool = True, name: str | None = None,
-            expire_in: float | None = None) -> dict[str, Any]:
-        """Pin ``cid`` (cluster-wide in a cluster); returns the pin record."""
+            expire_in: float | None = None, wait: bool = False,
+            wait_timeout: float | None = None,
+            progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        """Pin ``cid`` (cluster-wide in a cluster); returns the pin record.
+
+        In a cluster the record says how many holders had it pinned when the
+        pin was written (``holders_pinned`` of ``holders_wanted`` = rmin); the
+        others fetch it afterwards. With ``wait`` (implied by ``wait_timeout``)
+        this returns only once rmin holders report pinned, the record then
+        holding the final ``status``; see ``wait_pinned`` for ``progress``.
+
+        Raises:
+            ValueError: ``wait_timeout`` is not > 0 seconds (before anything is sent).
+            PinWaitTimeout: ``wait_timeout`` seconds passed first.
+            RpcError: the daemon refused the pin (e.g. ``invalid_argument``).
+        """
+        _check_timeout(wait_timeout)
         params: dict[str, Any] = {"cid": str(cid), "recursive": recursive}
         params.update(_replication(replicas, rmin, rmax, availability))
         if name is not None:
             params["name"] = name
         if expire_in is not None:
             params["expire_in"] = expire_in
-        return self.call("pin_add", params)
+        res = self.call("pin_add", params)
+        if wait or wait_timeout is not None:
+            res["status"] = self.wait_pinned(res["cid"], timeout=wait_timeout,
+                                             progress=progress)
+            res["holders_pinned"] = res["status"]["healthy"]
+        return res
+
+    def wait_pinned(self, cid: str, *, timeout: float | None = None,
+                    progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        """Wait until rmin holders of ``cid`` report pinned on alive peers (as
+        ``ipfs-cluster-ctl pin add --wait``); returns the ``status`` record.
+
+        Args:
+            cid: a pinned CID.
+            timeout: seconds (> 0) to wait at most; None waits as long as it takes.
+            progress: called with ``{"pinned", "wanted", "holders"}`` at the start
+                and whenever the count or a holder's state changes.
+
+        Raises:
+            ValueError: ``timeout`` is not > 0.
+            PinWaitTimeout: the timeout passed first; ``.status`` is the last
+                status and the message names the holders behind and their state.
+            RpcError: ``not_pinned`` when the pin is removed meanwhile.
+        """
+        _check_timeout(timeout)
+        params: dict[str, Any] = {"cid": str(cid)}
+        if timeout is not None:
+            params["timeout"] = float(timeout)
+        stream = self.conn.stream("pin_wait", params)
+        for item in stream:
+            if progress is not None:
+                progress(item)
+        res = dict(stream.result)
+        done = res.pop("done", False)
+        if not done:
+            raise PinWaitTimeout(str(cid), timeout or 0.0, res)
+        return res
 
     def unpin(self, cid: str) -> dict[str, Any]:
         """Remove the pin of ``cid``."""
@@ -397,6 +465,39 @@ class Client:
 
     def recover(self, cid: str | None = None) -> dict[str, Any]:
         return self.call("recover", {"cid": cid} if cid else {"all": True})
+
+
+def _check_timeout(timeout: float | None) -> None:
+    if timeout is not None and not 0 < timeout < float("inf"):
+        raise ValueError(f"wait timeout must be > 0 seconds, got {timeout}")
+
+
+class PinWaitTimeout(Exception):
+    """``wait_pinned`` gave up: fewer than rmin holders reported pinned within the
+    timeout. ``.cid``, ``.timeout`` (seconds), ``.status`` (the last ``pin status``
+    record), ``.behind`` (``[(peer_id, state)]`` of holders not pinned)."""
+
+    code = "wait_timeout"
+
+    def __init__(self, cid: str, timeout: float, status: dict[str, Any]) -> None:
+        self.cid = cid
+        self.timeout = timeout
+        self.status = status
+        self.behind = []
+        for h in status.get("holders", []):
+            state = h.get("state", "?")
+            if h.get("peer_status") not in (None, "alive"):
+                state = f"{state}, peer {h['peer_status']}"
+            if h.get("state") != "pinned" or h.get("peer_status") not in (None, "alive"):
+                self.behind.append((h["peer_id"], state))
+        pinned, wanted = status.get("healthy", 0), status.get("rmin", 0)
+        parts = [f"{peer} {state}" for peer, state in self.behind]
+        missing = wanted - pinned - len(self.behind)
+        if missing > 0:
+            parts.append(f"{missing} holder(s) not chosen or not reporting yet")
+        super().__init__(
+            f"{cid}: timed out after {timeout:g} s with {pinned} of {wanted} holders pinned; "
+            f"behind: {'; '.join(parts) or 'none'}")
 
 
 def _dir_header(path: str, kind: str, size: int, **extra: Any) -> bytes:
