@@ -12,8 +12,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from pinfold.blockstore.unixfs import symlink_node
+
 from tests.harness import DaemonProcess, cli_json, run_cli
 
 VECTORS = Path(__file__).parent / "vectors" / "kubo_symlinks.json"

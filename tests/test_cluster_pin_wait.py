@@ -17,12 +17,12 @@ import time
 from pathlib import Path
 
 import pytest
-
 from pinfold.blockstore.cid import RAW, make_cid
 from pinfold.config import load, render, replace
 from pinfold.daemon.client import PinWaitTimeout, RpcError
 from pinfold.daemon.home import Home
 from pinfold.daemon.identity import load_identity, peer_id_of
+
 from tests.harness import DaemonProcess, cli_json, run_cli, wait_for
 
 REPLICATION = {"heartbeat_interval_s": 0.5, "repair_grace_s": 3.0, "sync_interval_s": 5.0,
@@ -163,9 +163,8 @@ def test_pin_add_wait_timeout_exits_nonzero_naming_holders_behind(
     _unpin(a, cid)
 
     cid = _unfetchable()
-    with a.client() as c:
-        with pytest.raises(PinWaitTimeout) as info:
-            c.pin(cid, replicas=2, wait_timeout=3)
+    with a.client() as c, pytest.raises(PinWaitTimeout) as info:
+        c.pin(cid, replicas=2, wait_timeout=3)
     # Within 3 s both members have the pin queued or fetching; each is named with its state.
     behind = dict(info.value.behind)
     assert behind and all(st.split(",")[0] in {"queued", "pinning", "pin_error"}
@@ -222,9 +221,8 @@ def test_impossible_pin_requests_are_refused_at_once_with_the_reason(
     out = run_cli(a.home, "pin", "add", cid, "--availability", "0.999", "--rmax", "1",
                   check=False)
     assert out.returncode == 1 and b"at most rmax=1" in out.stderr, out.stderr
-    with a.client() as c:
-        with pytest.raises(RpcError, match="not in the cluster pinset"):
-            c.status(cid)
+    with a.client() as c, pytest.raises(RpcError, match="not in the cluster pinset"):
+        c.status(cid)
 
     # add refuses before reading the upload, not after 64 MiB arrived.
     sent = 0
@@ -262,9 +260,8 @@ def test_zero_or_negative_sizes_and_timeouts_are_refused(
     argv = [x.format(cid=cid, file=f) for x in args]
     out = run_cli(a.home, *argv, check=False)
     assert out.returncode == 2 and needle.encode() in out.stderr, (argv, out.stderr)
-    with a.client() as c:
-        with pytest.raises(RpcError, match="not in the cluster pinset"):
-            c.status(cid)
+    with a.client() as c, pytest.raises(RpcError, match="not in the cluster pinset"):
+        c.status(cid)
 
 
 def test_client_and_rpc_refuse_nonpositive_wait_timeouts(nodes: list[DaemonProcess]) -> None:
