@@ -50,6 +50,7 @@ __all__ = [
     "encode_data",
     "import_bytes",
     "stat",
+    "symlink_node",
     "walk_tree",
 ]
 
@@ -553,6 +554,40 @@ def import_bytes(
 
 # =========================================================================== directories
 
+#: Longest symlink target stored (Linux PATH_MAX).
+MAX_SYMLINK_TARGET: Final = 4096
+
+
+def symlink_node(target: str, cid_version: int = 1) -> tuple[CID, bytes]:
+    """The dag-pb node of a UnixFS symlink, as Kubo's ``ipfs add`` writes it.
+
+    UnixFS spec, "Symlink": ``Data`` is ``{Type: Symlink, Data: target bytes}``
+    (no filesize, no links), so the block is ``0x0a len (0x08 0x04 0x12 len
+    target)``; boxo's ``unixfs.SymlinkData`` encodes the same bytes.
+
+    Args:
+        target: the link target as the link holds it (not resolved), UTF-8.
+        cid_version: 0 (base58 ``Qm...``) or 1.
+
+    Returns:
+        ``(cid, block)``; the block's length is the link's Tsize in a directory.
+
+    Raises:
+        ValueError: the target is empty, longer than 4096 bytes, holds a NUL,
+            or is not UTF-8.
+    """
+    try:
+        raw = target.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"symlink target {target!r} is not valid UTF-8") from None
+    if not raw or len(raw) > MAX_SYMLINK_TARGET or b"\x00" in raw:
+        raise ValueError(f"symlink target {target!r} must be 1..{MAX_SYMLINK_TARGET} bytes "
+                         "without NUL")
+    block = dagpb.encode(dagpb.PBNode(links=(), data=encode_data(
+        UnixFSData(type=DataType.SYMLINK, data=raw))))
+    return new_cid(cid_version, DAG_PB, _SHA256_PREFIX + hashlib.sha256(block).digest()), block
+
+
 
 @dataclass(frozen=True, slots=True)
 class _FileRef:
@@ -648,6 +683,24 @@ class DirectoryBuilder:
         if parts[-1] in parent.children:
             raise ValueError(f"path {path!r} was already added")
         parent.children[parts[-1]] = _FileRef(cid, size_bytes, tsize_bytes)
+
+    def add_symlink(self, path: str, target: str) -> tuple[CID, bytes]:
+        """Add a symbolic link at ``path`` that points to ``target`` (stored as is).
+
+        Returns:
+            ``(cid, block)`` of the symlink node (``symlink_node``); the caller
+            stores the block, ``finish`` only links it.
+
+        Raises:
+            ValueError: as for ``add_file``, or a bad target (``symlink_node``).
+        """
+        parts = _split_path(path)
+        cid, block = symlink_node(target, self._params.cid_version)
+        parent = self._parent(parts, path)
+        if parts[-1] in parent.children:
+            raise ValueError(f"path {path!r} was already added")
+        parent.children[parts[-1]] = _FileRef(cid, len(target.encode("utf-8")), len(block))
+        return cid, block
 
     def add_dir(self, path: str) -> None:
         """Add a (possibly empty) directory at ``path``.

@@ -13,7 +13,9 @@ Method names and their parameters (the client in ``client.py`` mirrors them):
                    raw_leaves, max_links, name, pin, rmin, rmax, availability
                    -> {cid, bytes, blocks}
 ``add_dir``        upload: entries framed as [u32 len][msgpack {path, type,
-                   size}][size bytes]; same params -> {cid, bytes, blocks, files}
+                   size, target}][size bytes] (type file, dir or symlink; a
+                   symlink has a target and no bytes); same params
+                   -> {cid, bytes, blocks, files, symlinks}
 ``cat``            {cid, offset, length} -> stream of bytes -> {bytes}
 ``get``            {cid} -> stream of {path, type, size} headers, each file's
                    header followed by its bytes -> {cid, files, bytes}
@@ -27,6 +29,8 @@ Method names and their parameters (the client in ``client.py`` mirrors them):
 ``pin_rm``         {cid}
 ``pin_ls``         {state} -> stream of pin dicts -> {count}
 ``pin_status``     {cid} -> DESIGN.md contract
+``pin_wait``       {cid, timeout} -> stream of {pinned, wanted, holders} ->
+                   pin_status record + {done}
 ``repo_stat``      -> {blocks, bytes, pins, map_used_bytes, ...}
 ``repo_gc``        -> {blocks_freed, bytes_freed, seconds}
 ``repo_verify``    {heal} -> {checked, corrupt, healed}
@@ -37,6 +41,7 @@ Method names and their parameters (the client in ``client.py`` mirrors them):
 from __future__ import annotations
 
 import logging
+import math
 import os
 import struct
 import time
@@ -279,7 +284,7 @@ class Api:
         """Method name -> handler, for the RPC server."""
         names = ["id", "add", "add_dir", "cat", "get", "block_put", "block_get", "block_stat",
                  "block_rm", "dag_import", "dag_export", "pin_add", "pin_rm", "pin_ls",
-                 "pin_status", "repo_stat", "repo_gc", "repo_verify", "shutdown"]
+                 "pin_status", "pin_wait", "repo_stat", "repo_gc", "repo_verify", "shutdown"]
         table = {name: getattr(self, name) for name in names}
         table.update(self.node.extra_handlers())
         return table
@@ -308,8 +313,18 @@ class Api:
         await sink.put(blocks)
         return root, size, importer.root_tsize
 
+    def _early_pin_opts(self, call: Any) -> dict[str, Any] | None:
+        """The pin options of an ``add``, checked before its upload is read: a bad or
+        impossible pin request is refused at once, not after the data arrived."""
+        if not _param(call.params, "pin", bool, False):
+            return None
+        opts = self._pin_opts(call)
+        self.node.check_pin_request(**opts)
+        return opts
+
     async def add(self, call: Any) -> dict[str, Any]:
         params = _import_params(self.node, call.params)
+        pin_opts = self._early_pin_opts(call)
         async with undo_on_failure(self.node) as created:
             with self.node.store.protect() as protection:
                 async with trio.open_nursery() as nursery:
@@ -317,16 +332,17 @@ class Api:
                     root, size, _ = await self._import_file(sink, call.upload(), params)
                     await sink.flush()
                 result = {"cid": str(root), "bytes": size, "blocks": sink.blocks}
-                if _param(call.params, "pin", bool, False):
-                    result["pin"] = await self.node.pin(root, recursive=True,
-                                                        **self._pin_opts(call))
+                if pin_opts is not None:
+                    result["pin"] = await self.node.pin(root, recursive=True, **pin_opts)
         return result
 
     async def add_dir(self, call: Any) -> dict[str, Any]:
         params = _import_params(self.node, call.params)
+        pin_opts = self._early_pin_opts(call)
         builder = unixfs.DirectoryBuilder(params)
         reader = UploadReader(call.upload())
         files = 0
+        links = 0
         total = 0
         async with undo_on_failure(self.node) as created:
             with self.node.store.protect() as protection:
@@ -347,6 +363,11 @@ class Api:
                         try:
                             if kind == "dir":
                                 builder.add_dir(path)
+                                continue
+                            if kind == "symlink":
+                                target = _param(header, "target", str, required=True)
+                                await sink.put([builder.add_symlink(path, target)])
+                                links += 1
                                 continue
                             if kind != "file" or size < 0:
                                 raise InvalidArgument(
@@ -371,10 +392,9 @@ class Api:
                     await sink.put(blocks)
                     await sink.flush()
                 result = {"cid": str(root), "bytes": total, "blocks": sink.blocks,
-                          "files": files}
-                if _param(call.params, "pin", bool, False):
-                    result["pin"] = await self.node.pin(root, recursive=True,
-                                                        **self._pin_opts(call))
+                          "files": files, "symlinks": links}
+                if pin_opts is not None:
+                    result["pin"] = await self.node.pin(root, recursive=True, **pin_opts)
         return result
 
     # ------------------------------------------------------------------ read
@@ -553,6 +573,35 @@ class Api:
         cid = _cid_param(call.params)
         recursive = _param(call.params, "recursive", bool, True)
         return await self.node.pin(cid, recursive=recursive, **self._pin_opts(call))
+
+    async def pin_wait(self, call: Any) -> dict[str, Any]:
+        """Wait until ``rmin`` holders of ``cid`` report pinned on alive peers.
+
+        Params: ``cid``; ``timeout`` (seconds > 0, optional: no limit). Streams
+        ``{"pinned", "wanted", "holders"}`` each time the count or a holder's
+        state changes; returns the ``pin_status`` record with ``done`` (False:
+        the timeout passed first). Raises ``NotPinned`` if the pin is removed.
+        """
+        cid = _cid_param(call.params)
+        timeout = _param(call.params, "timeout", (int, float), None)
+        if timeout is not None and not 0 < timeout < math.inf:
+            raise InvalidArgument(f"timeout must be > 0 seconds, got {timeout}")
+        last: dict[str, Any] | None = None
+        st = await self.node.pin_status(cid)
+        with trio.move_on_after(math.inf if timeout is None else float(timeout)):
+            while True:
+                st = await self.node.pin_status(cid)
+                progress = {"pinned": st["healthy"], "wanted": st["rmin"],
+                            "holders": [{k: h.get(k) for k in ("peer_id", "state", "peer_status")}
+                                        for h in st["holders"]]}
+                if progress != last:
+                    await call.send(progress)
+                    last = progress
+                if st["healthy"] >= st["rmin"]:
+                    return {**st, "done": True}
+                # Woken by any change; the bound re-reads peers turning suspect or dead.
+                await self.node.wait_pin_change(0.5)
+        return {**st, "done": False}
 
     async def pin_rm(self, call: Any) -> dict[str, Any]:
         cid = _cid_param(call.params)

@@ -116,6 +116,15 @@ def _replication_options(p: argparse.ArgumentParser) -> None:
                    help="hold enough copies that 1 - prod(1 - p_i) >= P")
 
 
+def _wait_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("waiting for the holders (as ipfs-cluster-ctl --wait)")
+    g.add_argument("--wait", action="store_true",
+                   help="return once rmin holders report pinned (progress on a terminal)")
+    g.add_argument("--wait-timeout", type=_positive_seconds, metavar="SECONDS",
+                   help="with --wait (implied): give up after SECONDS, exit non-zero and "
+                   "name the holders behind")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pinfold",
@@ -145,8 +154,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = cmd("add", "add a file or directory; prints the root CID")
     p.add_argument("path", help="file, directory (with -r) or - for standard input")
     p.add_argument("-r", "--recursive", action="store_true", help="add a directory tree")
+    p.add_argument("-L", "--dereference", action="store_true",
+                   help="with -r: follow symbolic links and store what they point to "
+                   "(default: store relative links into the tree as links)")
     p.add_argument("--pin", action="store_true", help="pin the root (cluster-wide in a cluster)")
     _replication_options(p)
+    _wait_options(p)
     p.add_argument("--name", help="pin name")
     p.add_argument("--chunk-size", type=_positive_int, metavar="BYTES")
     p.add_argument("--cid-version", type=int, choices=(0, 1))
@@ -186,6 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = pin.add_parser("add", help="pin a CID (fetching it if needed)")
     p.add_argument("cid")
     _replication_options(p)
+    _wait_options(p)
     p.add_argument("--name")
     p.add_argument("--direct", action="store_true", help="pin only the root block")
     p.add_argument("--expire-in", type=_positive_seconds, metavar="SECONDS")
@@ -350,6 +364,56 @@ class UsageError(Exception):
     """Bad combination of command-line options."""
 
 
+class WaitProgress:
+    """``N of M holders pinned`` on stderr while waiting, only when stderr is a terminal."""
+
+    def __init__(self) -> None:
+        self.enabled = sys.stderr.isatty()
+        self._shown = False
+
+    def __call__(self, item: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        busy = [h["state"] for h in item.get("holders", []) if h.get("state") != "pinned"]
+        extra = f" ({', '.join(sorted(set(busy)))})" if busy else ""
+        sys.stderr.write(f"\r{item['pinned']} of {item['wanted']} holders pinned{extra}\x1b[K")
+        sys.stderr.flush()
+        self._shown = True
+
+    def close(self) -> None:
+        if self._shown:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
+def _wait_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    if not (args.wait or args.wait_timeout is not None):
+        return {}
+    return {"wait": True, "wait_timeout": args.wait_timeout}
+
+
+def _pin_summary(cid: str, pin: dict[str, Any]) -> str:
+    """What is true of a pin just written: pinned, or queued with N of rmin holders."""
+    if "holders_pinned" not in pin:
+        return f"pinned {cid}"
+    n, want = pin["holders_pinned"], pin["holders_wanted"]
+    if n >= want:
+        return f"pinned {cid}; {n} of {want} holders pinned"
+    return f"queued {cid}; {n} of {want} holders pinned (--wait waits for them)"
+
+
+def _pin_with_wait(c, cid: str, wait: dict[str, Any], pin: dict[str, Any]) -> dict[str, Any]:
+    """After ``pin`` was written: wait for its holders as ``wait`` asks (CLI progress)."""
+    if not wait:
+        return pin
+    progress = WaitProgress()
+    try:
+        status = c.wait_pinned(cid, timeout=wait["wait_timeout"], progress=progress)
+    finally:
+        progress.close()
+    return {**pin, "status": status, "holders_pinned": status["healthy"]}
+
+
 # ---------------------------------------------------------------- commands
 
 
@@ -482,12 +546,13 @@ def _cmd_add(c, args: argparse.Namespace, out: Output) -> int:
         if getattr(args, key) is not None:
             opts[key] = getattr(args, key)
     repl = _replication_kwargs(args)
-    pin = args.pin or bool(repl)
+    wait = _wait_kwargs(args)
+    pin = args.pin or bool(repl) or bool(wait)
     path = args.path
     if path != "-" and os.path.isdir(path):
         if not args.recursive:
             raise UsageError(f"{path} is a directory: use -r to add it")
-        res = c.add_dir(path, pin=pin, **repl, **opts)
+        res = c.add_dir(path, pin=pin, dereference=args.dereference, **repl, **opts)
     else:
         total = None if path == "-" else os.path.getsize(path)
         progress = Progress(total, "added")
@@ -495,6 +560,11 @@ def _cmd_add(c, args: argparse.Namespace, out: Output) -> int:
             res = c.add_stream(_read_input(path), pin=pin, progress=progress, **repl, **opts)
         finally:
             progress.close()
+    if "pin" in res:
+        res["pin"] = _pin_with_wait(c, res["cid"], wait, res["pin"])
+        if not out.json and "holders_pinned" in res["pin"]:
+            # stdout stays the CID alone (scripts read it); the pin's state goes beside it.
+            print(_pin_summary(res["cid"], res["pin"]), file=sys.stderr)
     out.doc(res, res["cid"])
     return 0
 
@@ -554,9 +624,11 @@ def _fmt_pin(p: dict[str, Any]) -> str:
 def _cmd_pin(c, args: argparse.Namespace, out: Output) -> int:
     sub = args.subcommand
     if sub == "add":
+        wait = _wait_kwargs(args)
         res = c.pin(args.cid, recursive=not args.direct, name=args.name,
                     expire_in=args.expire_in, **_replication_kwargs(args))
-        out.doc(res, f"pinned {res['cid']}")
+        res = _pin_with_wait(c, res["cid"], wait, res)
+        out.doc(res, _pin_summary(res["cid"], res))
     elif sub == "rm":
         res = c.unpin(args.cid)
         out.doc(res, f"unpinned {res['cid']}")

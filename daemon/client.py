@@ -23,6 +23,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import stat
 import struct
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -35,7 +36,8 @@ from pinfold.config import ConfigError, load
 from .home import Home, resolve_home
 from .rpcclient import DaemonNotRunning, RpcConnection, RpcError
 
-__all__ = ["Client", "RpcError", "DaemonNotRunning"]
+__all__ = ["Client", "DaemonNotRunning", "LinkError", "PinWaitTimeout", "RpcError",
+           "walk_local_tree"]
 
 CHUNK = 1 << 20
 
@@ -140,61 +142,76 @@ class Client:
         """Add a file (path, bytes or binary file object); returns the root CID text.
 
         With ``replicas``/``rmin``/``rmax``/``availability`` the root is pinned
-        cluster-wide (``pin`` implied). See ``add_stream`` for ``opts``.
+        cluster-wide (``pin`` implied). See ``add_info`` for ``wait`` and
+        ``add_stream`` for ``opts``.
         """
         return self.add_info(source, pin=pin, replicas=replicas, rmin=rmin, rmax=rmax,
                              availability=availability, **opts)["cid"]
 
     def add_info(self, source: str | os.PathLike[str] | bytes | BinaryIO, *, pin: bool = False,
                  replicas: int | None = None, rmin: int | None = None, rmax: int | None = None,
-                 availability: float | None = None, **opts: Any) -> dict[str, Any]:
-        """Like ``add`` but returns ``{"cid", "bytes", "blocks"}``."""
+                 availability: float | None = None, wait: bool = False,
+                 wait_timeout: float | None = None, **opts: Any) -> dict[str, Any]:
+        """Like ``add`` but returns ``{"cid", "bytes", "blocks"}`` (and ``pin`` when pinned).
+
+        With ``wait`` (implied by ``wait_timeout``, seconds) the pin is made and
+        this returns once rmin holders report it pinned, as ``pin(wait=True)``.
+
+        Raises:
+            ValueError: ``wait_timeout`` is not > 0 (before anything is sent).
+            PinWaitTimeout: the timeout passed first.
+        """
+        _check_timeout(wait_timeout)
         repl = _replication(replicas, rmin, rmax, availability)
-        pin = pin or bool(repl)
+        waiting = wait or wait_timeout is not None
+        pin = pin or bool(repl) or waiting
         if isinstance(source, (bytes, bytearray, memoryview)):
             data = bytes(source)
             chunks: Iterable[bytes] = (data[i:i + CHUNK] for i in range(0, len(data), CHUNK))
-            return self.add_stream(chunks, pin=pin, **repl, **opts)
-        if hasattr(source, "read"):
-            return self.add_stream(_file_chunks(source, None), pin=pin, **repl, **opts)
-        path = Path(source)
-        if path.is_dir():
-            return self.add_dir(path, pin=pin, **repl, **opts)
-        with open(path, "rb") as f:
-            return self.add_stream(_file_chunks(f, None), pin=pin, **repl, **opts)
+            res = self.add_stream(chunks, pin=pin, **repl, **opts)
+        elif hasattr(source, "read"):
+            res = self.add_stream(_file_chunks(source, None), pin=pin, **repl, **opts)
+        elif Path(source).is_dir():
+            res = self.add_dir(Path(source), pin=pin, **repl, **opts)
+        else:
+            with open(Path(source), "rb") as f:
+                res = self.add_stream(_file_chunks(f, None), pin=pin, **repl, **opts)
+        if waiting:
+            res["pin"]["status"] = self.wait_pinned(res["cid"], timeout=wait_timeout)
+            res["pin"]["holders_pinned"] = res["pin"]["status"]["healthy"]
+        return res
 
     def add_dir(self, path: str | os.PathLike[str], *, pin: bool = False,
-                **opts: Any) -> dict[str, Any]:
-        """Add a directory tree; returns ``{"cid", "bytes", "blocks", "files"}``.
+                dereference: bool = False, **opts: Any) -> dict[str, Any]:
+        """Add a directory tree; returns ``{"cid", "bytes", "blocks", "files", "symlinks"}``.
 
-        Symbolic links are not followed (they are refused with an error naming them).
+        A symbolic link is stored as a UnixFS symlink node holding its target
+        (Kubo's ``ipfs add -r`` does the same, and the CIDs are equal) when it
+        is relative and leads to something inside the folder. With
+        ``dereference`` every link is followed instead and what it points to
+        is stored as a plain file or folder under the link's name (Hugging
+        Face cache snapshots are links into ``../../blobs``).
+
+        Raises:
+            NotADirectoryError: ``path`` is not a directory.
+            LinkError: without ``dereference``, a link is absolute, dangles or
+                leads outside the folder; with it, a link dangles or leads back
+                to a folder that contains it (a cycle). The message names the link.
+            ValueError: a name is not valid UTF-8, or an entry is neither a
+                file, a folder nor a symlink (a FIFO, a socket, a device).
         """
         root = Path(path)
         if not root.is_dir():
             raise NotADirectoryError(f"{root}: not a directory")
 
         def entries() -> Iterator[bytes]:
-            for dirpath, dirnames, filenames in os.walk(root):
-                dirnames.sort()
-                rel_dir = Path(dirpath).relative_to(root)
-                if str(rel_dir) != ".":
-                    try:
-                        rel_dir.as_posix().encode("utf-8")
-                    except UnicodeEncodeError:
-                        raise ValueError(f"{os.fsdecode(dirpath)!r}: the name is not valid "
-                                         "UTF-8 (UnixFS names are UTF-8)") from None
-                    yield _dir_header(rel_dir.as_posix(), "dir", 0)
-                for name in sorted(filenames):
-                    full = Path(dirpath) / name
-                    if full.is_symlink():
-                        raise ValueError(f"{full}: symbolic links are not supported")
-                    rel = (rel_dir / name).as_posix()
-                    try:
-                        rel.encode("utf-8")
-                    except UnicodeEncodeError:
-                        raise ValueError(f"{os.fsdecode(full)!r}: the name is not valid "
-                                         "UTF-8 (UnixFS names are UTF-8)") from None
-                    size = full.stat().st_size
+            for kind, rel, full, extra in walk_local_tree(root, dereference=dereference):
+                if kind == "dir":
+                    yield _dir_header(rel, "dir", 0)
+                elif kind == "symlink":
+                    yield _dir_header(rel, "symlink", 0, target=extra)
+                else:
+                    size = extra
                     yield _dir_header(rel, "file", size)
                     with open(full, "rb") as f:
                         left = size
@@ -343,15 +360,66 @@ class Client:
     def pin(self, cid: str, *, replicas: int | None = None, rmin: int | None = None,
             rmax: int | None = None, availability: float | None = None,
             recursive: bool = True, name: str | None = None,
-            expire_in: float | None = None) -> dict[str, Any]:
-        """Pin ``cid`` (cluster-wide in a cluster); returns the pin record."""
+            expire_in: float | None = None, wait: bool = False,
+            wait_timeout: float | None = None,
+            progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        """Pin ``cid`` (cluster-wide in a cluster); returns the pin record.
+
+        In a cluster the record says how many holders had it pinned when the
+        pin was written (``holders_pinned`` of ``holders_wanted`` = rmin); the
+        others fetch it afterwards. With ``wait`` (implied by ``wait_timeout``)
+        this returns only once rmin holders report pinned, the record then
+        holding the final ``status``; see ``wait_pinned`` for ``progress``.
+
+        Raises:
+            ValueError: ``wait_timeout`` is not > 0 seconds (before anything is sent).
+            PinWaitTimeout: ``wait_timeout`` seconds passed first.
+            RpcError: the daemon refused the pin (e.g. ``invalid_argument``).
+        """
+        _check_timeout(wait_timeout)
         params: dict[str, Any] = {"cid": str(cid), "recursive": recursive}
         params.update(_replication(replicas, rmin, rmax, availability))
         if name is not None:
             params["name"] = name
         if expire_in is not None:
             params["expire_in"] = expire_in
-        return self.call("pin_add", params)
+        res = self.call("pin_add", params)
+        if wait or wait_timeout is not None:
+            res["status"] = self.wait_pinned(res["cid"], timeout=wait_timeout,
+                                             progress=progress)
+            res["holders_pinned"] = res["status"]["healthy"]
+        return res
+
+    def wait_pinned(self, cid: str, *, timeout: float | None = None,
+                    progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        """Wait until rmin holders of ``cid`` report pinned on alive peers (as
+        ``ipfs-cluster-ctl pin add --wait``); returns the ``status`` record.
+
+        Args:
+            cid: a pinned CID.
+            timeout: seconds (> 0) to wait at most; None waits as long as it takes.
+            progress: called with ``{"pinned", "wanted", "holders"}`` at the start
+                and whenever the count or a holder's state changes.
+
+        Raises:
+            ValueError: ``timeout`` is not > 0.
+            PinWaitTimeout: the timeout passed first; ``.status`` is the last
+                status and the message names the holders behind and their state.
+            RpcError: ``not_pinned`` when the pin is removed meanwhile.
+        """
+        _check_timeout(timeout)
+        params: dict[str, Any] = {"cid": str(cid)}
+        if timeout is not None:
+            params["timeout"] = float(timeout)
+        stream = self.conn.stream("pin_wait", params)
+        for item in stream:
+            if progress is not None:
+                progress(item)
+        res = dict(stream.result)
+        done = res.pop("done", False)
+        if not done:
+            raise PinWaitTimeout(str(cid), timeout or 0.0, res)
+        return res
 
     def unpin(self, cid: str) -> dict[str, Any]:
         """Remove the pin of ``cid``."""
@@ -399,6 +467,143 @@ class Client:
         return self.call("recover", {"cid": cid} if cid else {"all": True})
 
 
-def _dir_header(path: str, kind: str, size: int) -> bytes:
-    body = msgpack.packb({"path": path, "type": kind, "size": size})
+def _check_timeout(timeout: float | None) -> None:
+    if timeout is not None and not 0 < timeout < float("inf"):
+        raise ValueError(f"wait timeout must be > 0 seconds, got {timeout}")
+
+
+class PinWaitTimeout(Exception):
+    """``wait_pinned`` gave up: fewer than rmin holders reported pinned within the
+    timeout. ``.cid``, ``.timeout`` (seconds), ``.status`` (the last ``pin status``
+    record), ``.behind`` (``[(peer_id, state)]`` of holders not pinned)."""
+
+    code = "wait_timeout"
+
+    def __init__(self, cid: str, timeout: float, status: dict[str, Any]) -> None:
+        self.cid = cid
+        self.timeout = timeout
+        self.status = status
+        self.behind = []
+        for h in status.get("holders", []):
+            state = h.get("state", "?")
+            if h.get("peer_status") not in (None, "alive"):
+                state = f"{state}, peer {h['peer_status']}"
+            if h.get("state") != "pinned" or h.get("peer_status") not in (None, "alive"):
+                self.behind.append((h["peer_id"], state))
+        pinned, wanted = status.get("healthy", 0), status.get("rmin", 0)
+        parts = [f"{peer} {state}" for peer, state in self.behind]
+        missing = wanted - pinned - len(self.behind)
+        if missing > 0:
+            parts.append(f"{missing} holder(s) not chosen or not reporting yet")
+        super().__init__(
+            f"{cid}: timed out after {timeout:g} s with {pinned} of {wanted} holders pinned; "
+            f"behind: {'; '.join(parts) or 'none'}")
+
+
+def _dir_header(path: str, kind: str, size: int, **extra: Any) -> bytes:
+    body = msgpack.packb({"path": path, "type": kind, "size": size, **extra})
     return struct.pack(">I", len(body)) + body
+
+
+class LinkError(ValueError):
+    """A symbolic link under a folder being added cannot be stored as asked:
+    it dangles, leads outside the folder (without ``dereference``), or leads
+    back to a folder that contains it (with ``dereference``)."""
+
+
+def _utf8_name(full: str, rel: str) -> None:
+    try:
+        rel.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{full!r}: the name is not valid UTF-8 "
+                         "(UnixFS names are UTF-8)") from None
+
+
+def _inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def walk_local_tree(root: str | os.PathLike[str], *, dereference: bool = False
+                    ) -> Iterator[tuple[str, str, str, Any]]:
+    """The entries of a local folder in the order ``add_dir`` sends them.
+
+    Yields ``(kind, rel, full, extra)``: ``kind`` is ``"dir"`` (``extra``
+    None; every folder below ``root``, empty ones too), ``"file"`` (``extra``:
+    its size in bytes; read it through ``full``, which may be a link when
+    ``dereference``) or ``"symlink"`` (``extra``: the link's target text).
+    ``rel`` is the ``'/'``-separated path under ``root``; names are sorted.
+
+    Without ``dereference`` a link is yielded as a symlink only when its
+    target is relative and resolves (through any further links) to an
+    existing entry inside ``root``: such a link means the same thing wherever
+    the folder is restored. With ``dereference`` links are followed; a folder
+    reached through a link is walked under the link's name, and a link that
+    leads to a folder containing it is refused, so a cycle never loops.
+
+    Raises:
+        LinkError, ValueError: as ``Client.add_dir`` says.
+        OSError: a folder or link cannot be read.
+    """
+    top = os.fspath(root)
+    top_real = os.path.realpath(top)
+    st = os.stat(top)
+    # (folder path on disk, rel, (dev, inode) of the folders from root down to it)
+    stack: list[tuple[str, str, frozenset[tuple[int, int]]]] = [
+        (top, "", frozenset({(st.st_dev, st.st_ino)}))]
+    hint = "; add -L/--dereference to store the content it points to instead"
+    while stack:
+        folder, rel_dir, ancestors = stack.pop()
+        if rel_dir:
+            yield "dir", rel_dir, folder, None
+        with os.scandir(folder) as it:
+            names = sorted(e.name for e in it)
+        subdirs = []
+        for name in names:
+            full = os.path.join(folder, name)
+            rel = f"{rel_dir}/{name}" if rel_dir else name
+            _utf8_name(full, rel)
+            lst = os.lstat(full)
+            is_link = stat.S_ISLNK(lst.st_mode)
+            target = os.readlink(full) if is_link else None
+            if is_link:
+                try:
+                    st = os.stat(full)
+                except FileNotFoundError:
+                    raise LinkError(f"{full}: symbolic link to {target!r} points to nothing "
+                                    "(a dangling link)") from None
+                except OSError as exc:
+                    if exc.errno == errno.ELOOP:
+                        raise LinkError(f"{full}: symbolic link to {target!r} is a cycle of "
+                                        "links") from None
+                    raise
+                if not dereference:
+                    if os.path.isabs(target):
+                        raise LinkError(f"{full}: symbolic link to the absolute path "
+                                        f"{target!r}; only relative links into the folder "
+                                        f"are stored as links{hint}")
+                    if not _inside(os.path.realpath(full), top_real):
+                        raise LinkError(f"{full}: symbolic link to {target!r} points outside "
+                                        f"{top}; only links into the folder are stored as "
+                                        f"links{hint}")
+                    try:
+                        target.encode("utf-8")
+                    except UnicodeEncodeError:
+                        raise ValueError(f"{full!r}: the link target is not valid UTF-8 "
+                                         "(UnixFS stores it as UTF-8)") from None
+                    yield "symlink", rel, full, target
+                    continue
+            else:
+                st = lst
+            if stat.S_ISDIR(st.st_mode):
+                key = (st.st_dev, st.st_ino)
+                if key in ancestors:
+                    raise LinkError(f"{full}: symbolic link to {target!r} leads back to "
+                                    f"{os.path.realpath(full)}, a folder that contains it "
+                                    "(a cycle); -L cannot follow it")
+                subdirs.append((full, rel, ancestors | {key}))
+            elif stat.S_ISREG(st.st_mode):
+                yield "file", rel, full, st.st_size
+            else:
+                raise ValueError(f"{full}: not a regular file, folder or symbolic link; "
+                                 "only those can be added")
+        stack.extend(reversed(subdirs))

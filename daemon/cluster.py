@@ -57,6 +57,7 @@ from libp2p.utils.varint import encode_uvarint, read_varint_prefixed_bytes_limit
 from pinfold.blockstore import dag as dagmod
 from pinfold.blockstore.cid import CID, parse_cid
 from pinfold.blockstore.errors import BlockNotFound, BlockstoreError, NotPinned
+from pinfold.replication.allocation import unreachable_availability
 from pinfold.replication.errors import InvalidPin, PinNotFound, ReplicationError
 from pinfold.replication.manager import Manager, ManagerConfig
 from pinfold.replication.messages import KINDS
@@ -677,26 +678,54 @@ class Cluster:
 
     # ------------------------------------------------------------------ node API
 
+    def check_request(self, *, rmin: int | None = None, rmax: int | None = None,
+                      availability: float | None = None) -> None:
+        """Refuse a pin request no placement on the current members can satisfy.
+
+        Members are the cluster peers not dead (this node included). Config
+        defaults are not checked, so a first node can pin before its peers join.
+
+        Raises:
+            InvalidPin: ``rmin`` is more than the members (such a pin could never be
+                healthy, as IPFS Cluster fails a pin it cannot allocate), or the
+                ``availability`` target is out of reach even with a copy on each of
+                the best ``rmax`` members (the message gives what they reach and the
+                copies the target would need).
+        """
+        peers = [p for p in self.manager.cluster_peers() if p.state != PeerStatus.DEAD]
+        if rmin is not None and rmin > len(peers):
+            raise InvalidPin(
+                f"{rmin} copies (--replicas/--rmin) is more than the {len(peers)} cluster "
+                "member(s) that are not dead; a pin with more copies than members could "
+                "never be healthy")
+        if availability is not None:
+            why = unreachable_availability(
+                [self.manager.health.p_stable(p.peer_id) for p in peers], availability, rmax)
+            if why is not None:
+                raise InvalidPin(why)
+
     async def pin(self, cid: CID, *, recursive: bool = True, name: str = "",
                   rmin: int | None = None, rmax: int | None = None,
                   availability: float | None = None, expire_at: float | None = None,
                   metadata: dict[str, Any] | None = None, stage: bool = True) -> dict[str, Any]:
+        """Write the pin to the shared pinset; returns the pin record with
+        ``holders_pinned`` (holders pinned on alive peers now) and ``holders_wanted``
+        (rmin). The holders fetch it afterwards: see ``pin_status``.
+
+        Raises:
+            InvalidPin: as ``check_request`` says, or a bad field.
+        """
         key = pin_key(cid)
-        if rmin is not None:
-            # IPFS Cluster fails a pin it cannot allocate; a pin asking for more
-            # copies than there are peers could never be healthy and would keep the
-            # under-replication alert firing. (Config defaults are not checked, so a
-            # first node can pin before its peers join.)
-            peers = [p for p in self.manager.cluster_peers() if p.state != PeerStatus.DEAD]
-            if rmin > len(peers):
-                raise InvalidPin(
-                    f"rmin {rmin} is more than the {len(peers)} cluster peer(s) not dead; "
-                    "a pin with more copies than peers could never be healthy")
+        self.check_request(rmin=rmin, rmax=rmax, availability=availability)
         pin = await self.manager.pin_add(
             key, name=name, mode=PinMode.RECURSIVE if recursive else PinMode.DIRECT, rmin=rmin,
             rmax=rmax, availability_target=availability, expire_at=expire_at,
             metadata={str(k): str(v) for k, v in (metadata or {}).items()}, stage=stage)
-        return self._pin_dict(pin, self.manager.local_state(key))
+        d = self._pin_dict(pin, self.manager.local_state(key))
+        st = self.manager.status(key)
+        d["holders_pinned"] = st.healthy if st is not None else 0
+        d["holders_wanted"] = pin.rmin
+        return d
 
     async def unpin(self, cid: CID) -> dict[str, Any]:
         key = pin_key(cid)

@@ -294,14 +294,38 @@ class Node:
             return await self.cluster.pin(cid, recursive=recursive, name=name, rmin=rmin,
                                           rmax=rmax, availability=availability,
                                           expire_at=expire_at, metadata=metadata)
+        self.check_pin_request(rmin=rmin, rmax=rmax, availability=availability)
+        return await self.pin_local(cid, recursive=recursive, name=name, fetch=fetch,
+                                    expire_at=expire_at, metadata=metadata)
+
+    def check_pin_request(self, *, rmin: int | None = None, rmax: int | None = None,
+                          availability: float | None = None, **_: Any) -> None:
+        """Refuse at once a pin request that ``pin`` would refuse for its replication
+        options, so ``add`` refuses before reading the upload.
+
+        Raises:
+            InvalidArgument: standalone, with replication options.
+            InvalidPin: cluster: ``Cluster.check_request``.
+        """
+        if self.cluster is not None:
+            self.cluster.check_request(rmin=rmin, rmax=rmax, availability=availability)
+            return
         if (rmin or 1) > 1 or (rmax or 1) > 1 or availability is not None:
             from .api import InvalidArgument
 
             raise InvalidArgument(
                 "replication options (--replicas, --rmin, --rmax, --availability) need a "
                 "cluster: this node is standalone (set cluster.name in config.toml)")
-        return await self.pin_local(cid, recursive=recursive, name=name, fetch=fetch,
-                                    expire_at=expire_at, metadata=metadata)
+
+    async def wait_pin_change(self, timeout_s: float) -> None:
+        """Return at the next change of the cluster's pins or holders' states, or
+        after ``timeout_s`` seconds (at once on a standalone node: nothing changes
+        behind a local pin)."""
+        if self.cluster is None:
+            await trio.lowlevel.checkpoint()
+            return
+        with trio.move_on_after(timeout_s):
+            await self.cluster.manager.changed().wait()
 
     async def pin_local(self, cid: CID, *, recursive: bool = True, name: str = "",
                         fetch: bool = True, expire_at: float | None = None,

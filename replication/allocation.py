@@ -50,6 +50,7 @@ __all__ = [
     "rendezvous_score",
     "replicas_for_availability",
     "replicas_needed",
+    "unreachable_availability",
 ]
 
 _MASK64: Final = (1 << 64) - 1
@@ -254,3 +255,42 @@ def replicas_needed(p: float, target: float) -> int:
     while not _meets((1.0 - p) ** k, target):
         k += 1
     return k
+
+
+def unreachable_availability(p_members: Sequence[float], target: float,
+                             rmax: int | None = None) -> str | None:
+    """Why no placement on these members can reach ``target``, or None when one can.
+
+    The best placement holds a copy on each of the ``min(rmax, n)`` members
+    with the highest availability estimates; if even that misses the target,
+    the reason says what it reaches and how many copies the target needs at
+    the members' mean availability (``replicas_needed``).
+
+    Args:
+        p_members: each current member's availability estimate in [0, 1].
+        target: target P_a in (0, 1).
+        rmax: at most this many copies (None: one on every member).
+
+    Returns:
+        One sentence for the user, or None.
+    """
+    ps = sorted(p_members, reverse=True)
+    cap = len(ps) if rmax is None else min(rmax, len(ps))
+    best = ps[:cap]
+    miss = 1.0
+    for p in best:
+        miss *= 1.0 - p
+    if best and _meets(miss, target):
+        return None
+    reach = f"reaches {1.0 - miss:.6f}" if best else "reaches nothing"
+    where = f"{len(ps)} current member(s)" + (
+        f" with at most rmax={rmax} copies" if rmax is not None and rmax < len(ps) else "")
+    mean = sum(ps) / len(ps) if ps else 0.0
+    if 0.0 < mean <= 1.0:
+        k = replicas_needed(mean, target)
+        need = (f"{target} would need k={k} copies on members like these "
+                f"(mean availability {mean:.4f})")
+    else:
+        need = f"{target} cannot be reached by members that are never online"
+    return (f"availability {target} cannot be reached: the best placement on the {where} "
+            f"({len(best)} copies) {reach}; {need}")

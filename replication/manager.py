@@ -392,6 +392,7 @@ class Manager:
         self._limiter = trio.CapacityLimiter(config.concurrent_pins)
         self._dirty: set[bytes] = set()
         self._dirty_event = trio.Event()
+        self._changed = trio.Event()
         self._full_pass_due = True
         self._retry_heap: list[tuple[float, bytes]] = []
         # Pins that are not simply at target (under/over-replicated, repairing, in
@@ -1056,7 +1057,14 @@ class Manager:
 
     # ------------------------------------------------------------------ planning
 
+    def changed(self) -> trio.Event:
+        """An event set at the next change of any pin's entry or holders' states
+        (what ``status`` reports); take a new one after each wake-up."""
+        return self._changed
+
     def _mark_dirty(self, cids: Iterable[bytes]) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
         before = len(self._dirty)
         self._dirty.update(cids)
         if len(self._dirty) != before:

@@ -114,3 +114,17 @@ def test_candidate_validation() -> None:
     rnd = random.Random(0)
     a = Candidate(peer_id="p", weight=rnd.random() + 1)
     assert a.seed == Candidate(peer_id="p", weight=3).seed  # seed depends on the ID only
+
+
+def test_unreachable_availability_gives_best_value_and_needed_k() -> None:
+    from pinfold.replication.allocation import unreachable_availability
+
+    assert unreachable_availability([0.9, 0.9], 0.99) is None
+    why = unreachable_availability([0.9, 0.9], 0.9999)
+    assert why is not None and "reaches 0.990000" in why and "k=4 copies" in why
+    # rmax caps the placement: 3 members could reach 0.999, 2 copies cannot.
+    assert unreachable_availability([0.9, 0.9, 0.9], 0.999) is None
+    why = unreachable_availability([0.9, 0.9, 0.9], 0.999, rmax=2)
+    assert why is not None and "at most rmax=2" in why and "k=3" in why
+    assert "never online" in unreachable_availability([0.0], 0.5)
+    assert unreachable_availability([], 0.5) is not None
