@@ -3,7 +3,7 @@
 Usable from a plain script or a notebook: no trio, no event loop needed by the
 caller. It mirrors the CLI (DESIGN.md, Interface)::
 
-    from pinfold.daemon.client import Client
+    from pinfold import Client
     with Client() as c:
         cid = c.add("model.safetensors")
         data = b"".join(c.cat(cid))
@@ -26,16 +26,15 @@ import shutil
 import struct
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Self
 
 import msgpack
-
-from pinfold.config import ConfigError, load
+from pinfold.config import load
 
 from .home import Home, resolve_home
-from .rpcclient import DaemonNotRunning, RpcConnection, RpcError
+from .rpcclient import DaemonNotRunning, RpcConnection, RpcConnectionClosed, RpcError
 
-__all__ = ["Client", "RpcError", "DaemonNotRunning"]
+__all__ = ["ADD_OPTIONS", "Client", "DaemonNotRunning", "RpcConnectionClosed", "RpcError"]
 
 CHUNK = 1 << 20
 
@@ -45,6 +44,21 @@ def _file_chunks(f: BinaryIO, progress: Callable[[int], None] | None) -> Iterato
         if progress:
             progress(len(chunk))
         yield chunk
+
+
+ADD_OPTIONS = frozenset({"chunk_size", "cid_version", "raw_leaves", "max_links", "name",
+                         "rmin", "rmax", "availability", "expire_in"})
+"""Options ``add``/``add_stream``/``add_dir`` pass on to the daemon."""
+
+
+def _check_options(method: str, opts: dict[str, Any]) -> None:
+    """Raise ``TypeError`` naming every key of ``opts`` outside ``ADD_OPTIONS``."""
+    unknown = sorted(set(opts) - ADD_OPTIONS)
+    if unknown:
+        names = ", ".join(repr(k) for k in unknown)
+        plural = "s" if len(unknown) > 1 else ""
+        raise TypeError(f"{method}() got unexpected keyword argument{plural} {names} "
+                        f"(options: {', '.join(sorted(ADD_OPTIONS))}, pin, progress)")
 
 
 def _replication(replicas: int | None, rmin: int | None, rmax: int | None,
@@ -68,10 +82,7 @@ class Client:
                  socket_path: str | os.PathLike[str] | None = None) -> None:
         if socket_path is None:
             h = Home(root=resolve_home(home))
-            try:
-                config = load(h.config_path)
-            except ConfigError:
-                raise
+            config = load(h.config_path)
             socket_path = h.socket_path(config)
         self.socket_path = Path(socket_path)
         self._conn: RpcConnection | None = None
@@ -80,7 +91,14 @@ class Client:
 
     @property
     def conn(self) -> RpcConnection:
-        if self._conn is None:
+        """The connection, opened on first use and opened anew after an error closed it.
+
+        A call that fails half-way (an interrupt, a transport error, an upload
+        source that raised) may leave the old connection's framing unknown; it
+        is then closed, and the next call connects again, so a ``Client``
+        stays usable after any error a call raises.
+        """
+        if self._conn is None or self._conn.closed:
             self._conn = RpcConnection(self.socket_path)
         return self._conn
 
@@ -89,7 +107,7 @@ class Client:
             self._conn.close()
             self._conn = None
 
-    def __enter__(self) -> Client:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -121,9 +139,18 @@ class Client:
                    progress: Callable[[int], None] | None = None, **opts: Any) -> dict[str, Any]:
         """Add a file given as an iterable of byte chunks; returns ``{"cid", "bytes", "blocks"}``.
 
-        ``opts``: chunk_size (bytes), cid_version (0|1), raw_leaves, max_links, name,
-        rmin, rmax, availability (pinning cluster-wide when set).
+        ``opts`` (``ADD_OPTIONS``): chunk_size (bytes), cid_version (0|1),
+        raw_leaves (bool), max_links, name, rmin, rmax, availability (pinning
+        cluster-wide when set), expire_in (seconds). ``progress(nbytes)`` is
+        called with the size of each chunk as it is sent (a delta, so
+        ``progress=tqdm_bar.update`` works).
+
+        Raises:
+            TypeError: an option not in ``ADD_OPTIONS`` (all unknown ones are named).
+            RpcError: the daemon refused the data or an option.
         """
+        _check_options("add_stream", opts)
+
         def counted() -> Iterator[bytes]:
             for c in chunks:
                 if progress:
@@ -136,39 +163,62 @@ class Client:
 
     def add(self, source: str | os.PathLike[str] | bytes | BinaryIO, *, pin: bool = False,
             replicas: int | None = None, rmin: int | None = None, rmax: int | None = None,
-            availability: float | None = None, **opts: Any) -> str:
-        """Add a file (path, bytes or binary file object); returns the root CID text.
+            availability: float | None = None,
+            progress: Callable[[int], None] | None = None, **opts: Any) -> str:
+        """Add a file or directory (path, bytes or binary file object); returns the root CID text.
 
         With ``replicas``/``rmin``/``rmax``/``availability`` the root is pinned
-        cluster-wide (``pin`` implied). See ``add_stream`` for ``opts``.
+        cluster-wide (``pin`` implied). ``progress(nbytes)`` is called with the
+        number of bytes just sent, as they are sent (file data only). See
+        ``add_stream`` for ``opts``.
+
+        Raises:
+            TypeError: an unknown keyword argument (all unknown ones are named).
+            FileNotFoundError: ``source`` is a path that does not exist.
+            RpcError: the daemon refused the data or an option.
         """
+        _check_options("add", opts)
         return self.add_info(source, pin=pin, replicas=replicas, rmin=rmin, rmax=rmax,
-                             availability=availability, **opts)["cid"]
+                             availability=availability, progress=progress, **opts)["cid"]
 
     def add_info(self, source: str | os.PathLike[str] | bytes | BinaryIO, *, pin: bool = False,
                  replicas: int | None = None, rmin: int | None = None, rmax: int | None = None,
-                 availability: float | None = None, **opts: Any) -> dict[str, Any]:
-        """Like ``add`` but returns ``{"cid", "bytes", "blocks"}``."""
+                 availability: float | None = None,
+                 progress: Callable[[int], None] | None = None,
+                 **opts: Any) -> dict[str, Any]:
+        """Like ``add`` but returns ``{"cid", "bytes", "blocks"}`` (plus ``"files"`` for a directory)."""
+        _check_options("add_info", opts)
         repl = _replication(replicas, rmin, rmax, availability)
         pin = pin or bool(repl)
         if isinstance(source, (bytes, bytearray, memoryview)):
             data = bytes(source)
             chunks: Iterable[bytes] = (data[i:i + CHUNK] for i in range(0, len(data), CHUNK))
-            return self.add_stream(chunks, pin=pin, **repl, **opts)
+            return self.add_stream(chunks, pin=pin, progress=progress, **repl, **opts)
         if hasattr(source, "read"):
-            return self.add_stream(_file_chunks(source, None), pin=pin, **repl, **opts)
+            return self.add_stream(_file_chunks(source, None), pin=pin, progress=progress,
+                                   **repl, **opts)
         path = Path(source)
         if path.is_dir():
-            return self.add_dir(path, pin=pin, **repl, **opts)
+            return self.add_dir(path, pin=pin, progress=progress, **repl, **opts)
         with open(path, "rb") as f:
-            return self.add_stream(_file_chunks(f, None), pin=pin, **repl, **opts)
+            return self.add_stream(_file_chunks(f, None), pin=pin, progress=progress,
+                                   **repl, **opts)
 
     def add_dir(self, path: str | os.PathLike[str], *, pin: bool = False,
+                progress: Callable[[int], None] | None = None,
                 **opts: Any) -> dict[str, Any]:
         """Add a directory tree; returns ``{"cid", "bytes", "blocks", "files"}``.
 
         Symbolic links are not followed (they are refused with an error naming them).
+        ``progress(nbytes)`` is called as file data is sent; ``opts`` as ``add_stream``.
+
+        Raises:
+            TypeError: an option not in ``ADD_OPTIONS``.
+            NotADirectoryError: ``path`` is not a directory.
+            ValueError: a symbolic link, or a name that is not UTF-8 (named).
+            RpcError: the daemon refused the data or an option.
         """
+        _check_options("add_dir", opts)
         root = Path(path)
         if not root.is_dir():
             raise NotADirectoryError(f"{root}: not a directory")
@@ -203,6 +253,8 @@ class Client:
                             if not chunk:
                                 raise OSError(f"{full} shrank while being added")
                             left -= len(chunk)
+                            if progress:
+                                progress(len(chunk))
                             yield chunk
 
         params = {k: v for k, v in opts.items() if v is not None}
