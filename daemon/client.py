@@ -280,21 +280,40 @@ class Client:
 
     def get(self, cid: str, path: str | os.PathLike[str], *,
             progress: Callable[[int], None] | None = None) -> dict[str, Any]:
-        """Write the file or directory tree ``cid`` to ``path``; returns ``{"cid", "files", "bytes"}``.
+        """Write the file or directory tree ``cid`` to ``path``; returns
+        ``{"cid", "files", "bytes", "path"}`` (``path``: where it was written).
 
-        A file is written to ``path.part`` and renamed when complete;
-        ``progress(nbytes)`` is called as data arrives.
+        ``path`` must not exist, or be an empty folder: a tree is written into
+        it, a single file as ``path/<cid>``. Each file is written to
+        ``NAME.part`` and renamed when complete; ``progress(nbytes)`` is called
+        as data arrives. On an error nothing written is left behind (an empty
+        folder given as ``path`` is kept, empty).
+
+        Raises:
+            FileExistsError: ``path`` is a file, a link, or a folder that is not
+                empty (the message names its first entry).
+            FileNotFoundError: the parent folder of ``path`` does not exist.
+            RpcError: the daemon's error (e.g. ``not_found``, ``invalid_cid``).
         """
         target = Path(path)
-        if target.exists() or target.is_symlink():
+        into_dir = False
+        if target.is_symlink() or (target.exists() and not target.is_dir()):
             raise FileExistsError(errno.EEXIST, "already exists; choose another -o PATH",
                                   str(target))
-        if not target.parent.is_dir():
+        if target.is_dir():
+            entries = sorted(os.listdir(target))
+            if entries:
+                raise FileExistsError(
+                    errno.EEXIST, f"the folder is not empty (it holds {entries[0]!r}); "
+                    "get writes into a new or an empty folder", str(target))
+            into_dir = True
+        elif not target.parent.is_dir():
             raise FileNotFoundError(errno.ENOENT, "parent directory does not exist",
                                     str(target.parent))
         out: BinaryIO | None = None
         seen: set[str] = set()
         current: Path | None = None
+        written = target
         files = 0
         total = 0
         links: list[tuple[Path, str]] = []
@@ -317,6 +336,8 @@ class Client:
                         raise ValueError(f"the directory holds the name {rel!r} twice")
                     seen.add(rel)
                     dest = target / rel if rel else target
+                    if not rel and into_dir and item["type"] != "dir":
+                        dest = written = target / str(cid)  # a single file into the folder
                     if item["type"] == "dir":
                         dest.mkdir(parents=True, exist_ok=True)
                     elif item["type"] == "symlink":
@@ -341,8 +362,14 @@ class Client:
             if out is not None:
                 out.close()
                 out = None
-            # Leave nothing half-written behind: the target did not exist before.
-            if target.is_dir() and not target.is_symlink():
+            # Leave nothing half-written behind: the target did not exist or was empty.
+            if into_dir:
+                for child in target.iterdir():
+                    if child.is_dir() and not child.is_symlink():
+                        shutil.rmtree(child, ignore_errors=True)
+                    else:
+                        child.unlink(missing_ok=True)
+            elif target.is_dir() and not target.is_symlink():
                 shutil.rmtree(target, ignore_errors=True)
             else:
                 for leftover in (target, target.with_name(target.name + ".part")):
@@ -352,7 +379,7 @@ class Client:
         finally:
             if out is not None:
                 out.close()
-        return {"cid": str(cid), "files": files, "bytes": total}
+        return {"cid": str(cid), "files": files, "bytes": total, "path": str(written)}
 
     # ------------------------------------------------------------------ blocks
 
