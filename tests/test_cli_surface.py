@@ -250,3 +250,15 @@ def test_usage_errors_without_json_keep_the_usage_line(daemon: DaemonProcess) ->
     assert out.returncode == 2
     assert out.stderr.startswith(b"usage: pinfold pin ls")
     assert b"pinfold pin ls: error: argument --state: invalid choice" in out.stderr
+
+
+def test_rpc_socket_in_use_names_the_path_and_rpc_socket_key(daemon: DaemonProcess,
+                                                             tmp_path: Path) -> None:
+    sock = daemon.home / "rpc.sock"
+    other = DaemonProcess(tmp_path, "same-socket", config=f'[rpc]\nsocket = "{sock}"\n')
+    other.init()
+    out = run_cli(other.home, "daemon", "--json", check=False, timeout=60)
+    err = _json_error(out)
+    assert out.returncode == 7 and err["code"] == "already_running"
+    assert err["message"].startswith(f"rpc.socket: another daemon is already running on {sock}")
+    assert str(other.home / "config.toml") in err["message"]
