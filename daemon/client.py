@@ -15,7 +15,10 @@ error the daemon reports, and ``DaemonNotRunning`` when nothing listens on the
 socket. Streaming methods (``cat``, ``dag_export``, ``pins``) return iterators;
 read them to the end (or close them) before the next call on the same client.
 One ``Client`` is one connection and serves one call at a time; use one
-``Client`` per thread.
+``Client`` per thread. A ``Client`` stays usable after any error a call
+raises: a bad argument is refused before anything is sent, and a call that
+broke the connection (an interrupt, a failed upload source) makes the next
+call connect again.
 """
 
 from __future__ import annotations
