@@ -262,3 +262,21 @@ def test_rpc_socket_in_use_names_the_path_and_rpc_socket_key(daemon: DaemonProce
     assert out.returncode == 7 and err["code"] == "already_running"
     assert err["message"].startswith(f"rpc.socket: another daemon is already running on {sock}")
     assert str(other.home / "config.toml") in err["message"]
+
+
+def test_exit_code_table_is_the_one_readme_documents() -> None:
+    from pinfold.blockstore.errors import StoreFull
+    from pinfold.daemon.errors import EXIT_CODES, code_for, exit_code_for
+    from pinfold.daemon.rpcclient import DaemonNotRunning, RpcError
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    documented = {int(m) for m in re.findall(r"^\| (\d+) \| ", readme, re.MULTILINE)}
+    assert documented == {0, 1, *EXIT_CODES.values()}
+    assert exit_code_for(DaemonNotRunning("/x", "socket missing")) == 3
+    assert exit_code_for(RpcError("not_found", "block not found: b")) == 4
+    assert exit_code_for(RpcError("fetch_timeout", "no peer had block b")) == 5
+    assert exit_code_for(ExceptionGroup("g", [StoreFull("full")])) == 6
+    assert exit_code_for(RpcError("permission_denied", "socket")) == 7
+    assert exit_code_for(RpcError("invalid_cid", "bad")) == 1
+    assert code_for(FileNotFoundError(2, "No such file or directory", "f")) == "file_not_found"
+    assert exit_code_for(FileNotFoundError(2, "No such file or directory", "f")) == 1
