@@ -1,9 +1,11 @@
 """The ``pinfold`` command line (DESIGN.md, Interface).
 
-Every command takes ``--json`` and then prints one JSON document (JSON lines for
-listings) on stdout. Errors go to stderr as one line, ``pinfold: error: ...``,
-with a non-zero exit code (1 for errors the daemon reports, 2 for usage, 3 when
-no daemon is running); never a traceback.
+Every command and subcommand takes ``--json`` (anywhere on the line) and then
+prints one JSON document (JSON lines for listings) on stdout. Errors go to
+stderr as one line, ``pinfold: error: ...``, or with ``--json`` as
+``{"error": {"code": ..., "message": ...}}``; the exit status follows the
+table in ``errors.py`` (1 error, 2 usage, 3 no daemon, 4 not found, 5 timeout,
+6 store full, 7 refused). Never a traceback.
 """
 
 from __future__ import annotations
@@ -16,9 +18,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-EXIT_ERROR = 1
-EXIT_USAGE = 2
-EXIT_NO_DAEMON = 3
+from .errors import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_NO_DAEMON, EXIT_USAGE  # noqa: F401
 
 
 def _bool(text: str) -> bool:
@@ -125,8 +125,45 @@ def _wait_options(p: argparse.ArgumentParser) -> None:
                    "name the holders behind")
 
 
+class _Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors raise ``UsageError`` (so ``main`` reports
+    them, as JSON with ``--json``) instead of printing and exiting."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise UsageError(message, parser=self)
+
+
+#: Options every command and subcommand accepts, wherever they appear on the line.
+_EVERYWHERE: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("--json", {"action": "store_true", "default": argparse.SUPPRESS,
+                "help": "print JSON on stdout (and errors as JSON on stderr)"}),
+)
+
+
+def _accept_everywhere(parser: argparse.ArgumentParser) -> None:
+    """Add the ``_EVERYWHERE`` options to every subparser below ``parser``, at any depth.
+
+    Their default is SUPPRESS, so an option given before the command is not
+    reset by a subparser that did not see it.
+    """
+    seen: set[int] = set()
+    todo = [parser]
+    while todo:
+        p = todo.pop()
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in action.choices.values():
+                    if id(sub) in seen:
+                        continue
+                    seen.add(id(sub))
+                    for flag, kwargs in _EVERYWHERE:
+                        if flag not in sub._option_string_actions:
+                            sub.add_argument(flag, **kwargs)
+                    todo.append(sub)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="pinfold",
         description="pinfold: a peer-to-peer block storage daemon that keeps every pin "
         "at replication factor k.",
@@ -137,10 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     def cmd(name: str, help_: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_, description=help_)
-        p.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
-                       help="print JSON on stdout")
-        return p
+        return sub.add_parser(name, help=help_, description=help_)
 
     p = cmd("init", "create the home: config.toml with defaults and the identity key")
     p.add_argument("--listen", action="append", metavar="MULTIADDR", help="libp2p listen address")
@@ -173,7 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = cmd("get", "write a file or directory tree to disk")
     p.add_argument("cid")
-    p.add_argument("-o", "--output", metavar="PATH", help="default: the CID")
+    p.add_argument("-o", "--output", metavar="PATH",
+                   help="a new path or an empty folder (default: the CID); - writes a "
+                   "file to stdout")
 
     block = cmd("block", "raw blocks").add_subparsers(dest="subcommand", metavar="SUBCOMMAND")
     p = block.add_parser("put", help="store a file as one block; prints its CID")
@@ -193,7 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pin-roots", type=_bool, default=True, metavar="BOOL")
     p = dag.add_parser("export", help="export a DAG as a CAR v1 file")
     p.add_argument("cid")
-    p.add_argument("-o", "--output", metavar="FILE.car", help="default: stdout")
+    p.add_argument("-o", "--output", metavar="FILE.car",
+                   help="default or -: stdout; an existing file needs --force")
+    p.add_argument("-f", "--force", action="store_true", help="overwrite an existing -o FILE")
 
     pin = cmd("pin", "pins").add_subparsers(dest="subcommand", metavar="SUBCOMMAND")
     p = pin.add_parser("add", help="pin a CID (fetching it if needed)")
@@ -263,6 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
 
     cmd("shutdown", "stop the daemon")
+    _accept_everywhere(parser)
     return parser
 
 
@@ -313,6 +352,48 @@ def _write_stdout(chunks: Iterable[bytes]) -> int:
     return n
 
 
+def _write_file(path: str, chunks: Iterable[bytes], *, force: bool) -> int:
+    """Write ``chunks`` to ``path`` through a temporary file renamed at the end; returns bytes.
+
+    An existing ``path`` is refused unless ``force``; on an error (including
+    the daemon's) nothing is left behind and an existing file is unchanged.
+
+    Raises:
+        FileExistsError: ``path`` exists and ``force`` is False.
+        IsADirectoryError: ``path`` is a folder.
+    """
+    import errno
+    import tempfile
+
+    target = Path(path)
+    if target.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "is a directory", path)
+    if not force and (target.exists() or target.is_symlink()):
+        raise FileExistsError(errno.EEXIST, "already exists; use --force to overwrite it", path)
+    if not target.parent.is_dir():
+        raise FileNotFoundError(errno.ENOENT, "parent directory does not exist",
+                                str(target.parent))
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            n = sum(f.write(chunk) for chunk in chunks)
+        if not force and (target.exists() or target.is_symlink()):
+            raise FileExistsError(errno.EEXIST, "already exists; use --force to overwrite it",
+                                  path)
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return n
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 class Progress:
     """A progress line on stderr, only when stderr is a terminal."""
 
@@ -361,7 +442,18 @@ def _replication_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 
 class UsageError(Exception):
-    """Bad combination of command-line options."""
+    """Bad command line: an unknown option, a missing argument, a bad combination.
+
+    Attributes:
+        code: ``usage`` (exit status 2).
+        parser: the (sub)parser whose usage line fits, when known.
+    """
+
+    code = "usage"
+
+    def __init__(self, message: str, *, parser: argparse.ArgumentParser | None = None) -> None:
+        super().__init__(message)
+        self.parser = parser
 
 
 class WaitProgress:
@@ -456,13 +548,16 @@ def run_command(args: argparse.Namespace, out: Output) -> int:
                         return 0  # like `cat | head`: the reader had enough
                     raise
         elif command == "get":
+            if args.output == "-":  # a file's bytes to stdout, as `cat`
+                _write_stdout(c.cat(args.cid))
+                return 0
             target = args.output or args.cid
             progress = Progress(None, "received")
             try:
                 res = c.get(args.cid, target, progress=progress)
             finally:
                 progress.close()
-            out.doc(res, f"saved {res['cid']} to {target}")
+            out.doc(res, f"saved {res['cid']} to {res.get('path', target)}")
         elif command == "block":
             return _cmd_block(c, args, out)
         elif command == "dag":
@@ -603,11 +698,8 @@ def _cmd_dag(c, args: argparse.Namespace, out: Output) -> int:
                 + f"\n{res['blocks']} blocks, {res['bytes']} bytes")
     elif sub == "export":
         chunks = c.dag_export(args.cid)
-        if args.output:
-            tmp = Path(args.output + ".part")
-            with open(tmp, "wb") as f:
-                n = sum(f.write(chunk) for chunk in chunks)
-            os.replace(tmp, args.output)
+        if args.output and args.output != "-":
+            n = _write_file(args.output, chunks, force=args.force)
             out.doc({"cid": args.cid, "bytes": n, "path": args.output},
                     f"exported {args.cid} to {args.output} ({n} bytes)")
         else:
@@ -718,46 +810,68 @@ def _cmd_cluster(c, args: argparse.Namespace, out: Output) -> int:
     return 0
 
 
+def _wants_json(argv: list[str]) -> bool:
+    """``--json`` on the command line (before any ``--``), for errors found while parsing."""
+    if "--" in argv:
+        argv = argv[:argv.index("--")]
+    return "--json" in argv
+
+
+def report_error(exc: BaseException, *, as_json: bool) -> int:
+    """Print ``exc`` to stderr (one line, or one JSON document) and return its exit status."""
+    from .errors import code_for, exit_code_for, message_for
+
+    code = code_for(exc)
+    message = message_for(exc)
+    status = exit_code_for(exc)
+    if as_json:
+        print(json.dumps({"error": {"code": code, "message": message, "exit": status}},
+                         sort_keys=True), file=sys.stderr)
+    elif status == EXIT_INTERRUPTED:
+        print("pinfold: interrupted", file=sys.stderr)
+    elif isinstance(exc, UsageError) and exc.parser is not None:
+        exc.parser.print_usage(sys.stderr)
+        print(f"{exc.parser.prog}: error: {message}", file=sys.stderr)
+    else:
+        print(f"pinfold: error: {message}", file=sys.stderr)
+    return status
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``pinfold`` console script; returns the exit code."""
+    """Entry point of the ``pinfold`` console script; returns the exit status (``errors.py``)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except UsageError as exc:
+        return report_error(exc, as_json=_wants_json(argv))
+    as_json = bool(getattr(args, "json", False))
     if args.version:
         from importlib.metadata import version
 
-        print(version("pinfold"))
+        print(json.dumps({"version": version("pinfold")}) if as_json else version("pinfold"))
         return 0
     if not args.command:
+        if as_json:
+            return report_error(UsageError("a command is needed (pinfold --help lists them)"),
+                                as_json=True)
         parser.print_help(sys.stderr)
         return EXIT_USAGE
-    out = Output(bool(getattr(args, "json", False)))
+    out = Output(as_json)
     try:
         return run_command(args, out)
-    except UsageError as exc:
-        print(f"pinfold: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("pinfold: interrupted", file=sys.stderr)
-        return 130
-    except BaseExceptionGroup as group:
-        from .errors import exit_code_for, leaf, message_for
+    except (Exception, KeyboardInterrupt, BaseExceptionGroup) as exc:  # noqa: BLE001
+        # Every error becomes one line (or one JSON document); the status says which kind.
+        from .errors import leaves
 
-        if isinstance(leaf(group), KeyboardInterrupt):
-            return 130
-        print(f"pinfold: error: {message_for(group)}", file=sys.stderr)
-        return exit_code_for(group)
-    except BrokenPipeError:
-        # stdout closed early (e.g. `pinfold cat CID | head`): not an error.
-        try:
-            sys.stdout = open(os.devnull, "w")  # noqa: SIM115
-        except OSError:
-            pass
-        return 0
-    except Exception as exc:  # every error becomes one line; the code says which kind
-        from .errors import exit_code_for, message_for
-
-        print(f"pinfold: error: {message_for(exc)}", file=sys.stderr)
-        return exit_code_for(exc)
+        if all(isinstance(e, BrokenPipeError) for e in leaves(exc)):
+            # stdout closed early (e.g. `pinfold cat CID | head`): not an error.
+            try:
+                sys.stdout = open(os.devnull, "w")  # noqa: SIM115
+            except OSError:
+                pass
+            return 0
+        return report_error(exc, as_json=as_json)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 Usable from a plain script or a notebook: no trio, no event loop needed by the
 caller. It mirrors the CLI (DESIGN.md, Interface)::
 
-    from pinfold.daemon.client import Client
+    from pinfold import Client
     with Client() as c:
         cid = c.add("model.safetensors")
         data = b"".join(c.cat(cid))
@@ -15,7 +15,10 @@ error the daemon reports, and ``DaemonNotRunning`` when nothing listens on the
 socket. Streaming methods (``cat``, ``dag_export``, ``pins``) return iterators;
 read them to the end (or close them) before the next call on the same client.
 One ``Client`` is one connection and serves one call at a time; use one
-``Client`` per thread.
+``Client`` per thread. A ``Client`` stays usable after any error a call
+raises: a bad argument is refused before anything is sent, and a call that
+broke the connection (an interrupt, a failed upload source) makes the next
+call connect again.
 """
 
 from __future__ import annotations
@@ -27,17 +30,16 @@ import stat
 import struct
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Self
 
 import msgpack
-
-from pinfold.config import ConfigError, load
+from pinfold.config import load
 
 from .home import Home, resolve_home
-from .rpcclient import DaemonNotRunning, RpcConnection, RpcError
+from .rpcclient import DaemonNotRunning, RpcConnection, RpcConnectionClosed, RpcError
 
-__all__ = ["Client", "DaemonNotRunning", "LinkError", "PinWaitTimeout", "RpcError",
-           "walk_local_tree"]
+__all__ = ["ADD_OPTIONS", "Client", "DaemonNotRunning", "LinkError", "PinWaitTimeout",
+           "RpcConnectionClosed", "RpcError", "walk_local_tree"]
 
 CHUNK = 1 << 20
 
@@ -47,6 +49,23 @@ def _file_chunks(f: BinaryIO, progress: Callable[[int], None] | None) -> Iterato
         if progress:
             progress(len(chunk))
         yield chunk
+
+
+ADD_OPTIONS = frozenset({"chunk_size", "cid_version", "raw_leaves", "max_links", "name",
+                         "rmin", "rmax", "availability", "expire_in"})
+"""Options ``add``/``add_stream``/``add_dir`` pass on to the daemon."""
+
+_DIR_OPTIONS = frozenset({"dereference"})  # ``add``/``add_info`` of a folder: see ``add_dir``
+
+
+def _check_options(method: str, opts: dict[str, Any], extra: frozenset[str] = frozenset()) -> None:
+    """Raise ``TypeError`` naming every key of ``opts`` outside ``ADD_OPTIONS`` | ``extra``."""
+    unknown = sorted(set(opts) - ADD_OPTIONS - extra)
+    if unknown:
+        names = ", ".join(repr(k) for k in unknown)
+        plural = "s" if len(unknown) > 1 else ""
+        raise TypeError(f"{method}() got unexpected keyword argument{plural} {names} "
+                        f"(options: {', '.join(sorted(ADD_OPTIONS))}, pin, progress)")
 
 
 def _replication(replicas: int | None, rmin: int | None, rmax: int | None,
@@ -70,10 +89,7 @@ class Client:
                  socket_path: str | os.PathLike[str] | None = None) -> None:
         if socket_path is None:
             h = Home(root=resolve_home(home))
-            try:
-                config = load(h.config_path)
-            except ConfigError:
-                raise
+            config = load(h.config_path)
             socket_path = h.socket_path(config)
         self.socket_path = Path(socket_path)
         self._conn: RpcConnection | None = None
@@ -82,7 +98,14 @@ class Client:
 
     @property
     def conn(self) -> RpcConnection:
-        if self._conn is None:
+        """The connection, opened on first use and opened anew after an error closed it.
+
+        A call that fails half-way (an interrupt, a transport error, an upload
+        source that raised) may leave the old connection's framing unknown; it
+        is then closed, and the next call connects again, so a ``Client``
+        stays usable after any error a call raises.
+        """
+        if self._conn is None or self._conn.closed:
             self._conn = RpcConnection(self.socket_path)
         return self._conn
 
@@ -91,7 +114,7 @@ class Client:
             self._conn.close()
             self._conn = None
 
-    def __enter__(self) -> Client:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -123,9 +146,18 @@ class Client:
                    progress: Callable[[int], None] | None = None, **opts: Any) -> dict[str, Any]:
         """Add a file given as an iterable of byte chunks; returns ``{"cid", "bytes", "blocks"}``.
 
-        ``opts``: chunk_size (bytes), cid_version (0|1), raw_leaves, max_links, name,
-        rmin, rmax, availability (pinning cluster-wide when set).
+        ``opts`` (``ADD_OPTIONS``): chunk_size (bytes), cid_version (0|1),
+        raw_leaves (bool), max_links, name, rmin, rmax, availability (pinning
+        cluster-wide when set), expire_in (seconds). ``progress(nbytes)`` is
+        called with the size of each chunk as it is sent (a delta, so
+        ``progress=tqdm_bar.update`` works).
+
+        Raises:
+            TypeError: an option not in ``ADD_OPTIONS`` (all unknown ones are named).
+            RpcError: the daemon refused the data or an option.
         """
+        _check_options("add_stream", opts)
+
         def counted() -> Iterator[bytes]:
             for c in chunks:
                 if progress:
@@ -138,51 +170,70 @@ class Client:
 
     def add(self, source: str | os.PathLike[str] | bytes | BinaryIO, *, pin: bool = False,
             replicas: int | None = None, rmin: int | None = None, rmax: int | None = None,
-            availability: float | None = None, **opts: Any) -> str:
-        """Add a file (path, bytes or binary file object); returns the root CID text.
+            availability: float | None = None,
+            progress: Callable[[int], None] | None = None, **opts: Any) -> str:
+        """Add a file or directory (path, bytes or binary file object); returns the root CID text.
 
         With ``replicas``/``rmin``/``rmax``/``availability`` the root is pinned
-        cluster-wide (``pin`` implied). See ``add_info`` for ``wait`` and
-        ``add_stream`` for ``opts``.
+        cluster-wide (``pin`` implied). ``progress(nbytes)`` is called with the
+        number of bytes just sent, as they are sent (file data only). See
+        ``add_info`` for ``wait`` and ``add_stream`` for ``opts``.
+
+        Raises:
+            TypeError: an unknown keyword argument (all unknown ones are named).
+            FileNotFoundError: ``source`` is a path that does not exist.
+            RpcError: the daemon refused the data or an option.
         """
+        _check_options("add", opts, _DIR_OPTIONS)
         return self.add_info(source, pin=pin, replicas=replicas, rmin=rmin, rmax=rmax,
-                             availability=availability, **opts)["cid"]
+                             availability=availability, progress=progress, **opts)["cid"]
 
     def add_info(self, source: str | os.PathLike[str] | bytes | BinaryIO, *, pin: bool = False,
                  replicas: int | None = None, rmin: int | None = None, rmax: int | None = None,
                  availability: float | None = None, wait: bool = False,
-                 wait_timeout: float | None = None, **opts: Any) -> dict[str, Any]:
-        """Like ``add`` but returns ``{"cid", "bytes", "blocks"}`` (and ``pin`` when pinned).
+                 wait_timeout: float | None = None,
+                 progress: Callable[[int], None] | None = None,
+                 **opts: Any) -> dict[str, Any]:
+        """Like ``add`` but returns ``{"cid", "bytes", "blocks"}`` (plus ``"files"``
+        for a directory, and ``pin`` when pinned).
 
         With ``wait`` (implied by ``wait_timeout``, seconds) the pin is made and
         this returns once rmin holders report it pinned, as ``pin(wait=True)``.
 
         Raises:
+            TypeError: an unknown keyword argument (all unknown ones are named).
             ValueError: ``wait_timeout`` is not > 0 (before anything is sent).
             PinWaitTimeout: the timeout passed first.
         """
+        _check_options("add_info", opts, _DIR_OPTIONS)
         _check_timeout(wait_timeout)
         repl = _replication(replicas, rmin, rmax, availability)
         waiting = wait or wait_timeout is not None
         pin = pin or bool(repl) or waiting
+        dereference = bool(opts.pop("dereference", False))
         if isinstance(source, (bytes, bytearray, memoryview)):
             data = bytes(source)
             chunks: Iterable[bytes] = (data[i:i + CHUNK] for i in range(0, len(data), CHUNK))
-            res = self.add_stream(chunks, pin=pin, **repl, **opts)
+            res = self.add_stream(chunks, pin=pin, progress=progress, **repl, **opts)
         elif hasattr(source, "read"):
-            res = self.add_stream(_file_chunks(source, None), pin=pin, **repl, **opts)
+            res = self.add_stream(_file_chunks(source, None), pin=pin, progress=progress,
+                                  **repl, **opts)
         elif Path(source).is_dir():
-            res = self.add_dir(Path(source), pin=pin, **repl, **opts)
+            res = self.add_dir(Path(source), pin=pin, dereference=dereference, progress=progress,
+                               **repl, **opts)
         else:
             with open(Path(source), "rb") as f:
-                res = self.add_stream(_file_chunks(f, None), pin=pin, **repl, **opts)
+                res = self.add_stream(_file_chunks(f, None), pin=pin, progress=progress,
+                                      **repl, **opts)
         if waiting:
             res["pin"]["status"] = self.wait_pinned(res["cid"], timeout=wait_timeout)
             res["pin"]["holders_pinned"] = res["pin"]["status"]["healthy"]
         return res
 
     def add_dir(self, path: str | os.PathLike[str], *, pin: bool = False,
-                dereference: bool = False, **opts: Any) -> dict[str, Any]:
+                dereference: bool = False,
+                progress: Callable[[int], None] | None = None,
+                **opts: Any) -> dict[str, Any]:
         """Add a directory tree; returns ``{"cid", "bytes", "blocks", "files", "symlinks"}``.
 
         A symbolic link is stored as a UnixFS symlink node holding its target
@@ -192,7 +243,10 @@ class Client:
         is stored as a plain file or folder under the link's name (Hugging
         Face cache snapshots are links into ``../../blobs``).
 
+        ``progress(nbytes)`` is called as file data is sent; ``opts`` as ``add_stream``.
+
         Raises:
+            TypeError: an option not in ``ADD_OPTIONS``.
             NotADirectoryError: ``path`` is not a directory.
             LinkError: without ``dereference``, a link is absolute, dangles or
                 leads outside the folder; with it, a link dangles or leads back
@@ -200,6 +254,7 @@ class Client:
             ValueError: a name is not valid UTF-8, or an entry is neither a
                 file, a folder nor a symlink (a FIFO, a socket, a device).
         """
+        _check_options("add_dir", opts)
         root = Path(path)
         if not root.is_dir():
             raise NotADirectoryError(f"{root}: not a directory")
@@ -220,6 +275,8 @@ class Client:
                             if not chunk:
                                 raise OSError(f"{full} shrank while being added")
                             left -= len(chunk)
+                            if progress:
+                                progress(len(chunk))
                             yield chunk
 
         params = {k: v for k, v in opts.items() if v is not None}
@@ -245,21 +302,40 @@ class Client:
 
     def get(self, cid: str, path: str | os.PathLike[str], *,
             progress: Callable[[int], None] | None = None) -> dict[str, Any]:
-        """Write the file or directory tree ``cid`` to ``path``; returns ``{"cid", "files", "bytes"}``.
+        """Write the file or directory tree ``cid`` to ``path``; returns
+        ``{"cid", "files", "bytes", "path"}`` (``path``: where it was written).
 
-        A file is written to ``path.part`` and renamed when complete;
-        ``progress(nbytes)`` is called as data arrives.
+        ``path`` must not exist, or be an empty folder: a tree is written into
+        it, a single file as ``path/<cid>``. Each file is written to
+        ``NAME.part`` and renamed when complete; ``progress(nbytes)`` is called
+        as data arrives. On an error nothing written is left behind (an empty
+        folder given as ``path`` is kept, empty).
+
+        Raises:
+            FileExistsError: ``path`` is a file, a link, or a folder that is not
+                empty (the message names its first entry).
+            FileNotFoundError: the parent folder of ``path`` does not exist.
+            RpcError: the daemon's error (e.g. ``not_found``, ``invalid_cid``).
         """
         target = Path(path)
-        if target.exists() or target.is_symlink():
+        into_dir = False
+        if target.is_symlink() or (target.exists() and not target.is_dir()):
             raise FileExistsError(errno.EEXIST, "already exists; choose another -o PATH",
                                   str(target))
-        if not target.parent.is_dir():
+        if target.is_dir():
+            entries = sorted(os.listdir(target))
+            if entries:
+                raise FileExistsError(
+                    errno.EEXIST, f"the folder is not empty (it holds {entries[0]!r}); "
+                    "get writes into a new or an empty folder", str(target))
+            into_dir = True
+        elif not target.parent.is_dir():
             raise FileNotFoundError(errno.ENOENT, "parent directory does not exist",
                                     str(target.parent))
         out: BinaryIO | None = None
         seen: set[str] = set()
         current: Path | None = None
+        written = target
         files = 0
         total = 0
         links: list[tuple[Path, str]] = []
@@ -282,6 +358,8 @@ class Client:
                         raise ValueError(f"the directory holds the name {rel!r} twice")
                     seen.add(rel)
                     dest = target / rel if rel else target
+                    if not rel and into_dir and item["type"] != "dir":
+                        dest = written = target / str(cid)  # a single file into the folder
                     if item["type"] == "dir":
                         dest.mkdir(parents=True, exist_ok=True)
                     elif item["type"] == "symlink":
@@ -306,8 +384,14 @@ class Client:
             if out is not None:
                 out.close()
                 out = None
-            # Leave nothing half-written behind: the target did not exist before.
-            if target.is_dir() and not target.is_symlink():
+            # Leave nothing half-written behind: the target did not exist or was empty.
+            if into_dir:
+                for child in target.iterdir():
+                    if child.is_dir() and not child.is_symlink():
+                        shutil.rmtree(child, ignore_errors=True)
+                    else:
+                        child.unlink(missing_ok=True)
+            elif target.is_dir() and not target.is_symlink():
                 shutil.rmtree(target, ignore_errors=True)
             else:
                 for leftover in (target, target.with_name(target.name + ".part")):
@@ -317,7 +401,7 @@ class Client:
         finally:
             if out is not None:
                 out.close()
-        return {"cid": str(cid), "files": files, "bytes": total}
+        return {"cid": str(cid), "files": files, "bytes": total, "path": str(written)}
 
     # ------------------------------------------------------------------ blocks
 

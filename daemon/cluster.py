@@ -56,9 +56,9 @@ from libp2p.tools.anyio_service import background_trio_service
 from libp2p.utils.varint import encode_uvarint, read_varint_prefixed_bytes_limited
 from pinfold.blockstore import dag as dagmod
 from pinfold.blockstore.cid import CID, parse_cid
-from pinfold.blockstore.errors import BlockNotFound, BlockstoreError, NotPinned
+from pinfold.blockstore.errors import BlockNotFound, NotPinned
 from pinfold.replication.allocation import unreachable_availability
-from pinfold.replication.errors import InvalidPin, PinNotFound, ReplicationError
+from pinfold.replication.errors import InvalidPin, PinNotFound, describe
 from pinfold.replication.manager import Manager, ManagerConfig
 from pinfold.replication.messages import KINDS
 from pinfold.replication.persist import ReplicationDB
@@ -526,10 +526,8 @@ class NodePins:
                                        name="cluster", providers=providers)
         except trio.Cancelled:
             raise
-        except (BlockstoreError, ReplicationError, OSError) as exc:
-            raise FetchFailed(f"{root}: {exc}") from exc
         except Exception as exc:
-            raise FetchFailed(f"{root}: {type(exc).__name__}: {exc}") from exc
+            raise FetchFailed(f"{root}: {describe(exc)}") from exc
         return int(rec.get("fetched_bytes", 0))
 
     async def unpin(self, cid: bytes) -> None:

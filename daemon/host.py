@@ -132,25 +132,29 @@ def _strip_p2p(addr: str) -> multiaddr.Multiaddr:
     return multiaddr.Multiaddr(addr.split("/p2p/", 1)[0])
 
 
-def _causes(exc: BaseException) -> str:
-    """``": cause; cause"`` from the exceptions py-libp2p chains under a dial error
-    (its own message says only "with exceptions")."""
+def _root_causes(exc: BaseException) -> str:
+    """The innermost reasons py-libp2p chains under a dial error, joined with "; ".
+
+    Its own message says only "no addresses established a successful connection
+    (with exceptions)"; the reason a user can act on (connection refused, no
+    route, a handshake failure) is at the end of each ``__cause__`` chain, under
+    its exception groups and ``errors`` lists. Only messages, no class names.
+    """
     found: list[str] = []
-    todo = [exc.__cause__]
+    todo: list[BaseException] = [exc]
     while todo and len(found) < 4:
         e = todo.pop(0)
-        if e is None:
-            continue
         inner = getattr(e, "errors", None) or getattr(e, "exceptions", None)
         if isinstance(inner, (list, tuple)) and inner:
-            todo.extend(inner)
+            todo.extend(x for x in inner if isinstance(x, BaseException))
             continue
-        text = f"{type(e).__name__}: {e}"
-        while e.__cause__ is not None and len(text) < 300:
-            e = e.__cause__
-            text += f" <- {type(e).__name__}: {e}"
-        found.append(text)
-    return (": " + "; ".join(found)) if found else ""
+        if e.__cause__ is not None:
+            todo.append(e.__cause__)
+            continue
+        text = e.strerror if isinstance(e, OSError) and e.strerror else str(e).strip()
+        if text and text not in found:
+            found.append(text)
+    return "; ".join(found) or str(exc) or "the connection failed"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -410,7 +414,8 @@ class Host:
             async with self.libp2p.run(self._listen):
                 if not self.libp2p.get_addrs():
                     raise HostError(
-                        f"could not listen on {', '.join(map(str, self._listen))} (address in use?)"
+                        f"could not listen on {', '.join(map(str, self._listen))} "
+                        "(is the address in use?)"
                     )
                 async with trio.open_nursery() as nursery:
                     for ma in self._bootstrap:
@@ -466,7 +471,7 @@ class Host:
             raise
         except Exception as exc:
             self._counters.dial_failures += 1
-            raise DialError(f"dial {ma} failed: {exc}{_causes(exc)}") from exc
+            raise DialError(f"dial {ma} failed: {_root_causes(exc)}") from exc
         finally:
             self._reap_sockets(older_than_s=_REAP_AGE_S)
         return info.peer_id

@@ -9,18 +9,18 @@ their arrival and the pin's commit.
 
 from __future__ import annotations
 
+import errno
 import logging
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import trio
 from libp2p.peer.id import ID
-
 from pinfold.blockstore.cid import CID, cid_key
 from pinfold.blockstore.errors import BlockNotFound
 
 from .bitswap import Bitswap, BitswapConfig, ClientConfig, ServerConfig
-from .host import Host, HostConfig
+from .host import Host, HostConfig, HostError
 from .metrics import counter, counter_by, gauge, gauge_by, histogram
 
 if TYPE_CHECKING:
@@ -91,15 +91,29 @@ class Network:
             try:
                 probe.bind((host, port))
             except OSError as exc:
-                raise NetworkError(f"node.listen: {addr}: {exc.strerror or exc} (is another "
-                                   "pinfold daemon or program listening there?)") from exc
+                if exc.errno == errno.EADDRINUSE:
+                    hint = "another pinfold daemon or program listens there"
+                elif exc.errno == errno.EADDRNOTAVAIL:
+                    hint = "no network interface of this machine has that address"
+                else:
+                    hint = "choose another address"
+                raise NetworkError(f"node.listen: {addr}: {exc.strerror or exc} ({hint}; "
+                                   f"set node.listen in {self._config_path()})") from exc
             finally:
                 probe.close()
+
+    def _config_path(self) -> str:
+        home = getattr(self.node, "home", None)
+        return str(home.config_path) if home is not None else "config.toml"
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self.check_listen_ports()
         async with trio.open_nursery() as nursery:
-            await nursery.start(self.host.run)
+            try:
+                await nursery.start(self.host.run)
+            except HostError as exc:
+                raise NetworkError(f"node.listen: {exc} (set node.listen in "
+                                   f"{self._config_path()})") from exc
             await nursery.start(self.bitswap.run)
             task_status.started()
 

@@ -110,7 +110,7 @@ class Node:
         """Open everything, serve until stopped, then close in reverse order."""
         from .api import Api
         from .identity import load_identity, peer_id_of
-        from .rpcserver import RpcLimits, RpcServer, resolve_group
+        from .rpcserver import RpcLimits, RpcServer, RpcServerError, resolve_group
 
         keypair = load_identity(self.home.identity_path)
         self.peer_id = peer_id_of(keypair).to_base58()
@@ -149,7 +149,12 @@ class Node:
                 self.addresses = self.network.addresses()
                 if self.cluster is not None:
                     await nursery.start(self.cluster.run)
-                await nursery.start(server.run)
+                try:
+                    await nursery.start(server.run)
+                except RpcServerError as exc:
+                    # The socket is this daemon's other listen address: name its key.
+                    raise RpcServerError(exc.code, f"rpc.socket: {exc} (set rpc.socket in "
+                                         f"{self.home.config_path})") from exc
                 if bs.gc_interval_s > 0:
                     nursery.start_soon(self._gc_loop, bs.gc_interval_s)
                 log.info("pinfold %s ready: peer %s, socket %s, metrics %s", VERSION,

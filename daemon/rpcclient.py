@@ -26,7 +26,6 @@ Example::
 from __future__ import annotations
 
 import array
-
 import os
 import select
 import socket
@@ -85,14 +84,17 @@ _ABANDON_TIMEOUT_S = 5.0
 
 
 def _pieces(chunk: Chunk) -> Iterator[memoryview]:
-    """Split an upload chunk into views of at most MAX_CHUNK_BYTES (no copy; empty -> none)."""
+    """Split an upload chunk into views of at most MAX_CHUNK_BYTES (no copy; empty -> none).
+
+    Raises:
+        TypeError: ``chunk`` is not bytes-like (raised here, not when iterated).
+    """
     if not isinstance(chunk, bytes | bytearray | memoryview):
-        raise TypeError(f"upload chunks must be bytes-like, got {type(chunk).__name__}")
+        raise TypeError(f"upload chunks must be bytes, got {type(chunk).__name__}")
     view = memoryview(chunk)
     if view.format != "B" or view.ndim != 1:
         view = view.cast("B")
-    for start in range(0, view.nbytes, MAX_CHUNK_BYTES):
-        yield view[start:start + MAX_CHUNK_BYTES]
+    return (view[start:start + MAX_CHUNK_BYTES] for start in range(0, view.nbytes, MAX_CHUNK_BYTES))
 
 
 def _check_window(window_bytes: int) -> None:
@@ -237,18 +239,21 @@ class RpcConnection:
         Arguments as ``call``. The request is sent before this returns.
         """
         self._check_usable()
-        if self._current is not None and not self._current.done:
-            self._current.close()
         params = _check_params(params)
         rid = self._next_id
+        # Encoded before anything is sent: parameters msgpack cannot carry raise
+        # TypeError here and leave the connection usable.
+        request, _ = encode(Request(id=rid, method=method, params=params,
+                                    upload=upload is not None))
+        if self._current is not None and not self._current.done:
+            self._current.close()
         self._next_id += 1
         stream = RpcStream(self, rid, method, upload)
         self._current = stream
-        msg = Request(id=rid, method=method, params=params, upload=upload is not None)
         if pass_fd is None:
-            self._guarded(self._send_msg, msg)
+            self._guarded(self._send_bufs, request)
         else:
-            self._guarded(self._send_msg_with_fd, msg, pass_fd)
+            self._guarded(self._send_bufs_with_fd, request, pass_fd)
         return stream
 
     def close(self) -> None:
@@ -293,8 +298,7 @@ class RpcConnection:
         bufs, _ = encode(msg)
         self._send_bufs(bufs)
 
-    def _send_msg_with_fd(self, msg: Any, fd: int) -> None:
-        bufs, _ = encode(msg)
+    def _send_bufs_with_fd(self, bufs: list[Any], fd: int) -> None:
         data = b"".join(bytes(b) for b in bufs)  # a request frame is small
         n = self._sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
                                          array.array("i", [fd]))])

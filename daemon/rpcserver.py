@@ -610,14 +610,22 @@ def _single_leaf(exc: BaseException) -> BaseException:
 
 
 def _error_reply(req: _RequestState, exc: Exception) -> ErrorReply:
+    """The reply for a handler's exception: the first coded error's code, and every
+    error's message (errors inside trio's exception groups are listed, never the
+    group itself); an uncoded error is ``internal`` and logged with its traceback."""
+    from pinfold.replication.errors import describe
+
     leaf = _single_leaf(exc)
-    code = error_code_of(leaf)
+    found = [leaf]
+    while any(isinstance(e, BaseExceptionGroup) for e in found):
+        found = [x for e in found
+                 for x in (e.exceptions if isinstance(e, BaseExceptionGroup) else (e,))]
+    codes = [error_code_of(e) for e in found]
+    code = next((c for c in codes if c != "internal"), "internal")
+    message = describe(leaf)
     if code == "internal":
         log.error("RPC %s failed", req.method, exc_info=exc)
-        text = str(leaf)
-        message = f"{type(leaf).__name__}: {text}" if text else type(leaf).__name__
-    else:
-        message = str(leaf) or code
+        message = f"internal error in {req.method}: {message}"
     return ErrorReply(id=req.id, code=code, message=message)
 
 

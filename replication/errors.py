@@ -7,6 +7,32 @@ and the RPC layer translate them at their seams; ``code`` is the RPC error code.
 from __future__ import annotations
 
 
+def describe(exc: BaseException) -> str:
+    """One line for a user about ``exc``: the messages of the errors inside any
+    (nested) exception groups, joined with "; ", never a class name or "Exceptions
+    from Trio nursery". An error without a message is named by its ``code``."""
+    found: list[str] = []
+    todo = [exc]
+    while todo:
+        e = todo.pop(0)
+        if isinstance(e, BaseExceptionGroup):
+            todo[:0] = list(e.exceptions)
+            continue
+        text = str(e).strip()
+        if not text:
+            code = getattr(e, "code", None)
+            if isinstance(e, TimeoutError):
+                text = "timed out"
+            elif isinstance(code, str) and code:
+                text = code.replace("_", " ")
+            else:
+                text = "unexpected error (the daemon log has the details)"
+        text = text.replace("\n", " ")
+        if text not in found:
+            found.append(text)
+    return "; ".join(found)
+
+
 class ReplicationError(Exception):
     """Base class of every error the replication layer raises."""
 

@@ -58,6 +58,7 @@ from .errors import (
     PinNotFound,
     PinsetDecodeError,
     StaleWrite,
+    describe,
 )
 from .health import HealthConfig, HealthView
 from .hlc import HybridClock, hlc_from_wall
@@ -1373,7 +1374,7 @@ class Manager:
             except trio.Cancelled:
                 raise
             except Exception as exc:  # noqa: BLE001 - any failure of the fetch is its pin_error
-                error = str(exc) or type(exc).__name__
+                error = describe(exc)
         self._running.pop(cid, None)
         self._jobs.pop(cid, None)
         if scope.cancelled_caught and job.aborted:

@@ -54,7 +54,7 @@ def test_cli_add_cat_pin_gc_and_metrics(daemon: DaemonProcess, tmp_path: Path) -
     assert gc["blocks_freed"] == 1
     assert run_cli(daemon.home, "cat", cid).stdout == data
     missing = run_cli(daemon.home, "cat", other, check=False)
-    assert missing.returncode == 1 and b"not found" in missing.stderr
+    assert missing.returncode == 4 and b"not found" in missing.stderr
     assert len(missing.stderr.strip().splitlines()) == 1
 
     pins = [json.loads(line) for line in
@@ -285,9 +285,10 @@ def test_bad_targets_and_options_are_refused_cleanly(daemon: DaemonProcess, tmp_
     cid = cli_json(daemon.home, "add", "-", input=b"some bytes\n")["cid"]
     existing = tmp_path / "existing"
     existing.mkdir()
+    (existing / "keep.txt").write_bytes(b"mine")
     out = run_cli(daemon.home, "get", cid, "-o", str(existing), check=False)
-    assert out.returncode == 1 and b"already exists" in out.stderr
-    assert list(existing.iterdir()) == []
+    assert out.returncode == 1 and b"not empty" in out.stderr and b"keep.txt" in out.stderr
+    assert [p.name for p in existing.iterdir()] == ["keep.txt"]
     nowhere = tmp_path / "missing-parent" / "f"
     out = run_cli(daemon.home, "get", cid, "-o", str(nowhere), check=False)
     assert out.returncode == 1 and b"parent directory does not exist" in out.stderr

@@ -364,12 +364,13 @@ async def test_error_replies_map_codes(rpc: Harness) -> None:
 
     errors = await in_thread(sync)
     assert errors[0] == ("not_found", "block not found: bafy1")
-    assert errors[1] == ("internal", "ValueError: boom")
+    assert errors[1] == ("internal", "internal error in fail_internal: boom")
     assert errors[2] == ("not_found", "inside a nursery")
     assert errors[3] == ("unknown_method", "unknown method 'no_such_method'")
     assert errors[4][0] == "internal" and "reply cannot be sent" in errors[4][1]
     assert errors[5][0] == "internal" and "frame limit" in errors[5][1]
-    assert errors[6] == ("internal", "RuntimeError: call.upload() can be iterated only once")
+    assert errors[6] == ("internal",
+                         "internal error in upload_twice: call.upload() can be iterated only once")
     outcomes = [(m, o) for m, o, _ in rpc.done]
     assert ("fail_not_found", "not_found") in outcomes
     assert ("(unknown)", "unknown_method") in outcomes
