@@ -5,8 +5,10 @@ Real daemons in subprocesses, the real CLI, the real socket."""
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
+import signal
 import socket
 import subprocess
 from pathlib import Path
@@ -82,7 +84,30 @@ def test_json_errors_are_json_with_the_documented_exit_codes(daemon: DaemonProce
     assert plain.returncode == 4 and plain.stderr.startswith(b"pinfold: error: block not found")
 
 
-def test_exit_code_for_a_fetch_timeout_is_5(daemon: DaemonProcess, tmp_path: Path) -> None:
+def test_exit_code_for_a_fetch_timeout_is_5(tmp_path: Path) -> None:
+    """A peer that never answers (stopped with SIGSTOP, its connection open)
+    makes the fetch wait out bitswap.fetch_timeout_s: exit 5, fetch_timeout."""
+    a = DaemonProcess(tmp_path, "a", config="[bitswap]\nfetch_timeout_s = 2.0\n").start()
+    silent = DaemonProcess(tmp_path, "silent").start()
+    try:
+        addr = cli_json(silent.home, "id")["addresses"][0]
+        cli_json(a.home, "peers", "connect", addr)
+        os.kill(silent.pid, signal.SIGSTOP)
+        missing = "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku"
+        out = run_cli(a.home, "--json", "pin", "add", missing, check=False)
+        err = _json_error(out)
+        assert out.returncode == 5 and err["code"] == "fetch_timeout", err
+        assert missing in err["message"]
+    finally:
+        os.kill(silent.pid, signal.SIGCONT)
+        for d in (a, silent):
+            d.stop()
+            d.kill9()
+
+
+def test_exit_code_when_every_peer_answers_dont_have_is_4(daemon: DaemonProcess,
+                                                          tmp_path: Path) -> None:
+    """Content no connected peer has is not found at once, not a timeout."""
     other = DaemonProcess(tmp_path, "b").start()
     try:
         addr = cli_json(other.home, "id")["addresses"][0]
@@ -90,8 +115,9 @@ def test_exit_code_for_a_fetch_timeout_is_5(daemon: DaemonProcess, tmp_path: Pat
         missing = "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku"
         out = run_cli(daemon.home, "--json", "pin", "add", missing, check=False)
         err = _json_error(out)
-        assert out.returncode == 5 and err["code"] == "fetch_timeout", err
-        assert missing in err["message"]
+        assert out.returncode == 4 and err["code"] == "not_found", err
+        assert err["message"] == (f"no peer has block {missing}: 1 peer asked, "
+                                  "1 answered dont-have, none have")
     finally:
         other.stop()
         other.kill9()
