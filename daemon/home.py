@@ -67,25 +67,60 @@ class Home:
     def initialised(self) -> bool:
         return self.config_path.exists() and self.identity_path.exists()
 
+    def missing_parts(self) -> list[str]:
+        """What ``pinfold init`` would still create here: ``config.toml``, ``identity.key``."""
+        return [p.name for p in (self.config_path, self.identity_path) if not p.exists()]
+
+    def check_initialised(self) -> None:
+        """Raise ``HomeError`` naming what is missing and the command that creates it.
+
+        ``pinfold init`` fills in a missing part and keeps the other, so the
+        message can always point at it.
+        """
+        missing = self.missing_parts()
+        if not missing:
+            return
+        if len(missing) == 2:
+            raise HomeError(f"{self.root} is not initialised: run `pinfold --home {self.root} "
+                            "init` first")
+        if missing == ["identity.key"]:
+            raise HomeError(
+                f"{self.identity_path} is missing (config.toml is there): run `pinfold --home "
+                f"{self.root} init` to create a new key and keep config.toml; the node then "
+                "has a new peer ID, so if other peers list the old one (cluster.trusted_peers, "
+                "bootstrap addresses), restore the old identity.key instead")
+        raise HomeError(
+            f"{self.config_path} is missing (identity.key is there): run `pinfold --home "
+            f"{self.root} init` to write one with defaults and keep identity.key")
+
 
 def init_home(root: Path, config: Config) -> Home:
-    """Create a home: the directory (0700), ``config.toml`` and the identity key (0600).
+    """Create what a home lacks: the directory (0700), ``config.toml``, the identity key (0600).
+
+    Never overwrites: a part that exists is kept, so ``init`` on a home with a
+    config but no key (or the reverse) completes it.
+
+    Returns:
+        The home (``Home.missing_parts()`` before the call says what it created).
 
     Raises:
-        HomeError: the home already holds a config or identity key.
+        HomeError: ``root`` is not a directory, or the home already holds both.
     """
     home = Home(root=root)
     if root.exists() and not root.is_dir():
         raise HomeError(f"{root} exists and is not a directory")
-    if home.config_path.exists() or home.identity_path.exists():
-        raise HomeError(f"{root} is already initialised (config.toml or identity.key exists)")
+    missing = home.missing_parts()
+    if not missing:
+        raise HomeError(f"{root} is already initialised (config.toml and identity.key exist)")
     root.mkdir(mode=0o700, parents=True, exist_ok=True)
-    from .identity import create_identity  # libp2p import is slow; only here
+    if "identity.key" in missing:
+        from .identity import create_identity  # libp2p import is slow; only here
 
-    create_identity(home.identity_path)
-    tmp = home.config_path.with_suffix(".tmp")
-    tmp.write_text(render(config))
-    os.replace(tmp, home.config_path)
+        create_identity(home.identity_path)
+    if "config.toml" in missing:
+        tmp = home.config_path.with_suffix(".tmp")
+        tmp.write_text(render(config))
+        os.replace(tmp, home.config_path)
     return home
 
 

@@ -29,7 +29,7 @@ from pinfold.blockstore.lmdbstore import LmdbBlockStore
 from pinfold.blockstore.writer import BatchWriter
 from pinfold.config import Config, ConfigError
 
-from .home import Home, HomeError, resolve_home
+from .home import Home, resolve_home
 from .metrics import Metrics, counter, gauge, gauge_by
 
 log = logging.getLogger("pinfold.node")
@@ -465,8 +465,7 @@ def run_daemon(home: str | Path | None = None) -> int:
     """``pinfold daemon``: run in the foreground until SIGINT/SIGTERM; returns the exit code."""
     root = resolve_home(home)
     h = Home(root=root)
-    if not h.initialised:
-        raise HomeError(f"{root} is not initialised: run `pinfold init` first")
+    h.check_initialised()
     config = h.load_config()
     setup_logging(config.log.level)
     node = Node(h, config)
