@@ -28,8 +28,11 @@ hits ``MDB_MAP_FULL`` (the transaction is aborted and re-run on the bigger
 map), up to ``max_size_bytes``. Puts stop at ``max_size_bytes`` minus a
 reserve (1/8 of it, at most 16 MiB) with ``StoreFull``; writes that free space
 (delete, unpin, GC) may use the reserve, because LMDB needs fresh pages even
-to delete. A full disk (``ENOSPC``) is ``StoreFull`` as well. Either way the
-transaction is rolled back and every committed block stays intact.
+to delete. A full disk (``ENOSPC``, or EIO from a short write while the disk
+is full) is ``StoreFull`` as well. Either way the transaction is rolled back,
+every committed block stays intact, and the next write tries again: the store
+recovers by itself once space is freed. ``StoreFull`` messages say what is
+full, how full, and what to do.
 
 Durability. ``sync=True`` (the default) flushes each commit to disk before
 returning. ``sync=False`` opens LMDB with ``MDB_NOSYNC``: commits return
@@ -79,6 +82,19 @@ _MAX_DBS: Final = 32
 _FORMAT: Final = b"1"
 _RESERVE_MAX: Final = 16 * MiB
 _PAGE: Final = mmap.PAGESIZE
+#: A failed commit with less free disk than its size plus this is "disk full".
+_DISK_SLACK: Final = 8 * MiB
+
+
+def _size(n: int) -> str:
+    """``n`` bytes for people: ``512 bytes``, ``12.0 MiB``, ``1.5 GiB``."""
+    if n < 1024:
+        return f"{n} bytes"
+    for unit in ("KiB", "MiB", "GiB", "TiB"):
+        n /= 1024
+        if n < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}"
+    raise AssertionError("unreachable")
 
 
 def _round_pages(n: int) -> int:
@@ -424,12 +440,21 @@ class LmdbBlockStore(TxnBlockStore):
                     self._rollbacks += 1
                     self._grow(freeing=freeing)
                     continue
-                except lmdb.DiskError as exc:
+                except lmdb.Error as exc:
+                    # ENOSPC mid-commit reaches us as DiskError, or as EIO when
+                    # LMDB's pwrite came up short; the free space tells them apart.
                     self._abort(txn)
                     self._rollbacks += 1
+                    disk_full = self._disk_full_error(wtxn.bytes_delta)
+                    if disk_full is None and not isinstance(exc, lmdb.DiskError):
+                        raise BlockstoreError(
+                            f"cannot write the blockstore at {self.path}: {exc}"
+                        ) from exc
                     self._store_full += 1
-                    raise StoreFull(
-                        f"the disk holding the blockstore at {self.path} is full: {exc}"
+                    raise disk_full or StoreFull(
+                        f"disk full: cannot write the blockstore at {self.path} ({exc}); "
+                        "free disk space there or run `pinfold repo gc` (writes resume "
+                        "by themselves once there is room)"
                     ) from exc
                 except BaseException:
                     self._abort(txn)
@@ -455,6 +480,24 @@ class LmdbBlockStore(TxnBlockStore):
             return
         with self._gate.exclusive():
             txn.abort()
+
+    def _disk_full_error(self, nbytes: int) -> StoreFull | None:
+        """``StoreFull`` describing the disk if it has no room for ``nbytes`` more, else None."""
+        try:
+            st = os.statvfs(self.path)
+        except OSError:
+            return None
+        # root may use the blocks reserved for it (ext4's 5 %), others may not.
+        free = (st.f_bfree if os.geteuid() == 0 else st.f_bavail) * st.f_frsize
+        total = st.f_blocks * st.f_frsize
+        if free >= max(nbytes, 0) + _DISK_SLACK:
+            return None
+        return StoreFull(
+            f"disk full: the filesystem holding the blockstore at {self.path} has "
+            f"{_size(free)} free of {_size(total)}; free disk space there or run "
+            "`pinfold repo gc` to reuse space inside the store (writes resume by "
+            "themselves once there is room)"
+        )
 
     def _make_room(self, nbytes: int) -> None:
         """Grow the map ahead of a write of about ``nbytes``, up to the put cap.
@@ -485,10 +528,14 @@ class LmdbBlockStore(TxnBlockStore):
             return
         if current >= cap:
             self._store_full += 1
+            used = (self._env.info()["last_pgno"] + 1) * _PAGE
             raise StoreFull(
-                f"the blockstore at {self.path} is full: the map reached {current} bytes "
-                f"of max_size_bytes={self._max_size} (unpin and run GC, or raise "
-                f"blockstore.max_size_bytes)"
+                f"blockstore full: {self.path} uses {_size(used)} of "
+                f"blockstore.max_size_bytes = {_size(self._max_size)} and the write needs "
+                f"more (the last {_size(self._max_size - self._put_cap)} are kept for unpin "
+                "and GC); unpin what you no longer need and run "
+                "`pinfold repo gc`, or raise blockstore.max_size_bytes in config.toml and "
+                "restart the daemon"
             )
         with self._gate.exclusive():
             self._env.set_mapsize(min(cap, _round_pages(current * 2)))

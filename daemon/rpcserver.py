@@ -603,14 +603,30 @@ class _Connection:
                 pending[0] = memoryview(pending[0])[n:]
 
 
-def _single_leaf(exc: BaseException) -> BaseException:
-    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        exc = exc.exceptions[0]
-    return exc
+def _leaves(exc: BaseException) -> list[BaseException]:
+    """The exceptions inside (nested) groups, in order; ``[exc]`` for a plain one."""
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
+    return [exc]
+
+
+def _main_error(exc: BaseException) -> BaseException:
+    """The one error a reply reports for ``exc``.
+
+    A handler's nursery may fail with several errors at once (two write
+    batches in flight both hit a full store); the first that has an error
+    code of its own is the one the user can act on, else the first of all.
+    """
+    leaves = [e for e in _leaves(exc) if not isinstance(e, trio.Cancelled)] or [exc]
+    return next((e for e in leaves if error_code_of(e) != "internal"), leaves[0])
+
+
+#: Error codes an operator should see in the daemon's log, not only the client.
+_LOGGED_CODES = frozenset({"store_full"})
 
 
 def _error_reply(req: _RequestState, exc: Exception) -> ErrorReply:
-    leaf = _single_leaf(exc)
+    leaf = _main_error(exc)
     code = error_code_of(leaf)
     if code == "internal":
         log.error("RPC %s failed", req.method, exc_info=exc)
@@ -618,6 +634,8 @@ def _error_reply(req: _RequestState, exc: Exception) -> ErrorReply:
         message = f"{type(leaf).__name__}: {text}" if text else type(leaf).__name__
     else:
         message = str(leaf) or code
+        if code in _LOGGED_CODES:
+            log.warning("RPC %s failed: %s", req.method, message)
     return ErrorReply(id=req.id, code=code, message=message)
 
 
