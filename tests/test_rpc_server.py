@@ -131,7 +131,7 @@ class Handlers:
     async def h_fail_two_at_once(self, call: Call) -> None:
         """Two tasks fail together, as two write batches of one add hitting a full store."""
         async def fail(exc: Exception) -> None:
-            await trio.sleep(0)
+            await trio.lowlevel.checkpoint()
             raise exc
 
         async with trio.open_nursery() as nursery:

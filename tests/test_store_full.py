@@ -15,8 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from pinfold.daemon.client import RpcError
+
 from tests.harness import DaemonProcess, cli_json, run_cli
 
 MiB = 1024 * 1024
