@@ -42,6 +42,13 @@ or kernel crash may lose the last commits (LMDB keeps the database consistent
 on filesystems that preserve write order, since pinfold does not use
 ``writemap``).
 
+Identity. Each environment gets a random ``store_id`` when it is created
+(kept in ``meta``; copies and backups keep it), so the daemon can tell its
+own store from a new empty one made in its place. :meth:`check_files`
+compares ``data.mdb`` and ``lock.mdb`` with the files opened (device and
+inode); every commit runs it first, so a store removed or replaced on disk
+refuses writes with ``StoreGone`` instead of writing into an unlinked file.
+
 Exclusivity. Unless ``lock=False``, the store takes an exclusive ``flock`` on
 ``pinfold.lock`` beside ``data.mdb``; a second process (a second daemon on the
 same home) gets ``StoreLocked``. The kernel drops the lock when the process
@@ -63,7 +70,7 @@ from typing import Final, TypeVar
 
 import lmdb
 
-from .errors import BlockstoreError, StoreClosed, StoreFull, StoreLocked
+from .errors import BlockstoreError, StoreClosed, StoreFull, StoreGone, StoreLocked
 from .store import StoreStat
 from .txn import DbHandle, StoreTxn, TxnBlockStore, check_db_name
 
@@ -81,6 +88,8 @@ MIN_MAX_SIZE: Final = 1 * MiB
 _MAX_DBS: Final = 32
 _FORMAT: Final = b"1"
 _RESERVE_MAX: Final = 16 * MiB
+#: The environment's files that ``check_files`` watches.
+_ENV_FILES: Final = ("data.mdb", "lock.mdb")
 _PAGE: Final = mmap.PAGESIZE
 #: A failed commit with less free disk than its size plus this is "disk full".
 _DISK_SLACK: Final = 8 * MiB
@@ -348,9 +357,11 @@ class LmdbBlockStore(TxnBlockStore):
             self._lock_fd = _take_lock(self.path / LOCK_FILE)
         try:
             self._env = self._open_env(min(_round_pages(initial_map_bytes), self._put_cap))
+            self._files = {name: _file_id(self.path / name) for name in _ENV_FILES}
         except BaseException:
             self._release_lock()
             raise
+        self._gone: str | None = None
 
     def _open_env(self, map_size: int) -> lmdb.Environment:
         try:
@@ -382,6 +393,11 @@ class LmdbBlockStore(TxnBlockStore):
                         f"blockstore at {self.path} has format {fmt!r}; "
                         f"this pinfold reads format {_FORMAT!r}"
                     )
+                store_id = txn.get(b"store_id", db=self._db_meta)
+                if store_id is None:  # a new store, or one made before store IDs
+                    store_id = os.urandom(16)
+                    txn.put(b"store_id", store_id, db=self._db_meta)
+                self.store_id: str = bytes(store_id).hex()
         except BaseException:
             env.close()
             raise
@@ -434,6 +450,7 @@ class LmdbBlockStore(TxnBlockStore):
                     if wtxn.bytes_delta:
                         total = int.from_bytes(txn.get(b"bytes", db=self._db_meta), "big")
                         txn.put(b"bytes", _u64(total + wtxn.bytes_delta), db=self._db_meta)
+                    self.check_files()
                     txn.commit()
                 except lmdb.MapFullError:
                     self._abort(txn)
@@ -466,6 +483,36 @@ class LmdbBlockStore(TxnBlockStore):
                 self._commits += 1
                 self._freed_last = freeing
                 return result
+
+    def check_files(self) -> None:
+        """Check that ``data.mdb`` and ``lock.mdb`` are still the files this store opened.
+
+        Two ``stat`` calls. Once a check fails, every later one (and every
+        write) fails the same way.
+
+        Raises:
+            StoreGone: a file is missing, or another file (device, inode) is
+                in its place; the message names the path and what changed.
+        """
+        if self._gone is None:
+            for name, opened in self._files.items():
+                path = self.path / name
+                try:
+                    now = _file_id(path)
+                except FileNotFoundError:
+                    self._gone = f"{path} is missing"
+                    break
+                except OSError as exc:
+                    self._gone = f"{path} cannot be checked: {exc.strerror or exc}"
+                    break
+                if now != opened:
+                    self._gone = f"{path} is another file than the one opened"
+                    break
+        if self._gone is not None:
+            raise StoreGone(
+                f"the blockstore at {self.path} was removed or replaced while open "
+                f"({self._gone}); writes are refused, since they would be lost"
+            )
 
     def _abort(self, txn: lmdb.Transaction) -> None:
         """Abort a write transaction with the readers held off.
@@ -605,6 +652,12 @@ class LmdbBlockStore(TxnBlockStore):
                 self._closed = True
                 self._env.close()
             self._release_lock()
+
+
+def _file_id(path: Path) -> tuple[int, int]:
+    """(device, inode) of ``path``. Raises ``OSError`` (``FileNotFoundError``)."""
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
 
 
 def _take_lock(lock_path: Path) -> int:

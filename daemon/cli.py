@@ -140,7 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cluster", metavar="NAME", help="cluster name")
     p.add_argument("--bootstrap", action="append", metavar="MULTIADDR", help="peer to dial")
 
-    cmd("daemon", "run the node in the foreground")
+    p = cmd("daemon", "run the node in the foreground")
+    p.add_argument("--allow-empty-store", action="store_true",
+                   help="start even though the store this home used is missing or was "
+                        "replaced by an empty one (its data is not coming back)")
     cmd("id", "peer ID, listen addresses, version")
 
     p = cmd("add", "add a file or directory; prints the root CID")
@@ -367,7 +370,7 @@ def run_command(args: argparse.Namespace, out: Output) -> int:
     if command == "daemon":
         from .node import run_daemon
 
-        return run_daemon(home=args.home)
+        return run_daemon(home=args.home, allow_empty_store=args.allow_empty_store)
     if command == "simulate":
         return _cmd_simulate(args, out)
 
