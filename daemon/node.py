@@ -227,15 +227,23 @@ class Node:
         return store
 
     def _record_store(self, store: LmdbBlockStore | None = None) -> None:
-        """Write ``store.json``: the store's ID and what it holds now."""
+        """Write ``store.json``: the store's ID and what it holds now.
+
+        A failure (a full disk) is logged, not raised: the daemon keeps running,
+        and the record is written again at the next chance.
+        """
         store = store or self.store
         assert store is not None
         old = self.home.read_store_record()
         first_seen = old.first_seen if old and old.store_id == store.store_id else time.time()
         st = store.stat()
-        self.home.write_store_record(StoreRecord(
-            store_id=store.store_id, first_seen=first_seen, updated=time.time(),
-            blocks=st.blocks, bytes=st.bytes, pins=sum(store.pin_counts().values())))
+        try:
+            self.home.write_store_record(StoreRecord(
+                store_id=store.store_id, first_seen=first_seen, updated=time.time(),
+                blocks=st.blocks, bytes=st.bytes, pins=sum(store.pin_counts().values())))
+        except OSError as exc:
+            log.warning("cannot write %s: %s", self.home.store_record_path,
+                        exc.strerror or exc)
 
     def _check_store_files(self) -> None:
         """Stop the daemon if the store's files were removed or replaced.
@@ -265,8 +273,8 @@ class Node:
             if now != last and trio.current_time() - recorded_at >= STORE_RECORD_EVERY_S:
                 try:
                     self._record_store()
-                except (OSError, HomeError) as exc:
-                    log.warning("cannot update %s: %s", self.home.store_record_path, exc)
+                except HomeError as exc:  # store.json became unreadable meanwhile
+                    log.warning("%s", exc)
                 last, recorded_at = now, trio.current_time()
 
     async def _gc_loop(self, interval_s: float) -> None:

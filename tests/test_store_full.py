@@ -110,6 +110,11 @@ def test_full_disk_fails_the_add_in_one_line_keeps_serving_and_recovers_when_spa
         assert run_cli(d.home, "cat", cid).stdout == kept.read_bytes()
         assert any(p["cid"] == cid for p in _pins(d.home))
 
+        # With the disk still full, the daemon stops cleanly and starts again.
+        assert d.stop() == 0, d.log()
+        d.start()
+        assert run_cli(d.home, "cat", cid).stdout == kept.read_bytes()
+
         # Space returns while the daemon runs: the next add succeeds, no restart.
         os.unlink(filler)
         new = cli_json(d.home, "add", str(later))["cid"]
