@@ -62,14 +62,14 @@ class StoreRecord:
     pins: int
 
     def describe(self) -> str:
-        """``store 3f2a... (used since 2026-12-03 07:00 UTC; last recorded at ... holding ...)``."""
+        """``store 3f2a... (since 2026-12-03 07:00:00 UTC; last recorded at ... holding ...)``."""
         def when(t: float) -> str:
             return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t))
 
         def n(count: int, what: str) -> str:
             return f"{count} {what}" + ("" if count == 1 else "s")
 
-        return (f"store {self.store_id} (used since {when(self.first_seen)}; last recorded at "
+        return (f"store {self.store_id} (since {when(self.first_seen)}; last recorded at "
                 f"{when(self.updated)} holding {n(self.blocks, 'block')}, "
                 f"{n(self.bytes, 'byte')}, {n(self.pins, 'pin')})")
 

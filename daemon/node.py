@@ -255,21 +255,27 @@ class Node:
         try:
             self.store.check_files()
         except StoreGone as exc:
-            raise StoreGone(f"{exc}. The daemon stops. Restore the store from a backup and "
-                            f"start again, or start with an empty store: `pinfold --home "
-                            f"{self.home.root} daemon --allow-empty-store`") from None
+            raise StoreGone(f"{exc}. The daemon stops: put the store back (from a backup if "
+                            f"need be) and start it again, or start with an empty store: "
+                            f"`pinfold --home {self.home.root} daemon --allow-empty-store`"
+                            ) from None
 
     async def _watch_store(self, interval_s: float) -> None:
         """Check the store's files every ``interval_s`` seconds; keep ``store.json``'s
         counts current (rewritten when they changed, at most every ``STORE_RECORD_EVERY_S``)."""
-        assert self.store is not None
+        store = self.store
+        assert store is not None
+
+        def counts() -> tuple[int, int, int]:
+            st = store.stat()
+            return st.blocks, st.bytes, sum(store.pin_counts().values())
+
         recorded_at = trio.current_time()
-        last = None
+        last = counts()
         while True:
             await trio.sleep(interval_s)
             self._check_store_files()
-            st = self.store.stat()
-            now = (st.blocks, st.bytes, sum(self.store.pin_counts().values()))
+            now = counts()
             if now != last and trio.current_time() - recorded_at >= STORE_RECORD_EVERY_S:
                 try:
                     self._record_store()
