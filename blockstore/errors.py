@@ -60,6 +60,16 @@ class StoreFull(BlockstoreError):
     code = "store_full"
 
 
+class StoreGone(BlockstoreError):
+    """The store's files were removed or replaced on disk while it was open; writes are refused.
+
+    LMDB would go on writing into the unlinked file, and every later write
+    would be lost when the process ends.
+    """
+
+    code = "store_gone"
+
+
 class StoreLocked(BlockstoreError):
     """Another process (a second daemon) already has this home's store open for writing."""
 

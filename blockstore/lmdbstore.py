@@ -28,8 +28,11 @@ hits ``MDB_MAP_FULL`` (the transaction is aborted and re-run on the bigger
 map), up to ``max_size_bytes``. Puts stop at ``max_size_bytes`` minus a
 reserve (1/8 of it, at most 16 MiB) with ``StoreFull``; writes that free space
 (delete, unpin, GC) may use the reserve, because LMDB needs fresh pages even
-to delete. A full disk (``ENOSPC``) is ``StoreFull`` as well. Either way the
-transaction is rolled back and every committed block stays intact.
+to delete. A full disk (``ENOSPC``, or EIO from a short write while the disk
+is full) is ``StoreFull`` as well. Either way the transaction is rolled back,
+every committed block stays intact, and the next write tries again: the store
+recovers by itself once space is freed. ``StoreFull`` messages say what is
+full, how full, and what to do.
 
 Durability. ``sync=True`` (the default) flushes each commit to disk before
 returning. ``sync=False`` opens LMDB with ``MDB_NOSYNC``: commits return
@@ -38,6 +41,13 @@ batches; a process crash (even SIGKILL) still loses nothing, but a power loss
 or kernel crash may lose the last commits (LMDB keeps the database consistent
 on filesystems that preserve write order, since pinfold does not use
 ``writemap``).
+
+Identity. Each environment gets a random ``store_id`` when it is created
+(kept in ``meta``; copies and backups keep it), so the daemon can tell its
+own store from a new empty one made in its place. :meth:`check_files`
+compares ``data.mdb`` and ``lock.mdb`` with the files opened (device and
+inode); every commit runs it first, so a store removed or replaced on disk
+refuses writes with ``StoreGone`` instead of writing into an unlinked file.
 
 Exclusivity. Unless ``lock=False``, the store takes an exclusive ``flock`` on
 ``pinfold.lock`` beside ``data.mdb``; a second process (a second daemon on the
@@ -60,7 +70,7 @@ from typing import Final, TypeVar
 
 import lmdb
 
-from .errors import BlockstoreError, StoreClosed, StoreFull, StoreLocked
+from .errors import BlockstoreError, StoreClosed, StoreFull, StoreGone, StoreLocked
 from .store import StoreStat
 from .txn import DbHandle, StoreTxn, TxnBlockStore, check_db_name
 
@@ -78,7 +88,22 @@ MIN_MAX_SIZE: Final = 1 * MiB
 _MAX_DBS: Final = 32
 _FORMAT: Final = b"1"
 _RESERVE_MAX: Final = 16 * MiB
+#: The environment's files that ``check_files`` watches.
+_ENV_FILES: Final = ("data.mdb", "lock.mdb")
 _PAGE: Final = mmap.PAGESIZE
+#: A failed commit with less free disk than its size plus this is "disk full".
+_DISK_SLACK: Final = 8 * MiB
+
+
+def _size(n: int) -> str:
+    """``n`` bytes for people: ``512 bytes``, ``12.0 MiB``, ``1.5 GiB``."""
+    if n < 1024:
+        return f"{n} bytes"
+    for unit in ("KiB", "MiB", "GiB", "TiB"):
+        n /= 1024
+        if n < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}"
+    raise AssertionError("unreachable")
 
 
 def _round_pages(n: int) -> int:
@@ -332,9 +357,11 @@ class LmdbBlockStore(TxnBlockStore):
             self._lock_fd = _take_lock(self.path / LOCK_FILE)
         try:
             self._env = self._open_env(min(_round_pages(initial_map_bytes), self._put_cap))
+            self._files = {name: _file_id(self.path / name) for name in _ENV_FILES}
         except BaseException:
             self._release_lock()
             raise
+        self._gone: str | None = None
 
     def _open_env(self, map_size: int) -> lmdb.Environment:
         try:
@@ -366,6 +393,11 @@ class LmdbBlockStore(TxnBlockStore):
                         f"blockstore at {self.path} has format {fmt!r}; "
                         f"this pinfold reads format {_FORMAT!r}"
                     )
+                store_id = txn.get(b"store_id", db=self._db_meta)
+                if store_id is None:  # a new store, or one made before store IDs
+                    store_id = os.urandom(16)
+                    txn.put(b"store_id", store_id, db=self._db_meta)
+                self.store_id: str = bytes(store_id).hex()
         except BaseException:
             env.close()
             raise
@@ -418,18 +450,28 @@ class LmdbBlockStore(TxnBlockStore):
                     if wtxn.bytes_delta:
                         total = int.from_bytes(txn.get(b"bytes", db=self._db_meta), "big")
                         txn.put(b"bytes", _u64(total + wtxn.bytes_delta), db=self._db_meta)
+                    self.check_files()
                     txn.commit()
                 except lmdb.MapFullError:
                     self._abort(txn)
                     self._rollbacks += 1
                     self._grow(freeing=freeing)
                     continue
-                except lmdb.DiskError as exc:
+                except lmdb.Error as exc:
+                    # ENOSPC mid-commit reaches us as DiskError, or as EIO when
+                    # LMDB's pwrite came up short; the free space tells them apart.
                     self._abort(txn)
                     self._rollbacks += 1
+                    disk_full = self._disk_full_error(wtxn.bytes_delta)
+                    if disk_full is None and not isinstance(exc, lmdb.DiskError):
+                        raise BlockstoreError(
+                            f"cannot write the blockstore at {self.path}: {exc}"
+                        ) from exc
                     self._store_full += 1
-                    raise StoreFull(
-                        f"the disk holding the blockstore at {self.path} is full: {exc}"
+                    raise disk_full or StoreFull(
+                        f"disk full: cannot write the blockstore at {self.path} ({exc}); "
+                        "free disk space there or run `pinfold repo gc` (writes resume "
+                        "by themselves once there is room)"
                     ) from exc
                 except BaseException:
                     self._abort(txn)
@@ -441,6 +483,36 @@ class LmdbBlockStore(TxnBlockStore):
                 self._commits += 1
                 self._freed_last = freeing
                 return result
+
+    def check_files(self) -> None:
+        """Check that ``data.mdb`` and ``lock.mdb`` are still the files this store opened.
+
+        Two ``stat`` calls. Once a check fails, every later one (and every
+        write) fails the same way.
+
+        Raises:
+            StoreGone: a file is missing, or another file (device, inode) is
+                in its place; the message names the path and what changed.
+        """
+        if self._gone is None:
+            for name, opened in self._files.items():
+                path = self.path / name
+                try:
+                    now = _file_id(path)
+                except FileNotFoundError:
+                    self._gone = f"{path} is missing"
+                    break
+                except OSError as exc:
+                    self._gone = f"{path} cannot be checked: {exc.strerror or exc}"
+                    break
+                if now != opened:
+                    self._gone = f"{path} is another file than the one opened"
+                    break
+        if self._gone is not None:
+            raise StoreGone(
+                f"the blockstore at {self.path} was removed or replaced while open "
+                f"({self._gone}); writes are refused, since they would be lost"
+            )
 
     def _abort(self, txn: lmdb.Transaction) -> None:
         """Abort a write transaction with the readers held off.
@@ -455,6 +527,24 @@ class LmdbBlockStore(TxnBlockStore):
             return
         with self._gate.exclusive():
             txn.abort()
+
+    def _disk_full_error(self, nbytes: int) -> StoreFull | None:
+        """``StoreFull`` describing the disk if it has no room for ``nbytes`` more, else None."""
+        try:
+            st = os.statvfs(self.path)
+        except OSError:
+            return None
+        # root may use the blocks reserved for it (ext4's 5 %), others may not.
+        free = (st.f_bfree if os.geteuid() == 0 else st.f_bavail) * st.f_frsize
+        total = st.f_blocks * st.f_frsize
+        if free >= max(nbytes, 0) + _DISK_SLACK:
+            return None
+        return StoreFull(
+            f"disk full: the filesystem holding the blockstore at {self.path} has "
+            f"{_size(free)} free of {_size(total)}; free disk space there or run "
+            "`pinfold repo gc` to reuse space inside the store (writes resume by "
+            "themselves once there is room)"
+        )
 
     def _make_room(self, nbytes: int) -> None:
         """Grow the map ahead of a write of about ``nbytes``, up to the put cap.
@@ -485,10 +575,14 @@ class LmdbBlockStore(TxnBlockStore):
             return
         if current >= cap:
             self._store_full += 1
+            used = (self._env.info()["last_pgno"] + 1) * _PAGE
             raise StoreFull(
-                f"the blockstore at {self.path} is full: the map reached {current} bytes "
-                f"of max_size_bytes={self._max_size} (unpin and run GC, or raise "
-                f"blockstore.max_size_bytes)"
+                f"blockstore full: {self.path} uses {_size(used)} of "
+                f"blockstore.max_size_bytes = {_size(self._max_size)} and the write needs "
+                f"more (the last {_size(self._max_size - self._put_cap)} are kept for unpin "
+                "and GC); unpin what you no longer need and run "
+                "`pinfold repo gc`, or raise blockstore.max_size_bytes in config.toml and "
+                "restart the daemon"
             )
         with self._gate.exclusive():
             self._env.set_mapsize(min(cap, _round_pages(current * 2)))
@@ -558,6 +652,12 @@ class LmdbBlockStore(TxnBlockStore):
                 self._closed = True
                 self._env.close()
             self._release_lock()
+
+
+def _file_id(path: Path) -> tuple[int, int]:
+    """(device, inode) of ``path``. Raises ``OSError`` (``FileNotFoundError``)."""
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
 
 
 def _take_lock(lock_path: Path) -> int:

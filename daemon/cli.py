@@ -176,13 +176,17 @@ def build_parser() -> argparse.ArgumentParser:
     def cmd(name: str, help_: str) -> argparse.ArgumentParser:
         return sub.add_parser(name, help=help_, description=help_)
 
-    p = cmd("init", "create the home: config.toml with defaults and the identity key")
+    p = cmd("init", "create the home: config.toml with defaults and the identity key "
+            "(on an existing home, only the one that is missing)")
     p.add_argument("--listen", action="append", metavar="MULTIADDR", help="libp2p listen address")
     p.add_argument("--metrics", metavar="ADDR", help='metrics HOST:PORT ("" = off)')
     p.add_argument("--cluster", metavar="NAME", help="cluster name")
     p.add_argument("--bootstrap", action="append", metavar="MULTIADDR", help="peer to dial")
 
-    cmd("daemon", "run the node in the foreground")
+    p = cmd("daemon", "run the node in the foreground")
+    p.add_argument("--allow-empty-store", action="store_true",
+                   help="start even though the store this home used is missing or was "
+                        "replaced by an empty one (its data is not coming back)")
     cmd("id", "peer ID, listen addresses, version")
 
     p = cmd("add", "add a file or directory; prints the root CID")
@@ -522,7 +526,7 @@ def run_command(args: argparse.Namespace, out: Output) -> int:
     if command == "daemon":
         from .node import run_daemon
 
-        return run_daemon(home=args.home)
+        return run_daemon(home=args.home, allow_empty_store=args.allow_empty_store)
     if command == "simulate":
         return _cmd_simulate(args, out)
 
@@ -586,7 +590,7 @@ def run_command(args: argparse.Namespace, out: Output) -> int:
 def _cmd_init(args: argparse.Namespace, out: Output) -> int:
     from pinfold.config import Config, replace
 
-    from .home import init_home, resolve_home
+    from .home import Home, init_home, resolve_home
     from .identity import load_identity, peer_id_of
 
     cfg = Config()
@@ -602,10 +606,19 @@ def _cmd_init(args: argparse.Namespace, out: Output) -> int:
     if changes:
         cfg = replace(cfg, **changes)
     root = resolve_home(args.home)
+    missing = Home(root=root).missing_parts()
+    if changes and "config.toml" not in missing and missing:
+        raise UsageError(f"{root / 'config.toml'} exists and is kept: edit it instead of "
+                         "passing --listen/--metrics/--cluster/--bootstrap")
     home = init_home(root, cfg)
     peer_id = peer_id_of(load_identity(home.identity_path)).to_base58()
-    out.doc({"home": str(root), "peer_id": peer_id, "config": str(home.config_path)},
-            f"initialised {root}\npeer_id: {peer_id}")
+    if len(missing) == 2:
+        text = f"initialised {root}\npeer_id: {peer_id}"
+    else:
+        kept = "identity.key" if missing == ["config.toml"] else "config.toml"
+        text = f"created {' and '.join(missing)} in {root} (kept {kept})\npeer_id: {peer_id}"
+    out.doc({"home": str(root), "peer_id": peer_id, "config": str(home.config_path),
+             "created": missing}, text)
     return 0
 
 

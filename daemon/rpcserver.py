@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 import trio
+from pinfold.replication.errors import describe
 
 from .rpcwire import (
     DEFAULT_WINDOW_BYTES,
@@ -603,29 +604,42 @@ class _Connection:
                 pending[0] = memoryview(pending[0])[n:]
 
 
-def _single_leaf(exc: BaseException) -> BaseException:
-    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        exc = exc.exceptions[0]
-    return exc
+def _leaves(exc: BaseException) -> list[BaseException]:
+    """The exceptions inside (nested) groups, in order; ``[exc]`` for a plain one."""
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
+    return [exc]
+
+
+def _main_error(exc: BaseException) -> BaseException:
+    """The one error a reply reports for ``exc``.
+
+    A handler's nursery may fail with several errors at once (two write
+    batches in flight both hit a full store); the first that has an error
+    code of its own is the one the user can act on, else the first of all.
+    """
+    leaves = [e for e in _leaves(exc) if not isinstance(e, trio.Cancelled)] or [exc]
+    return next((e for e in leaves if error_code_of(e) != "internal"), leaves[0])
+
+
+#: Error codes an operator should see in the daemon's log, not only the client.
+_LOGGED_CODES = frozenset({"store_full"})
 
 
 def _error_reply(req: _RequestState, exc: Exception) -> ErrorReply:
-    """The reply for a handler's exception: the first coded error's code, and every
-    error's message (errors inside trio's exception groups are listed, never the
-    group itself); an uncoded error is ``internal`` and logged with its traceback."""
-    from pinfold.replication.errors import describe
-
-    leaf = _single_leaf(exc)
-    found = [leaf]
-    while any(isinstance(e, BaseExceptionGroup) for e in found):
-        found = [x for e in found
-                 for x in (e.exceptions if isinstance(e, BaseExceptionGroup) else (e,))]
-    codes = [error_code_of(e) for e in found]
-    code = next((c for c in codes if c != "internal"), "internal")
-    message = describe(leaf)
+    """The reply for a handler's exception: the code and message of the error the
+    user can act on (``_main_error``), never an exception group or a class name.
+    An uncoded error is ``internal``, with every error's message, and is logged
+    with its traceback."""
+    leaf = _main_error(exc)
+    code = error_code_of(leaf)
     if code == "internal":
         log.error("RPC %s failed", req.method, exc_info=exc)
-        message = f"internal error in {req.method}: {message}"
+        message = f"internal error in {req.method}: {describe(exc)}"
+    else:
+        message = describe(leaf)
+        if code in _LOGGED_CODES:
+            log.warning("RPC %s failed: %s", req.method, message)
     return ErrorReply(id=req.id, code=code, message=message)
 
 

@@ -125,12 +125,13 @@ class DaemonProcess:
             cfg.write_text(render(merged))
         self._initialised = True
 
-    def start(self, *, wait: bool = True) -> DaemonProcess:
+    def start(self, *, wait: bool = True, args: tuple[str, ...] = ()) -> DaemonProcess:
+        """Start ``pinfold daemon ARGS...``; with ``wait``, until it answers ``id``."""
         self.init()
         log = open(self.log_path, "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [*self.wrap, PYTHON, "-m", "pinfold.daemon.cli", "--home", str(self.home), "daemon"],
-            stdout=log, stderr=subprocess.STDOUT, env=self.env)
+            [*self.wrap, PYTHON, "-m", "pinfold.daemon.cli", "--home", str(self.home), "daemon",
+             *args], stdout=log, stderr=subprocess.STDOUT, env=self.env)
         log.close()
         if wait:
             self.wait_ready()

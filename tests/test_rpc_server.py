@@ -128,6 +128,17 @@ class Handlers:
                 raise NotFoundError("inside a nursery")
             nursery.start_soon(fail)
 
+    async def h_fail_two_at_once(self, call: Call) -> None:
+        """Two tasks fail together, as two write batches of one add hitting a full store."""
+        async def fail(exc: Exception) -> None:
+            await trio.lowlevel.checkpoint()
+            raise exc
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(fail, ValueError("not the one to report"))
+            nursery.start_soon(fail, NotFoundError("first with a code"))
+            nursery.start_soon(fail, NotFoundError("second with a code"))
+
     async def h_bad_result(self, call: Call) -> object:
         return object()
 
@@ -345,6 +356,17 @@ async def test_handshake_and_echo_both_clients(rpc: Harness) -> None:
 
 
 # ------------------------------------------------------------------ errors
+
+
+async def test_handler_failing_with_several_errors_replies_with_one_that_has_a_code(
+        rpc: Harness) -> None:
+    def sync() -> tuple[str, str]:
+        with RpcConnection(rpc.path) as conn, pytest.raises(w.RpcError) as err:
+            conn.call("fail_two_at_once", {})
+        return err.value.code, err.value.message
+
+    code, message = await in_thread(sync)
+    assert code == "not_found" and message in ("first with a code", "second with a code")
 
 
 async def test_error_replies_map_codes(rpc: Harness) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import lmdb
 import pytest
 from pinfold.blockstore.cid import cid_key
-from pinfold.blockstore.errors import BlockstoreError, StoreFull, StoreLocked
+from pinfold.blockstore.errors import BlockstoreError, StoreFull, StoreGone, StoreLocked
 from pinfold.blockstore.lmdbstore import LOCK_FILE, LmdbBlockStore
 
 from .blockstore_conformance import block
@@ -59,6 +59,46 @@ def test_files_and_modes(tmp_path: Path) -> None:
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o700
         assert stat.S_IMODE(os.stat(path / "data.mdb").st_mode) == 0o600
         assert (path / LOCK_FILE).read_text().strip() == str(os.getpid())
+
+
+def test_store_id_survives_reopen_and_copy_but_not_a_new_store(tmp_path: Path) -> None:
+    with open_store(tmp_path / "a") as s:
+        sid = s.store_id
+        s.put_many([block(1)])
+    # The README's hot-backup copy.
+    (tmp_path / "copy").mkdir()
+    env = lmdb.open(str(tmp_path / "a"), readonly=True, lock=False)
+    try:
+        env.copy(str(tmp_path / "copy"), compact=True)
+    finally:
+        env.close()
+    assert len(sid) == 32
+    with open_store(tmp_path / "a") as s, open_store(tmp_path / "copy") as c:
+        assert s.store_id == c.store_id == sid
+    with open_store(tmp_path / "b") as other:
+        assert other.store_id != sid
+
+
+@pytest.mark.parametrize("how", ["removed", "replaced"])
+def test_store_whose_files_go_away_refuses_writes_keeps_reads(tmp_path: Path, how: str) -> None:
+    path = tmp_path / "store"
+    kept = block(1)
+    with open_store(path) as s:
+        s.put_many([kept])
+        s.check_files()
+        data = path / "data.mdb"
+        if how == "removed":
+            data.unlink()
+        else:
+            copy = path / "data.copy"
+            copy.write_bytes(data.read_bytes())
+            os.replace(copy, data)
+        with pytest.raises(StoreGone, match=f"{data}"):
+            s.check_files()
+        with pytest.raises(StoreGone):
+            s.put_many([block(2)])  # refused before the commit, not written into a lost file
+        assert s.get(kept[0]) == kept[1]
+        assert s.statistics().commits == 1
 
 
 def test_map_grows_geometrically_on_demand(tmp_path: Path) -> None:
