@@ -10,8 +10,8 @@ Method names and their parameters (the client in ``client.py`` mirrors them):
 =================  ===========================================================
 ``id``             -> {peer_id, addresses, version}
 ``add``            upload: file bytes; params: chunk_size, cid_version,
-                   raw_leaves, max_links, name, pin, rmin, rmax, availability
-                   -> {cid, bytes, blocks}
+                   raw_leaves, max_links, name, pin (default true), rmin, rmax,
+                   availability -> {cid, bytes, blocks, pin}
 ``add_dir``        upload: entries framed as [u32 len][msgpack {path, type,
                    size}][size bytes]; same params -> {cid, bytes, blocks, files}
 ``cat``            {cid, offset, length} -> stream of bytes -> {bytes}
@@ -25,11 +25,13 @@ Method names and their parameters (the client in ``client.py`` mirrors them):
 ``dag_export``     {cid} -> stream of CAR v1 bytes -> {cid, blocks, bytes}
 ``pin_add``        {cid, recursive, name, rmin, rmax, availability, expire_in}
 ``pin_rm``         {cid}
-``pin_ls``         {state} -> stream of pin dicts -> {count}
+``pin_ls``         {state} -> stream of pin dicts -> {count}; state: a local
+                   state, ``error`` (failed pins, with ``error``) or
+                   ``incomplete`` (pins missing blocks, ``blocks_present``)
 ``pin_status``     {cid} -> DESIGN.md contract
 ``repo_stat``      -> {blocks, bytes, pins, map_used_bytes, ...}
 ``repo_gc``        -> {blocks_freed, bytes_freed, seconds}
-``repo_verify``    {heal} -> {checked, corrupt, healed}
+``repo_verify``    {heal} -> {checked, corrupt, healed, incomplete}
 ``shutdown``       -> {stopping: true}
 =================  ===========================================================
 """
@@ -308,8 +310,21 @@ class Api:
         await sink.put(blocks)
         return root, size, importer.root_tsize
 
+    def _add_pins(self, call: Any) -> bool:
+        """Does this ``add``/``add_dir`` pin its root? Yes unless ``pin`` is false (as
+        Kubo's ``add``); pin options without the pin are refused, not dropped."""
+        pin = _param(call.params, "pin", bool, True)
+        if not pin:
+            given = [k for k in ("name", "rmin", "rmax", "availability", "expire_in")
+                     if call.params.get(k) is not None]
+            if given:
+                raise InvalidArgument(f"{', '.join(given)} set but pin is false: these are "
+                                      "options of the pin")
+        return pin
+
     async def add(self, call: Any) -> dict[str, Any]:
         params = _import_params(self.node, call.params)
+        pin = self._add_pins(call)
         async with undo_on_failure(self.node) as created:
             with self.node.store.protect() as protection:
                 async with trio.open_nursery() as nursery:
@@ -317,13 +332,14 @@ class Api:
                     root, size, _ = await self._import_file(sink, call.upload(), params)
                     await sink.flush()
                 result = {"cid": str(root), "bytes": size, "blocks": sink.blocks}
-                if _param(call.params, "pin", bool, False):
+                if pin:
                     result["pin"] = await self.node.pin(root, recursive=True,
                                                         **self._pin_opts(call))
         return result
 
     async def add_dir(self, call: Any) -> dict[str, Any]:
         params = _import_params(self.node, call.params)
+        pin = self._add_pins(call)
         builder = unixfs.DirectoryBuilder(params)
         reader = UploadReader(call.upload())
         files = 0
@@ -372,7 +388,7 @@ class Api:
                     await sink.flush()
                 result = {"cid": str(root), "bytes": total, "blocks": sink.blocks,
                           "files": files}
-                if _param(call.params, "pin", bool, False):
+                if pin:
                     result["pin"] = await self.node.pin(root, recursive=True,
                                                         **self._pin_opts(call))
         return result

@@ -117,12 +117,15 @@ class Client:
 
     # ------------------------------------------------------------------ add / read
 
-    def add_stream(self, chunks: Iterable[bytes], *, pin: bool = False,
+    def add_stream(self, chunks: Iterable[bytes], *, pin: bool = True,
                    progress: Callable[[int], None] | None = None, **opts: Any) -> dict[str, Any]:
-        """Add a file given as an iterable of byte chunks; returns ``{"cid", "bytes", "blocks"}``.
+        """Add a file given as an iterable of byte chunks; returns ``{"cid", "bytes",
+        "blocks", "pin"}`` (``pin``: the pin record, as ``pin`` returns it).
 
-        ``opts``: chunk_size (bytes), cid_version (0|1), raw_leaves, max_links, name,
-        rmin, rmax, availability (pinning cluster-wide when set).
+        The root is pinned unless ``pin=False`` (as Kubo's ``add``). ``opts``:
+        chunk_size (bytes), cid_version (0|1), raw_leaves, max_links, and the pin's
+        options name, rmin, rmax, availability (cluster-wide in a cluster); the
+        daemon refuses pin options with ``pin=False``.
         """
         def counted() -> Iterator[bytes]:
             for c in chunks:
@@ -134,23 +137,23 @@ class Client:
         params["pin"] = pin
         return self.call("add", params, upload=counted())
 
-    def add(self, source: str | os.PathLike[str] | bytes | BinaryIO, *, pin: bool = False,
+    def add(self, source: str | os.PathLike[str] | bytes | BinaryIO, *, pin: bool = True,
             replicas: int | None = None, rmin: int | None = None, rmax: int | None = None,
             availability: float | None = None, **opts: Any) -> str:
         """Add a file (path, bytes or binary file object); returns the root CID text.
 
-        With ``replicas``/``rmin``/``rmax``/``availability`` the root is pinned
-        cluster-wide (``pin`` implied). See ``add_stream`` for ``opts``.
+        The root is pinned unless ``pin=False``; ``replicas``/``rmin``/``rmax``/
+        ``availability`` set how many copies the cluster keeps. See ``add_stream``
+        for ``opts`` (``name`` names the pin).
         """
         return self.add_info(source, pin=pin, replicas=replicas, rmin=rmin, rmax=rmax,
                              availability=availability, **opts)["cid"]
 
-    def add_info(self, source: str | os.PathLike[str] | bytes | BinaryIO, *, pin: bool = False,
+    def add_info(self, source: str | os.PathLike[str] | bytes | BinaryIO, *, pin: bool = True,
                  replicas: int | None = None, rmin: int | None = None, rmax: int | None = None,
                  availability: float | None = None, **opts: Any) -> dict[str, Any]:
         """Like ``add`` but returns ``{"cid", "bytes", "blocks"}``."""
         repl = _replication(replicas, rmin, rmax, availability)
-        pin = pin or bool(repl)
         if isinstance(source, (bytes, bytearray, memoryview)):
             data = bytes(source)
             chunks: Iterable[bytes] = (data[i:i + CHUNK] for i in range(0, len(data), CHUNK))
@@ -163,7 +166,7 @@ class Client:
         with open(path, "rb") as f:
             return self.add_stream(_file_chunks(f, None), pin=pin, **repl, **opts)
 
-    def add_dir(self, path: str | os.PathLike[str], *, pin: bool = False,
+    def add_dir(self, path: str | os.PathLike[str], *, pin: bool = True,
                 **opts: Any) -> dict[str, Any]:
         """Add a directory tree; returns ``{"cid", "bytes", "blocks", "files"}``.
 

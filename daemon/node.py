@@ -52,12 +52,27 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def pin_record_dict(rec: Any) -> dict[str, Any]:
-    """A pin record as the RPC and CLI show it (CID as text)."""
+def pin_record_dict(rec: Any, present: int | None = None) -> dict[str, Any]:
+    """A pin record as the RPC and CLI show it (CID as text).
+
+    Args:
+        rec: a ``PinRecord``.
+        present: how many of its ``rec.blocks`` blocks are in the store (None:
+            not checked). A pin short of blocks has state ``incomplete`` and
+            ``blocks_present``; otherwise its state is ``pinned``.
+    """
     d = _jsonable(rec)
     d["cid"] = str(rec.cid)
-    d.setdefault("state", "pinned")
+    d["state"] = "pinned"
+    if present is not None and present < rec.blocks:
+        d["state"] = "incomplete"
+        d["blocks_present"] = present
     return d
+
+
+def incomplete_text(blocks_present: int, blocks: int) -> str:
+    """``incomplete: 3 of 5 blocks``: how ``pin ls``/``pin status`` show a pin short of blocks."""
+    return f"incomplete: {blocks_present} of {blocks} blocks"
 
 
 class Node:
@@ -306,15 +321,23 @@ class Node:
     async def pin_local(self, cid: CID, *, recursive: bool = True, name: str = "",
                         fetch: bool = True, expire_at: float | None = None,
                         metadata: dict[str, Any] | None = None,
-                        providers: list[Any] | None = None) -> dict[str, Any]:
-        """Pin ``cid`` in the local store: its blocks' refcounts and the pin record in one
+                        providers: list[Any] | None = None,
+                        owner: str = "local") -> dict[str, Any]:
+        """Pin ``cid`` in the local store for ``owner`` ("local": the user, "cluster":
+        the replication manager): its blocks' refcounts and the pin record in one
         transaction, fetching missing blocks first (from ``providers`` when given).
+
+        The store never weakens a pin (``StoreTxn.pin_add``): a direct pin over
+        the owner's recursive pin is refused, a recursive pin over a direct one
+        upgrades it, and one owner's hold never drops blocks another's keeps.
 
         Returns:
             The pin record as a dict, with ``fetched_bytes`` (bytes fetched from peers).
 
         Raises:
             BlockNotFound: a block of the DAG is missing and cannot be fetched.
+            PinError: a direct pin over the owner's recursive pin ("already
+                pinned recursively").
             StoreFull: no room to fetch the DAG.
         """
         store = self.store
@@ -339,20 +362,27 @@ class Node:
             now = time.time()
             rec = await self.writer.submit(
                 lambda t: t.pin_add(cid, recursive=recursive, blocks=blocks, name=name or "",
-                                    metadata=meta or None, now=now))
+                                    metadata=meta or None, now=now, owner=owner))
         d = pin_record_dict(rec)
         d["fetched_bytes"] = fetched
         return d
 
     async def unpin(self, cid: CID) -> dict[str, Any]:
-        """Unpin ``cid``: a tombstone in the cluster pinset, or the local pin. Raises ``NotPinned``."""
+        """Unpin ``cid``: a tombstone in the cluster pinset, or the local pin (also on a
+        cluster node, for a local pin made before it joined). Raises ``NotPinned``."""
         if self.cluster is not None:
-            return await self.cluster.unpin(cid)
+            try:
+                return await self.cluster.unpin(cid)
+            except NotPinned:
+                rec = self.store.pin_get(cid)
+                if rec is None or "local" not in rec.holds:
+                    raise
         return await self.unpin_local(cid)
 
-    async def unpin_local(self, cid: CID) -> dict[str, Any]:
-        """Remove the local pin of ``cid``. Raises ``NotPinned``."""
-        rec = await self.writer.submit(lambda t: t.pin_rm(cid))
+    async def unpin_local(self, cid: CID, *, owner: str = "local") -> dict[str, Any]:
+        """Release ``owner``'s local pin of ``cid``; blocks another owner's hold
+        keeps stay held. Raises ``NotPinned`` (none held by ``owner``)."""
+        rec = await self.writer.submit(lambda t: t.pin_rm(cid, owner=owner))
         d = pin_record_dict(rec)
         d["state"] = "unpinned"
         return d
@@ -364,23 +394,42 @@ class Node:
             async for item in self.cluster.pin_list(state):
                 yield item
             return
-        if state not in (None, "pinned"):
+        if state not in (None, "pinned", "incomplete"):
             return
-        for rec in self.store.pin_ls():
-            yield pin_record_dict(rec)
-            await trio.lowlevel.checkpoint()
+        pins = self.store.pin_ls_presence()
+        while True:
+            batch = await trio.to_thread.run_sync(lambda: [x for _, x in zip(range(512), pins,
+                                                                                strict=False)])
+            for rec, present in batch:
+                item = pin_record_dict(rec, present)
+                if state is None or item["state"] == state:
+                    yield item
+            if len(batch) < 512:
+                return
 
     async def pin_status(self, cid: CID) -> dict[str, Any]:
-        """The DESIGN.md ``pin status`` record (the cluster's view, or this node alone)."""
+        """The DESIGN.md ``pin status`` record (the cluster's view, or this node alone).
+
+        This node counts as holding the pin (state ``pinned``) only when every
+        block the pin holds is in the store; otherwise its state is
+        ``incomplete`` with ``blocks_present`` of ``blocks``, and it is not healthy.
+        """
         if self.cluster is not None:
             return await self.cluster.pin_status(cid)
         rec = self.store.pin_get(cid)
-        if rec is None:
+        presence = await trio.to_thread.run_sync(self.store.pin_presence, cid)
+        if rec is None or presence is None:
             raise NotPinned(f"{cid} is not pinned")
         p = self.config.replication.p_prior
+        present, blocks = presence
+        holder: dict[str, Any] = {"peer_id": self.peer_id, "state": "pinned", "p": p,
+                                  "blocks": blocks, "blocks_present": present}
+        complete = present == blocks
+        if not complete:
+            holder["state"] = "incomplete"
         return {"cid": str(cid), "name": rec.name, "mode": rec.mode, "rmin": 1, "rmax": 1,
-                "healthy": 1, "availability": p,
-                "holders": [{"peer_id": self.peer_id, "state": "pinned", "p": p}]}
+                "healthy": int(complete), "availability": p if complete else 0.0,
+                "local_state": holder["state"], "holds": dict(rec.holds), "holders": [holder]}
 
     # ------------------------------------------------------------------ repo
 
@@ -409,7 +458,16 @@ class Node:
                     healed += 1
                 except Exception as exc:
                     log.warning("could not re-fetch corrupt block %s: %s", c, exc)
-        return {"checked": res.checked, "corrupt": corrupt, "healed": healed}
+        incomplete = await trio.to_thread.run_sync(self.store.incomplete_pins)
+        if self.cluster is not None:
+            from pinfold.replication.types import pin_key
+
+            self.cluster.manager.local_incomplete(
+                [pin_key(rec.cid) for rec, _ in incomplete if "cluster" in rec.holds])
+        return {"checked": res.checked, "corrupt": corrupt, "healed": healed,
+                "incomplete": [{"cid": str(rec.cid), "name": rec.name, "mode": rec.mode,
+                                "blocks": rec.blocks, "blocks_present": present}
+                               for rec, present in incomplete]}
 
 
 def standalone_cluster_handlers(node: Node) -> dict[str, Callable[[Any], Any]]:
@@ -428,7 +486,8 @@ def standalone_cluster_handlers(node: Node) -> dict[str, Callable[[Any], Any]]:
                 "serve": node.config.bitswap.serve, "refused_wants": refused}
 
     async def recover(call: Any) -> dict[str, Any]:
-        return {"recovered": 0, "cids": []}
+        # A standalone pin either commits whole or fails at once: nothing to retry.
+        return {"recovered": 0, "cids": [], "pins": []}
 
     return {"cluster_peers": cluster_peers, "cluster_status": cluster_status, "recover": recover}
 
