@@ -148,9 +148,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = cmd("add", "add a file or directory; prints the root CID")
     p.add_argument("path", help="file, directory (with -r) or - for standard input")
     p.add_argument("-r", "--recursive", action="store_true", help="add a directory tree")
-    p.add_argument("--pin", type=_bool, nargs="?", const=True, default=True, metavar="BOOL",
-                   help="pin the root (cluster-wide in a cluster); the default, "
-                        "--pin=false to only store the blocks")
+    # `--pin` stays a plain flag (`add --pin FILE` keeps working); argparse matches a
+    # whole option string before splitting at "=", so `--pin=false` is its own flag.
+    p.add_argument("--pin", dest="pin", action="store_true", default=True,
+                   help="pin the root (the default; cluster-wide in a cluster)")
+    p.add_argument("--pin=false", dest="pin", action="store_false",
+                   help="only store the blocks, do not pin (as Kubo's add --pin=false)")
+    p.add_argument("--pin=true", dest="pin", action="store_true", help=argparse.SUPPRESS)
     _replication_options(p)
     p.add_argument("--name", help="pin name (shown by pin ls and pin status)")
     p.add_argument("--chunk-size", type=_positive_int, metavar="BYTES")
