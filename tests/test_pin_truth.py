@@ -218,3 +218,24 @@ def test_failed_pins_are_listed_with_their_reason_and_recover_names_them(
         out = run_cli(d.home, "recover", "--all").stdout.decode()
         assert out.splitlines()[0] == "retrying 1 pin(s)"
         assert f"  {nowhere} (last error: " in out
+
+
+def test_cluster_holder_missing_blocks_is_not_counted_as_holding(tmp_path: Path) -> None:
+    """A cluster copy that lost blocks (found at start) is fetched again, not reported pinned."""
+    d = DaemonProcess(tmp_path, "a")
+    d.init()
+    _cluster_config(d)
+    path, data = _file(tmp_path, 3 * MB)
+    with d:
+        cid = cli_json(d.home, "add", "--replicas", "1", str(path))["cid"]
+        wait_for(lambda: _local_state(d, cid) == "pinned", timeout=60, what="the pin")
+    _drop_blocks(d.home, cid, 1, data)
+    with d:
+        st = cli_json(d.home, "pin", "status", cid)
+        assert st["local_state"] != "pinned" and st["healthy"] == 0
+        assert all(h["state"] != "pinned" for h in st["holders"])
+        # No peer has the block: the re-fetch fails and is listed with its reason.
+        wait_for(lambda: _local_state(d, cid) == "pin_error", timeout=60, what="the re-fetch")
+        assert [p["cid"] for p in _lines(d.home, "pin", "ls", "--state", "error")] == [cid]
+        verify = cli_json(d.home, "repo", "verify", check=False)
+        assert [(p["cid"], p["blocks_present"]) for p in verify["incomplete"]] == [(cid, 3)]
