@@ -401,8 +401,10 @@ class StoreTxn(ABC):
         self._count_mode(old, record)
         return record
 
-    def _move_refs(self, root_key: bytes, old_keys: set[bytes], new_keys: set[bytes]) -> None:
-        """Count a reference on keys entering the pin's set and drop one on keys leaving it."""
+    def _move_refs(self, root_key: bytes, old_keys: set[bytes], new_keys: set[bytes], *,
+                   keep_set: bool = True) -> None:
+        """Count a reference on keys entering the pin's set and drop one on keys leaving
+        it; with ``keep_set=False`` the ``pin_blocks`` set is left to ``_del_pin``."""
         added, removed = new_keys - old_keys, old_keys - new_keys
         for key in added:
             self._set_refcount(key, self._get_refcount(key) + 1)
@@ -411,7 +413,7 @@ class StoreTxn(ABC):
             if count <= 0:
                 raise PinError(f"refcount underflow on block {key.hex()} of pin {root_key.hex()}")
             self._set_refcount(key, count - 1)
-        if added or removed:
+        if keep_set and (added or removed):
             self._update_pin_blocks(root_key, sorted(added), sorted(removed))
 
     def _count_mode(self, old: PinRecord | None, new: PinRecord | None) -> None:
@@ -453,7 +455,7 @@ class StoreTxn(ABC):
         holds = {o: m for o, m in record.holds.items() if o != owner}
         old_keys = set(self._pin_block_keys(root_key))
         if not holds:
-            self._move_refs(root_key, old_keys, set())
+            self._move_refs(root_key, old_keys, set(), keep_set=False)
             self._del_pin(root_key)
             self._count_mode(record, None)
             return record

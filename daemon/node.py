@@ -10,6 +10,7 @@ committed is lost), and tells systemd when it is ready (``sd_notify``).
 
 from __future__ import annotations
 
+import itertools
 import logging
 import signal
 import time
@@ -68,11 +69,6 @@ def pin_record_dict(rec: Any, present: int | None = None) -> dict[str, Any]:
         d["state"] = "incomplete"
         d["blocks_present"] = present
     return d
-
-
-def incomplete_text(blocks_present: int, blocks: int) -> str:
-    """``incomplete: 3 of 5 blocks``: how ``pin ls``/``pin status`` show a pin short of blocks."""
-    return f"incomplete: {blocks_present} of {blocks} blocks"
 
 
 class Node:
@@ -396,10 +392,9 @@ class Node:
             return
         if state not in (None, "pinned", "incomplete"):
             return
-        pins = self.store.pin_ls_presence()
+        pins = self.store.pin_ls_presence()  # one lookup per held block: read in a thread
         while True:
-            batch = await trio.to_thread.run_sync(lambda: [x for _, x in zip(range(512), pins,
-                                                                                strict=False)])
+            batch = await trio.to_thread.run_sync(lambda: list(itertools.islice(pins, 512)))
             for rec, present in batch:
                 item = pin_record_dict(rec, present)
                 if state is None or item["state"] == state:
