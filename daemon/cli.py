@@ -426,9 +426,11 @@ def run_command(args: argparse.Namespace, out: Output) -> int:
                 raise UsageError("recover needs a CID or --all")
             res = c.recover(None if args.all else args.cid)
             retried = res.get("pins", [{"cid": x} for x in res.get("cids", [])])
-            out.doc(res, f"retrying {res.get('recovered', 0)} pin(s)" + "".join(
+            out.doc(res, f"retrying {len(retried)} pin(s)" + "".join(
                 f"\n  {p['cid']}" + (f" (last error: {p['error']})" if p.get("error") else "")
-                for p in retried))
+                + (f": {p['result']}" if p.get("result") else "") for p in retried))
+            if any(str(p.get("result", "")).startswith("failed") for p in retried):
+                return EXIT_ERROR
         elif command == "shutdown":
             res = c.shutdown()
             out.doc(res, "daemon stopping")

@@ -24,7 +24,7 @@ from typing import Any
 import trio
 
 from pinfold.blockstore import dag as dagmod
-from pinfold.blockstore.cid import CID, identity_data, is_identity
+from pinfold.blockstore.cid import CID, cid_key, identity_data, is_identity, parse_cid
 from pinfold.blockstore.errors import BlockNotFound, NotPinned
 from pinfold.blockstore.lmdbstore import LmdbBlockStore
 from pinfold.blockstore.writer import BatchWriter
@@ -481,8 +481,35 @@ def standalone_cluster_handlers(node: Node) -> dict[str, Callable[[Any], Any]]:
                 "serve": node.config.bitswap.serve, "refused_wants": refused}
 
     async def recover(call: Any) -> dict[str, Any]:
-        # A standalone pin either commits whole or fails at once: nothing to retry.
-        return {"recovered": 0, "cids": [], "pins": []}
+        # A standalone pin commits whole or fails at once; what can need a retry is a
+        # pin whose blocks went missing since (repo verify lists them): fetch them again.
+        from .api import InvalidArgument
+
+        cid = call.params.get("cid")
+        if cid is not None and not isinstance(cid, str):
+            raise InvalidArgument("parameter 'cid' must be a CID string")
+        if cid is None and not call.params.get("all"):
+            raise InvalidArgument("recover needs 'cid' or 'all'")
+        only = None if cid is None else cid_key(parse_cid(cid))
+        pins = []
+        recovered = []
+        for rec, present in await trio.to_thread.run_sync(node.store.incomplete_pins):
+            if only is not None and cid_key(rec.cid) != only:
+                continue
+            entry = {"cid": str(rec.cid),
+                     "error": f"missing {rec.blocks - present} of {rec.blocks} blocks"}
+            try:
+                for owner, mode in rec.holds.items():
+                    await node.pin_local(rec.cid, recursive=mode == "recursive", name=rec.name,
+                                         metadata=dict(rec.metadata), owner=owner)
+                entry["result"] = "pinned"
+                recovered.append(str(rec.cid))
+            except trio.Cancelled:
+                raise
+            except Exception as exc:  # noqa: BLE001 - reported per pin; the others go on
+                entry["result"] = f"failed: {exc}"
+            pins.append(entry)
+        return {"recovered": len(recovered), "cids": recovered, "pins": pins}
 
     return {"cluster_peers": cluster_peers, "cluster_status": cluster_status, "recover": recover}
 

@@ -101,6 +101,8 @@ def test_pin_status_is_incomplete_when_blocks_are_missing_and_verify_lists_it(
         cid = cli_json(d.home, "add", "--name", "model", str(path))["cid"]
         other = cli_json(d.home, "add", "-", input=b"small and whole")["cid"]
     _drop_blocks(d.home, cid, 2, data)
+    cfg_path = d.home / "config.toml"
+    cfg_path.write_text(render(replace(load(cfg_path), bitswap={"fetch_timeout_s": 1.0})))
     with d:
         st = cli_json(d.home, "pin", "status", cid)
         assert st["healthy"] == 0 and st["local_state"] == "incomplete"
@@ -124,6 +126,18 @@ def test_pin_status_is_incomplete_when_blocks_are_missing_and_verify_lists_it(
         assert [(p["cid"], p["blocks_present"], p["blocks"]) for p in res["incomplete"]] == [
             (cid, 4, 6)]
         assert cli_json(d.home, "pin", "status", other)["healthy"] == 1
+
+        # recover fetches the missing blocks again; no peer has them here, so it says so.
+        out = run_cli(d.home, "recover", "--all", check=False)
+        assert out.returncode == 1
+        lines = out.stdout.decode().splitlines()
+        assert lines[0] == "retrying 1 pin(s)"
+        assert lines[1].startswith(f"  {cid} (last error: missing 2 of 6 blocks): failed: ")
+        # Adding the file again restores the blocks; the pin is whole again.
+        cli_json(d.home, "add", str(path))
+        assert cli_json(d.home, "pin", "status", cid)["local_state"] == "pinned"
+        assert cli_json(d.home, "repo", "verify")["incomplete"] == []
+        assert cli_json(d.home, "recover", "--all")["pins"] == []
 
 
 def test_add_pins_by_default_and_keeps_its_name(daemon: DaemonProcess, tmp_path: Path) -> None:
@@ -239,3 +253,20 @@ def test_cluster_holder_missing_blocks_is_not_counted_as_holding(tmp_path: Path)
         assert [p["cid"] for p in _lines(d.home, "pin", "ls", "--state", "error")] == [cid]
         verify = cli_json(d.home, "repo", "verify", check=False)
         assert [(p["cid"], p["blocks_present"]) for p in verify["incomplete"]] == [(cid, 3)]
+
+
+def test_recover_fetches_the_missing_blocks_of_an_incomplete_pin(tmp_path: Path) -> None:
+    a, b = DaemonProcess(tmp_path, "a"), DaemonProcess(tmp_path, "b")
+    path, data = _file(tmp_path, 3 * MB)
+    with a:
+        cid = cli_json(a.home, "add", "--name", "model", str(path))["cid"]
+    _drop_blocks(a.home, cid, 1, data)
+    with a, b:
+        assert cli_json(b.home, "add", str(path))["cid"] == cid
+        cli_json(a.home, "peers", "connect", cli_json(b.home, "id")["addresses"][0])
+        assert cli_json(a.home, "pin", "status", cid)["local_state"] == "incomplete"
+        out = run_cli(a.home, "recover", cid).stdout.decode().splitlines()
+        assert out == ["retrying 1 pin(s)", f"  {cid} (last error: missing 1 of 4 blocks): pinned"]
+        st = cli_json(a.home, "pin", "status", cid)
+        assert st["local_state"] == "pinned" and st["name"] == "model"
+        assert run_cli(a.home, "cat", cid).stdout == data
