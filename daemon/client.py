@@ -361,11 +361,16 @@ class Client:
         return self.call("pin_rm", {"cid": str(cid)})
 
     def pins(self, state: str | None = None) -> Iterator[dict[str, Any]]:
-        """Pins, streamed, optionally only those in ``state``."""
+        """Pins, streamed, optionally only those in ``state``: each a dict with ``cid``,
+        ``name``, ``mode`` and ``state`` (``pinned``, ``incomplete`` with
+        ``blocks_present`` of ``blocks``, or a cluster state; ``pin_error`` with
+        ``error``). ``state="error"`` lists failed pins."""
         return self.stream("pin_ls", {"state": state} if state else {})
 
     def status(self, cid: str) -> dict[str, Any]:
-        """``{"cid", "rmin", "rmax", "healthy", "availability", "holders": [...]}``."""
+        """``{"cid", "name", "mode", "rmin", "rmax", "healthy", "availability",
+        "local_state", "holders": [...]}``; a holder counts as ``pinned`` only with
+        every block of the pin."""
         return self.call("pin_status", {"cid": str(cid)})
 
     # ------------------------------------------------------------------ repo
@@ -399,6 +404,8 @@ class Client:
         return self.call("cluster_status")
 
     def recover(self, cid: str | None = None) -> dict[str, Any]:
+        """Retry failed (cluster) or incomplete (standalone) pins, one CID or all:
+        ``{"recovered", "cids", "pins": [{"cid", "error", "result"?}]}``."""
         return self.call("recover", {"cid": cid} if cid else {"all": True})
 
 
