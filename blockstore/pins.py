@@ -31,6 +31,7 @@ from .cid import CID, cid_key, cid_v1, is_identity, parse_cid
 from .errors import DecodeError
 
 __all__ = [
+    "PIN_OWNERS",
     "FrozenDict",
     "GcResult",
     "PinMode",
@@ -39,10 +40,14 @@ __all__ = [
     "ProtectionSet",
     "VerifyResult",
     "key_of",
+    "strongest",
 ]
 
 PinMode = Literal["recursive", "direct"]
 _MODES: Final = ("recursive", "direct")
+#: Who may hold a pin: ``"local"`` (a user's ``pin add``/``add`` on a standalone
+#: node) and ``"cluster"`` (the replication manager, for the shared pinset).
+PIN_OWNERS: Final = ("local", "cluster")
 #: Longest pin name accepted, characters (IPFS Cluster allows any length; a
 #: bound keeps records small and listings readable).
 MAX_PIN_NAME: Final = 1024
@@ -96,6 +101,10 @@ class PinRecord:
             keeps the first value.
         metadata: string -> string labels (as IPFS Cluster's pin metadata), a
             read-only dict. ``PinRecord`` is therefore comparable but not hashable.
+        holds: who holds the pin and how, ``{owner: mode}`` with owners from
+            ``PIN_OWNERS`` (a read-only dict; default ``{"local": mode}``).
+            ``mode`` is the strongest of them: recursive when any hold is.
+            One owner's unpin never releases blocks another owner's hold keeps.
 
     Raises:
         ValueError: a field out of range (unknown mode, negative count, name
@@ -110,6 +119,7 @@ class PinRecord:
     bytes: int
     created_at: float
     metadata: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
+    holds: Mapping[str, PinMode] = field(default_factory=lambda: _EMPTY)
 
     def __post_init__(self) -> None:
         if not isinstance(self.cid, CID):
@@ -121,6 +131,7 @@ class PinRecord:
         if self.blocks < 0 or self.bytes < 0:
             raise ValueError(f"pin counts must be >= 0, got blocks={self.blocks} bytes={self.bytes}")
         object.__setattr__(self, "metadata", _check_metadata(self.metadata))
+        object.__setattr__(self, "holds", _check_holds(self.holds, self.mode))
 
     def to_msgpack(self) -> bytes:
         """The record's stored form: a msgpack map with a format version ``v``."""
@@ -134,6 +145,7 @@ class PinRecord:
                 "bytes": self.bytes,
                 "created_at": self.created_at,
                 "metadata": dict(self.metadata),
+                "holds": dict(self.holds),
             },
             use_bin_type=True,
         )
@@ -162,6 +174,7 @@ class PinRecord:
                 bytes=obj["bytes"],
                 created_at=obj["created_at"],
                 metadata=obj["metadata"],
+                holds=obj.get("holds") or _legacy_holds(obj),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise DecodeError(f"pin record is malformed: {exc}") from exc
@@ -169,6 +182,33 @@ class PinRecord:
 
 def _version(obj: Any) -> Any:
     return obj.get("v") if isinstance(obj, dict) else None
+
+
+def _legacy_holds(obj: dict[str, Any]) -> dict[str, Any]:
+    """Holds of a record written before ``holds`` existed: the cluster's pins were
+    the ones named ``cluster`` (``daemon/cluster.py``), every other pin was local."""
+    name = obj.get("name")
+    owner = "cluster" if isinstance(name, str) and name.startswith("cluster") else "local"
+    return {owner: obj.get("mode")}
+
+
+def strongest(modes: Iterable[str]) -> PinMode:
+    """``"recursive"`` if any of ``modes`` is, else ``"direct"``."""
+    return "recursive" if "recursive" in modes else "direct"
+
+
+def _check_holds(holds: Mapping[str, str] | None, mode: str) -> Mapping[str, PinMode]:
+    if not holds:
+        return FrozenDict({"local": mode})
+    if not isinstance(holds, Mapping):
+        raise TypeError(f"pin holds must be a mapping, got {type(holds).__name__}")
+    for owner, m in holds.items():
+        if owner not in PIN_OWNERS or m not in _MODES:
+            raise ValueError(f"pin hold must map one of {', '.join(PIN_OWNERS)} to "
+                             f"'recursive' or 'direct', got {owner!r}: {m!r}")
+    if strongest(holds.values()) != mode:
+        raise ValueError(f"pin mode {mode!r} is not the strongest of its holds {dict(holds)}")
+    return FrozenDict(holds)
 
 
 def _check_metadata(metadata: Mapping[str, str] | None) -> Mapping[str, str]:

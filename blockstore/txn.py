@@ -31,7 +31,17 @@ from typing import Final, Self, TypeVar
 
 from .cid import CID, check_block_size, cid_key, identity_data, is_identity, verify_block
 from .errors import BlockCorrupt, BlockNotFound, InvalidCID, NotPinned, PinError, StoreFull
-from .pins import GcResult, PinRecord, Protection, ProtectionSet, VerifyResult, held_keys, key_of
+from .pins import (
+    PIN_OWNERS,
+    GcResult,
+    PinRecord,
+    Protection,
+    ProtectionSet,
+    VerifyResult,
+    held_keys,
+    key_of,
+    strongest,
+)
 from .store import StoreStat
 
 __all__ = [
@@ -306,12 +316,28 @@ class StoreTxn(ABC):
         name: str = "",
         metadata: Mapping[str, str] | None = None,
         now: float | None = None,
+        owner: str = "local",
     ) -> PinRecord:
-        """Pin ``root``: record the pin and count one reference on each distinct block.
+        """Pin ``root`` for ``owner``: record the hold and count one reference on each
+        distinct block the pin holds.
 
-        Re-pinning a root updates mode, name and metadata and moves reference
-        counts by the difference of the block sets (never double counting);
-        ``created_at`` keeps its first value.
+        A root has one pin record holding the blocks of its strongest hold
+        (``PinRecord.holds``), so a pin may be strengthened, never silently
+        weakened:
+
+        - recursive over a direct hold (any owner): upgraded; the DAG's blocks
+          are counted.
+        - direct over the same owner's recursive hold: refused (as Kubo's
+          "already pinned recursively"); unpin first.
+        - direct over another owner's recursive hold: recorded as that owner's
+          hold; the DAG stays held while the recursive hold lasts.
+        - the same mode again: ``name`` (when not empty) and ``metadata`` are
+          updated; the blocks held do not change.
+
+        Reference counts move by the difference of the block sets (never
+        double counting); ``created_at`` keeps its first value. ``name`` and
+        ``metadata`` of a ``"cluster"`` hold are recorded only while no local
+        hold names the pin.
 
         Args:
             root: the root CID.
@@ -319,77 +345,147 @@ class StoreTxn(ABC):
                 the root block only.
             blocks: the DAG's block CIDs from the caller's walk (the root may be
                 included; duplicates and identity CIDs are ignored).
-            name: label, at most 1024 characters.
+            name: label, at most 1024 characters ("" keeps the current name).
             metadata: str -> str labels.
             now: creation time, unix seconds (default: the store's clock).
+            owner: who holds the pin, one of ``PIN_OWNERS``.
 
         Returns:
             The stored record.
 
         Raises:
-            PinError: a held block is not in the store (the first one missing is
-                named; the transaction is rolled back).
-            ValueError: a direct pin given other blocks, or a bad name/metadata.
+            PinError: a block the pin must hold is not in the store (the first
+                one missing is named), or a direct pin over the same owner's
+                recursive pin; the transaction is rolled back.
+            ValueError: a direct pin given other blocks, a bad name, metadata or owner.
         """
         self._check_writable()
+        if owner not in PIN_OWNERS:
+            raise ValueError(f"pin owner must be one of {', '.join(PIN_OWNERS)}, got {owner!r}")
+        mode = "recursive" if recursive else "direct"
         held = held_keys(root, recursive=recursive, blocks=blocks)
-        total = 0
-        for key, cid in held:
-            data = self._get_block(key)
-            if data is None:
-                raise PinError(f"cannot pin {root}: block {cid} is not in the store")
-            total += len(data)
         root_key = cid_key(root)
         old_raw = self._get_pin(root_key)
         old = None if old_raw is None else PinRecord.from_msgpack(old_raw)
+        holds = dict(old.holds) if old else {}
+        if holds.get(owner) == "recursive" and not recursive:
+            raise PinError(f"{root} is already pinned recursively; unpin it first to pin "
+                           "only its root block")
+        holds[owner] = mode
+        effective = strongest(holds.values())
+        old_keys = set(self._pin_block_keys(root_key)) if old else set()
+        if recursive or effective == "direct":
+            new_keys = [key for key, _ in held]
+            for key, cid in held:
+                if self._get_block(key) is None:
+                    raise PinError(f"cannot pin {root}: block {cid} is not in the store")
+        else:  # a direct hold beside a recursive one: the DAG stays as held
+            new_keys = list(old_keys)
+        if old is not None and set(new_keys) == old_keys:
+            total = old.bytes  # the size when pinned, even if a block went missing since
+        else:
+            total = sum(len(self._get_block(key) or b"") for key in new_keys)
+        keep_label = old is not None and owner != "local" and "local" in holds
         record = PinRecord(
-            cid=root,
-            mode="recursive" if recursive else "direct",
-            name=name,
-            blocks=len(held),
+            cid=old.cid if keep_label else root,
+            mode=effective,
+            name=old.name if keep_label or (old is not None and not name) else name,
+            blocks=len(new_keys),
             bytes=total,
             created_at=old.created_at if old else (self._clock() if now is None else now),
-            metadata=metadata,
+            metadata=old.metadata if keep_label else metadata,
+            holds=holds,
         )
-        new_keys = {key for key, _ in held}
-        old_keys = set(self._pin_block_keys(root_key)) if old else set()
+        self._move_refs(root_key, old_keys, set(new_keys))
+        self._put_pin(root_key, record.to_msgpack())
+        self._count_mode(old, record)
+        return record
+
+    def _move_refs(self, root_key: bytes, old_keys: set[bytes], new_keys: set[bytes], *,
+                   keep_set: bool = True) -> None:
+        """Count a reference on keys entering the pin's set and drop one on keys leaving
+        it; with ``keep_set=False`` the ``pin_blocks`` set is left to ``_del_pin``."""
         added, removed = new_keys - old_keys, old_keys - new_keys
         for key in added:
             self._set_refcount(key, self._get_refcount(key) + 1)
         for key in removed:
-            self._set_refcount(key, self._get_refcount(key) - 1)
-        if added or removed:
+            count = self._get_refcount(key)
+            if count <= 0:
+                raise PinError(f"refcount underflow on block {key.hex()} of pin {root_key.hex()}")
+            self._set_refcount(key, count - 1)
+        if keep_set and (added or removed):
             self._update_pin_blocks(root_key, sorted(added), sorted(removed))
-        self._put_pin(root_key, record.to_msgpack())
-        if old is None or old.mode != record.mode:
-            self._add_counter(_PIN_COUNTER[record.mode], 1)
-            if old is not None:
-                self._add_counter(_PIN_COUNTER[old.mode], -1)
-        return record
 
-    def pin_rm(self, root: CID) -> PinRecord:
-        """Unpin ``root``: drop the record and one reference on each block it held.
+    def _count_mode(self, old: PinRecord | None, new: PinRecord | None) -> None:
+        """Keep the pins-by-mode counters right across one record change."""
+        if old is not None and (new is None or old.mode != new.mode):
+            self._add_counter(_PIN_COUNTER[old.mode], -1)
+        if new is not None and (old is None or old.mode != new.mode):
+            self._add_counter(_PIN_COUNTER[new.mode], 1)
+
+    def pin_rm(self, root: CID, *, owner: str = "local") -> PinRecord:
+        """Release ``owner``'s hold of ``root``.
+
+        When no other owner holds it, the record goes and one reference on each
+        block it held is dropped. When another owner's hold remains, the pin
+        keeps the blocks of the strongest remaining hold: releasing a recursive
+        hold beside a direct one drops the references of every block but the
+        root; releasing a direct hold beside a recursive one drops none.
 
         Returns:
-            The removed record.
+            The record as it was before the release.
 
         Raises:
-            NotPinned: ``root`` has no pin.
+            NotPinned: ``root`` has no pin, or none held by ``owner`` (the
+                message says who holds it).
+            ValueError: an unknown owner.
         """
         self._check_writable()
+        if owner not in PIN_OWNERS:
+            raise ValueError(f"pin owner must be one of {', '.join(PIN_OWNERS)}, got {owner!r}")
         root_key = cid_key(root)
         raw = self._get_pin(root_key)
         if raw is None:
             raise NotPinned(f"not pinned: {root}")
         record = PinRecord.from_msgpack(raw)
-        for key in self._pin_block_keys(root_key):
-            count = self._get_refcount(key)
-            if count <= 0:
-                raise PinError(f"refcount underflow on block {key.hex()} while unpinning {root}")
-            self._set_refcount(key, count - 1)
-        self._del_pin(root_key)
-        self._add_counter(_PIN_COUNTER[record.mode], -1)
+        if owner not in record.holds:
+            others = " and ".join(sorted(record.holds))
+            raise NotPinned(f"{root} is not pinned {'here' if owner == 'local' else 'by ' + owner}"
+                            f" (it is held by the {others} pin only)")
+        holds = {o: m for o, m in record.holds.items() if o != owner}
+        old_keys = set(self._pin_block_keys(root_key))
+        if not holds:
+            self._move_refs(root_key, old_keys, set(), keep_set=False)
+            self._del_pin(root_key)
+            self._count_mode(record, None)
+            return record
+        effective = strongest(holds.values())
+        new_keys = old_keys if effective == "recursive" else old_keys & {root_key}
+        self._move_refs(root_key, old_keys, new_keys)
+        size = record.bytes if new_keys == old_keys else sum(
+            len(self._get_block(key) or b"") for key in new_keys)
+        left = PinRecord(
+            cid=record.cid, mode=effective, name=record.name, blocks=len(new_keys), bytes=size,
+            created_at=record.created_at, metadata=record.metadata, holds=holds)
+        self._put_pin(root_key, left.to_msgpack())
+        self._count_mode(record, left)
         return record
+
+    def pin_presence(self, root: CID) -> tuple[int, int] | None:
+        """How many of the blocks ``root``'s pin holds are in the store.
+
+        Returns:
+            ``(present, held)`` block counts (equal when the pin is complete),
+            or None when ``root`` has no pin.
+        """
+        root_key = cid_key(root)
+        if self._get_pin(root_key) is None:
+            return None
+        return self._presence(root_key)
+
+    def _presence(self, root_key: bytes) -> tuple[int, int]:
+        keys = self._pin_block_keys(root_key)
+        return sum(self._get_block(k) is not None for k in keys), len(keys)
 
     def pin_counts(self) -> dict[str, int]:
         """Number of pins by mode: ``{"recursive": n, "direct": m}``."""
@@ -609,25 +705,57 @@ class TxnBlockStore(ABC):
         blocks: Iterable[CID] = (),
         name: str = "",
         metadata: Mapping[str, str] | None = None,
+        owner: str = "local",
     ) -> PinRecord:
         """Pin ``root`` in one write transaction (see :meth:`StoreTxn.pin_add`).
 
         Raises:
-            PinError: a block is missing (named in the message); nothing changes.
-            ValueError: a direct pin given other blocks, bad name or metadata.
+            PinError: a block is missing (named in the message), or a direct pin
+                over the owner's recursive pin; nothing changes.
+            ValueError: a direct pin given other blocks, bad name, metadata or owner.
             StoreFull: the pin's bookkeeping does not fit.
         """
         block_list = list(blocks)
         now = self._clock()
         return self._write(
             lambda t: t.pin_add(
-                root, recursive=recursive, blocks=block_list, name=name, metadata=metadata, now=now
+                root, recursive=recursive, blocks=block_list, name=name, metadata=metadata,
+                now=now, owner=owner,
             )
         )
 
-    def pin_rm(self, root: CID) -> PinRecord:
-        """Unpin ``root`` in one write transaction. Raises ``NotPinned``."""
-        return self._write(lambda t: t.pin_rm(root), freeing=True)
+    def pin_rm(self, root: CID, *, owner: str = "local") -> PinRecord:
+        """Release ``owner``'s hold of ``root`` in one write transaction
+        (see :meth:`StoreTxn.pin_rm`). Raises ``NotPinned``."""
+        return self._write(lambda t: t.pin_rm(root, owner=owner), freeing=True)
+
+    def pin_presence(self, root: CID) -> tuple[int, int] | None:
+        """``(present, held)`` blocks of ``root``'s pin, or None when not pinned.
+
+        The pin is complete when both are equal. Costs one lookup per held block.
+        """
+        return self._read(lambda t: t.pin_presence(root))
+
+    def pin_ls_presence(self) -> Iterator[tuple[PinRecord, int]]:
+        """Every pin with how many of its ``record.blocks`` blocks are in the store,
+        in root-multihash order (read in pages; one lookup per held block)."""
+        after = None
+        while True:
+
+            def page_of(t: StoreTxn, after: bytes | None = after) -> list[tuple[bytes, PinRecord,
+                                                                                  int]]:
+                return [(k, rec, t._presence(k)[0]) for k, rec in t._pins_page(after, _PAGE)]
+
+            page = self._read(page_of)
+            for _, record, present in page:
+                yield record, present
+            if len(page) < _PAGE:
+                return
+            after = page[-1][0]
+
+    def incomplete_pins(self) -> list[tuple[PinRecord, int]]:
+        """Pins missing some of the blocks they hold: ``[(record, blocks present)]``."""
+        return [(rec, n) for rec, n in self.pin_ls_presence() if n < rec.blocks]
 
     def pin_get(self, root: CID) -> PinRecord | None:
         """The pin of ``root``, or None."""

@@ -10,8 +10,8 @@ Method names and their parameters (the client in ``client.py`` mirrors them):
 =================  ===========================================================
 ``id``             -> {peer_id, addresses, version}
 ``add``            upload: file bytes; params: chunk_size, cid_version,
-                   raw_leaves, max_links, name, pin, rmin, rmax, availability
-                   -> {cid, bytes, blocks}
+                   raw_leaves, max_links, name, pin (default true), rmin, rmax,
+                   availability -> {cid, bytes, blocks, pin}
 ``add_dir``        upload: entries framed as [u32 len][msgpack {path, type,
                    size, target}][size bytes] (type file, dir or symlink; a
                    symlink has a target and no bytes); same params
@@ -27,13 +27,15 @@ Method names and their parameters (the client in ``client.py`` mirrors them):
 ``dag_export``     {cid} -> stream of CAR v1 bytes -> {cid, blocks, bytes}
 ``pin_add``        {cid, recursive, name, rmin, rmax, availability, expire_in}
 ``pin_rm``         {cid}
-``pin_ls``         {state} -> stream of pin dicts -> {count}
+``pin_ls``         {state} -> stream of pin dicts -> {count}; state: a local
+                   state, ``error`` (failed pins, with ``error``) or
+                   ``incomplete`` (pins missing blocks, ``blocks_present``)
 ``pin_status``     {cid} -> DESIGN.md contract
 ``pin_wait``       {cid, timeout} -> stream of {pinned, wanted, holders} ->
                    pin_status record + {done}
 ``repo_stat``      -> {blocks, bytes, pins, map_used_bytes, ...}
 ``repo_gc``        -> {blocks_freed, bytes_freed, seconds}
-``repo_verify``    {heal} -> {checked, corrupt, healed}
+``repo_verify``    {heal} -> {checked, corrupt, healed, incomplete}
 ``shutdown``       -> {stopping: true}
 =================  ===========================================================
 """
@@ -314,9 +316,16 @@ class Api:
         return root, size, importer.root_tsize
 
     def _early_pin_opts(self, call: Any) -> dict[str, Any] | None:
-        """The pin options of an ``add``, checked before its upload is read: a bad or
-        impossible pin request is refused at once, not after the data arrived."""
-        if not _param(call.params, "pin", bool, False):
+        """The pin options of an ``add``/``add_dir``, checked before its upload is
+        read. It pins unless ``pin`` is false (as Kubo's ``add``); pin options
+        without the pin are refused, not dropped; a bad or impossible pin request
+        is refused at once, not after the data arrived. None: no pin."""
+        if not _param(call.params, "pin", bool, True):
+            given = [k for k in ("name", "rmin", "rmax", "availability", "expire_in")
+                     if call.params.get(k) is not None]
+            if given:
+                raise InvalidArgument(f"{', '.join(given)} set but pin is false: these are "
+                                      "options of the pin")
             return None
         opts = self._pin_opts(call)
         self.node.check_pin_request(**opts)

@@ -70,7 +70,10 @@ def _positive_seconds(text: str) -> float:
     return s
 
 
-PIN_STATES = ("queued", "pinning", "pinned", "pin_error", "unpinning", "remote")
+#: ``pin ls --state`` values: the cluster's local states, ``error`` (= ``pin_error``)
+#: and ``incomplete`` (a local pin missing some of its blocks).
+PIN_STATES = ("queued", "pinning", "pinned", "pin_error", "error", "incomplete", "unpinning",
+              "remote")
 
 
 def _positive_float(text: str) -> float:
@@ -195,10 +198,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-L", "--dereference", action="store_true",
                    help="with -r: follow symbolic links and store what they point to "
                    "(default: store relative links into the tree as links)")
-    p.add_argument("--pin", action="store_true", help="pin the root (cluster-wide in a cluster)")
+    # `--pin` stays a plain flag (`add --pin FILE` keeps working); argparse matches a
+    # whole option string before splitting at "=", so `--pin=false` is its own flag.
+    p.add_argument("--pin", dest="pin", action="store_true", default=True,
+                   help="pin the root (the default; cluster-wide in a cluster)")
+    p.add_argument("--pin=false", dest="pin", action="store_false",
+                   help="only store the blocks, do not pin (as Kubo's add --pin=false)")
+    p.add_argument("--pin=true", dest="pin", action="store_true", help=argparse.SUPPRESS)
     _replication_options(p)
     _wait_options(p)
-    p.add_argument("--name", help="pin name")
+    p.add_argument("--name", help="pin name (shown by pin ls and pin status)")
     p.add_argument("--chunk-size", type=_positive_int, metavar="BYTES")
     p.add_argument("--cid-version", type=int, choices=(0, 1))
     p.add_argument("--raw-leaves", type=_bool, metavar="BOOL")
@@ -248,7 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = pin.add_parser("rm", help="unpin a CID")
     p.add_argument("cid")
     p = pin.add_parser("ls", help="list pins")
-    p.add_argument("--state", choices=PIN_STATES, help="only pins in this local state")
+    p.add_argument("--state", choices=PIN_STATES,
+                   help="only pins in this local state (error: failed pins, with the reason)")
     p = pin.add_parser("status", help="holders, states and achieved availability of a pin")
     p.add_argument("cid")
 
@@ -491,7 +501,7 @@ def _wait_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 def _pin_summary(cid: str, pin: dict[str, Any]) -> str:
     """What is true of a pin just written: pinned, or queued with N of rmin holders."""
     if "holders_pinned" not in pin:
-        return f"pinned {cid}"
+        return f"pinned {cid} {pin.get('mode', '')}".rstrip()
     n, want = pin["holders_pinned"], pin["holders_wanted"]
     if n >= want:
         return f"pinned {cid}; {n} of {want} holders pinned"
@@ -578,7 +588,12 @@ def run_command(args: argparse.Namespace, out: Output) -> int:
             if not args.all and not args.cid:
                 raise UsageError("recover needs a CID or --all")
             res = c.recover(None if args.all else args.cid)
-            out.doc(res, f"recovering {res.get('recovered', 0)} pin(s)")
+            retried = res.get("pins", [{"cid": x} for x in res.get("cids", [])])
+            out.doc(res, f"retrying {len(retried)} pin(s)" + "".join(
+                f"\n  {p['cid']}" + (f" (last error: {p['error']})" if p.get("error") else "")
+                + (f": {p['result']}" if p.get("result") else "") for p in retried))
+            if any(str(p.get("result", "")).startswith("failed") for p in retried):
+                return EXIT_ERROR
         elif command == "shutdown":
             res = c.shutdown()
             out.doc(res, "daemon stopping")
@@ -655,7 +670,11 @@ def _cmd_add(c, args: argparse.Namespace, out: Output) -> int:
             opts[key] = getattr(args, key)
     repl = _replication_kwargs(args)
     wait = _wait_kwargs(args)
-    pin = args.pin or bool(repl) or bool(wait)
+    if (repl or wait) and not args.pin:
+        raise UsageError("--pin=false cannot be combined with replication or --wait options")
+    if args.name is not None and not args.pin:
+        raise UsageError("--name names the pin: it cannot be combined with --pin=false")
+    pin = args.pin
     path = args.path
     if path != "-" and os.path.isdir(path):
         if not args.recursive:
@@ -673,7 +692,7 @@ def _cmd_add(c, args: argparse.Namespace, out: Output) -> int:
         if not out.json and "holders_pinned" in res["pin"]:
             # stdout stays the CID alone (scripts read it); the pin's state goes beside it.
             print(_pin_summary(res["cid"], res["pin"]), file=sys.stderr)
-    out.doc(res, res["cid"])
+    out.doc(res, res["cid"])  # the CID alone, for `CID=$(pinfold add FILE)`
     return 0
 
 
@@ -722,8 +741,22 @@ def _cmd_dag(c, args: argparse.Namespace, out: Output) -> int:
     return 0
 
 
+def _pin_state_text(item: dict[str, Any], blocks_key: str = "blocks",
+                    present_key: str = "blocks_present") -> str:
+    """A pin's state as shown: ``pinned``, ``incomplete: 3 of 5 blocks``, ``pin_error``..."""
+    if item.get(present_key) is not None and item.get(blocks_key) is not None \
+            and item[present_key] < item[blocks_key]:
+        return f"incomplete: {item[present_key]} of {item[blocks_key]} blocks"
+    return str(item.get("state", ""))
+
+
 def _fmt_pin(p: dict[str, Any]) -> str:
-    return f"{p['cid']} {p.get('mode', '')} {p.get('state', '')} {p.get('name', '')}".rstrip()
+    text = f"{p['cid']} {p.get('mode', '')} {_pin_state_text(p)}"
+    if p.get("name"):
+        text += f" name={p['name']!r}"
+    if p.get("error"):
+        text += f" error: {p['error']}"
+    return text
 
 
 def _cmd_pin(c, args: argparse.Namespace, out: Output) -> int:
@@ -741,8 +774,16 @@ def _cmd_pin(c, args: argparse.Namespace, out: Output) -> int:
         out.lines(c.pins(state=args.state), _fmt_pin)
     elif sub == "status":
         res = c.status(args.cid)
-        lines = [f"cid: {res['cid']}", f"rmin/rmax: {res['rmin']}/{res['rmax']}",
-                 f"healthy: {res['healthy']}", f"availability: {res['availability']:.6f}"]
+        lines = [f"cid: {res['cid']}"]
+        if res.get("name"):
+            lines.append(f"name: {res['name']}")
+        if res.get("mode"):
+            lines.append(f"mode: {res['mode']}")
+        lines += [f"rmin/rmax: {res['rmin']}/{res['rmax']}",
+                  f"healthy: {res['healthy']}", f"availability: {res['availability']:.6f}"]
+        if res.get("local_blocks_present") is not None:
+            lines.append("here: " + _pin_state_text(res, "local_blocks", "local_blocks_present")
+                         + f" (now {res.get('local_state', '')})")
         if res.get("target") is not None:
             lines.append(f"target: {res['target']}")
         lines.append("holders:")
@@ -750,8 +791,8 @@ def _cmd_pin(c, args: argparse.Namespace, out: Output) -> int:
             extra = [x for x in (h.get("peer_status"),) if x]
             if h.get("p") is not None:
                 extra.append(f"p={h['p']:.4f}")
-            lines.append(f"  {h['peer_id']} {h['state']:<9}" + (f" ({', '.join(extra)})"
-                                                               if extra else ""))
+            lines.append(f"  {h['peer_id']} {_pin_state_text(h):<9}"
+                         + (f" ({', '.join(extra)})" if extra else ""))
         out.doc(res, "\n".join(lines))
     else:
         raise UsageError("pin needs a subcommand: add, rm, ls, status")
@@ -767,9 +808,16 @@ def _cmd_repo(c, args: argparse.Namespace, out: Output) -> int:
         out.doc(res, f"freed {res['blocks_freed']} blocks, {res['bytes_freed']} bytes")
     elif sub == "verify":
         res = c.repo_verify(heal=args.heal)
-        out.doc(res, f"checked {res['checked']} blocks, {len(res['corrupt'])} corrupt"
-                + "".join(f"\n  corrupt: {x}" for x in res["corrupt"]))
-        return 0 if not res["corrupt"] or res.get("healed") == len(res["corrupt"]) else EXIT_ERROR
+        incomplete = res.get("incomplete", [])
+        out.doc(res, f"checked {res['checked']} blocks, {len(res['corrupt'])} corrupt, "
+                f"{len(incomplete)} incomplete pins"
+                + "".join(f"\n  corrupt: {x}" for x in res["corrupt"])
+                + "".join(f"\n  incomplete pin: {p['cid']} {p.get('mode', '')} "
+                          f"({p['blocks_present']} of {p['blocks']} blocks)"
+                          + (f" name={p['name']!r}" if p.get("name") else "")
+                          for p in incomplete))
+        healed = not res["corrupt"] or res.get("healed") == len(res["corrupt"])
+        return 0 if healed and not incomplete else EXIT_ERROR
     else:
         raise UsageError("repo needs a subcommand: stat, gc, verify")
     return 0

@@ -142,15 +142,18 @@ class Client:
 
     # ------------------------------------------------------------------ add / read
 
-    def add_stream(self, chunks: Iterable[bytes], *, pin: bool = False,
+    def add_stream(self, chunks: Iterable[bytes], *, pin: bool = True,
                    progress: Callable[[int], None] | None = None, **opts: Any) -> dict[str, Any]:
-        """Add a file given as an iterable of byte chunks; returns ``{"cid", "bytes", "blocks"}``.
+        """Add a file given as an iterable of byte chunks; returns ``{"cid", "bytes",
+        "blocks", "pin"}`` (``pin``: the pin record, as ``pin`` returns it).
 
-        ``opts`` (``ADD_OPTIONS``): chunk_size (bytes), cid_version (0|1),
-        raw_leaves (bool), max_links, name, rmin, rmax, availability (pinning
-        cluster-wide when set), expire_in (seconds). ``progress(nbytes)`` is
-        called with the size of each chunk as it is sent (a delta, so
-        ``progress=tqdm_bar.update`` works).
+        The root is pinned unless ``pin=False`` (as Kubo's ``add``). ``opts``
+        (``ADD_OPTIONS``): chunk_size (bytes), cid_version (0|1), raw_leaves
+        (bool), max_links, and the pin's options name, rmin, rmax, availability
+        (cluster-wide in a cluster), expire_in (seconds); the daemon refuses pin
+        options with ``pin=False``. ``progress(nbytes)`` is called with the size
+        of each chunk as it is sent (a delta, so ``progress=tqdm_bar.update``
+        works).
 
         Raises:
             TypeError: an option not in ``ADD_OPTIONS`` (all unknown ones are named).
@@ -168,16 +171,17 @@ class Client:
         params["pin"] = pin
         return self.call("add", params, upload=counted())
 
-    def add(self, source: str | os.PathLike[str] | bytes | BinaryIO, *, pin: bool = False,
+    def add(self, source: str | os.PathLike[str] | bytes | BinaryIO, *, pin: bool = True,
             replicas: int | None = None, rmin: int | None = None, rmax: int | None = None,
             availability: float | None = None,
             progress: Callable[[int], None] | None = None, **opts: Any) -> str:
         """Add a file or directory (path, bytes or binary file object); returns the root CID text.
 
-        With ``replicas``/``rmin``/``rmax``/``availability`` the root is pinned
-        cluster-wide (``pin`` implied). ``progress(nbytes)`` is called with the
-        number of bytes just sent, as they are sent (file data only). See
-        ``add_info`` for ``wait`` and ``add_stream`` for ``opts``.
+        The root is pinned unless ``pin=False``; ``replicas``/``rmin``/``rmax``/
+        ``availability`` set how many copies the cluster keeps. ``progress(nbytes)``
+        is called with the number of bytes just sent, as they are sent (file data
+        only). See ``add_info`` for ``wait`` and ``add_stream`` for ``opts``
+        (``name`` names the pin).
 
         Raises:
             TypeError: an unknown keyword argument (all unknown ones are named).
@@ -188,7 +192,7 @@ class Client:
         return self.add_info(source, pin=pin, replicas=replicas, rmin=rmin, rmax=rmax,
                              availability=availability, progress=progress, **opts)["cid"]
 
-    def add_info(self, source: str | os.PathLike[str] | bytes | BinaryIO, *, pin: bool = False,
+    def add_info(self, source: str | os.PathLike[str] | bytes | BinaryIO, *, pin: bool = True,
                  replicas: int | None = None, rmin: int | None = None, rmax: int | None = None,
                  availability: float | None = None, wait: bool = False,
                  wait_timeout: float | None = None,
@@ -202,14 +206,16 @@ class Client:
 
         Raises:
             TypeError: an unknown keyword argument (all unknown ones are named).
-            ValueError: ``wait_timeout`` is not > 0 (before anything is sent).
+            ValueError: ``wait_timeout`` is not > 0, or waiting with ``pin=False``
+                (before anything is sent).
             PinWaitTimeout: the timeout passed first.
         """
         _check_options("add_info", opts, _DIR_OPTIONS)
         _check_timeout(wait_timeout)
         repl = _replication(replicas, rmin, rmax, availability)
         waiting = wait or wait_timeout is not None
-        pin = pin or bool(repl) or waiting
+        if waiting and not pin:
+            raise ValueError("wait waits for the pin's holders: it cannot be combined with pin=False")
         dereference = bool(opts.pop("dereference", False))
         if isinstance(source, (bytes, bytearray, memoryview)):
             data = bytes(source)
@@ -230,7 +236,7 @@ class Client:
             res["pin"]["holders_pinned"] = res["pin"]["status"]["healthy"]
         return res
 
-    def add_dir(self, path: str | os.PathLike[str], *, pin: bool = False,
+    def add_dir(self, path: str | os.PathLike[str], *, pin: bool = True,
                 dereference: bool = False,
                 progress: Callable[[int], None] | None = None,
                 **opts: Any) -> dict[str, Any]:
@@ -510,11 +516,16 @@ class Client:
         return self.call("pin_rm", {"cid": str(cid)})
 
     def pins(self, state: str | None = None) -> Iterator[dict[str, Any]]:
-        """Pins, streamed, optionally only those in ``state``."""
+        """Pins, streamed, optionally only those in ``state``: each a dict with ``cid``,
+        ``name``, ``mode`` and ``state`` (``pinned``, ``incomplete`` with
+        ``blocks_present`` of ``blocks``, or a cluster state; ``pin_error`` with
+        ``error``). ``state="error"`` lists failed pins."""
         return self.stream("pin_ls", {"state": state} if state else {})
 
     def status(self, cid: str) -> dict[str, Any]:
-        """``{"cid", "rmin", "rmax", "healthy", "availability", "holders": [...]}``."""
+        """``{"cid", "name", "mode", "rmin", "rmax", "healthy", "availability",
+        "local_state", "holders": [...]}``; a holder counts as ``pinned`` only with
+        every block of the pin."""
         return self.call("pin_status", {"cid": str(cid)})
 
     # ------------------------------------------------------------------ repo
@@ -548,6 +559,8 @@ class Client:
         return self.call("cluster_status")
 
     def recover(self, cid: str | None = None) -> dict[str, Any]:
+        """Retry failed (cluster) or incomplete (standalone) pins, one CID or all:
+        ``{"recovered", "cids", "pins": [{"cid", "error", "result"?}]}``."""
         return self.call("recover", {"cid": cid} if cid else {"all": True})
 
 

@@ -521,9 +521,13 @@ class NodePins:
             connected = set(node.network.host.connected_peers())
             providers = [p for p in (ID.from_base58(s) for s in sources) if p in connected]
             providers = providers or None
+        held = node.store.pin_get(root)
+        if mode is PinMode.DIRECT and held is not None and \
+                held.holds.get("cluster") == "recursive":
+            return 0  # already held more strongly; a pin is never weakened
         try:
             rec = await node.pin_local(root, recursive=mode is PinMode.RECURSIVE,
-                                       name="cluster", providers=providers)
+                                       name="cluster", providers=providers, owner="cluster")
         except trio.Cancelled:
             raise
         except Exception as exc:
@@ -531,17 +535,20 @@ class NodePins:
         return int(rec.get("fetched_bytes", 0))
 
     async def unpin(self, cid: bytes) -> None:
+        """Release the cluster's hold only: a local pin of the same CID keeps its blocks."""
         try:
-            await self.node.unpin_local(self._cid(cid))
+            await self.node.unpin_local(self._cid(cid), owner="cluster")
         except NotPinned:
             pass
 
     async def stage(self, cid: bytes) -> int | None:
+        """Hold a complete local DAG for the cluster (beside any local pin of it)."""
         node = self.node
         root = self._cid(cid)
         store = node.store
-        if not store.has(root) or store.pin_get(root) is not None:
-            return None  # not here, or already held by a pin that protects it
+        held = store.pin_get(root)
+        if not store.has(root) or (held is not None and "cluster" in held.holds):
+            return None  # not here, or already held by the cluster
 
         async def local_only(c: CID) -> bytes:
             return store.get(c)
@@ -554,11 +561,22 @@ class NodePins:
             return None
         rec = await node.writer.submit(
             lambda t: t.pin_add(root, recursive=True, blocks=blocks, name="cluster (origin copy)",
-                                now=time.time()))
+                                now=time.time(), owner="cluster"))
         return int(rec.bytes)
 
     def has_pin(self, cid: bytes) -> bool:
-        return self.node.store.pin_get(self._cid(cid)) is not None
+        """True when the cluster holds ``cid`` here and every block it holds is present."""
+        return self.holds_complete(cid) is True
+
+    def holds_complete(self, cid: bytes) -> bool | None:
+        """Whether the cluster's local pin of ``cid`` has all its blocks (None: no such pin)."""
+        store = self.node.store
+        root = self._cid(cid)
+        rec = store.pin_get(root)
+        if rec is None or "cluster" not in rec.holds:
+            return None
+        presence = store.pin_presence(root)
+        return presence is not None and presence[0] == presence[1]
 
     def capacity(self) -> tuple[int, int]:
         node = self.node
@@ -750,7 +768,13 @@ class Cluster:
         return d
 
     async def pin_list(self, state: str | None) -> Any:
+        """The pinset with this node's state of each pin; ``state`` filters (``error``
+        is ``pin_error``: failed pins, each with its ``error``)."""
         want = None
+        if state == "error":
+            state = PinState.PIN_ERROR.value
+        if state == "incomplete":
+            return  # a cluster copy short of blocks is queued again, not kept incomplete
         if state is not None:
             try:
                 want = PinState(state)
@@ -764,7 +788,15 @@ class Cluster:
             yield self._pin_dict(pin, st)
 
     async def pin_status(self, cid: CID) -> dict[str, Any]:
+        """The cluster's view of a pin. A local copy this node counted as ``pinned``
+        but that is missing blocks goes back to ``queued`` first (it is fetched
+        again), so neither this answer nor the peers count it as held."""
         key = pin_key(cid)
+        presence = None
+        if self.manager.local_state(key) is PinState.PINNED:
+            presence = await trio.to_thread.run_sync(self.node.store.pin_presence, cid)
+            if presence is None or presence[0] < presence[1]:
+                self.manager.local_incomplete([key])
         st = self.manager.status(key)
         if st is None:
             raise NotPinned(f"not in the cluster pinset: {cid_text(key)}")
@@ -774,6 +806,9 @@ class Cluster:
             d["name"] = pin.name
             d["mode"] = pin.mode.value
         d["local_state"] = self.manager.local_state(key).value
+        if presence is not None and presence[0] < presence[1]:
+            d["local_blocks"] = presence[1]
+            d["local_blocks_present"] = presence[0]
         return d
 
     # ------------------------------------------------------------------ RPC
@@ -815,7 +850,9 @@ class Cluster:
 
             raise InvalidArgument("recover needs 'cid' or 'all'")
         done = self.manager.recover(None if cid is None else pin_key(cid))
-        return {"recovered": len(done), "cids": [cid_text(c) for c in done]}
+        return {"recovered": len(done), "cids": [cid_text(c) for c in done],
+                "pins": [{"cid": cid_text(c), "error": self.manager.local_error(c)}
+                         for c in done]}
 
     async def rpc_block(self, call: Any) -> dict[str, Any]:
         peer = call.params.get("peer_id")

@@ -17,6 +17,7 @@ daemon stops with an error instead of writing into a file nobody will read.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import signal
 import time
@@ -30,7 +31,7 @@ from typing import Any
 import trio
 
 from pinfold.blockstore import dag as dagmod
-from pinfold.blockstore.cid import CID, identity_data, is_identity
+from pinfold.blockstore.cid import CID, cid_key, identity_data, is_identity, parse_cid
 from pinfold.blockstore.errors import BlockNotFound, NotPinned, StoreGone
 from pinfold.blockstore.lmdbstore import LmdbBlockStore
 from pinfold.blockstore.writer import BatchWriter
@@ -64,11 +65,21 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def pin_record_dict(rec: Any) -> dict[str, Any]:
-    """A pin record as the RPC and CLI show it (CID as text)."""
+def pin_record_dict(rec: Any, present: int | None = None) -> dict[str, Any]:
+    """A pin record as the RPC and CLI show it (CID as text).
+
+    Args:
+        rec: a ``PinRecord``.
+        present: how many of its ``rec.blocks`` blocks are in the store (None:
+            not checked). A pin short of blocks has state ``incomplete`` and
+            ``blocks_present``; otherwise its state is ``pinned``.
+    """
     d = _jsonable(rec)
     d["cid"] = str(rec.cid)
-    d.setdefault("state", "pinned")
+    d["state"] = "pinned"
+    if present is not None and present < rec.blocks:
+        d["state"] = "incomplete"
+        d["blocks_present"] = present
     return d
 
 
@@ -453,15 +464,23 @@ class Node:
     async def pin_local(self, cid: CID, *, recursive: bool = True, name: str = "",
                         fetch: bool = True, expire_at: float | None = None,
                         metadata: dict[str, Any] | None = None,
-                        providers: list[Any] | None = None) -> dict[str, Any]:
-        """Pin ``cid`` in the local store: its blocks' refcounts and the pin record in one
+                        providers: list[Any] | None = None,
+                        owner: str = "local") -> dict[str, Any]:
+        """Pin ``cid`` in the local store for ``owner`` ("local": the user, "cluster":
+        the replication manager): its blocks' refcounts and the pin record in one
         transaction, fetching missing blocks first (from ``providers`` when given).
+
+        The store never weakens a pin (``StoreTxn.pin_add``): a direct pin over
+        the owner's recursive pin is refused, a recursive pin over a direct one
+        upgrades it, and one owner's hold never drops blocks another's keeps.
 
         Returns:
             The pin record as a dict, with ``fetched_bytes`` (bytes fetched from peers).
 
         Raises:
             BlockNotFound: a block of the DAG is missing and cannot be fetched.
+            PinError: a direct pin over the owner's recursive pin ("already
+                pinned recursively").
             StoreFull: no room to fetch the DAG.
         """
         store = self.store
@@ -486,20 +505,27 @@ class Node:
             now = time.time()
             rec = await self.writer.submit(
                 lambda t: t.pin_add(cid, recursive=recursive, blocks=blocks, name=name or "",
-                                    metadata=meta or None, now=now))
+                                    metadata=meta or None, now=now, owner=owner))
         d = pin_record_dict(rec)
         d["fetched_bytes"] = fetched
         return d
 
     async def unpin(self, cid: CID) -> dict[str, Any]:
-        """Unpin ``cid``: a tombstone in the cluster pinset, or the local pin. Raises ``NotPinned``."""
+        """Unpin ``cid``: a tombstone in the cluster pinset, or the local pin (also on a
+        cluster node, for a local pin made before it joined). Raises ``NotPinned``."""
         if self.cluster is not None:
-            return await self.cluster.unpin(cid)
+            try:
+                return await self.cluster.unpin(cid)
+            except NotPinned:
+                rec = self.store.pin_get(cid)
+                if rec is None or "local" not in rec.holds:
+                    raise
         return await self.unpin_local(cid)
 
-    async def unpin_local(self, cid: CID) -> dict[str, Any]:
-        """Remove the local pin of ``cid``. Raises ``NotPinned``."""
-        rec = await self.writer.submit(lambda t: t.pin_rm(cid))
+    async def unpin_local(self, cid: CID, *, owner: str = "local") -> dict[str, Any]:
+        """Release ``owner``'s local pin of ``cid``; blocks another owner's hold
+        keeps stay held. Raises ``NotPinned`` (none held by ``owner``)."""
+        rec = await self.writer.submit(lambda t: t.pin_rm(cid, owner=owner))
         d = pin_record_dict(rec)
         d["state"] = "unpinned"
         return d
@@ -511,23 +537,41 @@ class Node:
             async for item in self.cluster.pin_list(state):
                 yield item
             return
-        if state not in (None, "pinned"):
+        if state not in (None, "pinned", "incomplete"):
             return
-        for rec in self.store.pin_ls():
-            yield pin_record_dict(rec)
-            await trio.lowlevel.checkpoint()
+        pins = self.store.pin_ls_presence()  # one lookup per held block: read in a thread
+        while True:
+            batch = await trio.to_thread.run_sync(lambda: list(itertools.islice(pins, 512)))
+            for rec, present in batch:
+                item = pin_record_dict(rec, present)
+                if state is None or item["state"] == state:
+                    yield item
+            if len(batch) < 512:
+                return
 
     async def pin_status(self, cid: CID) -> dict[str, Any]:
-        """The DESIGN.md ``pin status`` record (the cluster's view, or this node alone)."""
+        """The DESIGN.md ``pin status`` record (the cluster's view, or this node alone).
+
+        This node counts as holding the pin (state ``pinned``) only when every
+        block the pin holds is in the store; otherwise its state is
+        ``incomplete`` with ``blocks_present`` of ``blocks``, and it is not healthy.
+        """
         if self.cluster is not None:
             return await self.cluster.pin_status(cid)
         rec = self.store.pin_get(cid)
-        if rec is None:
+        presence = await trio.to_thread.run_sync(self.store.pin_presence, cid)
+        if rec is None or presence is None:
             raise NotPinned(f"{cid} is not pinned")
         p = self.config.replication.p_prior
+        present, blocks = presence
+        holder: dict[str, Any] = {"peer_id": self.peer_id, "state": "pinned", "p": p,
+                                  "blocks": blocks, "blocks_present": present}
+        complete = present == blocks
+        if not complete:
+            holder["state"] = "incomplete"
         return {"cid": str(cid), "name": rec.name, "mode": rec.mode, "rmin": 1, "rmax": 1,
-                "healthy": 1, "availability": p,
-                "holders": [{"peer_id": self.peer_id, "state": "pinned", "p": p}]}
+                "healthy": int(complete), "availability": p if complete else 0.0,
+                "local_state": holder["state"], "holds": dict(rec.holds), "holders": [holder]}
 
     # ------------------------------------------------------------------ repo
 
@@ -556,7 +600,16 @@ class Node:
                     healed += 1
                 except Exception as exc:
                     log.warning("could not re-fetch corrupt block %s: %s", c, exc)
-        return {"checked": res.checked, "corrupt": corrupt, "healed": healed}
+        incomplete = await trio.to_thread.run_sync(self.store.incomplete_pins)
+        if self.cluster is not None:
+            from pinfold.replication.types import pin_key
+
+            self.cluster.manager.local_incomplete(
+                [pin_key(rec.cid) for rec, _ in incomplete if "cluster" in rec.holds])
+        return {"checked": res.checked, "corrupt": corrupt, "healed": healed,
+                "incomplete": [{"cid": str(rec.cid), "name": rec.name, "mode": rec.mode,
+                                "blocks": rec.blocks, "blocks_present": present}
+                               for rec, present in incomplete]}
 
 
 def standalone_cluster_handlers(node: Node) -> dict[str, Callable[[Any], Any]]:
@@ -575,7 +628,35 @@ def standalone_cluster_handlers(node: Node) -> dict[str, Callable[[Any], Any]]:
                 "serve": node.config.bitswap.serve, "refused_wants": refused}
 
     async def recover(call: Any) -> dict[str, Any]:
-        return {"recovered": 0, "cids": []}
+        # A standalone pin commits whole or fails at once; what can need a retry is a
+        # pin whose blocks went missing since (repo verify lists them): fetch them again.
+        from .api import InvalidArgument
+
+        cid = call.params.get("cid")
+        if cid is not None and not isinstance(cid, str):
+            raise InvalidArgument("parameter 'cid' must be a CID string")
+        if cid is None and not call.params.get("all"):
+            raise InvalidArgument("recover needs 'cid' or 'all'")
+        only = None if cid is None else cid_key(parse_cid(cid))
+        pins = []
+        recovered = []
+        for rec, present in await trio.to_thread.run_sync(node.store.incomplete_pins):
+            if only is not None and cid_key(rec.cid) != only:
+                continue
+            entry = {"cid": str(rec.cid),
+                     "error": f"missing {rec.blocks - present} of {rec.blocks} blocks"}
+            try:
+                for owner, mode in rec.holds.items():
+                    await node.pin_local(rec.cid, recursive=mode == "recursive", name=rec.name,
+                                         metadata=dict(rec.metadata), owner=owner)
+                entry["result"] = "pinned"
+                recovered.append(str(rec.cid))
+            except trio.Cancelled:
+                raise
+            except Exception as exc:  # noqa: BLE001 - reported per pin; the others go on
+                entry["result"] = f"failed: {exc}"
+            pins.append(entry)
+        return {"recovered": len(recovered), "cids": recovered, "pins": pins}
 
     return {"cluster_peers": cluster_peers, "cluster_status": cluster_status, "recover": recover}
 

@@ -577,9 +577,20 @@ class Manager:
         Returns:
             The pin as written.
 
+        A pin is never weakened: a direct pin over a live recursive one is
+        refused. Without a ``name`` a re-pin keeps the current one.
+
         Raises:
-            InvalidPin: a bad field (the message names it).
+            InvalidPin: a bad field (the message names it), or a direct pin over
+                a recursive one.
         """
+        existing = self.pinset.pin(cid)
+        if existing is not None and existing.mode is PinMode.RECURSIVE and \
+                mode is PinMode.DIRECT:
+            raise InvalidPin(f"{cid_text(cid)} is already pinned recursively; unpin it first "
+                             "to pin only its root block")
+        if not name and existing is not None:
+            name = existing.name
         c = self.config
         lo = rmin if rmin is not None else (min(c.rmin, rmax) if rmax is not None else c.rmin)
         if rmax is not None:
@@ -735,6 +746,31 @@ class Manager:
             self._set_state(c, PinState.REMOTE)
             out.append(c)
         self._mark_dirty(out)
+        return out
+
+    def local_incomplete(self, cids: Iterable[bytes]) -> list[bytes]:
+        """Report pins this node counted as ``pinned`` whose local blocks are not all
+        present (``repo verify`` or ``pin status`` found them): they go back to
+        ``queued`` and are fetched again, and peers see this node as not holding
+        them meanwhile.
+
+        Returns:
+            The CIDs queued again.
+        """
+        out = []
+        for cid in cids:
+            if self.own.get(cid) is not PinState.PINNED or cid in self._jobs:
+                continue
+            pin = self.pinset.pin(cid)
+            log.warning("the local copy of %s is missing blocks; fetching it again",
+                        cid_text(cid))
+            self._jobs[cid] = _Job(mode=pin.mode if pin else PinMode.RECURSIVE, sources=(),
+                                   reason=Reason.ALLOCATED, queued_at=trio.current_time())
+            self._set_state(cid, PinState.QUEUED)
+            self._queue.append(cid)
+            out.append(cid)
+        if out:
+            self._queue_wakeup.set()
         return out
 
     def last_statistics(self) -> ManagerStats:

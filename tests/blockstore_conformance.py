@@ -266,7 +266,12 @@ def _repin_idempotent(s: Any) -> None:
     # the same root under its other CID spelling is the same pin
     v0 = CID("base58btc", 1, "raw", root.digest)
     assert s.pin_get(v0) == second
-    # recursive -> direct releases the children, direct -> recursive takes them back
+    # a direct pin never silently weakens a recursive one (Kubo: "already pinned
+    # recursively"); after an unpin it is taken, and a recursive pin upgrades it
+    with pytest.raises(PinError, match="already pinned recursively"):
+        s.pin_add(root, recursive=False)
+    assert s.pin_get(root) == second and _counts(s, cids) == [1] * 4
+    s.pin_rm(root)
     direct = s.pin_add(root, recursive=False)
     assert direct.mode == "direct" and direct.blocks == 1
     assert _counts(s, cids) == [1, 0, 0, 0]

@@ -123,7 +123,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory):
 
 def add(d: DaemonProcess, size: int, seed: int) -> str:
     with d.client() as c:
-        return c.add(random.Random(seed).randbytes(size))
+        return c.add(random.Random(seed).randbytes(size), pin=False)
 
 
 def connected_members(d: DaemonProcess) -> list[str]:

@@ -47,7 +47,7 @@ def test_cli_add_cat_pin_gc_and_metrics(daemon: DaemonProcess, tmp_path: Path) -
     assert part == data[1048570:1048590]
 
     # Unpinned content goes away with GC; pinned content stays.
-    other = cli_json(daemon.home, "add", "-", input=b"unpinned bytes")["cid"]
+    other = cli_json(daemon.home, "add", "--pin=false", "-", input=b"unpinned bytes")["cid"]
     pin = cli_json(daemon.home, "pin", "add", cid)
     assert pin["cid"] == cid
     gc = cli_json(daemon.home, "repo", "gc")

@@ -14,8 +14,10 @@ import itertools
 from collections.abc import Callable
 from typing import ClassVar
 
+import pytest
 import trio
 from pinfold.blockstore.memory import MemoryBlockStore
+from pinfold.replication.errors import InvalidPin
 from pinfold.replication.manager import Manager, ManagerConfig
 from pinfold.replication.messages import (
     KIND_HEARTBEAT,
@@ -26,7 +28,7 @@ from pinfold.replication.messages import (
 )
 from pinfold.replication.persist import ReplicationDB
 from pinfold.replication.transport import MemoryHub, MemoryPins
-from pinfold.replication.types import PeerStatus, PinState
+from pinfold.replication.types import PeerStatus, PinMode, PinState
 
 WALL = 1_800_000_000.0
 CFG = ManagerConfig(heartbeat_interval_s=1.0, repair_grace_s=5.0, replan_interval_s=3600.0,
@@ -552,3 +554,44 @@ async def test_a_peer_whose_heartbeats_stall_but_answers_a_probe_is_not_declared
     c.stop("c")
     await wait_until(lambda: c.managers["a"].health.status("c", c.managers["a"].now())
                      is PeerStatus.DEAD, what="c dead")
+
+
+async def test_a_direct_pin_never_weakens_a_recursive_cluster_pin(autojump_clock,
+                                                                 nursery) -> None:
+    c = Cluster(nursery)
+    m = await c.start("a")
+    cid = cid_of(40)
+    await m.pin_add(cid, name="weights", rmin=1, rmax=1)
+    with pytest.raises(InvalidPin, match="already pinned recursively"):
+        await m.pin_add(cid, mode=PinMode.DIRECT, rmin=1, rmax=1)
+    pin = m.pinset.pin(cid)
+    assert pin is not None and pin.mode is PinMode.RECURSIVE
+    # A re-pin with other options keeps the name; a recursive pin over a direct one upgrades.
+    assert (await m.pin_add(cid, rmin=1, rmax=2)).name == "weights"
+    other = cid_of(41)
+    await m.pin_add(other, mode=PinMode.DIRECT, rmin=1, rmax=1)
+    assert (await m.pin_add(other, rmin=1, rmax=1)).mode is PinMode.RECURSIVE
+
+
+async def test_a_holder_missing_blocks_is_not_counted_and_fetches_again(autojump_clock,
+                                                                       nursery) -> None:
+    c = Cluster(nursery)
+    for n in "ab":
+        await c.start(n)
+    await trio.sleep(3)
+    cid = cid_of(42)
+    await c.place("a", [cid])
+    holder = min(c.pinned_by(cid))
+    fetches = len(c.pins[holder].fetches)
+    c.pins[holder].local.discard(cid)
+    c.pins[holder].fetch_s = 60.0  # the re-fetch takes a while: peers see it meanwhile
+    m = c.managers[holder]
+    assert m.local_incomplete([cid]) == [cid]
+    assert m.local_state(cid) is not PinState.PINNED
+    for other in c.managers.values():  # peers stop counting it as a holder
+        await wait_until(lambda o=other: holder not in {
+            h.peer_id for h in o.status(cid).holders if h.state is PinState.PINNED},
+            what="peers to see the holder as not holding")
+    await wait_until(lambda: m.local_state(cid) is PinState.PINNED, what="the re-fetch")
+    assert len(c.pins[holder].fetches) == fetches + 1
+    assert m.local_incomplete([cid_of(43)]) == []  # not held here: nothing to do

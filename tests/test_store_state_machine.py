@@ -1,7 +1,8 @@
 """Random put / pin / unpin / protect / release / gc / delete / reopen sequences against a model.
 
 The model is a set of present blocks, a dict of pins (root -> the blocks it
-holds) and a list of live protections. After every step the store must agree
+holds, and who holds it how: local and cluster holds, never weakened) and a
+list of live protections. After every step the store must agree
 with it: the same blocks, reference counts equal to the number of pins holding
 each block, a consistent recount, and GC freeing exactly the blocks that are
 present, unreferenced and unprotected.
@@ -30,6 +31,7 @@ BLOCKS = [block(i, size=10 + 37 * i) for i in range(N_BLOCKS)]
 CIDS = [c for c, _ in BLOCKS]
 ids = st.integers(0, N_BLOCKS - 1)
 id_sets = st.frozensets(ids, max_size=5)
+owners = st.sampled_from(("local", "cluster"))
 
 
 class StoreMachine(RuleBasedStateMachine):
@@ -40,6 +42,7 @@ class StoreMachine(RuleBasedStateMachine):
         self.store = self.open()
         self.present: set[int] = set()
         self.pins: dict[int, frozenset[int]] = {}
+        self.holds: dict[int, dict[str, str]] = {}
         self.guards: list[tuple[Protection, frozenset[int]]] = []
 
     def open(self):  # pragma: no cover - overridden
@@ -65,27 +68,47 @@ class StoreMachine(RuleBasedStateMachine):
         assert self.store.delete(CIDS[i]) is (i in self.present)
         self.present.discard(i)
 
-    @rule(root=ids, others=id_sets, recursive=st.booleans(), name=st.text(max_size=5))
-    def pin(self, root: int, others: frozenset[int], recursive: bool, name: str) -> None:
+    @rule(root=ids, others=id_sets, recursive=st.booleans(), name=st.text(max_size=5),
+          owner=owners)
+    def pin(self, root: int, others: frozenset[int], recursive: bool, name: str,
+            owner: str) -> None:
         held = frozenset({root} | others) if recursive else frozenset({root})
         blocks = [CIDS[i] for i in sorted(others)] if recursive else []
-        if held <= self.present:
-            rec = self.store.pin_add(CIDS[root], recursive=recursive, blocks=blocks, name=name)
-            assert rec.blocks == len(held) and rec.name == name
-            assert rec.bytes == sum(len(BLOCKS[i][1]) for i in held)
-            self.pins[root] = held
-        else:
+        holds = self.holds.get(root, {})
+        if holds.get(owner) == "recursive" and not recursive:
+            # never silently weakened: refused, nothing changes
+            with pytest.raises(PinError, match="already pinned recursively"):
+                self.store.pin_add(CIDS[root], recursive=False, owner=owner)
+            return
+        after = {**holds, owner: "recursive" if recursive else "direct"}
+        if not recursive and "recursive" in after.values():
+            held = self.pins[root]  # a direct hold beside a recursive one: the DAG stays
+        elif not held <= self.present:
             with pytest.raises(PinError):
-                self.store.pin_add(CIDS[root], recursive=recursive, blocks=blocks)
+                self.store.pin_add(CIDS[root], recursive=recursive, blocks=blocks, owner=owner)
+            return
+        rec = self.store.pin_add(CIDS[root], recursive=recursive, blocks=blocks, name=name,
+                                 owner=owner)
+        self.holds[root] = after
+        self.pins[root] = held
+        assert dict(rec.holds) == after and rec.blocks == len(held)
+        assert rec.mode == ("recursive" if "recursive" in after.values() else "direct")
 
-    @rule(root=ids)
-    def unpin(self, root: int) -> None:
-        if root in self.pins:
-            assert self.store.pin_rm(CIDS[root]).cid == CIDS[root]
-            del self.pins[root]
+    @rule(root=ids, owner=owners)
+    def unpin(self, root: int, owner: str) -> None:
+        holds = self.holds.get(root, {})
+        if owner in holds:
+            assert self.store.pin_rm(CIDS[root], owner=owner).cid == CIDS[root]
+            left = {o: m for o, m in holds.items() if o != owner}
+            if not left:
+                del self.pins[root], self.holds[root]
+            else:
+                self.holds[root] = left
+                if "recursive" not in left.values():
+                    self.pins[root] = frozenset({root})
         else:
             with pytest.raises(NotPinned):
-                self.store.pin_rm(CIDS[root])
+                self.store.pin_rm(CIDS[root], owner=owner)
 
     @rule(which=id_sets)
     def protect(self, which: frozenset[int]) -> None:
@@ -122,6 +145,15 @@ class StoreMachine(RuleBasedStateMachine):
             assert self.store.refcount(CIDS[i]) == expected
         assert self.store.check_refcounts() == {}
         assert {r.cid for r in self.store.pin_ls()} == {CIDS[i] for i in self.pins}
+
+    @invariant()
+    def presence_is_true(self) -> None:
+        """A pin is complete only when every block it holds is present (pin status)."""
+        for root, held in self.pins.items():
+            want = (len(held & self.present), len(held))
+            assert self.store.pin_presence(CIDS[root]) == want
+        incomplete = {r.cid for r, _ in self.store.incomplete_pins()}
+        assert incomplete == {CIDS[r] for r, held in self.pins.items() if not held <= self.present}
 
 
 class MemoryMachine(StoreMachine):

@@ -166,7 +166,7 @@ class Campaign:
         data = random.Random(self.rng.random()).randbytes(size)
         rmax = self.rng.choice((RMIN, RMAX))  # some pins have no spare copy
         with self.nodes[i].client() as c:
-            cid = c.add(data)
+            cid = c.add(data, pin=False)
             try:
                 c.pin(cid, rmin=RMIN, rmax=rmax)
             except RpcError as exc:

@@ -109,7 +109,7 @@ def members(tmp_path_factory: pytest.TempPathFactory):
 
 def add_pin(d: DaemonProcess, seed_: int) -> str:
     with d.client() as c:
-        cid = c.add(random.Random(seed_).randbytes(50_000 + seed_))
+        cid = c.add(random.Random(seed_).randbytes(50_000 + seed_), pin=False)
         c.pin(cid, rmin=2, rmax=2)
     return cid
 

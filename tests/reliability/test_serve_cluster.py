@@ -103,7 +103,8 @@ async def test_only_cluster_members_fetch_and_outsiders_get_nothing(
     blocks, root, _ = import_bytes(data, ImportParams())
     cids = [c for c, _ in blocks]
     with a.client() as c:
-        assert c.add(data) == str(root)  # stored on a only, not pinned (no replication)
+        # stored on a only, not pinned (no replication)
+        assert c.add(data, pin=False) == str(root)
 
     # The member b fetches the file from a.
     t0 = trio.current_time()
