@@ -78,7 +78,7 @@ def _unfetchable() -> str:
 
 def _content(d: DaemonProcess, seed: int) -> str:
     with d.client() as c:
-        return c.add(random.Random(seed).randbytes(300_000 + seed))
+        return c.add(random.Random(seed).randbytes(300_000 + seed), pin=False)
 
 
 def _unpin(d: DaemonProcess, cid: str) -> None:
