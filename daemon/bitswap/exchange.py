@@ -1014,6 +1014,7 @@ class Bitswap:
         # (Yamux window updates flow) while the processor hashes and stores the
         # previous messages; at most ``inbound_queue_messages`` wait in between.
         send, recv = trio.open_memory_channel[Message](self.config.inbound_queue_messages)
+        clean = False  # stays so when the processor cut the peer off and cancelled the read
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._process_inbound, peer, recv, nursery.cancel_scope)
