@@ -61,7 +61,8 @@ class NoiseMessageReader:
         self._raw = raw
         self._decrypt = cipher_state.decrypt_with_ad
         self._chunk_bytes = chunk_bytes
-        self._pending = b""  # an incomplete message (with its length prefix) from the last chunk
+        # an incomplete message (with its length prefix) from the last chunk(s)
+        self._pending = bytearray()
 
     async def read_messages(self) -> list[bytes]:
         """The plaintexts of the next complete Noise messages, in order.
@@ -93,26 +94,24 @@ class NoiseMessageReader:
     def _parse(self, chunk: bytes, out: list[bytes]) -> None:
         """Decrypt every message completed by ``chunk`` into ``out``; keep the tail."""
         decrypt = self._decrypt
+        view = memoryview(chunk)
+        end = len(chunk)
         pos = 0
-        if self._pending:
-            pending = self._pending
+        pending = self._pending
+        if pending:
             if len(pending) < 2:
-                pos = 2 - len(pending)
-                pending += chunk[:pos]
+                pos = min(2 - len(pending), end)
+                pending += view[:pos]
                 if len(pending) < 2:
-                    self._pending = pending
                     return
             total = 2 + ((pending[0] << 8) | pending[1])
-            take = total - len(pending)
-            pending += chunk[pos:pos + take]
+            take = min(total - len(pending), end - pos)
+            pending += view[pos:pos + take]
             pos += take
             if len(pending) < total:
-                self._pending = pending
                 return
-            self._pending = b""
+            self._pending = bytearray()
             out.append(self._open(memoryview(pending)[2:]))
-        end = len(chunk)
-        view = memoryview(chunk)
         while end - pos >= 2:
             stop = pos + 2 + ((chunk[pos] << 8) | chunk[pos + 1])
             if stop > end:
@@ -123,7 +122,7 @@ class NoiseMessageReader:
                 raise NoiseMessageError("a Noise message failed authentication") from None
             pos = stop
         if pos < end:
-            self._pending = bytes(view[pos:])
+            self._pending += view[pos:]
 
     def _open(self, ciphertext: memoryview) -> bytes:
         try:
@@ -132,7 +131,7 @@ class NoiseMessageReader:
             raise NoiseMessageError("a Noise message failed authentication") from None
 
 
-def _expected(pending: bytes) -> int:
+def _expected(pending: bytearray) -> int:
     return 2 + ((pending[0] << 8) | pending[1]) if len(pending) >= 2 else 2
 
 
@@ -183,17 +182,13 @@ class FastSecureSession(SecureSession):
                 out[0] = out[0][self._offset:]
             self._plain, self._offset = [], 0
             return out
-        return [m for m in await self.reader.read_messages() if m] or await self._next_or_eof()
-
-    async def _next_or_eof(self) -> list[bytes]:
-        """Only empty messages arrived: keep reading (an empty Noise message carries nothing)."""
-        while True:
+        msgs = await self.reader.read_messages()
+        while msgs:
+            kept = [m for m in msgs if m]  # an empty Noise message carries nothing
+            if kept:
+                return kept
             msgs = await self.reader.read_messages()
-            if not msgs:
-                return []
-            msgs = [m for m in msgs if m]
-            if msgs:
-                return msgs
+        return []
 
     async def read(self, n: int | None = None) -> bytes:
         """Up to ``n`` bytes of plaintext (everything buffered when ``n`` is None).
