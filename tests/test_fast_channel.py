@@ -19,7 +19,7 @@ import trio
 from libp2p import new_host as new_libp2p_host
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.custom_types import TProtocol
-from libp2p.network.stream.exceptions import StreamReset
+from libp2p.network.stream.exceptions import StreamEOF, StreamReset
 from libp2p.peer.peerinfo import info_from_p2p_addr
 from libp2p.security.noise.io import MAX_NOISE_MESSAGE_LEN
 from libp2p.security.secure_session import SecureSession
@@ -214,6 +214,58 @@ async def test_fast_host_and_a_default_py_libp2p_host_exchange_data(fast_dials):
         raws = [_raw_connection(c) for c in stock.get_network().get_connections()]
     for raw in raws:
         raw.stream.stream.socket.close()
+
+
+async def test_fast_stream_reads_of_any_size_return_the_bytes_in_order():
+    payload = _blob(3 * MiB + 11, seed=7)
+    async with _hosts(True, True) as (a, b):
+        _serve_bulk(b, {0: payload})
+        await a.connect(b.addrs()[0])
+        stream = await a.new_stream(b.peer_id, [BULK])
+        await stream.write((0).to_bytes(4, "big"))
+        got = bytearray()
+        sizes = [1, 7, 1000, 65507, 65508, 200_000, 3]
+        with trio.fail_after(60):
+            try:
+                for i in range(10**6):
+                    data = await stream.read(sizes[i % len(sizes)])
+                    assert 0 < len(data) <= sizes[i % len(sizes)]
+                    got += data
+            except StreamEOF:
+                pass
+        assert bytes(got) == payload
+
+
+async def test_a_reader_waiting_on_a_fast_stream_wakes_when_the_connection_drops():
+    async with _hosts(True, True) as (a, b):
+        silent = trio.Event()
+
+        async def silent_handler(stream) -> None:
+            silent.set()
+            await trio.sleep_forever()
+
+        b.set_stream_handler(ECHO, silent_handler)
+        await a.connect(b.addrs()[0])
+        stream = await a.new_stream(b.peer_id, [ECHO])
+        await stream.write(b"x")
+        await wait_until(silent.is_set, what="the handler on b")
+        async with trio.open_nursery() as nursery:
+            errors: list[BaseException] = []
+
+            async def reader() -> None:
+                try:
+                    await stream.read(100)
+                except Exception as exc:  # noqa: BLE001 - which error is checked below
+                    errors.append(exc)
+
+            nursery.start_soon(reader)
+            await wait_until(lambda: stream.muxed_stream._reader_waiting, what="the reader to park")
+            start = trio.current_time()
+            await b.disconnect(a.peer_id)
+            with trio.fail_after(10):
+                await wait_until(lambda: bool(errors), what="the reader to wake")
+        assert type(errors[0]).__name__ in ("StreamReset", "StreamEOF")
+        assert trio.current_time() - start < 5
 
 
 # ---------------------------------------------------------------- the wire
