@@ -68,7 +68,9 @@ def test_yamux_internals_the_fast_reader_and_writer_use_are_there():
     # installs FastMuxerMultistream), via a selector returning (protocol, class)
     new_conn = inspect.getsource(MuxerMultistream.new_conn)
     assert "self._selector.select(" in new_conn and "_annotate_connection" in new_conn
-    assert "yamux_conn = Yamux(" in new_conn
+    assert "yamux_conn = Yamux(" in new_conn, (
+        "py-libp2p's new_conn no longer builds Yamux itself: check whether "
+        "pinfold.daemon.transport.FastMuxerMultistream is still needed")
 
 
 def test_noise_session_internals_the_fast_reader_uses_are_there():
