@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import struct
+import weakref
 from collections import deque
 from collections.abc import Mapping
 from typing import Any, Final
@@ -253,8 +254,8 @@ def _missing(partial: bytearray) -> int:
 class FastYamux(Yamux):
     """py-libp2p's ``Yamux`` with ``FastYamuxStream``s and a batch frame reader.
 
-    Over a ``FastSecureSession`` the reader dispatches every frame of each batch
-    of Noise messages; over any other secure connection it is py-libp2p's reader.
+    It runs over a ``FastSecureSession``; its reader dispatches every frame of
+    each batch of Noise messages.
     """
 
     async def open_stream(self) -> FastYamuxStream:
@@ -272,6 +273,7 @@ class FastYamux(Yamux):
             self.next_stream_id += 2
             stream = FastYamuxStream(sid, self, True)
             stream._owns_backlog_slot = True
+            self._all_streams.add(stream)
             self.streams[sid] = stream
             self.stream_buffers[sid] = bytearray()
             self.stream_events[sid] = trio.Event()
@@ -287,19 +289,27 @@ class FastYamux(Yamux):
             raise MuxedStreamError(f"Failed to send SYN: {exc}") from exc
         return stream
 
-    async def close(self, error_code: int = GO_AWAY_NORMAL) -> None:
-        streams = list(self.streams.values())
-        try:
-            await super().close(error_code)
-        finally:
-            _wake_all(streams)
+    def __init__(self, secured_conn: ISecureConn, *args: Any, **kwargs: Any) -> None:
+        """As py-libp2p's ``Yamux``.
 
-    async def _cleanup_on_error(self) -> None:
-        streams = list(self.streams.values())
-        try:
-            await super()._cleanup_on_error()
-        finally:
-            _wake_all(streams)
+        Raises:
+            TypeError: ``secured_conn`` is not a ``FastSecureSession`` (FastYamux
+                reads whole Noise messages; use it with ``FastNoiseTransport``).
+        """
+        if not isinstance(secured_conn, FastSecureSession):
+            raise TypeError("FastYamux runs over pinfold's fast Noise session, "
+                            f"not over {type(secured_conn).__name__}")
+        super().__init__(secured_conn, *args, **kwargs)
+        # every stream of this connection, also after py-libp2p's close() cleared
+        # self.streams: their readers and writers are woken when it shuts down
+        self._all_streams: weakref.WeakSet[FastYamuxStream] = weakref.WeakSet()
+
+    async def _wake_streams_on_shutdown(self) -> None:
+        """Wake every parked reader and writer as soon as the connection starts
+        shutting down (py-libp2p's ``close`` sets the streams' closed flags at once
+        but returns only after its own 0.1 s sleep)."""
+        await self.event_shutting_down.wait()
+        _wake_all(list(self._all_streams))
 
     async def _write_frame(self, data: bytes) -> None:
         async with self._write_lock:
@@ -307,16 +317,16 @@ class FastYamux(Yamux):
 
     async def handle_incoming(self) -> None:
         session = self.secured_conn
-        if not isinstance(session, FastSecureSession):
-            await super().handle_incoming()
-            return
-        try:
-            await self._read_frames(session)
-        except Exception as exc:  # noqa: BLE001 - any failure ends this connection
-            level = logging.WARNING if isinstance(exc, YamuxProtocolError) else logging.DEBUG
-            logger.log(level, "Yamux connection to %s ended: %s: %s", self.peer_id, type(exc).__name__, exc)
-        self.event_shutting_down.set()
-        await self._cleanup_on_error()
+        assert isinstance(session, FastSecureSession)  # checked in __init__
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._wake_streams_on_shutdown)
+            try:
+                await self._read_frames(session)
+            except Exception as exc:  # noqa: BLE001 - any failure ends this connection
+                level = logging.WARNING if isinstance(exc, YamuxProtocolError) else logging.DEBUG
+                logger.log(level, "Yamux connection to %s ended: %s: %s", self.peer_id, type(exc).__name__, exc)
+            self.event_shutting_down.set()
+            await self._cleanup_on_error()
 
     async def _read_frames(self, session: FastSecureSession) -> None:
         """Dispatch frames until the connection ends (returns) or fails (raises)."""
@@ -448,6 +458,7 @@ class FastYamux(Yamux):
                 reply = _pack(0, TYPE_WINDOW_UPDATE, FLAG_RST, sid, 0)
             else:
                 new = FastYamuxStream(sid, self, False)
+                self._all_streams.add(new)
                 self.streams[sid] = new
                 self.stream_buffers[sid] = bytearray()
                 self.stream_events[sid] = trio.Event()
