@@ -50,7 +50,7 @@ from libp2p.stream_muxer.yamux.yamux import (
     YamuxStream,
 )
 
-from .noise import MAX_PLAINTEXT_BYTES, FastSecureSession
+from .noise import MAX_PLAINTEXT_BYTES, FastSecureSession, NoiseMessageError
 
 __all__ = [
     "DATA_READ_TIMEOUT_S",
@@ -258,6 +258,21 @@ class FastYamux(Yamux):
     each batch of Noise messages.
     """
 
+    def __init__(self, secured_conn: ISecureConn, *args: Any, **kwargs: Any) -> None:
+        """As py-libp2p's ``Yamux``.
+
+        Raises:
+            TypeError: ``secured_conn`` is not a ``FastSecureSession`` (FastYamux
+                reads whole Noise messages; use it with ``FastNoiseTransport``).
+        """
+        if not isinstance(secured_conn, FastSecureSession):
+            raise TypeError("FastYamux runs over pinfold's fast Noise session, "
+                            f"not over {type(secured_conn).__name__}")
+        super().__init__(secured_conn, *args, **kwargs)
+        # every stream of this connection, also after py-libp2p's close() cleared
+        # self.streams: their readers and writers are woken when it shuts down
+        self._all_streams: weakref.WeakSet[FastYamuxStream] = weakref.WeakSet()
+
     async def open_stream(self) -> FastYamuxStream:
         """Open a stream (py-libp2p's ``open_stream``, making a ``FastYamuxStream``).
 
@@ -289,21 +304,6 @@ class FastYamux(Yamux):
             raise MuxedStreamError(f"Failed to send SYN: {exc}") from exc
         return stream
 
-    def __init__(self, secured_conn: ISecureConn, *args: Any, **kwargs: Any) -> None:
-        """As py-libp2p's ``Yamux``.
-
-        Raises:
-            TypeError: ``secured_conn`` is not a ``FastSecureSession`` (FastYamux
-                reads whole Noise messages; use it with ``FastNoiseTransport``).
-        """
-        if not isinstance(secured_conn, FastSecureSession):
-            raise TypeError("FastYamux runs over pinfold's fast Noise session, "
-                            f"not over {type(secured_conn).__name__}")
-        super().__init__(secured_conn, *args, **kwargs)
-        # every stream of this connection, also after py-libp2p's close() cleared
-        # self.streams: their readers and writers are woken when it shuts down
-        self._all_streams: weakref.WeakSet[FastYamuxStream] = weakref.WeakSet()
-
     async def _wake_streams_on_shutdown(self) -> None:
         """Wake every parked reader and writer as soon as the connection starts
         shutting down (py-libp2p's ``close`` sets the streams' closed flags at once
@@ -323,7 +323,8 @@ class FastYamux(Yamux):
             try:
                 await self._read_frames(session)
             except Exception as exc:  # noqa: BLE001 - any failure ends this connection
-                level = logging.WARNING if isinstance(exc, YamuxProtocolError) else logging.DEBUG
+                broken = isinstance(exc, (YamuxProtocolError, NoiseMessageError))  # the peer's fault
+                level = logging.WARNING if broken else logging.DEBUG
                 logger.log(level, "Yamux connection to %s ended: %s: %s", self.peer_id, type(exc).__name__, exc)
             self.event_shutting_down.set()
             await self._cleanup_on_error()
