@@ -450,6 +450,69 @@ async def test_noise_reader_refuses_a_tampered_message_and_a_truncated_one():
         await reader.read_messages()
 
 
+# ---------------------------------------------------------------- Yamux framing (pure logic)
+
+
+class _PlaintextSession(FastSecureSession):
+    """Hands ``FastYamux`` the given decrypted messages, then a clean end; keeps what
+    it writes (an in-memory stand-in for the Noise session)."""
+
+    def __init__(self, messages: list[bytes]) -> None:  # no handshake: nothing of super()
+        self.messages = messages
+        self.written: list[bytes] = []
+        self.is_initiator = True
+
+    async def receive_plaintexts(self) -> list[bytes]:
+        await trio.lowlevel.checkpoint()
+        batch, self.messages = self.messages[:3], self.messages[3:]
+        return batch
+
+    async def write(self, data: bytes) -> None:
+        self.written.append(bytes(data))
+
+    async def close(self) -> None:
+        return None
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+async def test_fast_yamux_reads_frames_split_anywhere_across_noise_messages(seed):
+    """Go's and JS's Yamux may coalesce frames before Noise splits them at 65519 bytes,
+    so a frame header can straddle two messages."""
+    import struct
+
+    from libp2p.peer.id import ID as PeerID
+
+    rng = random.Random(seed)
+    payload = rng.randbytes(200_000)
+    hdr = struct.Struct("!BBHII")
+    wire = bytearray(hdr.pack(0, 1, 1, 2, 0))  # WINDOW_UPDATE + SYN: the peer opens stream 2
+    pos = 0
+    while pos < len(payload):
+        n = min(rng.choice([1, 12, 500, 65507, 70000]), len(payload) - pos)
+        wire += hdr.pack(0, 0, 0, 2, n) + payload[pos:pos + n]
+        pos += n
+    wire += hdr.pack(0, 2, 1, 0, 77)  # a ping
+    wire += hdr.pack(0, 1, 4, 2, 0)  # FIN
+    cuts = sorted(rng.sample(range(1, len(wire)), 60) + [3, 5, 13, 14])
+    messages = [bytes(wire[a:b]) for a, b in zip([0, *cuts], [*cuts, len(wire)], strict=True) if b > a]
+    session = _PlaintextSession(messages)
+    mux = FastYamux(session, PeerID(b"\x00\x03abc"), is_initiator=True)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(mux._read_frames, session)
+            stream = await mux.accept_stream()
+            got = bytearray()
+            while True:
+                try:
+                    got += await stream.read(rng.choice([7, 4096, -1]))
+                except Exception as exc:  # noqa: BLE001 - only a clean end is accepted
+                    assert type(exc).__name__ == "MuxedStreamEOF"
+                    break
+    assert bytes(got) == payload
+    assert hdr.pack(0, 1, 2, 2, 0) in session.written  # the ACK of stream 2
+    assert hdr.pack(0, 2, 2, 0, 77) in session.written  # the ping answered
+
+
 # ---------------------------------------------------------------- the switch
 
 
