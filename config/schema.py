@@ -47,6 +47,10 @@ class NodeConfig:
     )
     max_connections: int = _f(256, "connections accepted at most; more are refused")
     reconnect_max_backoff_s: float = _f(60.0, "longest wait between reconnection attempts")
+    fast_channel: bool = _f(
+        True, "pinfold's Noise + Yamux receive path (large buffered reads, frames that fit one "
+        "Noise message; same wire format); false = py-libp2p's stock channel"
+    )
 
     def __post_init__(self) -> None:
         for addr in self.listen:

@@ -7,7 +7,9 @@ and the host stops when the nursery is cancelled.
 Security and muxing are pinned: only Noise (``/noise``) and only Yamux
 (``/yamux/1.0.0``) are offered, so plaintext, secio, TLS and mplex peers are
 refused during negotiation (py-libp2p's defaults would accept insecure
-connections). One connection per peer (``max_connections_per_peer=1``; with more
+connections). With ``fast_channel`` (the default) they are pinfold's own
+subclasses in ``pinfold.daemon.transport`` (same wire format, a faster receive
+path). One connection per peer (``max_connections_per_peer=1``; with more
 py-libp2p waits 250 ms on every dial) and a total connection limit.
 
 py-libp2p cuts its loggers off from the logging tree on import;
@@ -47,6 +49,8 @@ from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 from libp2p.transport.tcp.tcp import TCP
 from multiformats import multihash
+
+from .transport import FastNoiseTransport, FastYamux, install_muxer
 
 __all__ = [
     "DialError",
@@ -177,6 +181,9 @@ class HostConfig:
             further ones are reset at once. Without it a single peer could hold all
             of py-libp2p's global stream slots (10000) and no other peer could open a
             stream (found by the reliability campaign).
+        fast_channel: Noise and Yamux from ``pinfold.daemon.transport`` (buffered
+            receive path, frames that fit one Noise message; same wire format);
+            False = py-libp2p's stock classes.
     """
 
     listen: tuple[str, ...] = ("/ip4/0.0.0.0/tcp/4101",)  # DESIGN.md [node] listen default
@@ -189,6 +196,7 @@ class HostConfig:
     bootstrap_check_interval_s: float = 1.0
     max_inbound_streams_per_peer: int = 128  # go-libp2p's per-peer default is 256 (incl. outbound)
     close_timeout_s: float = 5.0  # a clean close takes ~0.2 s (two 0.1 s sleeps in py-libp2p)
+    fast_channel: bool = True
 
     def __post_init__(self) -> None:
         if not self.listen:
@@ -316,7 +324,9 @@ class Host:
         self.config = config or HostConfig()
         self.key_pair = key_pair
         self._rng = rng or random.Random()
-        noise = NoiseTransport(key_pair, noise_privkey=_new_x25519_key_pair().private_key)
+        noise_class = FastNoiseTransport if self.config.fast_channel else NoiseTransport
+        muxer_class = FastYamux if self.config.fast_channel else Yamux
+        noise = noise_class(key_pair, noise_privkey=_new_x25519_key_pair().private_key)
         conn_config = ConnectionConfig(
             max_connections=self.config.max_connections,
             min_connections=0,
@@ -330,7 +340,7 @@ class Host:
         self.libp2p: IHost = new_host(
             key_pair=key_pair,
             sec_opt={NOISE_PROTOCOL_ID: noise},
-            muxer_opt={YAMUX_PROTOCOL_ID: Yamux},
+            muxer_opt={YAMUX_PROTOCOL_ID: muxer_class},
             connection_config=conn_config,
             listen_addrs=self._listen,
             transports=[_TrackingTCP(self._dialed)],
@@ -344,6 +354,9 @@ class Host:
         # off. pinfold decides whom to dial (bootstrap peers, the cluster), so it
         # is switched off; pruning still applies above max_connections.
         network = self.libp2p.get_network()
+        if self.config.fast_channel:
+            # py-libp2p's own muxer negotiation would build its stock Yamux
+            install_muxer(network, {YAMUX_PROTOCOL_ID: FastYamux})
         if hasattr(network, "auto_connector"):
             network.auto_connector.maybe_connect = _no_auto_connect  # type: ignore[method-assign]
         # py-libp2p 0.8.1 holds an inbound slot until the *node* stops (its inbound handler

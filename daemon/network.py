@@ -47,6 +47,7 @@ class Network:
             announce=tuple(cfg.node.announce),
             max_connections=cfg.node.max_connections,
             bootstrap_backoff_max_s=cfg.node.reconnect_max_backoff_s,
+            fast_channel=cfg.node.fast_channel,
         ))
         self._protections: set[Any] = set()
         self.bitswap = Bitswap(

@@ -17,6 +17,7 @@ SECTIONS = [
     ("bitswap: raw stream vs Bitswap vs Helia (issue 3)", "tests.bench.bitswap_bench"),
     ("bitswap: daemon-to-daemon fetch (issue 3)", "tests.bench.node_fetch_bench"),
     ("replication: repair and scale (issue 4)", "tests.bench.replication_bench"),
+    ("channel: raw Noise+Yamux stream, stock vs fast (issue 14)", "tests.bench.channel_bench"),
 ]
 
 
