@@ -54,7 +54,7 @@ bench: $(STAMP) node-deps
 ## make lint: ruff, the import contracts of pyproject.toml (layers, no cycles; lint-imports),
 ## the deploy checks
 lint: $(STAMP) lint-deploy
-	$(BIN)/ruff check daemon replication blockstore config tests
+	$(BIN)/ruff check pinfold tests tools
 	$(BIN)/lint-imports --no-logo
 
 ## make sizes: the Python files over $(SIZE_LINES) lines, longest first (a report; exits 0)

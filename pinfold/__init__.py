@@ -31,14 +31,14 @@ __all__ = ["Client", "ConfigError", "DaemonNotRunning", "RpcConnectionClosed", "
 
 if TYPE_CHECKING:
     from pinfold.config import ConfigError
-    from pinfold.daemon.client import Client, DaemonNotRunning, RpcConnectionClosed, RpcError
+    from pinfold.client import Client, DaemonNotRunning, RpcConnectionClosed, RpcError
 
 # Loaded on first use, so ``import pinfold.blockstore`` does not pull in the client.
 _EXPORTS = {
-    "Client": "pinfold.daemon.client",
-    "DaemonNotRunning": "pinfold.daemon.client",
-    "RpcConnectionClosed": "pinfold.daemon.client",
-    "RpcError": "pinfold.daemon.client",
+    "Client": "pinfold.client",
+    "DaemonNotRunning": "pinfold.client",
+    "RpcConnectionClosed": "pinfold.client",
+    "RpcError": "pinfold.client",
     "ConfigError": "pinfold.config",
 }
 

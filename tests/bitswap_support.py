@@ -12,8 +12,8 @@ import trio
 from libp2p.crypto.ed25519 import create_new_key_pair
 from pinfold.blockstore.cid import CID, RAW, cid_key, make_cid
 from pinfold.blockstore.errors import BlockNotFound
-from pinfold.daemon.bitswap import Bitswap, BitswapConfig
-from pinfold.daemon.host import Host, HostConfig
+from pinfold.daemon.p2p.bitswap import Bitswap, BitswapConfig
+from pinfold.daemon.p2p.host import Host, HostConfig
 
 LOOPBACK = ("/ip4/127.0.0.1/tcp/0",)
 

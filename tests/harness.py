@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pinfold.daemon.client import Client
+from pinfold.client import Client
 
 T = TypeVar("T")
 

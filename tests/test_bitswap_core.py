@@ -6,10 +6,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pinfold.blockstore.cid import RAW, cid_key, make_cid
-from pinfold.daemon.bitswap.client import ClientConfig, SendWants, WantFailed, WantManager
-from pinfold.daemon.bitswap.errors import WantlistTooLarge
-from pinfold.daemon.bitswap.message import BlockPresence, PresenceType, WantEntry, WantType
-from pinfold.daemon.bitswap.server import ServerConfig, ServerEngine
+from pinfold.daemon.p2p.bitswap.wants import ClientConfig, SendWants, WantFailed, WantManager
+from pinfold.daemon.p2p.bitswap.errors import WantlistTooLarge
+from pinfold.daemon.p2p.bitswap.message import BlockPresence, PresenceType, WantEntry, WantType
+from pinfold.daemon.p2p.bitswap.server import ServerConfig, ServerEngine
 
 MiB = 1024 * 1024
 CIDS = [make_cid(i.to_bytes(4, "big"), RAW) for i in range(400)]

@@ -10,14 +10,14 @@ import trio.testing
 from multiformats import CID
 from pinfold.blockstore.cid import RAW, cid_key, make_cid
 from pinfold.blockstore.unixfs import ImportParams, import_bytes
-from pinfold.daemon.bitswap import (
+from pinfold.daemon.p2p.bitswap import (
     BitswapConfig,
     BlockUnavailable,
     ClientConfig,
     FetchTimeout,
     ServerConfig,
 )
-from pinfold.daemon.bitswap.message import (
+from pinfold.daemon.p2p.bitswap.message import (
     PROTOCOL_1_2_0,
     PROTOCOLS,
     Block,
@@ -448,7 +448,7 @@ async def test_a_block_arriving_after_its_want_was_cancelled_is_late_not_unsolic
     already be on the wire: it is a late duplicate, not an unsolicited block, and
     must not count toward cutting the peer off (under faults good cluster peers
     were cut off this way). A block we never asked for still counts."""
-    from pinfold.daemon.bitswap.errors import TooManyBadBlocks
+    from pinfold.daemon.p2p.bitswap.errors import TooManyBadBlocks
 
     cfg = BitswapConfig(max_bad_blocks=0)
     async with running_nodes(2, config=cfg) as (a, b):

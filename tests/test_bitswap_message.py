@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pinfold.blockstore.cid import DAG_PB, RAW, make_cid
-from pinfold.daemon.bitswap.errors import MalformedMessage, MessageTooLarge
-from pinfold.daemon.bitswap.message import (
+from pinfold.daemon.p2p.bitswap.errors import MalformedMessage, MessageTooLarge
+from pinfold.daemon.p2p.bitswap.message import (
     MAX_MESSAGE_SIZE,
     PROTOCOL_1_0_0,
     PROTOCOL_1_1_0,

@@ -14,9 +14,9 @@ import trio.testing
 from pinfold.blockstore.cid import RAW, cid_key, make_cid
 from pinfold.config import Config, ConfigError
 from pinfold.config.loader import from_mapping, replace
-from pinfold.daemon.bitswap import FetchTimeout
-from pinfold.daemon.bitswap.message import WantEntry, WantType
-from pinfold.daemon.bitswap.server import ServerEngine
+from pinfold.daemon.p2p.bitswap import FetchTimeout
+from pinfold.daemon.p2p.bitswap.message import WantEntry, WantType
+from pinfold.daemon.p2p.bitswap.server import ServerEngine
 from pinfold.daemon.cluster import serve_allowed
 from pinfold.daemon.service import LIVE_KEYS, plan_reload
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pinfold.daemon.rpcclient import RpcConnection, RpcError
+from pinfold.daemon.rpc.connection import RpcConnection, RpcError
 from tests.harness import DaemonProcess
 
 

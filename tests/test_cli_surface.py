@@ -245,7 +245,7 @@ def test_listen_address_in_use_names_address_key_and_config_file(tmp_path: Path)
 
 def test_rpc_error_replies_never_show_exception_groups_or_class_names() -> None:
     from pinfold.blockstore.errors import BlockNotFound
-    from pinfold.daemon.rpcserver import _error_reply
+    from pinfold.daemon.rpc.server import _error_reply
 
     req = SimpleNamespace(id=7, method="pin_add")
     group = ExceptionGroup("Exceptions from Trio nursery", [
@@ -292,8 +292,8 @@ def test_rpc_socket_in_use_names_the_path_and_rpc_socket_key(daemon: DaemonProce
 
 def test_exit_code_table_is_the_one_readme_documents() -> None:
     from pinfold.blockstore.errors import StoreFull
-    from pinfold.daemon.errors import EXIT_CODES, code_for, exit_code_for
-    from pinfold.daemon.rpcclient import DaemonNotRunning, RpcError
+    from pinfold.daemon.cli.format import EXIT_CODES, code_for, exit_code_for
+    from pinfold.daemon.rpc.connection import DaemonNotRunning, RpcError
 
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     documented = {int(m) for m in re.findall(r"^\| (\d+) \| ", readme, re.MULTILINE)}

@@ -90,9 +90,9 @@ def test_add_progress_callback_counts_every_byte(daemon: DaemonProcess, tmp_path
 def test_from_pinfold_import_client_is_the_public_entry_point(tmp_path: Path) -> None:
     # Run outside the repository, so the installed package is what is imported.
     code = ("from pinfold import Client, RpcError, DaemonNotRunning, ConfigError\n"
-            "import pinfold.daemon.client, pinfold.daemon.bitswap, pinfold.replication\n"
+            "import pinfold.client, pinfold.daemon.p2p.bitswap, pinfold.replication\n"
             "import pinfold.blockstore, pinfold.config\n"
-            "assert pinfold.daemon.client.Client is Client\n"
+            "assert pinfold.client.Client is Client\n"
             "assert issubclass(DaemonNotRunning, RpcError)\n")
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
                          timeout=60, check=False)
@@ -102,16 +102,14 @@ def test_from_pinfold_import_client_is_the_public_entry_point(tmp_path: Path) ->
 
 
 def test_wheel_lists_every_package_directory() -> None:
-    """A normal (non-editable) install holds only the packages pyproject lists."""
-    tool = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
-    listed = set(tool["packages"])
-    dirs = tool["package-dir"]
-    found = set()
-    for name, folder in dirs.items():
-        for init in (REPO / folder).rglob("__init__.py"):
-            if "node_modules" in init.parts or "__pycache__" in init.parts:
-                continue
-            rel = init.parent.relative_to(REPO / folder)
-            found.add(".".join([name, *rel.parts]))
-    assert found <= listed, f"packages missing from pyproject.toml: {sorted(found - listed)}"
-    assert "pinfold" in listed
+    """A normal (non-editable) install holds every package folder under pinfold/."""
+    from setuptools import find_packages
+
+    include = tomllib.loads((REPO / "pyproject.toml").read_text())[
+        "tool"]["setuptools"]["packages"]["find"]["include"]
+    listed = set(find_packages(str(REPO), include=include))
+    found = {".".join(init.parent.relative_to(REPO).parts)
+             for init in (REPO / "pinfold").rglob("__init__.py")
+             if "__pycache__" not in init.parts}
+    assert found <= listed, f"packages a wheel would miss: {sorted(found - listed)}"
+    assert {"pinfold", "pinfold.daemon.p2p.bitswap", "pinfold.daemon.rpc"} <= listed

@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 from pinfold.config import load, render, replace
 from pinfold.daemon.home import Home
-from pinfold.daemon.identity import load_identity, peer_id_of
+from pinfold.daemon.p2p.identity import load_identity, peer_id_of
 
 from tests.harness import DaemonProcess, cli_json, wait_for
 from tests.harness import metric as harness_metric

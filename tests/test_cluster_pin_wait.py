@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 from pinfold.blockstore.cid import RAW, make_cid
 from pinfold.config import load, render, replace
-from pinfold.daemon.client import PinWaitTimeout, RpcError
+from pinfold.client import PinWaitTimeout, RpcError
 from pinfold.daemon.home import Home
-from pinfold.daemon.identity import load_identity, peer_id_of
+from pinfold.daemon.p2p.identity import load_identity, peer_id_of
 
 from tests.harness import DaemonProcess, cli_json, run_cli, wait_for
 

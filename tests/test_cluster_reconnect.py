@@ -1,4 +1,4 @@
-"""Which connected cluster peers a node reconnects for silence (daemon/cluster.py)."""
+"""Which connected cluster peers a node reconnects for silence (pinfold/daemon/cluster.py)."""
 
 from __future__ import annotations
 

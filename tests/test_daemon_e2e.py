@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from pinfold.daemon.client import DaemonNotRunning
+from pinfold.client import DaemonNotRunning
 from tests.harness import DaemonProcess, cli_json, model_file, run_cli, wait_for
 
 

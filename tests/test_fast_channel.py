@@ -1,4 +1,4 @@
-"""The fast secure channel (pinfold.daemon.transport): real hosts on 127.0.0.1.
+"""The fast secure channel (pinfold.daemon.p2p.transport): real hosts on 127.0.0.1.
 
 Fast hosts talk to fast hosts, to pinfold hosts on py-libp2p's stock channel
 (what older pinfold nodes run) and to a plain py-libp2p host with its default
@@ -28,13 +28,13 @@ from libp2p.stream_muxer.yamux.yamux import Yamux
 from noise.connection import NoiseConnection
 from pinfold.config import ConfigError
 from pinfold.config.loader import from_mapping
-from pinfold.daemon.host import Host, HostConfig, _raw_connection
-from pinfold.daemon.transport import (
+from pinfold.daemon.p2p.host import Host, HostConfig, _raw_connection
+from pinfold.daemon.p2p.transport import (
     MAX_FRAME_PAYLOAD_BYTES,
     FastSecureSession,
     FastYamux,
 )
-from pinfold.daemon.transport.noise import NoiseMessageError, NoiseMessageReader
+from pinfold.daemon.p2p.transport.noise import NoiseMessageError, NoiseMessageReader
 
 from tests.bitswap_support import LOOPBACK, wait_until
 

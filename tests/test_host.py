@@ -17,7 +17,7 @@ from libp2p.peer.peerinfo import info_from_p2p_addr
 from libp2p.security.insecure.transport import PLAINTEXT_PROTOCOL_ID, InsecureTransport
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
-from pinfold.daemon.host import DialError, Host, HostConfig, HostError
+from pinfold.daemon.p2p.host import DialError, Host, HostConfig, HostError
 
 from tests.bitswap_support import LOOPBACK, new_host, wait_until
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from importlib.metadata import version
 
-from pinfold.daemon.bitswap.message import PROTOCOL_1_2_0
+from pinfold.daemon.p2p.bitswap.message import PROTOCOL_1_2_0
 
 from tests.bitswap_support import running_nodes
 
@@ -28,14 +28,14 @@ async def test_a_stream_shows_whether_it_was_reset_and_its_connection_closed():
 
 
 # ---------------------------------------------------------------- the fast channel
-# pinfold.daemon.transport subclasses py-libp2p's Noise session and Yamux and
+# pinfold.daemon.p2p.transport subclasses py-libp2p's Noise session and Yamux and
 # replaces their read paths; these are the parts of 0.8.1 that code relies on.
 
 
 def test_noise_and_yamux_wire_constants_are_the_ones_the_fast_channel_sizes_frames_by():
     from libp2p.security.noise import io as noise_io
     from libp2p.stream_muxer.yamux import yamux
-    from pinfold.daemon.transport import MAX_FRAME_PAYLOAD_BYTES, MAX_PLAINTEXT_BYTES
+    from pinfold.daemon.p2p.transport import MAX_FRAME_PAYLOAD_BYTES, MAX_PLAINTEXT_BYTES
 
     assert noise_io.MAX_NOISE_MESSAGE_LEN == 65535
     assert noise_io.MAX_PLAINTEXT_LENGTH == MAX_PLAINTEXT_BYTES == 65519
@@ -70,7 +70,7 @@ def test_yamux_internals_the_fast_reader_and_writer_use_are_there():
     assert "self._selector.select(" in new_conn and "_annotate_connection" in new_conn
     assert "yamux_conn = Yamux(" in new_conn, (
         "py-libp2p's new_conn no longer builds Yamux itself: check whether "
-        "pinfold.daemon.transport.FastMuxerMultistream is still needed")
+        "pinfold.daemon.p2p.transport.FastMuxerMultistream is still needed")
 
 
 def test_noise_session_internals_the_fast_reader_uses_are_there():
@@ -99,7 +99,7 @@ def test_noise_session_internals_the_fast_reader_uses_are_there():
 
 
 async def test_pinfold_hosts_run_the_fast_noise_session_and_yamux_on_their_connections():
-    from pinfold.daemon.transport import FastSecureSession, FastYamux
+    from pinfold.daemon.p2p.transport import FastSecureSession, FastYamux
 
     async with running_nodes(2) as (a, b):
         await a.host.connect(b.addr)

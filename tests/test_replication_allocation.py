@@ -1,4 +1,4 @@
-"""Allocation (replication/allocation.py): weighted rendezvous ranking and availability formulas."""
+"""Allocation (pinfold/replication/allocation.py): weighted rendezvous ranking and availability formulas."""
 
 from __future__ import annotations
 

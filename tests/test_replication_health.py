@@ -1,4 +1,4 @@
-"""Membership and health (replication/health.py): liveness, alerts, availability estimate."""
+"""Membership and health (pinfold/replication/health.py): liveness, alerts, availability estimate."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Hybrid logical clock (replication/hlc.py): monotonic under clock skew and steps back."""
+"""Hybrid logical clock (pinfold/replication/hlc.py): monotonic under clock skew and steps back."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The replication manager (replication/manager.py) on an in-memory transport.
+"""The replication manager (pinfold/replication/manager.py) on an in-memory transport.
 
 Several managers share a ``MemoryHub`` and run on trio's ``MockClock`` (pytest-trio's
 ``autojump_clock``): heartbeats, grace periods and fetches take simulated seconds,

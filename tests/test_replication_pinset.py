@@ -1,4 +1,4 @@
-"""The shared pinset CRDT (replication/pinset.py) and its anti-entropy (replication/sync.py).
+"""The shared pinset CRDT (pinfold/replication/pinset.py) and its anti-entropy (pinfold/replication/sync.py).
 
 Properties (STYLE.md 8): merge is commutative, associative and idempotent over
 random operation histories; after every replica merged every history all hold

@@ -1,4 +1,4 @@
-"""The replication planner (replication/planner.py).
+"""The replication planner (pinfold/replication/planner.py).
 
 Scenarios read like DESIGN.md "Replication"; Hypothesis checks the properties
 of STYLE.md 8: re-planning after the actions ran yields nothing (fixpoint), a

@@ -1,4 +1,4 @@
-"""The per-peer state log (replication/states.py) and the sync/gossip messages.
+"""The per-peer state log (pinfold/replication/states.py) and the sync/gossip messages.
 
 Property: whatever gossip deltas a receiver gets (lost, duplicated, reordered),
 one pull session from the owner (paged, possibly across a compaction or an

@@ -1,4 +1,4 @@
-"""Value types of the replication layer (replication/types.py): validated when built."""
+"""Value types of the replication layer (pinfold/replication/types.py): validated when built."""
 
 from __future__ import annotations
 

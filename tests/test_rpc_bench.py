@@ -25,14 +25,14 @@ from pathlib import Path
 
 import lmdb
 import pytest
-from pinfold.daemon.rpcclient import RpcConnection
+from pinfold.daemon.rpc.connection import RpcConnection
 
 MiB = 1 << 20
 SIZE = 1024 * MiB
 
 SERVER = r"""
 import sys, trio
-from pinfold.daemon.rpcserver import RpcServer
+from pinfold.daemon.rpc.server import RpcServer
 
 async def sink(call):
     total = 0

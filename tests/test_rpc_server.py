@@ -23,9 +23,9 @@ import trio
 import trio.lowlevel
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from pinfold.daemon import rpcwire as w
-from pinfold.daemon.rpcclient import RpcConnection, open_rpc_connection
-from pinfold.daemon.rpcserver import Call, RpcLimits, RpcServer, RpcServerError
+from pinfold.daemon.rpc import wire as w
+from pinfold.daemon.rpc.connection import RpcConnection, open_rpc_connection
+from pinfold.daemon.rpc.server import Call, RpcLimits, RpcServer, RpcServerError
 
 MiB = 1 << 20
 SMALL_WINDOW = w.MIN_WINDOW_BYTES  # ~2 MiB: much smaller than the payloads below

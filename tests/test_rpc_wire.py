@@ -1,4 +1,4 @@
-"""The sans-IO core of the local RPC (daemon/rpcwire.py): frames, messages, flow control."""
+"""The sans-IO core of the local RPC (pinfold/daemon/rpc/wire.py): frames, messages, flow control."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import msgpack
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from pinfold.daemon import rpcwire as w
+from pinfold.daemon.rpc import wire as w
 
 ids = st.integers(min_value=1, max_value=w.MAX_REQUEST_ID)
 values = st.recursive(

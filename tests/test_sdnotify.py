@@ -418,7 +418,7 @@ def test_sighup_reloads_live_keys_and_names_the_rest(tmp_path: Path,
                  what="the reload error")
         assert "keeping the running configuration" in full_log()
         # (The client reads config.toml for the socket path, so name the socket.)
-        from pinfold.daemon.client import Client
+        from pinfold.client import Client
 
         with Client(socket_path=d.home / "rpc.sock") as c:
             assert c.id()["peer_id"]
@@ -487,9 +487,9 @@ async def test_rpc_probe_counts_a_full_server_as_alive(tmp_path: Path) -> None:
     """A server at its connection limit refuses with too_many_connections: busy, not wedged."""
     from types import SimpleNamespace
 
-    from pinfold.daemon.rpcclient import RpcConnection
-    from pinfold.daemon.rpcserver import RpcLimits, RpcServer
-    from pinfold.daemon.rpcwire import RpcError
+    from pinfold.daemon.rpc.connection import RpcConnection
+    from pinfold.daemon.rpc.server import RpcLimits, RpcServer
+    from pinfold.daemon.rpc.wire import RpcError
     from pinfold.daemon.service import node_probes
 
     async def id_(call: object) -> dict:

@@ -1,4 +1,4 @@
-"""The availability simulator (replication/simulate.py) against the formula 1 - prod(1 - p_i)."""
+"""The availability simulator (pinfold/replication/simulate.py) against the formula 1 - prod(1 - p_i)."""
 
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from pinfold.daemon.client import RpcError
+from pinfold.client import RpcError
 
 from tests.harness import DaemonProcess, cli_json, run_cli
 

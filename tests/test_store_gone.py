@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from pinfold.blockstore.lmdbstore import LmdbBlockStore
-from pinfold.daemon.client import DaemonNotRunning, RpcError
+from pinfold.client import DaemonNotRunning, RpcError
 
 from tests.harness import PYTHON, DaemonProcess, wait_for
 

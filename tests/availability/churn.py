@@ -75,7 +75,7 @@ from typing import Any
 
 from pinfold.blockstore.cid import cid_key, make_cid
 from pinfold.config import load, render, replace
-from pinfold.daemon.client import Client, DaemonNotRunning, RpcError
+from pinfold.client import Client, DaemonNotRunning, RpcError
 from pinfold.replication.allocation import Candidate, RendezvousAllocator
 from pinfold.replication.simulate import SimParams, mean_ci, run_simulation
 

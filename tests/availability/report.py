@@ -38,7 +38,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from pinfold.daemon.client import RpcError
+from pinfold.client import RpcError
 
 from .churn import ChurnParams, ChurnResult, format_result, run_churn
 from .sweep import (

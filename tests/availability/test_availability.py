@@ -13,7 +13,7 @@ import math
 import statistics
 
 import pytest
-from pinfold.daemon.cli import main as cli_main
+from pinfold.daemon.cli.main import main as cli_main
 from pinfold.replication.health import HealthConfig, HealthView
 from pinfold.replication.holdings import Holdings
 from pinfold.replication.pinset import PinSet

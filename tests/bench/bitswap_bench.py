@@ -37,7 +37,7 @@ def _blocks(n: int):
 
 
 async def _serve(kind: str, n: int) -> None:
-    from pinfold.daemon.bitswap import Bitswap
+    from pinfold.daemon.p2p.bitswap import Bitswap
 
     from tests.bitswap_support import DictStore, new_host
 
@@ -120,7 +120,7 @@ async def _fetch_raw(addr: str, n: int) -> float:
 
 
 async def _fetch_bitswap(addr: str, n: int) -> float:
-    from pinfold.daemon.bitswap import Bitswap
+    from pinfold.daemon.p2p.bitswap import Bitswap
 
     from tests.bitswap_support import DictStore, new_host
 

@@ -161,7 +161,7 @@ def scale_pages(n: int, path: Path) -> None:
         src.put(Pin(cid=_cid(i), rmin=2, rmax=2), ts=(1_700_000_000_000 + i) << 16,
                 peer_id=_PEERS[1])
     digest, count = src.summary(0, 0)
-    page = 8000  # what the manager asks for (replication/manager.py _SYNC_PAGE)
+    page = 8000  # what the manager asks for (pinfold/replication/manager.py _SYNC_PAGE)
     req = EntriesRequest(tree_bits=src.tree_bits, ranges=((0, 1 << src.tree_bits),), limit=page)
     with open(path, "wb") as f:
         f.write(digest.to_bytes(16, "big") + count.to_bytes(8, "big"))

@@ -1,4 +1,4 @@
-"""The fast secure channel (pinfold.daemon.transport) with a real Helia 7 node
+"""The fast secure channel (pinfold.daemon.p2p.transport) with a real Helia 7 node
 (js-libp2p's Noise and Yamux). Needs Node.js >= 20 and ``npm ci --prefix
 tests/interop``; skipped with the reason otherwise."""
 
@@ -10,7 +10,7 @@ import pytest
 import trio
 from pinfold.blockstore.cid import parse_cid
 from pinfold.blockstore.unixfs import ImportParams, import_bytes
-from pinfold.daemon.transport import FastSecureSession, FastYamux
+from pinfold.daemon.p2p.transport import FastSecureSession, FastYamux
 
 from tests.bitswap_support import random_bytes, running_nodes, wait_until
 from tests.interop.helia_process import helia_peer, skip_reason

@@ -34,7 +34,7 @@ from pinfold.blockstore.cid import CID, cid_key
 from pinfold.blockstore.errors import BlockNotFound
 from pinfold.blockstore.lmdbstore import LmdbBlockStore
 from pinfold.config import loader
-from pinfold.daemon.client import Client
+from pinfold.client import Client
 
 from tests.harness import DaemonProcess
 

@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pinfold.daemon.client import Client
+from pinfold.client import Client
 
 from tests.harness import DaemonProcess
 from tests.reliability.campaign import (

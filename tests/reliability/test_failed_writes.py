@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from pinfold.blockstore import car as carfmt
-from pinfold.daemon.client import RpcError
+from pinfold.client import RpcError
 
 from tests.harness import DaemonProcess
 from tests.reliability.campaign import MiB, chunks_of, live_fingerprint, make_content, wait_until

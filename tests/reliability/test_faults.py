@@ -56,7 +56,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pinfold.daemon.rpcwire import RpcError
+from pinfold.daemon.rpc.wire import RpcError
 
 from tests import faultnet
 from tests.harness import DaemonProcess, wait_for

@@ -24,9 +24,9 @@ from pinfold.blockstore import dagpb, unixfs
 from pinfold.blockstore.cid import DAG_CBOR, DAG_PB, RAW, make_cid, parse_cid
 from pinfold.blockstore.errors import BlockstoreError, BlockTooLarge, DecodeError, InvalidCID
 from pinfold.config import ConfigError, loader
-from pinfold.daemon import rpcwire
-from pinfold.daemon.bitswap.errors import RemoteProtocolError
-from pinfold.daemon.bitswap.message import (
+from pinfold.daemon.rpc import wire as rpcwire
+from pinfold.daemon.p2p.bitswap.errors import RemoteProtocolError
+from pinfold.daemon.p2p.bitswap.message import (
     PROTOCOL_1_0_0,
     PROTOCOL_1_2_0,
     Block,

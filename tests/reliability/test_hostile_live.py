@@ -51,8 +51,8 @@ from pinfold.blockstore import dagpb, unixfs
 from pinfold.blockstore.cid import DAG_PB, RAW, make_cid
 from pinfold.blockstore.errors import BlockstoreError
 from pinfold.config import ConfigError, loader
-from pinfold.daemon import rpcwire
-from pinfold.daemon.bitswap.message import (
+from pinfold.daemon.rpc import wire as rpcwire
+from pinfold.daemon.p2p.bitswap.message import (
     PROTOCOL_1_2_0,
     PROTOCOLS,
     Block,
@@ -66,7 +66,7 @@ from pinfold.daemon.bitswap.message import (
     decode_message,
     encode_framed,
 )
-from pinfold.daemon.client import RpcError
+from pinfold.client import RpcError
 
 from tests.bitswap_support import new_host
 from tests.harness import DaemonProcess, run_cli

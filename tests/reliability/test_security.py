@@ -41,8 +41,8 @@ from libp2p.security.insecure.transport import PLAINTEXT_PROTOCOL_ID, InsecureTr
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 from pinfold.blockstore.cid import RAW, make_cid
-from pinfold.daemon.bitswap import Bitswap
-from pinfold.daemon.bitswap.message import (
+from pinfold.daemon.p2p.bitswap import Bitswap
+from pinfold.daemon.p2p.bitswap.message import (
     PROTOCOL_1_2_0,
     PROTOCOLS,
     Block,
@@ -51,7 +51,7 @@ from pinfold.daemon.bitswap.message import (
     WantEntry,
     encode_framed,
 )
-from pinfold.daemon.host import Host, HostConfig
+from pinfold.daemon.p2p.host import Host, HostConfig
 
 from tests.bitswap_support import DictStore, new_host
 from tests.harness import DaemonProcess, metric
@@ -74,7 +74,7 @@ NOBODY = 65534
 
 CONNECT_AS = r"""
 import json, sys
-from pinfold.daemon.rpcclient import RpcConnection, RpcError
+from pinfold.daemon.rpc.connection import RpcConnection, RpcError
 try:
     with RpcConnection(sys.argv[1]) as conn:
         out = {"ok": True, "peer_id": conn.call("id", {})["peer_id"]}
@@ -166,7 +166,7 @@ def test_unknown_allowed_group_is_a_clear_start_error(tmp_path: Path) -> None:
 
 
 def test_peer_credentials_of_a_socket_pair() -> None:
-    from pinfold.daemon.rpcserver import peer_credentials
+    from pinfold.daemon.rpc.server import peer_credentials
 
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     with a, b:

@@ -23,7 +23,7 @@ import pytest
 import trio
 from pinfold.blockstore.unixfs import ImportParams, import_bytes
 from pinfold.config import loader
-from pinfold.daemon.bitswap import Bitswap, FetchTimeout
+from pinfold.daemon.p2p.bitswap import Bitswap, FetchTimeout
 
 from tests.bitswap_support import DictStore, new_host
 from tests.harness import DaemonProcess, metric, wait_for

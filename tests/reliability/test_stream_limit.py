@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 
 import trio
-from pinfold.daemon.host import HostConfig
+from pinfold.daemon.p2p.host import HostConfig
 
 from tests.bitswap_support import new_host, wait_until
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import trio
 from libp2p.peer.id import ID
-from pinfold.daemon.bitswap.message import (
+from pinfold.daemon.p2p.bitswap.message import (
     MAX_MESSAGE_SIZE,
     PROTOCOL_1_2_0,
     decode_message,

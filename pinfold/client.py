@@ -1,0 +1,706 @@
+"""The Python client: ``Client(home=...)`` speaks the daemon's RPC socket.
+
+Usable from a plain script or a notebook: no trio, no event loop needed by the
+caller. It mirrors the CLI (DESIGN.md, Interface)::
+
+    from pinfold import Client
+    with Client() as c:
+        cid = c.add("model.safetensors")
+        data = b"".join(c.cat(cid))
+        c.pin(cid, replicas=3)
+        print(c.status(cid)["availability"])
+
+Every method raises ``RpcError`` (with ``.code``, e.g. ``"not_found"``) for an
+error the daemon reports, and ``DaemonNotRunning`` when nothing listens on the
+socket. Streaming methods (``cat``, ``dag_export``, ``pins``) return iterators;
+read them to the end (or close them) before the next call on the same client.
+One ``Client`` is one connection and serves one call at a time; use one
+``Client`` per thread. A ``Client`` stays usable after any error a call
+raises: a bad argument is refused before anything is sent, and a call that
+broke the connection (an interrupt, a failed upload source) makes the next
+call connect again.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import stat
+import struct
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any, BinaryIO, Self
+
+import msgpack
+from pinfold.config import load
+
+from pinfold.daemon.home import Home, resolve_home
+from pinfold.daemon.rpc.connection import DaemonNotRunning, RpcConnection, RpcConnectionClosed, RpcError
+
+__all__ = ["ADD_OPTIONS", "Client", "DaemonNotRunning", "LinkError", "PinWaitTimeout",
+           "RpcConnectionClosed", "RpcError", "walk_local_tree"]
+
+CHUNK = 1 << 20
+
+
+def _file_chunks(f: BinaryIO, progress: Callable[[int], None] | None) -> Iterator[bytes]:
+    while chunk := f.read(CHUNK):
+        if progress:
+            progress(len(chunk))
+        yield chunk
+
+
+ADD_OPTIONS = frozenset({"chunk_size", "cid_version", "raw_leaves", "max_links", "name",
+                         "rmin", "rmax", "availability", "expire_in"})
+"""Options ``add``/``add_stream``/``add_dir`` pass on to the daemon."""
+
+_DIR_OPTIONS = frozenset({"dereference"})  # ``add``/``add_info`` of a folder: see ``add_dir``
+
+
+def _check_options(method: str, opts: dict[str, Any], extra: frozenset[str] = frozenset()) -> None:
+    """Raise ``TypeError`` naming every key of ``opts`` outside ``ADD_OPTIONS`` | ``extra``."""
+    unknown = sorted(set(opts) - ADD_OPTIONS - extra)
+    if unknown:
+        names = ", ".join(repr(k) for k in unknown)
+        plural = "s" if len(unknown) > 1 else ""
+        raise TypeError(f"{method}() got unexpected keyword argument{plural} {names} "
+                        f"(options: {', '.join(sorted(ADD_OPTIONS))}, pin, progress)")
+
+
+def _replication(replicas: int | None, rmin: int | None, rmax: int | None,
+                 availability: float | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if replicas is not None:
+        out["rmin"] = out["rmax"] = replicas
+    if rmin is not None:
+        out["rmin"] = rmin
+    if rmax is not None:
+        out["rmax"] = rmax
+    if availability is not None:
+        out["availability"] = availability
+    return out
+
+
+class Client:
+    """A connection to the daemon of one home (or an explicit socket path)."""
+
+    def __init__(self, home: str | os.PathLike[str] | None = None, *,
+                 socket_path: str | os.PathLike[str] | None = None) -> None:
+        if socket_path is None:
+            h = Home(root=resolve_home(home))
+            config = load(h.config_path)
+            socket_path = h.socket_path(config)
+        self.socket_path = Path(socket_path)
+        self._conn: RpcConnection | None = None
+
+    # ------------------------------------------------------------------ plumbing
+
+    @property
+    def conn(self) -> RpcConnection:
+        """The connection, opened on first use and opened anew after an error closed it.
+
+        A call that fails half-way (an interrupt, a transport error, an upload
+        source that raised) may leave the old connection's framing unknown; it
+        is then closed, and the next call connects again, so a ``Client``
+        stays usable after any error a call raises.
+        """
+        if self._conn is None or self._conn.closed:
+            self._conn = RpcConnection(self.socket_path)
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def call(self, method: str, params: dict[str, Any] | None = None, *,
+             upload: Iterable[bytes] | None = None) -> Any:
+        """Call ``method`` and return its result."""
+        return self.conn.call(method, params or {}, upload=upload)
+
+    def stream(self, method: str, params: dict[str, Any] | None = None, *,
+               upload: Iterable[bytes] | None = None) -> Iterator[Any]:
+        """Call ``method`` and yield its streamed items."""
+        return self.conn.stream(method, params or {}, upload=upload)
+
+    # ------------------------------------------------------------------ node
+
+    def id(self) -> dict[str, Any]:
+        """``{"peer_id", "addresses", "version"}``."""
+        return self.call("id")
+
+    def shutdown(self) -> dict[str, Any]:
+        """Ask the daemon to stop."""
+        return self.call("shutdown")
+
+    # ------------------------------------------------------------------ add / read
+
+    def add_stream(self, chunks: Iterable[bytes], *, pin: bool = True,
+                   progress: Callable[[int], None] | None = None, **opts: Any) -> dict[str, Any]:
+        """Add a file given as an iterable of byte chunks; returns ``{"cid", "bytes",
+        "blocks", "pin"}`` (``pin``: the pin record, as ``pin`` returns it).
+
+        The root is pinned unless ``pin=False`` (as Kubo's ``add``). ``opts``
+        (``ADD_OPTIONS``): chunk_size (bytes), cid_version (0|1), raw_leaves
+        (bool), max_links, and the pin's options name, rmin, rmax, availability
+        (cluster-wide in a cluster), expire_in (seconds); the daemon refuses pin
+        options with ``pin=False``. ``progress(nbytes)`` is called with the size
+        of each chunk as it is sent (a delta, so ``progress=tqdm_bar.update``
+        works).
+
+        Raises:
+            TypeError: an option not in ``ADD_OPTIONS`` (all unknown ones are named).
+            RpcError: the daemon refused the data or an option.
+        """
+        _check_options("add_stream", opts)
+
+        def counted() -> Iterator[bytes]:
+            for c in chunks:
+                if progress:
+                    progress(len(c))
+                yield c
+
+        params = {k: v for k, v in opts.items() if v is not None}
+        params["pin"] = pin
+        return self.call("add", params, upload=counted())
+
+    def add(self, source: str | os.PathLike[str] | bytes | BinaryIO, *, pin: bool = True,
+            replicas: int | None = None, rmin: int | None = None, rmax: int | None = None,
+            availability: float | None = None,
+            progress: Callable[[int], None] | None = None, **opts: Any) -> str:
+        """Add a file or directory (path, bytes or binary file object); returns the root CID text.
+
+        The root is pinned unless ``pin=False``; ``replicas``/``rmin``/``rmax``/
+        ``availability`` set how many copies the cluster keeps. ``progress(nbytes)``
+        is called with the number of bytes just sent, as they are sent (file data
+        only). See ``add_info`` for ``wait`` and ``add_stream`` for ``opts``
+        (``name`` names the pin).
+
+        Raises:
+            TypeError: an unknown keyword argument (all unknown ones are named).
+            FileNotFoundError: ``source`` is a path that does not exist.
+            RpcError: the daemon refused the data or an option.
+        """
+        _check_options("add", opts, _DIR_OPTIONS)
+        return self.add_info(source, pin=pin, replicas=replicas, rmin=rmin, rmax=rmax,
+                             availability=availability, progress=progress, **opts)["cid"]
+
+    def add_info(self, source: str | os.PathLike[str] | bytes | BinaryIO, *, pin: bool = True,
+                 replicas: int | None = None, rmin: int | None = None, rmax: int | None = None,
+                 availability: float | None = None, wait: bool = False,
+                 wait_timeout: float | None = None,
+                 progress: Callable[[int], None] | None = None,
+                 **opts: Any) -> dict[str, Any]:
+        """Like ``add`` but returns ``{"cid", "bytes", "blocks"}`` (plus ``"files"``
+        for a directory, and ``pin`` when pinned).
+
+        With ``wait`` (implied by ``wait_timeout``, seconds) the pin is made and
+        this returns once rmin holders report it pinned, as ``pin(wait=True)``.
+
+        Raises:
+            TypeError: an unknown keyword argument (all unknown ones are named).
+            ValueError: ``wait_timeout`` is not > 0, or waiting with ``pin=False``
+                (before anything is sent).
+            PinWaitTimeout: the timeout passed first.
+        """
+        _check_options("add_info", opts, _DIR_OPTIONS)
+        _check_timeout(wait_timeout)
+        repl = _replication(replicas, rmin, rmax, availability)
+        waiting = wait or wait_timeout is not None
+        if waiting and not pin:
+            raise ValueError("wait waits for the pin's holders: it cannot be combined with pin=False")
+        dereference = bool(opts.pop("dereference", False))
+        if isinstance(source, (bytes, bytearray, memoryview)):
+            data = bytes(source)
+            chunks: Iterable[bytes] = (data[i:i + CHUNK] for i in range(0, len(data), CHUNK))
+            res = self.add_stream(chunks, pin=pin, progress=progress, **repl, **opts)
+        elif hasattr(source, "read"):
+            res = self.add_stream(_file_chunks(source, None), pin=pin, progress=progress,
+                                  **repl, **opts)
+        elif Path(source).is_dir():
+            res = self.add_dir(Path(source), pin=pin, dereference=dereference, progress=progress,
+                               **repl, **opts)
+        else:
+            with open(Path(source), "rb") as f:
+                res = self.add_stream(_file_chunks(f, None), pin=pin, progress=progress,
+                                      **repl, **opts)
+        if waiting:
+            res["pin"]["status"] = self.wait_pinned(res["cid"], timeout=wait_timeout)
+            res["pin"]["holders_pinned"] = res["pin"]["status"]["healthy"]
+        return res
+
+    def add_dir(self, path: str | os.PathLike[str], *, pin: bool = True,
+                dereference: bool = False,
+                progress: Callable[[int], None] | None = None,
+                **opts: Any) -> dict[str, Any]:
+        """Add a directory tree; returns ``{"cid", "bytes", "blocks", "files", "symlinks"}``.
+
+        A symbolic link is stored as a UnixFS symlink node holding its target
+        (Kubo's ``ipfs add -r`` does the same, and the CIDs are equal) when it
+        is relative and leads to something inside the folder. With
+        ``dereference`` every link is followed instead and what it points to
+        is stored as a plain file or folder under the link's name (Hugging
+        Face cache snapshots are links into ``../../blobs``).
+
+        ``progress(nbytes)`` is called as file data is sent; ``opts`` as ``add_stream``.
+
+        Raises:
+            TypeError: an option not in ``ADD_OPTIONS``.
+            NotADirectoryError: ``path`` is not a directory.
+            LinkError: without ``dereference``, a link is absolute, dangles or
+                leads outside the folder; with it, a link dangles or leads back
+                to a folder that contains it (a cycle). The message names the link.
+            ValueError: a name is not valid UTF-8, or an entry is neither a
+                file, a folder nor a symlink (a FIFO, a socket, a device).
+        """
+        _check_options("add_dir", opts)
+        root = Path(path)
+        if not root.is_dir():
+            raise NotADirectoryError(f"{root}: not a directory")
+
+        def entries() -> Iterator[bytes]:
+            for kind, rel, full, extra in walk_local_tree(root, dereference=dereference):
+                if kind == "dir":
+                    yield _dir_header(rel, "dir", 0)
+                elif kind == "symlink":
+                    yield _dir_header(rel, "symlink", 0, target=extra)
+                else:
+                    size = extra
+                    yield _dir_header(rel, "file", size)
+                    with open(full, "rb") as f:
+                        left = size
+                        while left:
+                            chunk = f.read(min(CHUNK, left))
+                            if not chunk:
+                                raise OSError(f"{full} shrank while being added")
+                            left -= len(chunk)
+                            if progress:
+                                progress(len(chunk))
+                            yield chunk
+
+        params = {k: v for k, v in opts.items() if v is not None}
+        params["pin"] = pin
+        return self.call("add_dir", params, upload=entries())
+
+    def cat(self, cid: str, *, offset: int = 0, length: int | None = None) -> Iterator[bytes]:
+        """The file's bytes from ``offset`` (bytes), at most ``length`` bytes, as chunks."""
+        params: dict[str, Any] = {"cid": str(cid), "offset": offset}
+        if length is not None:
+            params["length"] = length
+        return self.stream("cat", params)
+
+    def cat_to_fd(self, cid: str, fd: int, *, offset: int = 0,
+                  length: int | None = None) -> dict[str, Any]:
+        """Have the daemon write the file's bytes straight to ``fd`` (a file, pipe or
+        terminal of this process, passed over the socket with SCM_RIGHTS); returns
+        ``{"cid", "bytes"}``. Saves a copy through the socket and this process."""
+        params: dict[str, Any] = {"cid": str(cid), "offset": offset, "to_fd": True}
+        if length is not None:
+            params["length"] = length
+        return self.conn.call("cat", params, pass_fd=fd)
+
+    def get(self, cid: str, path: str | os.PathLike[str], *,
+            progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+        """Write the file or directory tree ``cid`` to ``path``; returns
+        ``{"cid", "files", "bytes", "path"}`` (``path``: where it was written).
+
+        ``path`` must not exist, or be an empty folder: a tree is written into
+        it, a single file as ``path/<cid>``. Each file is written to
+        ``NAME.part`` and renamed when complete; ``progress(nbytes)`` is called
+        as data arrives. On an error nothing written is left behind (an empty
+        folder given as ``path`` is kept, empty).
+
+        Raises:
+            FileExistsError: ``path`` is a file, a link, or a folder that is not
+                empty (the message names its first entry).
+            FileNotFoundError: the parent folder of ``path`` does not exist.
+            RpcError: the daemon's error (e.g. ``not_found``, ``invalid_cid``).
+        """
+        target = Path(path)
+        into_dir = False
+        if target.is_symlink() or (target.exists() and not target.is_dir()):
+            raise FileExistsError(errno.EEXIST, "already exists; choose another -o PATH",
+                                  str(target))
+        if target.is_dir():
+            entries = sorted(os.listdir(target))
+            if entries:
+                raise FileExistsError(
+                    errno.EEXIST, f"the folder is not empty (it holds {entries[0]!r}); "
+                    "get writes into a new or an empty folder", str(target))
+            into_dir = True
+        elif not target.parent.is_dir():
+            raise FileNotFoundError(errno.ENOENT, "parent directory does not exist",
+                                    str(target.parent))
+        out: BinaryIO | None = None
+        seen: set[str] = set()
+        current: Path | None = None
+        written = target
+        files = 0
+        total = 0
+        links: list[tuple[Path, str]] = []
+
+        def finish() -> None:
+            nonlocal out, current
+            if out is not None and current is not None:
+                out.close()
+                os.replace(current.with_name(current.name + ".part"), current)
+            out, current = None, None
+
+        try:
+            for item in self.stream("get", {"cid": str(cid)}):
+                if isinstance(item, dict):
+                    finish()
+                    rel = item["path"]
+                    if rel.startswith("/") or ".." in rel.split("/"):
+                        raise ValueError(f"daemon sent an unsafe path {rel!r}")
+                    if rel in seen:
+                        raise ValueError(f"the directory holds the name {rel!r} twice")
+                    seen.add(rel)
+                    dest = target / rel if rel else target
+                    if not rel and into_dir and item["type"] != "dir":
+                        dest = written = target / str(cid)  # a single file into the folder
+                    if item["type"] == "dir":
+                        dest.mkdir(parents=True, exist_ok=True)
+                    elif item["type"] == "symlink":
+                        # Made last, so no later entry is ever written through a link.
+                        links.append((dest, item.get("target", "")))
+                    else:
+                        dest.parent.mkdir(parents=True, exist_ok=True)
+                        current = dest
+                        out = open(dest.with_name(dest.name + ".part"), "wb")  # noqa: SIM115
+                        files += 1
+                else:
+                    assert out is not None, "file data before a file header"
+                    out.write(item)
+                    total += len(item)
+                    if progress:
+                        progress(len(item))
+            finish()
+            for dest, link_target in links:
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                os.symlink(link_target, dest)
+        except BaseException:
+            if out is not None:
+                out.close()
+                out = None
+            # Leave nothing half-written behind: the target did not exist or was empty.
+            if into_dir:
+                for child in target.iterdir():
+                    if child.is_dir() and not child.is_symlink():
+                        shutil.rmtree(child, ignore_errors=True)
+                    else:
+                        child.unlink(missing_ok=True)
+            elif target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target, ignore_errors=True)
+            else:
+                for leftover in (target, target.with_name(target.name + ".part")):
+                    if leftover.exists() or leftover.is_symlink():
+                        leftover.unlink()
+            raise
+        finally:
+            if out is not None:
+                out.close()
+        return {"cid": str(cid), "files": files, "bytes": total, "path": str(written)}
+
+    # ------------------------------------------------------------------ blocks
+
+    def block_put(self, data: bytes, *, codec: str = "raw", cid_version: int = 1) -> dict[str, Any]:
+        """Store one block (at most 2 MiB); returns ``{"cid", "size"}``."""
+        return self.call("block_put", {"codec": codec, "cid_version": cid_version},
+                         upload=[data] if data else [])
+
+    def block_get(self, cid: str) -> bytes:
+        """The block's bytes."""
+        return b"".join(self.stream("block_get", {"cid": str(cid)}))
+
+    def block_stat(self, cid: str) -> dict[str, Any]:
+        """``{"cid", "size"}``."""
+        return self.call("block_stat", {"cid": str(cid)})
+
+    def block_rm(self, cid: str) -> dict[str, Any]:
+        """Remove an unpinned block."""
+        return self.call("block_rm", {"cid": str(cid)})
+
+    # ------------------------------------------------------------------ CAR
+
+    def dag_import_stream(self, chunks: Iterable[bytes], *, pin_roots: bool = True
+                          ) -> dict[str, Any]:
+        """Import a CAR v1 stream; returns ``{"roots", "blocks", "bytes", "pinned"}``."""
+        return self.call("dag_import", {"pin_roots": pin_roots}, upload=chunks)
+
+    def dag_import(self, path: str | os.PathLike[str], *, pin_roots: bool = True
+                   ) -> dict[str, Any]:
+        """Import a CAR v1 file."""
+        with open(path, "rb") as f:
+            return self.dag_import_stream(_file_chunks(f, None), pin_roots=pin_roots)
+
+    def dag_export(self, cid: str) -> Iterator[bytes]:
+        """The DAG of ``cid`` as CAR v1 bytes (chunks)."""
+        return self.stream("dag_export", {"cid": str(cid)})
+
+    # ------------------------------------------------------------------ pins
+
+    def pin(self, cid: str, *, replicas: int | None = None, rmin: int | None = None,
+            rmax: int | None = None, availability: float | None = None,
+            recursive: bool = True, name: str | None = None,
+            expire_in: float | None = None, wait: bool = False,
+            wait_timeout: float | None = None,
+            progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        """Pin ``cid`` (cluster-wide in a cluster); returns the pin record.
+
+        In a cluster the record says how many holders had it pinned when the
+        pin was written (``holders_pinned`` of ``holders_wanted`` = rmin); the
+        others fetch it afterwards. With ``wait`` (implied by ``wait_timeout``)
+        this returns only once rmin holders report pinned, the record then
+        holding the final ``status``; see ``wait_pinned`` for ``progress``.
+
+        Raises:
+            ValueError: ``wait_timeout`` is not > 0 seconds (before anything is sent).
+            PinWaitTimeout: ``wait_timeout`` seconds passed first.
+            RpcError: the daemon refused the pin (e.g. ``invalid_argument``).
+        """
+        _check_timeout(wait_timeout)
+        params: dict[str, Any] = {"cid": str(cid), "recursive": recursive}
+        params.update(_replication(replicas, rmin, rmax, availability))
+        if name is not None:
+            params["name"] = name
+        if expire_in is not None:
+            params["expire_in"] = expire_in
+        res = self.call("pin_add", params)
+        if wait or wait_timeout is not None:
+            res["status"] = self.wait_pinned(res["cid"], timeout=wait_timeout,
+                                             progress=progress)
+            res["holders_pinned"] = res["status"]["healthy"]
+        return res
+
+    def wait_pinned(self, cid: str, *, timeout: float | None = None,
+                    progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        """Wait until rmin holders of ``cid`` report pinned on alive peers (as
+        ``ipfs-cluster-ctl pin add --wait``); returns the ``status`` record.
+
+        Args:
+            cid: a pinned CID.
+            timeout: seconds (> 0) to wait at most; None waits as long as it takes.
+            progress: called with ``{"pinned", "wanted", "holders"}`` at the start
+                and whenever the count or a holder's state changes.
+
+        Raises:
+            ValueError: ``timeout`` is not > 0.
+            PinWaitTimeout: the timeout passed first; ``.status`` is the last
+                status and the message names the holders behind and their state.
+            RpcError: ``not_pinned`` when the pin is removed meanwhile.
+        """
+        _check_timeout(timeout)
+        params: dict[str, Any] = {"cid": str(cid)}
+        if timeout is not None:
+            params["timeout"] = float(timeout)
+        stream = self.conn.stream("pin_wait", params)
+        for item in stream:
+            if progress is not None:
+                progress(item)
+        res = dict(stream.result)
+        done = res.pop("done", False)
+        if not done:
+            raise PinWaitTimeout(str(cid), timeout or 0.0, res)
+        return res
+
+    def unpin(self, cid: str) -> dict[str, Any]:
+        """Remove the pin of ``cid``."""
+        return self.call("pin_rm", {"cid": str(cid)})
+
+    def pins(self, state: str | None = None) -> Iterator[dict[str, Any]]:
+        """Pins, streamed, optionally only those in ``state``: each a dict with ``cid``,
+        ``name``, ``mode`` and ``state`` (``pinned``, ``incomplete`` with
+        ``blocks_present`` of ``blocks``, or a cluster state; ``pin_error`` with
+        ``error``). ``state="error"`` lists failed pins."""
+        return self.stream("pin_ls", {"state": state} if state else {})
+
+    def status(self, cid: str) -> dict[str, Any]:
+        """``{"cid", "name", "mode", "rmin", "rmax", "healthy", "availability",
+        "local_state", "holders": [...]}``; a holder counts as ``pinned`` only with
+        every block of the pin."""
+        return self.call("pin_status", {"cid": str(cid)})
+
+    # ------------------------------------------------------------------ repo
+
+    def repo_stat(self) -> dict[str, Any]:
+        return self.call("repo_stat")
+
+    def repo_gc(self) -> dict[str, Any]:
+        return self.call("repo_gc")
+
+    def repo_verify(self, *, heal: bool = False) -> dict[str, Any]:
+        return self.call("repo_verify", {"heal": heal})
+
+    # ------------------------------------------------------------------ network
+
+    def peers(self) -> Iterator[dict[str, Any]]:
+        return self.stream("peers_ls")
+
+    def connect(self, multiaddr: str) -> dict[str, Any]:
+        return self.call("peers_connect", {"multiaddr": multiaddr})
+
+    def disconnect(self, peer_id: str) -> dict[str, Any]:
+        return self.call("peers_disconnect", {"peer_id": peer_id})
+
+    # ------------------------------------------------------------------ cluster
+
+    def cluster_peers(self) -> Iterator[dict[str, Any]]:
+        return self.stream("cluster_peers")
+
+    def cluster_status(self) -> dict[str, Any]:
+        return self.call("cluster_status")
+
+    def recover(self, cid: str | None = None) -> dict[str, Any]:
+        """Retry failed (cluster) or incomplete (standalone) pins, one CID or all:
+        ``{"recovered", "cids", "pins": [{"cid", "error", "result"?}]}``."""
+        return self.call("recover", {"cid": cid} if cid else {"all": True})
+
+
+def _check_timeout(timeout: float | None) -> None:
+    if timeout is not None and not 0 < timeout < float("inf"):
+        raise ValueError(f"wait timeout must be > 0 seconds, got {timeout}")
+
+
+class PinWaitTimeout(Exception):
+    """``wait_pinned`` gave up: fewer than rmin holders reported pinned within the
+    timeout. ``.cid``, ``.timeout`` (seconds), ``.status`` (the last ``pin status``
+    record), ``.behind`` (``[(peer_id, state)]`` of holders not pinned)."""
+
+    code = "wait_timeout"
+
+    def __init__(self, cid: str, timeout: float, status: dict[str, Any]) -> None:
+        self.cid = cid
+        self.timeout = timeout
+        self.status = status
+        self.behind = []
+        for h in status.get("holders", []):
+            state = h.get("state", "?")
+            if h.get("peer_status") not in (None, "alive"):
+                state = f"{state}, peer {h['peer_status']}"
+            if h.get("state") != "pinned" or h.get("peer_status") not in (None, "alive"):
+                self.behind.append((h["peer_id"], state))
+        pinned, wanted = status.get("healthy", 0), status.get("rmin", 0)
+        parts = [f"{peer} {state}" for peer, state in self.behind]
+        missing = wanted - pinned - len(self.behind)
+        if missing > 0:
+            parts.append(f"{missing} holder(s) not chosen or not reporting yet")
+        super().__init__(
+            f"{cid}: timed out after {timeout:g} s with {pinned} of {wanted} holders pinned; "
+            f"behind: {'; '.join(parts) or 'none'}")
+
+
+def _dir_header(path: str, kind: str, size: int, **extra: Any) -> bytes:
+    body = msgpack.packb({"path": path, "type": kind, "size": size, **extra})
+    return struct.pack(">I", len(body)) + body
+
+
+class LinkError(ValueError):
+    """A symbolic link under a folder being added cannot be stored as asked:
+    it dangles, leads outside the folder (without ``dereference``), or leads
+    back to a folder that contains it (with ``dereference``)."""
+
+
+def _utf8_name(full: str, rel: str) -> None:
+    try:
+        rel.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{full!r}: the name is not valid UTF-8 "
+                         "(UnixFS names are UTF-8)") from None
+
+
+def _inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def walk_local_tree(root: str | os.PathLike[str], *, dereference: bool = False
+                    ) -> Iterator[tuple[str, str, str, Any]]:
+    """The entries of a local folder in the order ``add_dir`` sends them.
+
+    Yields ``(kind, rel, full, extra)``: ``kind`` is ``"dir"`` (``extra``
+    None; every folder below ``root``, empty ones too), ``"file"`` (``extra``:
+    its size in bytes; read it through ``full``, which may be a link when
+    ``dereference``) or ``"symlink"`` (``extra``: the link's target text).
+    ``rel`` is the ``'/'``-separated path under ``root``; names are sorted.
+
+    Without ``dereference`` a link is yielded as a symlink only when its
+    target is relative and resolves (through any further links) to an
+    existing entry inside ``root``: such a link means the same thing wherever
+    the folder is restored. With ``dereference`` links are followed; a folder
+    reached through a link is walked under the link's name, and a link that
+    leads to a folder containing it is refused, so a cycle never loops.
+
+    Raises:
+        LinkError, ValueError: as ``Client.add_dir`` says.
+        OSError: a folder or link cannot be read.
+    """
+    top = os.fspath(root)
+    top_real = os.path.realpath(top)
+    st = os.stat(top)
+    # (folder path on disk, rel, (dev, inode) of the folders from root down to it)
+    stack: list[tuple[str, str, frozenset[tuple[int, int]]]] = [
+        (top, "", frozenset({(st.st_dev, st.st_ino)}))]
+    hint = "; add -L/--dereference to store the content it points to instead"
+    while stack:
+        folder, rel_dir, ancestors = stack.pop()
+        if rel_dir:
+            yield "dir", rel_dir, folder, None
+        with os.scandir(folder) as it:
+            names = sorted(e.name for e in it)
+        subdirs = []
+        for name in names:
+            full = os.path.join(folder, name)
+            rel = f"{rel_dir}/{name}" if rel_dir else name
+            _utf8_name(full, rel)
+            lst = os.lstat(full)
+            is_link = stat.S_ISLNK(lst.st_mode)
+            target = os.readlink(full) if is_link else None
+            if is_link:
+                try:
+                    st = os.stat(full)
+                except FileNotFoundError:
+                    raise LinkError(f"{full}: symbolic link to {target!r} points to nothing "
+                                    "(a dangling link)") from None
+                except OSError as exc:
+                    if exc.errno == errno.ELOOP:
+                        raise LinkError(f"{full}: symbolic link to {target!r} is a cycle of "
+                                        "links") from None
+                    raise
+                if not dereference:
+                    if os.path.isabs(target):
+                        raise LinkError(f"{full}: symbolic link to the absolute path "
+                                        f"{target!r}; only relative links into the folder "
+                                        f"are stored as links{hint}")
+                    if not _inside(os.path.realpath(full), top_real):
+                        raise LinkError(f"{full}: symbolic link to {target!r} points outside "
+                                        f"{top}; only links into the folder are stored as "
+                                        f"links{hint}")
+                    try:
+                        target.encode("utf-8")
+                    except UnicodeEncodeError:
+                        raise ValueError(f"{full!r}: the link target is not valid UTF-8 "
+                                         "(UnixFS stores it as UTF-8)") from None
+                    yield "symlink", rel, full, target
+                    continue
+            else:
+                st = lst
+            if stat.S_ISDIR(st.st_mode):
+                key = (st.st_dev, st.st_ino)
+                if key in ancestors:
+                    raise LinkError(f"{full}: symbolic link to {target!r} leads back to "
+                                    f"{os.path.realpath(full)}, a folder that contains it "
+                                    "(a cycle); -L cannot follow it")
+                subdirs.append((full, rel, ancestors | {key}))
+            elif stat.S_ISREG(st.st_mode):
+                yield "file", rel, full, st.st_size
+            else:
+                raise ValueError(f"{full}: not a regular file, folder or symbolic link; "
+                                 "only those can be added")
+        stack.extend(reversed(subdirs))

@@ -1,0 +1,643 @@
+"""The RPC methods: what ``pinfold`` commands do inside the daemon.
+
+Each handler takes an RPC ``Call`` (``.params``, ``.upload()``, ``.send()``) and
+returns the final result (a msgpack-able dict). Handlers translate user input
+into blockstore calls; errors raised here carry a ``code`` that the RPC server
+turns into a structured error reply.
+
+Method names and their parameters (the client in ``client.py`` mirrors them):
+
+=================  ===========================================================
+``id``             -> {peer_id, addresses, version}
+``add``            upload: file bytes; params: chunk_size, cid_version,
+                   raw_leaves, max_links, name, pin (default true), rmin, rmax,
+                   availability -> {cid, bytes, blocks, pin}
+``add_dir``        upload: entries framed as [u32 len][msgpack {path, type,
+                   size, target}][size bytes] (type file, dir or symlink; a
+                   symlink has a target and no bytes); same params
+                   -> {cid, bytes, blocks, files, symlinks}
+``cat``            {cid, offset, length} -> stream of bytes -> {bytes}
+``get``            {cid} -> stream of {path, type, size} headers, each file's
+                   header followed by its bytes -> {cid, files, bytes}
+``block_put``      upload: one block; {codec, cid_version} -> {cid, size}
+``block_get``      {cid} -> stream of bytes -> {cid, size}
+``block_stat``     {cid} -> {cid, size}
+``block_rm``       {cid} -> {cid, removed}
+``dag_import``     upload: CAR v1; {pin_roots} -> {roots, blocks, bytes}
+``dag_export``     {cid} -> stream of CAR v1 bytes -> {cid, blocks, bytes}
+``pin_add``        {cid, recursive, name, rmin, rmax, availability, expire_in}
+``pin_rm``         {cid}
+``pin_ls``         {state} -> stream of pin dicts -> {count}; state: a local
+                   state, ``error`` (failed pins, with ``error``) or
+                   ``incomplete`` (pins missing blocks, ``blocks_present``)
+``pin_status``     {cid} -> DESIGN.md contract
+``pin_wait``       {cid, timeout} -> stream of {pinned, wanted, holders} ->
+                   pin_status record + {done}
+``repo_stat``      -> {blocks, bytes, pins, map_used_bytes, ...}
+``repo_gc``        -> {blocks_freed, bytes_freed, seconds}
+``repo_verify``    {heal} -> {checked, corrupt, healed, incomplete}
+``shutdown``       -> {stopping: true}
+=================  ===========================================================
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import struct
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
+
+import msgpack
+import trio
+
+from pinfold.blockstore import car as carfmt
+from pinfold.blockstore import dag as dagmod
+from pinfold.blockstore import unixfs
+from pinfold.blockstore.cid import (
+    CID,
+    DAG_CBOR,
+    DAG_PB,
+    MAX_BLOCK_SIZE,
+    RAW,
+    check_block_size,
+    cid_key,
+    cid_v1,
+    identity_data,
+    is_identity,
+    make_cid,
+    parse_cid,
+)
+from pinfold.blockstore.errors import BlockNotFound, BlockstoreError, PinError
+
+from pinfold.daemon.p2p.streams import UploadReader
+
+if TYPE_CHECKING:
+    from pinfold.daemon.node import Node
+
+log = logging.getLogger("pinfold.api")
+
+#: Bytes of blocks gathered before one write is handed to the writer, and how
+#: many such writes may be in flight: the add pipeline overlaps receiving and
+#: hashing with LMDB commits while bounding memory to about BATCH x INFLIGHT.
+SINK_BATCH_BYTES = 8 * 1024 * 1024
+SINK_INFLIGHT = 3
+#: Largest item a stream sends (CAR export packs small blocks together).
+SEND_CHUNK = 1024 * 1024
+DIR_HEADER_MAX = 64 * 1024
+
+
+class InvalidArgument(BlockstoreError, ValueError):
+    """A request parameter is missing or wrong; the message names it."""
+
+    code = "invalid_argument"
+
+
+def _param(params: dict[str, Any], key: str, kind: type | tuple[type, ...], default: Any = None,
+           *, required: bool = False) -> Any:
+    if key not in params or params[key] is None:
+        if required:
+            raise InvalidArgument(f"missing parameter {key!r}")
+        return default
+    value = params[key]
+    if kind is int and isinstance(value, bool) or not isinstance(value, kind):
+        name = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
+        raise InvalidArgument(f"parameter {key!r} must be {name}, got {value!r}")
+    return value
+
+
+async def send_bytes(call: Any, data: bytes) -> None:
+    """Stream ``data`` as items of at most ``SEND_CHUNK`` bytes (the RPC frame bound)."""
+    if len(data) <= SEND_CHUNK:
+        await call.send(data)
+        return
+    view = memoryview(data)
+    for i in range(0, len(data), SEND_CHUNK):
+        await call.send(view[i:i + SEND_CHUNK])
+
+
+class OutputClosed(BlockstoreError):
+    """The client's output (the file descriptor it passed) was closed by its reader."""
+
+    code = "output_closed"
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+async def _write_fd(fd: int, data: bytes) -> None:
+    """Write ``data`` to a client's file descriptor (blocking, so in a worker thread).
+
+    ``cat`` to a passed descriptor writes the bytes straight to the client's
+    stdout, saving the copy through the socket and the client process.
+    Raises ``OutputClosed`` when the reader went away (EPIPE).
+    """
+    try:
+        await trio.to_thread.run_sync(_write_all, fd, data, abandon_on_cancel=True)
+    except BrokenPipeError as exc:
+        raise OutputClosed("the output was closed before the end of the file") from exc
+
+
+def _cid_param(params: dict[str, Any], key: str = "cid") -> CID:
+    return parse_cid(_param(params, key, str, required=True))
+
+
+class BlockSink:
+    """Hands blocks to the batched writer in large batches, a few in flight.
+
+    ``put`` returns as soon as the blocks are queued (bounded by SINK_INFLIGHT
+    pending writes); ``flush`` waits until every queued block is committed.
+    Every block is registered with ``protection`` first, so GC cannot delete it
+    between its commit and the pin that follows. The blocks a write newly
+    stored (absent before it) are appended to ``created``, so a request that
+    fails can remove them (``discard_created``).
+    """
+
+    def __init__(self, node: Node, nursery: trio.Nursery, protection: Any,
+                 created: list[CID] | None = None) -> None:
+        self._node = node
+        self._nursery = nursery
+        self._protection = protection
+        self.created: list[CID] = created if created is not None else []
+        self._batch: list[tuple[CID, bytes]] = []
+        self._batch_bytes = 0
+        self._slots = trio.Semaphore(SINK_INFLIGHT)
+        self.blocks = 0
+        self.bytes = 0
+
+    async def put(self, blocks: list[tuple[CID, bytes]]) -> None:
+        for cid, data in blocks:
+            if is_identity(cid):
+                continue
+            self._protection.add(cid)
+            self._batch.append((cid, data))
+            self._batch_bytes += len(data)
+            self.blocks += 1
+            self.bytes += len(data)
+        if self._batch_bytes >= SINK_BATCH_BYTES:
+            await self._submit()
+
+    async def _submit(self) -> None:
+        if not self._batch:
+            return
+        batch, self._batch, self._batch_bytes = self._batch, [], 0
+        await self._slots.acquire()
+
+        async def write() -> None:
+            try:
+                # Shielded, so a failing or cancelled request still learns which blocks
+                # this batch created (at most SINK_BATCH_BYTES of one write to wait for).
+                with trio.CancelScope(shield=True):
+                    new = await self._node.writer.submit(
+                        lambda t: _put_new(t, batch), nbytes=sum(len(d) for _, d in batch))
+                self.created.extend(new)
+                self._node.blocks_added([cid for cid, _ in batch])
+            finally:
+                self._slots.release()
+
+        self._nursery.start_soon(write)
+
+    async def flush(self) -> None:
+        await self._submit()
+        for _ in range(SINK_INFLIGHT):
+            await self._slots.acquire()
+        for _ in range(SINK_INFLIGHT):
+            self._slots.release()
+
+
+def _put_new(txn: Any, batch: list[tuple[CID, bytes]]) -> list[CID]:
+    """Store ``batch`` in ``txn``; return the CIDs that were not stored before."""
+    new = [cid for cid, _ in batch if not txn.has(cid)]
+    txn.put_many(batch)
+    return new
+
+
+async def discard_created(node: Node, created: list[CID]) -> int:
+    """Delete blocks a failed request stored, unless a pin or a live protection
+    (another add, a fetch) holds them by now; returns how many were deleted.
+
+    Checked inside the writer's transaction, as GC checks, so a block another
+    request registered first is kept. Shielded from cancellation; never raises
+    (what cannot be deleted now stays for GC).
+    """
+    if not created:
+        return 0
+    protections = node.store.protections
+
+    def drop(txn: Any) -> int:
+        return sum(1 for cid in created if txn.refcount(cid) == 0
+                   and not protections.is_protected(cid_key(cid)) and txn.delete(cid))
+
+    try:
+        with trio.CancelScope(shield=True):
+            return await node.writer.submit(drop)
+    except Exception as exc:  # noqa: BLE001 - the request's own error is what matters
+        log.warning("could not remove %d blocks of a failed request (GC will): %s",
+                    len(created), exc)
+        return 0
+
+
+@asynccontextmanager
+async def undo_on_failure(node: Node) -> AsyncIterator[list[CID]]:
+    """A list for ``BlockSink(created=...)``: if the block raises (an error, a cancel),
+    the blocks it newly stored are removed again (``discard_created``), so a failed
+    add or CAR import leaves the store as it found it."""
+    created: list[CID] = []
+    try:
+        yield created
+    except BaseException:
+        await discard_created(node, created)
+        raise
+
+
+def _import_params(node: Node, params: dict[str, Any]) -> unixfs.ImportParams:
+    d = node.config.import_
+    cid_version = _param(params, "cid_version", int, d.cid_version)
+    raw_default = d.raw_leaves if cid_version == d.cid_version else cid_version == 1
+    if cid_version == 0 and "chunk_size" not in params and d.cid_version != 0:
+        base = unixfs.ImportParams.kubo_classic()
+        chunk, links = base.chunk_size, base.max_links
+    else:
+        chunk, links = d.chunk_size_bytes, d.max_links
+    try:
+        return unixfs.ImportParams(
+            chunk_size=_param(params, "chunk_size", int, chunk),
+            cid_version=cid_version,
+            raw_leaves=_param(params, "raw_leaves", bool, raw_default),
+            max_links=_param(params, "max_links", int, links),
+        )
+    except ValueError as exc:
+        raise InvalidArgument(str(exc)) from exc
+
+
+class Api:
+    """The handlers, bound to one node."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    def handlers(self) -> dict[str, Callable[[Any], Awaitable[Any]]]:
+        """Method name -> handler, for the RPC server."""
+        names = ["id", "add", "add_dir", "cat", "get", "block_put", "block_get", "block_stat",
+                 "block_rm", "dag_import", "dag_export", "pin_add", "pin_rm", "pin_ls",
+                 "pin_status", "pin_wait", "repo_stat", "repo_gc", "repo_verify", "shutdown"]
+        table = {name: getattr(self, name) for name in names}
+        table.update(self.node.extra_handlers())
+        return table
+
+    # ------------------------------------------------------------------ basics
+
+    async def id(self, call: Any) -> dict[str, Any]:
+        return self.node.identity_info()
+
+    async def shutdown(self, call: Any) -> dict[str, Any]:
+        self.node.request_stop()
+        return {"stopping": True}
+
+    # ------------------------------------------------------------------ add
+
+    async def _import_file(self, sink: BlockSink, chunks: AsyncIterator[bytes],
+                           params: unixfs.ImportParams) -> tuple[CID, int, int]:
+        """Import one file; returns (root CID, file size in bytes, Tsize of the root in bytes)."""
+        importer = unixfs.FileImporter(params)
+        async for chunk in chunks:
+            blocks = importer.feed(chunk)
+            if blocks:
+                await sink.put(blocks)
+            self.node.metrics.add_bytes.inc(len(chunk))
+        blocks, root, size = importer.finish()
+        await sink.put(blocks)
+        return root, size, importer.root_tsize
+
+    def _early_pin_opts(self, call: Any) -> dict[str, Any] | None:
+        """The pin options of an ``add``/``add_dir``, checked before its upload is
+        read. It pins unless ``pin`` is false (as Kubo's ``add``); pin options
+        without the pin are refused, not dropped; a bad or impossible pin request
+        is refused at once, not after the data arrived. None: no pin."""
+        if not _param(call.params, "pin", bool, True):
+            given = [k for k in ("name", "rmin", "rmax", "availability", "expire_in")
+                     if call.params.get(k) is not None]
+            if given:
+                raise InvalidArgument(f"{', '.join(given)} set but pin is false: these are "
+                                      "options of the pin")
+            return None
+        opts = self._pin_opts(call)
+        self.node.check_pin_request(**opts)
+        return opts
+
+    async def add(self, call: Any) -> dict[str, Any]:
+        params = _import_params(self.node, call.params)
+        pin_opts = self._early_pin_opts(call)
+        async with undo_on_failure(self.node) as created:
+            with self.node.store.protect() as protection:
+                async with trio.open_nursery() as nursery:
+                    sink = BlockSink(self.node, nursery, protection, created)
+                    root, size, _ = await self._import_file(sink, call.upload(), params)
+                    await sink.flush()
+                result = {"cid": str(root), "bytes": size, "blocks": sink.blocks}
+                if pin_opts is not None:
+                    result["pin"] = await self.node.pin(root, recursive=True, **pin_opts)
+        return result
+
+    async def add_dir(self, call: Any) -> dict[str, Any]:
+        params = _import_params(self.node, call.params)
+        pin_opts = self._early_pin_opts(call)
+        builder = unixfs.DirectoryBuilder(params)
+        reader = UploadReader(call.upload())
+        files = 0
+        links = 0
+        total = 0
+        async with undo_on_failure(self.node) as created:
+            with self.node.store.protect() as protection:
+                async with trio.open_nursery() as nursery:
+                    sink = BlockSink(self.node, nursery, protection, created)
+                    while not await reader.at_eof():
+                        (hlen,) = struct.unpack(">I", await reader.read_exactly(4))
+                        if hlen > DIR_HEADER_MAX:
+                            raise InvalidArgument(
+                                f"directory entry header of {hlen} bytes is too large")
+                        try:
+                            header = msgpack.unpackb(await reader.read_exactly(hlen))
+                            path = _param(header, "path", str, required=True)
+                            kind = _param(header, "type", str, required=True)
+                            size = _param(header, "size", int, 0)
+                        except (ValueError, msgpack.UnpackException) as exc:
+                            raise InvalidArgument(f"bad directory entry header: {exc}") from exc
+                        try:
+                            if kind == "dir":
+                                builder.add_dir(path)
+                                continue
+                            if kind == "symlink":
+                                target = _param(header, "target", str, required=True)
+                                await sink.put([builder.add_symlink(path, target)])
+                                links += 1
+                                continue
+                            if kind != "file" or size < 0:
+                                raise InvalidArgument(
+                                    f"bad directory entry {path!r}: type {kind!r}")
+
+                            async def body(n: int = size) -> AsyncIterator[bytes]:
+                                left = n
+                                while left:
+                                    piece = await reader.read_some(min(left, 1 << 20))
+                                    if not piece:
+                                        raise InvalidArgument(f"upload ended inside {path!r}")
+                                    left -= len(piece)
+                                    yield piece
+
+                            root, fsize, tsize = await self._import_file(sink, body(), params)
+                            builder.add_file(path, root, fsize, tsize)
+                        except ValueError as exc:
+                            raise InvalidArgument(str(exc)) from exc
+                        files += 1
+                        total += size
+                    blocks, root = builder.finish()
+                    await sink.put(blocks)
+                    await sink.flush()
+                result = {"cid": str(root), "bytes": total, "blocks": sink.blocks,
+                          "files": files, "symlinks": links}
+                if pin_opts is not None:
+                    result["pin"] = await self.node.pin(root, recursive=True, **pin_opts)
+        return result
+
+    # ------------------------------------------------------------------ read
+
+    async def cat(self, call: Any) -> dict[str, Any]:
+        cid = _cid_param(call.params)
+        offset = _param(call.params, "offset", int, 0)
+        length = _param(call.params, "length", int, None)
+        if offset < 0 or (length is not None and length < 0):
+            raise InvalidArgument("offset and length must be >= 0")
+        to_fd = _param(call.params, "to_fd", bool, False)
+        fd = call.take_fd() if to_fd else None
+        if to_fd and fd is None:
+            raise InvalidArgument("to_fd is set but no file descriptor came with the request")
+        sent = 0
+        try:
+            async with self.node.prefetcher() as prefetch:
+                async for chunk in unixfs.cat(self.node.get_block, cid, offset, length,
+                                              prefetch=prefetch):
+                    if fd is None:
+                        await send_bytes(call, chunk)
+                    else:
+                        await _write_fd(fd, chunk)
+                    sent += len(chunk)
+        finally:
+            if fd is not None:
+                os.close(fd)
+        self.node.metrics.cat_bytes.inc(sent)
+        return {"cid": str(cid), "bytes": sent}
+
+    async def get(self, call: Any) -> dict[str, Any]:
+        cid = _cid_param(call.params)
+        files = 0
+        sent = 0
+        async for entry in unixfs.walk_tree(self.node.get_block, cid):
+            header: dict[str, Any] = {"path": entry.path, "type": entry.kind,
+                                      "size": entry.size or 0}
+            if entry.kind == "symlink":
+                target = entry.target
+                header["target"] = target.decode("utf-8", "replace") if isinstance(
+                    target, bytes) else str(target)
+            await call.send(header)
+            if entry.kind == "file":
+                files += 1
+                async with self.node.prefetcher() as prefetch:
+                    async for chunk in unixfs.cat(self.node.get_block, entry.cid,
+                                                  prefetch=prefetch):
+                        await send_bytes(call, chunk)
+                        sent += len(chunk)
+        self.node.metrics.cat_bytes.inc(sent)
+        return {"cid": str(cid), "files": files, "bytes": sent}
+
+    # ------------------------------------------------------------------ blocks
+
+    async def block_put(self, call: Any) -> dict[str, Any]:
+        codec_name = _param(call.params, "codec", str, "raw")
+        codecs = {"raw": RAW, "dag-pb": DAG_PB, "dag-cbor": DAG_CBOR}
+        if codec_name not in codecs:
+            raise InvalidArgument(f"codec must be one of {', '.join(codecs)}, got {codec_name!r}")
+        version = _param(call.params, "cid_version", int, 1)
+        if version not in (0, 1):
+            raise InvalidArgument(f"cid_version must be 0 or 1, got {version}")
+        buf = bytearray()
+        async for chunk in call.upload():
+            buf += chunk
+            check_block_size(len(buf), MAX_BLOCK_SIZE)
+        data = bytes(buf)
+        if codec_name == "dag-pb":
+            try:
+                dagmod.links(make_cid(data, DAG_PB), data)
+            except ValueError as exc:
+                raise InvalidArgument(f"not a valid dag-pb block: {exc}") from exc
+        cid = make_cid(data, codecs[codec_name], version=version)
+        await self.node.writer.put_many([(cid, data)])
+        self.node.blocks_added([cid])
+        return {"cid": str(cid), "size": len(data)}
+
+    async def block_get(self, call: Any) -> dict[str, Any]:
+        cid = _cid_param(call.params)
+        data = await self.node.get_block(cid)
+        await send_bytes(call, data)
+        return {"cid": str(cid), "size": len(data)}
+
+    async def block_stat(self, call: Any) -> dict[str, Any]:
+        cid = _cid_param(call.params)
+        if is_identity(cid):
+            return {"cid": str(cid), "size": len(identity_data(cid))}
+        if not self.node.store.has(cid):
+            await self.node.get_block(cid)
+        return {"cid": str(cid), "size": self.node.store.get_size(cid)}
+
+    async def block_rm(self, call: Any) -> dict[str, Any]:
+        cid = _cid_param(call.params)
+
+        def rm(t: Any) -> bool:
+            if t.refcount(cid) > 0:
+                raise PinError(f"block {cid} is held by a pin; unpin it first")
+            if not t.has(cid):
+                raise BlockNotFound(cid)
+            return t.delete(cid)
+
+        removed = await self.node.writer.submit(rm)
+        return {"cid": str(cid), "removed": bool(removed)}
+
+    # ------------------------------------------------------------------ CAR
+
+    async def dag_import(self, call: Any) -> dict[str, Any]:
+        pin_roots = _param(call.params, "pin_roots", bool, True)
+        reader = carfmt.CarReader()
+        async with undo_on_failure(self.node) as created:
+            with self.node.store.protect() as protection:
+                async with trio.open_nursery() as nursery:
+                    sink = BlockSink(self.node, nursery, protection, created)
+                    async for chunk in call.upload():
+                        await sink.put(reader.feed(chunk))
+                    reader.finish()
+                    await sink.flush()
+                roots = list(reader.roots)
+                pins = []
+                if pin_roots:
+                    for root in roots:
+                        pins.append(await self.node.pin(root, recursive=True, fetch=False))
+        return {"roots": [str(r) for r in roots], "blocks": sink.blocks, "bytes": sink.bytes,
+                "pinned": len(pins)}
+
+    async def dag_export(self, call: Any) -> dict[str, Any]:
+        root = _cid_param(call.params)
+        await self.node.ensure_dag(root)
+        pending = bytearray(carfmt.car_header([root]))
+        blocks = 0
+        total = 0
+        async for cid in dagmod.walk(self.node.get_block, root, has_block=self.node.has_block):
+            data = await self.node.get_block(cid)
+            pending += carfmt.car_section(cid, data)
+            blocks += 1
+            if len(pending) >= SEND_CHUNK:
+                total += len(pending)
+                await send_bytes(call, bytes(pending))
+                pending.clear()
+        if pending:
+            total += len(pending)
+            await send_bytes(call, bytes(pending))
+        return {"cid": str(root), "blocks": blocks, "bytes": total}
+
+    # ------------------------------------------------------------------ pins
+
+    def _pin_opts(self, call: Any) -> dict[str, Any]:
+        p = call.params
+        opts: dict[str, Any] = {}
+        for key in ("rmin", "rmax"):
+            v = _param(p, key, int, None)
+            if v is not None:
+                if v < 1:
+                    raise InvalidArgument(f"{key} must be >= 1, got {v}")
+                opts[key] = v
+        if "rmin" in opts and "rmax" in opts and opts["rmax"] < opts["rmin"]:
+            raise InvalidArgument(f"rmax ({opts['rmax']}) must be >= rmin ({opts['rmin']})")
+        avail = _param(p, "availability", (int, float), None)
+        if avail is not None:
+            if not 0.0 < float(avail) < 1.0:
+                raise InvalidArgument(f"availability must be in (0, 1), got {avail}")
+            opts["availability"] = float(avail)
+        name = _param(p, "name", str, None)
+        if name is not None:
+            if len(name) > 255:
+                raise InvalidArgument("name must be at most 255 characters")
+            opts["name"] = name
+        expire_in = _param(p, "expire_in", (int, float), None)
+        if expire_in is not None:
+            if expire_in <= 0:
+                raise InvalidArgument(f"expire_in must be > 0 seconds, got {expire_in}")
+            opts["expire_at"] = time.time() + float(expire_in)
+        return opts
+
+    async def pin_add(self, call: Any) -> dict[str, Any]:
+        cid = _cid_param(call.params)
+        recursive = _param(call.params, "recursive", bool, True)
+        return await self.node.pin(cid, recursive=recursive, **self._pin_opts(call))
+
+    async def pin_wait(self, call: Any) -> dict[str, Any]:
+        """Wait until ``rmin`` holders of ``cid`` report pinned on alive peers.
+
+        Params: ``cid``; ``timeout`` (seconds > 0, optional: no limit). Streams
+        ``{"pinned", "wanted", "holders"}`` each time the count or a holder's
+        state changes; returns the ``pin_status`` record with ``done`` (False:
+        the timeout passed first). Raises ``NotPinned`` if the pin is removed.
+        """
+        cid = _cid_param(call.params)
+        timeout = _param(call.params, "timeout", (int, float), None)
+        if timeout is not None and not 0 < timeout < math.inf:
+            raise InvalidArgument(f"timeout must be > 0 seconds, got {timeout}")
+        last: dict[str, Any] | None = None
+        st = await self.node.pin_status(cid)
+        with trio.move_on_after(math.inf if timeout is None else float(timeout)):
+            while True:
+                st = await self.node.pin_status(cid)
+                progress = {"pinned": st["healthy"], "wanted": st["rmin"],
+                            "holders": [{k: h.get(k) for k in ("peer_id", "state", "peer_status")}
+                                        for h in st["holders"]]}
+                if progress != last:
+                    await call.send(progress)
+                    last = progress
+                if st["healthy"] >= st["rmin"]:
+                    return {**st, "done": True}
+                # Woken by any change; the bound re-reads peers turning suspect or dead.
+                await self.node.wait_pin_change(0.5)
+        return {**st, "done": False}
+
+    async def pin_rm(self, call: Any) -> dict[str, Any]:
+        cid = _cid_param(call.params)
+        return await self.node.unpin(cid)
+
+    async def pin_ls(self, call: Any) -> dict[str, Any]:
+        state = _param(call.params, "state", str, None)
+        count = 0
+        async for item in self.node.pin_list(state):
+            await call.send(item)
+            count += 1
+        return {"count": count}
+
+    async def pin_status(self, call: Any) -> dict[str, Any]:
+        return await self.node.pin_status(_cid_param(call.params))
+
+    # ------------------------------------------------------------------ repo
+
+    async def repo_stat(self, call: Any) -> dict[str, Any]:
+        return await self.node.repo_stat()
+
+    async def repo_gc(self, call: Any) -> dict[str, Any]:
+        return await self.node.gc()
+
+    async def repo_verify(self, call: Any) -> dict[str, Any]:
+        heal = _param(call.params, "heal", bool, False)
+        return await self.node.verify(heal=heal)
+
+
+__all__ = ["Api", "InvalidArgument", "cid_v1"]

@@ -1,0 +1,707 @@
+"""The node: composes store, writer, RPC server, metrics (and, when configured,
+the libp2p host, Bitswap and the replication manager) and runs them in one
+trio nursery, in dependency order (STYLE.md 4).
+
+``run_daemon(home)`` is ``pinfold daemon``: it refuses a second daemon on the
+same home (the store's lock and the live socket), stops cleanly on SIGINT or
+SIGTERM or the ``shutdown`` RPC (in-flight writes finish or roll back; nothing
+committed is lost), and tells systemd when it is ready (``sd_notify``).
+
+The store must be the one the home used: ``<home>/store.json`` records its
+ID, so a start on a home whose store is missing, or was replaced by an empty
+one, is refused unless ``allow_empty_store`` says to begin again empty. While
+running, the store's files are checked every ``STORE_CHECK_INTERVAL_S``
+seconds (and before every commit); if they were removed or replaced the
+daemon stops with an error instead of writing into a file nobody will read.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import signal
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import asdict, is_dataclass
+from importlib.metadata import version as _dist_version
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from pinfold.blockstore import dag as dagmod
+from pinfold.blockstore.cid import CID, cid_key, identity_data, is_identity, parse_cid
+from pinfold.blockstore.errors import BlockNotFound, NotPinned, StoreGone
+from pinfold.blockstore.lmdbstore import LmdbBlockStore
+from pinfold.blockstore.writer import BatchWriter
+from pinfold.config import Config, ConfigError
+
+from pinfold.daemon.home import Home, HomeError, StoreRecord, resolve_home
+from pinfold.daemon.metrics import Metrics, counter, gauge, gauge_by
+
+log = logging.getLogger("pinfold.node")
+
+#: Seconds between checks that the store's files are still the ones opened.
+STORE_CHECK_INTERVAL_S = 2.0
+#: Least seconds between rewrites of ``store.json``'s counts while they change.
+STORE_RECORD_EVERY_S = 10.0
+
+try:
+    VERSION = _dist_version("pinfold")
+except Exception:  # running from a source tree without metadata
+    VERSION = "0.0.0"
+
+
+def _jsonable(value: Any) -> Any:
+    if is_dataclass(value):
+        value = asdict(value)
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, CID):
+        return str(value)
+    return value
+
+
+def pin_record_dict(rec: Any, present: int | None = None) -> dict[str, Any]:
+    """A pin record as the RPC and CLI show it (CID as text).
+
+    Args:
+        rec: a ``PinRecord``.
+        present: how many of its ``rec.blocks`` blocks are in the store (None:
+            not checked). A pin short of blocks has state ``incomplete`` and
+            ``blocks_present``; otherwise its state is ``pinned``.
+    """
+    d = _jsonable(rec)
+    d["cid"] = str(rec.cid)
+    d["state"] = "pinned"
+    if present is not None and present < rec.blocks:
+        d["state"] = "incomplete"
+        d["blocks_present"] = present
+    return d
+
+
+class Node:
+    """One pinfold node. Build with ``Node(home, config)``, run with ``await nursery.start(node.run)``.
+
+    ``allow_empty_store``: start even if the store this home used is missing
+    or was replaced by an empty one (``pinfold daemon --allow-empty-store``).
+    """
+
+    def __init__(self, home: Home, config: Config, *, allow_empty_store: bool = False) -> None:
+        self.home = home
+        self.config = config
+        self.allow_empty_store = allow_empty_store
+        self.metrics = Metrics()
+        self.store: LmdbBlockStore | None = None
+        self.writer: BatchWriter | None = None
+        self.socket_path = home.socket_path(config)
+        self.metrics_address: tuple[str, int] | None = None
+        self.started_at = time.time()
+        self._stop = trio.Event()
+        self.peer_id = ""
+        self.addresses: list[str] = []
+        # The network side (host + Bitswap); None only in tests that build a bare node.
+        self.network: Any = None
+        self.fetcher: Any = None
+        # The replication manager and its transport (pinfold/daemon/cluster.py) when cluster.name is set.
+        self.cluster: Any = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def request_stop(self) -> None:
+        """Ask the node to stop; ``run`` returns after a clean shutdown."""
+        self._stop.set()
+
+    def extra_handlers(self) -> dict[str, Callable[[Any], Any]]:
+        """RPC methods contributed by optional components (network, cluster)."""
+        table = self.network.handlers() if self.network is not None else {}
+        if self.cluster is not None:
+            table.update(self.cluster.handlers())
+        else:
+            table.update(standalone_cluster_handlers(self))
+        return table
+
+    def apply_config(self, config: Config) -> None:
+        """Live keys of a reload (``pinfold/daemon/service.py``): the cluster's trust and
+        replication, and who may fetch (``bitswap.serve``, ``cluster.trusted_peers``):
+        wants held for peers refused now are dropped."""
+        self.config = config
+        if self.cluster is not None:
+            self.cluster.apply_config(config)
+        if self.network is not None:
+            self.network.bitswap.recheck_serve()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Open everything, serve until stopped, then close in reverse order."""
+        from pinfold.daemon.api import Api
+        from pinfold.daemon.p2p.identity import load_identity, peer_id_of
+        from pinfold.daemon.rpc.server import RpcLimits, RpcServer, RpcServerError, resolve_group
+
+        keypair = load_identity(self.home.identity_path)
+        self.peer_id = peer_id_of(keypair).to_base58()
+        bs = self.config.blockstore
+        self.store = await trio.to_thread.run_sync(self._open_store)
+        try:
+            from pinfold.daemon.cluster import Cluster, replication_metric_families
+            from pinfold.daemon.network import Network
+
+            self.writer = BatchWriter(self.store, max_batch_bytes=16 * 1024 * 1024)
+            self.network = Network(self, keypair)
+            self.fetcher = self.network
+            if self.config.cluster.name:
+                self.cluster = Cluster(self, keypair)
+                # bitswap.serve = "cluster" (read live by the filter): only members fetch.
+                self.network.bitswap.set_serve_filter(self.cluster.may_fetch)
+            self._register_metrics()
+            self.metrics.add_source(self.network.metric_families)
+            self.metrics.add_source(lambda: replication_metric_families(self))
+            if self.config.metrics.listen:
+                try:
+                    self.metrics_address = self.metrics.serve(self.config.metrics.listen)
+                except OSError as exc:
+                    raise ConfigError("metrics.listen", f"{self.config.metrics.listen}: "
+                                      f"{exc.strerror or exc}") from exc
+            api = Api(self)
+            server = RpcServer(self.socket_path, api.handlers(), daemon_version=VERSION,
+                               group=resolve_group(self.config.rpc.allowed_group),
+                               limits=RpcLimits(max_connections=self.config.rpc.max_connections),
+                               on_request_done=self.metrics.rpc_done)
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self.writer.run)
+                await nursery.start(self.network.run)
+                self.addresses = self.network.addresses()
+                if self.cluster is not None:
+                    await nursery.start(self.cluster.run)
+                try:
+                    await nursery.start(server.run)
+                except RpcServerError as exc:
+                    # The socket is this daemon's other listen address: name its key.
+                    raise RpcServerError(exc.code, f"rpc.socket: {exc} (set rpc.socket in "
+                                         f"{self.home.config_path})") from exc
+                if bs.gc_interval_s > 0:
+                    nursery.start_soon(self._gc_loop, bs.gc_interval_s)
+                nursery.start_soon(self._watch_store, STORE_CHECK_INTERVAL_S)
+                log.info("pinfold %s ready: peer %s, socket %s, metrics %s", VERSION,
+                         self.peer_id, self.socket_path,
+                         "%s:%d" % self.metrics_address if self.metrics_address else "off")
+                task_status.started()
+                await self._stop.wait()
+                log.info("stopping")
+                nursery.cancel_scope.cancel()
+            self._check_store_files()
+            self._record_store()
+        finally:
+            self.metrics.close()
+            store, self.store = self.store, None
+            if store is not None:
+                store.close()
+
+    def _open_store(self) -> LmdbBlockStore:
+        """Open the home's store, refusing one that is not the store this home used.
+
+        Raises:
+            HomeError: ``store.json`` names a store, and the store is missing or
+                is another, empty one (unless ``allow_empty_store``).
+            StoreLocked, BlockstoreError: as ``LmdbBlockStore``.
+        """
+        bs = self.config.blockstore
+        path = self.home.store_path
+        record = self.home.read_store_record()
+        choices = (f"Restore the store directory from a backup (README, \"Back up and "
+                   f"restore\"), or start with an empty store: `pinfold --home "
+                   f"{self.home.root} daemon --allow-empty-store` (in a cluster the other "
+                   "peers re-replicate the pins this node held; standalone, its data is gone)")
+        if (record is not None and not (path / "data.mdb").exists()
+                and not self.allow_empty_store):
+            raise HomeError(f"the blockstore {path} is missing (no data.mdb), but this home "
+                            f"used {record.describe()}, recorded in "
+                            f"{self.home.store_record_path}. {choices}")
+        store = LmdbBlockStore(path, max_size_bytes=bs.max_size_bytes, sync=bs.sync)
+        try:
+            if record is not None and record.store_id != store.store_id:
+                empty = store.stat().blocks == 0 and not any(store.pin_counts().values())
+                if self.allow_empty_store:
+                    log.warning("starting with the store %s (id %s) as --allow-empty-store "
+                                "asked; this home used %s", path, store.store_id,
+                                record.describe())
+                elif empty:
+                    raise HomeError(f"the blockstore {path} is empty and is not the store this "
+                                    f"home used: it is store {store.store_id}, this home used "
+                                    f"{record.describe()}, recorded in "
+                                    f"{self.home.store_record_path}. {choices}")
+                else:
+                    log.warning("the blockstore %s is store %s, not the one this home used "
+                                "(%s); it holds data, so it is used from now on", path,
+                                store.store_id, record.describe())
+            self._record_store(store)
+        except BaseException:
+            store.close()
+            raise
+        return store
+
+    def _record_store(self, store: LmdbBlockStore | None = None) -> None:
+        """Write ``store.json``: the store's ID and what it holds now.
+
+        A failure (a full disk) is logged, not raised: the daemon keeps running,
+        and the record is written again at the next chance.
+        """
+        store = store or self.store
+        assert store is not None
+        old = self.home.read_store_record()
+        first_seen = old.first_seen if old and old.store_id == store.store_id else time.time()
+        st = store.stat()
+        try:
+            self.home.write_store_record(StoreRecord(
+                store_id=store.store_id, first_seen=first_seen, updated=time.time(),
+                blocks=st.blocks, bytes=st.bytes, pins=sum(store.pin_counts().values())))
+        except OSError as exc:
+            log.warning("cannot write %s: %s", self.home.store_record_path,
+                        exc.strerror or exc)
+
+    def _check_store_files(self) -> None:
+        """Stop the daemon if the store's files were removed or replaced.
+
+        Raises:
+            StoreGone: with what to do next.
+        """
+        assert self.store is not None
+        try:
+            self.store.check_files()
+        except StoreGone as exc:
+            raise StoreGone(f"{exc}. The daemon stops: put the store back (from a backup if "
+                            f"need be) and start it again, or start with an empty store: "
+                            f"`pinfold --home {self.home.root} daemon --allow-empty-store`"
+                            ) from None
+
+    async def _watch_store(self, interval_s: float) -> None:
+        """Check the store's files every ``interval_s`` seconds; keep ``store.json``'s
+        counts current (rewritten when they changed, at most every ``STORE_RECORD_EVERY_S``)."""
+        store = self.store
+        assert store is not None
+
+        def counts() -> tuple[int, int, int]:
+            st = store.stat()
+            return st.blocks, st.bytes, sum(store.pin_counts().values())
+
+        recorded_at = trio.current_time()
+        last = counts()
+        while True:
+            await trio.sleep(interval_s)
+            self._check_store_files()
+            now = counts()
+            if now != last and trio.current_time() - recorded_at >= STORE_RECORD_EVERY_S:
+                try:
+                    self._record_store()
+                except HomeError as exc:  # store.json became unreadable meanwhile
+                    log.warning("%s", exc)
+                last, recorded_at = now, trio.current_time()
+
+    async def _gc_loop(self, interval_s: float) -> None:
+        while True:
+            await trio.sleep(interval_s)
+            await self.gc()
+
+    # ------------------------------------------------------------------ info
+
+    def identity_info(self) -> dict[str, Any]:
+        metrics = "%s:%d" % self.metrics_address if self.metrics_address else ""
+        return {"peer_id": self.peer_id, "addresses": list(self.addresses), "version": VERSION,
+                "metrics": metrics, "socket": str(self.socket_path)}
+
+    def _register_metrics(self) -> None:
+        store = self.store
+        writer = self.writer
+        assert store is not None and writer is not None
+
+        def store_metrics():
+            st = store.stat()
+            yield gauge("pinfold_blockstore_blocks", "Blocks stored", st.blocks)
+            yield gauge("pinfold_blockstore_data_bytes", "Bytes of block data stored", st.bytes)
+            yield gauge("pinfold_blockstore_map_used_bytes", "LMDB map bytes in use",
+                        st.map_used_bytes)
+            yield gauge("pinfold_blockstore_map_size_bytes", "Current LMDB map size",
+                        st.map_size_bytes)
+            yield gauge("pinfold_blockstore_max_size_bytes", "Configured LMDB map ceiling",
+                        st.max_size_bytes)
+            counts = {"recursive": 0, "direct": 0}
+            counts.update(store.pin_counts())
+            yield gauge_by("pinfold_pins", "Local pins by type", "type", counts)
+            ws = writer.statistics()
+            yield counter("pinfold_blockstore_write_batches", "Write transactions committed",
+                          ws.batches)
+            yield gauge("pinfold_blockstore_write_queue_length", "Write requests waiting",
+                        ws.queue_length)
+
+        self.metrics.add_source(store_metrics)
+
+        def serve_metrics():
+            refused = self.network.bitswap.statistics().refused_wants if self.network else 0
+            yield counter("pinfold_bitswap_refused_wants", "Wants from peers not allowed to "
+                          "fetch (bitswap.serve = \"cluster\" and not a cluster member), "
+                          "dropped unanswered", refused)
+
+        self.metrics.add_source(serve_metrics)
+
+    # ------------------------------------------------------------------ blocks
+
+    def has_block(self, cid: CID) -> bool:
+        """True if the block is local (identity CIDs always are)."""
+        return is_identity(cid) or self.store.has(cid)
+
+    def blocks_added(self, cids: list[CID]) -> None:
+        """Tell the exchange that blocks were stored outside it (peers may be waiting)."""
+        if self.network is not None:
+            self.network.bitswap.blocks_added(cids)
+
+    async def get_block(self, cid: CID) -> bytes:
+        """The block's bytes, from the store or (when a network is attached) from peers.
+
+        Raises:
+            BlockNotFound: not local and no network, or a ``FetchTimeout`` subclass
+                when no peer had it in time.
+        """
+        if is_identity(cid):
+            return identity_data(cid)
+        try:
+            return self.store.get(cid)
+        except BlockNotFound:
+            if self.fetcher is None:
+                raise
+        return await self.fetcher.get_block(cid)
+
+    @asynccontextmanager
+    async def prefetcher(self) -> AsyncIterator[Callable[[list[CID]], None]]:
+        """A ``prefetch(cids)`` callback for ``unixfs.cat``: missing blocks are wanted
+        from peers in the background as soon as their parent is read, so a remote
+        file streams without a round trip per block. Pending wants are cancelled
+        when the context exits."""
+        if self.fetcher is None:
+            yield lambda cids: None
+            return
+
+        async def drain(cids: list[CID]) -> None:
+            try:
+                async for _ in self.fetcher.bitswap.fetch_blocks(cids):
+                    pass
+            except Exception as exc:  # the reader's own get_block reports failures
+                log.debug("prefetch of %d blocks stopped: %s", len(cids), exc)
+
+        async with trio.open_nursery() as nursery:
+            def prefetch(cids: list[CID]) -> None:
+                missing = [c for c in cids if not self.has_block(c)]
+                if missing:
+                    nursery.start_soon(drain, missing)
+
+            yield prefetch
+            nursery.cancel_scope.cancel()
+
+    async def ensure_dag(self, root: CID, *, protection: Any = None) -> None:
+        """Make every block of ``root``'s DAG local (fetching when a network is attached).
+
+        Blocks fetched are added to ``protection`` (a store ``Protection``) as they arrive.
+        """
+        if self.fetcher is not None:
+            await self.fetcher.ensure_dag(root, protection=protection)
+
+    # ------------------------------------------------------------------ pins
+
+    async def pin(self, cid: CID, *, recursive: bool = True, name: str = "",
+                  fetch: bool = True, rmin: int | None = None, rmax: int | None = None,
+                  availability: float | None = None, expire_at: float | None = None,
+                  metadata: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Pin ``cid``: in a cluster, a pin of the shared pinset; standalone, a local pin.
+
+        In a cluster the pin is written to the shared pinset (rmin/rmax or the
+        availability target, defaults from ``[replication]``) and the cluster's
+        planners pick its holders; when the DAG is complete locally (it was
+        just added here) an origin copy is kept until enough holders have it.
+
+        Raises:
+            BlockNotFound: standalone: a block of the DAG is missing and cannot be fetched.
+            StoreFull: standalone: no room to fetch the DAG.
+            InvalidPin: cluster: a replication option is out of range.
+        """
+        if self.cluster is not None:
+            return await self.cluster.pin(cid, recursive=recursive, name=name, rmin=rmin,
+                                          rmax=rmax, availability=availability,
+                                          expire_at=expire_at, metadata=metadata)
+        self.check_pin_request(rmin=rmin, rmax=rmax, availability=availability)
+        return await self.pin_local(cid, recursive=recursive, name=name, fetch=fetch,
+                                    expire_at=expire_at, metadata=metadata)
+
+    def check_pin_request(self, *, rmin: int | None = None, rmax: int | None = None,
+                          availability: float | None = None, **_: Any) -> None:
+        """Refuse at once a pin request that ``pin`` would refuse for its replication
+        options, so ``add`` refuses before reading the upload.
+
+        Raises:
+            InvalidArgument: standalone, with replication options.
+            InvalidPin: cluster: ``Cluster.check_request``.
+        """
+        if self.cluster is not None:
+            self.cluster.check_request(rmin=rmin, rmax=rmax, availability=availability)
+            return
+        if (rmin or 1) > 1 or (rmax or 1) > 1 or availability is not None:
+            from pinfold.daemon.api import InvalidArgument
+
+            raise InvalidArgument(
+                "replication options (--replicas, --rmin, --rmax, --availability) need a "
+                "cluster: this node is standalone (set cluster.name in config.toml)")
+
+    async def wait_pin_change(self, timeout_s: float) -> None:
+        """Return at the next change of the cluster's pins or holders' states, or
+        after ``timeout_s`` seconds (at once on a standalone node: nothing changes
+        behind a local pin)."""
+        if self.cluster is None:
+            await trio.lowlevel.checkpoint()
+            return
+        with trio.move_on_after(timeout_s):
+            await self.cluster.manager.changed().wait()
+
+    async def pin_local(self, cid: CID, *, recursive: bool = True, name: str = "",
+                        fetch: bool = True, expire_at: float | None = None,
+                        metadata: dict[str, Any] | None = None,
+                        providers: list[Any] | None = None,
+                        owner: str = "local") -> dict[str, Any]:
+        """Pin ``cid`` in the local store for ``owner`` ("local": the user, "cluster":
+        the replication manager): its blocks' refcounts and the pin record in one
+        transaction, fetching missing blocks first (from ``providers`` when given).
+
+        The store never weakens a pin (``StoreTxn.pin_add``): a direct pin over
+        the owner's recursive pin is refused, a recursive pin over a direct one
+        upgrades it, and one owner's hold never drops blocks another's keeps.
+
+        Returns:
+            The pin record as a dict, with ``fetched_bytes`` (bytes fetched from peers).
+
+        Raises:
+            BlockNotFound: a block of the DAG is missing and cannot be fetched.
+            PinError: a direct pin over the owner's recursive pin ("already
+                pinned recursively").
+            StoreFull: no room to fetch the DAG.
+        """
+        store = self.store
+        fetched = 0
+        with store.protect() as protection:
+            if fetch and recursive and self.fetcher is not None:
+                kw = {"peers": providers} if providers else {}
+                stats = await self.fetcher.ensure_dag(cid, protection=protection, **kw)
+                fetched = int(getattr(stats, "fetched_bytes", 0) or 0)
+            if recursive:
+                blocks = []
+                async for c in dagmod.walk(self.get_block, cid, has_block=self.has_block):
+                    protection.add(c)
+                    blocks.append(c)
+            else:
+                await self.get_block(cid)
+                protection.add(cid)
+                blocks = [cid]
+            meta = {str(k): str(v) for k, v in (metadata or {}).items()}
+            if expire_at is not None:
+                meta["expire_at"] = repr(float(expire_at))
+            now = time.time()
+            rec = await self.writer.submit(
+                lambda t: t.pin_add(cid, recursive=recursive, blocks=blocks, name=name or "",
+                                    metadata=meta or None, now=now, owner=owner))
+        d = pin_record_dict(rec)
+        d["fetched_bytes"] = fetched
+        return d
+
+    async def unpin(self, cid: CID) -> dict[str, Any]:
+        """Unpin ``cid``: a tombstone in the cluster pinset, or the local pin (also on a
+        cluster node, for a local pin made before it joined). Raises ``NotPinned``."""
+        if self.cluster is not None:
+            try:
+                return await self.cluster.unpin(cid)
+            except NotPinned:
+                rec = self.store.pin_get(cid)
+                if rec is None or "local" not in rec.holds:
+                    raise
+        return await self.unpin_local(cid)
+
+    async def unpin_local(self, cid: CID, *, owner: str = "local") -> dict[str, Any]:
+        """Release ``owner``'s local pin of ``cid``; blocks another owner's hold
+        keeps stay held. Raises ``NotPinned`` (none held by ``owner``)."""
+        rec = await self.writer.submit(lambda t: t.pin_rm(cid, owner=owner))
+        d = pin_record_dict(rec)
+        d["state"] = "unpinned"
+        return d
+
+    async def pin_list(self, state: str | None) -> AsyncIterator[dict[str, Any]]:
+        """Pins as dicts, filtered by ``state``: the cluster pinset with this node's
+        state of each pin, or (standalone) the local pins, state ``pinned``."""
+        if self.cluster is not None:
+            async for item in self.cluster.pin_list(state):
+                yield item
+            return
+        if state not in (None, "pinned", "incomplete"):
+            return
+        pins = self.store.pin_ls_presence()  # one lookup per held block: read in a thread
+        while True:
+            batch = await trio.to_thread.run_sync(lambda: list(itertools.islice(pins, 512)))
+            for rec, present in batch:
+                item = pin_record_dict(rec, present)
+                if state is None or item["state"] == state:
+                    yield item
+            if len(batch) < 512:
+                return
+
+    async def pin_status(self, cid: CID) -> dict[str, Any]:
+        """The DESIGN.md ``pin status`` record (the cluster's view, or this node alone).
+
+        This node counts as holding the pin (state ``pinned``) only when every
+        block the pin holds is in the store; otherwise its state is
+        ``incomplete`` with ``blocks_present`` of ``blocks``, and it is not healthy.
+        """
+        if self.cluster is not None:
+            return await self.cluster.pin_status(cid)
+        rec = self.store.pin_get(cid)
+        presence = await trio.to_thread.run_sync(self.store.pin_presence, cid)
+        if rec is None or presence is None:
+            raise NotPinned(f"{cid} is not pinned")
+        p = self.config.replication.p_prior
+        present, blocks = presence
+        holder: dict[str, Any] = {"peer_id": self.peer_id, "state": "pinned", "p": p,
+                                  "blocks": blocks, "blocks_present": present}
+        complete = present == blocks
+        if not complete:
+            holder["state"] = "incomplete"
+        return {"cid": str(cid), "name": rec.name, "mode": rec.mode, "rmin": 1, "rmax": 1,
+                "healthy": int(complete), "availability": p if complete else 0.0,
+                "local_state": holder["state"], "holds": dict(rec.holds), "holders": [holder]}
+
+    # ------------------------------------------------------------------ repo
+
+    async def repo_stat(self) -> dict[str, Any]:
+        st = self.store.stat()
+        d = _jsonable(st)
+        d["pins"] = sum(self.store.pin_counts().values())
+        d["path"] = str(self.home.store_path)
+        return d
+
+    async def gc(self) -> dict[str, Any]:
+        res = await trio.to_thread.run_sync(self.store.gc)
+        self.metrics.gc_runs.inc()
+        self.metrics.gc_freed_bytes.inc(res.bytes_freed)
+        self.metrics.gc_freed_blocks.inc(res.blocks_freed)
+        return _jsonable(res)
+
+    async def verify(self, *, heal: bool = False) -> dict[str, Any]:
+        res = await trio.to_thread.run_sync(lambda: self.store.verify(drop=heal))
+        corrupt = [str(c) for c in res.corrupt]
+        healed = 0
+        if heal and self.fetcher is not None:
+            for c in res.corrupt:
+                try:
+                    await self.fetcher.get_block(c)
+                    healed += 1
+                except Exception as exc:
+                    log.warning("could not re-fetch corrupt block %s: %s", c, exc)
+        incomplete = await trio.to_thread.run_sync(self.store.incomplete_pins)
+        if self.cluster is not None:
+            from pinfold.replication.types import pin_key
+
+            self.cluster.manager.local_incomplete(
+                [pin_key(rec.cid) for rec, _ in incomplete if "cluster" in rec.holds])
+        return {"checked": res.checked, "corrupt": corrupt, "healed": healed,
+                "incomplete": [{"cid": str(rec.cid), "name": rec.name, "mode": rec.mode,
+                                "blocks": rec.blocks, "blocks_present": present}
+                               for rec, present in incomplete]}
+
+
+def standalone_cluster_handlers(node: Node) -> dict[str, Callable[[Any], Any]]:
+    """``cluster peers``/``cluster status``/``recover`` on a node without a cluster."""
+
+    async def cluster_peers(call: Any) -> dict[str, Any]:
+        await call.send({"peer_id": node.peer_id, "state": "alive",
+                         "p": node.config.replication.p_prior, "self": True,
+                         "pins": sum(node.store.pin_counts().values())})
+        return {"count": 1, "cluster": ""}
+
+    async def cluster_status(call: Any) -> dict[str, Any]:
+        refused = node.network.bitswap.statistics().refused_wants if node.network else 0
+        return {"cluster": "", "pins": sum(node.store.pin_counts().values()),
+                "under_replicated": 0, "repairing": 0, "errors": 0, "standalone": True,
+                "serve": node.config.bitswap.serve, "refused_wants": refused}
+
+    async def recover(call: Any) -> dict[str, Any]:
+        # A standalone pin commits whole or fails at once; what can need a retry is a
+        # pin whose blocks went missing since (repo verify lists them): fetch them again.
+        from pinfold.daemon.api import InvalidArgument
+
+        cid = call.params.get("cid")
+        if cid is not None and not isinstance(cid, str):
+            raise InvalidArgument("parameter 'cid' must be a CID string")
+        if cid is None and not call.params.get("all"):
+            raise InvalidArgument("recover needs 'cid' or 'all'")
+        only = None if cid is None else cid_key(parse_cid(cid))
+        pins = []
+        recovered = []
+        for rec, present in await trio.to_thread.run_sync(node.store.incomplete_pins):
+            if only is not None and cid_key(rec.cid) != only:
+                continue
+            entry = {"cid": str(rec.cid),
+                     "error": f"missing {rec.blocks - present} of {rec.blocks} blocks"}
+            try:
+                for owner, mode in rec.holds.items():
+                    await node.pin_local(rec.cid, recursive=mode == "recursive", name=rec.name,
+                                         metadata=dict(rec.metadata), owner=owner)
+                entry["result"] = "pinned"
+                recovered.append(str(rec.cid))
+            except trio.Cancelled:
+                raise
+            except Exception as exc:  # noqa: BLE001 - reported per pin; the others go on
+                entry["result"] = f"failed: {exc}"
+            pins.append(entry)
+        return {"recovered": len(recovered), "cids": recovered, "pins": pins}
+
+    return {"cluster_peers": cluster_peers, "cluster_status": cluster_status, "recover": recover}
+
+
+# ---------------------------------------------------------------------- process
+
+
+def setup_logging(level: str) -> None:
+    """One line per event on stderr; no timestamps under journald, which adds them.
+
+    See ``pinfold/daemon/service.py`` (``configure_logging``): syslog priority prefixes
+    under journald, py-libp2p's loggers routed in.
+    """
+    from pinfold.daemon.service import configure_logging
+
+    configure_logging(level)
+
+
+async def _serve(node: Node) -> None:
+    from pinfold.daemon.sdnotify import notify
+    from pinfold.daemon.service import supervise
+
+    async with trio.open_nursery() as nursery:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
+            await nursery.start(node.run)
+            notify("READY=1\nSTATUS=serving")
+            # Signals (stop, SIGHUP reload) and the systemd watchdog, until a stop is asked.
+            await supervise(node, signals, stop_requested=node._stop)
+            notify("STOPPING=1\nSTATUS=stopping")
+            nursery.cancel_scope.deadline = trio.current_time() + 30
+
+
+def run_daemon(home: str | Path | None = None, *, allow_empty_store: bool = False) -> int:
+    """``pinfold daemon``: run in the foreground until SIGINT/SIGTERM; returns the exit code.
+
+    Raises:
+        HomeError: the home is incomplete, or its store is missing or replaced
+            by an empty one (and not ``allow_empty_store``).
+        StoreGone: the store's files were removed or replaced while running.
+    """
+    root = resolve_home(home)
+    h = Home(root=root)
+    h.check_initialised()
+    config = h.load_config()
+    setup_logging(config.log.level)
+    node = Node(h, config, allow_empty_store=allow_empty_store)
+    trio.run(_serve, node)
+    return 0

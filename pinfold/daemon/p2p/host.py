@@ -1,0 +1,821 @@
+"""The libp2p host: TCP, Noise, Yamux, identify, ping, bootstrap peers kept connected.
+
+A thin trio service around py-libp2p 0.8.1's ``BasicHost`` (STYLE.md 4):
+``await nursery.start(host.run)`` returns once every listen address is bound,
+and the host stops when the nursery is cancelled.
+
+Security and muxing are pinned: only Noise (``/noise``) and only Yamux
+(``/yamux/1.0.0``) are offered, so plaintext, secio, TLS and mplex peers are
+refused during negotiation (py-libp2p's defaults would accept insecure
+connections). With ``fast_channel`` (the default) they are pinfold's own
+subclasses in ``pinfold.daemon.p2p.transport`` (same wire format, a faster receive
+path). One connection per peer (``max_connections_per_peer=1``; with more
+py-libp2p waits 250 ms on every dial) and a total connection limit.
+
+py-libp2p cuts its loggers off from the logging tree on import;
+``route_libp2p_logs`` puts them back under the root logger so the daemon's
+logging configuration applies to them too.
+
+Identity: ``pinfold.daemon.p2p.identity`` reads/writes the key file (libp2p
+``PrivateKey`` protobuf, Ed25519, mode 0600); ``Host`` takes the ``KeyPair``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import random
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+import multiaddr
+import trio
+from libp2p import new_host
+from libp2p.abc import IHost, INetConn, INetStream, INetwork, INotifee
+from libp2p.crypto.keys import KeyPair
+from libp2p.crypto.x25519 import create_new_key_pair as _new_x25519_key_pair
+from libp2p.custom_types import TProtocol
+from libp2p.host.ping import ID as PING_PROTOCOL
+from libp2p.host.ping import PING_LENGTH
+from libp2p.network.config import ConnectionConfig
+from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import info_from_p2p_addr
+from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
+from libp2p.security.noise.transport import Transport as NoiseTransport
+from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
+from libp2p.stream_muxer.yamux.yamux import Yamux
+from libp2p.transport.tcp.tcp import TCP
+from multiformats import multihash
+
+from pinfold.daemon.p2p.transport import FastNoiseTransport, FastYamux, install_muxer
+
+__all__ = [
+    "DialError",
+    "Host",
+    "HostConfig",
+    "HostError",
+    "HostStats",
+    "PeerEvent",
+    "PeerStatus",
+    "parse_multiaddr",
+    "route_libp2p_logs",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Protocols a pinfold host negotiates for security and muxing; nothing else is offered.
+SECURITY_PROTOCOLS: Final = (str(NOISE_PROTOCOL_ID),)
+MUXER_PROTOCOLS: Final = (str(YAMUX_PROTOCOL_ID),)
+
+
+def route_libp2p_logs(level: int = logging.WARNING) -> None:
+    """Send py-libp2p's log records up the standard logging tree.
+
+    py-libp2p's ``setup_logging`` (run on import) clears the ``libp2p`` logger's
+    handlers and sets ``propagate = False``; this undoes that so records reach
+    the handlers configured on the root logger.
+
+    Args:
+        level: the level for the ``libp2p`` logger (it is very chatty below WARNING).
+    """
+    root = logging.getLogger("libp2p")
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    root.propagate = True
+    root.setLevel(level)
+    for name, obj in list(logging.Logger.manager.loggerDict.items()):
+        if name.startswith("libp2p.") and isinstance(obj, logging.Logger):
+            for handler in list(obj.handlers):
+                obj.removeHandler(handler)
+            obj.propagate = True
+    # A refused dial is routine (a peer restarting, a bootstrap retry) and the
+    # caller reports it; py-libp2p's TCP transport logs each one at ERROR.
+    logging.getLogger("libp2p.transport.tcp.tcp").setLevel(logging.CRITICAL)
+
+
+class HostError(Exception):
+    """Base of the errors the host raises."""
+
+    code = "host_error"
+
+
+class DialError(HostError):
+    """A dial failed: the address is bad, nothing listens there, the handshake
+    failed (e.g. the peer offers no Noise/Yamux), or the dial timed out."""
+
+    code = "dial_error"
+
+
+def parse_multiaddr(value: str | multiaddr.Multiaddr, *, need_peer_id: bool = False) -> multiaddr.Multiaddr:
+    """Parse a multiaddr, naming the problem on failure.
+
+    Args:
+        value: e.g. ``/ip4/127.0.0.1/tcp/4101/p2p/12D3KooW...``.
+        need_peer_id: require a trailing ``/p2p/<peer ID>``.
+
+    Raises:
+        HostError: not a multiaddr, or no ``/p2p/`` part when one is needed.
+    """
+    if isinstance(value, multiaddr.Multiaddr):
+        ma = value
+    else:
+        try:
+            ma = multiaddr.Multiaddr(value.strip())
+        except Exception as exc:
+            raise HostError(f"invalid multiaddr {value!r}: {exc}") from exc
+    if need_peer_id and ma.get_peer_id() is None:
+        raise HostError(f"multiaddr {ma} has no /p2p/<peer ID> part; the peer ID is needed to dial")
+    return ma
+
+
+def _strip_p2p(addr: str) -> multiaddr.Multiaddr:
+    """``addr`` without its ``/p2p/<peer ID>`` part (py-libp2p appends its own)."""
+    return multiaddr.Multiaddr(addr.split("/p2p/", 1)[0])
+
+
+def _root_causes(exc: BaseException) -> str:
+    """The innermost reasons py-libp2p chains under a dial error, joined with "; ".
+
+    Its own message says only "no addresses established a successful connection
+    (with exceptions)"; the reason a user can act on (connection refused, no
+    route, a handshake failure) is at the end of each ``__cause__`` chain, under
+    its exception groups and ``errors`` lists. Only messages, no class names.
+    """
+    found: list[str] = []
+    todo: list[BaseException] = [exc]
+    while todo and len(found) < 4:
+        e = todo.pop(0)
+        inner = getattr(e, "errors", None) or getattr(e, "exceptions", None)
+        if isinstance(inner, (list, tuple)) and inner:
+            todo.extend(x for x in inner if isinstance(x, BaseException))
+            continue
+        if e.__cause__ is not None:
+            todo.append(e.__cause__)
+            continue
+        text = e.strerror if isinstance(e, OSError) and e.strerror else str(e).strip()
+        if text and text not in found:
+            found.append(text)
+    return "; ".join(found) or str(exc) or "the connection failed"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HostConfig:
+    """Settings of the libp2p host.
+
+    Attributes:
+        listen: TCP multiaddrs to listen on (``/ip4/<addr>/tcp/<port>``; port 0 picks one).
+        bootstrap: full ``/p2p/`` multiaddrs dialled at start and kept connected.
+        announce: multiaddrs peers should dial instead of the listen addresses (as
+            Kubo's ``Addresses.Announce``: behind NAT, a port forward or a proxy);
+            empty = announce the listen addresses.
+        max_connections: total connection limit (inbound + outbound); further
+            dials fail and inbound connections are refused.
+        dial_timeout_s: seconds a dial (TCP + Noise + Yamux) may take.
+        bootstrap_backoff_min_s: first retry delay after a bootstrap peer is lost, seconds.
+        bootstrap_backoff_max_s: cap of the doubling retry delay, seconds.
+        bootstrap_check_interval_s: how often connected bootstrap peers are checked, seconds.
+        max_inbound_streams_per_peer: streams one peer may have open to us at once;
+            further ones are reset at once. Without it a single peer could hold all
+            of py-libp2p's global stream slots (10000) and no other peer could open a
+            stream (found by the reliability campaign).
+        fast_channel: Noise and Yamux from ``pinfold.daemon.p2p.transport`` (buffered
+            receive path, frames that fit one Noise message; same wire format);
+            False = py-libp2p's stock classes.
+    """
+
+    listen: tuple[str, ...] = ("/ip4/0.0.0.0/tcp/4101",)  # DESIGN.md [node] listen default
+    bootstrap: tuple[str, ...] = ()
+    announce: tuple[str, ...] = ()
+    max_connections: int = 256  # ample for a cluster; bounds memory and handshakes
+    dial_timeout_s: float = 10.0  # py-libp2p's own dial default
+    bootstrap_backoff_min_s: float = 1.0
+    bootstrap_backoff_max_s: float = 60.0  # at most a minute between tries to a lost peer
+    bootstrap_check_interval_s: float = 1.0
+    max_inbound_streams_per_peer: int = 128  # go-libp2p's per-peer default is 256 (incl. outbound)
+    close_timeout_s: float = 5.0  # a clean close takes ~0.2 s (two 0.1 s sleeps in py-libp2p)
+    fast_channel: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.listen:
+            raise ValueError("host.listen: at least one listen multiaddr is needed")
+        for a in self.listen:
+            ma = parse_multiaddr(a)
+            names = [p.name for p in ma.protocols()]
+            if "tcp" not in names or names[0] not in ("ip4", "ip6"):
+                raise ValueError(f"host.listen: {a!r} is not a TCP multiaddr (/ip4/.../tcp/PORT)")
+        for a in self.bootstrap:
+            parse_multiaddr(a, need_peer_id=True)
+        for a in self.announce:
+            parse_multiaddr(a)
+        if self.max_connections < 1:
+            raise ValueError(f"host.max_connections: must be >= 1, got {self.max_connections}")
+        if self.dial_timeout_s <= 0:
+            raise ValueError(f"host.dial_timeout_s: must be > 0, got {self.dial_timeout_s}")
+        if self.close_timeout_s <= 0:
+            raise ValueError(f"host.close_timeout_s: must be > 0, got {self.close_timeout_s}")
+        if self.max_inbound_streams_per_peer < 1:
+            raise ValueError("host.max_inbound_streams_per_peer: must be >= 1, "
+                             f"got {self.max_inbound_streams_per_peer}")
+        if not 0 < self.bootstrap_backoff_min_s <= self.bootstrap_backoff_max_s:
+            raise ValueError("host.bootstrap_backoff_min_s must be > 0 and <= bootstrap_backoff_max_s")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PeerEvent:
+    """A peer connected (``connected=True``) or lost its last connection."""
+
+    peer_id: ID
+    connected: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PeerStatus:
+    """One connected peer for ``peers ls``.
+
+    Attributes:
+        peer_id: the peer's ID.
+        addrs: the remote multiaddrs of its connections (text).
+        direction: "inbound" or "outbound" (of its first connection).
+    """
+
+    peer_id: ID
+    addrs: tuple[str, ...]
+    direction: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HostStats:
+    """Counters for metrics (``pinfold_host_*``).
+
+    Attributes:
+        peers: peers connected now.
+        connections_opened: connections established since start.
+        connections_closed: connections closed since start.
+        dials: dials attempted via ``connect``.
+        dial_failures: of those, how many failed.
+        bootstrap_connected: bootstrap peers connected now.
+        bootstrap_total: bootstrap peers configured.
+        streams_refused: inbound streams reset for ``max_inbound_streams_per_peer``.
+    """
+
+    peers: int
+    connections_opened: int
+    connections_closed: int
+    dials: int
+    dial_failures: int
+    bootstrap_connected: int
+    bootstrap_total: int
+    streams_refused: int = 0
+
+
+class _Notifee(INotifee):
+    def __init__(self, host: Host) -> None:
+        self._host = host
+
+    async def opened_stream(self, network: INetwork, stream: INetStream) -> None:
+        await self._host._on_stream_opened(stream)
+
+    async def closed_stream(self, network: INetwork, stream: INetStream) -> None:
+        return None
+
+    async def connected(self, network: INetwork, conn: INetConn) -> None:
+        self._host._on_connected(conn)
+
+    async def disconnected(self, network: INetwork, conn: INetConn) -> None:
+        self._host._on_disconnected(conn)
+
+    async def listen(self, network: INetwork, multiaddr: multiaddr.Multiaddr) -> None:
+        return None
+
+    async def listen_close(self, network: INetwork, multiaddr: multiaddr.Multiaddr) -> None:
+        return None
+
+
+StreamHandler = Callable[[INetStream], Awaitable[None]]
+
+
+@dataclass(slots=True)
+class _Counters:
+    opened: int = 0
+    closed: int = 0
+    dials: int = 0
+    dial_failures: int = 0
+    streams_refused: int = 0
+
+
+class Host:
+    """A pinfold libp2p host (TCP + Noise + Yamux, identify, ping).
+
+    Usage::
+
+        host = Host(key_pair, HostConfig(listen=("/ip4/127.0.0.1/tcp/0",)))
+        async with trio.open_nursery() as nursery:
+            await nursery.start(host.run)
+            print(host.addrs())          # full /p2p/ multiaddrs
+            peer = await host.connect("/ip4/127.0.0.1/tcp/4101/p2p/12D3KooW...")
+
+    Stream handlers (``set_stream_handler``) may be set before or after ``run``.
+    """
+
+    def __init__(self, key_pair: KeyPair, config: HostConfig | None = None, *, rng: random.Random | None = None) -> None:
+        self.config = config or HostConfig()
+        self.key_pair = key_pair
+        self._rng = rng or random.Random()
+        noise_class = FastNoiseTransport if self.config.fast_channel else NoiseTransport
+        muxer_class = FastYamux if self.config.fast_channel else Yamux
+        noise = noise_class(key_pair, noise_privkey=_new_x25519_key_pair().private_key)
+        conn_config = ConnectionConfig(
+            max_connections=self.config.max_connections,
+            min_connections=0,
+            low_watermark=0,
+            high_watermark=self.config.max_connections,
+            max_connections_per_peer=1,
+            dial_timeout=self.config.dial_timeout_s,
+        )
+        self._listen = [parse_multiaddr(a) for a in self.config.listen]
+        self._dialed: list[tuple[float, Any]] = []  # (when, RawConnection) of our outbound dials
+        self.libp2p: IHost = new_host(
+            key_pair=key_pair,
+            sec_opt={NOISE_PROTOCOL_ID: noise},
+            muxer_opt={YAMUX_PROTOCOL_ID: muxer_class},
+            connection_config=conn_config,
+            listen_addrs=self._listen,
+            transports=[_TrackingTCP(self._dialed)],
+            # identify tells peers these instead of the listen addresses (Kubo's
+            # Addresses.Announce), so they never learn an address they cannot reach
+            announce_addrs=[_strip_p2p(a) for a in self.config.announce] or None,
+        )
+        route_libp2p_logs()
+        # py-libp2p's auto-connector redials every peer in the peerstore until it
+        # holds (low + high watermark) / 2 connections -- including peers we cut
+        # off. pinfold decides whom to dial (bootstrap peers, the cluster), so it
+        # is switched off; pruning still applies above max_connections.
+        network = self.libp2p.get_network()
+        if self.config.fast_channel:
+            # py-libp2p's own muxer negotiation would build its stock Yamux
+            install_muxer(network, {YAMUX_PROTOCOL_ID: FastYamux})
+        if hasattr(network, "auto_connector"):
+            network.auto_connector.maybe_connect = _no_auto_connect  # type: ignore[method-assign]
+        # py-libp2p 0.8.1 holds an inbound slot until the *node* stops (its inbound handler
+        # waits on manager.wait_finished() after the upgrade), so after max_connections
+        # inbound connections over the node's life every new one was refused. A slot now
+        # lasts as long as the handshake (found by the reliability campaign).
+        if isinstance(getattr(network, "_inbound_limiter", None), trio.CapacityLimiter):
+            self._inbound_slots = _InboundSlots(
+                limit=int(network._inbound_limiter.total_tokens),
+                live=lambda: len(network.get_connections()),
+                handshake_timeout_s=conn_config.inbound_upgrade_timeout)
+            network._inbound_limiter = self._inbound_slots
+        else:
+            self._inbound_slots = None
+        self._bootstrap = [parse_multiaddr(a, need_peer_id=True) for a in self.config.bootstrap]
+        self._subscribers: list[trio.MemorySendChannel[PeerEvent]] = []
+        self._counters = _Counters()
+        self._connected: set[ID] = set()
+        self._running = False
+        self._stopped = False
+        self.libp2p.get_network().register_notifee(_Notifee(self))
+
+    # ------------------------------------------------------------ identity
+
+    @property
+    def peer_id(self) -> ID:
+        """This host's peer ID."""
+        return self.libp2p.get_id()
+
+    def addrs(self) -> list[str]:
+        """Full listen multiaddrs, each ending in ``/p2p/<our peer ID>``.
+
+        Wildcard listen addresses (0.0.0.0) are reported as bound; valid after ``run`` started.
+        """
+        out = []
+        suffix = f"/p2p/{self.peer_id}"
+        addrs = (self.libp2p.get_transport_addrs() if self.config.announce
+                 else self.libp2p.get_addrs())
+        for ma in addrs:
+            text = str(ma)
+            if "/p2p/" not in text:
+                text += suffix
+            out.append(text)
+        return out
+
+    def announced(self) -> list[str]:
+        """What peers are told to dial: ``HostConfig.announce`` if set, else ``addrs()``;
+        each ends in ``/p2p/<our peer ID>``."""
+        if not self.config.announce:
+            return self.addrs()
+        suffix = f"/p2p/{self.peer_id}"  # ours, whatever /p2p/ part the config had
+        return [str(_strip_p2p(a)) + suffix for a in self.config.announce]
+
+    # ------------------------------------------------------------ service
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Listen, keep the bootstrap peers connected, and serve until cancelled.
+
+        Calls ``task_status.started()`` once every listen address is bound.
+
+        Raises:
+            HostError: a listen address could not be bound (e.g. port in use).
+        """
+        if self._running:
+            raise HostError("Host.run called twice")
+        self._running = True
+        try:
+            async with self.libp2p.run(self._listen):
+                if not self.libp2p.get_addrs():
+                    raise HostError(
+                        f"could not listen on {', '.join(map(str, self._listen))} "
+                        "(is the address in use?)"
+                    )
+                async with trio.open_nursery() as nursery:
+                    for ma in self._bootstrap:
+                        nursery.start_soon(self._keep_connected, ma)
+                    task_status.started()
+                    await trio.sleep_forever()
+        finally:
+            self._stopped = True
+            self._reap_sockets(older_than_s=None, shutdown=True)
+            for ch in self._subscribers:
+                ch.close()
+            self._subscribers.clear()
+
+    # ------------------------------------------------------------ peers
+
+    async def connect(self, addr: str | multiaddr.Multiaddr) -> ID:
+        """Dial a peer (no-op when already connected) and return its peer ID.
+
+        Args:
+            addr: a full multiaddr with ``/p2p/<peer ID>``.
+
+        Raises:
+            HostError: the multiaddr is invalid or lacks the peer ID.
+            DialError: the dial or handshake failed or took over ``dial_timeout_s``.
+        """
+        ma = parse_multiaddr(addr, need_peer_id=True)
+        info = info_from_p2p_addr(ma)
+        if info.peer_id == self.peer_id:
+            raise DialError(f"refusing to dial our own peer ID {info.peer_id}")
+        if self.is_connected(info.peer_id):
+            return info.peer_id
+        self._counters.dials += 1
+        # py-libp2p dials only the first address per transport class it has for a
+        # peer (MAX_ADDRS_PER_PEER), and identify puts the peer's listen addresses
+        # first: a peer behind a proxy or NAT (node.announce) was then redialled at
+        # an address we cannot reach, forever, whatever address we were given
+        # (found by the cluster fault campaign). The address asked for is dialled.
+        store = self.libp2p.get_peerstore()
+        store.clear_addrs(info.peer_id)
+        store.add_addrs(info.peer_id, info.addrs, 120)
+        # py-libp2p refuses to redial a peer for 60 s after a failed dial; pinfold
+        # applies its own backoff (bootstrap) or the user asked explicitly.
+        negative = getattr(self.libp2p.get_network(), "_negative_peer_cache", None)
+        if negative is not None:
+            negative.evict(str(info.peer_id))
+        try:
+            with trio.fail_after(self.config.dial_timeout_s):
+                await self.libp2p.connect(info)
+        except trio.TooSlowError as exc:
+            self._counters.dial_failures += 1
+            raise DialError(f"dial {ma} timed out after {self.config.dial_timeout_s:g} s") from exc
+        except trio.Cancelled:
+            raise
+        except Exception as exc:
+            self._counters.dial_failures += 1
+            raise DialError(f"dial {ma} failed: {_root_causes(exc)}") from exc
+        finally:
+            self._reap_sockets(older_than_s=_REAP_AGE_S)
+        return info.peer_id
+
+    async def disconnect(self, peer_id: ID | str) -> bool:
+        """Close every connection to ``peer_id``; True if there was one.
+
+        The close runs to its end even when the caller is cancelled meanwhile (it
+        is shielded, for at most ``close_timeout_s``): py-libp2p 0.8.1's
+        ``SwarmConn.close`` marks the connection closed before its first await,
+        and every later close returns at once on that mark. Cancelled anywhere
+        after it, the connection stayed in the swarm for good: still "connected",
+        its new streams no longer accepted (the peer's stream negotiations timed
+        out), and never removed, not even once the peer hung up (found by the live
+        hostile Bitswap campaign: a peer cut off for a malformed message while its
+        other stream's processing cancelled the cut-off). A close that does not
+        finish in time (a peer that stopped reading blocks our goodbyes) is
+        finished by force: sockets closed, connections dropped.
+
+        Raises:
+            HostError: ``peer_id`` is not a valid peer ID.
+        """
+        pid = _as_peer_id(peer_id)
+        network = self.libp2p.get_network()
+        conns = list(network.get_connections(pid))
+        with trio.CancelScope(shield=True):
+            with trio.move_on_after(self.config.close_timeout_s) as scope:
+                await self.libp2p.disconnect(pid)
+            if scope.cancelled_caught:
+                logger.info("closing the connection to %s took over %g s; dropping it",
+                            pid, self.config.close_timeout_s)
+                for conn in network.get_connections(pid):  # the close was cut short here
+                    await self._drop(conn)
+        return bool(conns)
+
+    async def _drop(self, conn: INetConn) -> None:
+        """Close ``conn``'s socket and remove it from the swarm, notifying as a close does."""
+        raw = _raw_connection(conn)
+        with contextlib.suppress(OSError, AttributeError):  # closed already, or not TCP
+            raw.stream.stream.socket.close()
+        network = self.libp2p.get_network()
+        network.remove_conn(conn)  # type: ignore[attr-defined]
+        with trio.move_on_after(1.0):
+            try:
+                await network.notify_disconnected(conn)  # type: ignore[attr-defined]
+            except Exception as exc:  # noqa: BLE001 - a notifee's failure is not ours
+                logger.debug("disconnect notification for %s failed: %r",
+                             conn.muxed_conn.peer_id, exc)
+
+    def is_connected(self, peer_id: ID) -> bool:
+        """True while at least one connection to ``peer_id`` is open."""
+        return bool(self.libp2p.get_network().get_connections(peer_id))
+
+    def connected_peers(self) -> list[ID]:
+        """Peer IDs with an open connection."""
+        return list(self.libp2p.get_network().get_connections_map().keys())
+
+    def peers(self) -> list[PeerStatus]:
+        """Connected peers with their remote addresses, sorted by peer ID."""
+        out = []
+        network = self.libp2p.get_network()
+        for pid, conns in network.get_connections_map().items():
+            if not conns:
+                continue
+            addrs: list[str] = []
+            direction = "outbound"
+            for conn in conns:
+                try:
+                    addrs.extend(str(a) for a in conn.get_transport_addresses())
+                except Exception:  # a connection closing under us has no address
+                    pass
+                if getattr(getattr(conn, "muxed_conn", None), "is_initiator", True) is False:
+                    direction = "inbound"
+            out.append(PeerStatus(peer_id=pid, addrs=tuple(addrs), direction=direction))
+        return sorted(out, key=lambda p: str(p.peer_id))
+
+    async def ping(self, peer_id: ID | str, *, timeout_s: float = 10.0) -> float:
+        """Round-trip time to a connected peer over ``/ipfs/ping/1.0.0``, seconds.
+
+        Raises:
+            HostError: not connected, the peer does not answer ping, or it echoed wrong bytes.
+            trio.TooSlowError: no answer within ``timeout_s``.
+        """
+        pid = _as_peer_id(peer_id)
+        payload = random.randbytes(PING_LENGTH)
+        with trio.fail_after(timeout_s):
+            try:
+                stream = await self.libp2p.new_stream(pid, [PING_PROTOCOL])
+            except trio.Cancelled:
+                raise
+            except Exception as exc:
+                raise HostError(f"ping {pid}: {exc}") from exc
+            try:
+                start = trio.current_time()
+                await stream.write(payload)
+                got = b""
+                while len(got) < PING_LENGTH:
+                    chunk = await stream.read(PING_LENGTH - len(got))
+                    if not chunk:
+                        break
+                    got += chunk
+                rtt = trio.current_time() - start
+            finally:
+                with trio.CancelScope(shield=True):
+                    try:
+                        await stream.reset()
+                    except Exception:
+                        pass
+        if got != payload:
+            raise HostError(f"ping {pid}: the peer echoed different bytes")
+        return rtt
+
+    # ------------------------------------------------------------ streams
+
+    def set_stream_handler(self, protocol: str, handler: StreamHandler) -> None:
+        """Serve ``protocol`` with ``handler(stream)`` (one call per inbound stream)."""
+        self.libp2p.set_stream_handler(TProtocol(protocol), handler)
+
+    async def new_stream(self, peer_id: ID, protocols: Sequence[str]) -> INetStream:
+        """Open a stream to a connected peer, negotiating the first protocol it supports.
+
+        Raises:
+            Exception: py-libp2p's stream errors (no connection, negotiation failed).
+        """
+        return await self.libp2p.new_stream(peer_id, [TProtocol(p) for p in protocols])
+
+    def subscribe(self, capacity: float = math.inf) -> trio.MemoryReceiveChannel[PeerEvent]:
+        """A channel of ``PeerEvent``s (connects and last-connection disconnects).
+
+        The channel closes when the host stops. Peers already connected are not replayed:
+        call ``connected_peers()`` after subscribing.
+        """
+        send, recv = trio.open_memory_channel[PeerEvent](capacity)
+        if self._stopped:
+            send.close()
+        else:
+            self._subscribers.append(send)
+        return recv
+
+    def statistics(self) -> HostStats:
+        """Connection counters (a frozen record for metrics)."""
+        connected = set(self.connected_peers())
+        boot = {info_from_p2p_addr(ma).peer_id for ma in self._bootstrap}
+        return HostStats(
+            peers=len(connected),
+            connections_opened=self._counters.opened,
+            connections_closed=self._counters.closed,
+            dials=self._counters.dials,
+            dial_failures=self._counters.dial_failures,
+            bootstrap_connected=len(boot & connected),
+            bootstrap_total=len(boot),
+            streams_refused=self._counters.streams_refused,
+        )
+
+    # ------------------------------------------------------------ internals
+
+    def _publish(self, event: PeerEvent) -> None:
+        alive = []
+        for ch in self._subscribers:
+            try:
+                ch.send_nowait(event)
+                alive.append(ch)
+            except trio.WouldBlock:
+                logger.warning("peer event subscriber is full; dropping it")
+                ch.close()
+            except (trio.ClosedResourceError, trio.BrokenResourceError):
+                pass
+        self._subscribers = alive
+
+    def _on_connected(self, conn: INetConn) -> None:
+        self._counters.opened += 1
+        if self._inbound_slots is not None and not getattr(conn.muxed_conn, "is_initiator", True):
+            self._inbound_slots.upgraded()
+        pid = conn.muxed_conn.peer_id
+        if pid not in self._connected:
+            self._connected.add(pid)
+            self._publish(PeerEvent(peer_id=pid, connected=True))
+
+    def _reap_sockets(self, *, older_than_s: float | None, shutdown: bool = False) -> None:
+        """Close sockets of our outbound dials that py-libp2p dropped without
+        closing (failed upgrades, remote-closed connections), so they do not leak.
+
+        Args:
+            older_than_s: only dials at least this old, seconds (a younger one may
+                still be handshaking); None = every dial not in a live connection.
+            shutdown: the host stopped: close every socket, live or not.
+        """
+        if not self._dialed:
+            return
+        live = set()
+        conn_map = {} if shutdown else self.libp2p.get_network().get_connections_map()
+        for conns in conn_map.values():
+            for conn in conns:
+                raw = _raw_connection(conn)
+                if raw is not None:
+                    live.add(id(raw))
+        now = trio.current_time()
+        keep = []
+        for when, raw in self._dialed:
+            if id(raw) in live or (older_than_s is not None and now - when < older_than_s):
+                keep.append((when, raw))
+                continue
+            try:
+                raw.stream.stream.socket.close()
+            except Exception:  # already closed or not a TCP stream
+                pass
+        self._dialed[:] = keep
+
+    async def _on_stream_opened(self, stream: INetStream) -> None:
+        """Reset an inbound stream that takes its peer over ``max_inbound_streams_per_peer``."""
+        if getattr(stream.muxed_stream, "is_initiator", True):
+            return  # ours
+        pid = stream.muxed_conn.peer_id
+        inbound = 0
+        for conn in self.libp2p.get_network().get_connections(pid):
+            for s in conn.get_streams():
+                if not getattr(s.muxed_stream, "is_initiator", True):
+                    inbound += 1
+        if inbound <= self.config.max_inbound_streams_per_peer:
+            return
+        self._counters.streams_refused += 1
+        if self._counters.streams_refused % 1000 == 1:
+            logger.warning("peer %s opened more than %d streams; resetting the extra ones "
+                           "(%d so far)", pid, self.config.max_inbound_streams_per_peer,
+                           self._counters.streams_refused)
+        try:
+            await stream.reset()
+        except Exception as exc:  # noqa: BLE001 - already gone is as good as reset
+            logger.debug("reset of an extra stream from %s failed: %r", pid, exc)
+
+    def _on_disconnected(self, conn: INetConn) -> None:
+        self._counters.closed += 1
+        pid = conn.muxed_conn.peer_id
+        remaining = [c for c in self.libp2p.get_network().get_connections(pid) if c is not conn]
+        if pid in self._connected and not remaining:
+            self._connected.discard(pid)
+            self._publish(PeerEvent(peer_id=pid, connected=False))
+
+    async def _keep_connected(self, ma: multiaddr.Multiaddr) -> None:
+        """Keep one bootstrap peer connected: dial, then redial with jittered
+        exponential backoff (min..max seconds) whenever the connection is lost."""
+        pid = info_from_p2p_addr(ma).peer_id
+        delay = self.config.bootstrap_backoff_min_s
+        while True:
+            if not self.is_connected(pid):
+                try:
+                    await self.connect(ma)
+                    logger.info("bootstrap peer %s connected", pid)
+                    delay = self.config.bootstrap_backoff_min_s
+                except DialError as exc:
+                    logger.info("bootstrap peer %s: %s; retrying in %.1f s", pid, exc, delay)
+                    await trio.sleep(delay * (0.5 + self._rng.random() / 2))
+                    delay = min(delay * 2, self.config.bootstrap_backoff_max_s)
+                    continue
+            await trio.sleep(self.config.bootstrap_check_interval_s)
+
+
+#: a dial this old is done handshaking; its socket may be reaped when not in use, seconds
+_REAP_AGE_S: Final = 60.0
+
+
+class _InboundSlots:
+    """Stands in for the swarm's inbound ``CapacityLimiter`` (``acquire_nowait``/``release``).
+
+    A slot is taken when an inbound TCP connection arrives and given back when
+    its handshake fails (``release``, called by py-libp2p) or succeeds
+    (``upgraded``, from our ``connected`` notification). A new connection is
+    refused while handshakes in progress plus live connections reach ``limit``.
+    A handshake older than ``handshake_timeout_s`` is no longer counted
+    (py-libp2p abandons it by then), so an uncounted outcome cannot leak a slot.
+    """
+
+    def __init__(self, *, limit: int, live: Callable[[], int], handshake_timeout_s: float) -> None:
+        self.total_tokens = limit
+        self._live = live
+        self._timeout_s = max(1.0, handshake_timeout_s)
+        self._started: deque[float] = deque()  # start times of handshakes in progress
+
+    def handshaking(self) -> int:
+        """Handshakes in progress (started within the timeout and not finished)."""
+        cutoff = trio.current_time() - self._timeout_s
+        while self._started and self._started[0] < cutoff:
+            self._started.popleft()
+        return len(self._started)
+
+    def acquire_nowait(self) -> None:
+        if self.handshaking() + self._live() >= self.total_tokens:
+            raise trio.WouldBlock
+        self._started.append(trio.current_time())
+
+    def release(self) -> None:
+        if self._started:
+            self._started.popleft()
+
+    def upgraded(self) -> None:
+        self.release()
+
+
+class _TrackingTCP(TCP):
+    """py-libp2p's TCP transport, remembering each outbound connection (see ``_reap_sockets``)."""
+
+    def __init__(self, dialed: list[tuple[float, Any]]) -> None:
+        super().__init__()
+        self._dialed = dialed
+
+    async def dial(self, maddr: multiaddr.Multiaddr) -> Any:
+        raw = await super().dial(maddr)
+        self._dialed.append((trio.current_time(), raw))
+        return raw
+
+
+def _raw_connection(conn: INetConn) -> Any:
+    """The RawConnection under a swarm connection (SwarmConn -> Yamux -> SecureSession -> Noise -> raw)."""
+    obj: Any = conn
+    for attr in ("muxed_conn", "secured_conn", "conn", "conn"):
+        obj = getattr(obj, attr, None)
+        if obj is None:
+            return None
+    return obj
+
+
+async def _no_auto_connect() -> None:
+    return None
+
+
+def _as_peer_id(value: ID | str) -> ID:
+    if isinstance(value, ID):
+        return value
+    try:
+        pid = ID.from_base58(value.strip())
+        multihash.unwrap(pid.to_bytes())  # a peer ID is a multihash of the public key
+    except Exception as exc:
+        raise HostError(f"invalid peer ID {value!r}: {exc}") from exc
+    return pid

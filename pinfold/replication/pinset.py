@@ -1,0 +1,833 @@
+"""The shared pinset: a last-writer-wins map CRDT keyed by CID (DESIGN.md "Replication").
+
+Every cluster peer holds a replica. A value is a ``Pin`` or a tombstone (an
+unpin); each write carries a hybrid-logical-clock timestamp (``hlc.py``) and
+the writer's peer ID, and for one CID the entry with the greatest
+``(timestamp, peer ID)`` wins. Merge is therefore commutative, associative and
+idempotent: replicas that have seen the same writes hold the same map,
+whatever the order and however often the writes arrived. (Two different writes
+with the same timestamp and peer ID cannot come from a correct clock; if they
+ever do, the one with the greater msgpack encoding wins, which keeps merge
+deterministic.)
+
+Scale. A replica of 1,000,000 pins is a dict of ``Entry`` objects plus three
+indexes, all O(1) to update:
+
+- *buckets*: each CID falls in one of ``2**tree_bits`` buckets (default
+  65,536) by a BLAKE2b hash of its bytes. Listings go bucket by bucket and sort
+  only one bucket at a time, so the first entry of a listing comes at once.
+- *digest tree*: a complete 16-ary tree over the buckets; each node keeps the
+  count of entries below it and the XOR of their 128-bit entry hashes
+  (BLAKE2b of the entry's encoding). An update XORs the changed entry out of
+  and into its bucket; the upper levels are rebuilt lazily when read. Two
+  replicas compare roots, then the children of differing nodes, ... so they
+  find the differing buckets in ``tree_bits / 4`` round trips and pull only
+  those (``sync.py``). A new replica (root count 0) pulls everything at once.
+- *change log*: each change gets a local sequence number (``version``);
+  ``delta_since(v)`` returns the entries changed after ``v`` - what to gossip
+  or write to LMDB next. The log is compacted when it holds twice as many
+  records as the map.
+
+Tombstone compaction (``compact_tombstones``). A tombstone can be forgotten
+only when forgetting it cannot resurrect the pin: (1) every peer has merged the
+tombstone, and (2) no peer can still send a live write for that CID that is
+older than the tombstone. pinfold approximates both with a horizon
+(``replication.tombstone_horizon_s``, default 7 days): tombstones whose HLC
+wall time is older than ``now - horizon`` are dropped, and the replica's
+*watermark* moves to that time. After that the replica ignores any incoming
+write older than the watermark for a CID it does not have (counted in
+``statistics().rejected_stale``), so a late copy of an old pin cannot come
+back. This is safe when no peer stays partitioned longer than the horizon and
+clocks agree within the HLC's max drift; a peer that was away longer must
+discard its pinset and resync as a new node.
+
+Serialization: msgpack (``to_bytes``/``from_bytes``, ``encode_entries``/
+``decode_entries``, ``encode_entry``/``decode_entry`` for one LMDB row).
+Decoding validates every field and raises ``PinsetDecodeError`` naming the
+entry and field; it never crashes on malformed input.
+
+Pure: no trio, no LMDB, no clock.
+"""
+
+from __future__ import annotations
+
+import bisect
+import gc
+import hashlib
+from array import array
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import msgpack
+
+from pinfold.replication.errors import InvalidPeerID, InvalidPin, PinNotFound, PinsetDecodeError, StaleWrite
+from pinfold.replication.hlc import MAX_TIMESTAMP, check_timestamp
+from pinfold.replication.types import (
+    MAX_PEER_ID_LEN,
+    Pin,
+    PinMode,
+    check_cid_key,
+    check_peer_id,
+    cid_text,
+)
+
+__all__ = [
+    "DEFAULT_TREE_BITS",
+    "FANOUT_BITS",
+    "Entry",
+    "PinSet",
+    "PinSetStats",
+    "bucket_of",
+    "decode_entries",
+    "decode_entry",
+    "encode_entries",
+    "encode_entry",
+    "entry_from_wire",
+    "entry_hash",
+    "entry_to_wire",
+    "msgpack_unpack",
+]
+
+#: Bits of the bucket number; 16 -> 65,536 buckets (~15 entries each at 1M pins).
+DEFAULT_TREE_BITS: Final = 16
+#: Bits per digest-tree level (fan-out 16).
+FANOUT_BITS: Final = 4
+_FORMAT_VERSION: Final = 1
+_B2 = hashlib.blake2b
+_MODES: Final = {"recursive": PinMode.RECURSIVE, "direct": PinMode.DIRECT}
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector around bulk decoding and merging.
+
+    Building a million lists, dicts and dataclasses triggers many full
+    collections that find nothing (these objects form no cycles); pausing
+    makes decoding ~5x faster (msgpack's documentation gives the same advice).
+    The code inside never awaits, so no other trio task runs meanwhile.
+    """
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+def bucket_of(cid: bytes, tree_bits: int = DEFAULT_TREE_BITS) -> int:
+    """The bucket of a pin key: the top ``tree_bits`` bits of BLAKE2b-64(cid)."""
+    h = int.from_bytes(_B2(cid, digest_size=8, person=b"pinfold-bucket").digest(), "big")
+    return h >> (64 - tree_bits)
+
+
+def entry_hash(entry: Entry) -> int:
+    """The 128-bit digest-tree hash of an entry: BLAKE2b of its msgpack encoding.
+
+    The whole value is hashed, not only (cid, ts, writer): two replicas that
+    somehow hold different values under the same stamp (a writer whose clock
+    state was lost) still see different digests and reconcile. Computed once
+    per entry and cached on it.
+    """
+    h = entry._hash
+    if h is None:
+        h = int.from_bytes(
+            _B2(_pack(entry_to_wire(entry)), digest_size=16, person=b"pinfold-entry").digest(),
+            "big",
+        )
+        object.__setattr__(entry, "_hash", h)
+    return h
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Entry:
+    """One write to the pinset: a pin or a tombstone, stamped by its writer.
+
+    Attributes:
+        cid: pin key (binary CIDv1).
+        ts: HLC timestamp of the write.
+        peer_id: the writer.
+        pin: the pin, or None for a tombstone (the pin was removed).
+
+    Raises:
+        InvalidPin: ``ts`` is not a timestamp or ``pin.cid`` differs from ``cid``.
+        InvalidPeerID: bad writer.
+    """
+
+    cid: bytes
+    ts: int
+    peer_id: str
+    pin: Pin | None
+    _hash: int | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if type(self.ts) is not int or not 0 <= self.ts <= MAX_TIMESTAMP:
+            check_timestamp(self.ts)
+        p = self.peer_id
+        if (
+            type(p) is not str
+            or not 0 < len(p) <= MAX_PEER_ID_LEN
+            or not (p.isascii() and p.isprintable())
+            or " " in p
+        ):
+            check_peer_id(p)
+        if self.pin is None:
+            check_cid_key(self.cid)
+        elif type(self.pin) is not Pin:
+            raise InvalidPin(f"pin: must be a Pin or None, got {type(self.pin).__name__}")
+        elif self.pin.cid != self.cid:
+            raise InvalidPin("pin.cid differs from the entry's cid")
+
+    @property
+    def is_tombstone(self) -> bool:
+        """True for an unpin."""
+        return self.pin is None
+
+
+def _beats(a: Entry, b: Entry) -> bool:
+    """True when ``a`` wins over ``b`` in the LWW order (strictly)."""
+    if a.ts != b.ts:
+        return a.ts > b.ts
+    if a.peer_id != b.peer_id:
+        return a.peer_id > b.peer_id
+    if a == b:
+        return False
+    return _pack(entry_to_wire(a)) > _pack(entry_to_wire(b))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PinSetStats:
+    """Counts for metrics and ``cluster status``.
+
+    Attributes:
+        pins: live pins.
+        tombstones: tombstones kept.
+        version: local change counter (``PinSet.version``).
+        max_ts: greatest timestamp seen.
+        watermark: tombstones and unknown writes older than this are dropped.
+        rejected_stale: incoming writes ignored for being older than the watermark.
+    """
+
+    pins: int
+    tombstones: int
+    version: int
+    max_ts: int
+    watermark: int
+    rejected_stale: int
+
+
+class PinSet:
+    """One replica of the shared pinset (LWW map CRDT keyed by CID).
+
+    Reads: ``get``, ``pin``, ``__contains__``, ``__len__`` (live pins),
+    ``cids``, ``entries``. Writes: ``put``/``remove`` (local, stamped by the
+    caller's HLC) and ``merge`` (remote). Anti-entropy: ``summary``,
+    ``children``, ``entries_in_buckets`` (see ``sync.py``). Persistence:
+    ``delta_since``, ``to_bytes``/``from_bytes``.
+
+    Args:
+        tree_bits: bucket-number bits, a multiple of 4 in 4..20; every peer of a
+            cluster must use the same value.
+
+    Raises:
+        InvalidPin: bad ``tree_bits``.
+    """
+
+    __slots__ = (
+        "_buckets",
+        "_entries",
+        "_leaf_count",
+        "_leaf_digest",
+        "_levels",
+        "_log_keys",
+        "_log_seqs",
+        "_max_ts",
+        "_rejected",
+        "_tombstones",
+        "_tree",
+        "_tree_bits",
+        "_version",
+        "_watermark",
+    )
+
+    def __init__(self, *, tree_bits: int = DEFAULT_TREE_BITS) -> None:
+        if type(tree_bits) is not int or tree_bits % FANOUT_BITS or not 4 <= tree_bits <= 20:
+            raise InvalidPin(f"tree_bits: must be a multiple of 4 in 4..20, got {tree_bits!r}")
+        self._tree_bits = tree_bits
+        self._levels = tree_bits // FANOUT_BITS
+        self._entries: dict[bytes, Entry] = {}
+        self._buckets: list[set[bytes] | None] = [None] * (1 << tree_bits)
+        # Leaf (bucket) digests and counts are kept up to date; the levels above
+        # are rebuilt from them on demand (65,536 XORs, a few ms) when dirty.
+        self._leaf_digest = [0] * (1 << tree_bits)
+        self._leaf_count = [0] * (1 << tree_bits)
+        self._tree: list[tuple[list[int], list[int]]] | None = None
+        self._tombstones: set[bytes] = set()
+        self._log_keys: list[bytes] = []
+        self._log_seqs = array("Q")
+        self._version = 0
+        self._watermark = 0
+        self._max_ts = 0
+        self._rejected = 0
+
+    # ------------------------------------------------------------------ reads
+
+    @property
+    def tree_bits(self) -> int:
+        """Bucket-number bits (the digest tree has ``tree_bits / 4`` levels below the root)."""
+        return self._tree_bits
+
+    @property
+    def levels(self) -> int:
+        """Depth of the leaf (bucket) level; the root is level 0."""
+        return self._levels
+
+    @property
+    def version(self) -> int:
+        """Local change counter: grows by one for each entry this replica changes."""
+        return self._version
+
+    @property
+    def max_ts(self) -> int:
+        """Greatest HLC timestamp seen (feed it to ``HybridClock.receive`` at start)."""
+        return self._max_ts
+
+    @property
+    def watermark(self) -> int:
+        """HLC timestamp below which tombstones were compacted away."""
+        return self._watermark
+
+    def __len__(self) -> int:
+        """Number of live pins (tombstones not counted)."""
+        return len(self._entries) - len(self._tombstones)
+
+    @property
+    def entry_count(self) -> int:
+        """Number of entries, pins and tombstones."""
+        return len(self._entries)
+
+    def __contains__(self, cid: object) -> bool:
+        """True when ``cid`` has a live pin."""
+        return cid in self._entries and cid not in self._tombstones
+
+    def get(self, cid: bytes) -> Entry | None:
+        """The entry (pin or tombstone) for ``cid``, or None if never seen or compacted."""
+        return self._entries.get(cid)
+
+    def pin(self, cid: bytes) -> Pin | None:
+        """The live pin for ``cid``, or None."""
+        e = self._entries.get(cid)
+        return None if e is None else e.pin
+
+    def cids(self) -> list[bytes]:
+        """Every CID with an entry (pins and tombstones), in no particular order."""
+        return list(self._entries)
+
+    def entries(self, *, include_tombstones: bool = False) -> Iterator[Entry]:
+        """Entries in listing order: by bucket, then by CID bytes within a bucket.
+
+        The order is the same on every replica. Only one bucket is sorted at a
+        time, so the first entry is produced in microseconds even for 1M pins.
+        Do not modify the pinset while iterating.
+        """
+        entries = self._entries
+        for keys in self._buckets:
+            if not keys:
+                continue
+            for k in sorted(keys):
+                e = entries[k]
+                if include_tombstones or e.pin is not None:
+                    yield e
+
+    def pins(self) -> Iterator[Pin]:
+        """Live pins in listing order."""
+        for e in self.entries():
+            yield e.pin  # type: ignore[misc]
+
+    def statistics(self) -> PinSetStats:
+        """Counts for metrics."""
+        return PinSetStats(
+            pins=len(self),
+            tombstones=len(self._tombstones),
+            version=self._version,
+            max_ts=self._max_ts,
+            watermark=self._watermark,
+            rejected_stale=self._rejected,
+        )
+
+    # ----------------------------------------------------------------- writes
+
+    def put(self, pin: Pin, *, ts: int, peer_id: str) -> Entry:
+        """Record a local pin (or a change to one) written by ``peer_id`` at ``ts``.
+
+        Args:
+            pin: the pin.
+            ts: a fresh timestamp from this node's ``HybridClock.now``.
+            peer_id: this node's peer ID.
+
+        Returns:
+            The new entry (gossip it to the cluster).
+
+        Raises:
+            StaleWrite: an entry with a greater (ts, writer) exists already.
+            InvalidPin, InvalidPeerID: bad arguments.
+        """
+        return self._local_write(Entry(cid=pin.cid, ts=ts, peer_id=peer_id, pin=pin))
+
+    def remove(self, cid: bytes, *, ts: int, peer_id: str) -> Entry:
+        """Record a local unpin: a tombstone for ``cid``.
+
+        Raises:
+            PinNotFound: ``cid`` has no live pin.
+            StaleWrite: the live pin carries a greater (ts, writer).
+        """
+        if cid not in self:
+            raise PinNotFound(cid_text(cid) if isinstance(cid, bytes) else repr(cid))
+        return self._local_write(Entry(cid=cid, ts=ts, peer_id=peer_id, pin=None))
+
+    def _local_write(self, entry: Entry) -> Entry:
+        cur = self._entries.get(entry.cid)
+        if cur is not None and not _beats(entry, cur):
+            raise StaleWrite(
+                f"write at ts {entry.ts} does not beat the entry at ts {cur.ts} by "
+                f"{cur.peer_id} for {cid_text(entry.cid)}"
+            )
+        if entry.ts < self._watermark:
+            raise StaleWrite(
+                f"write at ts {entry.ts} is older than the watermark {self._watermark}"
+            )
+        self._store(entry, cur)
+        return entry
+
+    def merge(self, entries: Iterable[Entry]) -> list[Entry]:
+        """Merge remote entries (a delta, a sync answer, a whole replica).
+
+        Args:
+            entries: validated entries (from ``decode_entries`` or another replica).
+
+        Returns:
+            The entries that changed this replica, in input order (their CIDs
+            are the ones to re-plan).
+        """
+        with _gc_paused():
+            return self._merge(entries)
+
+    def _merge(self, entries: Iterable[Entry]) -> list[Entry]:
+        changed: list[Entry] = []
+        get = self._entries.get
+        wm = self._watermark
+        for e in entries:
+            cur = get(e.cid)
+            if cur is None:
+                if e.ts < wm:
+                    self._rejected += 1
+                    continue
+            elif cur is e or not _beats(e, cur):
+                continue
+            elif e.pin is None and e.ts < wm:
+                # The tombstone wins but is already past the horizon: forget the CID.
+                self._drop(e.cid, cur)
+                changed.append(e)
+                continue
+            self._store(e, cur)
+            changed.append(e)
+        return changed
+
+    def merge_set(self, other: PinSet) -> list[Entry]:
+        """Merge every entry of another replica (``merge`` of all its entries)."""
+        if other._tree_bits != self._tree_bits:
+            raise InvalidPin("merge_set: replicas use different tree_bits")
+        return self.merge(other._entries.values())
+
+    def _tree_update(self, bucket: int, delta_hash: int, delta_count: int) -> None:
+        self._leaf_digest[bucket] ^= delta_hash
+        self._leaf_count[bucket] += delta_count
+        self._tree = None
+
+    def _levels_cache(self) -> list[tuple[list[int], list[int]]]:
+        """``[(digests, counts)]`` per level, root first, rebuilt when stale."""
+        if self._tree is None:
+            levels = [(self._leaf_digest, self._leaf_count)]
+            fan = 1 << FANOUT_BITS
+            for _ in range(self._levels):
+                d, c = levels[-1]
+                nd = [0] * (len(d) // fan)
+                nc = [0] * (len(d) // fan)
+                for i in range(len(nd)):
+                    x = 0
+                    for v in d[i * fan : (i + 1) * fan]:
+                        x ^= v
+                    nd[i] = x
+                    nc[i] = sum(c[i * fan : (i + 1) * fan])
+                levels.append((nd, nc))
+            levels.reverse()
+            self._tree = levels
+        return self._tree
+
+    def _store(self, entry: Entry, old: Entry | None) -> None:
+        key = entry.cid
+        b = bucket_of(key, self._tree_bits)
+        h = entry_hash(entry)
+        if old is None:
+            keys = self._buckets[b]
+            if keys is None:
+                keys = self._buckets[b] = set()
+            keys.add(key)
+            self._tree_update(b, h, 1)
+        else:
+            self._tree_update(b, h ^ entry_hash(old), 0)
+        self._entries[key] = entry
+        if entry.pin is None:
+            self._tombstones.add(key)
+        else:
+            self._tombstones.discard(key)
+        self._max_ts = max(self._max_ts, entry.ts)
+        self._log(key)
+
+    def _drop(self, key: bytes, old: Entry) -> None:
+        b = bucket_of(key, self._tree_bits)
+        del self._entries[key]
+        keys = self._buckets[b]
+        assert keys is not None
+        keys.discard(key)
+        if not keys:
+            self._buckets[b] = None
+        self._tombstones.discard(key)
+        self._tree_update(b, entry_hash(old), -1)
+        self._log(key)
+
+    def _log(self, key: bytes) -> None:
+        self._version += 1
+        self._log_keys.append(key)
+        self._log_seqs.append(self._version)
+        if len(self._log_keys) > 2 * len(self._entries) + 1024:
+            self._compact_log()
+
+    def _compact_log(self) -> None:
+        seen: set[bytes] = set()
+        keys: list[bytes] = []
+        seqs: list[int] = []
+        for i in range(len(self._log_keys) - 1, -1, -1):
+            k = self._log_keys[i]
+            if k in seen:
+                continue
+            seen.add(k)
+            if k in self._entries:
+                keys.append(k)
+                seqs.append(self._log_seqs[i])
+        keys.reverse()
+        seqs.reverse()
+        self._log_keys = keys
+        self._log_seqs = array("Q", seqs)
+
+    def delta_since(self, version: int) -> list[Entry]:
+        """The current entries of CIDs changed after local version ``version``.
+
+        Args:
+            version: a value of ``self.version`` read earlier (0 = everything).
+
+        Returns:
+            Entries in change order, each CID once. CIDs dropped by compaction
+            are not included (``compact_tombstones`` returns them).
+        """
+        start = bisect.bisect_right(self._log_seqs, version)
+        out: list[Entry] = []
+        seen: set[bytes] = set()
+        entries = self._entries
+        for i in range(len(self._log_keys) - 1, start - 1, -1):
+            k = self._log_keys[i]
+            if k in seen:
+                continue
+            seen.add(k)
+            e = entries.get(k)
+            if e is not None:
+                out.append(e)
+        out.reverse()
+        return out
+
+    def compact_tombstones(self, before_ts: int) -> list[bytes]:
+        """Forget tombstones older than ``before_ts`` and raise the watermark to it.
+
+        Call with ``hlc_from_wall(now - tombstone_horizon_s)``; read the module
+        docstring for when this is safe.
+
+        Args:
+            before_ts: HLC timestamp; tombstones with ``ts < before_ts`` go.
+
+        Returns:
+            The CIDs removed (delete their LMDB rows).
+        """
+        check_timestamp(before_ts, "before_ts")
+        if before_ts <= self._watermark:
+            return []
+        self._watermark = before_ts
+        gone = [k for k in self._tombstones if self._entries[k].ts < before_ts]
+        for k in gone:
+            self._drop(k, self._entries[k])
+        return gone
+
+    # ------------------------------------------------------------ anti-entropy
+
+    def _check_node(self, level: int, index: int) -> None:
+        if type(level) is not int or not 0 <= level <= self._levels:
+            raise InvalidPin(f"level: must be in 0..{self._levels}, got {level!r}")
+        if type(index) is not int or not 0 <= index < (1 << (FANOUT_BITS * level)):
+            last = (1 << (FANOUT_BITS * level)) - 1
+            raise InvalidPin(f"index: must be in 0..{last}, got {index!r}")
+
+    def summary(self, level: int, index: int) -> tuple[int, int]:
+        """``(digest, count)`` of one digest-tree node.
+
+        Raises:
+            InvalidPin: no such node.
+        """
+        self._check_node(level, index)
+        d, c = self._levels_cache()[level]
+        return d[index], c[index]
+
+    def children(self, level: int, index: int) -> list[tuple[int, int]]:
+        """``(digest, count)`` of the 16 children (at ``level + 1``) of a node.
+
+        Raises:
+            InvalidPin: no such node, or it is a leaf.
+        """
+        self._check_node(level, index)
+        if level >= self._levels:
+            raise InvalidPin(f"level {level} is the leaf level; it has no children")
+        lo = index << FANOUT_BITS
+        d, c = self._levels_cache()[level + 1]
+        return [(d[i], c[i]) for i in range(lo, lo + (1 << FANOUT_BITS))]
+
+    def bucket_range(self, level: int, index: int) -> tuple[int, int]:
+        """The buckets ``[lo, hi)`` under a digest-tree node."""
+        self._check_node(level, index)
+        shift = FANOUT_BITS * (self._levels - level)
+        return index << shift, (index + 1) << shift
+
+    def entries_in_buckets(self, lo: int, hi: int, limit: int) -> tuple[list[Entry], int | None]:
+        """Entries (with tombstones) of buckets ``lo .. hi-1``, whole buckets at a time.
+
+        Args:
+            lo, hi: bucket range.
+            limit: most entries to return (>= 1); a bucket that would pass it is
+                left for the next page (a page holds at least one bucket, so a
+                single bucket larger than ``limit`` is still sent whole).
+
+        Returns:
+            ``(entries, resume)``: ``resume`` is the first bucket not sent, or
+            None when the range is done.
+        """
+        nb = 1 << self._tree_bits
+        if not (type(lo) is int and type(hi) is int and 0 <= lo <= hi <= nb):
+            raise InvalidPin(f"bucket range [{lo!r}, {hi!r}) outside 0..{nb}")
+        if type(limit) is not int or limit < 1:
+            raise InvalidPin(f"limit: must be >= 1, got {limit!r}")
+        out: list[Entry] = []
+        entries = self._entries
+        # Skip empty subtrees quickly using the leaf counts.
+        counts = self._leaf_count
+        b = lo
+        while b < hi:
+            if counts[b]:
+                keys = self._buckets[b]
+                assert keys is not None
+                if out and len(out) + len(keys) > limit:
+                    return out, b
+                out.extend(entries[k] for k in sorted(keys))
+                if len(out) >= limit:
+                    return out, (b + 1 if b + 1 < hi else None)
+            b += 1
+        return out, None
+
+    # ---------------------------------------------------------- serialization
+
+    def to_bytes(self) -> bytes:
+        """The whole replica (entries, tombstones, watermark) as msgpack bytes."""
+        return _pack(
+            {
+                "v": _FORMAT_VERSION,
+                "tree_bits": self._tree_bits,
+                "watermark": self._watermark,
+                "entries": [entry_to_wire(e) for e in self._entries.values()],
+            }
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> PinSet:
+        """Rebuild a replica from ``to_bytes`` output.
+
+        Raises:
+            PinsetDecodeError: malformed data; the message names the part.
+        """
+        obj = msgpack_unpack(data)
+        if type(obj) is not dict or set(obj) != {"v", "tree_bits", "watermark", "entries"}:
+            raise PinsetDecodeError("pinset: expected a map with v, tree_bits, watermark, entries")
+        if obj["v"] != _FORMAT_VERSION:
+            raise PinsetDecodeError(f"pinset: unsupported format version {obj['v']!r}")
+        try:
+            cls(tree_bits=obj["tree_bits"])
+            check_timestamp(obj["watermark"], "watermark")
+        except InvalidPin as exc:
+            raise PinsetDecodeError(f"pinset: {exc}") from exc
+        return cls.from_entries(_entries_from_wire(obj["entries"]), watermark=obj["watermark"],
+                                tree_bits=obj["tree_bits"])
+
+    @classmethod
+    def from_entries(cls, entries: Iterable[Entry], *, watermark: int = 0,
+                     tree_bits: int = DEFAULT_TREE_BITS) -> PinSet:
+        """Rebuild a replica from its stored entries and watermark (e.g. LMDB rows).
+
+        The entries are merged first and the watermark set after, so live pins
+        older than the watermark (any pin older than the tombstone horizon) are
+        kept; tombstones older than it are dropped.
+
+        Raises:
+            InvalidPin: bad ``watermark`` or ``tree_bits``.
+        """
+        ps = cls(tree_bits=tree_bits)
+        ps.merge(entries)
+        if watermark:
+            ps.compact_tombstones(check_timestamp(watermark, "watermark"))
+        return ps
+
+
+# --------------------------------------------------------------- wire format
+#
+# entry = [cid: bin, ts: uint, writer: str, pin: nil | pin]
+# pin   = [name: str, mode: "recursive"|"direct", rmin: uint, rmax: uint,
+#          availability: nil|float, expire_at: nil|number, metadata: {str: str},
+#          size_bytes: nil|uint]
+# envelope = {"v": 1, "entries": [entry, ...]}
+
+
+def _pack(obj: Any) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def msgpack_unpack(data: object, what: str = "pinset") -> Any:
+    """Unpack msgpack bytes strictly (str keys, no trailing bytes).
+
+    Raises:
+        PinsetDecodeError: not bytes or not valid msgpack.
+    """
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise PinsetDecodeError(f"{what}: expected bytes, got {type(data).__name__}")
+    try:
+        with _gc_paused():
+            return msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=True)
+    except msgpack.ExtraData as exc:
+        raise PinsetDecodeError(f"{what}: trailing bytes after the message") from exc
+    except (ValueError, TypeError, OverflowError, RecursionError, msgpack.UnpackException) as exc:
+        raise PinsetDecodeError(f"{what}: not valid msgpack ({exc})") from exc
+
+
+def entry_to_wire(e: Entry) -> list[Any]:
+    """The msgpack-ready list form of an entry."""
+    p = e.pin
+    if p is None:
+        return [e.cid, e.ts, e.peer_id, None]
+    return [
+        e.cid,
+        e.ts,
+        e.peer_id,
+        [
+            p.name,
+            p.mode.value,
+            p.rmin,
+            p.rmax,
+            p.availability,
+            p.expire_at,
+            dict(p.metadata),
+            p.size_bytes,
+        ],
+    ]
+
+
+def entry_from_wire(obj: Any, where: str = "entry") -> Entry:
+    """Build an entry from its decoded list form, validating every field.
+
+    Raises:
+        PinsetDecodeError: wrong shape or a bad field; the message names it.
+    """
+    if type(obj) is not list or len(obj) != 4:
+        raise PinsetDecodeError(f"{where}: expected [cid, ts, writer, pin]")
+    cid, ts, writer, p = obj
+    try:
+        if p is None:
+            return Entry(cid=cid, ts=ts, peer_id=writer, pin=None)
+        if type(p) is not list or len(p) != 8:
+            raise PinsetDecodeError(f"{where}: pin: expected a list of 8 fields")
+        name, mode, rmin, rmax, avail, expire, meta, size = p
+        m = _MODES.get(mode) if type(mode) is str else None
+        if m is None:
+            raise PinsetDecodeError(f"{where}: mode: must be 'recursive' or 'direct', got {mode!r}")
+        if type(meta) is not dict:
+            raise PinsetDecodeError(f"{where}: metadata: expected a map")
+        pin = Pin(
+            cid=cid,
+            name=name,
+            mode=m,
+            rmin=rmin,
+            rmax=rmax,
+            availability=avail,
+            expire_at=expire,
+            metadata=tuple(sorted(meta.items())) if meta else (),
+            size_bytes=size,
+        )
+        return Entry(cid=cid, ts=ts, peer_id=writer, pin=pin)
+    except (InvalidPin, InvalidPeerID) as exc:
+        raise PinsetDecodeError(f"{where}: {exc}") from exc
+    except TypeError as exc:  # e.g. unorderable metadata values
+        raise PinsetDecodeError(f"{where}: {exc}") from exc
+
+
+def _entries_from_wire(items: Any) -> list[Entry]:
+    if type(items) is not list:
+        raise PinsetDecodeError("entries: expected a list")
+    out = []
+    with _gc_paused():
+        for i, obj in enumerate(items):
+            out.append(entry_from_wire(obj, f"entry {i}"))
+    return out
+
+
+def encode_entries(entries: Iterable[Entry]) -> bytes:
+    """A batch of entries (a delta) as msgpack bytes: ``{"v": 1, "entries": [...]}``."""
+    return _pack({"v": _FORMAT_VERSION, "entries": [entry_to_wire(e) for e in entries]})
+
+
+def decode_entries(data: bytes, *, max_entries: int | None = None) -> list[Entry]:
+    """Decode and validate ``encode_entries`` output.
+
+    Args:
+        data: the bytes.
+        max_entries: refuse batches larger than this (None = no limit).
+
+    Raises:
+        PinsetDecodeError: malformed data, or more than ``max_entries``.
+    """
+    obj = msgpack_unpack(data, "entries")
+    if type(obj) is not dict or set(obj) != {"v", "entries"}:
+        raise PinsetDecodeError("entries: expected a map with v and entries")
+    if obj["v"] != _FORMAT_VERSION:
+        raise PinsetDecodeError(f"entries: unsupported format version {obj['v']!r}")
+    items = obj["entries"]
+    if max_entries is not None and type(items) is list and len(items) > max_entries:
+        raise PinsetDecodeError(f"entries: {len(items)} entries exceed the limit of {max_entries}")
+    return _entries_from_wire(items)
+
+
+def encode_entry(e: Entry) -> bytes:
+    """One entry as msgpack bytes (an LMDB value; the key is ``e.cid``)."""
+    return _pack(entry_to_wire(e))
+
+
+def decode_entry(data: bytes) -> Entry:
+    """Decode and validate one ``encode_entry`` value.
+
+    Raises:
+        PinsetDecodeError: malformed data.
+    """
+    return entry_from_wire(msgpack_unpack(data, "entry"))
