@@ -26,7 +26,8 @@ from pinfold.blockstore.car import (
 )
 from pinfold.blockstore.cid import CID, DAG_CBOR, DAG_PB, RAW, make_cid, parse_cid
 from pinfold.blockstore.dag import cbor_decode, cbor_encode, links, walk, walk_blocks
-from pinfold.blockstore.dagpb import PBLink, PBNode, encode, new_cid, uvarint
+from pinfold.blockstore.dagpb import PBLink, PBNode, encode, new_cid
+from pinfold.blockstore.varint import encode_uvarint as uvarint
 from pinfold.blockstore.errors import BlockCorrupt, BlockNotFound, BlockTooLarge, DecodeError
 from pinfold.blockstore.unixfs import DirectoryBuilder, ImportParams, import_bytes
 

@@ -24,10 +24,10 @@ from pinfold.blockstore.dagpb import (
     decode,
     decode_cid,
     encode,
-    read_uvarint,
-    uvarint,
 )
 from pinfold.blockstore.errors import DecodeError
+from pinfold.blockstore.varint import encode_uvarint as uvarint
+from pinfold.blockstore.varint import read_uvarint
 
 VECTORS = Path(__file__).parent / "vectors"
 

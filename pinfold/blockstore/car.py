@@ -21,7 +21,8 @@ from typing import Final
 
 from pinfold.blockstore.cid import CID, IDENTITY, MAX_BLOCK_SIZE, verify_block
 from pinfold.blockstore.dag import cbor_decode, cbor_encode, walk_blocks
-from pinfold.blockstore.dagpb import decode_cid, uvarint
+from pinfold.blockstore.dagpb import decode_cid
+from pinfold.blockstore.varint import encode_uvarint, try_read_uvarint
 from pinfold.blockstore.errors import BlockTooLarge, DecodeError, InvalidCID
 
 __all__ = ["CARV2_PRAGMA", "CarReader", "car_header", "car_section", "export_car", "read_car"]
@@ -47,7 +48,7 @@ def car_header(roots: Sequence[CID]) -> bytes:
         if not isinstance(root, CID):
             raise TypeError(f"CAR roots must be CIDs, got {type(root).__name__}")
     header = cbor_encode({"roots": roots, "version": 1})
-    return uvarint(len(header)) + header
+    return encode_uvarint(len(header)) + header
 
 
 def car_section(cid: CID, data: bytes | bytearray | memoryview) -> bytes:
@@ -61,7 +62,7 @@ def car_section(cid: CID, data: bytes | bytearray | memoryview) -> bytes:
     if len(data) > MAX_BLOCK_SIZE:
         raise BlockTooLarge(len(data), MAX_BLOCK_SIZE)
     raw = bytes(cid)
-    return b"".join((uvarint(len(raw) + len(data)), raw, data))
+    return b"".join((encode_uvarint(len(raw) + len(data)), raw, data))
 
 
 async def export_car(
@@ -81,22 +82,9 @@ async def export_car(
         yield car_section(cid, data)
 
 
-def _try_uvarint(buf: bytearray, pos: int, what: str, at: int) -> tuple[int, int] | None:
-    """A varint at ``pos`` if complete, ``None`` if more bytes are needed."""
-    end = min(len(buf), pos + 10)
-    for i in range(pos, end):
-        if buf[i] < 0x80:
-            value = 0
-            for shift, b in enumerate(buf[pos : i + 1]):
-                value |= (b & 0x7F) << (7 * shift)
-            if i > pos and buf[i] == 0:
-                raise DecodeError(f"CAR: {what} at byte {at} is not minimally encoded")
-            if value >= 1 << 64:
-                raise DecodeError(f"CAR: {what} at byte {at} exceeds 64 bits")
-            return value, i + 1
-    if end - pos >= 10:
-        raise DecodeError(f"CAR: {what} at byte {at} is longer than 10 bytes")
-    return None
+def _try_uvarint(buf: bytearray | bytes, pos: int, what: str, at: int) -> tuple[int, int] | None:
+    """A minimal varint at ``pos`` if complete, ``None`` if more bytes are needed."""
+    return try_read_uvarint(buf, pos, what=f"CAR: {what}", minimal=True, base=at - pos)
 
 
 def _cid_length(section: bytearray | bytes, start: int, at: int) -> int:
@@ -250,7 +238,7 @@ class CarReader:
         raw = bytes(self._buf[start : start + length])
         self._pos = start + length
         inner = self._payload_end is not None
-        if not inner and at == 0 and uvarint(length) + raw == CARV2_PRAGMA:
+        if not inner and at == 0 and encode_uvarint(length) + raw == CARV2_PRAGMA:
             self._version = 2
             self._state = "v2header"
             return True

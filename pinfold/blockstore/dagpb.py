@@ -18,8 +18,8 @@ of that section, a PBNode with Data *before* its Links is accepted (IPFS data
 exists in both forms; js ``@ipld/dag-pb`` can write ``data-first``), but Links
 split around Data (Links, Data, Links) is rejected.
 
-Also here, because every codec module needs them: unsigned varints
-(multiformats ``unsigned-varint``) and a fast binary CID decoder.
+Also here, because every codec module needs it: a fast binary CID decoder.
+Varints come from ``pinfold.blockstore.varint``.
 """
 
 from __future__ import annotations
@@ -31,85 +31,17 @@ from typing import Final
 from multiformats import CID, multibase, multicodec, multihash
 
 from pinfold.blockstore.errors import DecodeError
+from pinfold.blockstore.varint import MAX_UINT64, encode_uvarint, read_uvarint
 
 __all__ = [
-    "MAX_UINT64",
     "PBLink",
     "PBNode",
     "decode",
     "decode_cid",
     "encode",
     "new_cid",
-    "read_uvarint",
     "sort_links",
-    "uvarint",
 ]
-
-MAX_UINT64: Final = (1 << 64) - 1
-
-# --------------------------------------------------------------------------- varints
-
-
-def uvarint(value: int) -> bytes:
-    """Encode a non-negative int as a minimal unsigned LEB128 varint (at most 10 bytes).
-
-    Raises:
-        ValueError: ``value`` is negative or does not fit in 64 bits.
-    """
-    if value < 0x80:
-        if value < 0:
-            raise ValueError(f"varint must be >= 0, got {value}")
-        return bytes((value,))
-    if value > MAX_UINT64:
-        raise ValueError(f"varint must fit in 64 bits, got {value}")
-    out = bytearray()
-    while value >= 0x80:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def read_uvarint(
-    buf: bytes | bytearray | memoryview, pos: int, *, what: str = "varint", minimal: bool = False
-) -> tuple[int, int]:
-    """Read an unsigned varint from ``buf`` at ``pos``.
-
-    Args:
-        buf: the bytes.
-        pos: offset of the first varint byte.
-        what: name used in error messages.
-        minimal: reject non-minimal encodings (multiformats unsigned-varint rule;
-            protobuf itself tolerates them).
-
-    Returns:
-        ``(value, offset just past the varint)``.
-
-    Raises:
-        DecodeError: the varint is truncated, longer than 10 bytes, exceeds
-            64 bits, or (``minimal``) has a redundant trailing zero group.
-    """
-    result = 0
-    shift = 0
-    end = len(buf)
-    start = pos
-    while True:
-        if pos >= end:
-            raise DecodeError(f"truncated {what} at byte {start}")
-        b = buf[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        if b < 0x80:
-            break
-        shift += 7
-        if shift >= 70:
-            raise DecodeError(f"{what} at byte {start} is longer than 10 bytes")
-    if result > MAX_UINT64:
-        raise DecodeError(f"{what} at byte {start} exceeds 64 bits")
-    if minimal and b == 0 and pos - start > 1:
-        raise DecodeError(f"{what} at byte {start} is not minimally encoded")
-    return result, pos
-
 
 # --------------------------------------------------------------------------- CIDs
 
@@ -259,13 +191,13 @@ def sort_links(links: Iterable[PBLink]) -> tuple[PBLink, ...]:
 
 def encode_link(cid_bytes: bytes, name: bytes | None, tsize: int | None) -> bytes:
     """Encode one PBLink message body (without the outer field key), canonical order."""
-    parts = [b"\x0a", uvarint(len(cid_bytes)), cid_bytes]
+    parts = [b"\x0a", encode_uvarint(len(cid_bytes)), cid_bytes]
     if name is not None:
-        parts += [b"\x12", uvarint(len(name)), name]
+        parts += [b"\x12", encode_uvarint(len(name)), name]
     if tsize is not None:
-        parts += [b"\x18", uvarint(tsize)]
+        parts += [b"\x18", encode_uvarint(tsize)]
     body = b"".join(parts)
-    return b"\x12" + uvarint(len(body)) + body
+    return b"\x12" + encode_uvarint(len(body)) + body
 
 
 def encode(node: PBNode) -> bytes:
@@ -283,7 +215,7 @@ def encode(node: PBNode) -> bytes:
         for link in node.links
     ]
     if node.data is not None:
-        parts += [b"\x0a", uvarint(len(node.data)), node.data]
+        parts += [b"\x0a", encode_uvarint(len(node.data)), node.data]
     return b"".join(parts)
 
 

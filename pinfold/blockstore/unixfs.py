@@ -30,7 +30,8 @@ from typing import Final, Literal
 from pinfold.blockstore import dagpb
 from pinfold.blockstore.cid import CID, DAG_PB, IDENTITY, MAX_BLOCK_SIZE, RAW, check_block_size
 from pinfold.blockstore.dag import walk
-from pinfold.blockstore.dagpb import MAX_UINT64, encode_link, new_cid, read_uvarint, uvarint
+from pinfold.blockstore.dagpb import encode_link, new_cid
+from pinfold.blockstore.varint import MAX_UINT64, encode_uvarint, read_uvarint
 from pinfold.blockstore.errors import DecodeError, NotAFile
 
 __all__ = [
@@ -145,24 +146,24 @@ def encode_data(msg: UnixFSData) -> bytes:
 
     ``blocksizes`` are written unpacked (one key each), as Kubo and js do.
     """
-    parts = [b"\x08", uvarint(int(msg.type))]
+    parts = [b"\x08", encode_uvarint(int(msg.type))]
     if msg.data is not None:
-        parts += [b"\x12", uvarint(len(msg.data)), msg.data]
+        parts += [b"\x12", encode_uvarint(len(msg.data)), msg.data]
     if msg.filesize is not None:
-        parts += [b"\x18", uvarint(msg.filesize)]
+        parts += [b"\x18", encode_uvarint(msg.filesize)]
     for size in msg.blocksizes:
-        parts += [b"\x20", uvarint(size)]
+        parts += [b"\x20", encode_uvarint(size)]
     if msg.hash_type is not None:
-        parts += [b"\x28", uvarint(msg.hash_type)]
+        parts += [b"\x28", encode_uvarint(msg.hash_type)]
     if msg.fanout is not None:
-        parts += [b"\x30", uvarint(msg.fanout)]
+        parts += [b"\x30", encode_uvarint(msg.fanout)]
     if msg.mode is not None:
-        parts += [b"\x38", uvarint(msg.mode)]
+        parts += [b"\x38", encode_uvarint(msg.mode)]
     if msg.mtime is not None:
-        t = b"\x08" + uvarint(msg.mtime.seconds & MAX_UINT64)  # int64: two's complement varint
+        t = b"\x08" + encode_uvarint(msg.mtime.seconds & MAX_UINT64)  # int64: two's complement varint
         if msg.mtime.nanos is not None:
             t += b"\x15" + msg.mtime.nanos.to_bytes(4, "little")
-        parts += [b"\x42", uvarint(len(t)), t]
+        parts += [b"\x42", encode_uvarint(len(t)), t]
     return b"".join(parts)
 
 
@@ -495,10 +496,10 @@ class FileImporter:
             block = bytes(chunk)
         elif n:
             # PBNode{Data: UnixFS{Type: File, Data: chunk, filesize: n}}, one copy of the chunk.
-            size_v = uvarint(n)
+            size_v = encode_uvarint(n)
             ufs_len = 3 + len(size_v) + n + 1 + len(size_v)
             block = b"".join(
-                (b"\x0a", uvarint(ufs_len), b"\x08\x02\x12", size_v, chunk, b"\x18", size_v)
+                (b"\x0a", encode_uvarint(ufs_len), b"\x08\x02\x12", size_v, chunk, b"\x18", size_v)
             )
         else:
             block = b"\x0a\x04\x08\x02\x18\x00"  # the empty file: Type File, filesize 0
@@ -528,10 +529,10 @@ class FileImporter:
         for _, cid_bytes, child_tsize, child_filesize in items:
             filesize += child_filesize
             tsize += child_tsize
-            sizes.append(b"\x20" + uvarint(child_filesize))
+            sizes.append(b"\x20" + encode_uvarint(child_filesize))
             links.append(encode_link(cid_bytes, b"", child_tsize))
-        ufs = b"\x08\x02\x18" + uvarint(filesize) + b"".join(sizes)
-        block = b"".join(links) + b"\x0a" + uvarint(len(ufs)) + ufs
+        ufs = b"\x08\x02\x18" + encode_uvarint(filesize) + b"".join(sizes)
+        block = b"".join(links) + b"\x0a" + encode_uvarint(len(ufs)) + ufs
         check_block_size(len(block))
         cid = new_cid(
             self._params.cid_version, DAG_PB, _SHA256_PREFIX + hashlib.sha256(block).digest()

@@ -13,7 +13,7 @@ import trio
 from pinfold.blockstore.cid import RAW, cid_key, make_cid, parse_cid
 from pinfold.blockstore.unixfs import ImportParams, import_bytes
 from pinfold.daemon.p2p.bitswap import BlockUnavailable
-from pinfold.daemon.p2p.bitswap.links import links
+from pinfold.blockstore.dag import links
 
 from tests.bitswap_support import random_bytes, raw_blocks, running_nodes, wait_until
 from tests.interop.helia_process import HeliaError, helia_peer, skip_reason

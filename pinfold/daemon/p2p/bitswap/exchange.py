@@ -67,7 +67,7 @@ from pinfold.daemon.p2p.bitswap.errors import (
     RemoteProtocolError,
     TooManyBadBlocks,
 )
-from pinfold.daemon.p2p.bitswap.links import links as dag_links
+from pinfold.blockstore.dag import links as dag_links
 from pinfold.daemon.p2p.bitswap.message import (
     MAX_MESSAGE_SIZE,
     PROTOCOL_1_2_0,

@@ -44,6 +44,7 @@ from typing import Final
 
 from pinfold.blockstore.cid import CID, MAX_BLOCK_SIZE, cid_key
 from pinfold.blockstore.dagpb import decode_cid
+from pinfold.blockstore.varint import encode_uvarint, read_uvarint, try_read_uvarint
 
 from pinfold.daemon.p2p.bitswap.errors import MalformedMessage, MessageTooLarge
 
@@ -214,34 +215,8 @@ class Message:
 # ---------------------------------------------------------------- varints
 
 
-def encode_uvarint(value: int) -> bytes:
-    """``value`` (0 <= value < 2**64) as an unsigned LEB128 varint."""
-    if value < 0:
-        raise ValueError(f"uvarint of negative {value}")
-    if value < 0x80:
-        return bytes((value,))
-    out = bytearray()
-    while value >= 0x80:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
 def _read_varint(buf: memoryview, pos: int, end: int) -> tuple[int, int]:
-    result = 0
-    shift = 0
-    while True:
-        if pos >= end:
-            raise MalformedMessage("truncated varint")
-        b = buf[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        if b < 0x80:
-            return result, pos
-        shift += 7
-        if shift >= 70:
-            raise MalformedMessage("varint longer than 10 bytes")
+    return read_uvarint(buf, pos, end, error=MalformedMessage)
 
 
 def _key(field_no: int, wire: int) -> bytes:
@@ -612,22 +587,12 @@ class FrameDecoder:
         """
         buf = self._buf
         if self._need < 0:
-            end = len(buf)
-            pos = self._start
-            result = 0
-            shift = 0
-            while True:
-                if pos >= end:
-                    self._compact()
-                    return None
-                b = buf[pos]
-                pos += 1
-                result |= (b & 0x7F) << shift
-                if b < 0x80:
-                    break
-                shift += 7
-                if shift >= 63:
-                    raise MalformedMessage("message length prefix longer than 9 bytes")
+            got = try_read_uvarint(buf, self._start, what="message length prefix",
+                                   error=MalformedMessage, max_bytes=9)
+            if got is None:
+                self._compact()
+                return None
+            result, pos = got
             if result > self.max_message_size:
                 raise MessageTooLarge(
                     f"message of {result} bytes announced; the limit is {self.max_message_size}"
