@@ -12,7 +12,7 @@ import trio
 from libp2p.crypto.ed25519 import create_new_key_pair
 from pinfold.blockstore.cid import CID, RAW, cid_key, make_cid
 from pinfold.blockstore.errors import BlockNotFound
-from pinfold.daemon.p2p.bitswap import Bitswap, BitswapConfig
+from pinfold.daemon.p2p.bitswap import Bitswap, ExchangeConfig
 from pinfold.daemon.p2p.host import Host, HostConfig
 
 LOOPBACK = ("/ip4/127.0.0.1/tcp/0",)
@@ -92,7 +92,7 @@ class Node:
 
 
 @contextlib.asynccontextmanager
-async def running_nodes(n: int, *, config: BitswapConfig | None = None) -> AsyncIterator[list[Node]]:
+async def running_nodes(n: int, *, config: ExchangeConfig | None = None) -> AsyncIterator[list[Node]]:
     """``n`` hosts with Bitswap on 127.0.0.1, each with its own dict store."""
     async with trio.open_nursery() as nursery:
         nodes = []

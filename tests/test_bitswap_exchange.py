@@ -11,7 +11,7 @@ from multiformats import CID
 from pinfold.blockstore.cid import RAW, cid_key, make_cid
 from pinfold.blockstore.unixfs import ImportParams, import_bytes
 from pinfold.daemon.p2p.bitswap import (
-    BitswapConfig,
+    ExchangeConfig,
     BlockUnavailable,
     ClientConfig,
     FetchTimeout,
@@ -81,7 +81,7 @@ async def test_three_holders_all_serve_one_fetcher():
     data = random_bytes(16 * MiB, seed=3)
     blocks, root, _ = import_bytes(data, ImportParams(chunk_size=256 * 1024, max_links=16))
     # a shallow pipeline per peer, so one holder alone cannot absorb every want
-    config = BitswapConfig(client=ClientConfig(max_outstanding_per_peer=4))
+    config = ExchangeConfig(client=ClientConfig(max_outstanding_per_peer=4))
     async with running_nodes(4, config=config) as (*holders, fetcher):
         for h in holders:
             h.store.add(blocks)
@@ -214,7 +214,7 @@ ATTACKS = {
 @pytest.mark.parametrize("attack", sorted(ATTACKS))
 async def test_hostile_peer_is_cut_off_while_a_good_peer_is_served(attack, nursery):
     run_attack, reason = ATTACKS[attack]
-    config = BitswapConfig(server=ServerConfig(max_wantlist_entries=1000))
+    config = ExchangeConfig(server=ServerConfig(max_wantlist_entries=1000))
     async with running_nodes(2, config=config) as (victim, good):
         blocks = raw_blocks(24, MiB, seed=5)
         victim.store.add(blocks)
@@ -279,7 +279,7 @@ async def test_a_peer_cut_off_while_its_messages_are_processed_is_disconnected(n
 async def test_wrong_block_for_a_wanted_cid_is_rejected_and_the_fetch_uses_a_good_peer(nursery):
     """The hostile peer says HAVE and then sends bytes that do not hash to the CID."""
     (cid, data), = raw_blocks(1, 4096, seed=6)
-    config = BitswapConfig(max_bad_blocks=0)
+    config = ExchangeConfig(max_bad_blocks=0)
     async with running_nodes(2, config=config) as (fetcher, good):
         hostile = new_host()
         await nursery.start(hostile.run)
@@ -338,7 +338,7 @@ async def test_a_peer_found_unusable_is_used_again_while_still_connected():
     reset, a write timed out) is retried after ``unusable_retry_s`` while its
     connection lasts; dropped for good, a fetch whose only holder it was never
     asked it again (the cluster fault campaign's wedged pins)."""
-    cfg = BitswapConfig(unusable_retry_s=0.5)
+    cfg = ExchangeConfig(unusable_retry_s=0.5)
     async with running_nodes(2, config=cfg) as (a, b):
         (cid, data), = raw_blocks(1, 4096, seed=77)
         b.store.add([(cid, data)])
@@ -359,7 +359,7 @@ async def test_a_want_lost_with_a_broken_stream_is_sent_again(broken):
     waiting out the stall timeout - here longer than the fetch's own timeout, so
     without the resend the fetch fails (the cluster fault campaign's slow repairs
     under connection resets)."""
-    cfg = BitswapConfig(client=ClientConfig(stall_timeout_s=600.0))
+    cfg = ExchangeConfig(client=ClientConfig(stall_timeout_s=600.0))
     async with running_nodes(2, config=cfg) as (a, b):
         (c1, d1), (c2, d2) = raw_blocks(2, 4096, seed=78)
         b.store.add([(c1, d1), (c2, d2)])
@@ -406,7 +406,7 @@ async def test_a_reply_stream_closed_cleanly_does_not_resend_the_wantlist():
     """Kubo and Helia open a new Bitswap stream for every reply and close it
     cleanly. That is no sign of loss: resending the wantlist on each one made
     them send every block twice. Only a broken stream (the test above) does."""
-    cfg = BitswapConfig(client=ClientConfig(stall_timeout_s=600.0))
+    cfg = ExchangeConfig(client=ClientConfig(stall_timeout_s=600.0))
     async with running_nodes(2, config=cfg) as (a, b):
         (c1, d1), (c2, _) = raw_blocks(2, 4096, seed=79)
         b.store.add([(c1, d1)])
@@ -450,7 +450,7 @@ async def test_a_block_arriving_after_its_want_was_cancelled_is_late_not_unsolic
     were cut off this way). A block we never asked for still counts."""
     from pinfold.daemon.p2p.bitswap.errors import TooManyBadBlocks
 
-    cfg = BitswapConfig(max_bad_blocks=0)
+    cfg = ExchangeConfig(max_bad_blocks=0)
     async with running_nodes(2, config=cfg) as (a, b):
         (c1, d1), (c2, d2) = raw_blocks(2, 4096, seed=79)
         await a.host.connect(b.addr)
@@ -469,7 +469,7 @@ async def test_an_unusable_peer_is_retried_soon_then_less_often():
     """A failed send (a reset connection) leaves the peer alone 0.25 s at first --
     a repair whose only source it is waits for it -- doubling on each failure in
     a row up to ``unusable_retry_s``; a successful send starts over."""
-    cfg = BitswapConfig(unusable_retry_s=2.0)
+    cfg = ExchangeConfig(unusable_retry_s=2.0)
     async with running_nodes(2, config=cfg) as (a, b):
         (cid, data), = raw_blocks(1, 4096, seed=80)
         b.store.add([(cid, data)])

@@ -19,7 +19,7 @@ from libp2p.peer.id import ID
 from pinfold.blockstore.cid import CID, cid_key
 from pinfold.blockstore.errors import BlockNotFound
 
-from pinfold.daemon.p2p.bitswap import Bitswap, BitswapConfig, ClientConfig, ServerConfig
+from pinfold.daemon.p2p.bitswap import Bitswap, ExchangeConfig, ClientConfig, ServerConfig
 from pinfold.daemon.p2p.host import Host, HostConfig, HostError
 from pinfold.daemon.metrics import counter, counter_by, gauge, gauge_by, histogram
 
@@ -52,7 +52,7 @@ class Network:
         self._protections: set[Any] = set()
         self.bitswap = Bitswap(
             self.host, node.store, self._put_many,
-            config=BitswapConfig(
+            config=ExchangeConfig(
                 server=ServerConfig(max_wantlist_entries=cfg.bitswap.max_wantlist),
                 client=ClientConfig(),
                 default_timeout_s=cfg.bitswap.fetch_timeout_s,

@@ -59,7 +59,7 @@ __all__ = [
     "HostError",
     "HostStats",
     "PeerEvent",
-    "PeerStatus",
+    "ConnectedPeer",
     "parse_multiaddr",
     "route_libp2p_logs",
 ]
@@ -232,7 +232,7 @@ class PeerEvent:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class PeerStatus:
+class ConnectedPeer:
     """One connected peer for ``peers ls``.
 
     Attributes:
@@ -542,7 +542,7 @@ class Host:
         """Peer IDs with an open connection."""
         return list(self.libp2p.get_network().get_connections_map().keys())
 
-    def peers(self) -> list[PeerStatus]:
+    def peers(self) -> list[ConnectedPeer]:
         """Connected peers with their remote addresses, sorted by peer ID."""
         out = []
         network = self.libp2p.get_network()
@@ -558,7 +558,7 @@ class Host:
                     pass
                 if getattr(getattr(conn, "muxed_conn", None), "is_initiator", True) is False:
                     direction = "inbound"
-            out.append(PeerStatus(peer_id=pid, addrs=tuple(addrs), direction=direction))
+            out.append(ConnectedPeer(peer_id=pid, addrs=tuple(addrs), direction=direction))
         return sorted(out, key=lambda p: str(p.peer_id))
 
     async def ping(self, peer_id: ID | str, *, timeout_s: float = 10.0) -> float:

@@ -16,7 +16,7 @@ from pinfold.daemon.p2p.bitswap.errors import (
     TooManyBadBlocks,
     WantlistTooLarge,
 )
-from pinfold.daemon.p2p.bitswap.exchange import Bitswap, BitswapConfig, BitswapStats, FetchStats
+from pinfold.daemon.p2p.bitswap.exchange import Bitswap, ExchangeConfig, BitswapStats, FetchStats
 from pinfold.daemon.p2p.bitswap.message import PROTOCOL_1_0_0, PROTOCOL_1_1_0, PROTOCOL_1_2_0, PROTOCOLS
 from pinfold.daemon.p2p.bitswap.server import LedgerStat, ServerConfig, ServerEngine
 
@@ -26,7 +26,7 @@ __all__ = [
     "PROTOCOL_1_1_0",
     "PROTOCOL_1_2_0",
     "Bitswap",
-    "BitswapConfig",
+    "ExchangeConfig",
     "BitswapError",
     "BitswapNotRunning",
     "BitswapStats",

@@ -86,7 +86,7 @@ from pinfold.daemon.p2p.bitswap.server import LedgerStat, ServerConfig, ServerEn
 
 __all__ = [
     "Bitswap",
-    "BitswapConfig",
+    "ExchangeConfig",
     "BitswapHost",
     "BitswapStats",
     "FetchStats",
@@ -123,7 +123,7 @@ class BitswapHost(Protocol):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class BitswapConfig:
+class ExchangeConfig:
     """Settings of the exchange.
 
     Attributes:
@@ -328,7 +328,7 @@ class _Outbox:
 # ---------------------------------------------------------------- sessions
 
 
-class _Session:
+class _FetchSession:
     __slots__ = ("by_peer", "recv", "send", "sid")
 
     def __init__(self, sid: int) -> None:
@@ -370,16 +370,16 @@ class Bitswap:
         store: BlockStore,
         put_many: PutMany,
         *,
-        config: BitswapConfig | None = None,
+        config: ExchangeConfig | None = None,
     ) -> None:
-        self.config = config or BitswapConfig()
+        self.config = config or ExchangeConfig()
         self._host = host
         self._store = store
         self._put_many = put_many
         self._engine = ServerEngine(self.config.server)
         self._wants = WantManager(self.config.client)
         self._outboxes: dict[ID, _Outbox] = {}
-        self._sessions: dict[int, _Session] = {}
+        self._sessions: dict[int, _FetchSession] = {}
         self._banned: dict[ID, float] = {}
         self._unusable_delay: dict[ID, float] = {}  # next retry delay after a failed send
         self._bad_blocks: Counter[ID] = Counter()
@@ -551,7 +551,7 @@ class Bitswap:
         todo: deque[CID] = deque([root])
         fetched = fetched_bytes = local = 0
         in_flight = 0
-        sess: _Session | None = None
+        sess: _FetchSession | None = None
 
         def expand(cid: CID, data: bytes) -> None:
             for child in dag_links(cid, data):
@@ -695,7 +695,7 @@ class Bitswap:
 
     # ------------------------------------------------------------ sessions
 
-    def _open_session(self, peers: Iterable[ID] | None, timeout_s: float | None) -> _Session:
+    def _open_session(self, peers: Iterable[ID] | None, timeout_s: float | None) -> _FetchSession:
         self._check_running()
         t = self.config.default_timeout_s if timeout_s is None else timeout_s
         if t <= 0:
@@ -703,17 +703,17 @@ class Bitswap:
         sid = self._wants.new_session(
             timeout_s=t, now=trio.current_time(), peers=list(peers) if peers is not None else None
         )
-        sess = _Session(sid)
+        sess = _FetchSession(sid)
         self._sessions[sid] = sess
         return sess
 
-    def _close_session(self, sess: _Session) -> None:
+    def _close_session(self, sess: _FetchSession) -> None:
         self._sessions.pop(sess.sid, None)
         self._apply(self._wants.close_session(sess.sid))
         for key in [k for k in self._want_times if not self._wants.is_wanted(k)]:
             del self._want_times[key]
 
-    def _want(self, sess: _Session, cids: list[CID]) -> None:
+    def _want(self, sess: _FetchSession, cids: list[CID]) -> None:
         now = trio.current_time()
         for c in cids:
             self._want_times.setdefault(cid_key(c), now)

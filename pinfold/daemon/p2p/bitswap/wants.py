@@ -149,7 +149,7 @@ class _Want:
 
 
 @dataclass(slots=True)
-class _Session:
+class _WantSession:
     sid: int
     peers: frozenset[Peer] | None
     timeout_s: float
@@ -171,7 +171,7 @@ class WantManager:
     def __init__(self, config: ClientConfig | None = None) -> None:
         self.config = config or ClientConfig()
         self._wants: dict[bytes, _Want] = {}
-        self._sessions: dict[int, _Session] = {}
+        self._sessions: dict[int, _WantSession] = {}
         self._peers: dict[Peer, _PeerState] = {}
         self._queue: deque[bytes] = deque()  # wants waiting for a peer slot
         self._done: OrderedDict[bytes, tuple[int, ...]] = OrderedDict()  # key -> sessions, recent
@@ -190,7 +190,7 @@ class WantManager:
         if timeout_s <= 0:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
         sid = next(self._sid)
-        self._sessions[sid] = _Session(
+        self._sessions[sid] = _WantSession(
             sid=sid,
             peers=frozenset(peers) if peers is not None else None,
             timeout_s=timeout_s,
@@ -499,7 +499,7 @@ class WantManager:
                 return False
         return not self._candidates(w)
 
-    def _allowed(self, s: _Session, peer: Peer) -> bool:
+    def _allowed(self, s: _WantSession, peer: Peer) -> bool:
         return s.peers is None or peer in s.peers
 
     def _candidates(self, w: _Want) -> list[Peer]:
