@@ -478,10 +478,10 @@ async def test_an_unusable_peer_is_retried_soon_then_less_often():
         delays = []
         for _ in range(5):
             a.bitswap._peer_unusable(b.peer_id)
-            delays.append(a.bitswap._unusable_delay[b.peer_id])
+            delays.append(a.bitswap._ledger.retry_delays[b.peer_id])
             await wait_until(lambda: b.peer_id in a.bitswap._outboxes, timeout_s=5,
                              what="b used again")
         assert delays == [0.5, 1.0, 2.0, 2.0, 2.0]  # the next retry's delay
         with trio.fail_after(10):
             assert await a.bitswap.get_block(cid, timeout_s=8) == data
-        assert b.peer_id not in a.bitswap._unusable_delay
+        assert b.peer_id not in a.bitswap._ledger.retry_delays

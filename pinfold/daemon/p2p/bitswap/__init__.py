@@ -1,7 +1,10 @@
 """pinfold's Bitswap 1.2.0 (answering 1.1.0 and 1.0.0).
 
-Layers (STYLE.md 1): ``message`` (wire codec), ``server`` and ``client``
-(sans-IO decision cores), ``exchange`` (the trio driver on libp2p streams).
+Layers (STYLE.md 1): ``message`` (wire codec); ``server``, ``wants`` and
+``ledger`` (sans-IO decision cores); ``config`` and ``stats`` (the exchange's
+settings and counters); ``exchange`` (the trio driver) with its parts
+``outbound`` (our stream to each peer), ``inbound`` (theirs to us) and
+``fetch`` (fetch sessions).
 """
 
 from pinfold.daemon.p2p.bitswap.wants import ClientConfig, WantManager
@@ -16,7 +19,9 @@ from pinfold.daemon.p2p.bitswap.errors import (
     TooManyBadBlocks,
     WantlistTooLarge,
 )
-from pinfold.daemon.p2p.bitswap.exchange import Bitswap, ExchangeConfig, BitswapStats, FetchStats
+from pinfold.daemon.p2p.bitswap.config import ExchangeConfig
+from pinfold.daemon.p2p.bitswap.exchange import Bitswap
+from pinfold.daemon.p2p.bitswap.stats import BitswapStats, FetchStats
 from pinfold.daemon.p2p.bitswap.message import PROTOCOL_1_0_0, PROTOCOL_1_1_0, PROTOCOL_1_2_0, PROTOCOLS
 from pinfold.daemon.p2p.bitswap.server import LedgerStat, ServerConfig, ServerEngine
 
