@@ -28,7 +28,8 @@ from libp2p.stream_muxer.yamux.yamux import Yamux
 from noise.connection import NoiseConnection
 from pinfold.config import ConfigError
 from pinfold.config.loader import from_mapping
-from pinfold.daemon.p2p.host import Host, HostConfig, _raw_connection
+from pinfold.daemon.p2p.host import Host, HostConfig
+from pinfold.daemon.p2p.swarm_limits import raw_connection as _raw_connection
 from pinfold.daemon.p2p.transport import (
     MAX_FRAME_PAYLOAD_BYTES,
     FastSecureSession,

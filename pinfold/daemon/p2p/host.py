@@ -18,6 +18,8 @@ logging configuration applies to them too.
 
 Identity: ``pinfold.daemon.p2p.identity`` reads/writes the key file (libp2p
 ``PrivateKey`` protobuf, Ed25519, mode 0600); ``Host`` takes the ``KeyPair``.
+Settings, records and errors live in ``host_config`` (re-exported here), the
+parts plugged into py-libp2p's swarm in ``swarm_limits``.
 """
 
 from __future__ import annotations
@@ -26,7 +28,6 @@ import contextlib
 import logging
 import math
 import random
-from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -47,9 +48,20 @@ from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
-from libp2p.transport.tcp.tcp import TCP
-from multiformats import multihash
 
+from pinfold.daemon.p2p.host_config import (
+    ConnectedPeer,
+    DialError,
+    HostConfig,
+    HostError,
+    HostStats,
+    PeerEvent,
+    as_peer_id,
+    parse_multiaddr,
+    root_causes,
+    strip_p2p,
+)
+from pinfold.daemon.p2p.swarm_limits import REAP_AGE_S, InboundSlots, TrackingTCP, raw_connection
 from pinfold.daemon.p2p.transport import FastNoiseTransport, FastYamux, install_muxer
 
 __all__ = [
@@ -94,181 +106,6 @@ def route_libp2p_logs(level: int = logging.WARNING) -> None:
     # A refused dial is routine (a peer restarting, a bootstrap retry) and the
     # caller reports it; py-libp2p's TCP transport logs each one at ERROR.
     logging.getLogger("libp2p.transport.tcp.tcp").setLevel(logging.CRITICAL)
-
-
-class HostError(Exception):
-    """Base of the errors the host raises."""
-
-    code = "host_error"
-
-
-class DialError(HostError):
-    """A dial failed: the address is bad, nothing listens there, the handshake
-    failed (e.g. the peer offers no Noise/Yamux), or the dial timed out."""
-
-    code = "dial_error"
-
-
-def parse_multiaddr(value: str | multiaddr.Multiaddr, *, need_peer_id: bool = False) -> multiaddr.Multiaddr:
-    """Parse a multiaddr, naming the problem on failure.
-
-    Args:
-        value: e.g. ``/ip4/127.0.0.1/tcp/4101/p2p/12D3KooW...``.
-        need_peer_id: require a trailing ``/p2p/<peer ID>``.
-
-    Raises:
-        HostError: not a multiaddr, or no ``/p2p/`` part when one is needed.
-    """
-    if isinstance(value, multiaddr.Multiaddr):
-        ma = value
-    else:
-        try:
-            ma = multiaddr.Multiaddr(value.strip())
-        except Exception as exc:
-            raise HostError(f"invalid multiaddr {value!r}: {exc}") from exc
-    if need_peer_id and ma.get_peer_id() is None:
-        raise HostError(f"multiaddr {ma} has no /p2p/<peer ID> part; the peer ID is needed to dial")
-    return ma
-
-
-def _strip_p2p(addr: str) -> multiaddr.Multiaddr:
-    """``addr`` without its ``/p2p/<peer ID>`` part (py-libp2p appends its own)."""
-    return multiaddr.Multiaddr(addr.split("/p2p/", 1)[0])
-
-
-def _root_causes(exc: BaseException) -> str:
-    """The innermost reasons py-libp2p chains under a dial error, joined with "; ".
-
-    Its own message says only "no addresses established a successful connection
-    (with exceptions)"; the reason a user can act on (connection refused, no
-    route, a handshake failure) is at the end of each ``__cause__`` chain, under
-    its exception groups and ``errors`` lists. Only messages, no class names.
-    """
-    found: list[str] = []
-    todo: list[BaseException] = [exc]
-    while todo and len(found) < 4:
-        e = todo.pop(0)
-        inner = getattr(e, "errors", None) or getattr(e, "exceptions", None)
-        if isinstance(inner, (list, tuple)) and inner:
-            todo.extend(x for x in inner if isinstance(x, BaseException))
-            continue
-        if e.__cause__ is not None:
-            todo.append(e.__cause__)
-            continue
-        text = e.strerror if isinstance(e, OSError) and e.strerror else str(e).strip()
-        if text and text not in found:
-            found.append(text)
-    return "; ".join(found) or str(exc) or "the connection failed"
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class HostConfig:
-    """Settings of the libp2p host.
-
-    Attributes:
-        listen: TCP multiaddrs to listen on (``/ip4/<addr>/tcp/<port>``; port 0 picks one).
-        bootstrap: full ``/p2p/`` multiaddrs dialled at start and kept connected.
-        announce: multiaddrs peers should dial instead of the listen addresses (as
-            Kubo's ``Addresses.Announce``: behind NAT, a port forward or a proxy);
-            empty = announce the listen addresses.
-        max_connections: total connection limit (inbound + outbound); further
-            dials fail and inbound connections are refused.
-        dial_timeout_s: seconds a dial (TCP + Noise + Yamux) may take.
-        bootstrap_backoff_min_s: first retry delay after a bootstrap peer is lost, seconds.
-        bootstrap_backoff_max_s: cap of the doubling retry delay, seconds.
-        bootstrap_check_interval_s: how often connected bootstrap peers are checked, seconds.
-        max_inbound_streams_per_peer: streams one peer may have open to us at once;
-            further ones are reset at once. Without it a single peer could hold all
-            of py-libp2p's global stream slots (10000) and no other peer could open a
-            stream (found by the reliability campaign).
-        fast_channel: Noise and Yamux from ``pinfold.daemon.p2p.transport`` (buffered
-            receive path, frames that fit one Noise message; same wire format);
-            False = py-libp2p's stock classes.
-    """
-
-    listen: tuple[str, ...] = ("/ip4/0.0.0.0/tcp/4101",)  # DESIGN.md [node] listen default
-    bootstrap: tuple[str, ...] = ()
-    announce: tuple[str, ...] = ()
-    max_connections: int = 256  # ample for a cluster; bounds memory and handshakes
-    dial_timeout_s: float = 10.0  # py-libp2p's own dial default
-    bootstrap_backoff_min_s: float = 1.0
-    bootstrap_backoff_max_s: float = 60.0  # at most a minute between tries to a lost peer
-    bootstrap_check_interval_s: float = 1.0
-    max_inbound_streams_per_peer: int = 128  # go-libp2p's per-peer default is 256 (incl. outbound)
-    close_timeout_s: float = 5.0  # a clean close takes ~0.2 s (two 0.1 s sleeps in py-libp2p)
-    fast_channel: bool = True
-
-    def __post_init__(self) -> None:
-        if not self.listen:
-            raise ValueError("host.listen: at least one listen multiaddr is needed")
-        for a in self.listen:
-            ma = parse_multiaddr(a)
-            names = [p.name for p in ma.protocols()]
-            if "tcp" not in names or names[0] not in ("ip4", "ip6"):
-                raise ValueError(f"host.listen: {a!r} is not a TCP multiaddr (/ip4/.../tcp/PORT)")
-        for a in self.bootstrap:
-            parse_multiaddr(a, need_peer_id=True)
-        for a in self.announce:
-            parse_multiaddr(a)
-        if self.max_connections < 1:
-            raise ValueError(f"host.max_connections: must be >= 1, got {self.max_connections}")
-        if self.dial_timeout_s <= 0:
-            raise ValueError(f"host.dial_timeout_s: must be > 0, got {self.dial_timeout_s}")
-        if self.close_timeout_s <= 0:
-            raise ValueError(f"host.close_timeout_s: must be > 0, got {self.close_timeout_s}")
-        if self.max_inbound_streams_per_peer < 1:
-            raise ValueError("host.max_inbound_streams_per_peer: must be >= 1, "
-                             f"got {self.max_inbound_streams_per_peer}")
-        if not 0 < self.bootstrap_backoff_min_s <= self.bootstrap_backoff_max_s:
-            raise ValueError("host.bootstrap_backoff_min_s must be > 0 and <= bootstrap_backoff_max_s")
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class PeerEvent:
-    """A peer connected (``connected=True``) or lost its last connection."""
-
-    peer_id: ID
-    connected: bool
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ConnectedPeer:
-    """One connected peer for ``peers ls``.
-
-    Attributes:
-        peer_id: the peer's ID.
-        addrs: the remote multiaddrs of its connections (text).
-        direction: "inbound" or "outbound" (of its first connection).
-    """
-
-    peer_id: ID
-    addrs: tuple[str, ...]
-    direction: str
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class HostStats:
-    """Counters for metrics (``pinfold_host_*``).
-
-    Attributes:
-        peers: peers connected now.
-        connections_opened: connections established since start.
-        connections_closed: connections closed since start.
-        dials: dials attempted via ``connect``.
-        dial_failures: of those, how many failed.
-        bootstrap_connected: bootstrap peers connected now.
-        bootstrap_total: bootstrap peers configured.
-        streams_refused: inbound streams reset for ``max_inbound_streams_per_peer``.
-    """
-
-    peers: int
-    connections_opened: int
-    connections_closed: int
-    dials: int
-    dial_failures: int
-    bootstrap_connected: int
-    bootstrap_total: int
-    streams_refused: int = 0
 
 
 class _Notifee(INotifee):
@@ -343,10 +180,10 @@ class Host:
             muxer_opt={YAMUX_PROTOCOL_ID: muxer_class},
             connection_config=conn_config,
             listen_addrs=self._listen,
-            transports=[_TrackingTCP(self._dialed)],
+            transports=[TrackingTCP(self._dialed)],
             # identify tells peers these instead of the listen addresses (Kubo's
             # Addresses.Announce), so they never learn an address they cannot reach
-            announce_addrs=[_strip_p2p(a) for a in self.config.announce] or None,
+            announce_addrs=[strip_p2p(a) for a in self.config.announce] or None,
         )
         route_libp2p_logs()
         # py-libp2p's auto-connector redials every peer in the peerstore until it
@@ -364,7 +201,7 @@ class Host:
         # inbound connections over the node's life every new one was refused. A slot now
         # lasts as long as the handshake (found by the reliability campaign).
         if isinstance(getattr(network, "_inbound_limiter", None), trio.CapacityLimiter):
-            self._inbound_slots = _InboundSlots(
+            self._inbound_slots = InboundSlots(
                 limit=int(network._inbound_limiter.total_tokens),
                 live=lambda: len(network.get_connections()),
                 handshake_timeout_s=conn_config.inbound_upgrade_timeout)
@@ -408,7 +245,7 @@ class Host:
         if not self.config.announce:
             return self.addrs()
         suffix = f"/p2p/{self.peer_id}"  # ours, whatever /p2p/ part the config had
-        return [str(_strip_p2p(a)) + suffix for a in self.config.announce]
+        return [str(strip_p2p(a)) + suffix for a in self.config.announce]
 
     # ------------------------------------------------------------ service
 
@@ -484,9 +321,9 @@ class Host:
             raise
         except Exception as exc:
             self._counters.dial_failures += 1
-            raise DialError(f"dial {ma} failed: {_root_causes(exc)}") from exc
+            raise DialError(f"dial {ma} failed: {root_causes(exc)}") from exc
         finally:
-            self._reap_sockets(older_than_s=_REAP_AGE_S)
+            self._reap_sockets(older_than_s=REAP_AGE_S)
         return info.peer_id
 
     async def disconnect(self, peer_id: ID | str) -> bool:
@@ -507,7 +344,7 @@ class Host:
         Raises:
             HostError: ``peer_id`` is not a valid peer ID.
         """
-        pid = _as_peer_id(peer_id)
+        pid = as_peer_id(peer_id)
         network = self.libp2p.get_network()
         conns = list(network.get_connections(pid))
         with trio.CancelScope(shield=True):
@@ -522,7 +359,7 @@ class Host:
 
     async def _drop(self, conn: INetConn) -> None:
         """Close ``conn``'s socket and remove it from the swarm, notifying as a close does."""
-        raw = _raw_connection(conn)
+        raw = raw_connection(conn)
         with contextlib.suppress(OSError, AttributeError):  # closed already, or not TCP
             raw.stream.stream.socket.close()
         network = self.libp2p.get_network()
@@ -568,7 +405,7 @@ class Host:
             HostError: not connected, the peer does not answer ping, or it echoed wrong bytes.
             trio.TooSlowError: no answer within ``timeout_s``.
         """
-        pid = _as_peer_id(peer_id)
+        pid = as_peer_id(peer_id)
         payload = random.randbytes(PING_LENGTH)
         with trio.fail_after(timeout_s):
             try:
@@ -678,7 +515,7 @@ class Host:
         conn_map = {} if shutdown else self.libp2p.get_network().get_connections_map()
         for conns in conn_map.values():
             for conn in conns:
-                raw = _raw_connection(conn)
+                raw = raw_connection(conn)
                 if raw is not None:
                     live.add(id(raw))
         now = trio.current_time()
@@ -742,80 +579,5 @@ class Host:
             await trio.sleep(self.config.bootstrap_check_interval_s)
 
 
-#: a dial this old is done handshaking; its socket may be reaped when not in use, seconds
-_REAP_AGE_S: Final = 60.0
-
-
-class _InboundSlots:
-    """Stands in for the swarm's inbound ``CapacityLimiter`` (``acquire_nowait``/``release``).
-
-    A slot is taken when an inbound TCP connection arrives and given back when
-    its handshake fails (``release``, called by py-libp2p) or succeeds
-    (``upgraded``, from our ``connected`` notification). A new connection is
-    refused while handshakes in progress plus live connections reach ``limit``.
-    A handshake older than ``handshake_timeout_s`` is no longer counted
-    (py-libp2p abandons it by then), so an uncounted outcome cannot leak a slot.
-    """
-
-    def __init__(self, *, limit: int, live: Callable[[], int], handshake_timeout_s: float) -> None:
-        self.total_tokens = limit
-        self._live = live
-        self._timeout_s = max(1.0, handshake_timeout_s)
-        self._started: deque[float] = deque()  # start times of handshakes in progress
-
-    def handshaking(self) -> int:
-        """Handshakes in progress (started within the timeout and not finished)."""
-        cutoff = trio.current_time() - self._timeout_s
-        while self._started and self._started[0] < cutoff:
-            self._started.popleft()
-        return len(self._started)
-
-    def acquire_nowait(self) -> None:
-        if self.handshaking() + self._live() >= self.total_tokens:
-            raise trio.WouldBlock
-        self._started.append(trio.current_time())
-
-    def release(self) -> None:
-        if self._started:
-            self._started.popleft()
-
-    def upgraded(self) -> None:
-        self.release()
-
-
-class _TrackingTCP(TCP):
-    """py-libp2p's TCP transport, remembering each outbound connection (see ``_reap_sockets``)."""
-
-    def __init__(self, dialed: list[tuple[float, Any]]) -> None:
-        super().__init__()
-        self._dialed = dialed
-
-    async def dial(self, maddr: multiaddr.Multiaddr) -> Any:
-        raw = await super().dial(maddr)
-        self._dialed.append((trio.current_time(), raw))
-        return raw
-
-
-def _raw_connection(conn: INetConn) -> Any:
-    """The RawConnection under a swarm connection (SwarmConn -> Yamux -> SecureSession -> Noise -> raw)."""
-    obj: Any = conn
-    for attr in ("muxed_conn", "secured_conn", "conn", "conn"):
-        obj = getattr(obj, attr, None)
-        if obj is None:
-            return None
-    return obj
-
-
 async def _no_auto_connect() -> None:
     return None
-
-
-def _as_peer_id(value: ID | str) -> ID:
-    if isinstance(value, ID):
-        return value
-    try:
-        pid = ID.from_base58(value.strip())
-        multihash.unwrap(pid.to_bytes())  # a peer ID is a multihash of the public key
-    except Exception as exc:
-        raise HostError(f"invalid peer ID {value!r}: {exc}") from exc
-    return pid
