@@ -19,7 +19,8 @@ from libp2p.peer.id import ID
 
 from pinfold.daemon.p2p.bitswap.config import ExchangeConfig
 from pinfold.daemon.p2p.bitswap.errors import RemoteProtocolError
-from pinfold.daemon.p2p.bitswap.message import MAX_MESSAGE_SIZE, FrameDecoder, Message, decode_message
+from pinfold.daemon.p2p.bitswap.framing import MAX_MESSAGE_SIZE, FrameDecoder
+from pinfold.daemon.p2p.bitswap.message import Message, decode_message
 from pinfold.daemon.p2p.bitswap.outbound import ended_cleanly, reset_stream
 
 __all__ = ["InboundOwner", "InboundStreams"]

@@ -1,4 +1,4 @@
-"""Bitswap wire format: a hand-written, strict protobuf codec and uvarint framing.
+"""Bitswap wire format: the message records and a hand-written, strict protobuf codec.
 
 Follows ipfs/specs ``src/bitswap-protocol.md``:
 
@@ -32,21 +32,24 @@ valid wire type are skipped (protobuf forward compatibility); groups are refused
 Blocks over 2 MiB are refused. Errors are ``MalformedMessage`` /
 ``MessageTooLarge`` (the peer broke the protocol).
 
-Everything here is pure: bytes in, values out.
+Everything here is pure: bytes in, values out. Framing (the length prefix on
+a stream) is ``framing``; ``FrameDecoder``, ``frame`` and ``MAX_MESSAGE_SIZE``
+are re-exported here.
 """
 
 from __future__ import annotations
 
 import enum
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Final
 
 from pinfold.blockstore.cid import CID, MAX_BLOCK_SIZE, cid_key
 from pinfold.blockstore.dagpb import decode_cid
-from pinfold.blockstore.varint import encode_uvarint, read_uvarint, try_read_uvarint
+from pinfold.blockstore.varint import encode_uvarint, read_uvarint
 
 from pinfold.daemon.p2p.bitswap.errors import MalformedMessage, MessageTooLarge
+from pinfold.daemon.p2p.bitswap.framing import MAX_MESSAGE_SIZE, FrameDecoder, frame
 
 __all__ = [
     "MAX_MESSAGE_SIZE",
@@ -76,9 +79,6 @@ PROTOCOL_1_1_0: Final = "/ipfs/bitswap/1.1.0"
 PROTOCOL_1_0_0: Final = "/ipfs/bitswap/1.0.0"
 #: Protocols we answer and dial, most preferred first.
 PROTOCOLS: Final = (PROTOCOL_1_2_0, PROTOCOL_1_1_0, PROTOCOL_1_0_0)
-
-#: Largest message we send or accept, bytes (spec, "Protocol Format": MUST be <= 4 MiB).
-MAX_MESSAGE_SIZE: Final = 4 * 1024 * 1024
 
 _V0_PREFIX: Final = b"\x00\x70\x12\x20"  # CIDv0: version 0, dag-pb, sha2-256, 32 bytes
 
@@ -321,11 +321,6 @@ def _encode_parts(msg: Message, protocol: str) -> list[bytes]:
     return parts
 
 
-def frame(payload: bytes) -> bytes:
-    """``payload`` with its uvarint length prefix (spec, "Protocol Format")."""
-    return encode_uvarint(len(payload)) + payload
-
-
 # ---------------------------------------------------------------- decoding
 
 
@@ -548,72 +543,6 @@ def decode_message(data: bytes | bytearray | memoryview) -> Message:
         presences=tuple(presences),
         pending_bytes=pending,
     )
-
-
-@dataclass(slots=True)
-class FrameDecoder:
-    """Splits a byte stream into length-prefixed messages (sans-IO).
-
-    ``feed`` bytes as they arrive, then call ``next_frame`` until it returns
-    None. A length prefix over ``max_message_size`` raises ``MessageTooLarge``
-    as soon as the prefix is complete, before any of the body is buffered, so a
-    hostile peer cannot make us hold more than one message's worth of bytes.
-    """
-
-    max_message_size: int = MAX_MESSAGE_SIZE
-    _buf: bytearray = field(default_factory=bytearray)
-    _need: int = -1  # body length of the frame being assembled, -1 = reading a prefix
-    _start: int = 0
-
-    def feed(self, data: bytes | bytearray | memoryview) -> None:
-        """Append received bytes."""
-        self._buf += data
-
-    @property
-    def buffered(self) -> int:
-        """Bytes held, including a partial frame."""
-        return len(self._buf) - self._start
-
-    def next_frame(self) -> memoryview | None:
-        """The next complete message body, or None until more bytes arrive.
-
-        The returned view stays valid until the next ``feed``/``next_frame`` call
-        that compacts the buffer; callers decode it (and copy block data they keep)
-        before feeding more.
-
-        Raises:
-            MessageTooLarge: a length prefix over the limit.
-            MalformedMessage: a length prefix longer than 9 bytes.
-        """
-        buf = self._buf
-        if self._need < 0:
-            got = try_read_uvarint(buf, self._start, what="message length prefix",
-                                   error=MalformedMessage, max_bytes=9)
-            if got is None:
-                self._compact()
-                return None
-            result, pos = got
-            if result > self.max_message_size:
-                raise MessageTooLarge(
-                    f"message of {result} bytes announced; the limit is {self.max_message_size}"
-                )
-            self._need = result
-            self._start = pos
-        if len(buf) - self._start < self._need:
-            self._compact()
-            return None
-        s = self._start
-        e = s + self._need
-        with memoryview(buf) as view:
-            body = view[s:e].tobytes()  # one copy (a bytearray slice would copy twice)
-        self._start = e
-        self._need = -1
-        return memoryview(body)
-
-    def _compact(self) -> None:
-        if self._start:
-            del self._buf[: self._start]
-            self._start = 0
 
 
 def presences_for(cids: Iterable[CID], ptype: PresenceType) -> tuple[BlockPresence, ...]:
