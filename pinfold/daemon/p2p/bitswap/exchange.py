@@ -424,7 +424,7 @@ class Bitswap:
                     continue
                 blocks.append(Block(prefix=CidPrefix.of(cid), data=data))
             box.add_env(Envelope(blocks=blocks, presences=presences,
-                             block_bytes=env.block_bytes, nblocks=len(blocks)))
+                                 block_bytes=env.block_bytes, nblocks=len(blocks)))
             await trio.lowlevel.checkpoint()
 
     # ------------------------------------------------------------ inbound (InboundOwner)
