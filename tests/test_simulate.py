@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import json
-import random
-import statistics
 
 import pytest
 from pinfold.replication.errors import SimulationError
 from pinfold.replication.simulate import (
     SimParams,
     SimResult,
-    mean_ci,
     run_simulation,
-    t_quantile,
 )
 
 DAY = 86400.0
@@ -95,28 +91,6 @@ def test_as_dict_has_the_cli_contract() -> None:
 def test_bad_parameters_are_named(kwargs: dict, message: str) -> None:
     with pytest.raises(SimulationError, match=message):
         SimParams(**kwargs)
-
-
-def test_t_quantile() -> None:
-    assert t_quantile(0.995, 19) == pytest.approx(2.861, abs=2e-3)
-    assert t_quantile(0.975, 9) == pytest.approx(2.262, abs=2e-3)
-    assert t_quantile(0.975, 1000) == pytest.approx(1.962, abs=2e-3)
-
-
-def test_mean_ci_widens_for_autocorrelated_series() -> None:
-    rnd = random.Random(5)
-    iid = [rnd.gauss(0.5, 0.1) for _ in range(400)]
-    m, half = mean_ci(iid, 0.99)
-    naive = t_quantile(0.995, 399) * statistics.stdev(iid) / len(iid) ** 0.5
-    assert abs(m - 0.5) < half and half == pytest.approx(naive, rel=0.35)
-    ar, x = [], 0.0
-    for _ in range(400):  # AR(1) with rho = 0.9: ~19x the variance of the mean
-        x = 0.9 * x + rnd.gauss(0, 0.1)
-        ar.append(0.5 + x)
-    _, half_ar = mean_ci(ar, 0.99)
-    naive_ar = t_quantile(0.995, 399) * statistics.stdev(ar) / len(ar) ** 0.5
-    assert half_ar > 2.5 * naive_ar
-    assert mean_ci([0.7] * 10, 0.99) == (0.7, 0.0)
 
 
 def test_a_run_without_any_outage_still_gets_an_honest_interval() -> None:
