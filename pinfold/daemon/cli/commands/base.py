@@ -1,6 +1,6 @@
 """What a command is: ``LocalCommand`` (runs in the CLI process) and
 ``ClientCommand`` (talks to the daemon through a ``Client``), and
-``subcommands`` that turns a table of subcommands into one command.
+``Subcommands`` that turns a table of subcommands into one command.
 
 Imports the CLI's parser (``UsageError``) and output; nothing else.
 """
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from pinfold.daemon.cli.localio import Output
@@ -20,17 +21,27 @@ LocalCommand = Callable[[argparse.Namespace, Output], int]
 ClientCommand = Callable[[Any, argparse.Namespace, Output], int]
 
 
-def subcommands(name: str, table: Mapping[str, ClientCommand]) -> ClientCommand:
-    """One ``ClientCommand`` that runs ``table[args.subcommand]``.
+@dataclass(frozen=True, slots=True)
+class Subcommands:
+    """A ``ClientCommand`` that runs ``table[args.subcommand]``.
 
-    Raises:
-        UsageError: no subcommand was given (names the choices, in table order).
+    Attributes:
+        name: the command (``pin``, ``repo``...), for the usage error.
+        table: subcommand name -> ``ClientCommand``; its order is the order
+            the usage error lists them in.
     """
 
-    def run(c: Any, args: argparse.Namespace, out: Output) -> int:
-        command = table.get(args.subcommand)
+    name: str
+    table: Mapping[str, ClientCommand]
+
+    def __call__(self, c: Any, args: argparse.Namespace, out: Output) -> int:
+        """Raises ``UsageError`` when no subcommand was given (naming the choices)."""
+        command = self.table.get(args.subcommand)
         if command is None:
-            raise UsageError(f"{name} needs a subcommand: {', '.join(table)}")
+            raise UsageError(f"{self.name} needs a subcommand: {', '.join(self.table)}")
         return command(c, args, out)
 
-    return run
+
+def subcommands(name: str, table: Mapping[str, ClientCommand]) -> Subcommands:
+    """One ``ClientCommand`` that dispatches on ``args.subcommand`` through ``table``."""
+    return Subcommands(name, dict(table))
