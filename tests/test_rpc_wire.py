@@ -1,4 +1,4 @@
-"""The sans-IO core of the local RPC (pinfold/daemon/rpc/wire.py): frames, messages, flow control."""
+"""The sans-IO core of the local RPC (pinfold/daemon/rpc/wire/): frames, messages, flow control."""
 
 from __future__ import annotations
 

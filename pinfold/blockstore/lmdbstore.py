@@ -1,6 +1,6 @@
 """``LmdbBlockStore``: the daemon's block store, one LMDB environment.
 
-Named databases (DESIGN.md "Blockstore"; tables described in ``txn.py``):
+Named databases (DESIGN.md "Blockstore"; tables described in ``txn``):
 
 ========== ============================ =====================================
 name       key                          value
@@ -20,7 +20,8 @@ Concurrency. One write transaction at a time, run on the calling thread
 never wait for the writer. The exception is map growth: py-lmdb's
 ``set_mapsize`` invalidates every open transaction of the process, so a
 read/resize gate lets readers share the map and makes a resize wait until
-running reads end (reads started meanwhile wait for the resize, milliseconds).
+running reads end (reads started meanwhile wait for the resize, milliseconds;
+``lmdbgate.ResizeGate``). A transaction's table primitives are ``lmdbtxn.LmdbTxn``.
 No public iterator holds a read transaction between items.
 
 Space. The map starts at ``initial_map_bytes`` and doubles whenever a write
@@ -63,14 +64,15 @@ import mmap
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Final, TypeVar
 
 import lmdb
 
 from pinfold.blockstore.errors import BlockstoreError, StoreClosed, StoreFull, StoreGone, StoreLocked
+from pinfold.blockstore.lmdbgate import ResizeGate
+from pinfold.blockstore.lmdbtxn import LmdbTxn, u64
 from pinfold.blockstore.store import StoreStat
 from pinfold.blockstore.txn import DbHandle, StoreTxn, TxnBlockStore, check_db_name
 
@@ -109,200 +111,6 @@ def _size(n: int) -> str:
 def _round_pages(n: int) -> int:
     return -(-n // _PAGE) * _PAGE
 
-
-class _ResizeGate:
-    """Read transactions share the map; a resize has it alone.
-
-    Writer-preferring: once a resize waits, new readers wait behind it.
-    Reentrant for readers on one thread (a nested read never deadlocks
-    against a waiting resize); a resize from a thread inside a read raises.
-    """
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
-        self._readers = 0
-        self._resizing = False
-        self._local = threading.local()
-
-    @contextmanager
-    def shared(self) -> Iterator[None]:
-        depth = getattr(self._local, "depth", 0)
-        if depth == 0:
-            with self._cond:
-                while self._resizing:
-                    self._cond.wait()
-                self._readers += 1
-        self._local.depth = depth + 1
-        try:
-            yield
-        finally:
-            self._local.depth = depth
-            if depth == 0:
-                with self._cond:
-                    self._readers -= 1
-                    if self._readers == 0:
-                        self._cond.notify_all()
-
-    def held(self) -> bool:
-        """True if this thread is inside a read transaction."""
-        return getattr(self._local, "depth", 0) > 0
-
-    @contextmanager
-    def exclusive(self) -> Iterator[None]:
-        if self.held():
-            raise RuntimeError(
-                "cannot resize the LMDB map from inside a read transaction "
-                "(write from inside read(fn)?)"
-            )
-        with self._cond:
-            while self._resizing:
-                self._cond.wait()
-            self._resizing = True
-            while self._readers:
-                self._cond.wait()
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._resizing = False
-                self._cond.notify_all()
-
-
-def _u64(n: int) -> bytes:
-    return n.to_bytes(8, "big")
-
-
-class _LmdbTxn(StoreTxn):
-    """A ``StoreTxn`` over one py-lmdb transaction (opened with ``buffers=True``).
-
-    Attributes:
-        raw: the ``lmdb.Transaction``, for upper layers that need cursors.
-    """
-
-    def __init__(self, store: LmdbBlockStore, raw: lmdb.Transaction, *, writable: bool) -> None:
-        super().__init__(writable=writable, clock=store._clock)
-        self.raw = raw
-        self._blocks = store._db_blocks
-        self._refcounts = store._db_refcounts
-        self._pins = store._db_pins
-        self._pin_blocks = store._db_pin_blocks
-        self._meta = store._db_meta
-        self.bytes_delta = 0
-
-    # blocks
-    def _get_block(self, key: bytes) -> memoryview | None:
-        return self.raw.get(key, db=self._blocks)
-
-    def _put_block(self, key: bytes, data: bytes | memoryview) -> bool:
-        if self.raw.put(key, data, db=self._blocks, overwrite=False):
-            self.bytes_delta += len(data)
-            return True
-        return False
-
-    def _del_block(self, key: bytes) -> int | None:
-        data = self.raw.get(key, db=self._blocks)
-        if data is None:
-            return None
-        size = len(data)
-        self.raw.delete(key, db=self._blocks)
-        self.bytes_delta -= size
-        return size
-
-    def _iter_after(
-        self, db: object, after: bytes | None, *, values: bool = True
-    ) -> Iterator[tuple[memoryview, memoryview]] | Iterator[memoryview]:
-        """Iterate ``db`` from the first key strictly after ``after`` (all if None)."""
-        cursor = self.raw.cursor(db=db)
-        found = cursor.first() if after is None else cursor.set_range(after)
-        if found and after is not None and cursor.key() == after:
-            found = cursor.next()
-        return cursor.iternext(keys=True, values=values) if found else iter(())
-
-    def _block_keys(self, after: bytes | None) -> Iterator[bytes]:
-        return map(bytes, self._iter_after(self._blocks, after, values=False))
-
-    # refcounts
-    def _get_refcount(self, key: bytes) -> int:
-        raw = self.raw.get(key, db=self._refcounts)
-        return 0 if raw is None else int.from_bytes(raw, "big")
-
-    def _set_refcount(self, key: bytes, count: int) -> None:
-        if count < 0:
-            raise ValueError(f"refcount of {key.hex()} would be negative")
-        if count:
-            self.raw.put(key, _u64(count), db=self._refcounts)
-        else:
-            self.raw.delete(key, db=self._refcounts)
-
-    def _refcount_items(self) -> Iterator[tuple[bytes, int]]:
-        for key, raw in self.raw.cursor(db=self._refcounts).iternext():
-            yield bytes(key), int.from_bytes(raw, "big")
-
-    # pins
-    def _get_pin(self, root_key: bytes) -> memoryview | None:
-        return self.raw.get(root_key, db=self._pins)
-
-    def _put_pin(self, root_key: bytes, record: bytes) -> None:
-        self.raw.put(root_key, record, db=self._pins)
-
-    def _del_pin(self, root_key: bytes) -> None:
-        self.raw.delete(root_key, db=self._pins)
-        self.raw.delete(root_key, db=self._pin_blocks)  # all duplicates
-
-    def _pin_items(self, after: bytes | None) -> Iterator[tuple[bytes, memoryview]]:
-        for key, value in self._iter_after(self._pins, after):
-            yield bytes(key), value
-
-    def _pin_block_keys(self, root_key: bytes) -> list[bytes]:
-        cursor = self.raw.cursor(db=self._pin_blocks)
-        if not cursor.set_key(root_key):
-            return []
-        return [bytes(v) for v in cursor.iternext_dup()]
-
-    def _update_pin_blocks(
-        self, root_key: bytes, add: Iterable[bytes], remove: Iterable[bytes]
-    ) -> None:
-        for key in remove:
-            self.raw.delete(root_key, key, db=self._pin_blocks)
-        for key in add:
-            self.raw.put(root_key, key, db=self._pin_blocks, dupdata=True)
-
-    def _pin_block_items(self) -> Iterator[tuple[bytes, bytes]]:
-        for root_key, key in self.raw.cursor(db=self._pin_blocks).iternext():
-            yield bytes(root_key), bytes(key)
-
-    # counters
-    def _get_counter(self, name: bytes) -> int:
-        raw = self.raw.get(name, db=self._meta)
-        return 0 if raw is None else int.from_bytes(raw, "big", signed=True)
-
-    def _set_counter(self, name: bytes, value: int) -> None:
-        self.raw.put(name, value.to_bytes(8, "big", signed=True), db=self._meta)
-
-    # named tables
-    def db_get(self, db: DbHandle, key: bytes) -> bytes | None:
-        value = self.raw.get(key, db=db.native)
-        return None if value is None else bytes(value)
-
-    def db_put(self, db: DbHandle, key: bytes, value: bytes) -> None:
-        self._check_writable()
-        self.raw.put(key, value, db=db.native)
-
-    def db_delete(self, db: DbHandle, key: bytes) -> bool:
-        self._check_writable()
-        return self.raw.delete(key, db=db.native)
-
-    def db_items(
-        self, db: DbHandle, *, start: bytes = b"", stop: bytes | None = None
-    ) -> Iterator[tuple[bytes, bytes]]:
-        cursor = self.raw.cursor(db=db.native)
-        if not cursor.set_range(start):
-            return
-        for key, value in cursor.iternext():
-            key = bytes(key)
-            if stop is not None and key >= stop:
-                return
-            yield key, bytes(value)
 
 
 class LmdbBlockStore(TxnBlockStore):
@@ -346,7 +154,7 @@ class LmdbBlockStore(TxnBlockStore):
         self._max_size = _round_pages(max_size_bytes)
         self._put_cap = self._max_size - _round_pages(min(self._max_size // 8, _RESERVE_MAX))
         self._write_lock = threading.Lock()
-        self._gate = _ResizeGate()
+        self._gate = ResizeGate()
         self._local = threading.local()  # .txn: this thread's running write transaction
         self._tables: dict[bytes, DbHandle] = {}
         self._freed_last = False  # the last commit freed space (delete, unpin, GC)
@@ -387,7 +195,7 @@ class LmdbBlockStore(TxnBlockStore):
                 fmt = txn.get(b"format", db=self._db_meta)
                 if fmt is None:
                     txn.put(b"format", _FORMAT, db=self._db_meta)
-                    txn.put(b"bytes", _u64(0), db=self._db_meta)
+                    txn.put(b"bytes", u64(0), db=self._db_meta)
                 elif fmt != _FORMAT:
                     raise BlockstoreError(
                         f"blockstore at {self.path} has format {fmt!r}; "
@@ -424,7 +232,7 @@ class LmdbBlockStore(TxnBlockStore):
                     pass  # another process grew the map: adopt it below, then retry
                 else:
                     try:
-                        return fn(_LmdbTxn(self, txn, writable=False))
+                        return fn(LmdbTxn(self, txn, writable=False))
                     finally:
                         txn.abort()
             with self._write_lock, self._gate.exclusive():
@@ -444,12 +252,12 @@ class LmdbBlockStore(TxnBlockStore):
                     self._make_room(size_hint)
                     size_hint = 0
                 txn = self._env.begin(write=True, buffers=True)
-                wtxn = self._local.txn = _LmdbTxn(self, txn, writable=True)
+                wtxn = self._local.txn = LmdbTxn(self, txn, writable=True)
                 try:
                     result = fn(wtxn)
                     if wtxn.bytes_delta:
                         total = int.from_bytes(txn.get(b"bytes", db=self._db_meta), "big")
-                        txn.put(b"bytes", _u64(total + wtxn.bytes_delta), db=self._db_meta)
+                        txn.put(b"bytes", u64(total + wtxn.bytes_delta), db=self._db_meta)
                     self.check_files()
                     txn.commit()
                 except lmdb.MapFullError:
@@ -571,7 +379,7 @@ class LmdbBlockStore(TxnBlockStore):
             self._freed_last = False
             with self._env.begin(write=True, db=self._db_meta) as txn:
                 epoch = int.from_bytes(txn.get(b"epoch", b""), "big") + 1
-                txn.put(b"epoch", _u64(epoch))
+                txn.put(b"epoch", u64(epoch))
             return
         if current >= cap:
             self._store_full += 1
@@ -626,7 +434,7 @@ class LmdbBlockStore(TxnBlockStore):
         """Counts of blocks and bytes, and the map's use and size, bytes."""
 
         def count(t: StoreTxn) -> tuple[int, int, dict]:
-            assert isinstance(t, _LmdbTxn)
+            assert isinstance(t, LmdbTxn)
             blocks = t.raw.stat(self._db_blocks)["entries"]
             nbytes = int.from_bytes(t.raw.get(b"bytes", db=self._db_meta), "big")
             return blocks, nbytes, self._env.info()

@@ -13,7 +13,7 @@ protection *before* writing it and releases the protection after the pin is
 committed or the operation failed. GC re-checks protections inside each of its
 write transactions, so a block registered before it is written is never lost.
 
-This module is pure: no LMDB, no trio. ``txn.py`` applies the pin arithmetic
+This module is pure: no LMDB, no trio. ``txn.ops`` applies the pin arithmetic
 inside a store transaction.
 """
 

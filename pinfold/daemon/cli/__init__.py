@@ -1,6 +1,7 @@
-"""The ``pinfold`` command line: parsing and one function a command (``main``),
-and how results and errors are printed (``format``: one line, JSON with
-``--json``, the exit-code table).
+"""The ``pinfold`` command line: ``main`` (entry point, error reporting),
+``parser`` (argparse grammar), ``commands`` (the table of commands, one module
+per area), ``localio`` (local files, stdout, progress) and ``format`` (errors
+as one line or JSON, the exit-code table).
 
 Imports ``pinfold.client`` and, for ``pinfold daemon``, the node's service;
 nothing imports the CLI.

@@ -1,7 +1,7 @@
 """How the CLI turns exceptions into one line on stderr and an exit code.
 
 Every error gets a short snake_case ``code``: the daemon's RPC error code
-(``not_found``, ``store_full``, ...; ``rpcwire``), an exception's ``code``
+(``not_found``, ``store_full``, ...; ``rpc.wire``), an exception's ``code``
 attribute, or one of the local codes below for errors raised in the CLI
 process (a missing input file, a bad option). ``EXIT_CODES`` maps codes to
 exit statuses, the one table the CLI and README.md ("Exit codes") follow:

@@ -1,0 +1,37 @@
+"""The table of ``pinfold`` commands: each command name to the function that
+runs it. ``LOCAL_COMMANDS`` run in the CLI process; ``CLIENT_COMMANDS`` get a
+connected ``Client``. Commands with subcommands are tables themselves
+(``base.subcommands``).
+
+One module per area: ``node`` (init, daemon, id, shutdown), ``content`` (add,
+cat, get, block, dag), ``pins`` (pin, recover), ``repo``, ``cluster`` (peers,
+cluster, simulate).
+"""
+
+from __future__ import annotations
+
+from pinfold.daemon.cli.commands import cluster, content, node, pins, repo
+from pinfold.daemon.cli.commands.base import ClientCommand, LocalCommand
+
+LOCAL_COMMANDS: dict[str, LocalCommand] = {
+    "init": node.init,
+    "daemon": node.daemon,
+    "simulate": cluster.simulate,
+}
+
+CLIENT_COMMANDS: dict[str, ClientCommand] = {
+    "id": node.node_id,
+    "add": content.add,
+    "cat": content.cat,
+    "get": content.get,
+    "block": content.block,
+    "dag": content.dag,
+    "pin": pins.pin,
+    "repo": repo.repo,
+    "peers": cluster.peers,
+    "cluster": cluster.cluster,
+    "recover": pins.recover,
+    "shutdown": node.shutdown,
+}
+
+__all__ = ["CLIENT_COMMANDS", "LOCAL_COMMANDS", "ClientCommand", "LocalCommand"]

@@ -1,0 +1,142 @@
+"""Commands that move content in and out: ``add``, ``cat``, ``get`` and the
+``block`` and ``dag`` subcommands.
+
+Imports the CLI's local I/O, the pin helpers (``add --pin``) and nothing of
+the daemon: the work is done through the ``Client``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any
+
+from pinfold.daemon.cli.commands.base import subcommands
+from pinfold.daemon.cli.commands.pins import (
+    pin_summary,
+    pin_with_wait,
+    replication_kwargs,
+    wait_kwargs,
+)
+from pinfold.daemon.cli.localio import Output, Progress, read_input, write_file, write_stdout
+from pinfold.daemon.cli.parser import UsageError
+
+
+def add(c, args: argparse.Namespace, out: Output) -> int:
+    """``pinfold add PATH``: add a file, stdin or (``-r``) a folder; prints the root CID."""
+    opts: dict[str, Any] = {}
+    for key in ("chunk_size", "cid_version", "raw_leaves", "max_links", "name"):
+        if getattr(args, key) is not None:
+            opts[key] = getattr(args, key)
+    repl = replication_kwargs(args)
+    wait = wait_kwargs(args)
+    if (repl or wait) and not args.pin:
+        raise UsageError("--pin=false cannot be combined with replication or --wait options")
+    if args.name is not None and not args.pin:
+        raise UsageError("--name names the pin: it cannot be combined with --pin=false")
+    pin = args.pin
+    path = args.path
+    if path != "-" and os.path.isdir(path):
+        if not args.recursive:
+            raise UsageError(f"{path} is a directory: use -r to add it")
+        res = c.add_dir(path, pin=pin, dereference=args.dereference, **repl, **opts)
+    else:
+        total = None if path == "-" else os.path.getsize(path)
+        progress = Progress(total, "added")
+        try:
+            res = c.add_stream(read_input(path), pin=pin, progress=progress, **repl, **opts)
+        finally:
+            progress.close()
+    if "pin" in res:
+        res["pin"] = pin_with_wait(c, res["cid"], wait, res["pin"])
+        if not out.json and "holders_pinned" in res["pin"]:
+            # stdout stays the CID alone (scripts read it); the pin's state goes beside it.
+            print(pin_summary(res["cid"], res["pin"]), file=sys.stderr)
+    out.doc(res, res["cid"])  # the CID alone, for `CID=$(pinfold add FILE)`
+    return 0
+
+
+def cat(c, args: argparse.Namespace, out: Output) -> int:
+    """``pinfold cat CID``: a file's bytes (or a range of them) on stdout."""
+    if sys.stdout.isatty():
+        write_stdout(c.cat(args.cid, offset=args.offset, length=args.length))
+        return 0
+    # A file or pipe: the daemon writes to our stdout directly.
+    sys.stdout.flush()
+    try:
+        c.cat_to_fd(args.cid, sys.stdout.fileno(), offset=args.offset, length=args.length)
+    except Exception as exc:
+        if getattr(exc, "code", None) == "output_closed":
+            return 0  # like `cat | head`: the reader had enough
+        raise
+    return 0
+
+
+def get(c, args: argparse.Namespace, out: Output) -> int:
+    """``pinfold get CID [-o PATH]``: a file or directory tree written to disk."""
+    if args.output == "-":  # a file's bytes to stdout, as `cat`
+        write_stdout(c.cat(args.cid))
+        return 0
+    target = args.output or args.cid
+    progress = Progress(None, "received")
+    try:
+        res = c.get(args.cid, target, progress=progress)
+    finally:
+        progress.close()
+    out.doc(res, f"saved {res['cid']} to {res.get('path', target)}")
+    return 0
+
+
+def block_put(c, args: argparse.Namespace, out: Output) -> int:
+    limit = 2 * 1024 * 1024  # Bitswap's block limit; refuse before reading more
+    data = bytearray()
+    for chunk in read_input(args.file):
+        data += chunk
+        if len(data) > limit:
+            raise ValueError(f"{args.file}: block exceeds the limit of {limit} bytes "
+                             "(use `pinfold add` for larger files)")
+    res = c.block_put(bytes(data), codec=args.codec, cid_version=args.cid_version)
+    out.doc(res, res["cid"])
+    return 0
+
+
+def block_get(c, args: argparse.Namespace, out: Output) -> int:
+    sys.stdout.buffer.write(c.block_get(args.cid))
+    sys.stdout.buffer.flush()
+    return 0
+
+
+def block_stat(c, args: argparse.Namespace, out: Output) -> int:
+    res = c.block_stat(args.cid)
+    out.doc(res, f"{res['cid']} {res['size']}")
+    return 0
+
+
+def block_rm(c, args: argparse.Namespace, out: Output) -> int:
+    res = c.block_rm(args.cid)
+    out.doc(res, f"removed {res['cid']}")
+    return 0
+
+
+def dag_import(c, args: argparse.Namespace, out: Output) -> int:
+    res = c.dag_import_stream(read_input(args.file), pin_roots=args.pin_roots)
+    out.doc(res, "\n".join(f"imported root {r}" for r in res["roots"])
+            + f"\n{res['blocks']} blocks, {res['bytes']} bytes")
+    return 0
+
+
+def dag_export(c, args: argparse.Namespace, out: Output) -> int:
+    chunks = c.dag_export(args.cid)
+    if args.output and args.output != "-":
+        n = write_file(args.output, chunks, force=args.force)
+        out.doc({"cid": args.cid, "bytes": n, "path": args.output},
+                f"exported {args.cid} to {args.output} ({n} bytes)")
+    else:
+        write_stdout(chunks)
+    return 0
+
+
+block = subcommands("block", {"put": block_put, "get": block_get, "stat": block_stat,
+                              "rm": block_rm})
+dag = subcommands("dag", {"import": dag_import, "export": dag_export})
