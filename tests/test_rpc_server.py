@@ -1035,3 +1035,21 @@ def test_fuzz_random_frames_never_break_the_server(
     with RpcConnection(fuzz_server.path) as conn:
         assert conn.call("echo", {"k": 1})["params"] == {"k": 1}
     assert fuzz_server.failures == []
+
+
+def test_a_daemon_that_never_answers_gives_a_timeout_naming_the_seconds(tmp_path) -> None:
+    """A daemon that accepts but never answers (stopped with SIGSTOP): the client
+    says how long it waited, in seconds, not "None"."""
+    import socket as socketlib
+
+    path = tmp_path / "silent.sock"
+    listener = socketlib.socket(socketlib.AF_UNIX, socketlib.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(1)
+    try:
+        with pytest.raises(w.RpcError) as err:
+            RpcConnection(path, connect_timeout=0.3)
+        assert err.value.code == "timeout"
+        assert "within 0.3 s" in err.value.message and "None" not in err.value.message
+    finally:
+        listener.close()

@@ -42,6 +42,7 @@ EXIT_CODES: dict[str, int] = {
     "timeout": EXIT_TIMEOUT,
     "fetch_timeout": EXIT_TIMEOUT,
     "handshake_timeout": EXIT_TIMEOUT,
+    "wait_timeout": EXIT_TIMEOUT,
     "store_full": EXIT_STORE_FULL,
     "permission_denied": EXIT_REFUSED,
     "too_many_connections": EXIT_REFUSED,

@@ -228,7 +228,7 @@ class RpcConnection:
                 if n:
                     bufs[0] = memoryview(bufs[0])[n:]
         except TimeoutError:
-            raise RpcError("timeout", f"the daemon did not read within {self._timeout} s") from None
+            raise RpcError("timeout", f"the daemon did not read within {self._sock.gettimeout():g} s") from None
         except OSError as exc:
             # The daemon may have closed with an explanation already sent: prefer it.
             raise self._closing_reason(exc) from None
@@ -275,7 +275,7 @@ class RpcConnection:
                     decoder.commit(n)
             except TimeoutError:
                 raise RpcError("timeout",
-                               f"no reply from the daemon within {self._timeout} s") from None
+                               f"no reply from the daemon within {self._sock.gettimeout():g} s") from None
             except BlockingIOError:
                 return None
             except OSError as exc:
