@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from pinfold.blockstore.unixfs import symlink_node
 
-from tests.support.daemon import DaemonProcess, cli_json, run_cli
+from tests.support.daemon import DaemonProcess, cli_json, run_cli, running
 
 VECTORS = Path(__file__).parents[1] / "vectors" / "kubo_symlinks.json"
 _B58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
@@ -31,13 +31,8 @@ def _base58(raw: bytes) -> str:
 
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory: pytest.TempPathFactory):
-    d = DaemonProcess(tmp_path_factory.mktemp("symlinks"), "a")
-    d.start()
-    try:
+    with running(tmp_path_factory.mktemp("symlinks")) as d:
         yield d
-    finally:
-        d.stop()
-        d.kill9()
 
 
 def _build(root: Path, layout: dict[str, dict[str, str]]) -> None:

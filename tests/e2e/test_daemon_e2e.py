@@ -20,17 +20,6 @@ from tests.support.wait import wait_until
 
 
 
-@pytest.fixture
-def daemon(tmp_path: Path):
-    d = DaemonProcess(tmp_path, "a")
-    d.start()
-    try:
-        yield d
-    finally:
-        d.stop()
-        d.kill9()
-
-
 def _rand(n: int, seed: int = 0) -> bytes:
     return random.Random(seed).randbytes(n)
 

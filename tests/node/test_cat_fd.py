@@ -16,16 +16,6 @@ from pinfold.daemon.rpc.connection import RpcConnection, RpcError
 from tests.support.daemon import DaemonProcess
 
 
-@pytest.fixture
-def daemon(tmp_path: Path):
-    d = DaemonProcess(tmp_path, "a").start()
-    try:
-        yield d
-    finally:
-        d.stop()
-        d.kill9()
-
-
 def test_cat_to_file_and_pipe(daemon: DaemonProcess, tmp_path: Path) -> None:
     data = random.Random(5).randbytes(3 * 1024 * 1024 + 17)
     with daemon.client() as c:

@@ -16,7 +16,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from tests.support.daemon import PYTHON, DaemonProcess, cli_json, run_cli
+from tests.support.daemon import PYTHON, DaemonProcess, cli_json, run_cli, running
 
 # Names of exception classes (ours or a library's) that must never reach a user.
 INTERNAL_NAME = re.compile(rb"\b[A-Z][A-Za-z]*(Error|Exception|Group)\b|nursery|Traceback")
@@ -24,14 +24,8 @@ INTERNAL_NAME = re.compile(rb"\b[A-Z][A-Za-z]*(Error|Exception|Group)\b|nursery|
 
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory: pytest.TempPathFactory):
-    d = DaemonProcess(tmp_path_factory.mktemp("cli"), "a",
-                      config="[bitswap]\nfetch_timeout_s = 1.0\n")
-    d.start()
-    try:
+    with running(tmp_path_factory.mktemp("cli"), config="[bitswap]\nfetch_timeout_s = 1.0\n") as d:
         yield d
-    finally:
-        d.stop()
-        d.kill9()
 
 
 def _json_error(proc: subprocess.CompletedProcess[bytes]) -> dict:

@@ -16,7 +16,6 @@ import random
 from pathlib import Path
 from typing import Any
 
-import pytest
 from pinfold.blockstore import unixfs
 from pinfold.blockstore.cid import parse_cid
 from pinfold.blockstore.lmdbstore import LmdbBlockStore
@@ -28,17 +27,6 @@ from tests.support.daemon import DaemonProcess, cli_json, run_cli
 from tests.support.wait import wait_until
 
 MB = 1_000_000
-
-
-@pytest.fixture
-def daemon(tmp_path: Path):
-    d = DaemonProcess(tmp_path, "a")
-    d.start()
-    try:
-        yield d
-    finally:
-        d.stop()
-        d.kill9()
 
 
 def _lines(home: Path, *args: str) -> list[dict[str, Any]]:

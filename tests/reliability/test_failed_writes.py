@@ -11,7 +11,6 @@ removed, except those a pin or another request holds by then.
 from __future__ import annotations
 
 import random
-from pathlib import Path
 
 import pytest
 from pinfold.blockstore import car as carfmt
@@ -20,16 +19,6 @@ from pinfold.client import RpcError
 from tests.support.daemon import DaemonProcess
 from tests.support.campaign import MiB, chunks_of, live_fingerprint, make_content
 from tests.support.wait import wait_until
-
-
-@pytest.fixture
-def daemon(tmp_path: Path):
-    d = DaemonProcess(tmp_path, "a").start()
-    try:
-        yield d
-    finally:
-        d.stop()
-        d.kill9()
 
 
 def test_a_car_with_a_corrupt_tail_leaves_no_blocks(daemon: DaemonProcess) -> None:

@@ -11,20 +11,15 @@ from pathlib import Path
 import pytest
 
 from pinfold import Client, DaemonNotRunning, RpcError
-from tests.support.daemon import DaemonProcess
+from tests.support.daemon import DaemonProcess, running
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory: pytest.TempPathFactory):
-    d = DaemonProcess(tmp_path_factory.mktemp("client"), "a")
-    d.start()
-    try:
+    with running(tmp_path_factory.mktemp("client")) as d:
         yield d
-    finally:
-        d.stop()
-        d.kill9()
 
 
 def _rand(n: int, seed: int = 0) -> bytes:

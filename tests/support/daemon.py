@@ -8,12 +8,14 @@ with a deadline (``tests.support.wait.wait_until``), never a fixed sleep.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -161,3 +163,15 @@ class DaemonProcess:
             self.stop()
         finally:
             self.kill9()
+
+
+@contextlib.contextmanager
+def running(root: Path, name: str = "a", **kw: Any) -> Iterator[DaemonProcess]:
+    """A started ``DaemonProcess(root, name, **kw)``; stopped, then SIGKILLed if still there."""
+    d = DaemonProcess(root, name, **kw)
+    d.start()
+    try:
+        yield d
+    finally:
+        d.stop()
+        d.kill9()
