@@ -69,7 +69,7 @@ pytestmark = pytest.mark.skipif(WHY_NOT is not None, reason=f"no network namespa
 
 N = 5
 RMIN, RMAX = 2, 3
-TTL_S = 4 * HEARTBEAT_S  # a lossy link may drop a heartbeat or two
+TTL_S = 4 * HEARTBEAT_S  # peer_ttl_s: 4 heartbeats here, not the default 2
 REPLICATION = replication(peer_ttl_s=TTL_S, sync_interval_s=3.0, retry_min_s=0.5,
                           retry_max_s=4.0, replan_interval_s=5.0, rmin=RMIN, rmax=RMAX,
                           p_prior=0.9)
