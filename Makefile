@@ -49,7 +49,7 @@ test-all: $(STAMP) $(REPORT_STAMP) node-deps deploy-tools
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP) node-deps
-	$(PY) tests/bench/run.py
+	$(PY) tools/bench/run.py
 
 ## make lint: ruff, the import contracts of pyproject.toml (layers, no cycles; lint-imports),
 ## the deploy checks
@@ -80,7 +80,7 @@ deploy-tools:
 			--no-install-recommends systemd prometheus >/dev/null; \
 	else \
 		echo "deploy-tools: systemd-analyze or promtool missing (apt-get install systemd prometheus);" \
-			"tests/test_deploy.py skips those checks"; \
+			"tests/node/test_deploy.py skips those checks"; \
 	fi
 
 ## make install-service: install and start pinfold as a systemd service (as root)
@@ -97,7 +97,7 @@ lint-deploy: deploy-tools
 ## make demo: 4 local nodes, the real model file added with --replicas 2, a holder killed
 ## with SIGKILL, the repair shown as it happens, the status table printed, everything stopped.
 demo: $(STAMP)
-	$(PY) tests/cluster_demo.py
+	$(PY) tools/demo.py
 
 # ---------------------------------------------------------------- availability (issue 5)
 .PHONY: availability
@@ -112,7 +112,7 @@ $(REPORT_STAMP): pyproject.toml $(STAMP)
 ## repairing cluster side by side, about 8 minutes) write tables (Markdown, CSV), a PNG plot
 ## and summary.md (the README table) into results/availability/. Exits 1 if a check fails.
 availability: $(STAMP) $(REPORT_STAMP)
-	$(PY) -m tests.availability.report
+	$(PY) -m tools.availability.report
 
 # ---------------------------------------------------------------- reliability (issue 7)
 .PHONY: reliability
@@ -132,5 +132,5 @@ reliability: $(STAMP)
 	PINFOLD_RELIABILITY=full PINFOLD_RELIABILITY_OUT=$(RELIABILITY_OUT) \
 		$(PY) -m pytest tests/reliability -o faulthandler_timeout=3600 $(PYTEST_ARGS); \
 	status=$$?; \
-	$(PY) -m tests.reliability.report $(RELIABILITY_OUT) results/reliability.md; \
+	$(PY) -m tools.reliability.report $(RELIABILITY_OUT) results/reliability.md; \
 	exit $$status

@@ -20,7 +20,7 @@ from pinfold.replication.pinset import PinSet
 from pinfold.replication.planner import Policy, plan
 from pinfold.replication.types import Heartbeat, Pin, PinAction
 
-from tests.availability.churn import (
+from tools.availability.churn import (
     ChurnParams,
     churn_schedule,
     covered_fraction,
@@ -29,8 +29,8 @@ from tests.availability.churn import (
     run_spread,
     static_holders,
 )
-from tests.availability.report import nines, real_rows, write_real, write_summary, write_sweep
-from tests.availability.sweep import (
+from tools.availability.report import nines, real_rows, write_real, write_summary, write_sweep
+from tools.availability.sweep import (
     QUICK_SWEEP,
     QUICK_TARGETS,
     SweepConfig,
@@ -232,7 +232,7 @@ def test_report_writes_tables_and_a_plot(tmp_path, quick_rows) -> None:
     assert "| 0.9 | 0.900 | static | 2 |" in (tmp_path / "real.md").read_text()
     assert nines(0.999) == pytest.approx(3) and nines(1.0) == 5.0
     pytest.importorskip("matplotlib")  # the `report` extra (make availability installs it)
-    from tests.availability.report import plot
+    from tools.availability.report import plot
 
     png = plot(tmp_path, quick_rows, real)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000

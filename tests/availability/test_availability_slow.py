@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.availability.churn import ChurnParams, ChurnResult, covered_fraction, run_churn
+from tools.availability.churn import ChurnParams, ChurnResult, covered_fraction, run_churn
 
 pytestmark = pytest.mark.slow
 

@@ -15,8 +15,9 @@ from pinfold.blockstore.unixfs import ImportParams, import_bytes
 from pinfold.daemon.p2p.bitswap import BlockUnavailable
 from pinfold.blockstore.dag import links
 
-from tests.bitswap_support import random_bytes, raw_blocks, running_nodes, wait_until
-from tests.interop.helia_process import HeliaError, helia_peer, skip_reason
+from tests.support.bitswap import file_bytes, random_bytes, raw_blocks, running_nodes
+from tests.support.helia import HeliaError, helia_peer, skip_reason
+from tests.support.wait import wait_until_trio
 
 MiB = 1024 * 1024
 
@@ -30,20 +31,6 @@ pytestmark = [
 PARAMS = ImportParams(chunk_size=256 * 1024, max_links=4)
 
 
-def file_bytes(store, root) -> bytes:
-    """Reassemble a raw-leaves UnixFS file from ``store`` (depth-first link order)."""
-    out = []
-    stack = [root]
-    while stack:
-        cid = stack.pop()
-        data = store.get(cid)
-        if cid.codec.code == RAW:
-            out.append(data)
-        else:
-            stack.extend(reversed(links(cid, data)))
-    return b"".join(out)
-
-
 async def test_helia_fetches_a_multi_level_file_and_a_2_mib_block_from_pinfold(tmp_path):
     data = random_bytes(5 * MiB + 1234, seed=11)
     blocks, root, _ = import_bytes(data, PARAMS)
@@ -52,7 +39,7 @@ async def test_helia_fetches_a_multi_level_file_and_a_2_mib_block_from_pinfold(t
     async with running_nodes(1) as (node,), helia_peer() as helia:
         node.store.add(blocks + [(big_cid, big)])
         await helia.request("dial", addr=node.addr)
-        await wait_until(lambda: node.bitswap.statistics().peers == 1, what="Helia seen by bitswap")
+        await wait_until_trio(lambda: node.bitswap.statistics().peers == 1, what="Helia seen by bitswap")
 
         got = await helia.request("cat", cid=str(root), timeout_ms=30000)
         assert got == {**got, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
@@ -93,7 +80,7 @@ async def test_a_cid_nobody_has_gets_dont_have_from_helia_and_fails_within_a_sec
     missing = make_cid(b"neither pinfold nor helia has this", RAW)
     async with running_nodes(1) as (node,), helia_peer() as helia:
         await node.host.connect(helia.addrs[0])
-        await wait_until(lambda: node.bitswap.statistics().peers == 1, what="Helia seen by bitswap")
+        await wait_until_trio(lambda: node.bitswap.statistics().peers == 1, what="Helia seen by bitswap")
         start = trio.current_time()
         with pytest.raises(BlockUnavailable) as info:
             await node.bitswap.get_block(missing, timeout_s=30.0)

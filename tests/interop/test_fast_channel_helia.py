@@ -12,9 +12,9 @@ from pinfold.blockstore.cid import parse_cid
 from pinfold.blockstore.unixfs import ImportParams, import_bytes
 from pinfold.daemon.p2p.transport import FastSecureSession, FastYamux
 
-from tests.bitswap_support import random_bytes, running_nodes, wait_until
-from tests.interop.helia_process import helia_peer, skip_reason
-from tests.interop.test_bitswap_helia import file_bytes
+from tests.support.bitswap import file_bytes, random_bytes, running_nodes
+from tests.support.helia import helia_peer, skip_reason
+from tests.support.wait import wait_until_trio
 
 MiB = 1024 * 1024
 
@@ -50,7 +50,7 @@ async def test_helia_and_a_fast_channel_node_move_16_mib_files_both_ways(tmp_pat
             await helia.request("dial", addr=node.addr)
         else:
             await node.host.connect(helia.addrs[0])
-        await wait_until(lambda: node.bitswap.statistics().peers == 1, what="Helia seen by bitswap")
+        await wait_until_trio(lambda: node.bitswap.statistics().peers == 1, what="Helia seen by bitswap")
         muxed = _muxed(node, helia.peer_id)
         assert isinstance(muxed, FastYamux) and isinstance(muxed.secured_conn, FastSecureSession)
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from pinfold.blockstore.unixfs import ImportParams, import_bytes
 
-from tests.harness import DaemonProcess, model_file, run_cli
-from tests.interop.kubo_process import kubo_peer, skip_reason
+from tests.support.daemon import DaemonProcess, model_file, run_cli
+from tests.support.kubo import kubo_peer, skip_reason
 
 _reason = skip_reason()
 pytestmark = [

@@ -47,8 +47,8 @@ from typing import Any
 import pytest
 from pinfold.client import Client
 
-from tests.harness import DaemonProcess
-from tests.reliability.campaign import (
+from tests.support.daemon import DaemonProcess
+from tests.support.campaign import (
     Content,
     KiB,
     MiB,
@@ -59,8 +59,8 @@ from tests.reliability.campaign import (
     pick,
     record,
     seed,
-    wait_until,
 )
+from tests.support.wait import wait_until
 
 KINDS = ("add", "dag_import", "pin", "unpin", "gc")
 SIZES = (32 * KiB, 256 * KiB, 1 * MiB, 3 * MiB)
@@ -441,7 +441,7 @@ def _wait_stopped(pid: int) -> None:
                 return False
         return True
 
-    wait_until(stopped, timeout_s=10, what=f"process {pid} to stop", interval_s=0.001)
+    wait_until(stopped, timeout_s=10, what=f"process {pid} to stop", interval_s=0.001, retry_errors=False)
 
 
 def _snapshot(store_dir: Path, dest: Path) -> None:

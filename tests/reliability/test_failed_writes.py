@@ -11,24 +11,14 @@ removed, except those a pin or another request holds by then.
 from __future__ import annotations
 
 import random
-from pathlib import Path
 
 import pytest
 from pinfold.blockstore import car as carfmt
 from pinfold.client import RpcError
 
-from tests.harness import DaemonProcess
-from tests.reliability.campaign import MiB, chunks_of, live_fingerprint, make_content, wait_until
-
-
-@pytest.fixture
-def daemon(tmp_path: Path):
-    d = DaemonProcess(tmp_path, "a").start()
-    try:
-        yield d
-    finally:
-        d.stop()
-        d.kill9()
+from tests.support.daemon import DaemonProcess
+from tests.support.campaign import MiB, chunks_of, live_fingerprint, make_content
+from tests.support.wait import wait_until
 
 
 def test_a_car_with_a_corrupt_tail_leaves_no_blocks(daemon: DaemonProcess) -> None:
@@ -77,7 +67,7 @@ def test_an_add_whose_client_goes_away_leaves_no_blocks(daemon: DaemonProcess) -
     with daemon.client() as c:
         # the daemon cancels the add when the request is cancelled; its blocks go
         wait_until(lambda: live_fingerprint(c) == before, timeout_s=30,
-                   what="the cancelled add's blocks to be removed")
+                   what="the cancelled add's blocks to be removed", interval_s=0.02, retry_errors=False)
         # and a complete add afterwards works as usual
         cid = c.add(b"still works", pin=True)
         assert b"".join(c.cat(cid)) == b"still works"

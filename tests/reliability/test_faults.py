@@ -1,7 +1,7 @@
 """Fault campaign between cluster nodes (issue 7, item 2): real daemons, faulty links.
 
 Five daemons, each in its own network namespace, reach each other only through
-a seeded fault switch (``tests.faultnet``, ``tests.faultproxy``): every byte
+a seeded fault switch (``tests.support.faultnet``, ``tests.support.faultproxy``): every byte
 between two nodes crosses a proxy that can delay it, stall it as a lost TCP
 segment does, throttle it (a slow link or a reader that does not keep up),
 duplicate or reorder chunks inside the encrypted stream (Noise must reject
@@ -58,22 +58,21 @@ from typing import Any
 import pytest
 from pinfold.daemon.rpc.wire import RpcError
 
-from tests import faultnet
-from tests.harness import DaemonProcess, wait_for
-from tests.reliability.campaign import configured, percentile, pick, record, seed
+from tests.support import faultnet
+from tests.support.cluster import GRACE_S, HEARTBEAT_S, peer_id, replication
+from tests.support.daemon import DaemonProcess
+from tests.support.campaign import configured, percentile, pick, record, seed
+from tests.support.wait import wait_until
 
 WHY_NOT = faultnet.available()
 pytestmark = pytest.mark.skipif(WHY_NOT is not None, reason=f"no network namespaces: {WHY_NOT}")
 
 N = 5
 RMIN, RMAX = 2, 3
-HEARTBEAT_S = 0.5
-TTL_S = 2.0
-GRACE_S = 3.0
-REPLICATION = {"heartbeat_interval_s": HEARTBEAT_S, "peer_ttl_s": TTL_S,
-               "repair_grace_s": GRACE_S, "sync_interval_s": 3.0, "retry_min_s": 0.5,
-               "retry_max_s": 4.0, "replan_interval_s": 5.0, "rmin": RMIN, "rmax": RMAX,
-               "p_prior": 0.9}
+TTL_S = 4 * HEARTBEAT_S  # peer_ttl_s: 4 heartbeats here, not the default 2
+REPLICATION = replication(peer_ttl_s=TTL_S, sync_interval_s=3.0, retry_min_s=0.5,
+                          retry_max_s=4.0, replan_interval_s=5.0, rmin=RMIN, rmax=RMAX,
+                          p_prior=0.9)
 SAMPLE_S = 0.3
 CONVERGE_TIMEOUT_S = 120.0
 
@@ -241,7 +240,7 @@ class Campaign:
     def wait_converged(self, what: str) -> float:
         t0 = time.monotonic()
         try:
-            wait_for(self.converged, timeout=CONVERGE_TIMEOUT_S, interval=0.25,
+            wait_until(self.converged, timeout_s=CONVERGE_TIMEOUT_S, interval_s=0.25,
                      what=f"the cluster to converge after {what}")
         except TimeoutError:
             raise AssertionError(f"no convergence after {what}: {self.describe()}") from None
@@ -356,7 +355,6 @@ def campaign(tmp_path: Path):
         nodes = [net.daemon(tmp_path, i) for i in range(N)]
         for d in nodes:
             d.init()
-        from tests.test_cluster_multinode import peer_id
 
         ids = [peer_id(d) for d in nodes]
         for i, d in enumerate(nodes):
@@ -373,8 +371,8 @@ def campaign(tmp_path: Path):
         thread = threading.Thread(target=cp.sampler, daemon=True)
         thread.start()
         try:
-            wait_for(lambda: all(sum(1 for p in _peers(d) if p["state"] == "alive") == N
-                                 for d in nodes), timeout=60, what="5 alive cluster peers")
+            wait_until(lambda: all(sum(1 for p in _peers(d) if p["state"] == "alive") == N
+                                 for d in nodes), timeout_s=60, what="5 alive cluster peers")
             yield cp
         finally:
             cp.stop.set()
@@ -527,7 +525,7 @@ def measure_repair(cp: Campaign) -> float:
         declared.append(t - rec["last_seen_s"] + TTL_S + GRACE_S)
     dead_at = min(declared)
     assert dead_at > t_kill - HEARTBEAT_S - 0.5, (dead_at - t_kill, declared)
-    wait_for(repaired, timeout=60, interval=0.05, what="fault-free repair")
+    wait_until(repaired, timeout_s=60, interval_s=0.05, what="fault-free repair")
     repair = max(0.0, time.monotonic() - dead_at)
     cp.restart(victim)
     cp.wait_converged("the fault-free repair")

@@ -1,8 +1,8 @@
 """Hostile input, live: a cluster of real daemons takes hostile gossip and sync frames (issue 7).
 
 Three daemons (separate processes, 127.0.0.1, short intervals as in
-``tests/test_cluster_multinode.py``) form one cluster whose ``trusted_peers``
-lists them and one more identity: a compromised member. ``tests/cluster_fuzzer.py``
+``tests/cluster/test_cluster_multinode.py``) form one cluster whose ``trusted_peers``
+lists them and one more identity: a compromised member. ``tests/support/cluster_fuzzer.py``
 runs as a separate process twice, once as an outsider (a fresh identity) and once
 as that insider, and each time joins the cluster topic and sends hostile gossip
 (garbage payloads, mutated bodies in valid envelopes, valid but untrusted
@@ -36,16 +36,15 @@ from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.peer.id import ID
 from pinfold.config import load, render, replace
 
-from tests.harness import DaemonProcess, wait_for
-from tests.reliability.campaign import live_fingerprint, pick, record, seed
-from tests.test_cluster_multinode import metric, peer_id, status
+from tests.support.daemon import DaemonProcess
+from tests.support.campaign import live_fingerprint, pick, record, seed
+from tests.support.cluster import metric, peer_id, replication, status
+from tests.support.wait import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 CLUSTER = "hostile"
 INSIDER_SEED = bytes(range(32, 64))
-REPLICATION = {"heartbeat_interval_s": 0.5, "repair_grace_s": 3.0, "sync_interval_s": 2.0,
-               "retry_min_s": 1.0, "retry_max_s": 5.0, "replan_interval_s": 10.0,
-               "rmin": 2, "rmax": 2, "p_prior": 0.9}
+REPLICATION = replication(sync_interval_s=2.0, rmin=2, rmax=2, p_prior=0.9)
 
 
 @dataclass
@@ -98,7 +97,7 @@ def members(tmp_path_factory: pytest.TempPathFactory):
                 return False
         return True
 
-    wait_for(all_alive, timeout=60, what="every member to see 3 alive cluster peers")
+    wait_until(all_alive, timeout_s=60, what="every member to see 3 alive cluster peers")
     yield Members(nodes, ids)
     for d in nodes:
         try:
@@ -140,7 +139,7 @@ def snapshot(d: DaemonProcess) -> dict[str, Any]:
 
 def run_fuzzer(cfg: dict[str, Any], timeout: float) -> dict[str, Any]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-m", "tests.cluster_fuzzer", json.dumps(cfg)],
+    proc = subprocess.run([sys.executable, "-m", "tests.support.cluster_fuzzer", json.dumps(cfg)],
                           capture_output=True, timeout=timeout, cwd=ROOT, env=env, check=False)
     assert proc.returncode == 0, proc.stderr.decode()[-3000:]
     return json.loads(proc.stdout.decode().strip().splitlines()[-1])
@@ -156,9 +155,9 @@ def all_up(members: Members) -> None:
 def test_hostile_gossip_and_sync_frames_change_nothing(members: Members) -> None:
     a = members.nodes[0]
     cid = add_pin(a, 1)
-    wait_for(lambda: len(holders(members, cid)) == 2, timeout=60, what="2 holders of the pin")
-    wait_for(lambda: len({json.dumps(snapshot(d)["status"]) for d in members.nodes}) == 1,
-             timeout=30, what="every member to agree on the pin's status")
+    wait_until(lambda: len(holders(members, cid)) == 2, timeout_s=60, what="2 holders of the pin")
+    wait_until(lambda: len({json.dumps(snapshot(d)["status"]) for d in members.nodes}) == 1,
+             timeout_s=30, what="every member to agree on the pin's status")
     before = {d.name: snapshot(d) for d in members.nodes}
     dropped_before = sum(metric(d, "pinfold_cluster_untrusted_messages_dropped_total")
                          for d in members.nodes)
@@ -191,8 +190,8 @@ def test_hostile_gossip_and_sync_frames_change_nothing(members: Members) -> None
 
     # The members still replicate.
     cid2 = add_pin(members.nodes[1], 2)
-    wait_for(lambda: len(holders(members, cid2)) == 2, timeout=60, what="a new pin replicated")
-    wait_for(lambda: all(status(d, cid2) is not None for d in members.nodes), timeout=30,
+    wait_until(lambda: len(holders(members, cid2)) == 2, timeout_s=60, what="a new pin replicated")
+    wait_until(lambda: all(status(d, cid2) is not None for d in members.nodes), timeout_s=30,
              what="every member to know the new pin")
 
     inputs = {who: sum(v for k, v in r["counts"].items()
@@ -225,7 +224,7 @@ def test_replayed_pin_delta_does_not_resurrect_an_unpinned_pin(members: Members)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     cfg = {"mode": "capture", "targets": members.addrs(), "cluster": CLUSTER, "key_seed": None,
            "seed": seed()}
-    with subprocess.Popen([sys.executable, "-m", "tests.cluster_fuzzer", json.dumps(cfg)],
+    with subprocess.Popen([sys.executable, "-m", "tests.support.cluster_fuzzer", json.dumps(cfg)],
                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                           cwd=ROOT, env=env, text=True) as observer:
         try:
@@ -239,24 +238,24 @@ def test_replayed_pin_delta_does_not_resurrect_an_unpinned_pin(members: Members)
             observer.kill()
     assert observer.returncode == 0, err[-3000:]
     captured = json.loads(out.strip().splitlines()[-1])["message"]
-    wait_for(lambda: all(status(d, cid) is not None for d in members.nodes), timeout=30,
+    wait_until(lambda: all(status(d, cid) is not None for d in members.nodes), timeout_s=30,
              what="every member to know the pin")
 
     with a.client() as c:
         c.unpin(cid)
-    wait_for(lambda: all(status(d, cid) is None for d in members.nodes), timeout=30,
+    wait_until(lambda: all(status(d, cid) is None for d in members.nodes), timeout_s=30,
              what="every member to drop the pin")
-    wait_for(lambda: not holders(members, cid), timeout=30, what="the holders to release it")
+    wait_until(lambda: not holders(members, cid), timeout_s=30, what="the holders to release it")
 
     b.stop()
     b.start()  # an empty gossipsub seen-cache: the replay is new to it
-    wait_for(lambda: all(status(d, cid) is None for d in members.nodes), timeout=30,
+    wait_until(lambda: all(status(d, cid) is None for d in members.nodes), timeout_s=30,
              what="the restarted member to know the tombstone")
     before = {d.name: snapshot(d) for d in members.nodes}
     dropped_before = metric(b, "pinfold_cluster_untrusted_messages_dropped_total")
     cfg = {"mode": "replay", "targets": members.addrs(), "cluster": CLUSTER, "key_seed": None,
            "seed": seed(), "message": captured}
-    with subprocess.Popen([sys.executable, "-m", "tests.cluster_fuzzer", json.dumps(cfg)],
+    with subprocess.Popen([sys.executable, "-m", "tests.support.cluster_fuzzer", json.dumps(cfg)],
                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                           cwd=ROOT, env=env, text=True) as replayer:
         try:
@@ -266,8 +265,8 @@ def test_replayed_pin_delta_does_not_resurrect_an_unpinned_pin(members: Members)
             assert sent["counts"].get("raw writes failed", 0) == 0, sent
             # The barrier written after the replay on the same stream was counted:
             # the replay ahead of it was processed.
-            wait_for(lambda: metric(b, "pinfold_cluster_untrusted_messages_dropped_total")
-                     > dropped_before, timeout=30,
+            wait_until(lambda: metric(b, "pinfold_cluster_untrusted_messages_dropped_total")
+                     > dropped_before, timeout_s=30,
                      what="the restarted member to process the replay")
             replayer.stdin.write("\n")
             replayer.stdin.flush()

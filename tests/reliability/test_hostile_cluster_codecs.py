@@ -67,7 +67,7 @@ from pinfold.replication.sync import (
 from pinfold.replication.transport import MemoryHub, MemoryPins
 from pinfold.replication.types import Heartbeat, Pin, PinMode, PinState
 
-from tests.reliability.fuzzing import examples, hostile_bytes, run_fuzz
+from tests.support.fuzzing import examples, hostile_bytes, run_fuzz
 
 #: longest any one input may take to decode, seconds (a hang fails the test)
 MAX_INPUT_S = 2.0

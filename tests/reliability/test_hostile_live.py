@@ -68,9 +68,9 @@ from pinfold.daemon.p2p.bitswap.message import (
 )
 from pinfold.client import RpcError
 
-from tests.bitswap_support import new_host
-from tests.harness import DaemonProcess, run_cli
-from tests.reliability.campaign import (
+from tests.support.bitswap import new_host
+from tests.support.daemon import DaemonProcess, run_cli
+from tests.support.campaign import (
     Fingerprint,
     KiB,
     configured,
@@ -81,8 +81,8 @@ from tests.reliability.campaign import (
     seed,
     store_fingerprint,
 )
-from tests.reliability.fuzzing import mutate, random_hostile
-from tests.reliability.test_hostile_codecs import (
+from tests.support.fuzzing import mutate, random_hostile
+from tests.support.hostile_inputs import (
     _feed_rpc,
     _toml_value,
     car_corpus,

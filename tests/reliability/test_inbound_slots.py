@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import trio
 
-from tests.bitswap_support import new_host, wait_until
+from tests.support.bitswap import new_host
+from tests.support.wait import wait_until_trio
 
 
 async def _visit(victim, nursery: trio.Nursery) -> None:
@@ -26,7 +27,7 @@ async def _visit(victim, nursery: trio.Nursery) -> None:
     await peer.connect(victim.addrs()[0])
     assert await peer.ping(victim.peer_id) < 5
     scope.cancel()
-    await wait_until(lambda: not victim.is_connected(peer.peer_id), what="the peer to leave")
+    await wait_until_trio(lambda: not victim.is_connected(peer.peer_id), what="the peer to leave")
 
 
 async def test_peers_keep_connecting_after_max_connections_have_come_and_gone(
@@ -50,6 +51,6 @@ async def test_the_limit_still_holds_for_peers_connected_at_once(nursery: trio.N
             connected += 1
         except Exception:  # noqa: BLE001, S110 - refused at the limit
             pass
-    await wait_until(lambda: len(victim.connected_peers()) <= 4, what="the limit")
+    await wait_until_trio(lambda: len(victim.connected_peers()) <= 4, what="the limit")
     assert connected >= 4
     assert len(victim.connected_peers()) <= 4

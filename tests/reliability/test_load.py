@@ -27,8 +27,9 @@ from pathlib import Path
 
 import trio
 
-from tests.harness import DaemonProcess
-from tests.reliability.campaign import (
+from tests.support.bitswap import Peer, fetch_all, tcp_target
+from tests.support.daemon import DaemonProcess
+from tests.support.campaign import (
     KiB,
     MiB,
     RssSampler,
@@ -38,7 +39,6 @@ from tests.reliability.campaign import (
     record,
     seed,
 )
-from tests.reliability.test_security import Peer, _fetch_all, _tcp_target
 
 CLIENTS = 200
 #: pinned files each client keeps (bounds the store: 200 x 8 x <= 64 KiB); GC period, seconds
@@ -143,7 +143,7 @@ async def test_10_peers_fetch_one_file_at_once(tmp_path: Path, nursery: trio.Nur
                                chunk_sizes=(MiB,))
         with daemon.client() as c:
             assert c.add(content.data, pin=True, chunk_size=MiB) == content.root_text
-        _, _, addr = _tcp_target(daemon)
+        _, _, addr = tcp_target(daemon)
         peers = [Peer() for _ in range(10)]
         for p in peers:
             await nursery.start(p.run)
@@ -153,7 +153,7 @@ async def test_10_peers_fetch_one_file_at_once(tmp_path: Path, nursery: trio.Nur
             began = trio.current_time()
 
             async def fetch(p: Peer) -> None:
-                times.append(await _fetch_all(p, content, timeout_s=600))
+                times.append(await fetch_all(p, content, timeout_s=600))
 
             async with trio.open_nursery() as n:
                 for p in peers:

@@ -37,7 +37,7 @@ from pinfold.blockstore.cid import CID, cid_key
 from pinfold.blockstore.errors import NotPinned, PinError
 from pinfold.blockstore.lmdbstore import LmdbBlockStore
 
-from tests.reliability.campaign import full_scale, pick, record
+from tests.support.campaign import full_scale, pick, record
 
 _PARAMS = unixfs.ImportParams(chunk_size=256, cid_version=1, raw_leaves=True, max_links=3)
 _rng = random.Random(13)

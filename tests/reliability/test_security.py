@@ -41,7 +41,6 @@ from libp2p.security.insecure.transport import PLAINTEXT_PROTOCOL_ID, InsecureTr
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 from pinfold.blockstore.cid import RAW, make_cid
-from pinfold.daemon.p2p.bitswap import Bitswap
 from pinfold.daemon.p2p.bitswap.message import (
     PROTOCOL_1_2_0,
     PROTOCOLS,
@@ -53,9 +52,9 @@ from pinfold.daemon.p2p.bitswap.message import (
 )
 from pinfold.daemon.p2p.host import Host, HostConfig
 
-from tests.bitswap_support import DictStore, new_host
-from tests.harness import DaemonProcess, metric
-from tests.reliability.campaign import (
+from tests.support.bitswap import Peer, fetch_all, new_host, tcp_target
+from tests.support.daemon import DaemonProcess, metric
+from tests.support.campaign import (
     Content,
     KiB,
     MiB,
@@ -155,7 +154,7 @@ def test_default_home_socket_is_closed_to_other_users(tmp_path: Path) -> None:
 
 
 def test_unknown_allowed_group_is_a_clear_start_error(tmp_path: Path) -> None:
-    from tests.harness import run_cli
+    from tests.support.daemon import run_cli
 
     d = configured(DaemonProcess(tmp_path, "badgroup"),
                    rpc={"allowed_group": "no-such-group-pinfold"})
@@ -200,13 +199,6 @@ def _ms_read(sock: socket.socket, n: int) -> list[bytes]:
     return out
 
 
-def _tcp_target(daemon: DaemonProcess) -> tuple[str, int, str]:
-    with daemon.client() as c:
-        addr = c.id()["addresses"][0]
-    parts = addr.split("/")
-    return parts[2], int(parts[4]), addr
-
-
 @pytest.fixture(scope="module")
 def victim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[DaemonProcess, Content]]:
     root = tmp_path_factory.mktemp("victim")
@@ -225,7 +217,7 @@ def victim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[DaemonPro
 
 def test_insecure_and_downgraded_security_offers_are_refused(victim) -> None:
     daemon, _ = victim
-    host, port, _ = _tcp_target(daemon)
+    host, port, _ = tcp_target(daemon)
     refused: dict[str, int] = {}
     for proto in ("/plaintext/2.0.0", "/plaintext/1.0.0", "/secio/1.0.0", "/tls/1.0.0",
                   "/noise/../plaintext", "/mplex/6.7.0"):
@@ -243,7 +235,7 @@ def test_insecure_and_downgraded_security_offers_are_refused(victim) -> None:
 
 async def test_a_plaintext_only_dialer_cannot_connect(victim, nursery: trio.Nursery) -> None:
     daemon, _ = victim
-    _, _, addr = _tcp_target(daemon)
+    _, _, addr = tcp_target(daemon)
     kp = create_new_key_pair()
     insecure = libp2p_new_host(key_pair=kp, sec_opt={PLAINTEXT_PROTOCOL_ID: InsecureTransport(kp)},
                                muxer_opt={YAMUX_PROTOCOL_ID: Yamux},
@@ -257,35 +249,6 @@ async def test_a_plaintext_only_dialer_cannot_connect(victim, nursery: trio.Nurs
     record("security", "plaintext-only py-libp2p dialer", refused=1)
 
 
-class Peer:
-    """A raw libp2p host with its own Bitswap (dict store) in this process."""
-
-    def __init__(self) -> None:
-        self.host = new_host()
-        self.store = DictStore()
-        self.bitswap = Bitswap(self.host, self.store, self.store.put_many)
-        self.scope = trio.CancelScope()
-
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        with self.scope:
-            async with trio.open_nursery() as n:
-                await n.start(self.host.run)
-                await n.start(self.bitswap.run)
-                task_status.started()
-                await trio.sleep_forever()
-
-
-async def _fetch_all(peer: Peer, content: Content, timeout_s: float = 60) -> float:
-    """Fetch every block of ``content``; seconds taken."""
-    start = trio.current_time()
-    got = 0
-    with trio.fail_after(timeout_s):
-        async for _cid, _data in peer.bitswap.fetch_blocks([c for c, _ in content.blocks]):
-            got += 1
-    assert got == len(content.blocks)
-    return trio.current_time() - start
-
-
 def _victim_id(addr: str) -> Any:
     return ID.from_base58(addr.rsplit("/p2p/", 1)[1])
 
@@ -293,7 +256,7 @@ def _victim_id(addr: str) -> Any:
 async def test_unsolicited_blocks_store_nothing_and_cut_the_sender_off(
         victim, nursery: trio.Nursery) -> None:
     daemon, _ = victim
-    _, _, addr = _tcp_target(daemon)
+    _, _, addr = tcp_target(daemon)
     with daemon.client() as c:
         before = live_fingerprint(c)
     hostile = new_host()
@@ -320,7 +283,7 @@ async def test_unsolicited_blocks_store_nothing_and_cut_the_sender_off(
 async def test_a_wantlist_flood_is_bounded_and_good_peers_are_served(
         victim, nursery: trio.Nursery) -> None:
     daemon, content = victim
-    _, _, addr = _tcp_target(daemon)
+    _, _, addr = tcp_target(daemon)
     rss_before = rss_bytes(daemon.pid)
     hostile = new_host()
     await nursery.start(hostile.run)
@@ -338,7 +301,7 @@ async def test_a_wantlist_flood_is_bounded_and_good_peers_are_served(
     good = Peer()
     await nursery.start(good.run)
     await good.host.connect(addr)
-    seconds = await _fetch_all(good, content)
+    seconds = await fetch_all(good, content)
     held = metric(daemon, "pinfold_bitswap_wantlist_entries", side="peers")
     assert held <= 2000 + 1000, held  # the per-peer bound (one message of slack)
     growth = rss_bytes(daemon.pid) - rss_before
@@ -351,7 +314,7 @@ async def test_a_wantlist_flood_is_bounded_and_good_peers_are_served(
 async def test_bytes_in_flight_to_a_peer_that_never_reads_are_bounded(
         victim, nursery: trio.Nursery) -> None:
     daemon, content = victim
-    _, _, addr = _tcp_target(daemon)
+    _, _, addr = tcp_target(daemon)
     stalled = []
 
     async def never_read(stream: Any) -> None:
@@ -373,7 +336,7 @@ async def test_bytes_in_flight_to_a_peer_that_never_reads_are_bounded(
         good = Peer()
         await nursery.start(good.run)
         await good.host.connect(addr)
-        seconds = await _fetch_all(good, content)
+        seconds = await fetch_all(good, content)
     growth = rss.peak - base
     record("security", "bytes in flight to a peer that never reads",
            wanted_bytes=4 * len(content.data), rss_growth_peak_bytes=growth,
@@ -386,7 +349,7 @@ async def test_bytes_in_flight_to_a_peer_that_never_reads_are_bounded(
 async def test_a_stream_flood_from_one_peer_is_refused_while_others_are_served(
         victim, nursery: trio.Nursery) -> None:
     daemon, content = victim
-    _, _, addr = _tcp_target(daemon)
+    _, _, addr = tcp_target(daemon)
     victim_id = _victim_id(addr)
     hostile = new_host()
     await nursery.start(hostile.run)
@@ -417,7 +380,7 @@ async def test_a_stream_flood_from_one_peer_is_refused_while_others_are_served(
     await nursery.start(good.run)
     with trio.fail_after(20):
         await good.host.connect(addr)
-    seconds = await _fetch_all(good, content)
+    seconds = await fetch_all(good, content)
     stats = metric(daemon, "pinfold_libp2p_peers_connected")
     record("security", "stream flood from one peer", attempts=opened + refused,
            streams_opened=opened, refused={"streams over 128 per peer": refused},
@@ -430,7 +393,7 @@ async def test_a_stream_flood_from_one_peer_is_refused_while_others_are_served(
 async def test_a_connection_flood_is_bounded_and_connected_peers_keep_fetching(
         victim, nursery: trio.Nursery) -> None:
     daemon, content = victim
-    host, port, addr = _tcp_target(daemon)
+    host, port, addr = tcp_target(daemon)
     good = Peer()
     await nursery.start(good.run)
     await good.host.connect(addr)
@@ -464,7 +427,7 @@ async def test_a_connection_flood_is_bounded_and_connected_peers_keep_fetching(
         await trio.lowlevel.checkpoint()
         fds_peak = open_fds(daemon.pid)
         # the connected peer keeps fetching, the RPC keeps answering
-        seconds = await _fetch_all(good, content)
+        seconds = await fetch_all(good, content)
         with daemon.client() as c:
             assert c.id()["peer_id"]
         fds_peak = max(fds_peak, open_fds(daemon.pid))

@@ -25,12 +25,14 @@ from pinfold.blockstore.unixfs import ImportParams, import_bytes
 from pinfold.config import loader
 from pinfold.daemon.p2p.bitswap import Bitswap, FetchTimeout
 
-from tests.bitswap_support import DictStore, new_host
-from tests.harness import DaemonProcess, metric, wait_for
-from tests.reliability.campaign import MiB, configured, record
+from tests.support.bitswap import DictStore, new_host
+from tests.support.cluster import HEARTBEAT_S
+from tests.support.daemon import DaemonProcess, metric
+from tests.support.campaign import MiB, configured, record
+from tests.support.wait import wait_until
 
 CLUSTER = {"name": "private"}
-REPLICATION = {"heartbeat_interval_s": 0.5}
+REPLICATION = {"heartbeat_interval_s": HEARTBEAT_S}
 FILE_BYTES = 3 * MiB + 12345  # four 1 MiB leaves and a root
 
 
@@ -57,7 +59,7 @@ def private_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[D
                 ids.append(c.id()["peer_id"])
         # Members are the peers whose heartbeat the cluster accepted: wait until each
         # node knows the other (no trusted_peers in this cluster).
-        wait_for(lambda: _members(a) >= set(ids) and _members(b) >= set(ids), timeout=60,
+        wait_until(lambda: _members(a) >= set(ids) and _members(b) >= set(ids), timeout_s=60,
                  what="both daemons to know each other as cluster members")
         yield [a, b]
     finally:

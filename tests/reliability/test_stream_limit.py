@@ -15,7 +15,8 @@ import contextlib
 import trio
 from pinfold.daemon.p2p.host import HostConfig
 
-from tests.bitswap_support import new_host, wait_until
+from tests.support.bitswap import new_host
+from tests.support.wait import wait_until_trio
 
 PROTO = "/pinfold-test/hold/1"
 
@@ -47,7 +48,7 @@ async def test_streams_over_the_per_peer_limit_are_reset_and_others_still_connec
                 break
     assert refused > 0
     assert len(held) <= HostConfig().max_inbound_streams_per_peer == 128
-    await wait_until(lambda: victim.statistics().streams_refused >= 1, what="a refused stream")
+    await wait_until_trio(lambda: victim.statistics().streams_refused >= 1, what="a refused stream")
     # another peer is served as usual
     await good.connect(victim.addrs()[0])
     assert await good.ping(victim.peer_id) < 5

@@ -24,8 +24,8 @@ from pinfold.daemon.p2p.bitswap.message import (
     encode_uvarint,
 )
 
-from tests.bitswap_support import new_host
-from tests.harness import DaemonProcess
+from tests.support.bitswap import new_host
+from tests.support.daemon import DaemonProcess
 
 
 def _big_wantlist(seed: int, n: int = 99_000) -> bytes:

@@ -3,7 +3,7 @@
 // package.json / package-lock.json. See ../README.md for the exact command.
 //
 // File contents are a deterministic "sha256 counter stream", also implemented in
-// tests/test_unixfs.py: the concatenation of sha256(utf8(seed) || uint64_be(k))
+// tests/blockstore/test_unixfs.py: the concatenation of sha256(utf8(seed) || uint64_be(k))
 // for k = 0, 1, 2, ..., truncated to the wanted size.
 
 import { createHash } from 'node:crypto'

@@ -1,0 +1,277 @@
+"""Cluster pins say what is true: ``pin add`` / ``add --replicas`` report how many
+holders have the pin (not "pinned" while they fetch), ``--wait`` waits for rmin
+of them, and requests no placement can satisfy are refused before anything moves.
+
+Two real daemons in subprocesses, one cluster, short timers (heartbeat 0.5 s).
+"""
+
+from __future__ import annotations
+
+import os
+import pty
+import random
+import select
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from pinfold.blockstore.cid import RAW, make_cid
+from pinfold.config import load, render, replace
+from pinfold.client import PinWaitTimeout, RpcError
+from pinfold.daemon.home import Home
+from pinfold.daemon.p2p.identity import load_identity, peer_id_of
+
+from tests.support.cluster import replication
+from tests.support.daemon import DaemonProcess, cli_json, run_cli
+from tests.support.wait import wait_until
+
+REPLICATION = replication(rmin=1, rmax=2, p_prior=0.9)
+
+
+def _configure(d: DaemonProcess, *, bootstrap: list[str], trusted: list[str]) -> None:
+    path = d.home / "config.toml"
+    cfg = replace(load(path), cluster={"name": "waittest", "trusted_peers": trusted},
+                  replication=REPLICATION, node={"bootstrap": bootstrap})
+    path.write_text(render(cfg))
+
+
+@pytest.fixture(scope="module")
+def nodes(tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("waitcluster")
+    ds = [DaemonProcess(root, f"n{i}") for i in range(2)]
+    for d in ds:
+        d.init()
+    ids = [peer_id_of(load_identity(Home(root=d.home).identity_path)).to_base58() for d in ds]
+    _configure(ds[0], bootstrap=[], trusted=ids)
+    try:
+        ds[0].start()
+        with ds[0].client() as c:
+            seed = c.id()["addresses"][0]
+        _configure(ds[1], bootstrap=[seed], trusted=ids)
+        ds[1].start()
+
+        def all_alive() -> bool:
+            for d in ds:
+                with d.client() as c:
+                    alive = sorted(p["peer_id"] for p in c.cluster_peers()
+                                   if p["state"] == "alive")
+                if alive != sorted(ids):
+                    return False
+            return True
+
+        wait_until(all_alive, timeout_s=60, what="both nodes to see 2 alive cluster peers")
+        yield ds
+    finally:
+        for d in ds:
+            try:
+                d.stop()
+            finally:
+                d.kill9()
+
+
+def _unfetchable() -> str:
+    """A CID no node has: its holders stay queued/pinning, never pinned."""
+    return str(make_cid(random.randbytes(64), RAW))
+
+
+def _content(d: DaemonProcess, seed: int) -> str:
+    with d.client() as c:
+        return c.add(random.Random(seed).randbytes(300_000 + seed), pin=False)
+
+
+def _unpin(d: DaemonProcess, cid: str) -> None:
+    with d.client() as c:
+        c.unpin(cid)
+
+
+# ---------------------------------------------------------------- what pin add says
+
+
+def test_pin_add_says_queued_while_holders_have_not_pinned(nodes: list[DaemonProcess]) -> None:
+    a = nodes[0]
+    cid = _unfetchable()
+    out = run_cli(a.home, "pin", "add", cid, "--replicas", "2")
+    assert out.stdout.decode().strip() == f"queued {cid}; 0 of 2 holders pinned " \
+                                           "(--wait waits for them)"
+    other = _unfetchable()
+    res = cli_json(a.home, "pin", "add", other, "--replicas", "2")
+    assert (res["holders_pinned"], res["holders_wanted"]) == (0, 2)
+    _unpin(a, cid)
+    _unpin(a, other)
+
+
+def test_add_replicas_reports_holders_beside_the_cid(nodes: list[DaemonProcess],
+                                                     tmp_path: Path) -> None:
+    a = nodes[0]
+    f = tmp_path / "blob"
+    f.write_bytes(random.Random(5).randbytes(200_000))
+    out = run_cli(a.home, "add", "--replicas", "2", str(f))
+    cid = out.stdout.decode().strip()
+    note = out.stderr.decode().strip()
+    assert cid.startswith("baf") and "\n" not in cid
+    # Only the origin can hold it this early; never "pinned" with fewer than 2 holders.
+    assert note.startswith(f"queued {cid}; ") or note == f"pinned {cid}; 2 of 2 holders pinned"
+    assert " of 2 holders pinned" in note
+    _unpin(a, cid)
+
+
+# ---------------------------------------------------------------- --wait
+
+
+def test_pin_add_wait_returns_once_rmin_holders_report_pinned(
+        nodes: list[DaemonProcess], tmp_path: Path) -> None:
+    a, b = nodes
+    cid = _content(a, 1)
+    out = run_cli(b.home, "pin", "add", cid, "--replicas", "2", "--wait", "--wait-timeout", "60")
+    assert out.stdout.decode().strip() == f"pinned {cid}; 2 of 2 holders pinned"
+    assert b"holders pinned" not in out.stderr  # no progress line when not a terminal
+    with a.client() as c:
+        st = c.status(cid)
+    assert st["healthy"] == 2 and {h["state"] for h in st["holders"]} == {"pinned"}
+    _unpin(a, cid)
+
+    f = tmp_path / "file"
+    f.write_bytes(random.Random(2).randbytes(400_000))
+    res = cli_json(a.home, "add", "--replicas", "2", "--wait", str(f))
+    assert res["pin"]["holders_pinned"] == 2 and res["pin"]["status"]["healthy"] == 2
+    _unpin(a, res["cid"])
+
+    with b.client() as c:
+        cid3 = _content(a, 3)
+        seen: list[dict] = []
+        rec = c.pin(cid3, replicas=2, wait=True, wait_timeout=60, progress=seen.append)
+    assert rec["status"]["healthy"] == 2 and seen[-1]["pinned"] == 2
+    assert all(item["wanted"] == 2 for item in seen)
+    _unpin(a, cid3)
+
+
+def test_pin_add_wait_timeout_exits_nonzero_naming_holders_behind(
+        nodes: list[DaemonProcess]) -> None:
+    a = nodes[0]
+    cid = _unfetchable()
+    started = time.monotonic()
+    out = run_cli(a.home, "pin", "add", cid, "--replicas", "2", "--wait-timeout", "2",
+                  check=False)
+    took = time.monotonic() - started
+    err = out.stderr.decode()
+    assert out.returncode == 5, err  # the exit-code table's timeout
+    assert 2 <= took < 30
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert f"{cid}: timed out after 2 s with 0 of 2 holders pinned; behind: " in err
+    _unpin(a, cid)
+
+    cid = _unfetchable()
+    with a.client() as c, pytest.raises(PinWaitTimeout) as info:
+        c.pin(cid, replicas=2, wait_timeout=3)
+    # Within 3 s both members have the pin queued or fetching; each is named with its state.
+    behind = dict(info.value.behind)
+    assert behind and all(st.split(",")[0] in {"queued", "pinning", "pin_error"}
+                          for st in behind.values()), behind
+    for peer, st in behind.items():
+        assert f"{peer} {st}" in str(info.value)
+    _unpin(a, cid)
+
+
+def test_pin_add_wait_shows_progress_on_a_terminal(nodes: list[DaemonProcess]) -> None:
+    a, b = nodes
+    cid = _content(a, 4)
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pinfold.daemon.cli", "--home", str(b.home), "pin", "add",
+             cid, "--replicas", "2", "--wait", "--wait-timeout", "60"],
+            stdout=subprocess.DEVNULL, stderr=slave)
+        os.close(slave)
+        seen = b""
+        while True:
+            ready, _, _ = select.select([master], [], [], 60)
+            assert ready, "no output from pin add --wait"
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            seen += chunk
+        assert proc.wait(timeout=60) == 0
+    finally:
+        os.close(master)
+    assert b"of 2 holders pinned" in seen and b"2 of 2 holders pinned" in seen, seen
+    _unpin(a, cid)
+
+
+# ---------------------------------------------------------------- impossible requests
+
+
+def test_impossible_pin_requests_are_refused_at_once_with_the_reason(
+        nodes: list[DaemonProcess]) -> None:
+    a = nodes[0]
+    cid = _content(a, 6)
+    out = run_cli(a.home, "pin", "add", cid, "--replicas", "3", check=False)
+    assert out.returncode == 1, out.stderr
+    assert b"3 copies (--replicas/--rmin) is more than the 2 cluster member(s)" in out.stderr
+    out = run_cli(a.home, "pin", "add", cid, "--availability", "0.9999", check=False)
+    err = out.stderr.decode()
+    assert out.returncode == 1, err
+    # p_i start at the prior 0.9: two copies reach 0.99, 0.9999 needs four such copies.
+    assert "availability 0.9999 cannot be reached" in err and "reaches 0.99" in err, err
+    assert "k=4 copies" in err, err
+    out = run_cli(a.home, "pin", "add", cid, "--availability", "0.999", "--rmax", "1",
+                  check=False)
+    assert out.returncode == 1 and b"at most rmax=1" in out.stderr, out.stderr
+    with a.client() as c, pytest.raises(RpcError, match="not in the cluster pinset"):
+        c.status(cid)
+
+    # add refuses before reading the upload, not after 64 MiB arrived.
+    sent = 0
+
+    def chunks():
+        nonlocal sent
+        for _ in range(64):
+            sent += 1
+            yield random.randbytes(1 << 20)
+
+    with a.client() as c:
+        before = c.repo_stat()["blocks"]
+        with pytest.raises(RpcError, match="more than the 2 cluster member"):
+            c.add_stream(chunks(), pin=True, rmin=5, rmax=5)
+        assert sent < 16, sent
+        assert c.repo_stat()["blocks"] == before
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (("pin", "add", "{cid}", "--wait-timeout", "0"), "must be > 0 seconds"),
+    (("pin", "add", "{cid}", "--wait-timeout", "-3"), "must be > 0 seconds"),
+    (("add", "--replicas", "2", "--wait-timeout", "0", "{file}"), "must be > 0 seconds"),
+    (("pin", "add", "{cid}", "--replicas", "0"), "must be >= 1"),
+    (("pin", "add", "{cid}", "--replicas", "-2"), "must be >= 1"),
+    (("pin", "add", "{cid}", "--expire-in", "0"), "must be > 0 seconds"),
+    (("add", "--chunk-size", "0", "{file}"), "must be >= 1"),
+    (("add", "--chunk-size", "-1", "{file}"), "must be >= 1"),
+])
+def test_zero_or_negative_sizes_and_timeouts_are_refused(
+        nodes: list[DaemonProcess], tmp_path: Path, args: tuple[str, ...], needle: str) -> None:
+    a = nodes[0]
+    f = tmp_path / "f"
+    f.write_bytes(b"x")
+    cid = _unfetchable()
+    argv = [x.format(cid=cid, file=f) for x in args]
+    out = run_cli(a.home, *argv, check=False)
+    assert out.returncode == 2 and needle.encode() in out.stderr, (argv, out.stderr)
+    with a.client() as c, pytest.raises(RpcError, match="not in the cluster pinset"):
+        c.status(cid)
+
+
+def test_client_and_rpc_refuse_nonpositive_wait_timeouts(nodes: list[DaemonProcess]) -> None:
+    a = nodes[0]
+    cid = _unfetchable()
+    with a.client() as c:
+        for bad in (0, -1.5, float("inf")):
+            with pytest.raises(ValueError, match="must be > 0 seconds"):
+                c.pin(cid, replicas=2, wait_timeout=bad)
+        with pytest.raises(RpcError, match="not in the cluster pinset"):
+            c.status(cid)
+        with pytest.raises(RpcError, match="timeout must be > 0 seconds"):
+            c.call("pin_wait", {"cid": cid, "timeout": 0})

@@ -1,0 +1,538 @@
+"""The fast secure channel (pinfold.daemon.p2p.transport): real hosts on 127.0.0.1.
+
+Fast hosts talk to fast hosts, to pinfold hosts on py-libp2p's stock channel
+(what older pinfold nodes run) and to a plain py-libp2p host with its default
+options, in both dial directions; a large transfer and many concurrent streams
+arrive intact; the Noise messages on the wire carry one Yamux frame each.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import random
+from collections.abc import AsyncIterator
+
+import multiaddr
+import pytest
+import trio
+from libp2p import new_host as new_libp2p_host
+from libp2p.crypto.ed25519 import create_new_key_pair
+from libp2p.custom_types import TProtocol
+from libp2p.network.stream.exceptions import StreamEOF, StreamReset
+from libp2p.peer.peerinfo import info_from_p2p_addr
+from libp2p.security.noise.io import MAX_NOISE_MESSAGE_LEN
+from libp2p.security.secure_session import SecureSession
+from libp2p.stream_muxer.exceptions import MuxedStreamError
+from libp2p.stream_muxer.yamux.yamux import Yamux
+from noise.connection import NoiseConnection
+from pinfold.config import ConfigError
+from pinfold.config.loader import from_mapping
+from pinfold.daemon.p2p.host import Host, HostConfig
+from pinfold.daemon.p2p.swarm_limits import raw_connection as _raw_connection
+from pinfold.daemon.p2p.transport import (
+    MAX_FRAME_PAYLOAD_BYTES,
+    FastSecureSession,
+    FastYamux,
+)
+from pinfold.daemon.p2p.transport.noise import NoiseMessageError, NoiseMessageReader
+
+from tests.support.bitswap import LOOPBACK
+from tests.support.wait import wait_until_trio
+
+MiB = 1024 * 1024
+BULK = TProtocol("/pinfold-test/bulk/1")
+ECHO = TProtocol("/pinfold-test/echo/1")
+
+
+def _blob(n: int, seed: int) -> bytes:
+    return random.Random(seed).randbytes(n)
+
+
+async def _read_all(stream) -> bytes:
+    """Everything until the peer closes its side (``read`` raises StreamEOF at the end)."""
+    parts = []
+    try:
+        while True:
+            data = await stream.read(MiB)
+            if not data:
+                break
+            parts.append(data)
+    except Exception as exc:  # noqa: BLE001 - only a clean end is accepted below
+        if type(exc).__name__ != "StreamEOF":
+            raise
+    return b"".join(parts)
+
+
+def _serve_bulk(host, payloads: dict[int, bytes]) -> None:
+    """``BULK``: the dialer writes a 4-byte key, gets ``payloads[key]`` back, then EOF."""
+
+    async def handler(stream) -> None:
+        key = int.from_bytes(await stream.read(4), "big")
+        await stream.write(payloads[key])
+        await stream.close()
+
+    host.set_stream_handler(BULK, handler)
+
+
+def _serve_echo(host) -> None:
+    async def handler(stream) -> None:
+        while True:
+            try:
+                data = await stream.read(MiB)
+            except Exception:  # noqa: BLE001 - the dialer closed its side
+                break
+            if not data:
+                break
+            await stream.write(data)
+        await stream.close()
+
+    host.set_stream_handler(ECHO, handler)
+
+
+@contextlib.asynccontextmanager
+async def _hosts(*fast: bool) -> AsyncIterator[list[Host]]:
+    async with trio.open_nursery() as nursery:
+        hosts = [Host(create_new_key_pair(), HostConfig(listen=LOOPBACK, fast_channel=f)) for f in fast]
+        for h in hosts:
+            await nursery.start(h.run)
+        try:
+            yield hosts
+        finally:
+            nursery.cancel_scope.cancel()
+
+
+def _connection(host: Host, peer):
+    (conn,) = host.libp2p.get_network().get_connections(peer)
+    return conn.muxed_conn
+
+
+async def _echo_both_ways(dialer, peer_id, size: int, seed: int) -> None:
+    """Send ``size`` bytes to the peer's echo handler while reading them back."""
+    data = _blob(size, seed)
+    stream = await dialer.new_stream(peer_id, [ECHO])
+    got: list[bytes] = []
+
+    async def reader() -> None:
+        got.append(await _read_all(stream))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(reader)
+        for i in range(0, size, 3 * MiB + 17):  # odd write sizes: frames split anywhere
+            await stream.write(data[i:i + 3 * MiB + 17])
+        await stream.close()
+    assert hashlib.sha256(got[0]).hexdigest() == hashlib.sha256(data).hexdigest()
+
+
+async def test_fast_hosts_carry_64_mib_through_one_stream_intact():
+    payload = _blob(64 * MiB, seed=1)
+    async with _hosts(True, True) as (a, b):
+        _serve_bulk(b, {0: payload})
+        await a.connect(b.addrs()[0])
+        assert isinstance(_connection(a, b.peer_id), FastYamux)
+        assert isinstance(_connection(a, b.peer_id).secured_conn, FastSecureSession)
+        with trio.fail_after(120):
+            stream = await a.new_stream(b.peer_id, [BULK])
+            await stream.write((0).to_bytes(4, "big"))
+            got = await _read_all(stream)
+        assert len(got) == len(payload)
+        assert hashlib.sha256(got).digest() == hashlib.sha256(payload).digest()
+
+
+async def test_fast_hosts_serve_64_concurrent_streams_each_intact():
+    payloads = {i: _blob(MiB + 7 * i, seed=100 + i) for i in range(64)}
+    results: dict[int, bytes] = {}
+    async with _hosts(True, True) as (a, b):
+        _serve_bulk(b, payloads)
+        _serve_echo(a)
+        await a.connect(b.addrs()[0])
+
+        async def fetch(i: int) -> None:
+            stream = await a.new_stream(b.peer_id, [BULK])
+            await stream.write(i.to_bytes(4, "big"))
+            results[i] = await _read_all(stream)
+
+        with trio.fail_after(120):
+            async with trio.open_nursery() as nursery:
+                for i in payloads:
+                    nursery.start_soon(fetch, i)
+                # and streams the other way at the same time
+                for j in range(4):
+                    nursery.start_soon(_echo_both_ways, b, a.peer_id, 2 * MiB, 200 + j)
+    assert results.keys() == payloads.keys()
+    bad = [i for i, p in payloads.items() if results[i] != p]
+    assert bad == []
+
+
+@pytest.mark.parametrize("dialer_fast", [True, False], ids=["fast-dials-stock", "stock-dials-fast"])
+async def test_fast_and_stock_pinfold_hosts_exchange_data_both_ways(dialer_fast):
+    """A pinfold host on py-libp2p's stock channel is what older pinfold nodes run."""
+    payload = _blob(16 * MiB + 5, seed=2)
+    async with _hosts(dialer_fast, not dialer_fast) as (a, b):
+        _serve_bulk(b, {0: payload})
+        _serve_echo(b)
+        await a.connect(b.addrs()[0])
+        assert isinstance(_connection(a, b.peer_id), FastYamux) is dialer_fast
+        assert isinstance(_connection(b, a.peer_id), FastYamux) is not dialer_fast
+        with trio.fail_after(120):
+            stream = await a.new_stream(b.peer_id, [BULK])
+            await stream.write((0).to_bytes(4, "big"))
+            assert await _read_all(stream) == payload
+            await _echo_both_ways(a, b.peer_id, 16 * MiB, seed=3)
+        assert await a.ping(b.peer_id) < 5
+        assert await b.ping(a.peer_id) < 5
+
+
+@pytest.mark.parametrize("fast_dials", [True, False], ids=["fast-dials-libp2p", "libp2p-dials-fast"])
+async def test_fast_host_and_a_default_py_libp2p_host_exchange_data(fast_dials):
+    """A plain ``libp2p.new_host()`` with py-libp2p's default security and muxers."""
+    payload = _blob(8 * MiB + 3, seed=4)
+    stock = new_libp2p_host(key_pair=create_new_key_pair())
+
+    async def stock_bulk(stream) -> None:
+        await stream.read(4)
+        await stream.write(payload)
+        await stream.close()
+
+    stock.set_stream_handler(BULK, stock_bulk)
+    async with _hosts(True) as (fast,), stock.run([multiaddr.Multiaddr(LOOPBACK[0])]):
+        _serve_bulk(fast, {0: payload})
+        stock_addr = f"{stock.get_addrs()[0]}"
+        if "/p2p/" not in stock_addr:
+            stock_addr += f"/p2p/{stock.get_id()}"
+        with trio.fail_after(60):
+            if fast_dials:
+                await fast.connect(stock_addr)
+                stream = await fast.new_stream(stock.get_id(), [BULK])
+            else:
+                info = info_from_p2p_addr(multiaddr.Multiaddr(fast.addrs()[0]))
+                await stock.connect(info)
+                stream = await stock.new_stream(fast.peer_id, [BULK])
+            await stream.write((0).to_bytes(4, "big"))
+            assert await _read_all(stream) == payload
+        assert isinstance(_connection(fast, stock.get_id()), FastYamux)
+        # a plain py-libp2p host does not close the sockets it dialled (pinfold's Host
+        # reaps its own); close them so the test leaves nothing behind
+        raws = [_raw_connection(c) for c in stock.get_network().get_connections()]
+    for raw in raws:
+        raw.stream.stream.socket.close()
+
+
+async def test_fast_stream_reads_of_any_size_return_the_bytes_in_order():
+    payload = _blob(3 * MiB + 11, seed=7)
+    async with _hosts(True, True) as (a, b):
+        _serve_bulk(b, {0: payload})
+        await a.connect(b.addrs()[0])
+        stream = await a.new_stream(b.peer_id, [BULK])
+        await stream.write((0).to_bytes(4, "big"))
+        got = bytearray()
+        sizes = [1, 7, 1000, 65507, 65508, 200_000, 3]
+        with trio.fail_after(60):
+            try:
+                for i in range(10**6):
+                    data = await stream.read(sizes[i % len(sizes)])
+                    assert 0 < len(data) <= sizes[i % len(sizes)]
+                    got += data
+            except StreamEOF:
+                pass
+        assert bytes(got) == payload
+
+
+async def test_a_reader_waiting_on_a_fast_stream_wakes_when_the_connection_drops():
+    async with _hosts(True, True) as (a, b):
+        silent = trio.Event()
+
+        async def silent_handler(stream) -> None:
+            silent.set()
+            await trio.sleep_forever()
+
+        b.set_stream_handler(ECHO, silent_handler)
+        await a.connect(b.addrs()[0])
+        stream = await a.new_stream(b.peer_id, [ECHO])
+        await stream.write(b"x")
+        await wait_until_trio(silent.is_set, what="the handler on b")
+        async with trio.open_nursery() as nursery:
+            errors: list[BaseException] = []
+
+            async def reader() -> None:
+                try:
+                    await stream.read(100)
+                except Exception as exc:  # noqa: BLE001 - which error is checked below
+                    errors.append(exc)
+
+            nursery.start_soon(reader)
+            await wait_until_trio(lambda: stream.muxed_stream._reader_waiting, what="the reader to park")
+            start = trio.current_time()
+            await b.disconnect(a.peer_id)
+            with trio.fail_after(10):
+                await wait_until_trio(lambda: bool(errors), what="the reader to wake")
+        assert type(errors[0]).__name__ in ("StreamReset", "StreamEOF")
+        assert trio.current_time() - start < 5
+
+
+# ---------------------------------------------------------------- the wire
+
+
+class _NoiseFrameCounter:
+    """Parses one direction of a connection: multistream-select's two lines, then
+    2-byte length-prefixed Noise messages (handshake and transport)."""
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+        self.lines_left = 2  # "/multistream/1.0.0\n", "/noise\n"
+        self.sizes: list[int] = []
+
+    def feed(self, data: bytes) -> None:
+        self.buf += data
+        while True:
+            if self.lines_left:
+                if not self.buf:
+                    return
+                n = self.buf[0]  # varint < 128 for these lines
+                if len(self.buf) < 1 + n:
+                    return
+                del self.buf[:1 + n]
+                self.lines_left -= 1
+                continue
+            if len(self.buf) < 2:
+                return
+            n = int.from_bytes(self.buf[:2], "big")
+            if len(self.buf) < 2 + n:
+                return
+            self.sizes.append(n)
+            del self.buf[:2 + n]
+
+
+async def _relay(src: trio.SocketStream, dst: trio.SocketStream, counter: _NoiseFrameCounter | None) -> None:
+    try:
+        while True:
+            data = await src.receive_some(1 << 16)
+            if not data:
+                break
+            if counter is not None:
+                counter.feed(data)
+            await dst.send_all(data)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
+    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+        await dst.send_eof()
+
+
+@pytest.mark.parametrize("sender_fast", [True, False], ids=["fast", "stock"])
+async def test_noise_messages_from_a_fast_sender_carry_one_yamux_frame_each(sender_fast):
+    """16 MiB from ``b`` to ``a`` through a relay that parses the Noise framing of
+    b's bytes: no message over 65535 bytes, and one message per 65507-byte frame
+    (py-libp2p's stock Yamux needs two: 65535 + 33 bytes)."""
+    size = 16 * MiB
+    payload = _blob(size, seed=5)
+    counter = _NoiseFrameCounter()
+    async with _hosts(True, sender_fast) as (a, b), trio.open_nursery() as nursery:
+        _serve_bulk(b, {0: payload})
+        b_port = int(multiaddr.Multiaddr(b.addrs()[0]).value_for_protocol("tcp"))
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        relay_port = listeners[0].socket.getsockname()[1]
+
+        async def relay_one() -> None:
+            client = await listeners[0].accept()
+            server = await trio.open_tcp_stream("127.0.0.1", b_port)
+            async with client, server, trio.open_nursery() as pumps:
+                pumps.start_soon(_relay, client, server, None)
+                pumps.start_soon(_relay, server, client, counter)
+
+        nursery.start_soon(relay_one)
+        with trio.fail_after(60):
+            await a.connect(f"/ip4/127.0.0.1/tcp/{relay_port}/p2p/{b.peer_id}")
+            stream = await a.new_stream(b.peer_id, [BULK])
+            await stream.write((0).to_bytes(4, "big"))
+            assert await _read_all(stream) == payload
+        nursery.cancel_scope.cancel()
+    for listener in listeners:
+        await listener.aclose()
+    assert counter.sizes and max(counter.sizes) <= MAX_NOISE_MESSAGE_LEN
+    full = -(-size // MAX_FRAME_PAYLOAD_BYTES)  # frames the payload needs at the most
+    if sender_fast:
+        # a short frame where the send window ran out, at most a few
+        assert full <= sum(1 for s in counter.sizes if s > 1000) <= full + 8
+        assert len(counter.sizes) < full + 100  # handshake, identify, window updates
+    else:  # the stock layout this replaces
+        assert len(counter.sizes) > 2 * size // 65536
+
+
+# ---------------------------------------------------------------- flow control
+
+
+async def test_a_fast_writer_whose_reader_stops_fails_after_5_s_of_no_window():
+    """py-libp2p's behaviour, kept: a writer gets no window for 5 s -> MuxedStreamError
+    (which py-libp2p's NetStream reports as StreamReset)."""
+    async with _hosts(True, True) as (a, b):
+        accepted = trio.Event()
+
+        async def stall(stream) -> None:
+            accepted.set()
+            await trio.sleep_forever()
+
+        b.set_stream_handler(ECHO, stall)
+        await a.connect(b.addrs()[0])
+        stream = await a.new_stream(b.peer_id, [ECHO])
+        start = trio.current_time()
+        with pytest.raises(StreamReset) as info, trio.fail_after(30):
+            await stream.write(bytes(64 * MiB))
+        assert 5 <= trio.current_time() - start < 20
+        assert isinstance(info.value.__cause__, MuxedStreamError)
+        assert "window" in str(info.value.__cause__)
+        await wait_until_trio(accepted.is_set, what="the stalled handler")
+
+
+# ---------------------------------------------------------------- Noise framing (pure logic)
+
+
+def _noise_pair() -> tuple[NoiseConnection, NoiseConnection]:
+    init = NoiseConnection.from_name(b"Noise_NN_25519_ChaChaPoly_SHA256")
+    resp = NoiseConnection.from_name(b"Noise_NN_25519_ChaChaPoly_SHA256")
+    init.set_as_initiator()
+    resp.set_as_responder()
+    init.start_handshake()
+    resp.start_handshake()
+    resp.read_message(init.write_message())
+    init.read_message(resp.write_message())
+    assert init.handshake_finished and resp.handshake_finished
+    return init, resp
+
+
+class _ChunkedConn:
+    """Hands out ``wire`` in chunks of the given sizes (a socket's reads), then EOF."""
+
+    def __init__(self, wire: bytes, sizes: list[int]) -> None:
+        self.wire, self.sizes, self.pos = wire, sizes, 0
+
+    async def read(self, n: int | None = None) -> bytes:
+        size = self.sizes[len(self.sizes) and self.pos % len(self.sizes)] if self.sizes else n
+        out = self.wire[self.pos:self.pos + min(size, n or size)]
+        self.pos += len(out)
+        return out
+
+
+def _wire(sender: NoiseConnection, plaintexts: list[bytes]) -> bytes:
+    out = bytearray()
+    for p in plaintexts:
+        ct = sender.encrypt(p)
+        out += len(ct).to_bytes(2, "big") + ct
+    return bytes(out)
+
+
+@pytest.mark.parametrize("chunks", [[1], [7, 1, 300], [65537], [262144], [2, 65535, 3]],
+                         ids=["1", "7-1-300", "65537", "256k", "2-65535-3"])
+async def test_noise_reader_decrypts_messages_split_anywhere_across_reads(chunks):
+    init, resp = _noise_pair()
+    rng = random.Random(6)
+    plaintexts = [rng.randbytes(n) for n in (65519, 1, 100, 65519, 17, 12, 65519, 4000)]
+    reader = NoiseMessageReader(_ChunkedConn(_wire(init, plaintexts), chunks),
+                                resp.noise_protocol.cipher_state_decrypt, chunk_bytes=1 << 20)
+    got: list[bytes] = []
+    while True:
+        msgs = await reader.read_messages()
+        if not msgs:
+            break
+        got.extend(msgs)
+    assert got == plaintexts
+
+
+async def test_noise_reader_refuses_a_tampered_message_and_a_truncated_one():
+    init, resp = _noise_pair()
+    wire = bytearray(_wire(init, [b"a" * 1000, b"b" * 1000]))
+    wire[1002 + 500] ^= 1  # a bit of the second message
+    reader = NoiseMessageReader(_ChunkedConn(bytes(wire), []), resp.noise_protocol.cipher_state_decrypt)
+    with pytest.raises(NoiseMessageError, match="authentication"):
+        await reader.read_messages()
+
+    init, resp = _noise_pair()
+    wire = _wire(init, [b"c" * 1000])[:-10]
+    reader = NoiseMessageReader(_ChunkedConn(wire, []), resp.noise_protocol.cipher_state_decrypt)
+    with pytest.raises(Exception, match="inside a Noise message"):
+        await reader.read_messages()
+
+
+# ---------------------------------------------------------------- Yamux framing (pure logic)
+
+
+class _PlaintextSession(FastSecureSession):
+    """Hands ``FastYamux`` the given decrypted messages, then a clean end; keeps what
+    it writes (an in-memory stand-in for the Noise session)."""
+
+    def __init__(self, messages: list[bytes]) -> None:  # no handshake: nothing of super()
+        self.messages = messages
+        self.written: list[bytes] = []
+        self.is_initiator = True
+
+    async def receive_plaintexts(self) -> list[bytes]:
+        await trio.lowlevel.checkpoint()
+        batch, self.messages = self.messages[:3], self.messages[3:]
+        return batch
+
+    async def write(self, data: bytes) -> None:
+        self.written.append(bytes(data))
+
+    async def close(self) -> None:
+        return None
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+async def test_fast_yamux_reads_frames_split_anywhere_across_noise_messages(seed):
+    """Go's and JS's Yamux may coalesce frames before Noise splits them at 65519 bytes,
+    so a frame header can straddle two messages."""
+    import struct
+
+    from libp2p.peer.id import ID as PeerID
+
+    rng = random.Random(seed)
+    payload = rng.randbytes(200_000)
+    hdr = struct.Struct("!BBHII")
+    wire = bytearray(hdr.pack(0, 1, 1, 2, 0))  # WINDOW_UPDATE + SYN: the peer opens stream 2
+    pos = 0
+    while pos < len(payload):
+        n = min(rng.choice([1, 12, 500, 65507, 70000]), len(payload) - pos)
+        wire += hdr.pack(0, 0, 0, 2, n) + payload[pos:pos + n]
+        pos += n
+    wire += hdr.pack(0, 2, 1, 0, 77)  # a ping
+    wire += hdr.pack(0, 1, 4, 2, 0)  # FIN
+    cuts = sorted(rng.sample(range(1, len(wire)), 60) + [3, 5, 13, 14])
+    messages = [bytes(wire[a:b]) for a, b in zip([0, *cuts], [*cuts, len(wire)], strict=True) if b > a]
+    session = _PlaintextSession(messages)
+    mux = FastYamux(session, PeerID(b"\x00\x03abc"), is_initiator=True)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(mux._read_frames, session)
+            stream = await mux.accept_stream()
+            got = bytearray()
+            while True:
+                try:
+                    got += await stream.read(rng.choice([7, 4096, -1]))
+                except Exception as exc:  # noqa: BLE001 - only a clean end is accepted
+                    assert type(exc).__name__ == "MuxedStreamEOF"
+                    break
+    assert bytes(got) == payload
+    assert hdr.pack(0, 1, 2, 2, 0) in session.written  # the ACK of stream 2
+    assert hdr.pack(0, 2, 2, 0, 77) in session.written  # the ping answered
+
+
+# ---------------------------------------------------------------- the switch
+
+
+def test_node_fast_channel_defaults_on_and_false_gives_py_libp2p_stock_classes():
+    assert from_mapping({}).node.fast_channel is True
+    assert from_mapping({"node": {"fast_channel": False}}).node.fast_channel is False
+    with pytest.raises(ConfigError, match=r"node\.fast_channel"):
+        from_mapping({"node": {"fast_channel": "yes"}})
+    stock = Host(create_new_key_pair(), HostConfig(listen=LOOPBACK, fast_channel=False))
+    upgrader = stock.libp2p.get_network().upgrader
+    assert type(upgrader.muxer_multistream).__name__ == "MuxerMultistream"
+    (noise,) = upgrader.security_multistream.transports.values()
+    assert type(noise).__module__.startswith("libp2p.")
+    fast = Host(create_new_key_pair(), HostConfig(listen=LOOPBACK))
+    upgrader = fast.libp2p.get_network().upgrader
+    assert list(upgrader.muxer_multistream.transports.values()) == [FastYamux]
+    assert issubclass(FastYamux, Yamux) and issubclass(FastSecureSession, SecureSession)
+
+
+def test_fast_yamux_frames_fit_one_noise_message():
+    assert MAX_FRAME_PAYLOAD_BYTES + 12 + 16 == MAX_NOISE_MESSAGE_LEN

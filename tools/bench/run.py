@@ -1,0 +1,47 @@
+"""`make bench`: every benchmark, each printing figures and ratios to baselines
+measured in the same run. Targets are printed next to the figures; a miss is
+reported, not hidden (benchmarks never fail the build)."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import time
+import traceback
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+SECTIONS = [
+    ("single node: add/cat (issue 2)", "tools.bench.node_bench"),
+    ("bitswap: raw stream vs Bitswap vs Helia (issue 3)", "tools.bench.bitswap_bench"),
+    ("bitswap: daemon-to-daemon fetch (issue 3)", "tools.bench.node_fetch_bench"),
+    ("replication: repair and scale (issue 4)", "tools.bench.replication_bench"),
+    ("channel: raw Noise+Yamux stream, stock vs fast (issue 14)", "tools.bench.channel_bench"),
+]
+
+
+def main() -> int:
+    only = sys.argv[1:]
+    for title, module in SECTIONS:
+        if only and not any(o in module for o in only):
+            continue
+        print(f"\n== {title}", flush=True)
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            print(f"   (not available: {exc})")
+            continue
+        t0 = time.perf_counter()
+        try:
+            for row in mod.run():
+                print("   " + " | ".join(row), flush=True)
+        except Exception:
+            traceback.print_exc()
+            print("   (failed: see the traceback above)")
+        print(f"   [{time.perf_counter() - t0:.0f} s]")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
