@@ -1,7 +1,7 @@
 """``MemoryBlockStore``: the in-memory block store for tests.
 
 Same API and semantics as ``LmdbBlockStore`` (both pass
-``tests/blockstore_conformance.py``): blocks keyed by multihash, pins with
+``tests/support/blockstore_conformance.py``): blocks keyed by multihash, pins with
 per-block reference counts, GC protection, GC, verify, named tables and
 ``read(fn)``/``write(fn)`` transactions, so the batch writer and upper layers
 can run on it. Differences: nothing is persisted, and a running write

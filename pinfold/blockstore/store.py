@@ -2,7 +2,7 @@
 
 Implementations: ``pinfold.blockstore.memory.MemoryBlockStore`` (tests) and
 ``pinfold.blockstore.lmdbstore.LmdbBlockStore`` (the daemon). Both pass the
-conformance suite ``tests/blockstore_conformance.py::check_blockstore``.
+conformance suite ``tests/support/blockstore_conformance.py::check_blockstore``.
 
 Blocks are keyed by multihash (``cid.cid_key``), so a CIDv0 and a CIDv1 of the
 same bytes name one entry. The methods are synchronous and thread-safe; the

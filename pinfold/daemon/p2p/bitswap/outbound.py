@@ -321,7 +321,7 @@ def ended_cleanly(stream: INetStream) -> bool:
     its connection is still open (py-libp2p 0.8.1 raises StreamEOF for both).
 
     Reads py-libp2p's Yamux internals (``muxed_conn.is_closed``,
-    ``muxed_stream.reset_received``); tests/test_libp2p_internals.py fails if
+    ``muxed_stream.reset_received``); tests/p2p/test_libp2p_internals.py fails if
     they change.
     """
     if getattr(getattr(stream, "muxed_conn", None), "is_closed", False):

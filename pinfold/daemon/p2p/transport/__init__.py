@@ -19,7 +19,7 @@ older pinfold nodes connect as before.
   builds the negotiated class. ``install_muxer`` puts it on a host's upgrader.
 
 The py-libp2p internals these rely on are checked by
-tests/test_libp2p_internals.py (libp2p is pinned to one version).
+tests/p2p/test_libp2p_internals.py (libp2p is pinned to one version).
 """
 
 from __future__ import annotations
