@@ -522,6 +522,7 @@ class Bitswap:
         peers: Iterable[ID] | None = None,
         timeout_s: float | None = None,
         on_block: Callable[[CID, int], None] | None = None,
+        on_visit: Callable[[CID], None] | None = None,
     ) -> FetchStats:
         """Fetch every block of the DAG under ``root`` that is not in the store.
 
@@ -535,6 +536,9 @@ class Bitswap:
             peers: restrict to these peers; default every connected peer.
             timeout_s: a block fails when the walk made no progress for this long, seconds.
             on_block: called with (cid, size in bytes) for each fetched block.
+            on_visit: called with each block of the DAG (identity CIDs excepted),
+                local or fetched, once, as the walk reaches it: the DAG's block
+                set, without a second walk.
 
         Returns:
             Counts, bytes, elapsed seconds and blocks per peer.
@@ -570,6 +574,8 @@ class Bitswap:
                         expand(cid, identity_data(cid))
                     elif self._store.has(cid):
                         local += 1
+                        if on_visit is not None:
+                            on_visit(cid)
                         expand(cid, self._store.get(cid))
                         await trio.lowlevel.checkpoint()
                     else:
@@ -591,6 +597,8 @@ class Bitswap:
                 fetched_bytes += len(data)
                 if on_block is not None:
                     on_block(cid, len(data))
+                if on_visit is not None:
+                    on_visit(cid)
                 expand(cid, data)
         finally:
             if sess is not None:
