@@ -9,7 +9,6 @@ and the libp2p peer ID type.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterable
-from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -87,7 +86,3 @@ class Supervised(ReloadTarget, Protocol):
     def socket_path(self) -> Path: ...
 
     def request_stop(self) -> None: ...
-
-
-#: ``prefetcher()``: a context giving a ``prefetch(cids)`` callback.
-Prefetcher = Callable[[], AbstractAsyncContextManager[Callable[[list[CID]], None]]]
