@@ -186,7 +186,7 @@ def _version(obj: Any) -> Any:
 
 def _legacy_holds(obj: dict[str, Any]) -> dict[str, Any]:
     """Holds of a record written before ``holds`` existed: the cluster's pins were
-    the ones named ``cluster`` (``pinfold/daemon/cluster.py``), every other pin was local."""
+    the ones named ``cluster`` (``pinfold/daemon/cluster_pins.py``), every other pin was local."""
     name = obj.get("name")
     owner = "cluster" if isinstance(name, str) and name.startswith("cluster") else "local"
     return {owner: obj.get("mode")}

@@ -48,8 +48,8 @@ import os
 import struct
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Protocol
 
 import msgpack
 import trio
@@ -64,36 +64,32 @@ from pinfold.blockstore.cid import (
     MAX_BLOCK_SIZE,
     RAW,
     check_block_size,
-    cid_key,
     cid_v1,
     identity_data,
     is_identity,
     make_cid,
     parse_cid,
 )
-from pinfold.blockstore.errors import BlockNotFound, BlockstoreError, PinError
+from pinfold.blockstore.errors import BlockNotFound, PinError
+from pinfold.blockstore.lmdbstore import LmdbBlockStore
+from pinfold.blockstore.pins import PinRecord, Protection
+from pinfold.blockstore.writer import BatchWriter
+from pinfold.config import Config
 
+from pinfold.daemon.cluster import ClusterPin
+from pinfold.daemon.api_shapes import pin_dict, unpinned_dict
+from pinfold.daemon.errors import InvalidArgument, OutputClosed
+from pinfold.daemon.ingest import BlockSink, undo_on_failure
+from pinfold.daemon.metrics import Metrics
 from pinfold.daemon.p2p.streams import UploadReader
-
-if TYPE_CHECKING:
-    from pinfold.daemon.node import Node
+from pinfold.daemon.parts import Handler
+from pinfold.daemon.pinning import LocalPin, Pinned
 
 log = logging.getLogger("pinfold.api")
 
-#: Bytes of blocks gathered before one write is handed to the writer, and how
-#: many such writes may be in flight: the add pipeline overlaps receiving and
-#: hashing with LMDB commits while bounding memory to about BATCH x INFLIGHT.
-SINK_BATCH_BYTES = 8 * 1024 * 1024
-SINK_INFLIGHT = 3
 #: Largest item a stream sends (CAR export packs small blocks together).
 SEND_CHUNK = 1024 * 1024
 DIR_HEADER_MAX = 64 * 1024
-
-
-class InvalidArgument(BlockstoreError, ValueError):
-    """A request parameter is missing or wrong; the message names it."""
-
-    code = "invalid_argument"
 
 
 def _param(params: dict[str, Any], key: str, kind: type | tuple[type, ...], default: Any = None,
@@ -119,12 +115,6 @@ async def send_bytes(call: Any, data: bytes) -> None:
         await call.send(view[i:i + SEND_CHUNK])
 
 
-class OutputClosed(BlockstoreError):
-    """The client's output (the file descriptor it passed) was closed by its reader."""
-
-    code = "output_closed"
-
-
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
@@ -148,115 +138,58 @@ def _cid_param(params: dict[str, Any], key: str = "cid") -> CID:
     return parse_cid(_param(params, key, str, required=True))
 
 
-class BlockSink:
-    """Hands blocks to the batched writer in large batches, a few in flight.
+class ApiNode(Protocol):
+    """What the RPC methods use of the node (``daemon/node.py``'s ``Node``)."""
 
-    ``put`` returns as soon as the blocks are queued (bounded by SINK_INFLIGHT
-    pending writes); ``flush`` waits until every queued block is committed.
-    Every block is registered with ``protection`` first, so GC cannot delete it
-    between its commit and the pin that follows. The blocks a write newly
-    stored (absent before it) are appended to ``created``, so a request that
-    fails can remove them (``discard_created``).
-    """
+    config: Config
+    metrics: Metrics
 
-    def __init__(self, node: Node, nursery: trio.Nursery, protection: Any,
-                 created: list[CID] | None = None) -> None:
-        self._node = node
-        self._nursery = nursery
-        self._protection = protection
-        self.created: list[CID] = created if created is not None else []
-        self._batch: list[tuple[CID, bytes]] = []
-        self._batch_bytes = 0
-        self._slots = trio.Semaphore(SINK_INFLIGHT)
-        self.blocks = 0
-        self.bytes = 0
+    @property
+    def store(self) -> LmdbBlockStore: ...
 
-    async def put(self, blocks: list[tuple[CID, bytes]]) -> None:
-        for cid, data in blocks:
-            if is_identity(cid):
-                continue
-            self._protection.add(cid)
-            self._batch.append((cid, data))
-            self._batch_bytes += len(data)
-            self.blocks += 1
-            self.bytes += len(data)
-        if self._batch_bytes >= SINK_BATCH_BYTES:
-            await self._submit()
+    @property
+    def writer(self) -> BatchWriter: ...
 
-    async def _submit(self) -> None:
-        if not self._batch:
-            return
-        batch, self._batch, self._batch_bytes = self._batch, [], 0
-        await self._slots.acquire()
+    def identity_info(self) -> dict[str, Any]: ...
 
-        async def write() -> None:
-            try:
-                # Shielded, so a failing or cancelled request still learns which blocks
-                # this batch created (at most SINK_BATCH_BYTES of one write to wait for).
-                with trio.CancelScope(shield=True):
-                    new = await self._node.writer.submit(
-                        lambda t: _put_new(t, batch), nbytes=sum(len(d) for _, d in batch))
-                self.created.extend(new)
-                self._node.blocks_added([cid for cid, _ in batch])
-            finally:
-                self._slots.release()
+    def request_stop(self) -> None: ...
 
-        self._nursery.start_soon(write)
+    def extra_handlers(self) -> dict[str, Handler]: ...
 
-    async def flush(self) -> None:
-        await self._submit()
-        for _ in range(SINK_INFLIGHT):
-            await self._slots.acquire()
-        for _ in range(SINK_INFLIGHT):
-            self._slots.release()
+    def has_block(self, cid: CID) -> bool: ...
+
+    def blocks_added(self, cids: list[CID]) -> None: ...
+
+    async def get_block(self, cid: CID) -> bytes: ...
+
+    def prefetcher(self) -> AbstractAsyncContextManager[Callable[[list[CID]], None]]: ...
+
+    async def ensure_dag(self, root: CID, *, protection: Protection | None = None) -> None: ...
+
+    def check_pin_request(self, *, rmin: int | None = None, rmax: int | None = None,
+                          availability: float | None = None, **_: object) -> None: ...
+
+    async def pin(self, cid: CID, *, recursive: bool = True, name: str = "",
+                  fetch: bool = True, rmin: int | None = None, rmax: int | None = None,
+                  availability: float | None = None, expire_at: float | None = None,
+                  metadata: dict[str, str] | None = None) -> Pinned | ClusterPin: ...
+
+    async def unpin(self, cid: CID) -> PinRecord | bytes: ...
+
+    def pin_list(self, state: str | None) -> AsyncIterator[LocalPin | ClusterPin]: ...
+
+    async def pin_status(self, cid: CID) -> dict[str, Any]: ...
+
+    async def wait_pin_change(self, timeout_s: float) -> None: ...
+
+    async def repo_stat(self) -> dict[str, Any]: ...
+
+    async def gc(self) -> dict[str, Any]: ...
+
+    async def verify(self, *, heal: bool = False) -> dict[str, Any]: ...
 
 
-def _put_new(txn: Any, batch: list[tuple[CID, bytes]]) -> list[CID]:
-    """Store ``batch`` in ``txn``; return the CIDs that were not stored before."""
-    new = [cid for cid, _ in batch if not txn.has(cid)]
-    txn.put_many(batch)
-    return new
-
-
-async def discard_created(node: Node, created: list[CID]) -> int:
-    """Delete blocks a failed request stored, unless a pin or a live protection
-    (another add, a fetch) holds them by now; returns how many were deleted.
-
-    Checked inside the writer's transaction, as GC checks, so a block another
-    request registered first is kept. Shielded from cancellation; never raises
-    (what cannot be deleted now stays for GC).
-    """
-    if not created:
-        return 0
-    protections = node.store.protections
-
-    def drop(txn: Any) -> int:
-        return sum(1 for cid in created if txn.refcount(cid) == 0
-                   and not protections.is_protected(cid_key(cid)) and txn.delete(cid))
-
-    try:
-        with trio.CancelScope(shield=True):
-            return await node.writer.submit(drop)
-    except Exception as exc:  # noqa: BLE001 - the request's own error is what matters
-        log.warning("could not remove %d blocks of a failed request (GC will): %s",
-                    len(created), exc)
-        return 0
-
-
-@asynccontextmanager
-async def undo_on_failure(node: Node) -> AsyncIterator[list[CID]]:
-    """A list for ``BlockSink(created=...)``: if the block raises (an error, a cancel),
-    the blocks it newly stored are removed again (``discard_created``), so a failed
-    add or CAR import leaves the store as it found it."""
-    created: list[CID] = []
-    try:
-        yield created
-    except BaseException:
-        await discard_created(node, created)
-        raise
-
-
-def _import_params(node: Node, params: dict[str, Any]) -> unixfs.ImportParams:
+def _import_params(node: ApiNode, params: dict[str, Any]) -> unixfs.ImportParams:
     d = node.config.import_
     cid_version = _param(params, "cid_version", int, d.cid_version)
     raw_default = d.raw_leaves if cid_version == d.cid_version else cid_version == 1
@@ -279,7 +212,7 @@ def _import_params(node: Node, params: dict[str, Any]) -> unixfs.ImportParams:
 class Api:
     """The handlers, bound to one node."""
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: ApiNode) -> None:
         self.node = node
 
     def handlers(self) -> dict[str, Callable[[Any], Awaitable[Any]]]:
@@ -332,20 +265,23 @@ class Api:
         return opts
 
     async def add(self, call: Any) -> dict[str, Any]:
+        node = self.node
         params = _import_params(self.node, call.params)
         pin_opts = self._early_pin_opts(call)
-        async with undo_on_failure(self.node) as created:
+        async with undo_on_failure(node.store, node.writer) as created:
             with self.node.store.protect() as protection:
                 async with trio.open_nursery() as nursery:
-                    sink = BlockSink(self.node, nursery, protection, created)
+                    sink = BlockSink(node.writer, nursery, protection, created,
+                                     on_stored=node.blocks_added)
                     root, size, _ = await self._import_file(sink, call.upload(), params)
                     await sink.flush()
                 result = {"cid": str(root), "bytes": size, "blocks": sink.blocks}
                 if pin_opts is not None:
-                    result["pin"] = await self.node.pin(root, recursive=True, **pin_opts)
+                    result["pin"] = pin_dict(await node.pin(root, recursive=True, **pin_opts))
         return result
 
     async def add_dir(self, call: Any) -> dict[str, Any]:
+        node = self.node
         params = _import_params(self.node, call.params)
         pin_opts = self._early_pin_opts(call)
         builder = unixfs.DirectoryBuilder(params)
@@ -353,10 +289,11 @@ class Api:
         files = 0
         links = 0
         total = 0
-        async with undo_on_failure(self.node) as created:
+        async with undo_on_failure(node.store, node.writer) as created:
             with self.node.store.protect() as protection:
                 async with trio.open_nursery() as nursery:
-                    sink = BlockSink(self.node, nursery, protection, created)
+                    sink = BlockSink(node.writer, nursery, protection, created,
+                                     on_stored=node.blocks_added)
                     while not await reader.at_eof():
                         (hlen,) = struct.unpack(">I", await reader.read_exactly(4))
                         if hlen > DIR_HEADER_MAX:
@@ -403,7 +340,7 @@ class Api:
                 result = {"cid": str(root), "bytes": total, "blocks": sink.blocks,
                           "files": files, "symlinks": links}
                 if pin_opts is not None:
-                    result["pin"] = await self.node.pin(root, recursive=True, **pin_opts)
+                    result["pin"] = pin_dict(await node.pin(root, recursive=True, **pin_opts))
         return result
 
     # ------------------------------------------------------------------ read
@@ -511,12 +448,14 @@ class Api:
     # ------------------------------------------------------------------ CAR
 
     async def dag_import(self, call: Any) -> dict[str, Any]:
+        node = self.node
         pin_roots = _param(call.params, "pin_roots", bool, True)
         reader = carfmt.CarReader()
-        async with undo_on_failure(self.node) as created:
+        async with undo_on_failure(node.store, node.writer) as created:
             with self.node.store.protect() as protection:
                 async with trio.open_nursery() as nursery:
-                    sink = BlockSink(self.node, nursery, protection, created)
+                    sink = BlockSink(node.writer, nursery, protection, created,
+                                     on_stored=node.blocks_added)
                     async for chunk in call.upload():
                         await sink.put(reader.feed(chunk))
                     reader.finish()
@@ -525,7 +464,7 @@ class Api:
                 pins = []
                 if pin_roots:
                     for root in roots:
-                        pins.append(await self.node.pin(root, recursive=True, fetch=False))
+                        pins.append(pin_dict(await node.pin(root, recursive=True, fetch=False)))
         return {"roots": [str(r) for r in roots], "blocks": sink.blocks, "bytes": sink.bytes,
                 "pinned": len(pins)}
 
@@ -581,7 +520,7 @@ class Api:
     async def pin_add(self, call: Any) -> dict[str, Any]:
         cid = _cid_param(call.params)
         recursive = _param(call.params, "recursive", bool, True)
-        return await self.node.pin(cid, recursive=recursive, **self._pin_opts(call))
+        return pin_dict(await self.node.pin(cid, recursive=recursive, **self._pin_opts(call)))
 
     async def pin_wait(self, call: Any) -> dict[str, Any]:
         """Wait until ``rmin`` holders of ``cid`` report pinned on alive peers.
@@ -614,13 +553,13 @@ class Api:
 
     async def pin_rm(self, call: Any) -> dict[str, Any]:
         cid = _cid_param(call.params)
-        return await self.node.unpin(cid)
+        return unpinned_dict(await self.node.unpin(cid))
 
     async def pin_ls(self, call: Any) -> dict[str, Any]:
         state = _param(call.params, "state", str, None)
         count = 0
         async for item in self.node.pin_list(state):
-            await call.send(item)
+            await call.send(pin_dict(item))
             count += 1
         return {"count": count}
 

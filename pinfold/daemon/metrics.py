@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterable
 from http.server import ThreadingHTTPServer
 from typing import Any
 
+from pinfold.blockstore.lmdbstore import LmdbBlockStore
+from pinfold.blockstore.writer import BatchWriter
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import MetricsHandler
@@ -157,3 +159,24 @@ def histogram(name: str, doc: str, buckets: list[tuple[float, int]], total: floa
     pairs = [(("+Inf" if b == float("inf") else repr(float(b))), c) for b, c in buckets]
     fam.add_metric([], pairs, total)
     return fam
+
+
+def store_metric_families(store: LmdbBlockStore, writer: BatchWriter) -> Iterable[Any]:
+    """The blockstore's and its writer's metric families (``stat()``, ``statistics()``)."""
+    st = store.stat()
+    yield gauge("pinfold_blockstore_blocks", "Blocks stored", st.blocks)
+    yield gauge("pinfold_blockstore_data_bytes", "Bytes of block data stored", st.bytes)
+    yield gauge("pinfold_blockstore_map_used_bytes", "LMDB map bytes in use",
+                st.map_used_bytes)
+    yield gauge("pinfold_blockstore_map_size_bytes", "Current LMDB map size",
+                st.map_size_bytes)
+    yield gauge("pinfold_blockstore_max_size_bytes", "Configured LMDB map ceiling",
+                st.max_size_bytes)
+    counts = {"recursive": 0, "direct": 0}
+    counts.update(store.pin_counts())
+    yield gauge_by("pinfold_pins", "Local pins by type", "type", counts)
+    ws = writer.statistics()
+    yield counter("pinfold_blockstore_write_batches", "Write transactions committed",
+                  ws.batches)
+    yield gauge("pinfold_blockstore_write_queue_length", "Write requests waiting",
+                ws.queue_length)

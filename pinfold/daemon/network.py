@@ -1,8 +1,9 @@
 """The node's network side: the libp2p host and Bitswap, as one component.
 
-``Network`` implements what ``Node`` needs to read content it does not hold
-(``get_block``, ``ensure_dag``), the ``peers_*`` RPC methods, and the
-host/Bitswap metric families. Blocks fetched for a pin are registered with
+``Network`` is the node's ``Exchange`` (``daemon/parts.py``: reads content the
+store does not hold, ``get_block``, ``ensure_dag``), serves the ``peers_*`` RPC
+methods, and exports the host/Bitswap metric families. It is handed the
+config, the store and the writer, never the node. Blocks fetched for a pin are registered with
 the pin's GC protection as they are stored, so GC cannot delete them between
 their arrival and the pin's commit.
 """
@@ -11,36 +12,43 @@ from __future__ import annotations
 
 import errno
 import logging
-from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import Any
 
 import trio
+from libp2p.crypto.keys import KeyPair
 from libp2p.peer.id import ID
 from pinfold.blockstore.cid import CID, cid_key
 from pinfold.blockstore.errors import BlockNotFound
+from pinfold.blockstore.lmdbstore import LmdbBlockStore
+from pinfold.blockstore.pins import Protection
+from pinfold.blockstore.writer import BatchWriter
+from pinfold.config import Config
 
-from pinfold.daemon.p2p.bitswap import Bitswap, ExchangeConfig, ClientConfig, ServerConfig
+from pinfold.daemon.errors import NetworkError, param_str
+from pinfold.daemon.p2p.bitswap import (
+    Bitswap,
+    ClientConfig,
+    ExchangeConfig,
+    FetchStats,
+    ServerConfig,
+)
 from pinfold.daemon.p2p.host import Host, HostConfig, HostError
 from pinfold.daemon.metrics import counter, counter_by, gauge, gauge_by, histogram
 
-if TYPE_CHECKING:
-    from pinfold.daemon.node import Node
-
 log = logging.getLogger("pinfold.network")
-
-
-class NetworkError(Exception):
-    """The network side cannot start (e.g. its listen port is taken)."""
-
-    code = "network_error"
 
 
 class Network:
     """Host + Bitswap for one node. Start with ``await nursery.start(network.run)``."""
 
-    def __init__(self, node: Node, key_pair: Any) -> None:
-        cfg = node.config
-        self.node = node
+    def __init__(self, config: Config, store: LmdbBlockStore, writer: BatchWriter,
+                 key_pair: KeyPair, *, config_path: str = "config.toml") -> None:
+        cfg = config
+        self.config = config
+        self.store = store
+        self.writer = writer
+        self.config_path = config_path
         self.host = Host(key_pair, HostConfig(
             listen=tuple(cfg.node.listen),
             bootstrap=tuple(cfg.node.bootstrap),
@@ -49,9 +57,9 @@ class Network:
             bootstrap_backoff_max_s=cfg.node.reconnect_max_backoff_s,
             fast_channel=cfg.node.fast_channel,
         ))
-        self._protections: set[Any] = set()
+        self._protections: set[Protection] = set()
         self.bitswap = Bitswap(
-            self.host, node.store, self._put_many,
+            self.host, store, self._put_many,
             config=ExchangeConfig(
                 server=ServerConfig(max_wantlist_entries=cfg.bitswap.max_wantlist),
                 client=ClientConfig(),
@@ -63,7 +71,7 @@ class Network:
         for protection in self._protections:
             for cid, _ in blocks:
                 protection.add(cid_key(cid))
-        await self.node.writer.put_many(blocks)
+        await self.writer.put_many(blocks)
 
     def check_listen_ports(self) -> None:
         """Refuse to start on a TCP port another process already listens on.
@@ -77,7 +85,7 @@ class Network:
         """
         import socket
 
-        for addr in self.node.config.node.listen:
+        for addr in self.config.node.listen:
             parts = addr.strip("/").split("/")
             if len(parts) < 4 or parts[0] not in ("ip4", "ip6") or parts[2] != "tcp":
                 continue
@@ -99,13 +107,9 @@ class Network:
                 else:
                     hint = "choose another address"
                 raise NetworkError(f"node.listen: {addr}: {exc.strerror or exc} ({hint}; "
-                                   f"set node.listen in {self._config_path()})") from exc
+                                   f"set node.listen in {self.config_path})") from exc
             finally:
                 probe.close()
-
-    def _config_path(self) -> str:
-        home = getattr(self.node, "home", None)
-        return str(home.config_path) if home is not None else "config.toml"
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self.check_listen_ports()
@@ -114,7 +118,7 @@ class Network:
                 await nursery.start(self.host.run)
             except HostError as exc:
                 raise NetworkError(f"node.listen: {exc} (set node.listen in "
-                                   f"{self._config_path()})") from exc
+                                   f"{self.config_path})") from exc
             await nursery.start(self.bitswap.run)
             task_status.started()
 
@@ -126,7 +130,7 @@ class Network:
 
         import psutil
 
-        if self.node.config.node.announce:
+        if self.config.node.announce:
             return self.host.announced()
         out: list[str] = []
         for addr in self.host.addrs():
@@ -158,21 +162,35 @@ class Network:
         self._require_peers(cid)
         return await self.bitswap.get_block(cid)
 
-    async def ensure_dag(self, root: CID, *, protection: Any = None,
-                         peers: Iterable[ID] | None = None) -> Any:
+    async def ensure_dag(self, root: CID, *, protection: Protection | None = None,
+                         peers: Iterable[ID] | None = None,
+                         on_visit: Callable[[CID], None] | None = None) -> FetchStats:
         """Fetch every missing block of ``root``'s DAG; returns Bitswap's ``FetchStats``.
 
         With ``protection`` (a store ``Protection``), every block stored by the
-        fetch is added to it as it arrives.
+        fetch is added to it as it arrives. ``on_visit`` is called once with each
+        block of the DAG, local or fetched (Bitswap's ``fetch_dag``).
         """
-        if not self.node.store.has(root) and not self.host.connected_peers():
+        if not self.store.has(root) and not self.host.connected_peers():
             self._require_peers(root)
         if protection is not None:
             self._protections.add(protection)
         try:
-            return await self.bitswap.fetch_dag(root, peers=peers)
+            return await self.bitswap.fetch_dag(root, peers=peers, on_visit=on_visit)
         finally:
             self._protections.discard(protection)
+
+    def fetch_blocks(self, cids: list[CID]) -> AsyncIterator[Any]:
+        """Want ``cids`` from peers; yields as they arrive (Bitswap's ``fetch_blocks``)."""
+        return self.bitswap.fetch_blocks(cids)
+
+    def blocks_added(self, cids: list[CID]) -> None:
+        """Blocks were stored outside Bitswap (add, import): serve peers waiting for them."""
+        self.bitswap.blocks_added(cids)
+
+    def refused_wants(self) -> int:
+        """Wants dropped from peers not allowed to fetch (``bitswap.serve``)."""
+        return self.bitswap.statistics().refused_wants
 
     # ------------------------------------------------------------------ RPC
 
@@ -188,20 +206,12 @@ class Network:
         return {"count": len(peers)}
 
     async def peers_connect(self, call: Any) -> dict[str, Any]:
-        addr = call.params.get("multiaddr")
-        if not isinstance(addr, str):
-            from pinfold.daemon.api import InvalidArgument
-
-            raise InvalidArgument("missing parameter 'multiaddr'")
+        addr = param_str(call.params, "multiaddr")
         peer = await self.host.connect(addr)
         return {"peer_id": peer.to_base58(), "multiaddr": addr}
 
     async def peers_disconnect(self, call: Any) -> dict[str, Any]:
-        peer = call.params.get("peer_id")
-        if not isinstance(peer, str):
-            from pinfold.daemon.api import InvalidArgument
-
-            raise InvalidArgument("missing parameter 'peer_id'")
+        peer = param_str(call.params, "peer_id")
         closed = await self.host.disconnect(peer)
         return {"peer_id": peer, "disconnected": bool(closed)}
 

@@ -1,6 +1,8 @@
-"""The node: composes store, writer, RPC server, metrics (and, when configured,
-the libp2p host, Bitswap and the replication manager) and runs them in one
-trio nursery, in dependency order (STYLE.md 4).
+"""The node: composes store, writer, network (libp2p host + Bitswap), the pin
+path (``pinning``), the cluster when configured, metrics and the RPC server,
+and runs them in one trio nursery, in dependency order (STYLE.md 4). It is the
+only module that imports the parts; each part is handed the narrow interface
+it uses (``daemon/parts.py``), never the node.
 
 ``run_daemon(home)`` is ``pinfold daemon``: it refuses a second daemon on the
 same home (the store's lock and the live socket), stops cleanly on SIGINT or
@@ -30,15 +32,28 @@ from typing import Any
 
 import trio
 
-from pinfold.blockstore import dag as dagmod
-from pinfold.blockstore.cid import CID, cid_key, identity_data, is_identity, parse_cid
-from pinfold.blockstore.errors import BlockNotFound, NotPinned, StoreGone
+from pinfold.blockstore.cid import CID
+from pinfold.blockstore.errors import NotPinned, StoreGone
 from pinfold.blockstore.lmdbstore import LmdbBlockStore
+from pinfold.blockstore.pins import PinRecord, Protection
 from pinfold.blockstore.writer import BatchWriter
 from pinfold.config import Config, ConfigError
+from pinfold.replication.types import pin_key
 
+from pinfold.daemon.api import Api
+from pinfold.daemon.cluster import Cluster, ClusterPin, replication_metric_families
+from pinfold.daemon.cluster_pins import NodePins
+from pinfold.daemon.cluster_rpc import cluster_handlers, standalone_handlers
+from pinfold.daemon.errors import InvalidArgument
 from pinfold.daemon.home import Home, HomeError, StoreRecord, resolve_home
-from pinfold.daemon.metrics import Metrics, counter, gauge, gauge_by
+from pinfold.daemon.metrics import Metrics, counter, store_metric_families
+from pinfold.daemon.network import Network
+from pinfold.daemon.p2p.identity import load_identity, peer_id_of
+from pinfold.daemon.parts import Handler
+from pinfold.daemon.pinning import Blocks, LocalPin, Pinned, Pinner
+from pinfold.daemon.rpc.server import RpcLimits, RpcServer, RpcServerError, resolve_group
+from pinfold.daemon.sdnotify import notify
+from pinfold.daemon.service import configure_logging, supervise
 
 log = logging.getLogger("pinfold.node")
 
@@ -65,24 +80,6 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def pin_record_dict(rec: Any, present: int | None = None) -> dict[str, Any]:
-    """A pin record as the RPC and CLI show it (CID as text).
-
-    Args:
-        rec: a ``PinRecord``.
-        present: how many of its ``rec.blocks`` blocks are in the store (None:
-            not checked). A pin short of blocks has state ``incomplete`` and
-            ``blocks_present``; otherwise its state is ``pinned``.
-    """
-    d = _jsonable(rec)
-    d["cid"] = str(rec.cid)
-    d["state"] = "pinned"
-    if present is not None and present < rec.blocks:
-        d["state"] = "incomplete"
-        d["blocks_present"] = present
-    return d
-
-
 class Node:
     """One pinfold node. Build with ``Node(home, config)``, run with ``await nursery.start(node.run)``.
 
@@ -97,17 +94,18 @@ class Node:
         self.metrics = Metrics()
         self.store: LmdbBlockStore | None = None
         self.writer: BatchWriter | None = None
+        self.blocks: Blocks | None = None
+        self.pinner: Pinner | None = None
         self.socket_path = home.socket_path(config)
         self.metrics_address: tuple[str, int] | None = None
         self.started_at = time.time()
         self._stop = trio.Event()
         self.peer_id = ""
         self.addresses: list[str] = []
-        # The network side (host + Bitswap); None only in tests that build a bare node.
-        self.network: Any = None
-        self.fetcher: Any = None
-        # The replication manager and its transport (pinfold/daemon/cluster.py) when cluster.name is set.
-        self.cluster: Any = None
+        # The network side (host + Bitswap), the node's Exchange; set by ``run``.
+        self.network: Network | None = None
+        # The replication manager and its transport when cluster.name is set.
+        self.cluster: Cluster | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -115,14 +113,20 @@ class Node:
         """Ask the node to stop; ``run`` returns after a clean shutdown."""
         self._stop.set()
 
-    def extra_handlers(self) -> dict[str, Callable[[Any], Any]]:
-        """RPC methods contributed by optional components (network, cluster)."""
+    def extra_handlers(self) -> dict[str, Handler]:
+        """RPC methods contributed by the parts (network, cluster)."""
+        assert self.store is not None and self.pinner is not None
         table = self.network.handlers() if self.network is not None else {}
         if self.cluster is not None:
-            table.update(self.cluster.handlers())
+            table.update(cluster_handlers(self.cluster, refused_wants=self._refused_wants))
         else:
-            table.update(standalone_cluster_handlers(self))
+            table.update(standalone_handlers(
+                peer_id=self.peer_id, config=lambda: self.config, store=self.store,
+                pinner=self.pinner, refused_wants=self._refused_wants))
         return table
+
+    def _refused_wants(self) -> int:
+        return self.network.refused_wants() if self.network is not None else 0
 
     def apply_config(self, config: Config) -> None:
         """Live keys of a reload (``pinfold/daemon/service.py``): the cluster's trust and
@@ -136,28 +140,28 @@ class Node:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Open everything, serve until stopped, then close in reverse order."""
-        from pinfold.daemon.api import Api
-        from pinfold.daemon.p2p.identity import load_identity, peer_id_of
-        from pinfold.daemon.rpc.server import RpcLimits, RpcServer, RpcServerError, resolve_group
-
         keypair = load_identity(self.home.identity_path)
         self.peer_id = peer_id_of(keypair).to_base58()
         bs = self.config.blockstore
         self.store = await trio.to_thread.run_sync(self._open_store)
         try:
-            from pinfold.daemon.cluster import Cluster, replication_metric_families
-            from pinfold.daemon.network import Network
-
-            self.writer = BatchWriter(self.store, max_batch_bytes=16 * 1024 * 1024)
-            self.network = Network(self, keypair)
-            self.fetcher = self.network
+            store = self.store
+            self.writer = writer = BatchWriter(store, max_batch_bytes=16 * 1024 * 1024)
+            self.network = network = Network(self.config, store, writer, keypair,
+                                             config_path=str(self.home.config_path))
+            self.blocks = Blocks(store, network)
+            self.pinner = Pinner(self.blocks, writer)
             if self.config.cluster.name:
-                self.cluster = Cluster(self, keypair)
+                pins = NodePins(self.pinner, store, connected=network.host.connected_peers,
+                                capacity_bytes=self._capacity_bytes)
+                self.cluster = Cluster(self.config, peer_id=self.peer_id, key_pair=keypair,
+                                       host=network.host, store=store, writer=writer, pins=pins)
                 # bitswap.serve = "cluster" (read live by the filter): only members fetch.
-                self.network.bitswap.set_serve_filter(self.cluster.may_fetch)
+                network.bitswap.set_serve_filter(self.cluster.may_fetch)
             self._register_metrics()
-            self.metrics.add_source(self.network.metric_families)
-            self.metrics.add_source(lambda: replication_metric_families(self))
+            self.metrics.add_source(network.metric_families)
+            self.metrics.add_source(lambda: replication_metric_families(
+                self.cluster, self.config.replication.repair_grace_s))
             if self.config.metrics.listen:
                 try:
                     self.metrics_address = self.metrics.serve(self.config.metrics.listen)
@@ -198,6 +202,12 @@ class Node:
             store, self.store = self.store, None
             if store is not None:
                 store.close()
+
+    def _capacity_bytes(self) -> int:
+        """The bytes offered to the cluster (``replication.capacity_bytes`` or the store's
+        ceiling), read live."""
+        cfg = self.config
+        return getattr(cfg.replication, "capacity_bytes", 0) or cfg.blockstore.max_size_bytes
 
     def _open_store(self) -> LmdbBlockStore:
         """Open the home's store, refusing one that is not the store this home used.
@@ -315,33 +325,12 @@ class Node:
         store = self.store
         writer = self.writer
         assert store is not None and writer is not None
-
-        def store_metrics():
-            st = store.stat()
-            yield gauge("pinfold_blockstore_blocks", "Blocks stored", st.blocks)
-            yield gauge("pinfold_blockstore_data_bytes", "Bytes of block data stored", st.bytes)
-            yield gauge("pinfold_blockstore_map_used_bytes", "LMDB map bytes in use",
-                        st.map_used_bytes)
-            yield gauge("pinfold_blockstore_map_size_bytes", "Current LMDB map size",
-                        st.map_size_bytes)
-            yield gauge("pinfold_blockstore_max_size_bytes", "Configured LMDB map ceiling",
-                        st.max_size_bytes)
-            counts = {"recursive": 0, "direct": 0}
-            counts.update(store.pin_counts())
-            yield gauge_by("pinfold_pins", "Local pins by type", "type", counts)
-            ws = writer.statistics()
-            yield counter("pinfold_blockstore_write_batches", "Write transactions committed",
-                          ws.batches)
-            yield gauge("pinfold_blockstore_write_queue_length", "Write requests waiting",
-                        ws.queue_length)
-
-        self.metrics.add_source(store_metrics)
+        self.metrics.add_source(lambda: store_metric_families(store, writer))
 
         def serve_metrics():
-            refused = self.network.bitswap.statistics().refused_wants if self.network else 0
             yield counter("pinfold_bitswap_refused_wants", "Wants from peers not allowed to "
                           "fetch (bitswap.serve = \"cluster\" and not a cluster member), "
-                          "dropped unanswered", refused)
+                          "dropped unanswered", self._refused_wants())
 
         self.metrics.add_source(serve_metrics)
 
@@ -349,28 +338,23 @@ class Node:
 
     def has_block(self, cid: CID) -> bool:
         """True if the block is local (identity CIDs always are)."""
-        return is_identity(cid) or self.store.has(cid)
+        assert self.blocks is not None
+        return self.blocks.has(cid)
 
     def blocks_added(self, cids: list[CID]) -> None:
         """Tell the exchange that blocks were stored outside it (peers may be waiting)."""
         if self.network is not None:
-            self.network.bitswap.blocks_added(cids)
+            self.network.blocks_added(cids)
 
     async def get_block(self, cid: CID) -> bytes:
-        """The block's bytes, from the store or (when a network is attached) from peers.
+        """The block's bytes, from the store or from peers (``Blocks.get``).
 
         Raises:
             BlockNotFound: not local and no network, or a ``FetchTimeout`` subclass
                 when no peer had it in time.
         """
-        if is_identity(cid):
-            return identity_data(cid)
-        try:
-            return self.store.get(cid)
-        except BlockNotFound:
-            if self.fetcher is None:
-                raise
-        return await self.fetcher.get_block(cid)
+        assert self.blocks is not None
+        return await self.blocks.get(cid)
 
     @asynccontextmanager
     async def prefetcher(self) -> AsyncIterator[Callable[[list[CID]], None]]:
@@ -378,13 +362,14 @@ class Node:
         from peers in the background as soon as their parent is read, so a remote
         file streams without a round trip per block. Pending wants are cancelled
         when the context exits."""
-        if self.fetcher is None:
+        network = self.network
+        if network is None:
             yield lambda cids: None
             return
 
         async def drain(cids: list[CID]) -> None:
             try:
-                async for _ in self.fetcher.bitswap.fetch_blocks(cids):
+                async for _ in network.fetch_blocks(cids):
                     pass
             except Exception as exc:  # the reader's own get_block reports failures
                 log.debug("prefetch of %d blocks stopped: %s", len(cids), exc)
@@ -398,30 +383,35 @@ class Node:
             yield prefetch
             nursery.cancel_scope.cancel()
 
-    async def ensure_dag(self, root: CID, *, protection: Any = None) -> None:
+    async def ensure_dag(self, root: CID, *, protection: Protection | None = None) -> None:
         """Make every block of ``root``'s DAG local (fetching when a network is attached).
 
         Blocks fetched are added to ``protection`` (a store ``Protection``) as they arrive.
         """
-        if self.fetcher is not None:
-            await self.fetcher.ensure_dag(root, protection=protection)
+        if self.network is not None:
+            await self.network.ensure_dag(root, protection=protection)
 
     # ------------------------------------------------------------------ pins
 
     async def pin(self, cid: CID, *, recursive: bool = True, name: str = "",
                   fetch: bool = True, rmin: int | None = None, rmax: int | None = None,
                   availability: float | None = None, expire_at: float | None = None,
-                  metadata: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Pin ``cid``: in a cluster, a pin of the shared pinset; standalone, a local pin.
+                  metadata: dict[str, str] | None = None) -> Pinned | ClusterPin:
+        """Pin ``cid``: in a cluster, a pin of the shared pinset; standalone, a local
+        pin (``Pinner.pin``, the one local pin path).
 
         In a cluster the pin is written to the shared pinset (rmin/rmax or the
         availability target, defaults from ``[replication]``) and the cluster's
         planners pick its holders; when the DAG is complete locally (it was
         just added here) an origin copy is kept until enough holders have it.
 
+        Returns:
+            The new pin state: ``Pinned`` (standalone) or ``ClusterPin``.
+
         Raises:
             BlockNotFound: standalone: a block of the DAG is missing and cannot be fetched.
             StoreFull: standalone: no room to fetch the DAG.
+            InvalidArgument: standalone, with replication options.
             InvalidPin: cluster: a replication option is out of range.
         """
         if self.cluster is not None:
@@ -429,11 +419,12 @@ class Node:
                                           rmax=rmax, availability=availability,
                                           expire_at=expire_at, metadata=metadata)
         self.check_pin_request(rmin=rmin, rmax=rmax, availability=availability)
-        return await self.pin_local(cid, recursive=recursive, name=name, fetch=fetch,
-                                    expire_at=expire_at, metadata=metadata)
+        assert self.pinner is not None
+        return await self.pinner.pin(cid, recursive=recursive, name=name, fetch=fetch,
+                                     expire_at=expire_at, metadata=metadata)
 
     def check_pin_request(self, *, rmin: int | None = None, rmax: int | None = None,
-                          availability: float | None = None, **_: Any) -> None:
+                          availability: float | None = None, **_: object) -> None:
         """Refuse at once a pin request that ``pin`` would refuse for its replication
         options, so ``add`` refuses before reading the upload.
 
@@ -445,8 +436,6 @@ class Node:
             self.cluster.check_request(rmin=rmin, rmax=rmax, availability=availability)
             return
         if (rmin or 1) > 1 or (rmax or 1) > 1 or availability is not None:
-            from pinfold.daemon.api import InvalidArgument
-
             raise InvalidArgument(
                 "replication options (--replicas, --rmin, --rmax, --availability) need a "
                 "cluster: this node is standalone (set cluster.name in config.toml)")
@@ -461,58 +450,11 @@ class Node:
         with trio.move_on_after(timeout_s):
             await self.cluster.manager.changed().wait()
 
-    async def pin_local(self, cid: CID, *, recursive: bool = True, name: str = "",
-                        fetch: bool = True, expire_at: float | None = None,
-                        metadata: dict[str, Any] | None = None,
-                        providers: list[Any] | None = None,
-                        owner: str = "local") -> dict[str, Any]:
-        """Pin ``cid`` in the local store for ``owner`` ("local": the user, "cluster":
-        the replication manager): its blocks' refcounts and the pin record in one
-        transaction, fetching missing blocks first (from ``providers`` when given).
-
-        The store never weakens a pin (``StoreTxn.pin_add``): a direct pin over
-        the owner's recursive pin is refused, a recursive pin over a direct one
-        upgrades it, and one owner's hold never drops blocks another's keeps.
-
-        Returns:
-            The pin record as a dict, with ``fetched_bytes`` (bytes fetched from peers).
-
-        Raises:
-            BlockNotFound: a block of the DAG is missing and cannot be fetched.
-            PinError: a direct pin over the owner's recursive pin ("already
-                pinned recursively").
-            StoreFull: no room to fetch the DAG.
-        """
-        store = self.store
-        fetched = 0
-        with store.protect() as protection:
-            if fetch and recursive and self.fetcher is not None:
-                kw = {"peers": providers} if providers else {}
-                stats = await self.fetcher.ensure_dag(cid, protection=protection, **kw)
-                fetched = int(getattr(stats, "fetched_bytes", 0) or 0)
-            if recursive:
-                blocks = []
-                async for c in dagmod.walk(self.get_block, cid, has_block=self.has_block):
-                    protection.add(c)
-                    blocks.append(c)
-            else:
-                await self.get_block(cid)
-                protection.add(cid)
-                blocks = [cid]
-            meta = {str(k): str(v) for k, v in (metadata or {}).items()}
-            if expire_at is not None:
-                meta["expire_at"] = repr(float(expire_at))
-            now = time.time()
-            rec = await self.writer.submit(
-                lambda t: t.pin_add(cid, recursive=recursive, blocks=blocks, name=name or "",
-                                    metadata=meta or None, now=now, owner=owner))
-        d = pin_record_dict(rec)
-        d["fetched_bytes"] = fetched
-        return d
-
-    async def unpin(self, cid: CID) -> dict[str, Any]:
-        """Unpin ``cid``: a tombstone in the cluster pinset, or the local pin (also on a
-        cluster node, for a local pin made before it joined). Raises ``NotPinned``."""
+    async def unpin(self, cid: CID) -> PinRecord | bytes:
+        """Unpin ``cid``: a tombstone in the cluster pinset (returns the pin's key), or
+        the local pin (also on a cluster node, for a local pin made before it joined;
+        returns its record as it was). Raises ``NotPinned``."""
+        assert self.store is not None and self.pinner is not None
         if self.cluster is not None:
             try:
                 return await self.cluster.unpin(cid)
@@ -520,31 +462,24 @@ class Node:
                 rec = self.store.pin_get(cid)
                 if rec is None or "local" not in rec.holds:
                     raise
-        return await self.unpin_local(cid)
+        return await self.pinner.unpin(cid)
 
-    async def unpin_local(self, cid: CID, *, owner: str = "local") -> dict[str, Any]:
-        """Release ``owner``'s local pin of ``cid``; blocks another owner's hold
-        keeps stay held. Raises ``NotPinned`` (none held by ``owner``)."""
-        rec = await self.writer.submit(lambda t: t.pin_rm(cid, owner=owner))
-        d = pin_record_dict(rec)
-        d["state"] = "unpinned"
-        return d
-
-    async def pin_list(self, state: str | None) -> AsyncIterator[dict[str, Any]]:
-        """Pins as dicts, filtered by ``state``: the cluster pinset with this node's
-        state of each pin, or (standalone) the local pins, state ``pinned``."""
+    async def pin_list(self, state: str | None) -> AsyncIterator[LocalPin | ClusterPin]:
+        """Pins filtered by ``state``: the cluster pinset with this node's state of each
+        pin, or (standalone) the local pins, state ``pinned`` or ``incomplete``."""
         if self.cluster is not None:
             async for item in self.cluster.pin_list(state):
                 yield item
             return
         if state not in (None, "pinned", "incomplete"):
             return
+        assert self.store is not None
         pins = self.store.pin_ls_presence()  # one lookup per held block: read in a thread
         while True:
             batch = await trio.to_thread.run_sync(lambda: list(itertools.islice(pins, 512)))
             for rec, present in batch:
-                item = pin_record_dict(rec, present)
-                if state is None or item["state"] == state:
+                item = LocalPin(record=rec, present=present)
+                if state is None or item.state == state:
                     yield item
             if len(batch) < 512:
                 return
@@ -593,72 +528,21 @@ class Node:
         res = await trio.to_thread.run_sync(lambda: self.store.verify(drop=heal))
         corrupt = [str(c) for c in res.corrupt]
         healed = 0
-        if heal and self.fetcher is not None:
+        if heal and self.network is not None:
             for c in res.corrupt:
                 try:
-                    await self.fetcher.get_block(c)
+                    await self.network.get_block(c)
                     healed += 1
                 except Exception as exc:
                     log.warning("could not re-fetch corrupt block %s: %s", c, exc)
         incomplete = await trio.to_thread.run_sync(self.store.incomplete_pins)
         if self.cluster is not None:
-            from pinfold.replication.types import pin_key
-
             self.cluster.manager.local_incomplete(
                 [pin_key(rec.cid) for rec, _ in incomplete if "cluster" in rec.holds])
         return {"checked": res.checked, "corrupt": corrupt, "healed": healed,
                 "incomplete": [{"cid": str(rec.cid), "name": rec.name, "mode": rec.mode,
                                 "blocks": rec.blocks, "blocks_present": present}
                                for rec, present in incomplete]}
-
-
-def standalone_cluster_handlers(node: Node) -> dict[str, Callable[[Any], Any]]:
-    """``cluster peers``/``cluster status``/``recover`` on a node without a cluster."""
-
-    async def cluster_peers(call: Any) -> dict[str, Any]:
-        await call.send({"peer_id": node.peer_id, "state": "alive",
-                         "p": node.config.replication.p_prior, "self": True,
-                         "pins": sum(node.store.pin_counts().values())})
-        return {"count": 1, "cluster": ""}
-
-    async def cluster_status(call: Any) -> dict[str, Any]:
-        refused = node.network.bitswap.statistics().refused_wants if node.network else 0
-        return {"cluster": "", "pins": sum(node.store.pin_counts().values()),
-                "under_replicated": 0, "repairing": 0, "errors": 0, "standalone": True,
-                "serve": node.config.bitswap.serve, "refused_wants": refused}
-
-    async def recover(call: Any) -> dict[str, Any]:
-        # A standalone pin commits whole or fails at once; what can need a retry is a
-        # pin whose blocks went missing since (repo verify lists them): fetch them again.
-        from pinfold.daemon.api import InvalidArgument
-
-        cid = call.params.get("cid")
-        if cid is not None and not isinstance(cid, str):
-            raise InvalidArgument("parameter 'cid' must be a CID string")
-        if cid is None and not call.params.get("all"):
-            raise InvalidArgument("recover needs 'cid' or 'all'")
-        only = None if cid is None else cid_key(parse_cid(cid))
-        pins = []
-        recovered = []
-        for rec, present in await trio.to_thread.run_sync(node.store.incomplete_pins):
-            if only is not None and cid_key(rec.cid) != only:
-                continue
-            entry = {"cid": str(rec.cid),
-                     "error": f"missing {rec.blocks - present} of {rec.blocks} blocks"}
-            try:
-                for owner, mode in rec.holds.items():
-                    await node.pin_local(rec.cid, recursive=mode == "recursive", name=rec.name,
-                                         metadata=dict(rec.metadata), owner=owner)
-                entry["result"] = "pinned"
-                recovered.append(str(rec.cid))
-            except trio.Cancelled:
-                raise
-            except Exception as exc:  # noqa: BLE001 - reported per pin; the others go on
-                entry["result"] = f"failed: {exc}"
-            pins.append(entry)
-        return {"recovered": len(recovered), "cids": recovered, "pins": pins}
-
-    return {"cluster_peers": cluster_peers, "cluster_status": cluster_status, "recover": recover}
 
 
 # ---------------------------------------------------------------------- process
@@ -670,15 +554,10 @@ def setup_logging(level: str) -> None:
     See ``pinfold/daemon/service.py`` (``configure_logging``): syslog priority prefixes
     under journald, py-libp2p's loggers routed in.
     """
-    from pinfold.daemon.service import configure_logging
-
     configure_logging(level)
 
 
 async def _serve(node: Node) -> None:
-    from pinfold.daemon.sdnotify import notify
-    from pinfold.daemon.service import supervise
-
     async with trio.open_nursery() as nursery:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
             await nursery.start(node.run)

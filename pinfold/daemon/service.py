@@ -19,8 +19,9 @@ Three pieces, each a pure core with a thin trio driver (STYLE.md 1):
   once, every other changed key is logged as needing a restart and keeps its
   running value, so the node never runs a half-applied configuration.
 
-``supervise`` ties them to a running ``Node``: ``pinfold/daemon/node.py``'s ``_serve``
-calls it after ``READY=1`` and it returns when the node is asked to stop.
+``supervise`` ties them to a running node, typed by the ``Supervised`` protocol
+(``daemon/parts.py``): ``pinfold/daemon/node.py``'s ``_serve`` calls it after
+``READY=1`` and it returns when the node is asked to stop.
 """
 
 from __future__ import annotations
@@ -32,16 +33,14 @@ import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
 
 import trio
 from pinfold.config import Config, ConfigError
 from pinfold.config.schema import SECTIONS
 
+from pinfold.daemon.parts import ReloadTarget, Supervised
 from pinfold.daemon.sdnotify import monotonic_usec, notify, watchdog_interval_s
-
-if TYPE_CHECKING:
-    from pinfold.daemon.node import Node
 
 log = logging.getLogger("pinfold.service")
 
@@ -246,7 +245,7 @@ class Watchdog:
             await trio.sleep_until(next_at)
 
 
-def node_probes(node: Node, *, timeout_s: float) -> dict[str, Probe]:
+def node_probes(node: Supervised, *, timeout_s: float) -> dict[str, Probe]:
     """The health probes of a running node: its store and its RPC server.
 
     - ``store``: ``store.stat()`` in a worker thread (LMDB answers, the thread
@@ -377,7 +376,7 @@ def plan_reload(running: Config, new: Config, *,
                       needs_restart=needs_restart)
 
 
-async def reload_node(node: Node, *, send: Callable[[str], object] = notify
+async def reload_node(node: ReloadTarget, *, send: Callable[[str], object] = notify
                       ) -> ReloadPlan | None:
     """``systemctl reload``: re-read config.toml and apply what can change live.
 
@@ -399,9 +398,7 @@ async def reload_node(node: Node, *, send: Callable[[str], object] = notify
     if plan.applied:
         set_log_level(plan.config.log.level)
         node.config = plan.config
-        apply_config = getattr(node, "apply_config", None)
-        if callable(apply_config):
-            apply_config(plan.config)
+        node.apply_config(plan.config)
         log.info("reload: applied %s", ", ".join(c.describe() for c in plan.applied))
     for c in plan.needs_restart:
         log.warning("reload: %s changed in config.toml; it takes effect after a restart "
@@ -415,7 +412,7 @@ async def reload_node(node: Node, *, send: Callable[[str], object] = notify
 # ---------------------------------------------------------------------- supervisor
 
 
-async def _handle_signals(node: Node, signals: AsyncIterator[int]) -> None:
+async def _handle_signals(node: Supervised, signals: AsyncIterator[int]) -> None:
     async for signum in signals:
         if signum == signal.SIGHUP:
             await reload_node(node)
@@ -424,7 +421,7 @@ async def _handle_signals(node: Node, signals: AsyncIterator[int]) -> None:
         node.request_stop()
 
 
-async def supervise(node: Node, signals: AsyncIterator[int], *, stop_requested: trio.Event,
+async def supervise(node: Supervised, signals: AsyncIterator[int], *, stop_requested: trio.Event,
                     environ: Mapping[str, str] | None = None) -> None:
     """Serve signals and the watchdog for a running ``node`` until it is asked to stop.
 

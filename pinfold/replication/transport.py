@@ -10,10 +10,10 @@ LMDB:
   ``ClusterHandler.answer`` replies) for ``/pinfold/sync/1``. The transport
   authenticates: the ``peer_id`` it passes with a message is the verified
   author, and it drops messages from peers outside ``cluster.trusted_peers``.
-  The real one is ``pinfold.daemon.cluster.LibP2PTransport``.
+  The real one is ``pinfold.daemon.cluster_transport.LibP2PTransport``.
 - ``LocalPins``: the local node's pins - fetch a DAG (by Bitswap, from the
   given holders) and pin it with block refcounts, unpin, keep an origin copy.
-  The real one is ``pinfold.daemon.cluster.NodePins``.
+  The real one is ``pinfold.daemon.cluster_pins.NodePins``.
 
 ``MemoryHub``/``MemoryTransport`` and ``MemoryPins`` are the in-memory
 implementations the tests drive (links can be cut; fetches take simulated

@@ -78,6 +78,19 @@ async def test_fetch_dag_walks_a_multi_level_unixfs_file():
         assert (again.fetched_blocks, again.local_blocks) == (0, len(blocks))
 
 
+async def test_fetch_dag_reports_every_block_of_the_dag_once_local_or_fetched():
+    # Pinner.pin takes the DAG's block set from this one walk (no second walk).
+    data = random_bytes(MiB + 333, seed=3)
+    blocks, root, _ = import_bytes(data, ImportParams(chunk_size=65536, max_links=8))
+    async with running_nodes(2) as (holder, fetcher):
+        holder.store.add(blocks)
+        fetcher.store.add(blocks[:3])
+        await fetcher.host.connect(holder.addr)
+        visited = []
+        await fetcher.bitswap.fetch_dag(root, timeout_s=10, on_visit=visited.append)
+        assert sorted(cid_key(c) for c in visited) == sorted(cid_key(c) for c, _ in blocks)
+
+
 async def test_three_holders_all_serve_one_fetcher():
     data = random_bytes(16 * MiB, seed=3)
     blocks, root, _ = import_bytes(data, ImportParams(chunk_size=256 * 1024, max_links=16))

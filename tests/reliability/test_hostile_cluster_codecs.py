@@ -10,7 +10,7 @@ a valid message with one field replaced). It must return a value or raise
 Decoders: ``decode_beat``, ``decode_request``, ``decode_response``
 (pinfold/replication/messages.py), ``sync.decode_message``, ``pinset.decode_entries``,
 ``states.decode_delta``; the gossip envelope and topic validator of
-``pinfold/daemon/cluster.py`` (what a raw gossipsub payload meets before and at the
+``pinfold/daemon/cluster_transport.py`` (what a raw gossipsub payload meets before and at the
 trust check: never raises, drops everything untrusted or forged); and the
 manager's two entry points behind them, ``Manager.on_message`` (called from
 the gossip reader: it may raise nothing at all, or the node's transport would
@@ -33,7 +33,7 @@ import trio
 from hypothesis import strategies as st
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.peer.id import ID
-from pinfold.daemon.cluster import LibP2PTransport, _signed_bytes
+from pinfold.daemon.cluster_transport import LibP2PTransport, _signed_bytes
 from pinfold.daemon.p2p.host import Host, HostConfig
 from pinfold.replication.errors import InvalidPin, PinsetDecodeError
 from pinfold.replication.manager import Manager, ManagerConfig

@@ -25,7 +25,7 @@ import time
 
 import trio
 from libp2p.crypto.ed25519 import create_new_key_pair
-from pinfold.daemon.cluster import LibP2PTransport
+from pinfold.daemon.cluster_transport import LibP2PTransport
 from pinfold.daemon.p2p.host import Host, HostConfig
 from pinfold.replication.messages import (
     KIND_HEARTBEAT,

@@ -53,7 +53,7 @@ from libp2p.peer.id import ID
 from libp2p.pubsub.pb import rpc_pb2
 from libp2p.pubsub.pubsub import PUBSUB_SIGNING_PREFIX
 from libp2p.utils.varint import encode_uvarint, read_varint_prefixed_bytes_limited
-from pinfold.daemon.cluster import SYNC_PROTOCOL, LibP2PTransport, _signed_bytes
+from pinfold.daemon.cluster_transport import SYNC_PROTOCOL, LibP2PTransport, _signed_bytes
 from pinfold.daemon.p2p.host import Host, HostConfig
 from pinfold.replication.errors import PinsetDecodeError
 from pinfold.replication.messages import (

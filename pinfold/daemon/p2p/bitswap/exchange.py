@@ -213,6 +213,7 @@ class Bitswap:
         peers: Iterable[ID] | None = None,
         timeout_s: float | None = None,
         on_block: Callable[[CID, int], None] | None = None,
+        on_visit: Callable[[CID], None] | None = None,
     ) -> FetchStats:
         """Fetch every block of the DAG under ``root`` that is not in the store.
 
@@ -226,6 +227,9 @@ class Bitswap:
             peers: restrict to these peers; default every connected peer.
             timeout_s: a block fails when the walk made no progress for this long, seconds.
             on_block: called with (cid, size in bytes) for each fetched block.
+            on_visit: called with each block of the DAG (identity CIDs excepted),
+                local or fetched, once, as the walk reaches it: the DAG's block
+                set, without a second walk.
 
         Returns:
             Counts, bytes, elapsed seconds and blocks per peer.
@@ -235,7 +239,8 @@ class Bitswap:
             DecodeError: a dag-pb node does not parse.
             BitswapNotRunning: the service is not running.
         """
-        return await self._fetches.dag(root, peers=peers, timeout_s=timeout_s, on_block=on_block)
+        return await self._fetches.dag(root, peers=peers, timeout_s=timeout_s, on_block=on_block,
+                                       on_visit=on_visit)
 
     def blocks_added(self, cids: Iterable[CID]) -> None:
         """Tell the server that blocks were stored by someone else (add, import):

@@ -187,6 +187,7 @@ class Fetches:
         peers: Iterable[ID] | None = None,
         timeout_s: float | None = None,
         on_block: Callable[[CID, int], None] | None = None,
+        on_visit: Callable[[CID], None] | None = None,
     ) -> FetchStats:
         """``Bitswap.fetch_dag``: every block of the DAG under ``root`` not in the store."""
         self._check_running()
@@ -215,6 +216,8 @@ class Fetches:
                         expand(cid, identity_data(cid))
                     elif self._store.has(cid):
                         local += 1
+                        if on_visit is not None:
+                            on_visit(cid)
                         expand(cid, self._store.get(cid))
                         await trio.lowlevel.checkpoint()
                     else:
@@ -236,6 +239,8 @@ class Fetches:
                 fetched_bytes += len(data)
                 if on_block is not None:
                     on_block(cid, len(data))
+                if on_visit is not None:
+                    on_visit(cid)
                 expand(cid, data)
         finally:
             if sess is not None:
