@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 import threading
+import weakref
 from typing import Any
 
 from fsspec.spec import AbstractBufferedFile, AbstractFileSystem
@@ -43,6 +44,11 @@ DEFAULT_MAX_BLOCKS = 32
 
 _NOT_FOUND = {"path_not_found", "not_found"}
 _INVALID = {"invalid_cid", "invalid_path", "invalid_argument"}
+
+
+def _close_all(clients: list[Client]) -> None:
+    while clients:
+        clients.pop().close()
 
 
 def _translate(exc: RpcError, path: str) -> Exception:
@@ -71,6 +77,9 @@ class PinfoldFileSystem(AbstractFileSystem):
 
     protocol = "pinfold"
     root_marker = ""
+    #: Not cached by fsspec: the default socket comes from ``$PINFOLD_HOME`` when
+    #: made, which the instance cache (keyed by arguments) would not see change.
+    cachable = False
 
     def __init__(self, socket: str | os.PathLike[str] | None = None, *,
                  home: str | os.PathLike[str] | None = None,
@@ -80,6 +89,9 @@ class PinfoldFileSystem(AbstractFileSystem):
         self.home = None if home is None else str(home)
         self.blocksize = block_size or DEFAULT_BLOCK_SIZE
         self._local = threading.local()
+        self._clients: list[Client] = []
+        # Each thread's connection is closed with the filesystem (or at exit).
+        self._finalizer = weakref.finalize(self, _close_all, self._clients)
 
     @property
     def client(self) -> Client:
@@ -88,7 +100,13 @@ class PinfoldFileSystem(AbstractFileSystem):
         if c is None:
             c = Client(self.home, socket_path=self.socket)
             self._local.client = c
+            self._clients.append(c)
         return c
+
+    def close(self) -> None:
+        """Close every connection this filesystem opened (it reconnects on next use)."""
+        self._local = threading.local()
+        _close_all(self._clients)
 
     @classmethod
     def _strip_protocol(cls, path: Any) -> Any:
