@@ -27,7 +27,6 @@ Method names and their parameters (the client in ``client.py`` mirrors them):
 ``dag_export``     {cid} -> stream of CAR v1 bytes -> {cid, blocks, bytes}
 ``pin_add``        {cid, recursive, name, rmin, rmax, availability, expire_in}
                    -> the pin record (+ ``path`` when ``cid`` was a path)
-``resolve``, ``ls``, ``stat``: see ``api_paths.py``
 ``pin_rm``         {cid}
 ``pin_ls``         {state} -> stream of pin dicts -> {count}; state: a local
                    state, ``error`` (failed pins, with ``error``) or
@@ -39,6 +38,7 @@ Method names and their parameters (the client in ``client.py`` mirrors them):
 ``repo_gc``        -> {blocks_freed, bytes_freed, seconds}
 ``repo_verify``    {heal} -> {checked, corrupt, healed, incomplete}
 ``shutdown``       -> {stopping: true}
+``resolve``        ``ls``, ``stat`` too: see ``api_paths.py``
 =================  ===========================================================
 
 ``cid`` of cat, get, dag_export, pin_add: ``CID`` or ``CID/path`` (``resolver.py``).
