@@ -89,7 +89,7 @@ from pinfold.daemon.metrics import Metrics
 from pinfold.daemon.p2p.streams import UploadReader
 from pinfold.daemon.parts import Handler
 from pinfold.daemon.pinning import LocalPin, Pinned
-from pinfold.daemon.resolver import Resolver
+from pinfold.daemon.resolver import Resolver, to_content_path
 
 log = logging.getLogger("pinfold.api")
 
@@ -541,7 +541,7 @@ class Api:
         cid = await self._ref(call.params)
         recursive = _param(call.params, "recursive", bool, True)
         res = pin_dict(await self.node.pin(cid, recursive=recursive, **self._pin_opts(call)))
-        if call.params["cid"] != str(cid):  # a path: say what was pinned
+        if to_content_path(call.params["cid"]).segments:  # a path: say what it named
             res["path"] = call.params["cid"]
         return res
 

@@ -104,6 +104,8 @@ def parse_path(text: str) -> ContentPath:
     try:
         root = parse_cid(head)
     except (InvalidCID, ValueError) as exc:
+        if not tail and rest == text.strip():  # a bare CID: the CID's own message
+            raise InvalidPathCID(str(exc)) from None
         raise InvalidPathCID(f"content path {text!r}: {head!r} is not a CID ({exc})") from None
     segments = tuple(s for s in tail.split("/") if s)
     for s in segments:
