@@ -196,3 +196,6 @@ def test_hamt_sharded_folder_from_js_importer(node: DaemonProcess, tmp_path: Pat
     assert missing.returncode == 4 and b"no entry 'file-600.txt'" in missing.stderr
     st = json.loads(run_cli(node.home, "--json", "stat", root).stdout)
     assert st["type"] == "dir" and st["blocks"] == 783 and st["complete"]
+    run_cli(node.home, "get", root, "-o", str(tmp_path / "out"))
+    assert len(list((tmp_path / "out").iterdir())) == 600
+    assert (tmp_path / "out" / "file-42.txt").read_bytes() == b"hello 42\n"

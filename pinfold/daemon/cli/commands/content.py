@@ -2,8 +2,8 @@
 ``ls``, ``stat`` and the ``block`` and ``dag`` subcommands. ``cat``, ``get``,
 ``ls``, ``stat`` and ``dag export`` take ``CID`` or ``CID/path/in/dag``.
 
-Imports the CLI's local I/O, the pin helpers (``add --pin``) and nothing of
-the daemon: the work is done through the ``Client``.
+Imports the CLI's local I/O, the pin helpers (``add --pin``), the client's
+``ref_basename`` and nothing of the daemon: the work is done through the ``Client``.
 """
 
 from __future__ import annotations
