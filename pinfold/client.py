@@ -32,6 +32,7 @@ from typing import Any, BinaryIO, Self
 
 from pinfold.config import load
 
+from pinfold.client_paths import PathsMixin, ref_basename
 from pinfold.daemon.home import Home, resolve_home
 from pinfold.localtree import LinkError, dir_header, walk_local_tree
 from pinfold.daemon.rpc.connection import DaemonNotRunning, RpcConnection, RpcConnectionClosed, RpcError
@@ -80,8 +81,11 @@ def _replication(replicas: int | None, rmin: int | None, rmax: int | None,
     return out
 
 
-class Client:
-    """A connection to the daemon of one home (or an explicit socket path)."""
+class Client(PathsMixin):
+    """A connection to the daemon of one home (or an explicit socket path).
+
+    Every method that takes a CID takes ``CID/path/in/dag`` too; ``ls``,
+    ``stat``, ``resolve``, ``read`` and ``open`` come from ``PathsMixin``."""
 
     def __init__(self, home: str | os.PathLike[str] | None = None, *,
                  socket_path: str | os.PathLike[str] | None = None) -> None:
@@ -288,7 +292,8 @@ class Client:
         return self.call("add_dir", params, upload=entries())
 
     def cat(self, cid: str, *, offset: int = 0, length: int | None = None) -> Iterator[bytes]:
-        """The file's bytes from ``offset`` (bytes), at most ``length`` bytes, as chunks."""
+        """The bytes of the file ``cid`` (or ``CID/path``) from ``offset`` (bytes), at
+        most ``length`` bytes, as chunks; only the blocks covering the range are read."""
         params: dict[str, Any] = {"cid": str(cid), "offset": offset}
         if length is not None:
             params["length"] = length
@@ -363,7 +368,7 @@ class Client:
                     seen.add(rel)
                     dest = target / rel if rel else target
                     if not rel and into_dir and item["type"] != "dir":
-                        dest = written = target / str(cid)  # a single file into the folder
+                        dest = written = target / ref_basename(cid)  # one file into the folder
                     if item["type"] == "dir":
                         dest.mkdir(parents=True, exist_ok=True)
                     elif item["type"] == "symlink":

@@ -16,7 +16,7 @@ Method names and their parameters (the client in ``client.py`` mirrors them):
                    size, target}][size bytes] (type file, dir or symlink; a
                    symlink has a target and no bytes); same params
                    -> {cid, bytes, blocks, files, symlinks}
-``cat``            {cid, offset, length} -> stream of bytes -> {bytes}
+``cat``            {cid, offset, length} -> stream of bytes -> {cid, bytes, blocks}
 ``get``            {cid} -> stream of {path, type, size} headers, each file's
                    header followed by its bytes -> {cid, files, bytes}
 ``block_put``      upload: one block; {codec, cid_version} -> {cid, size}
@@ -26,6 +26,7 @@ Method names and their parameters (the client in ``client.py`` mirrors them):
 ``dag_import``     upload: CAR v1; {pin_roots} -> {roots, blocks, bytes}
 ``dag_export``     {cid} -> stream of CAR v1 bytes -> {cid, blocks, bytes}
 ``pin_add``        {cid, recursive, name, rmin, rmax, availability, expire_in}
+                   -> the pin record (+ ``path`` when ``cid`` was a path)
 ``pin_rm``         {cid}
 ``pin_ls``         {state} -> stream of pin dicts -> {count}; state: a local
                    state, ``error`` (failed pins, with ``error``) or
@@ -37,7 +38,10 @@ Method names and their parameters (the client in ``client.py`` mirrors them):
 ``repo_gc``        -> {blocks_freed, bytes_freed, seconds}
 ``repo_verify``    {heal} -> {checked, corrupt, healed, incomplete}
 ``shutdown``       -> {stopping: true}
+``resolve``        ``ls``, ``stat`` too: see ``api_paths.py``
 =================  ===========================================================
+
+``cid`` of cat, get, dag_export, pin_add: ``CID`` or ``CID/path`` (``resolver.py``).
 """
 
 from __future__ import annotations
@@ -77,6 +81,7 @@ from pinfold.blockstore.writer import BatchWriter
 from pinfold.config import Config
 
 from pinfold.daemon.cluster import ClusterPin
+from pinfold.daemon.api_paths import path_handlers
 from pinfold.daemon.api_shapes import pin_dict, unpinned_dict
 from pinfold.daemon.errors import InvalidArgument, OutputClosed
 from pinfold.daemon.ingest import BlockSink, undo_on_failure
@@ -84,6 +89,7 @@ from pinfold.daemon.metrics import Metrics
 from pinfold.daemon.p2p.streams import UploadReader
 from pinfold.daemon.parts import Handler
 from pinfold.daemon.pinning import LocalPin, Pinned
+from pinfold.daemon.resolver import Resolver, to_content_path
 
 log = logging.getLogger("pinfold.api")
 
@@ -214,6 +220,12 @@ class Api:
 
     def __init__(self, node: ApiNode) -> None:
         self.node = node
+        self.resolver = Resolver(node.get_block, node.has_block,
+                                 lambda cid: node.store.get_size(cid))
+
+    async def _ref(self, params: dict[str, Any]) -> CID:
+        """The CID the ``cid`` parameter (a CID or ``CID/path``) resolves to."""
+        return (await self.resolver.resolve_ref(_param(params, "cid", str, required=True))).cid
 
     def handlers(self) -> dict[str, Callable[[Any], Awaitable[Any]]]:
         """Method name -> handler, for the RPC server."""
@@ -221,6 +233,7 @@ class Api:
                  "block_rm", "dag_import", "dag_export", "pin_add", "pin_rm", "pin_ls",
                  "pin_status", "pin_wait", "repo_stat", "repo_gc", "repo_verify", "shutdown"]
         table = {name: getattr(self, name) for name in names}
+        table.update(path_handlers(self.resolver))
         table.update(self.node.extra_handlers())
         return table
 
@@ -346,7 +359,7 @@ class Api:
     # ------------------------------------------------------------------ read
 
     async def cat(self, call: Any) -> dict[str, Any]:
-        cid = _cid_param(call.params)
+        cid = await self._ref(call.params)
         offset = _param(call.params, "offset", int, 0)
         length = _param(call.params, "length", int, None)
         if offset < 0 or (length is not None and length < 0):
@@ -356,9 +369,16 @@ class Api:
         if to_fd and fd is None:
             raise InvalidArgument("to_fd is set but no file descriptor came with the request")
         sent = 0
+        blocks = 0
+
+        async def get_block(c: CID) -> bytes:  # counts the blocks this read touches
+            nonlocal blocks
+            blocks += 1
+            return await self.node.get_block(c)
+
         try:
             async with self.node.prefetcher() as prefetch:
-                async for chunk in unixfs.cat(self.node.get_block, cid, offset, length,
+                async for chunk in unixfs.cat(get_block, cid, offset, length,
                                               prefetch=prefetch):
                     if fd is None:
                         await send_bytes(call, chunk)
@@ -369,10 +389,10 @@ class Api:
             if fd is not None:
                 os.close(fd)
         self.node.metrics.cat_bytes.inc(sent)
-        return {"cid": str(cid), "bytes": sent}
+        return {"cid": str(cid), "bytes": sent, "blocks": blocks}
 
     async def get(self, call: Any) -> dict[str, Any]:
-        cid = _cid_param(call.params)
+        cid = await self._ref(call.params)
         files = 0
         sent = 0
         async for entry in unixfs.walk_tree(self.node.get_block, cid):
@@ -469,7 +489,7 @@ class Api:
                 "pinned": len(pins)}
 
     async def dag_export(self, call: Any) -> dict[str, Any]:
-        root = _cid_param(call.params)
+        root = await self._ref(call.params)
         await self.node.ensure_dag(root)
         pending = bytearray(carfmt.car_header([root]))
         blocks = 0
@@ -518,9 +538,12 @@ class Api:
         return opts
 
     async def pin_add(self, call: Any) -> dict[str, Any]:
-        cid = _cid_param(call.params)
+        cid = await self._ref(call.params)
         recursive = _param(call.params, "recursive", bool, True)
-        return pin_dict(await self.node.pin(cid, recursive=recursive, **self._pin_opts(call)))
+        res = pin_dict(await self.node.pin(cid, recursive=recursive, **self._pin_opts(call)))
+        if to_content_path(call.params["cid"]).segments:  # a path: say what it named
+            res["path"] = call.params["cid"]
+        return res
 
     async def pin_wait(self, call: Any) -> dict[str, Any]:
         """Wait until ``rmin`` holders of ``cid`` report pinned on alive peers.

@@ -44,6 +44,12 @@ class InvalidPath(BlockstoreError, ValueError):
     code = "invalid_path"
 
 
+class InvalidPathCID(InvalidPath, InvalidCID):
+    """A content path whose first segment is not a CID (an ``InvalidCID`` too, with its code)."""
+
+    code = "invalid_cid"
+
+
 class PathNotFound(BlockstoreError, KeyError):
     """A path segment names no entry of its directory, or goes through a file."""
 
@@ -82,7 +88,7 @@ def parse_path(text: str) -> ContentPath:
     taken literally (no percent-decoding; ``parse_url_path`` does that).
 
     Raises:
-        InvalidPath: empty text, a bad CID (the message names it), or a ``.``,
+        InvalidPath: empty text, a bad CID (``InvalidPathCID``, the message names it), or a ``.``,
             ``..`` or NUL-holding segment.
     """
     if not isinstance(text, str) or not text.strip():
@@ -98,7 +104,9 @@ def parse_path(text: str) -> ContentPath:
     try:
         root = parse_cid(head)
     except (InvalidCID, ValueError) as exc:
-        raise InvalidPath(f"content path {text!r}: {head!r} is not a CID ({exc})") from None
+        if not tail and rest == text.strip():  # a bare CID: the CID's own message
+            raise InvalidPathCID(str(exc)) from None
+        raise InvalidPathCID(f"content path {text!r}: {head!r} is not a CID ({exc})") from None
     segments = tuple(s for s in tail.split("/") if s)
     for s in segments:
         if s in (".", "..") or "\x00" in s:

@@ -38,6 +38,7 @@ EXIT_CODES: dict[str, int] = {
     "usage": EXIT_USAGE,
     "daemon_not_running": EXIT_NO_DAEMON,
     "not_found": EXIT_NOT_FOUND,
+    "path_not_found": EXIT_NOT_FOUND,
     "not_pinned": EXIT_NOT_FOUND,
     "timeout": EXIT_TIMEOUT,
     "fetch_timeout": EXIT_TIMEOUT,

@@ -218,15 +218,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-links", type=_positive_int, metavar="N")
 
     p = cmd("cat", "write a file's bytes to stdout")
-    p.add_argument("cid")
-    p.add_argument("--offset", type=_nonneg_int, default=0)
-    p.add_argument("--length", type=_nonneg_int)
+    p.add_argument("cid", metavar="CID[/PATH]")
+    p.add_argument("--offset", type=_nonneg_int, default=0,
+                   help="first byte to write (only the blocks the range covers are read)")
+    p.add_argument("--length", type=_nonneg_int, help="bytes to write at most")
 
     p = cmd("get", "write a file or directory tree to disk")
-    p.add_argument("cid")
+    p.add_argument("cid", metavar="CID[/PATH]")
     p.add_argument("-o", "--output", metavar="PATH",
                    help="a new path or an empty folder (default: the CID); - writes a "
                    "file to stdout")
+
+    p = cmd("ls", "list a directory (name, type, size, CID); a file lists as itself")
+    p.add_argument("path", metavar="CID[/PATH]")
+    p.add_argument("-r", "--recursive", action="store_true",
+                   help="every entry below, with its path")
+
+    p = cmd("stat", "type, size, block count and how much of it is stored here")
+    p.add_argument("path", metavar="CID[/PATH]")
 
     block = cmd("block", "raw blocks").add_subparsers(dest="subcommand", metavar="SUBCOMMAND")
     p = block.add_parser("put", help="store a file as one block; prints its CID")
@@ -245,14 +254,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", help="path or -")
     p.add_argument("--pin-roots", type=_bool, default=True, metavar="BOOL")
     p = dag.add_parser("export", help="export a DAG as a CAR v1 file")
-    p.add_argument("cid")
+    p.add_argument("cid", metavar="CID[/PATH]")
     p.add_argument("-o", "--output", metavar="FILE.car",
                    help="default or -: stdout; an existing file needs --force")
     p.add_argument("-f", "--force", action="store_true", help="overwrite an existing -o FILE")
 
     pin = cmd("pin", "pins").add_subparsers(dest="subcommand", metavar="SUBCOMMAND")
-    p = pin.add_parser("add", help="pin a CID (fetching it if needed)")
-    p.add_argument("cid")
+    p = pin.add_parser("add", help="pin a CID, or the CID a CID/PATH names "
+                       "(fetching it if needed)")
+    p.add_argument("cid", metavar="CID[/PATH]")
     _replication_options(p)
     _wait_options(p)
     p.add_argument("--name")

@@ -4,7 +4,7 @@ connected ``Client``. Commands with subcommands are tables themselves
 (``base.subcommands``).
 
 One module per area: ``node`` (init, daemon, id, shutdown), ``content`` (add,
-cat, get, block, dag), ``pins`` (pin, recover), ``repo``, ``cluster`` (peers,
+cat, get, ls, stat, block, dag), ``pins`` (pin, recover), ``repo``, ``cluster`` (peers,
 cluster, simulate).
 """
 
@@ -24,6 +24,8 @@ CLIENT_COMMANDS: dict[str, ClientCommand] = {
     "add": content.add,
     "cat": content.cat,
     "get": content.get,
+    "ls": content.ls,
+    "stat": content.stat,
     "block": content.block,
     "dag": content.dag,
     "pin": pins.pin,

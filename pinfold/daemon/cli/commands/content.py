@@ -1,8 +1,9 @@
-"""Commands that move content in and out: ``add``, ``cat``, ``get`` and the
-``block`` and ``dag`` subcommands.
+"""Commands that move content in and out or look at it: ``add``, ``cat``, ``get``,
+``ls``, ``stat`` and the ``block`` and ``dag`` subcommands. ``cat``, ``get``,
+``ls``, ``stat`` and ``dag export`` take ``CID`` or ``CID/path/in/dag``.
 
-Imports the CLI's local I/O, the pin helpers (``add --pin``) and nothing of
-the daemon: the work is done through the ``Client``.
+Imports the CLI's local I/O, the pin helpers (``add --pin``), the client's
+``ref_basename`` and nothing of the daemon: the work is done through the ``Client``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pinfold.daemon.cli.commands.pins import (
 )
 from pinfold.daemon.cli.localio import Output, Progress, read_input, write_file, write_stdout
 from pinfold.daemon.cli.parser import UsageError
+from pinfold.client_paths import ref_basename
 
 
 def add(c, args: argparse.Namespace, out: Output) -> int:
@@ -58,7 +60,7 @@ def add(c, args: argparse.Namespace, out: Output) -> int:
 
 
 def cat(c, args: argparse.Namespace, out: Output) -> int:
-    """``pinfold cat CID``: a file's bytes (or a range of them) on stdout."""
+    """``pinfold cat CID[/PATH]``: a file's bytes (or a range of them) on stdout."""
     if sys.stdout.isatty():
         write_stdout(c.cat(args.cid, offset=args.offset, length=args.length))
         return 0
@@ -74,17 +76,45 @@ def cat(c, args: argparse.Namespace, out: Output) -> int:
 
 
 def get(c, args: argparse.Namespace, out: Output) -> int:
-    """``pinfold get CID [-o PATH]``: a file or directory tree written to disk."""
+    """``pinfold get CID[/PATH] [-o PATH]``: a file or directory tree written to disk
+    (by default under the last name of the path, or the CID)."""
     if args.output == "-":  # a file's bytes to stdout, as `cat`
         write_stdout(c.cat(args.cid))
         return 0
-    target = args.output or args.cid
+    target = args.output or ref_basename(args.cid)
     progress = Progress(None, "received")
     try:
         res = c.get(args.cid, target, progress=progress)
     finally:
         progress.close()
     out.doc(res, f"saved {res['cid']} to {res.get('path', target)}")
+    return 0
+
+
+def _size_text(size: Any) -> str:
+    return "-" if size is None else str(size)
+
+
+def ls(c, args: argparse.Namespace, out: Output) -> int:
+    """``pinfold ls CID[/PATH] [-r]``: one line per entry, ``CID SIZE TYPE NAME``
+    (as ``ipfs ls``; ``-r``: the path below the listed directory instead of the name)."""
+    def fmt(e: dict[str, Any]) -> str:
+        name = e.get("path", e["name"]) + ("/" if e["type"] == "dir" else "")
+        return f"{e['cid']} {_size_text(e['size']):>12} {e['type']:<7} {name}"
+
+    out.lines(c.ls(args.path, recursive=args.recursive), fmt)
+    return 0
+
+
+def stat(c, args: argparse.Namespace, out: Output) -> int:
+    """``pinfold stat CID[/PATH]``: type, size, blocks, and how much is here."""
+    res = c.stat(args.path)
+    blocks = str(res["blocks"]) + ("" if res["blocks_exact"] else "+ (missing blocks hide more)")
+    here = "complete" if res["complete"] else "incomplete"
+    out.doc(res, "\n".join([
+        f"path:   {res['path']}", f"cid:    {res['cid']}", f"type:   {res['type']}",
+        f"size:   {_size_text(res['size'])}", f"blocks: {blocks}",
+        f"local:  {res['local_blocks']} blocks, {res['local_bytes']} bytes ({here})"]))
     return 0
 
 

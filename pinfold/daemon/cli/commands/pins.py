@@ -91,7 +91,10 @@ def pin_add(c, args: argparse.Namespace, out: Output) -> int:
     res = c.pin(args.cid, recursive=not args.direct, name=args.name,
                 expire_in=args.expire_in, **replication_kwargs(args))
     res = pin_with_wait(c, res["cid"], wait, res)
-    out.doc(res, pin_summary(res["cid"], res))
+    text = pin_summary(res["cid"], res)
+    if res.get("path"):  # a CID/PATH: the CID it names was pinned
+        text += f" (resolved from {res['path']})"
+    out.doc(res, text)
     return 0
 
 

@@ -1,0 +1,175 @@
+"""From a user's content reference (``CID``, ``CID/a/b``, ``/ipfs/CID/a/b``) to
+the CID it names, its listing and its local presence: the one entry point every
+RPC that takes a CID goes through (``cat``, ``get``, ``pin add``, ``dag
+export``, ``ls``, ``stat``, ``resolve``; the gateway and fsspec reach it
+through those).
+
+``to_content_path`` is the one place a reference string becomes a
+``ContentPath``; names (``NAME@ref/path``) plug in there. ``Resolver`` binds
+the core resolver of ``blockstore/unixfs/paths.py`` to the node's block
+source: ``get_block`` reads the local store, else fetches the block from peers
+over Bitswap (stored like any fetched block, not pinned); ``has_block`` and
+``local_size`` only look at the store, so ``stat`` never fetches below the
+path it resolves.
+
+Imports the blockstore (paths, dag links, CIDs) and trio (to yield to other
+tasks while walking a large DAG).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import trio
+
+from pinfold.blockstore import dag as dagmod
+from pinfold.blockstore.cid import CID, IDENTITY, RAW
+from pinfold.blockstore.unixfs.paths import (
+    ContentPath,
+    DirEntry,
+    Resolved,
+    list_dir,
+    parse_path,
+    resolve,
+)
+
+__all__ = ["Resolver", "to_content_path"]
+
+#: Blocks ``stat`` walks between checkpoints (lets other tasks run on a big DAG).
+_STAT_YIELD_EVERY = 256
+
+
+def to_content_path(text: str) -> ContentPath:
+    """Parse a user's reference into a ``ContentPath``.
+
+    Accepts ``CID``, ``CID/path/in/dag``, ``/ipfs/CID/path`` and
+    ``ipfs://CID/path``.
+
+    Raises:
+        InvalidPathCID: the first segment is not a CID (code ``invalid_cid``).
+        InvalidPath: empty text or a segment that is not allowed (code
+            ``invalid_path``); the message names the reference.
+    """
+    return parse_path(text)
+
+
+def entry_dict(entry: DirEntry, path: str | None = None) -> dict[str, Any]:
+    """The RPC shape of one listed entry: ``{name, type, size, cid, tsize}`` and,
+    in a recursive listing, ``path`` (below the listed directory)."""
+    d: dict[str, Any] = {"name": entry.name, "type": entry.kind, "size": entry.size,
+                         "cid": str(entry.cid), "tsize": entry.tsize}
+    if path is not None:
+        d["path"] = path
+    return d
+
+
+class Resolver:
+    """Resolves references against one node's blocks.
+
+    Args:
+        get_block: ``await get_block(cid) -> bytes``: the store, else peers;
+            raises ``BlockNotFound`` (or a ``FetchTimeout``) when neither has it.
+        has_block: ``has_block(cid) -> bool``: the block is in the store.
+        local_size: ``local_size(cid) -> int``: bytes of a block in the store.
+    """
+
+    def __init__(self, get_block: Callable[[CID], Awaitable[bytes]],
+                 has_block: Callable[[CID], bool], local_size: Callable[[CID], int]) -> None:
+        self.get_block = get_block
+        self.has_block = has_block
+        self.local_size = local_size
+
+    async def resolve_ref(self, text: str) -> Resolved:
+        """The CID, kind and size ``text`` names; reads (or fetches) one block per
+        path segment, plus HAMT shards on the way, and the target's root block.
+
+        Raises:
+            InvalidPath: as ``to_content_path`` (``InvalidPathCID`` for a bad CID).
+            PathNotFound: a segment names no entry ("no entry 'x' in directory
+                CID/a"), or the path goes through a file.
+            BlockNotFound: a block on the path is neither local nor on a peer.
+            DecodeError: a malformed node on the path.
+        """
+        return await resolve(self.get_block, to_content_path(text))
+
+    async def resolve_dict(self, text: str) -> dict[str, Any]:
+        """``resolve_ref`` as the ``resolve`` RPC's result: ``{path, cid, type, size}``."""
+        r = await self.resolve_ref(text)
+        return {"path": str(to_content_path(text)), "cid": str(r.cid), "type": r.kind,
+                "size": r.size}
+
+    async def ls(self, text: str, *, recursive: bool = False) -> AsyncIterator[dict[str, Any]]:
+        """The entries of the directory ``text`` names, as ``entry_dict``s in link order;
+        with ``recursive`` every entry below, a directory before its children, each
+        with ``path``. A file (or symlink) lists as its one entry.
+
+        Raises:
+            As ``resolve_ref``; DecodeError for an unsafe entry name.
+        """
+        path = to_content_path(text)
+        r = await resolve(self.get_block, path)
+        if r.kind != "dir":
+            name = path.segments[-1] if path.segments else str(r.cid)
+            yield entry_dict(DirEntry(name=name, cid=r.cid, kind=r.kind, size=r.size,
+                                      tsize=None), name if recursive else None)
+            return
+        stack: list[tuple[str, CID]] = [("", r.cid)]
+        while stack:
+            prefix, cid = stack.pop()
+            children = await list_dir(self.get_block, cid)
+            below: list[tuple[str, CID]] = []
+            for entry in children:
+                rel = f"{prefix}/{entry.name}" if prefix else entry.name
+                yield entry_dict(entry, rel if recursive else None)
+                if recursive and entry.kind == "dir":
+                    below.append((rel, entry.cid))
+            stack.extend(reversed(below))
+
+    async def stat(self, text: str) -> dict[str, Any]:
+        """What ``text`` names and how much of it is here.
+
+        Resolves the path (fetching the blocks on it if needed), then walks the
+        DAG below the target through local blocks only: a missing block is
+        counted but its children are unknown.
+
+        Returns:
+            ``{path, cid, type, size, blocks, blocks_exact, local_blocks,
+            local_bytes, complete}``: ``size`` in bytes (file, symlink; ``None``
+            for a directory); ``blocks``: distinct blocks of the DAG found
+            (identity CIDs excluded); ``blocks_exact``: every interior block was
+            local, so ``blocks`` is the whole DAG; ``local_blocks``/``local_bytes``:
+            those in the store; ``complete``: the whole DAG is here.
+
+        Raises:
+            As ``resolve_ref``.
+        """
+        path = to_content_path(text)
+        r = await resolve(self.get_block, path)
+        blocks = local = local_bytes = 0
+        exact = True
+        stack = [r.cid]
+        seen: set[bytes] = set()
+        while stack:
+            cid = stack.pop()
+            key = bytes(cid)
+            if key in seen:
+                continue
+            seen.add(key)
+            if cid.hashfun.code == IDENTITY:
+                stack.extend(dagmod.links(cid, bytes(cid.raw_digest)))
+                continue
+            blocks += 1
+            if blocks % _STAT_YIELD_EVERY == 0:
+                await trio.sleep(0)
+            if not self.has_block(cid):
+                exact = exact and cid.codec.code == RAW
+                continue
+            local += 1
+            local_bytes += self.local_size(cid)
+            if cid.codec.code != RAW:
+                stack.extend(dagmod.links(cid, await self.get_block(cid)))
+        return {"path": str(path), "cid": str(r.cid), "type": r.kind, "size": r.size,
+                "blocks": blocks, "blocks_exact": exact, "local_blocks": local,
+                "local_bytes": local_bytes, "complete": exact and local == blocks}
+
