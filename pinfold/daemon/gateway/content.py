@@ -46,8 +46,8 @@ class BlockReader:
     """``await reader(cid) -> bytes`` with the gateway's per-block timeout.
 
     Raises (from ``__call__``):
-        HttpError: 504 when the block did not arrive within ``timeout_s`` seconds
-            (or the exchange gave up on it: no peer has it).
+        HttpError: 504 when the block did not arrive within ``timeout_s`` seconds,
+            or the exchange gave up on it (no peer has it, its own deadline passed).
     """
 
     def __init__(self, source: ContentSource, timeout_s: float) -> None:
@@ -59,8 +59,9 @@ class BlockReader:
         with trio.move_on_after(self.timeout_s):
             try:
                 data = await self.source.get_block(cid)
-            except BlockNotFound as exc:
-                raise HttpError(504, f"block {cid} could not be retrieved: {exc}",
+            except (BlockNotFound, TimeoutError) as exc:  # the exchange's FetchTimeout
+                # and BlockUnavailable (every peer said DONT_HAVE) are TimeoutErrors
+                raise HttpError(504, f"retrieval failed: {exc}",
                                 (("Retry-After", "60"),)) from None
             self.blocks_read += 1
             return data
