@@ -50,6 +50,13 @@ _HEADER_SAFE: Final = "".join(c for c in string.printable if c not in "%\r\n\x0b
 RequestDone = Callable[[str, int, int, "float | None"], None]
 
 
+def _leaf(exc: Exception) -> Exception:
+    """The one exception inside nested single-member exception groups (else ``exc``)."""
+    while isinstance(exc, ExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
 class _Abort(Exception):
     """The response cannot be completed after its headers went out: close the connection."""
 
@@ -290,14 +297,16 @@ class Gateway:
         else:
             try:
                 await resp.body(send)
-            except HttpError as exc:
-                if first is None:
-                    raise _Failed(exc) from None
-                log.info("gateway: response cut after %d bytes: %s", sent, exc.message)
-                raise _Abort() from None
-            except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError):
-                raise
-            except Exception as exc:
+            except Exception as group:
+                exc = _leaf(group)  # the prefetcher's nursery wraps what the body raised
+                if isinstance(exc, HttpError):
+                    if first is None:
+                        raise _Failed(exc) from None
+                    log.info("gateway: response cut after %d bytes: %s", sent, exc.message)
+                    raise _Abort() from None
+                if isinstance(exc, (trio.BrokenResourceError, trio.ClosedResourceError,
+                                    trio.TooSlowError)):
+                    raise exc from None  # the client went away or stalled
                 log.exception("gateway: response body failed")
                 if first is None:
                     raise _Failed(HttpError(500, "internal error (the daemon's log has the "
