@@ -71,7 +71,10 @@ def _header_value(value: str) -> bytes:
 def _to_request(event: h11.Request) -> Request:
     target = event.target.decode("latin-1")
     if not target.startswith("/"):  # absolute-form (a proxy's request)
-        parts = urlsplit(target)
+        try:
+            parts = urlsplit(target)
+        except ValueError:
+            parts = urlsplit("/")
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     path, _, query_string = target.partition("?")
     query: dict[str, str] = {}
@@ -165,6 +168,8 @@ class Gateway:
         except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError,
                 h11.LocalProtocolError, h11.RemoteProtocolError, _Abort):
             pass  # the client went away, stalled, or the body could not be completed
+        except Exception:  # a bug in one connection must not stop the node
+            log.exception("gateway: connection failed")
         finally:
             with trio.move_on_after(1) as scope:
                 scope.shield = True
