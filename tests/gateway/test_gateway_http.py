@@ -9,6 +9,7 @@ import hashlib
 import json
 import random
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -312,3 +313,58 @@ def test_metrics_count_requests_by_route_and_status_bytes_and_ttfb(site: dict[st
     assert metric(d, "pinfold_gateway_bytes_total") >= before_bytes + len(BIG)
     assert metric(d, "pinfold_gateway_time_to_first_byte_seconds_count") == before_ttfb + 2
 
+
+
+def test_only_if_cached_for_a_block_not_held_is_412(site: dict[str, Any]) -> None:
+    from pinfold.blockstore.cid import make_cid
+
+    absent = make_cid(b"not on this node")
+    r = get(site, f"/ipfs/{absent}", "-H", "Cache-Control: only-if-cached")
+    assert r.status == 412 and str(absent) in r.body.decode()
+    held = get(site, f"/ipfs/{site['cid']}/hello.txt", "-H", "Cache-Control: only-if-cached")
+    assert held.status == 200
+
+
+def test_a_dag_cbor_node_is_406_as_a_file_but_served_raw_and_as_car(
+        site: dict[str, Any]) -> None:
+    from pinfold.blockstore.dag import cbor_encode
+
+    leaf = parse_cid(file_cid(site, "hello.txt"))
+    with site["daemon"].client() as c:
+        cid = c.block_put(cbor_encode({"name": "meta", "file": leaf}), codec="dag-cbor")["cid"]
+    r = get(site, f"/ipfs/{cid}")
+    assert r.status == 406 and "dag-cbor, not UnixFS" in r.body.decode()
+    raw = get(site, f"/ipfs/{cid}?format=raw")
+    verify_block(parse_cid(cid), raw.body)
+    _, blocks = read_car(get(site, f"/ipfs/{cid}?format=car").body)
+    assert [str(b) for b, _ in blocks] == [cid, str(leaf)]  # dag-scope=all follows the link
+    _, one = read_car(get(site, f"/ipfs/{cid}?format=car&dag-scope=entity").body)
+    assert [str(b) for b, _ in one] == [cid]  # not UnixFS: entity is the block
+
+
+def test_hamt_sharded_folder_by_js_lists_resolves_and_exports_its_shards(
+        site: dict[str, Any], tmp_path: Path) -> None:
+    import base64
+
+    from pinfold.blockstore.car import car_header, car_section
+
+    vec = json.loads((Path(__file__).parents[1] / "vectors" / "hamt_js.json").read_text())
+    root = vec["root"]
+    blocks = {parse_cid(k): base64.b64decode(v) for k, v in vec["blocks"].items()}
+    car = tmp_path / "hamt.car"
+    car.write_bytes(car_header([parse_cid(root)])
+                    + b"".join(car_section(c, d) for c, d in blocks.items()))
+    run_cli(site["daemon"].home, "dag", "import", str(car))
+    listing = get(site, f"/ipfs/{root}/")
+    assert listing.status == 200
+    page = listing.body.decode()
+    assert all(f'href="file-{i}.txt"' in page for i in range(600))
+    r = get(site, f"/ipfs/{root}/file-299.txt")
+    assert r.status == 200 and r.body == b"hello 299\n"
+    assert len(r.header("x-ipfs-roots").split(",")) == 2  # one CID per path segment
+    _, path_car = read_car(get(site, f"/ipfs/{root}/file-299.txt?format=car").body)
+    assert len(path_car) >= 3 and path_car[-1][1] == b"hello 299\n"  # shards on the way
+    _, entity = read_car(get(site, f"/ipfs/{root}?format=car&dag-scope=entity").body)
+    # The vector keys every block by a raw CID of its digest; 600 are the files.
+    assert all(c.codec.name == "dag-pb" for c, _ in entity)
+    assert len(entity) == len(blocks) - 600 > 1  # the root and every sub-shard, no file
