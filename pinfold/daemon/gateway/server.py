@@ -7,8 +7,9 @@ and enforces the limits:
   ``Retry-After`` at once (not queued);
 - request line and headers: ``gateway.max_header_bytes`` (h11's
   ``max_incomplete_event_size``); more gets 431;
-- slow or silent clients: each wait for a request, and each write of the
-  response, may take ``gateway.idle_timeout_s``; then the connection closes.
+- slow or silent clients: each request head (however it trickles in) and
+  each write of the response may take ``gateway.idle_timeout_s``; then the
+  connection closes.
   A body is written one piece (at most one block) at a time and the next
   piece is read only when the socket took the last, so a slow reader holds
   one block and the kernel's socket buffer, never the file.
@@ -154,7 +155,10 @@ class Gateway:
         try:
             while True:
                 try:
-                    event = await self._next_event(conn, stream)
+                    # The whole request head, not only each read, within the idle
+                    # timeout: a client trickling header bytes cannot hold a task.
+                    with trio.fail_after(self.config.idle_timeout_s):
+                        event = await self._next_event(conn, stream)
                 except h11.RemoteProtocolError as exc:
                     await self._protocol_error(conn, stream, exc)
                     return
