@@ -116,6 +116,10 @@ def test_folder_without_slash_redirects_301_to_the_slash_form(site: dict[str, An
     assert r.status == 301
     assert r.header("location") == f"/ipfs/{site['cid']}/sub/?x=1"
     assert get(site, f"/ipfs/{site['cid']}").header("location") == f"/ipfs/{site['cid']}/"
+    # and a file asked for as a folder is sent to its slash-less URL
+    r = get(site, f"/ipfs/{site['cid']}/hello.txt/?download=true")
+    assert r.status == 301
+    assert r.header("location") == f"/ipfs/{site['cid']}/hello.txt?download=true"
 
 
 def test_folder_listing_shows_names_sizes_cids_and_links(site: dict[str, Any]) -> None:

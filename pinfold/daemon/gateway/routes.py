@@ -11,7 +11,7 @@ from pinfold.blockstore.unixfs.paths import InvalidPath, parse_url_path
 
 from pinfold.daemon.gateway.content import BlockReader, ContentSource, walk_path
 from pinfold.daemon.gateway.files import directory_response, file_response
-from pinfold.daemon.gateway.http import HttpError, Request, Response
+from pinfold.daemon.gateway.http import IMMUTABLE, HttpError, Request, Response
 from pinfold.daemon.gateway.trustless import (
     CAR_TYPE,
     RAW_TYPE,
@@ -118,10 +118,12 @@ class Router:
         if target.kind == "dir":
             return await directory_response(reader, self.source.prefetcher, req, walked)
         if target.kind == "file":
-            if req.path.endswith("/") and walked.path.segments:
-                # A file named with a trailing slash: Kubo answers at the slash-less URL.
-                location = req.path.rstrip("/")
-                return Response(status=301, route="redirect", headers=(("Location", location),))
+            if req.path.endswith("/"):
+                # A file named with a trailing slash: answered at the slash-less URL.
+                location = req.path.rstrip("/") + (
+                    f"?{req.query_string}" if req.query_string else "")
+                return Response(status=301, route="redirect", headers=(
+                    ("Location", location), ("Cache-Control", IMMUTABLE)))
             name = walked.path.segments[-1] if walked.path.segments else None
             return await file_response(reader, self.source.prefetcher, req, walked,
                                        target.cid, target.size or 0, name)
