@@ -372,3 +372,13 @@ def test_hamt_sharded_folder_by_js_lists_resolves_and_exports_its_shards(
     # The vector keys every block by a raw CID of its digest; 600 are the files.
     assert all(c.codec.name == "dag-pb" for c, _ in entity)
     assert len(entity) == len(blocks) - 600 > 1  # the root and every sub-shard, no file
+
+
+def test_filename_and_download_set_content_disposition(site: dict[str, Any]) -> None:
+    r = get(site, f"/ipfs/{site['cid']}/hello.txt?filename=greeting.txt&download=true")
+    assert r.header("content-disposition") == (
+        "attachment; filename=\"greeting.txt\"; filename*=UTF-8''greeting.txt")
+    inline = get(site, f"/ipfs/{site['cid']}/hello.txt?filename={quote('grüße.txt')}")
+    assert inline.header("content-disposition").startswith('inline; filename="gr??e.txt"')
+    assert "filename*=UTF-8''gr%C3%BC%C3%9Fe.txt" in inline.header("content-disposition")
+    assert get(site, f"/ipfs/{site['cid']}/hello.txt").header("content-disposition") == ""
