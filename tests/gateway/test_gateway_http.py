@@ -382,3 +382,29 @@ def test_filename_and_download_set_content_disposition(site: dict[str, Any]) -> 
     assert inline.header("content-disposition").startswith('inline; filename="gr??e.txt"')
     assert "filename*=UTF-8''gr%C3%BC%C3%9Fe.txt" in inline.header("content-disposition")
     assert get(site, f"/ipfs/{site['cid']}/hello.txt").header("content-disposition") == ""
+
+
+def test_a_block_missing_mid_car_cuts_the_stream_short(site: dict[str, Any]) -> None:
+    """Once a CAR's first bytes are out the status is sent: a child that cannot be
+    had ends the stream early, and the client's CAR reader sees it incomplete."""
+    import subprocess
+
+    from pinfold.blockstore.cid import make_cid
+    from pinfold.blockstore.dag import cbor_encode
+
+    big = random.Random(11).randbytes(MiB)
+    missing = make_cid(b"a child nobody has")
+    with site["daemon"].client() as c:
+        held = c.block_put(big)["cid"]
+        root = c.block_put(cbor_encode({"a": parse_cid(held), "b": missing}),
+                           codec="dag-cbor")["cid"]
+    proc = subprocess.run([need_curl(), "-sS", "-D", "-", "-o", "-",
+                           f"{site['url']}/ipfs/{root}?format=car"],
+                          capture_output=True, timeout=60)
+    assert proc.returncode != 0  # curl saw the body end before its end
+    assert proc.stdout.startswith(b"HTTP/1.1 200 OK")
+    body = proc.stdout.partition(b"\r\n\r\n")[2]
+    reader = CarReader()
+    got = [str(cid) for cid, _ in reader.feed(body)]
+    assert got[:2] == [root, held] and str(missing) not in got
+    assert "response cut after" in site["daemon"].log()
