@@ -18,6 +18,6 @@ from pinfold.config.schema import (
 
 __all__ = [
     "BitswapConfig", "BlockstoreConfig", "ClusterConfig", "Config", "ConfigError",
-    "GatewayConfig", "ImportConfig", "LogConfig", "MetricsConfig", "NodeConfig", "ReplicationConfig",
-    "RpcConfig", "from_mapping", "load", "render", "replace",
+    "GatewayConfig", "ImportConfig", "LogConfig", "MetricsConfig", "NodeConfig",
+    "ReplicationConfig", "RpcConfig", "from_mapping", "load", "render", "replace",
 ]
