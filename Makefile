@@ -42,10 +42,10 @@ run: $(STAMP)
 	$(BIN)/pinfold --home "$(HOME_DIR)" daemon
 
 ## make test: the default suite (everything but tests marked slow)
-test: $(STAMP) $(REPORT_STAMP) node-deps deploy-tools
+test: $(STAMP) $(REPORT_STAMP) node-deps deploy-tools browser-deps
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
-test-all: $(STAMP) $(REPORT_STAMP) node-deps deploy-tools
+test-all: $(STAMP) $(REPORT_STAMP) node-deps deploy-tools browser-deps
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP) node-deps
@@ -64,6 +64,20 @@ sizes:
 
 clean:
 	rm -rf $(VENV) tests/interop/node_modules .pytest_cache
+
+## make browser-deps: curl and Debian's Chromium for the gateway tests (tests/gateway/). As root
+## with apt it installs whichever is missing; elsewhere it says so and those tests skip.
+.PHONY: browser-deps
+browser-deps:
+	@if command -v curl >/dev/null 2>&1 && { command -v chromium >/dev/null 2>&1 \
+		|| command -v chromium-browser >/dev/null 2>&1; }; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			--no-install-recommends curl chromium >/dev/null; \
+	else \
+		echo "browser-deps: curl or chromium missing (apt-get install curl chromium);" \
+			"the gateway's curl and browser tests skip"; \
+	fi
 
 # ---------------------------------------------------------------- operations (deploy/)
 .PHONY: deploy-tools lint-deploy

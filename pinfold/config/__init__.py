@@ -7,6 +7,7 @@ from pinfold.config.schema import (
     BlockstoreConfig,
     ClusterConfig,
     Config,
+    GatewayConfig,
     ImportConfig,
     LogConfig,
     MetricsConfig,
@@ -17,6 +18,6 @@ from pinfold.config.schema import (
 
 __all__ = [
     "BitswapConfig", "BlockstoreConfig", "ClusterConfig", "Config", "ConfigError",
-    "ImportConfig", "LogConfig", "MetricsConfig", "NodeConfig", "ReplicationConfig",
-    "RpcConfig", "from_mapping", "load", "render", "replace",
+    "GatewayConfig", "ImportConfig", "LogConfig", "MetricsConfig", "NodeConfig",
+    "ReplicationConfig", "RpcConfig", "from_mapping", "load", "render", "replace",
 ]

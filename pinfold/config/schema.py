@@ -11,6 +11,7 @@ Validation happens in ``__post_init__`` of each section and in
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -96,6 +97,61 @@ class MetricsConfig:
             _check("metrics", "listen", bool(sep and host and port.isdigit()
                                                and 0 <= int(port) < 65536),
                    "must be HOST:PORT or \"\"", self.listen)
+
+
+def split_host_port(text: str) -> tuple[str, int] | None:
+    """``("127.0.0.1", 8080)`` from ``"127.0.0.1:8080"`` or ``"[::1]:8080"``; ``None`` if malformed."""
+    host, sep, port = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not (sep and host and port.isdigit() and 0 <= int(port) < 65536):
+        return None
+    return host, int(port)
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for ``localhost`` and loopback IP addresses (127.0.0.0/8, ::1)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GatewayConfig:
+    """The read-only HTTP gateway (ipfs/specs path and trustless gateways)."""
+
+    listen: str = _f("127.0.0.1:8080", "host:port of the HTTP gateway (Kubo's default); "
+                     "\"\" turns it off; port 0 picks a free port (see `pinfold id`)")
+    allow_public: bool = _f(
+        False, "allow a listen address that is not loopback (the gateway then serves "
+        "anyone who can reach it, and fetches from peers for them)")
+    timeout_s: float = _f(60.0, "a block not retrieved (locally or from peers) by then ends "
+                          "the request with 504 Gateway Timeout")
+    max_requests: int = _f(64, "requests served at once; more get 503 with Retry-After")
+    max_header_bytes: int = _f(16384, "request line + headers at most (h11's default); "
+                               "larger gets 431")
+    idle_timeout_s: float = _f(60.0, "a client that sends no request, or reads none of the "
+                               "response, for this long is disconnected")
+
+    def __post_init__(self) -> None:
+        if self.listen:
+            hp = split_host_port(self.listen)
+            _check("gateway", "listen", hp is not None, "must be HOST:PORT or \"\"",
+                   self.listen)
+            assert hp is not None
+            _check("gateway", "listen", self.allow_public or is_loopback_host(hp[0]),
+                   "is not a loopback address; set gateway.allow_public = true to serve "
+                   "the network", self.listen)
+        _check("gateway", "timeout_s", self.timeout_s > 0, "must be > 0", self.timeout_s)
+        _check("gateway", "max_requests", self.max_requests >= 1, "must be >= 1",
+               self.max_requests)
+        _check("gateway", "max_header_bytes", 1024 <= self.max_header_bytes <= 1024 * 1024,
+               "must be in 1024..1048576", self.max_header_bytes)
+        _check("gateway", "idle_timeout_s", self.idle_timeout_s > 0, "must be > 0",
+               self.idle_timeout_s)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -242,6 +298,7 @@ class Config:
     node: NodeConfig = field(default_factory=NodeConfig)
     rpc: RpcConfig = field(default_factory=RpcConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    gateway: GatewayConfig = field(default_factory=GatewayConfig)
     blockstore: BlockstoreConfig = field(default_factory=BlockstoreConfig)
     import_: ImportConfig = field(default_factory=ImportConfig, metadata={"toml": "import"})
     bitswap: BitswapConfig = field(default_factory=BitswapConfig)

@@ -62,6 +62,15 @@ class Metrics:
         self.add_bytes = Counter("pinfold_add_bytes", "File bytes imported by add", registry=r)
         self.cat_bytes = Counter("pinfold_cat_bytes", "File bytes served by cat and get",
                                  registry=r)
+        self.gateway_requests = Counter(
+            "pinfold_gateway_requests", "Gateway HTTP requests answered, by route (file, "
+            "directory, index, raw, car, redirect, options, error, overload) and status",
+            ["route", "status"], registry=r)
+        self.gateway_bytes = Counter("pinfold_gateway_bytes",
+                                     "Response body bytes sent by the gateway", registry=r)
+        self.gateway_ttfb = Histogram(
+            "pinfold_gateway_time_to_first_byte_seconds", "Gateway: from the request read "
+            "to the first response byte sent", buckets=RPC_BUCKETS, registry=r)
         self.gc_runs = Counter("pinfold_gc_runs", "Garbage collection passes", registry=r)
         self.gc_freed_bytes = Counter("pinfold_gc_freed_bytes", "Bytes freed by GC", registry=r)
         self.gc_freed_blocks = Counter("pinfold_gc_freed_blocks", "Blocks freed by GC",
@@ -74,6 +83,15 @@ class Metrics:
     def add_source(self, source: Source) -> None:
         """Register ``source()``, called at each scrape, yielding metric families."""
         self._sources.sources.append(source)
+
+    def gateway_done(self, route: str, status: int, nbytes: int, ttfb_s: float | None) -> None:
+        """Record one gateway request: its route label, status, body bytes sent and
+        seconds to the first byte (``None``: nothing was sent)."""
+        self.gateway_requests.labels(route, str(status)).inc()
+        if nbytes:
+            self.gateway_bytes.inc(nbytes)
+        if ttfb_s is not None:
+            self.gateway_ttfb.observe(ttfb_s)
 
     def rpc_done(self, method: str, outcome: str, seconds: float) -> None:
         """Record one finished RPC request (``outcome`` is "ok" or an error code)."""

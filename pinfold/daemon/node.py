@@ -45,6 +45,7 @@ from pinfold.daemon.cluster import Cluster, ClusterPin, replication_metric_famil
 from pinfold.daemon.cluster_pins import NodePins
 from pinfold.daemon.cluster_rpc import cluster_handlers, standalone_handlers
 from pinfold.daemon.errors import InvalidArgument
+from pinfold.daemon.gateway import Gateway
 from pinfold.daemon.home import Home, HomeError, StoreRecord, resolve_home
 from pinfold.daemon.metrics import Metrics, counter, store_metric_families
 from pinfold.daemon.network import Network
@@ -106,6 +107,8 @@ class Node:
         self.network: Network | None = None
         # The replication manager and its transport when cluster.name is set.
         self.cluster: Cluster | None = None
+        # The HTTP gateway when gateway.listen is set; set by ``run``.
+        self.gateway: Gateway | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -185,12 +188,17 @@ class Node:
                     # The socket is this daemon's other listen address: name its key.
                     raise RpcServerError(exc.code, f"rpc.socket: {exc} (set rpc.socket in "
                                          f"{self.home.config_path})") from exc
+                if self.config.gateway.listen:
+                    self.gateway = Gateway(self.config.gateway, self,
+                                           on_request_done=self.metrics.gateway_done)
+                    await nursery.start(self.gateway.run)
                 if bs.gc_interval_s > 0:
                     nursery.start_soon(self._gc_loop, bs.gc_interval_s)
                 nursery.start_soon(self._watch_store, STORE_CHECK_INTERVAL_S)
-                log.info("pinfold %s ready: peer %s, socket %s, metrics %s", VERSION,
-                         self.peer_id, self.socket_path,
-                         "%s:%d" % self.metrics_address if self.metrics_address else "off")
+                log.info("pinfold %s ready: peer %s, socket %s, metrics %s, gateway %s",
+                         VERSION, self.peer_id, self.socket_path,
+                         "%s:%d" % self.metrics_address if self.metrics_address else "off",
+                         self.gateway.url if self.gateway else "off")
                 task_status.started()
                 await self._stop.wait()
                 log.info("stopping")
@@ -319,7 +327,8 @@ class Node:
     def identity_info(self) -> dict[str, Any]:
         metrics = "%s:%d" % self.metrics_address if self.metrics_address else ""
         return {"peer_id": self.peer_id, "addresses": list(self.addresses), "version": VERSION,
-                "metrics": metrics, "socket": str(self.socket_path)}
+                "metrics": metrics, "socket": str(self.socket_path),
+                "gateway": self.gateway.url if self.gateway else ""}
 
     def _register_metrics(self) -> None:
         store = self.store

@@ -55,7 +55,7 @@ def test_home_without_config_says_so_and_init_writes_it_keeping_the_key(
     assert "config.toml is missing" in err and f"pinfold --home {d.home} init" in err, err
 
     out = cli_json(d.home, "init", "--listen", "/ip4/127.0.0.1/tcp/0", "--metrics",
-                   "127.0.0.1:0")
+                   "127.0.0.1:0", "--gateway", "127.0.0.1:0")
     assert out["created"] == ["config.toml"]
     assert (d.home / "identity.key").read_bytes() == key
     with d, d.client() as c:

@@ -434,7 +434,8 @@ async def test_node_probes_pass_on_a_healthy_node_and_fail_on_a_hung_store(
     from pinfold.daemon.node import Node
     from pinfold.daemon.service import node_probes
 
-    config = replace(Config(), node={"listen": ["/ip4/127.0.0.1/tcp/0"]}, metrics={"listen": ""})
+    config = replace(Config(), node={"listen": ["/ip4/127.0.0.1/tcp/0"]}, metrics={"listen": ""},
+                     gateway={"listen": ""})
     home = await trio.to_thread.run_sync(init_home, tmp_path / "h", config)
     node = Node(home, home.load_config())
     async with trio.open_nursery() as nursery:

@@ -189,7 +189,8 @@ def test_pinfold_daemon_refuses_serve_cluster_on_a_standalone_node(tmp_path) -> 
     from tests.support.daemon import run_cli
 
     home = tmp_path / "standalone"
-    run_cli(home, "init", "--listen", "/ip4/127.0.0.1/tcp/0", "--metrics", "")
+    run_cli(home, "init", "--listen", "/ip4/127.0.0.1/tcp/0", "--metrics", "",
+            "--gateway", "")
     cfg = home / "config.toml"
     text = cfg.read_text()
     assert '# serve = "all"' in text

@@ -87,7 +87,7 @@ class DaemonProcess:
         if self._initialised:
             return
         run_cli(self.home, "init", "--listen", "/ip4/127.0.0.1/tcp/0", "--metrics",
-                "127.0.0.1:0")
+                "127.0.0.1:0", "--gateway", "127.0.0.1:0")
         if self.extra_config:
             # Merge the extra TOML into the config `init` wrote (appending would
             # declare its tables twice).

@@ -490,7 +490,8 @@ class _Node(DaemonProcess):
         if self.peer_id:
             return
         out = run_cli(self.home, "--json", "init", "--listen",
-                      f"/ip4/127.0.0.1/tcp/{self.port}", "--metrics", "")
+                      f"/ip4/127.0.0.1/tcp/{self.port}", "--metrics", "",
+                      "--gateway", "")
         self.peer_id = json.loads(out.stdout)["peer_id"]
 
     @property
@@ -546,7 +547,7 @@ class _Churn:
                 "node": {"listen": [f"/ip4/127.0.0.1/tcp/{n.port}"],
                          "bootstrap": [self.gateway.multiaddr],
                          "reconnect_max_backoff_s": 1.0},
-                "metrics": {"listen": ""}}
+                "metrics": {"listen": ""}, "gateway": {"listen": ""}}
             if prm.mode == "cluster":
                 sections["node"]["bootstrap"] += [m.multiaddr for j, m in enumerate(self.nodes)
                                                   if j != i]
@@ -561,7 +562,7 @@ class _Churn:
             load(self.gateway.home / "config.toml"),
             node={"listen": [f"/ip4/127.0.0.1/tcp/{self.gateway.port}"],
                   "bootstrap": [n.multiaddr for n in self.nodes], "reconnect_max_backoff_s": 1.0},
-            metrics={"listen": ""}, bitswap={"fetch_timeout_s": prm.fetch_timeout_s})))
+            metrics={"listen": ""}, gateway={"listen": ""}, bitswap={"fetch_timeout_s": prm.fetch_timeout_s})))
 
     def start_all(self, timeout: float = 90.0) -> None:
         everyone = [*self.nodes, self.gateway]

@@ -19,6 +19,7 @@ SECTIONS = [
     ("replication: repair and scale (issue 4)", "tools.bench.replication_bench"),
     ("channel: raw Noise+Yamux stream, stock vs fast (issue 14)", "tools.bench.channel_bench"),
     ("fsspec: random 4 KiB reads through pinfold:// (issue 15)", "tools.bench.fsspec_bench"),
+    ("gateway: HTTP GET and CAR vs the CLI (issue 15)", "tools.bench.gateway_bench"),
 ]
 
 

@@ -187,6 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
             "(on an existing home, only the one that is missing)")
     p.add_argument("--listen", action="append", metavar="MULTIADDR", help="libp2p listen address")
     p.add_argument("--metrics", metavar="ADDR", help='metrics HOST:PORT ("" = off)')
+    p.add_argument("--gateway", metavar="ADDR",
+                   help='HTTP gateway HOST:PORT ("" = off, port 0 = any free port)')
     p.add_argument("--cluster", metavar="NAME", help="cluster name")
     p.add_argument("--bootstrap", action="append", metavar="MULTIADDR", help="peer to dial")
 

@@ -29,6 +29,8 @@ def init(args: argparse.Namespace, out: Output) -> int:
         changes.setdefault("node", {})["bootstrap"] = list(args.bootstrap)
     if args.metrics is not None:
         changes["metrics"] = {"listen": args.metrics}
+    if args.gateway is not None:
+        changes["gateway"] = {"listen": args.gateway}
     if args.cluster is not None:
         changes["cluster"] = {"name": args.cluster}
     if changes:
@@ -37,7 +39,7 @@ def init(args: argparse.Namespace, out: Output) -> int:
     missing = Home(root=root).missing_parts()
     if changes and "config.toml" not in missing and missing:
         raise UsageError(f"{root / 'config.toml'} exists and is kept: edit it instead of "
-                         "passing --listen/--metrics/--cluster/--bootstrap")
+                         "passing --listen/--metrics/--gateway/--cluster/--bootstrap")
     home = init_home(root, cfg)
     peer_id = peer_id_of(load_identity(home.identity_path)).to_base58()
     if len(missing) == 2:
@@ -62,7 +64,8 @@ def node_id(c, args: argparse.Namespace, out: Output) -> int:
     info = c.id()
     out.doc(info, "\n".join([f"peer_id: {info['peer_id']}", "addresses:",
                              *(f"  {a}" for a in info.get("addresses", [])),
-                             f"version: {info.get('version', '')}"]))
+                             f"version: {info.get('version', '')}",
+                             f"gateway: {info.get('gateway') or 'off'}"]))
     return 0
 
 

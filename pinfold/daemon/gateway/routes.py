@@ -1,0 +1,134 @@
+"""Which response a request gets: the method check (read-only), ``/ipfs/{cid}[/path]``
+parsed (``unixfs.paths.parse_url_path``), the format negotiated (``?format=``
+over ``Accept``, trustless-gateway spec "format"), then a trustless response
+(``trustless.py``) or a deserialized one (``files.py``); ``If-None-Match``
+answered with 304. Every failure is an ``HttpError`` with a short message.
+"""
+
+from __future__ import annotations
+
+from pinfold.blockstore.unixfs.paths import InvalidPath, parse_url_path
+
+from pinfold.daemon.gateway.content import BlockReader, ContentSource, walk_path
+from pinfold.daemon.gateway.files import directory_response, file_response
+from pinfold.daemon.gateway.http import IMMUTABLE, HttpError, Request, Response
+from pinfold.daemon.gateway.trustless import (
+    CAR_TYPE,
+    RAW_TYPE,
+    car_params,
+    car_response,
+    raw_response,
+)
+
+ALLOW = "GET, HEAD, OPTIONS"
+_FORMATS = {"raw": RAW_TYPE, "car": CAR_TYPE}
+
+
+def negotiate(req: Request) -> str | None:
+    """The trustless type asked for (``RAW_TYPE``/``CAR_TYPE``) or ``None`` (deserialized).
+
+    Raises:
+        HttpError: 400 for a ``format`` this gateway does not produce.
+    """
+    fmt = req.query.get("format")
+    if fmt is not None:
+        if fmt not in _FORMATS:
+            raise HttpError(400, f"format={fmt!r} is not supported; use raw or car "
+                            "(or no format for the file itself)")
+        return _FORMATS[fmt]
+    accept = req.header("accept").lower()
+    for kind in (RAW_TYPE, CAR_TYPE):
+        if kind in accept:
+            return kind
+    return None
+
+
+def _etag_matches(req: Request, etag: str) -> bool:
+    wanted = req.header("if-none-match")
+    if not wanted:
+        return False
+    tags = {t.strip().removeprefix("W/") for t in wanted.split(",")}
+    return "*" in tags or etag.removeprefix("W/") in tags
+
+
+class Router:
+    """Turns a ``Request`` into a ``Response`` over a ``ContentSource``.
+
+    Args:
+        source: the node's blocks (local, else fetched from peers, unpinned).
+        timeout_s: most seconds one block may take (``gateway.timeout_s``); then 504.
+    """
+
+    def __init__(self, source: ContentSource, *, timeout_s: float) -> None:
+        self.source = source
+        self.timeout_s = timeout_s
+
+    async def route(self, req: Request) -> Response:
+        """The response to ``req`` (its body is streamed later by the server).
+
+        Raises:
+            HttpError: 400 (bad CID or path, unsupported format), 404 (no such
+                path), 405 (a method other than GET, HEAD, OPTIONS), 412
+                (``only-if-cached`` and the root block is not local), 416, 501
+                (``/ipns/``), 502, 504.
+        """
+        if req.method == "OPTIONS":
+            return Response(status=204, route="options", headers=(
+                ("Allow", ALLOW), ("Access-Control-Allow-Origin", "*"),
+                ("Access-Control-Allow-Methods", ALLOW),
+                ("Access-Control-Allow-Headers", "Range, Accept, If-None-Match")))
+        if req.method not in ("GET", "HEAD"):
+            raise HttpError(405, f"{req.method} is not allowed: the gateway is read-only "
+                            f"({ALLOW})", (("Allow", ALLOW),))
+        if req.path.startswith("/ipns/"):
+            raise HttpError(501, "IPNS names are not served by this gateway; use /ipfs/{cid}")
+        if not req.path.startswith("/ipfs/") or req.path.rstrip("/") == "/ipfs":
+            raise HttpError(404, f"{req.path!r}: no such resource; request /ipfs/{{cid}}[/path]")
+        if req.header("service-worker") == "script":
+            raise HttpError(400, "service worker registration is not allowed on /ipfs/ paths")
+        try:
+            path = parse_url_path(req.path)
+        except InvalidPath as exc:
+            raise HttpError(400, str(exc)) from None
+        except ValueError:
+            raise HttpError(400, f"{req.path!r}: a path segment is not valid UTF-8") from None
+        kind = negotiate(req)
+        dups = car_params(req.header("accept"), req.query) if kind == CAR_TYPE else False
+        if "only-if-cached" in req.header("cache-control") and not self.source.has_block(
+                path.root):
+            raise HttpError(412, f"{path.root} is not in this node's store (only-if-cached)")
+        reader = BlockReader(self.source, self.timeout_s)
+        walked = await walk_path(reader, path)
+        if kind == RAW_TYPE:
+            resp = await raw_response(reader, walked)
+        elif kind == CAR_TYPE:
+            resp = car_response(reader, walked, req.query, dups=dups,
+                                prefetcher=self.source.prefetcher)
+        else:
+            resp = await self._deserialized(reader, req, walked)
+        etag = dict(resp.headers).get("ETag")
+        if etag and resp.status in (200, 206) and _etag_matches(req, etag):
+            keep = {"ETag", "Cache-Control", "X-Ipfs-Path", "X-Ipfs-Roots", "Vary"}
+            return Response(status=304, route=resp.route,
+                            headers=tuple((k, v) for k, v in resp.headers if k in keep))
+        return resp
+
+    async def _deserialized(self, reader: BlockReader, req: Request, walked) -> Response:
+        target = walked.target
+        if target.kind == "dir":
+            return await directory_response(reader, self.source.prefetcher, req, walked)
+        if target.kind == "file":
+            if req.path.endswith("/"):
+                # A file named with a trailing slash: answered at the slash-less URL.
+                location = req.path.rstrip("/") + (
+                    f"?{req.query_string}" if req.query_string else "")
+                return Response(status=301, route="redirect", headers=(
+                    ("Location", location), ("Cache-Control", IMMUTABLE)))
+            name = walked.path.segments[-1] if walked.path.segments else None
+            return await file_response(reader, self.source.prefetcher, req, walked,
+                                       target.cid, target.size or 0, name)
+        if target.kind == "symlink":
+            raise HttpError(501, f"{walked.path.ipfs_path} is a symlink; the gateway does not "
+                            "follow symlinks (use format=raw or format=car)")
+        raise HttpError(406, f"{walked.path.ipfs_path} is {target.cid.codec.name}, not UnixFS: "
+                        "ask for it with format=raw or format=car")
