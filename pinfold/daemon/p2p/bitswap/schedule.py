@@ -97,6 +97,7 @@ class _Peer:
     acc_s: float = 0.0
     acc_blocks: int = 0
     block_s: float | None = None
+    block_n: int = 0  # window samples taken
     rtt_s: float | None = None
     latency_s: float | None = None
     samples: int = 0
@@ -276,13 +277,15 @@ class HolderScheduler:
         st.samples += 1
         if now > st.mark:
             if st.acc_s >= SAMPLE_S and st.acc_blocks:
-                st.block_s = _ewma(st.block_s, st.acc_s / st.acc_blocks, _BLOCK_ALPHA)
+                sample = st.acc_s / st.acc_blocks
+                st.block_s = sample if not st.block_n else _ewma(st.block_s, sample, _BLOCK_ALPHA)
+                st.block_n += 1
                 st.acc_s, st.acc_blocks = 0.0, 0
             st.acc_s += now - st.mark
             st.mark = now
         st.acc_blocks += 1
-        if st.block_s is None and st.acc_s >= SAMPLE_S:
-            st.block_s = st.acc_s / st.acc_blocks  # a first guess: ranks the peer at once
+        if not st.block_n and st.acc_s > 0:
+            st.block_s = st.acc_s / st.acc_blocks  # a running first guess: ranks the peer at once
         if st.block_s is not None:
             rtt = max(0.0, latency - (rec.ahead + 1) * st.block_s)
             st.rtt_s = _ewma(st.rtt_s, rtt, _LATENCY_ALPHA)
