@@ -322,7 +322,8 @@ class WantRouter:
 
     def _drain_queue(self, now: float, sends: Sends) -> None:
         """Give queued wants to peers with free slots, oldest first; stop at the
-        first one no holder takes now (the rest share its holders, mostly)."""
+        first one no holder takes now (the rest share its holders, mostly), so
+        a block's arrival costs one routing decision, not one per queued want."""
         if self._late:
             self._reask_late(now, sends)  # late wants take freed slots first
         queue = self._queue
@@ -333,8 +334,10 @@ class WantRouter:
                 continue
             w.queued = False
             self._schedule(w, now, sends)
-            if w.queued:
-                break  # put back at the end: it waits for a slot
+            if w.queued:  # no holder takes it now: back to the front, to wait for a slot
+                queue.pop()
+                queue.appendleft(key)
+                break
 
     def _drop(self, w: WantRecord, cancels: Sends) -> None:
         self._wants.pop(w.key, None)
