@@ -43,6 +43,7 @@ from pinfold.blockstore.cid import CID, SHA2_256, cid_key
 from pinfold.blockstore.errors import BlockNotFound
 from pinfold.blockstore.store import BlockStore
 
+from pinfold.daemon.p2p.bitswap.client_types import SendWants, WantFailed
 from pinfold.daemon.p2p.bitswap.config import BitswapHost, ExchangeConfig, PutMany, ServeFilter
 from pinfold.daemon.p2p.bitswap.errors import BitswapNotRunning, RemoteProtocolError
 from pinfold.daemon.p2p.bitswap.fetch import Fetches
@@ -58,9 +59,8 @@ from pinfold.daemon.p2p.bitswap.message import (
 )
 from pinfold.daemon.p2p.bitswap.outbound import Envelope, Outbound, Outbox
 from pinfold.daemon.p2p.bitswap.server import LedgerStat, ServerEngine
-from pinfold.daemon.p2p.bitswap.stats import BitswapStats, FetchStats, LatencyHistogram
-from pinfold.daemon.p2p.bitswap.client_types import SendWants, WantFailed
 from pinfold.daemon.p2p.bitswap.schedule import PeerPerf
+from pinfold.daemon.p2p.bitswap.stats import BitswapStats, FetchStats, LatencyHistogram
 from pinfold.daemon.p2p.bitswap.wants import WantManager
 
 __all__ = ["Bitswap"]
