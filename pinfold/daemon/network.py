@@ -243,6 +243,13 @@ class Network:
                       bs.peers_cut_off)
         yield counter("pinfold_bitswap_wantlist_resends", "Full wantlists sent again to a "
                       "peer after a stream to or from it broke", bs.wantlist_resends)
+        yield counter_by("pinfold_bitswap_wantlist_rebroadcasts", "Messages sending open wants "
+                         "again: on the rebroadcast timer, or to a newly connected peer",
+                         "reason", dict(bs.wantlist_rebroadcasts))
+        yield counter("pinfold_bitswap_late_reasks", "Want-blocks sent to another peer because "
+                      "the first was (or would be) late", bs.late_reasks)
+        yield counter("pinfold_bitswap_wants_moved", "Want-blocks moved off a peer that "
+                      "disconnected, went silent or answered DONT_HAVE", bs.wants_moved)
         buckets = [(b, c) for b, c in bs.fetch_latency_buckets]
         buckets.append((float("inf"), bs.fetch_latency_count))
         yield histogram("pinfold_bitswap_fetch_duration_seconds",

@@ -112,13 +112,22 @@ def env_flag(name: str) -> bool:
 
 
 class Peer:
-    """A raw libp2p host with its own Bitswap (dict store) in this process."""
+    """A raw libp2p host with its own Bitswap (dict store) in this process;
+    ``scope.cancel()`` stops it (its connections close) while others run on."""
 
-    def __init__(self) -> None:
+    def __init__(self, config: ExchangeConfig | None = None) -> None:
         self.host = new_host()
         self.store = DictStore()
-        self.bitswap = Bitswap(self.host, self.store, self.store.put_many)
+        self.bitswap = Bitswap(self.host, self.store, self.store.put_many, config=config)
         self.scope = trio.CancelScope()
+
+    @property
+    def peer_id(self):
+        return self.host.peer_id
+
+    @property
+    def addr(self) -> str:
+        return self.host.addrs()[0]
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         with self.scope:

@@ -1,13 +1,16 @@
 """pinfold's Bitswap 1.2.0 (answering 1.1.0 and 1.0.0).
 
-Layers (STYLE.md 1): ``message`` (wire codec); ``server``, ``wants`` and
-``ledger`` (sans-IO decision cores); ``config`` and ``stats`` (the exchange's
+Layers (STYLE.md 1): ``message`` (wire codec); ``server``, ``wants`` (with
+its vocabulary ``client_types``), ``schedule`` and ``ledger`` (sans-IO
+decision cores); ``config`` and ``stats`` (the exchange's
 settings and counters); ``exchange`` (the trio driver) with its parts
 ``outbound`` (our stream to each peer), ``inbound`` (theirs to us) and
 ``fetch`` (fetch sessions).
 """
 
-from pinfold.daemon.p2p.bitswap.wants import ClientConfig, WantManager
+from pinfold.daemon.p2p.bitswap.client_types import ClientConfig
+from pinfold.daemon.p2p.bitswap.schedule import HolderScheduler, PeerPerf
+from pinfold.daemon.p2p.bitswap.wants import WantManager
 from pinfold.daemon.p2p.bitswap.errors import (
     BitswapError,
     BitswapNotRunning,
@@ -39,9 +42,11 @@ __all__ = [
     "FetchStats",
     "BlockUnavailable",
     "FetchTimeout",
+    "HolderScheduler",
     "LedgerStat",
     "MalformedMessage",
     "MessageTooLarge",
+    "PeerPerf",
     "RemoteProtocolError",
     "ServerConfig",
     "ServerEngine",

@@ -4,7 +4,7 @@
 from the config file's ``[bitswap]`` table, ``pinfold.config.BitswapConfig``);
 ``BitswapHost``, ``PutMany`` and ``ServeFilter`` say what the exchange needs
 from the host, the block writer and the node's serve policy. Imports the
-cores' configs (``server``, ``wants``) and the libp2p types it names.
+cores' configs (``server``, ``client_types``) and the libp2p types it names.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from libp2p.peer.id import ID
 from pinfold.blockstore.cid import CID
 
 from pinfold.daemon.p2p.bitswap.server import ServerConfig
-from pinfold.daemon.p2p.bitswap.wants import ClientConfig
+from pinfold.daemon.p2p.bitswap.client_types import ClientConfig
 
 __all__ = ["BitswapHost", "ExchangeConfig", "PutMany", "ServeFilter"]
 
@@ -73,6 +73,14 @@ class ExchangeConfig:
         inbound_queue_messages: decoded messages per inbound stream waiting to
             be processed while the stream is read further (memory bound:
             4 MiB each).
+        rebroadcast_interval_s: every this many seconds, wants asked of a peer
+            at least that long ago and still open are sent to it again (boxo's
+            message queue rebroadcasts every 30 s): a lost message does not
+            leave a want waiting for ever, and a peer that said DONT_HAVE is
+            asked again (a cluster holder may have the block by then).
+        reply_delay_s: test hook, 0 in production: the server waits this long
+            before each reply message (blocks and presences) it queues, to
+            play a slow holder.
     """
 
     server: ServerConfig = field(default_factory=ServerConfig)
@@ -89,13 +97,18 @@ class ExchangeConfig:
     read_chunk_bytes: int = 1024 * 1024
     hash_in_thread_bytes: int = 256 * 1024
     inbound_queue_messages: int = 4  # up to 16 MiB decoded and waiting per stream
+    rebroadcast_interval_s: float = 30.0  # boxo's defaultRebroadcastInterval
+    reply_delay_s: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("default_timeout_s", "idle_stream_close_s", "stream_open_timeout_s",
-                     "write_timeout_s", "tick_interval_s", "unusable_retry_s"):
+                     "write_timeout_s", "tick_interval_s", "unusable_retry_s",
+                     "rebroadcast_interval_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"bitswap.{name}: must be > 0, got {getattr(self, name)}")
         if self.session_window < 1:
             raise ValueError(f"bitswap.session_window: must be >= 1, got {self.session_window}")
         if self.max_bad_blocks < 0:
             raise ValueError("bitswap.max_bad_blocks: must be >= 0")
+        if self.reply_delay_s < 0:
+            raise ValueError(f"bitswap.reply_delay_s: must be >= 0, got {self.reply_delay_s}")

@@ -43,6 +43,7 @@ from pinfold.blockstore.cid import CID, SHA2_256, cid_key
 from pinfold.blockstore.errors import BlockNotFound
 from pinfold.blockstore.store import BlockStore
 
+from pinfold.daemon.p2p.bitswap.client_types import SendWants, WantFailed
 from pinfold.daemon.p2p.bitswap.config import BitswapHost, ExchangeConfig, PutMany, ServeFilter
 from pinfold.daemon.p2p.bitswap.errors import BitswapNotRunning, RemoteProtocolError
 from pinfold.daemon.p2p.bitswap.fetch import Fetches
@@ -58,8 +59,9 @@ from pinfold.daemon.p2p.bitswap.message import (
 )
 from pinfold.daemon.p2p.bitswap.outbound import Envelope, Outbound, Outbox
 from pinfold.daemon.p2p.bitswap.server import LedgerStat, ServerEngine
+from pinfold.daemon.p2p.bitswap.schedule import PeerPerf
 from pinfold.daemon.p2p.bitswap.stats import BitswapStats, FetchStats, LatencyHistogram
-from pinfold.daemon.p2p.bitswap.wants import SendWants, WantFailed, WantManager
+from pinfold.daemon.p2p.bitswap.wants import WantManager
 
 __all__ = ["Bitswap"]
 
@@ -138,6 +140,7 @@ class Bitswap:
                 nursery.start_soon(self._peer_events, events)
                 nursery.start_soon(self._server_loop)
                 nursery.start_soon(self._ticker)
+                nursery.start_soon(self._rebroadcaster)
                 task_status.started()
                 await trio.sleep_forever()
         finally:
@@ -266,10 +269,21 @@ class Bitswap:
             peers_cut_off=self._c["peers_cut_off"],
             refused_wants=self._c["refused_wants"],
             wantlist_resends=self._c["wantlist_resends"],
+            wantlist_rebroadcasts=MappingProxyType({
+                "timer": self._wants.counters["rebroadcasts_timer"],
+                "connect": self._wants.counters["rebroadcasts_connect"],
+            }),
+            late_reasks=self._wants.counters["late_reasks"],
+            wants_moved=self._wants.counters["wants_moved"],
             fetch_latency_buckets=self._latency.cumulative(),
             fetch_latency_sum_s=self._latency.sum_s,
             fetch_latency_count=self._latency.count,
         )
+
+    def peer_perf(self) -> list[PeerPerf]:
+        """What the holder scheduler measured of each peer we exchange with
+        (blocks in flight, time per block, latency, late wants)."""
+        return self._wants.perf()
 
     def ledgers(self) -> list[LedgerStat]:
         """Per-peer ledgers (wantlist size, queued and sent/received bytes)."""
@@ -428,6 +442,8 @@ class Bitswap:
                     presences.append(BlockPresence(cid=cid, type=PresenceType.DONT_HAVE))
                     continue
                 blocks.append(Block(prefix=CidPrefix.of(cid), data=data))
+            if self.config.reply_delay_s:
+                await trio.sleep(self.config.reply_delay_s)  # test hook: a slow holder
             box.add_env(Envelope(blocks=blocks, presences=presences,
                                  block_bytes=env.block_bytes, nblocks=len(blocks)))
             await trio.lowlevel.checkpoint()
@@ -516,7 +532,7 @@ class Bitswap:
         now = trio.current_time()
         for cid, data in accepted:
             key = cid_key(cid)
-            res = self._wants.on_block(peer, key, now)
+            res = self._wants.on_block(peer, key, now, len(data))
             self._ledger.received(key)
             if res is None:  # fetched meanwhile through another peer
                 self._c["duplicate_blocks"] += 1
@@ -537,3 +553,11 @@ class Bitswap:
             now = trio.current_time()
             self._apply(self._wants.tick(now))
             self._ledger.expire(now)
+
+    async def _rebroadcaster(self) -> None:
+        """Every ``rebroadcast_interval_s``, send each peer again the wants asked
+        of it that long ago and still open (boxo's message queue does likewise)."""
+        interval = self.config.rebroadcast_interval_s
+        while True:
+            await trio.sleep(interval)
+            self._apply(self._wants.rebroadcast(trio.current_time(), interval))

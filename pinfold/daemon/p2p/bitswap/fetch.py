@@ -25,7 +25,8 @@ from pinfold.blockstore.store import BlockStore
 from pinfold.daemon.p2p.bitswap.config import ExchangeConfig
 from pinfold.daemon.p2p.bitswap.errors import BlockUnavailable, FetchTimeout
 from pinfold.daemon.p2p.bitswap.stats import FetchStats
-from pinfold.daemon.p2p.bitswap.wants import Action, WantFailed, WantManager
+from pinfold.daemon.p2p.bitswap.client_types import Action, WantFailed
+from pinfold.daemon.p2p.bitswap.wants import WantManager
 
 __all__ = ["FetchSession", "Fetches"]
 

@@ -39,6 +39,15 @@ class BitswapStats:
             refuses, dropped unanswered (``bitswap.serve = "cluster"``).
         wantlist_resends: full wantlists sent again to a peer after a stream to
             or from it broke (messages on it may have been lost).
+        wantlist_rebroadcasts: messages sending open wants again, by reason:
+            "timer" (every ``rebroadcast_interval_s``) and "connect" (to a
+            peer that just connected).
+        late_reasks: want-blocks sent to another peer while the first might
+            still answer: it was late, or would be (a holder far slower than
+            another with a free slot); by design only these make a block
+            arrive twice.
+        wants_moved: want-blocks moved off a peer that disconnected, went
+            silent or answered DONT_HAVE.
         fetch_latency_buckets: cumulative counts of want-to-block latencies per
             upper bound in seconds (Prometheus histogram buckets; +Inf = fetch_latency_count).
         fetch_latency_sum_s: sum of those latencies, seconds.
@@ -59,6 +68,9 @@ class BitswapStats:
     peers_cut_off: int
     refused_wants: int
     wantlist_resends: int
+    wantlist_rebroadcasts: MappingProxyType[str, int]
+    late_reasks: int
+    wants_moved: int
     fetch_latency_buckets: tuple[tuple[float, int], ...]
     fetch_latency_sum_s: float
     fetch_latency_count: int
