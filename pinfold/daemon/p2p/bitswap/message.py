@@ -40,6 +40,7 @@ are re-exported here.
 from __future__ import annotations
 
 import enum
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final
@@ -71,6 +72,7 @@ __all__ = [
     "encode_message",
     "encode_uvarint",
     "entry_size",
+    "fields_over",
     "frame",
 ]
 
@@ -153,6 +155,20 @@ class CidPrefix:
             mh_length=len(cid.raw_digest),
         )
 
+    def key_for_digest(self, digest: bytes) -> bytes:
+        """The store key (multihash bytes) of the CID with this prefix and raw
+        ``digest``, checked as ``cid_for_digest`` checks it, without building a
+        CID: the prefix is checked once, by building one CID per distinct prefix.
+
+        Raises:
+            MalformedMessage: as ``cid_for_digest``.
+        """
+        if len(digest) != self.mh_length:
+            raise MalformedMessage(
+                f"block prefix says a {self.mh_length}-byte digest, hash gives {len(digest)}"
+            )
+        return _checked_mh_header(self) + digest
+
     def cid_for_digest(self, digest: bytes) -> CID:
         """The CID with this prefix and raw ``digest``.
 
@@ -175,6 +191,14 @@ class CidPrefix:
             return CID("base32", 1, self.codec, mh)
         except Exception as exc:
             raise MalformedMessage(f"block prefix names no valid CID: {exc}") from exc
+
+
+@functools.lru_cache(maxsize=64)
+def _checked_mh_header(prefix: CidPrefix) -> bytes:
+    """``<code><length>`` of ``prefix``'s multihash, once ``prefix`` named a valid CID
+    (errors are not cached)."""
+    prefix.cid_for_digest(bytes(prefix.mh_length))
+    return encode_uvarint(prefix.mh_code) + encode_uvarint(prefix.mh_length)
 
 
 #: prefix of every CIDv0 block (Bitswap 1.0.0 sends blocks without prefixes)
@@ -543,6 +567,26 @@ def decode_message(data: bytes | bytearray | memoryview) -> Message:
         presences=tuple(presences),
         pending_bytes=pending,
     )
+
+
+def fields_over(data: bytes | bytearray | memoryview, limit: int) -> bool:
+    """Whether the message ``data`` has more than ``limit`` top-level fields (wants
+    come as one field, each block and presence as one): such a message takes long
+    enough to decode to be worth a worker thread. Reads at most ``limit`` + 1
+    field headers; a malformed message answers False (``decode_message`` says why).
+    """
+    buf = memoryview(data)
+    end = len(buf)
+    pos = 0
+    try:
+        for _ in range(limit + 1):
+            if pos >= end:
+                return False
+            key, pos = _read_varint(buf, pos, end)
+            pos = _skip(buf, pos, end, key & 7)
+    except MalformedMessage:
+        return False
+    return True
 
 
 def presences_for(cids: Iterable[CID], ptype: PresenceType) -> tuple[BlockPresence, ...]:
