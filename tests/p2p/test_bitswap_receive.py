@@ -18,8 +18,9 @@ from pinfold.daemon.p2p.bitswap.message import (
     FrameDecoder,
     Message,
     PresenceType,
+    WantEntry,
+    costly_to_decode,
     encode_message,
-    fields_over,
 )
 
 from tests.support.bitswap import DictStore, new_host, raw_blocks, running_nodes
@@ -101,16 +102,20 @@ def test_a_length_prefix_of_ten_bytes_is_malformed() -> None:
 # ------------------------------------------------------------------ decode decisions
 
 
-def test_block_messages_have_few_fields_and_big_wantlists_many() -> None:
-    blocks = raw_blocks(4, 1024)
+def test_block_messages_are_decoded_inline_and_big_wantlists_or_presence_lists_not() -> None:
+    blocks = raw_blocks(4, 256 * 1024)
     msg = encode_message(Message(blocks=tuple(Block(prefix=CidPrefix.of(c), data=d)
                                               for c, d in blocks)))
-    assert not fields_over(msg, 64)
+    assert not costly_to_decode(msg)
     presences = tuple(BlockPresence(cid=c, type=PresenceType.DONT_HAVE)
                       for c, _ in raw_blocks(65, 8))
-    assert fields_over(encode_message(Message(presences=presences)), 64)
-    assert not fields_over(encode_message(Message(presences=presences[:64])), 64)
-    assert not fields_over(b"\xff", 64)  # malformed: decode_message reports it
+    assert costly_to_decode(encode_message(Message(presences=presences)))
+    assert not costly_to_decode(encode_message(Message(presences=presences[:64])))
+    # one wantlist field: few fields, but many bytes of wants
+    wants = tuple(WantEntry(cid=c, priority=1) for c, _ in raw_blocks(3000, 8))
+    assert costly_to_decode(encode_message(Message(wantlist=wants)))
+    assert not costly_to_decode(encode_message(Message(wantlist=wants[:10])))
+    assert not costly_to_decode(b"\xff")  # malformed: decode_message reports it
 
 
 def test_the_key_made_from_a_digest_is_the_key_of_the_cid_built_from_it() -> None:

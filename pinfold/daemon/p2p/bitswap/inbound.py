@@ -5,8 +5,8 @@ overlap:
 
 1. the reader takes the stream's data as it was decrypted (``read_chunks``:
    no joining copy), splits it into messages (each body copied at most once)
-   and decodes them: block data stay views into the body. A message with
-   many fields (a big wantlist) is decoded in a worker thread;
+   and decodes them: block data stay views into the body. A message of many
+   fields or a big wantlist (``costly_to_decode``) is decoded in a worker thread;
 2. the processor hands each message to the exchange (``on_message``), which
    answers wants and presences and hashes the blocks (in a worker thread for
    a big message) and returns a ``StoreStep`` for the wanted ones;
@@ -37,7 +37,7 @@ from libp2p.peer.id import ID
 from pinfold.daemon.p2p.bitswap.config import ExchangeConfig
 from pinfold.daemon.p2p.bitswap.errors import RemoteProtocolError
 from pinfold.daemon.p2p.bitswap.framing import MAX_MESSAGE_SIZE, FrameDecoder
-from pinfold.daemon.p2p.bitswap.message import Message, decode_message, fields_over
+from pinfold.daemon.p2p.bitswap.message import Message, costly_to_decode, decode_message
 from pinfold.daemon.p2p.bitswap.outbound import ended_cleanly, reset_stream
 from pinfold.daemon.p2p.transport import read_chunks
 
@@ -52,9 +52,6 @@ hands them to the fetches that wanted them. Raises what the writer raises
 (``StoreFull``, ``StoreClosed``, ...; the reader logs it and the blocks stay
 wanted); cancelled before the writer took the request, nothing of it is stored."""
 
-#: messages with more top-level fields than this are decoded in a worker thread
-#: (a block message has a few; a 4 MiB wantlist or presence list ~100k)
-THREAD_DECODE_FIELDS = 64
 
 
 class InboundOwner(Protocol):
@@ -159,7 +156,7 @@ class InboundStreams:
                 for piece in pieces:
                     decoder.feed(piece)
                 while (body := decoder.next_frame()) is not None:
-                    if fields_over(body, THREAD_DECODE_FIELDS):
+                    if costly_to_decode(body):
                         # a message of many wants or presences (up to ~100k in 4 MiB) is
                         # decoded off the trio thread, so one peer cannot stall the daemon
                         msg = await trio.to_thread.run_sync(decode_message, body)

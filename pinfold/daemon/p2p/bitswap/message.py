@@ -71,8 +71,8 @@ __all__ = [
     "encode_framed",
     "encode_message",
     "encode_uvarint",
+    "costly_to_decode",
     "entry_size",
-    "fields_over",
     "frame",
 ]
 
@@ -569,21 +569,24 @@ def decode_message(data: bytes | bytearray | memoryview) -> Message:
     )
 
 
-def fields_over(data: bytes | bytearray | memoryview, limit: int) -> bool:
-    """Whether the message ``data`` has more than ``limit`` top-level fields (wants
-    come as one field, each block and presence as one): such a message takes long
-    enough to decode to be worth a worker thread. Reads at most ``limit`` + 1
-    field headers; a malformed message answers False (``decode_message`` says why).
-    """
+def costly_to_decode(data: bytes | bytearray | memoryview, *, max_fields: int = 64,
+                     max_other_bytes: int = 64 * 1024) -> bool:
+    """Whether decoding ``data`` is worth a worker thread: over ``max_fields`` top-level
+    fields (each block and presence is one) or ``max_other_bytes`` outside blocks (wants).
+    Reads at most ``max_fields`` + 1 field headers; malformed answers False."""
     buf = memoryview(data)
     end = len(buf)
-    pos = 0
+    pos = other = 0
     try:
-        for _ in range(limit + 1):
+        for _ in range(max_fields + 1):
             if pos >= end:
                 return False
-            key, pos = _read_varint(buf, pos, end)
-            pos = _skip(buf, pos, end, key & 7)
+            key, start = _read_varint(buf, pos, end)
+            pos = _skip(buf, start, end, key & 7)
+            if key >> 3 not in (2, 3):
+                other += pos - start
+                if other > max_other_bytes:
+                    return True
     except MalformedMessage:
         return False
     return True
