@@ -61,6 +61,12 @@ def encode_framed_body(body: bytes) -> bytes:
     return frame(body)
 
 
+def test_an_empty_message_alone_in_the_stream_is_an_empty_body() -> None:
+    dec = FrameDecoder()
+    dec.feed(b"\x00")
+    assert dec.next_frame() == b"" and dec.next_frame() is None and dec.buffered == 0
+
+
 def test_a_body_inside_one_fed_piece_is_a_view_of_it_not_a_copy() -> None:
     payload = b"\x01" * 1000
     piece = encode_framed_body(payload) + encode_framed_body(b"x")

@@ -95,6 +95,8 @@ class FrameDecoder:
         if self._have < need:
             return None
         self._need = -1
+        if not need:
+            return memoryview(b"")
         pieces = self._pieces
         head = pieces[0]
         if len(head) >= need:  # within one piece: a view, no copy
