@@ -31,19 +31,20 @@ GiB = 1024 * MiB
 _UNITS = {"": 1, "K": 1024, "M": MiB, "G": GiB}
 
 
-def bench_size(default: int = GiB) -> int:
-    """Bytes from ``BENCH_SIZE`` (``1G``, ``256M``, ``1048576``), else ``default``.
+def bench_size(default: int = GiB, var: str = "BENCH_SIZE") -> int:
+    """Bytes from the environment variable ``var`` (``1G``, ``256M``, ``1048576``),
+    else ``default``.
 
     Raises:
-        ValueError: ``BENCH_SIZE`` is not a size (names the value).
+        ValueError: the variable is not a size (names it and the value).
     """
-    text = os.environ.get("BENCH_SIZE", "").strip().upper().removesuffix("IB").removesuffix("B")
+    text = os.environ.get(var, "").strip().upper().removesuffix("IB").removesuffix("B")
     if not text:
         return default
     m = re.fullmatch(r"(\d+)\s*([KMG]?)", text)
     if m is None or int(m.group(1)) == 0:
-        raise ValueError(f"BENCH_SIZE: expected bytes or a number with K/M/G, "
-                         f"got {os.environ['BENCH_SIZE']!r}")
+        raise ValueError(f"{var}: expected bytes or a number with K/M/G, "
+                         f"got {os.environ[var]!r}")
     return int(m.group(1)) * _UNITS[m.group(2)]
 
 
