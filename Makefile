@@ -11,7 +11,7 @@ NODE_STAMP := tests/interop/node_modules/.installed
 HOME_DIR := $(if $(PINFOLD_HOME),$(PINFOLD_HOME),$(HOME)/.pinfold)
 PYTEST_ARGS ?=
 
-.PHONY: node-deps all install run test test-all bench lint sizes demo install-service clean
+.PHONY: node-deps all install run test test-all bench bench-all lint sizes demo install-service clean
 
 all: install
 
@@ -48,8 +48,13 @@ test: $(STAMP) $(REPORT_STAMP) node-deps deploy-tools browser-deps
 test-all: $(STAMP) $(REPORT_STAMP) node-deps deploy-tools browser-deps
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+## make bench: the issue-14 table (~10 min; BENCH_SIZE=256M for a quick look), each figure
+## against a baseline measured in the same run; make bench-all adds the earlier sections
 bench: $(STAMP) node-deps
 	$(PY) tools/bench/run.py
+
+bench-all: $(STAMP) node-deps
+	$(PY) tools/bench/run.py all
 
 ## make lint: ruff, the import contracts of pyproject.toml (layers, no cycles; lint-imports),
 ## the deploy checks

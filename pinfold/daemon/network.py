@@ -67,7 +67,7 @@ class Network:
             ),
         )
 
-    async def _put_many(self, blocks: list[tuple[CID, bytes]]) -> None:
+    async def _put_many(self, blocks: list[tuple[CID, bytes | memoryview]]) -> None:
         for protection in self._protections:
             for cid, _ in blocks:
                 protection.add(cid_key(cid))

@@ -290,3 +290,40 @@ async def test_gc_during_adds_never_loses_protected_blocks(store: LmdbBlockStore
     assert store.gc().blocks_freed + sum(gc_freed) == 50
     assert store.stat().blocks == 200 and store.check_refcounts() == {}
     assert store.verify().corrupt == ()
+
+
+async def test_blocks_given_as_views_into_one_message_are_stored_whole_and_survive_a_failed_batch(
+        tmp_path: Path) -> None:
+    """Received blocks reach the writer as read-only views into their message (no
+    copy); what commits is their bytes, kept after the message is gone, and a later
+    batch that fails (StoreFull) loses nothing committed before it."""
+    with LmdbBlockStore(tmp_path / "s", max_size_bytes=4 * MiB, initial_map_bytes=MiB) as store:
+        writer = BatchWriter(store)
+        blocks = [block(i, size=100_000) for i in range(6)]
+        message = b"".join(d for _, d in blocks)  # one received message holding them all
+        view = memoryview(message)
+        views = [(c, view[i * 100_000:(i + 1) * 100_000]) for i, (c, _) in enumerate(blocks)]
+        huge = [block(1000 + i, size=MAX_BLOCK_SIZE) for i in range(3)]
+        outcomes: dict[str, object] = {}
+
+        async def put(name: str, items: list) -> None:
+            try:
+                outcomes[name] = await writer.put_many(items)
+            except StoreFull as exc:
+                outcomes[name] = exc
+
+        async with trio.open_nursery() as nursery:
+            await nursery.start(writer.run)
+            await put("first", views[:3])
+            nursery.start_soon(put, "huge", huge)
+            nursery.start_soon(put, "second", views[3:])
+            with trio.fail_after(30):
+                while len(outcomes) < 3:
+                    await trio.testing.wait_all_tasks_blocked()
+            nursery.cancel_scope.cancel()
+        del view, views, message
+        assert outcomes["first"] == outcomes["second"] == 300_000
+        assert isinstance(outcomes["huge"], StoreFull)
+        assert [store.get(c) for c, _ in blocks] == [d for _, d in blocks]
+        assert not any(store.has(c) for c, _ in huge)
+        assert store.verify().corrupt == ()

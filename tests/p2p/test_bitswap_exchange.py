@@ -290,8 +290,13 @@ async def test_a_peer_cut_off_while_its_messages_are_processed_is_disconnected(n
         assert victim.host.peers() == []
 
 
-async def test_wrong_block_for_a_wanted_cid_is_rejected_and_the_fetch_uses_a_good_peer(nursery):
-    """The hostile peer says HAVE and then sends bytes that do not hash to the CID."""
+@pytest.mark.parametrize("forged_size", [600, 512 * 1024],
+                         ids=["hashed-inline", "hashed-in-a-worker-thread"])
+async def test_wrong_block_for_a_wanted_cid_is_rejected_and_the_fetch_uses_a_good_peer(
+        nursery, forged_size):
+    """The hostile peer says HAVE and then sends bytes that do not hash to the CID;
+    a big forged block is hashed in a worker thread and is rejected the same way."""
+    forged = b"forged" * (forged_size // 6)
     (cid, data), = raw_blocks(1, 4096, seed=6)
     config = ExchangeConfig(max_bad_blocks=0)
     async with running_nodes(2, config=config) as (fetcher, good):
@@ -322,7 +327,7 @@ async def test_wrong_block_for_a_wanted_cid_is_rejected_and_the_fetch_uses_a_goo
                             reply = Message(presences=(BlockPresence(cid=e.cid, type=PresenceType.HAVE),))
                         else:
                             lies += 1
-                            reply = Message(blocks=(Block(prefix=CidPrefix.of(e.cid), data=b"forged" * 100),))
+                            reply = Message(blocks=(Block(prefix=CidPrefix.of(e.cid), data=forged),))
                         await out.write(encode_framed(reply))
 
         for proto in PROTOCOLS:
@@ -342,7 +347,7 @@ async def test_wrong_block_for_a_wanted_cid_is_rejected_and_the_fetch_uses_a_goo
         assert lies >= 1
         assert got["data"] == data and hashlib.sha256(got["data"]).digest() == bytes(cid.raw_digest)
         assert fetcher.bitswap.statistics().rejected["unwanted"] >= 1
-        assert not fetcher.store.has(make_cid(b"forged" * 100, RAW))  # never stored
+        assert not fetcher.store.has(make_cid(forged, RAW))  # never stored
         # the liar may redial to send more lies; the ban disconnects it again
         await wait_until_trio(lambda: not fetcher.host.is_connected(hostile.peer_id), what="liar gone")
 

@@ -34,6 +34,7 @@ from pinfold.daemon.p2p.transport import (
     MAX_FRAME_PAYLOAD_BYTES,
     FastSecureSession,
     FastYamux,
+    read_chunks,
 )
 from pinfold.daemon.p2p.transport.noise import NoiseMessageError, NoiseMessageReader
 
@@ -235,6 +236,28 @@ async def test_fast_stream_reads_of_any_size_return_the_bytes_in_order():
                     got += data
             except StreamEOF:
                 pass
+        assert bytes(got) == payload
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "stock"])
+async def test_read_chunks_returns_read_only_pieces_in_order_then_the_stream_end(fast):
+    """The Bitswap reader's ``read_chunks``: on the fast channel the payloads as
+    decrypted (read-only, unjoined, within the bound unless one is larger), on a
+    stock stream one read; at the end, py-libp2p's StreamEOF."""
+    payload = _blob(3 * MiB + 11, seed=8)
+    async with _hosts(fast, fast) as (a, b):
+        _serve_bulk(b, {0: payload})
+        await a.connect(b.addrs()[0])
+        stream = await a.new_stream(b.peer_id, [BULK])
+        await stream.write((0).to_bytes(4, "big"))
+        got = bytearray()
+        with trio.fail_after(60), pytest.raises(StreamEOF):
+            while True:
+                pieces = await read_chunks(stream, 256 * 1024)
+                assert pieces and all(memoryview(p).readonly for p in pieces)
+                assert len(pieces) == 1 or sum(len(p) for p in pieces) <= 256 * 1024
+                for p in pieces:
+                    got += p
         assert bytes(got) == payload
 
 

@@ -176,39 +176,3 @@ if __name__ == "__main__":
     for row in run(int(sys.argv[1]) * MiB if len(sys.argv) > 1 else 1024 * MiB):
         print(" | ".join(row))
 
-
-def fetch_rows(size: int = 1024 * MiB) -> list[tuple[str, str, str]]:
-    """Daemon-to-daemon fetch (issue 3): one holder, then three holders, receiver peak RSS."""
-    rows = []
-    with tempfile.TemporaryDirectory(prefix="pinfold-bench-") as d:
-        tmp = Path(d)
-        f = tmp / "random.bin"
-        make_file(f, size)
-        nodes = [DaemonProcess(tmp, f"n{i}") for i in range(5)]
-        try:
-            for n in nodes:
-                n.start()
-            holders, fetchers = nodes[:3], nodes[3:]
-            cid = ""
-            for h in holders:
-                cid = run_cli(h.home, "add", "--pin", str(f), timeout=1200).stdout.decode().strip()
-            addrs = []
-            for h in holders:
-                with h.client() as c:
-                    addrs.append(c.id()["addresses"][0])
-            for fetcher, peers in ((fetchers[0], addrs[:1]), (fetchers[1], addrs)):
-                for a in peers:
-                    run_cli(fetcher.home, "peers", "connect", a)
-                with RssSampler(fetcher.pid) as rss:
-                    t0 = time.perf_counter()
-                    run_cli(fetcher.home, "pin", "add", cid, timeout=1200)
-                    dt = time.perf_counter() - t0
-                mbs = size / 1e6 / dt
-                rows.append((f"fetch {size // MiB} MiB daemon<-daemon, {len(peers)} holder(s), "
-                             "`pin add`", f"{mbs:,.0f} MB/s", f"receiver peak RSS {rss.text()} "
-                             "(target >= 200 MB/s, RSS < 300 MiB)"))
-        finally:
-            for n in nodes:
-                n.stop()
-                n.kill9()
-    return rows

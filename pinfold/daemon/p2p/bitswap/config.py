@@ -23,7 +23,9 @@ from pinfold.daemon.p2p.bitswap.client_types import ClientConfig
 
 __all__ = ["BitswapHost", "ExchangeConfig", "PutMany", "ServeFilter"]
 
-PutMany = Callable[[list[tuple[CID, bytes]]], Awaitable[Any]]
+PutMany = Callable[[list[tuple[CID, bytes | memoryview]]], Awaitable[Any]]
+"""``await put_many([(cid, data), ...])``: store verified blocks; ``data`` may be a
+read-only view into a received message (stored as is, not kept)."""
 
 ServeFilter = Callable[[ID], bool]
 """``allowed(peer) -> bool``: may ``peer`` fetch blocks from us (have its wants answered)?"""
@@ -68,8 +70,7 @@ class ExchangeConfig:
         ban_s: how long a cut-off peer is refused, seconds.
         read_chunk_bytes: bytes asked of the stream per read.
         hash_in_thread_bytes: hash a message's blocks in a worker thread when
-            they total at least this many bytes (the main thread keeps reading);
-            messages at least this long are also decoded in a worker thread.
+            they total at least this many bytes (the main thread keeps reading).
         inbound_queue_messages: decoded messages per inbound stream waiting to
             be processed while the stream is read further (memory bound:
             4 MiB each).
@@ -81,6 +82,9 @@ class ExchangeConfig:
         reply_delay_s: test hook, 0 in production: the server waits this long
             before each reply message (blocks and presences) it queues, to
             play a slow holder.
+        store_steps: messages whose verified blocks may wait for the block
+            writer at once, over all streams (memory bound: 4 MiB each); more
+            than one lets the writer commit several in one transaction.
     """
 
     server: ServerConfig = field(default_factory=ServerConfig)
@@ -99,6 +103,7 @@ class ExchangeConfig:
     inbound_queue_messages: int = 4  # up to 16 MiB decoded and waiting per stream
     rebroadcast_interval_s: float = 30.0  # boxo's defaultRebroadcastInterval
     reply_delay_s: float = 0.0
+    store_steps: int = 8  # up to 32 MiB verified and waiting for the writer
 
     def __post_init__(self) -> None:
         for name in ("default_timeout_s", "idle_stream_close_s", "stream_open_timeout_s",
@@ -108,6 +113,8 @@ class ExchangeConfig:
                 raise ValueError(f"bitswap.{name}: must be > 0, got {getattr(self, name)}")
         if self.session_window < 1:
             raise ValueError(f"bitswap.session_window: must be >= 1, got {self.session_window}")
+        if self.store_steps < 1:
+            raise ValueError(f"bitswap.store_steps: must be >= 1, got {self.store_steps}")
         if self.max_bad_blocks < 0:
             raise ValueError("bitswap.max_bad_blocks: must be >= 0")
         if self.reply_delay_s < 0:

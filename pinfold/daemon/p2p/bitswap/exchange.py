@@ -30,6 +30,7 @@ outsider's fetch waits for its own timeout instead of failing at once.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import logging
 from collections import Counter
@@ -47,7 +48,7 @@ from pinfold.daemon.p2p.bitswap.client_types import SendWants, WantFailed
 from pinfold.daemon.p2p.bitswap.config import BitswapHost, ExchangeConfig, PutMany, ServeFilter
 from pinfold.daemon.p2p.bitswap.errors import BitswapNotRunning, RemoteProtocolError
 from pinfold.daemon.p2p.bitswap.fetch import Fetches
-from pinfold.daemon.p2p.bitswap.inbound import InboundStreams
+from pinfold.daemon.p2p.bitswap.inbound import InboundStreams, StoreStep
 from pinfold.daemon.p2p.bitswap.ledger import BlockVerdict, PeerLedger
 from pinfold.daemon.p2p.bitswap.message import (
     PROTOCOLS,
@@ -467,15 +468,24 @@ class Bitswap:
         """A stream with ``peer`` ended uncleanly: send it our wants again."""
         self._out.resend_wants(peer)
 
-    async def on_message(self, peer: ID, msg: Message) -> None:
+    async def on_message(self, peer: ID, msg: Message) -> StoreStep | None:
         """Feed one decoded message from ``peer`` to the cores.
+
+        Received blocks are hashed and checked here; storing them is the
+        returned ``StoreStep``, which the stream reader runs while it goes on
+        with the next messages.
+
+        Returns:
+            None, or the step that stores this message's wanted blocks and then
+            hands them to the fetches.
 
         Raises:
             TooManyBadBlocks: ``peer`` sent too many blocks we never asked for.
+            MalformedMessage: a block's CID prefix names no valid CID.
         """
-        await self._on_message(peer, msg)
+        return await self._on_message(peer, msg)
 
-    async def _on_message(self, peer: ID, msg: Message) -> None:
+    async def _on_message(self, peer: ID, msg: Message) -> StoreStep | None:
         now = trio.current_time()
         if msg.wantlist or msg.full:
             if not self._may_serve(peer):
@@ -491,30 +501,38 @@ class Bitswap:
         if msg.presences:
             self._apply(self._wants.on_presences(peer, msg.presences, now))
         if msg.blocks:
-            await self._receive_blocks(peer, msg.blocks)
+            return await self._verify_blocks(peer, msg.blocks)
+        return None
 
-    async def _receive_blocks(self, peer: ID, blocks: Sequence[Block]) -> None:
+    async def _verify_blocks(self, peer: ID, blocks: Sequence[Block]) -> StoreStep | None:
+        """Hash ``blocks`` (in a worker thread for a big message) and keep the wanted ones.
+
+        Keys are multihash bytes made from the digests; the CID stored under is
+        the one we asked for (no CID is built per block, no block data copied).
+        """
         total = sum(len(b.data) for b in blocks)
         if total >= self.config.hash_in_thread_bytes:
             digests = await trio.to_thread.run_sync(_hash_blocks, blocks)
         else:
             digests = _hash_blocks(blocks)
-        accepted: list[tuple[CID, bytes]] = []
-        accepted_keys: set[bytes] = set()
+        accepted: list[tuple[CID, bytes | memoryview]] = []
+        keys: list[bytes] = []
+        seen: set[bytes] = set()
         bad = 0
         for blk, digest in zip(blocks, digests, strict=True):
             if digest is None:
                 self._rejected["unsupported_hash"] += 1
                 bad += 1
                 continue
-            cid = blk.prefix.cid_for_digest(digest)
-            key = cid_key(cid)
-            if key in accepted_keys:
+            key = blk.prefix.key_for_digest(digest)
+            if key in seen:
                 continue
             verdict = self._ledger.classify(key, wanted=self._wants.is_wanted(key))
             if verdict is BlockVerdict.WANTED:
-                accepted.append((self._wants.wanted_cid(key) or cid, bytes(blk.data)))
-                accepted_keys.add(key)
+                accepted.append((self._wants.wanted_cid(key) or blk.prefix.cid_for_digest(digest),
+                                 blk.data))
+                keys.append(key)
+                seen.add(key)
             elif verdict is BlockVerdict.LATE:
                 self._c["duplicate_blocks"] += 1
                 self._c["duplicate_bytes"] += len(blk.data)
@@ -523,15 +541,19 @@ class Bitswap:
                 bad += 1
         self._ledger.add_bad_blocks(peer, bad)
         if not accepted:
-            return
+            return None
+        return functools.partial(self._store_blocks, peer, accepted, keys)
+
+    async def _store_blocks(self, peer: ID, accepted: list[tuple[CID, bytes | memoryview]],
+                            keys: list[bytes]) -> None:
+        """Store verified blocks (one writer request), then count and deliver them."""
         nbytes = sum(len(d) for _, d in accepted)
         await self._put_many(accepted)
         self._engine.record_received(peer, len(accepted), nbytes)
-        if self._engine.blocks_added(accepted_keys):
+        if self._engine.blocks_added(keys):
             self._server_wake.set()
         now = trio.current_time()
-        for cid, data in accepted:
-            key = cid_key(cid)
+        for key, (_cid, data) in zip(keys, accepted, strict=True):
             res = self._wants.on_block(peer, key, now, len(data))
             self._ledger.received(key)
             if res is None:  # fetched meanwhile through another peer

@@ -177,7 +177,7 @@ class Fetches:
                 if isinstance(item, BaseException):
                     raise item
                 in_flight -= 1
-                yield item[0], item[1]
+                yield item[0], bytes(item[1])  # received data may be a view into a message
         finally:
             self.close(sess)
 

@@ -1,16 +1,33 @@
 """Inbound Bitswap streams: read each until the peer closes it, decode, hand messages on.
 
-Every inbound stream is read to its end. Reading and processing overlap: the
-reader keeps draining the stream (Yamux window updates flow) while the
-processor handles earlier messages; at most ``inbound_queue_messages`` wait
-in between. Garbage or oversize frames cut the peer off at once. What a
-message means is the exchange's business (``InboundOwner.on_message``).
-Imports the wire codec and the exchange's config.
+Every inbound stream is read to its end, as a pipeline of three stages that
+overlap:
+
+1. the reader takes the stream's data as it was decrypted (``read_chunks``:
+   no joining copy), splits it into messages (each body copied at most once)
+   and decodes them: block data stay views into the body. A message of many
+   fields or a big wantlist (``costly_to_decode``) is decoded in a worker thread;
+2. the processor hands each message to the exchange (``on_message``), which
+   answers wants and presences and hashes the blocks (in a worker thread for
+   a big message) and returns a ``StoreStep`` for the wanted ones;
+3. each ``StoreStep`` runs as its own task: it queues the blocks at the
+   single writer and delivers them once committed. The processor does not
+   wait for the commit, so while one message's blocks are being written the
+   next are hashed, and the writer commits several messages in one
+   transaction. At most ``store_steps`` steps wait at once (for all streams),
+   bounding the block data held to about that many messages (4 MiB each).
+
+At most ``inbound_queue_messages`` decoded messages wait between stages 1
+and 2 per stream. Garbage or oversize frames cut the peer off at once. What
+a message means is the exchange's business (``InboundOwner.on_message``).
+Imports the wire codec, the exchange's config and the transport's reader.
 """
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 import trio
@@ -20,10 +37,21 @@ from libp2p.peer.id import ID
 from pinfold.daemon.p2p.bitswap.config import ExchangeConfig
 from pinfold.daemon.p2p.bitswap.errors import RemoteProtocolError
 from pinfold.daemon.p2p.bitswap.framing import MAX_MESSAGE_SIZE, FrameDecoder
-from pinfold.daemon.p2p.bitswap.message import Message, decode_message
+from pinfold.daemon.p2p.bitswap.message import Message, costly_to_decode, decode_message
 from pinfold.daemon.p2p.bitswap.outbound import ended_cleanly, reset_stream
+from pinfold.daemon.p2p.transport import read_chunks
 
-__all__ = ["InboundOwner", "InboundStreams"]
+__all__ = ["InboundOwner", "InboundStreams", "StoreStep"]
+
+logger = logging.getLogger(__name__)
+
+StoreStep = Callable[[], Awaitable[None]]
+"""The second half of handling a message's blocks: ``await step()`` stores the
+blocks the exchange already verified (one request to the batch writer), then
+hands them to the fetches that wanted them. Raises what the writer raises
+(``StoreFull``, ``StoreClosed``, ...; the reader logs it and the blocks stay
+wanted); cancelled before the writer took the request, nothing of it is stored."""
+
 
 
 class InboundOwner(Protocol):
@@ -46,7 +74,9 @@ class InboundOwner(Protocol):
         """Whether we still exchange with ``peer`` (not cut off meanwhile)."""
         ...
 
-    async def on_message(self, peer: ID, msg: Message) -> None: ...
+    async def on_message(self, peer: ID, msg: Message) -> StoreStep | None:
+        """Handle ``msg``; for wanted blocks, the step that stores them (run later)."""
+        ...
 
     async def cut_off(self, peer: ID, exc: RemoteProtocolError) -> None: ...
 
@@ -68,6 +98,7 @@ class InboundStreams:
         self._owner = owner
         self._config = config
         self._c = counters
+        self._store_slots = trio.Semaphore(config.store_steps)
 
     async def handle(self, stream: INetStream) -> None:
         """Read one inbound Bitswap stream until the peer closes it."""
@@ -113,20 +144,21 @@ class InboundStreams:
         try:
             while self._owner.running:
                 try:
-                    data = await stream.read(chunk)
+                    pieces = await read_chunks(stream, chunk)
                 except trio.Cancelled:
                     raise
                 except EOFError:  # py-libp2p's StreamEOF; also raised on a closed connection
                     return ended_cleanly(stream)
                 except Exception:  # reset, connection error
                     return False
-                if not data:
+                if not pieces:
                     return ended_cleanly(stream)
-                decoder.feed(data)
+                for piece in pieces:
+                    decoder.feed(piece)
                 while (body := decoder.next_frame()) is not None:
-                    if len(body) >= self._config.hash_in_thread_bytes:
-                        # a big message (up to ~100k wants in 4 MiB) is decoded off the
-                        # trio thread, so one peer's message cannot stall the daemon
+                    if costly_to_decode(body):
+                        # a message of many wants or presences (up to ~100k in 4 MiB) is
+                        # decoded off the trio thread, so one peer cannot stall the daemon
                         msg = await trio.to_thread.run_sync(decode_message, body)
                     else:
                         msg = decode_message(body)
@@ -143,16 +175,32 @@ class InboundStreams:
         self, peer: ID, recv: trio.MemoryReceiveChannel[Message], scope: trio.CancelScope
     ) -> None:
         owner = self._owner
-        async with recv:
+        async with recv, trio.open_nursery() as steps:
             try:
                 async for msg in recv:
-                    await owner.on_message(peer, msg)
+                    step = await owner.on_message(peer, msg)
+                    if step is not None:
+                        await self._store_slots.acquire()
+                        steps.start_soon(self._store, peer, step)
                     if not owner.is_up(peer):  # cut off meanwhile
                         scope.cancel()
                         return
             except RemoteProtocolError as exc:
                 await owner.cut_off(peer, exc)
                 scope.cancel()
+
+    async def _store(self, peer: ID, step: StoreStep) -> None:
+        """Run ``step``. If the store refuses its blocks (full, closed, an I/O
+        error), they stay wanted: the error is logged and the peer gets our
+        wants again, as after a broken stream; the stream goes on."""
+        try:
+            await step()
+        except Exception as exc:  # noqa: BLE001 - the blocks stay wanted; say why once
+            logger.warning("bitswap: storing blocks received from %s failed: %s", peer, exc)
+            self._c["store_failures"] += 1
+            self._owner.stream_broke(peer)
+        finally:
+            self._store_slots.release()
 
 
 async def _close_quietly(stream: INetStream) -> None:

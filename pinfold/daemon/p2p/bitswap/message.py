@@ -40,6 +40,7 @@ are re-exported here.
 from __future__ import annotations
 
 import enum
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final
@@ -70,6 +71,7 @@ __all__ = [
     "encode_framed",
     "encode_message",
     "encode_uvarint",
+    "costly_to_decode",
     "entry_size",
     "frame",
 ]
@@ -153,6 +155,20 @@ class CidPrefix:
             mh_length=len(cid.raw_digest),
         )
 
+    def key_for_digest(self, digest: bytes) -> bytes:
+        """The store key (multihash bytes) of the CID with this prefix and raw
+        ``digest``, checked as ``cid_for_digest`` checks it, without building a
+        CID: the prefix is checked once, by building one CID per distinct prefix.
+
+        Raises:
+            MalformedMessage: as ``cid_for_digest``.
+        """
+        if len(digest) != self.mh_length:
+            raise MalformedMessage(
+                f"block prefix says a {self.mh_length}-byte digest, hash gives {len(digest)}"
+            )
+        return _checked_mh_header(self) + digest
+
     def cid_for_digest(self, digest: bytes) -> CID:
         """The CID with this prefix and raw ``digest``.
 
@@ -175,6 +191,14 @@ class CidPrefix:
             return CID("base32", 1, self.codec, mh)
         except Exception as exc:
             raise MalformedMessage(f"block prefix names no valid CID: {exc}") from exc
+
+
+@functools.lru_cache(maxsize=64)
+def _checked_mh_header(prefix: CidPrefix) -> bytes:
+    """``<code><length>`` of ``prefix``'s multihash, once ``prefix`` named a valid CID
+    (errors are not cached)."""
+    prefix.cid_for_digest(bytes(prefix.mh_length))
+    return encode_uvarint(prefix.mh_code) + encode_uvarint(prefix.mh_length)
 
 
 #: prefix of every CIDv0 block (Bitswap 1.0.0 sends blocks without prefixes)
@@ -543,6 +567,29 @@ def decode_message(data: bytes | bytearray | memoryview) -> Message:
         presences=tuple(presences),
         pending_bytes=pending,
     )
+
+
+def costly_to_decode(data: bytes | bytearray | memoryview, *, max_fields: int = 64,
+                     max_other_bytes: int = 64 * 1024) -> bool:
+    """Whether decoding ``data`` is worth a worker thread: over ``max_fields`` top-level
+    fields (each block and presence is one) or ``max_other_bytes`` outside blocks (wants).
+    Reads at most ``max_fields`` + 1 field headers; malformed answers False."""
+    buf = memoryview(data)
+    end = len(buf)
+    pos = other = 0
+    try:
+        for _ in range(max_fields + 1):
+            if pos >= end:
+                return False
+            key, start = _read_varint(buf, pos, end)
+            pos = _skip(buf, start, end, key & 7)
+            if key >> 3 not in (2, 3):
+                other += pos - start
+                if other > max_other_bytes:
+                    return True
+    except MalformedMessage:
+        return False
+    return True
 
 
 def presences_for(cids: Iterable[CID], ptype: PresenceType) -> tuple[BlockPresence, ...]:

@@ -31,7 +31,7 @@ from pinfold.daemon.p2p.transport.noise import (
     FastNoiseTransport,
     FastSecureSession,
 )
-from pinfold.daemon.p2p.transport.yamux import MAX_FRAME_PAYLOAD_BYTES, FastMuxerMultistream, FastYamux, FastYamuxStream, install_muxer
+from pinfold.daemon.p2p.transport.yamux import MAX_FRAME_PAYLOAD_BYTES, FastMuxerMultistream, FastYamux, FastYamuxStream, install_muxer, read_chunks
 
 __all__ = [
     "MAX_FRAME_PAYLOAD_BYTES",
@@ -44,4 +44,5 @@ __all__ = [
     "FastYamux",
     "FastYamuxStream",
     "install_muxer",
+    "read_chunks",
 ]

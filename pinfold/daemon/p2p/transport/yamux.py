@@ -60,6 +60,7 @@ __all__ = [
     "FastYamux",
     "FastYamuxStream",
     "install_muxer",
+    "read_chunks",
 ]
 
 logger = logging.getLogger(__name__)
@@ -75,6 +76,32 @@ _WINDOW_RECHECK_S: Final = 0.05
 
 _HEADER = struct.Struct(YAMUX_HEADER_FORMAT)
 _pack = _HEADER.pack
+
+
+async def read_chunks(stream: Any, max_bytes: int) -> list[memoryview | bytes]:
+    """Read what arrived on a libp2p stream as a list of read-only chunks (at least
+    one byte in all), waiting until some arrive.
+
+    On the fast channel these are the DATA payloads as they were decrypted (no
+    copy: ``FastYamuxStream.read_chunks``); on any other stream it is one
+    ``stream.read(max_bytes)``. At the end or a reset the stream's own ``read``
+    raises (py-libp2p's ``StreamEOF``/``StreamReset``), so its state moves as usual.
+
+    Args:
+        stream: a py-libp2p ``INetStream``.
+        max_bytes: bytes to take at most (one chunk is taken whatever its size).
+
+    Returns:
+        The chunks; ``[]`` only when a stock stream's ``read`` returned ``b""``.
+    """
+    muxed = getattr(stream, "muxed_stream", None)
+    if isinstance(muxed, FastYamuxStream):
+        try:
+            return await muxed.read_chunks(max_bytes)
+        except (MuxedStreamEOF, MuxedStreamReset):
+            pass  # the stream's read raises the same end and records it
+    data = await stream.read(max_bytes)
+    return [data] if data else []
 
 
 class YamuxProtocolError(Exception):
@@ -128,14 +155,44 @@ class FastYamuxStream(YamuxStream):
             return b""
         if n is None or n < 0:
             n = -1
+        await self._wait_data()
+        data = self._take(n)
+        if not self.recv_closed and not self.closed:
+            await self._grant_window()
+        return data
+
+    async def read_chunks(self, max_bytes: int) -> list[memoryview | bytes]:
+        """The received payloads as they arrived, without joining them: whole
+        queued chunks (views of decrypted Noise messages, or bytes) while their
+        total stays within ``max_bytes``, and at least one; waits until some arrive.
+
+        The chunks are read-only and never change (the receiver's frame decoder
+        copies each message once, from these, instead of once more from a
+        joined ``read``).
+
+        Raises:
+            MuxedStreamEOF, MuxedStreamReset: as ``read``.
+        """
+        await self._wait_data()
+        chunks = self._chunks
+        out = [chunks.popleft()]
+        taken = len(out[0])
+        while chunks and taken + len(chunks[0]) <= max_bytes:
+            c = chunks.popleft()
+            taken += len(c)
+            out.append(c)
+        self._buffered -= taken
+        if not self.recv_closed and not self.closed:
+            await self._grant_window()
+        return out
+
+    async def _wait_data(self) -> None:
+        """Return once data is buffered; raise when the stream ended or was reset."""
         while True:
             if self._buffered:
                 if self.reset_received and not self.recv_closed:
                     raise MuxedStreamReset("Stream was reset")
-                data = self._take(n)
-                if not self.recv_closed and not self.closed:
-                    await self._grant_window()
-                return data
+                return
             if self.reset_received:
                 raise MuxedStreamReset("Stream was reset")
             if self.recv_closed:
