@@ -19,6 +19,15 @@ One ``Client`` is one connection and serves one call at a time; use one
 raises: a bad argument is refused before anything is sent, and a call that
 broke the connection (an interrupt, a failed upload source) makes the next
 call connect again.
+
+Two kinds of progress: ``progress(nbytes)`` (``add``, ``get``) is called with
+the bytes this client just sent or received; ``on_progress(event)`` (``cat``,
+``get``, ``pin``) is called with the daemon's progress events of the transfer
+it runs, ``{"bytes", "total", "blocks", "fetched_blocks", "fetched_bytes",
+"peers", "elapsed_s"}`` (bytes done of ``total`` expected, from the root's
+UnixFS sizes; the last has ``"done": True``). ``timeout`` (seconds) bounds
+``cat``, ``get`` and ``pin``'s fetch on the daemon; past it ``RpcError`` with
+code ``timeout`` says what timed out, which CID and what had arrived.
 """
 
 from __future__ import annotations
@@ -124,9 +133,10 @@ class Client:
         return self.conn.call(method, params or {}, upload=upload)
 
     def stream(self, method: str, params: dict[str, Any] | None = None, *,
-               upload: Iterable[bytes] | None = None) -> Iterator[Any]:
-        """Call ``method`` and yield its streamed items."""
-        return self.conn.stream(method, params or {}, upload=upload)
+               upload: Iterable[bytes] | None = None,
+               on_progress: Callable[[dict[str, Any]], None] | None = None) -> Iterator[Any]:
+        """Call ``method`` and yield its streamed items (``on_progress``: see the module)."""
+        return self.conn.stream(method, params or {}, upload=upload, on_progress=on_progress)
 
     # ------------------------------------------------------------------ node
 
@@ -287,25 +297,41 @@ class Client:
         params["pin"] = pin
         return self.call("add_dir", params, upload=entries())
 
-    def cat(self, cid: str, *, offset: int = 0, length: int | None = None) -> Iterator[bytes]:
-        """The file's bytes from ``offset`` (bytes), at most ``length`` bytes, as chunks."""
-        params: dict[str, Any] = {"cid": str(cid), "offset": offset}
+    def cat(self, cid: str, *, offset: int = 0, length: int | None = None,
+            timeout: float | None = None,
+            on_progress: Callable[[dict[str, Any]], None] | None = None) -> Iterator[bytes]:
+        """The file's bytes from ``offset`` (bytes), at most ``length`` bytes, as chunks.
+
+        ``timeout`` (seconds) bounds the daemon's fetch; ``on_progress`` gets its
+        progress events (module docstring) as the chunks are read.
+
+        Raises:
+            ValueError: ``timeout`` is not > 0 (before anything is sent).
+            RpcError: ``timeout`` when it passed, ``not_found``, ``not_a_file``...
+        """
+        params = _transfer_params(cid, timeout, on_progress)
+        params["offset"] = offset
         if length is not None:
             params["length"] = length
-        return self.stream("cat", params)
+        return self.stream("cat", params, on_progress=on_progress)
 
     def cat_to_fd(self, cid: str, fd: int, *, offset: int = 0,
-                  length: int | None = None) -> dict[str, Any]:
+                  length: int | None = None, timeout: float | None = None,
+                  on_progress: Callable[[dict[str, Any]], None] | None = None
+                  ) -> dict[str, Any]:
         """Have the daemon write the file's bytes straight to ``fd`` (a file, pipe or
         terminal of this process, passed over the socket with SCM_RIGHTS); returns
-        ``{"cid", "bytes"}``. Saves a copy through the socket and this process."""
-        params: dict[str, Any] = {"cid": str(cid), "offset": offset, "to_fd": True}
+        ``{"cid", "bytes"}``. Saves a copy through the socket and this process.
+        ``timeout`` and ``on_progress`` as ``cat``."""
+        params = _transfer_params(cid, timeout, on_progress)
+        params.update({"offset": offset, "to_fd": True})
         if length is not None:
             params["length"] = length
-        return self.conn.call("cat", params, pass_fd=fd)
+        return self.conn.call("cat", params, pass_fd=fd, on_progress=on_progress)
 
     def get(self, cid: str, path: str | os.PathLike[str], *,
-            progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+            progress: Callable[[int], None] | None = None, timeout: float | None = None,
+            on_progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
         """Write the file or directory tree ``cid`` to ``path``; returns
         ``{"cid", "files", "bytes", "path"}`` (``path``: where it was written).
 
@@ -313,14 +339,17 @@ class Client:
         it, a single file as ``path/<cid>``. Each file is written to
         ``NAME.part`` and renamed when complete; ``progress(nbytes)`` is called
         as data arrives. On an error nothing written is left behind (an empty
-        folder given as ``path`` is kept, empty).
+        folder given as ``path`` is kept, empty). ``timeout`` and ``on_progress``
+        as ``cat`` (the event's bytes are the DAG's block bytes).
 
         Raises:
             FileExistsError: ``path`` is a file, a link, or a folder that is not
                 empty (the message names its first entry).
             FileNotFoundError: the parent folder of ``path`` does not exist.
-            RpcError: the daemon's error (e.g. ``not_found``, ``invalid_cid``).
+            RpcError: the daemon's error (e.g. ``not_found``, ``invalid_cid``, ``timeout``).
+            ValueError: ``timeout`` is not > 0.
         """
+        params = _transfer_params(cid, timeout, on_progress)
         target = Path(path)
         into_dir = False
         if target.is_symlink() or (target.exists() and not target.is_dir()):
@@ -352,7 +381,7 @@ class Client:
             out, current = None, None
 
         try:
-            for item in self.stream("get", {"cid": str(cid)}):
+            for item in self.stream("get", params, on_progress=on_progress):
                 if isinstance(item, dict):
                     finish()
                     rel = item["path"]
@@ -450,7 +479,9 @@ class Client:
             recursive: bool = True, name: str | None = None,
             expire_in: float | None = None, wait: bool = False,
             wait_timeout: float | None = None,
-            progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+            progress: Callable[[dict[str, Any]], None] | None = None,
+            timeout: float | None = None,
+            on_progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
         """Pin ``cid`` (cluster-wide in a cluster); returns the pin record.
 
         In a cluster the record says how many holders had it pinned when the
@@ -458,20 +489,25 @@ class Client:
         others fetch it afterwards. With ``wait`` (implied by ``wait_timeout``)
         this returns only once rmin holders report pinned, the record then
         holding the final ``status``; see ``wait_pinned`` for ``progress``.
+        ``timeout`` (seconds) bounds the pin's fetch (standalone: the whole DAG
+        is fetched before this returns) and ``on_progress`` gets its progress
+        events (module docstring).
 
         Raises:
-            ValueError: ``wait_timeout`` is not > 0 seconds (before anything is sent).
+            ValueError: ``wait_timeout`` or ``timeout`` is not > 0 seconds (before
+                anything is sent).
             PinWaitTimeout: ``wait_timeout`` seconds passed first.
             RpcError: the daemon refused the pin (e.g. ``invalid_argument``).
         """
         _check_timeout(wait_timeout)
-        params: dict[str, Any] = {"cid": str(cid), "recursive": recursive}
+        params = _transfer_params(cid, timeout, on_progress)
+        params["recursive"] = recursive
         params.update(_replication(replicas, rmin, rmax, availability))
         if name is not None:
             params["name"] = name
         if expire_in is not None:
             params["expire_in"] = expire_in
-        res = self.call("pin_add", params)
+        res = self.conn.call("pin_add", params, on_progress=on_progress)
         if wait or wait_timeout is not None:
             res["status"] = self.wait_pinned(res["cid"], timeout=wait_timeout,
                                              progress=progress)
@@ -560,6 +596,24 @@ class Client:
         """Retry failed (cluster) or incomplete (standalone) pins, one CID or all:
         ``{"recovered", "cids", "pins": [{"cid", "error", "result"?}]}``."""
         return self.call("recover", {"cid": cid} if cid else {"all": True})
+
+
+def _transfer_params(cid: str, timeout: float | None,
+                     on_progress: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
+    """``{"cid", "timeout"?, "progress"?}`` for ``cat``/``get``/``pin_add``.
+
+    Raises:
+        ValueError: ``timeout`` is not a number of seconds > 0.
+    """
+    params: dict[str, Any] = {"cid": str(cid)}
+    if timeout is not None:
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) \
+                or not 0 < timeout < float("inf"):
+            raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
+        params["timeout"] = float(timeout)
+    if on_progress is not None:
+        params["progress"] = True
+    return params
 
 
 def _check_timeout(timeout: float | None) -> None:

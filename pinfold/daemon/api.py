@@ -16,16 +16,19 @@ Method names and their parameters (the client in ``client.py`` mirrors them):
                    size, target}][size bytes] (type file, dir or symlink; a
                    symlink has a target and no bytes); same params
                    -> {cid, bytes, blocks, files, symlinks}
-``cat``            {cid, offset, length} -> stream of bytes -> {bytes}
-``get``            {cid} -> stream of {path, type, size} headers, each file's
-                   header followed by its bytes -> {cid, files, bytes}
+``cat``            {cid, offset, length, timeout, progress} -> stream of bytes
+                   -> {bytes}
+``get``            {cid, timeout, progress} -> stream of {path, type, size}
+                   headers, each file's header followed by its bytes
+                   -> {cid, files, bytes}
 ``block_put``      upload: one block; {codec, cid_version} -> {cid, size}
 ``block_get``      {cid} -> stream of bytes -> {cid, size}
 ``block_stat``     {cid} -> {cid, size}
 ``block_rm``       {cid} -> {cid, removed}
 ``dag_import``     upload: CAR v1; {pin_roots} -> {roots, blocks, bytes}
 ``dag_export``     {cid} -> stream of CAR v1 bytes -> {cid, blocks, bytes}
-``pin_add``        {cid, recursive, name, rmin, rmax, availability, expire_in}
+``pin_add``        {cid, recursive, name, rmin, rmax, availability, expire_in,
+                   timeout, progress}
 ``pin_rm``         {cid}
 ``pin_ls``         {state} -> stream of pin dicts -> {count}; state: a local
                    state, ``error`` (failed pins, with ``error``) or
@@ -38,6 +41,11 @@ Method names and their parameters (the client in ``client.py`` mirrors them):
 ``repo_verify``    {heal} -> {checked, corrupt, healed, incomplete}
 ``shutdown``       -> {stopping: true}
 =================  ===========================================================
+
+``timeout`` (seconds > 0) bounds a ``cat``, ``get`` or ``pin_add`` (error code
+``timeout``, naming the CID and what arrived); ``progress: true`` asks for
+progress frames while it runs (``daemon/transfer.py``; DESIGN.md, "Progress
+events").
 """
 
 from __future__ import annotations
@@ -84,6 +92,7 @@ from pinfold.daemon.metrics import Metrics
 from pinfold.daemon.p2p.streams import UploadReader
 from pinfold.daemon.parts import Handler
 from pinfold.daemon.pinning import LocalPin, Pinned
+from pinfold.daemon.transfer import TransferMeter, expected_size, fetch_timeout_s, transfer
 
 log = logging.getLogger("pinfold.api")
 
@@ -160,9 +169,12 @@ class ApiNode(Protocol):
 
     def blocks_added(self, cids: list[CID]) -> None: ...
 
-    async def get_block(self, cid: CID) -> bytes: ...
+    async def get_block(self, cid: CID, *, timeout_s: float | None = None) -> bytes: ...
 
-    def prefetcher(self) -> AbstractAsyncContextManager[Callable[[list[CID]], None]]: ...
+    def received(self) -> tuple[int, int, dict[str, int]]: ...
+
+    def prefetcher(self, *, timeout_s: float | None = None
+                   ) -> AbstractAsyncContextManager[Callable[[list[CID]], None]]: ...
 
     async def ensure_dag(self, root: CID, *, protection: Protection | None = None) -> None: ...
 
@@ -172,7 +184,8 @@ class ApiNode(Protocol):
     async def pin(self, cid: CID, *, recursive: bool = True, name: str = "",
                   fetch: bool = True, rmin: int | None = None, rmax: int | None = None,
                   availability: float | None = None, expire_at: float | None = None,
-                  metadata: dict[str, str] | None = None) -> Pinned | ClusterPin: ...
+                  metadata: dict[str, str] | None = None, timeout_s: float | None = None,
+                  on_visit: Callable[[CID], None] | None = None) -> Pinned | ClusterPin: ...
 
     async def unpin(self, cid: CID) -> PinRecord | bytes: ...
 
@@ -345,6 +358,31 @@ class Api:
 
     # ------------------------------------------------------------------ read
 
+    def _metered_get(self, meter: TransferMeter, timeout_s: float | None, *,
+                     dag_bytes: bool) -> Callable[[CID], Awaitable[bytes]]:
+        """``get_block`` for a transfer: counts each distinct block reached (and its
+        bytes toward ``meter.done`` when ``dag_bytes``), notes the block being fetched
+        and reads the expected total from the root block."""
+        seen: set[bytes] = set()
+        root = meter.cid
+
+        async def get(cid: CID) -> bytes:
+            if not self.node.has_block(cid):
+                meter.waiting_on = cid
+            data = await self.node.get_block(cid, timeout_s=timeout_s)
+            meter.waiting_on = None
+            key = bytes(cid)
+            if key not in seen:
+                seen.add(key)
+                meter.blocks += 1
+                if dag_bytes:
+                    meter.done += len(data)
+                    if meter.total is None and str(cid) == root:
+                        meter.total = expected_size(cid, data, content=False)
+            return data
+
+        return get
+
     async def cat(self, call: Any) -> dict[str, Any]:
         cid = _cid_param(call.params)
         offset = _param(call.params, "offset", int, 0)
@@ -356,15 +394,22 @@ class Api:
         if to_fd and fd is None:
             raise InvalidArgument("to_fd is set but no file descriptor came with the request")
         sent = 0
+        fetch_t = fetch_timeout_s(call.params)
         try:
-            async with self.node.prefetcher() as prefetch:
-                async for chunk in unixfs.cat(self.node.get_block, cid, offset, length,
-                                              prefetch=prefetch):
+            async with transfer(call, "cat", cid, self.node.received) as meter, \
+                    self.node.prefetcher(timeout_s=fetch_t) as prefetch:
+                get = self._metered_get(meter, fetch_t, dag_bytes=False)
+                size = expected_size(cid, await get(cid), content=True)
+                if size is not None:
+                    end = size if length is None else min(size, offset + length)
+                    meter.total = max(0, end - offset)
+                async for chunk in unixfs.cat(get, cid, offset, length, prefetch=prefetch):
                     if fd is None:
                         await send_bytes(call, chunk)
                     else:
                         await _write_fd(fd, chunk)
                     sent += len(chunk)
+                    meter.done = sent
         finally:
             if fd is not None:
                 os.close(fd)
@@ -375,21 +420,23 @@ class Api:
         cid = _cid_param(call.params)
         files = 0
         sent = 0
-        async for entry in unixfs.walk_tree(self.node.get_block, cid):
-            header: dict[str, Any] = {"path": entry.path, "type": entry.kind,
-                                      "size": entry.size or 0}
-            if entry.kind == "symlink":
-                target = entry.target
-                header["target"] = target.decode("utf-8", "replace") if isinstance(
-                    target, bytes) else str(target)
-            await call.send(header)
-            if entry.kind == "file":
-                files += 1
-                async with self.node.prefetcher() as prefetch:
-                    async for chunk in unixfs.cat(self.node.get_block, entry.cid,
-                                                  prefetch=prefetch):
-                        await send_bytes(call, chunk)
-                        sent += len(chunk)
+        fetch_t = fetch_timeout_s(call.params)
+        async with transfer(call, "get", cid, self.node.received) as meter:
+            get = self._metered_get(meter, fetch_t, dag_bytes=True)
+            async for entry in unixfs.walk_tree(get, cid):
+                header: dict[str, Any] = {"path": entry.path, "type": entry.kind,
+                                          "size": entry.size or 0}
+                if entry.kind == "symlink":
+                    target = entry.target
+                    header["target"] = target.decode("utf-8", "replace") if isinstance(
+                        target, bytes) else str(target)
+                await call.send(header)
+                if entry.kind == "file":
+                    files += 1
+                    async with self.node.prefetcher(timeout_s=fetch_t) as prefetch:
+                        async for chunk in unixfs.cat(get, entry.cid, prefetch=prefetch):
+                            await send_bytes(call, chunk)
+                            sent += len(chunk)
         self.node.metrics.cat_bytes.inc(sent)
         return {"cid": str(cid), "files": files, "bytes": sent}
 
@@ -520,7 +567,24 @@ class Api:
     async def pin_add(self, call: Any) -> dict[str, Any]:
         cid = _cid_param(call.params)
         recursive = _param(call.params, "recursive", bool, True)
-        return pin_dict(await self.node.pin(cid, recursive=recursive, **self._pin_opts(call)))
+        opts = self._pin_opts(call)
+        store = self.node.store
+
+        async with transfer(call, "pin add", cid, self.node.received) as meter:
+            def visit(c: CID) -> None:
+                # Each block the pin's walk reaches (stored by then): its bytes count.
+                try:
+                    if meter.total is None and c == cid:
+                        meter.total = expected_size(c, store.get(c), content=False)
+                    meter.done += store.get_size(c)
+                except BlockNotFound:
+                    return
+                meter.blocks += 1
+
+            pinned = await self.node.pin(cid, recursive=recursive,
+                                         timeout_s=fetch_timeout_s(call.params),
+                                         on_visit=visit, **opts)
+        return pin_dict(pinned)
 
     async def pin_wait(self, call: Any) -> dict[str, Any]:
         """Wait until ``rmin`` holders of ``cid`` report pinned on alive peers.
