@@ -71,10 +71,23 @@ def test_timeout_in_the_client_raises_timeout_naming_the_cid(
             b"".join(c.cat(MISSING, timeout=1.5))
         assert info.value.code == "timeout"
         assert f"cat {MISSING}: timed out after 1.5 s" in str(info.value)
-        with pytest.raises(RpcError) as info:
-            c.pin(MISSING, timeout=1)
+        events: list[dict] = []
+        with pytest.raises(RpcError) as info:  # with progress events asked for too
+            c.pin(MISSING, timeout=1, on_progress=events.append)
         assert info.value.code == "timeout" and MISSING in str(info.value)
+        assert all(e["bytes"] == 0 and not e.get("done") for e in events), events
         assert c.id()["peer_id"]  # the client stays usable
+
+
+def test_errors_keep_their_code_when_progress_is_asked(daemon: DaemonProcess) -> None:
+    """A failure inside a transfer that streams progress is still one coded error."""
+    with daemon.client() as c:
+        with pytest.raises(RpcError) as info:
+            b"".join(c.cat(MISSING, on_progress=lambda e: None))
+        assert info.value.code == "not_found" and MISSING in str(info.value)
+        with pytest.raises(RpcError) as info:
+            c.pin(MISSING, on_progress=lambda e: None)
+        assert info.value.code == "not_found"
 
 
 def test_timeout_is_not_reached_by_a_fetch_that_completes(daemon: DaemonProcess,
