@@ -39,6 +39,8 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, Self
 
+from pinfold.clientargs import (ADD_OPTIONS, DIR_OPTIONS, check_options, replication_params,
+                                transfer_params)
 from pinfold.config import load
 
 from pinfold.daemon.home import Home, resolve_home
@@ -56,37 +58,6 @@ def _file_chunks(f: BinaryIO, progress: Callable[[int], None] | None) -> Iterato
         if progress:
             progress(len(chunk))
         yield chunk
-
-
-ADD_OPTIONS = frozenset({"chunk_size", "cid_version", "raw_leaves", "max_links", "name",
-                         "rmin", "rmax", "availability", "expire_in"})
-"""Options ``add``/``add_stream``/``add_dir`` pass on to the daemon."""
-
-_DIR_OPTIONS = frozenset({"dereference"})  # ``add``/``add_info`` of a folder: see ``add_dir``
-
-
-def _check_options(method: str, opts: dict[str, Any], extra: frozenset[str] = frozenset()) -> None:
-    """Raise ``TypeError`` naming every key of ``opts`` outside ``ADD_OPTIONS`` | ``extra``."""
-    unknown = sorted(set(opts) - ADD_OPTIONS - extra)
-    if unknown:
-        names = ", ".join(repr(k) for k in unknown)
-        plural = "s" if len(unknown) > 1 else ""
-        raise TypeError(f"{method}() got unexpected keyword argument{plural} {names} "
-                        f"(options: {', '.join(sorted(ADD_OPTIONS))}, pin, progress)")
-
-
-def _replication(replicas: int | None, rmin: int | None, rmax: int | None,
-                 availability: float | None) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    if replicas is not None:
-        out["rmin"] = out["rmax"] = replicas
-    if rmin is not None:
-        out["rmin"] = rmin
-    if rmax is not None:
-        out["rmax"] = rmax
-    if availability is not None:
-        out["availability"] = availability
-    return out
 
 
 class Client:
@@ -167,7 +138,7 @@ class Client:
             TypeError: an option not in ``ADD_OPTIONS`` (all unknown ones are named).
             RpcError: the daemon refused the data or an option.
         """
-        _check_options("add_stream", opts)
+        check_options("add_stream", opts)
 
         def counted() -> Iterator[bytes]:
             for c in chunks:
@@ -196,7 +167,7 @@ class Client:
             FileNotFoundError: ``source`` is a path that does not exist.
             RpcError: the daemon refused the data or an option.
         """
-        _check_options("add", opts, _DIR_OPTIONS)
+        check_options("add", opts, DIR_OPTIONS)
         return self.add_info(source, pin=pin, replicas=replicas, rmin=rmin, rmax=rmax,
                              availability=availability, progress=progress, **opts)["cid"]
 
@@ -218,9 +189,9 @@ class Client:
                 (before anything is sent).
             PinWaitTimeout: the timeout passed first.
         """
-        _check_options("add_info", opts, _DIR_OPTIONS)
+        check_options("add_info", opts, DIR_OPTIONS)
         _check_timeout(wait_timeout)
-        repl = _replication(replicas, rmin, rmax, availability)
+        repl = replication_params(replicas, rmin, rmax, availability)
         waiting = wait or wait_timeout is not None
         if waiting and not pin:
             raise ValueError("wait waits for the pin's holders: it cannot be combined with pin=False")
@@ -268,7 +239,7 @@ class Client:
             ValueError: a name is not valid UTF-8, or an entry is neither a
                 file, a folder nor a symlink (a FIFO, a socket, a device).
         """
-        _check_options("add_dir", opts)
+        check_options("add_dir", opts)
         root = Path(path)
         if not root.is_dir():
             raise NotADirectoryError(f"{root}: not a directory")
@@ -309,7 +280,7 @@ class Client:
             ValueError: ``timeout`` is not > 0 (before anything is sent).
             RpcError: ``timeout`` when it passed, ``not_found``, ``not_a_file``...
         """
-        params = _transfer_params(cid, timeout, on_progress)
+        params = transfer_params(cid, timeout, on_progress)
         params["offset"] = offset
         if length is not None:
             params["length"] = length
@@ -323,7 +294,7 @@ class Client:
         terminal of this process, passed over the socket with SCM_RIGHTS); returns
         ``{"cid", "bytes"}``. Saves a copy through the socket and this process.
         ``timeout`` and ``on_progress`` as ``cat``."""
-        params = _transfer_params(cid, timeout, on_progress)
+        params = transfer_params(cid, timeout, on_progress)
         params.update({"offset": offset, "to_fd": True})
         if length is not None:
             params["length"] = length
@@ -349,7 +320,7 @@ class Client:
             RpcError: the daemon's error (e.g. ``not_found``, ``invalid_cid``, ``timeout``).
             ValueError: ``timeout`` is not > 0.
         """
-        params = _transfer_params(cid, timeout, on_progress)
+        params = transfer_params(cid, timeout, on_progress)
         target = Path(path)
         into_dir = False
         if target.is_symlink() or (target.exists() and not target.is_dir()):
@@ -500,9 +471,9 @@ class Client:
             RpcError: the daemon refused the pin (e.g. ``invalid_argument``).
         """
         _check_timeout(wait_timeout)
-        params = _transfer_params(cid, timeout, on_progress)
+        params = transfer_params(cid, timeout, on_progress)
         params["recursive"] = recursive
-        params.update(_replication(replicas, rmin, rmax, availability))
+        params.update(replication_params(replicas, rmin, rmax, availability))
         if name is not None:
             params["name"] = name
         if expire_in is not None:
@@ -596,24 +567,6 @@ class Client:
         """Retry failed (cluster) or incomplete (standalone) pins, one CID or all:
         ``{"recovered", "cids", "pins": [{"cid", "error", "result"?}]}``."""
         return self.call("recover", {"cid": cid} if cid else {"all": True})
-
-
-def _transfer_params(cid: str, timeout: float | None,
-                     on_progress: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
-    """``{"cid", "timeout"?, "progress"?}`` for ``cat``/``get``/``pin_add``.
-
-    Raises:
-        ValueError: ``timeout`` is not a number of seconds > 0.
-    """
-    params: dict[str, Any] = {"cid": str(cid)}
-    if timeout is not None:
-        if isinstance(timeout, bool) or not isinstance(timeout, int | float) \
-                or not 0 < timeout < float("inf"):
-            raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
-        params["timeout"] = float(timeout)
-    if on_progress is not None:
-        params["progress"] = True
-    return params
 
 
 def _check_timeout(timeout: float | None) -> None:

@@ -92,7 +92,8 @@ from pinfold.daemon.metrics import Metrics
 from pinfold.daemon.p2p.streams import UploadReader
 from pinfold.daemon.parts import Handler
 from pinfold.daemon.pinning import LocalPin, Pinned
-from pinfold.daemon.transfer import TransferMeter, expected_size, fetch_timeout_s, transfer
+from pinfold.daemon.transfer import (expected_size, fetch_timeout_s, metered_get, transfer,
+                                     visit_counter)
 
 log = logging.getLogger("pinfold.api")
 
@@ -358,31 +359,6 @@ class Api:
 
     # ------------------------------------------------------------------ read
 
-    def _metered_get(self, meter: TransferMeter, timeout_s: float | None, *,
-                     dag_bytes: bool) -> Callable[[CID], Awaitable[bytes]]:
-        """``get_block`` for a transfer: counts each distinct block reached (and its
-        bytes toward ``meter.done`` when ``dag_bytes``), notes the block being fetched
-        and reads the expected total from the root block."""
-        seen: set[bytes] = set()
-        root = meter.cid
-
-        async def get(cid: CID) -> bytes:
-            if not self.node.has_block(cid):
-                meter.waiting_on = cid
-            data = await self.node.get_block(cid, timeout_s=timeout_s)
-            meter.waiting_on = None
-            key = bytes(cid)
-            if key not in seen:
-                seen.add(key)
-                meter.blocks += 1
-                if dag_bytes:
-                    meter.done += len(data)
-                    if meter.total is None and str(cid) == root:
-                        meter.total = expected_size(cid, data, content=False)
-            return data
-
-        return get
-
     async def cat(self, call: Any) -> dict[str, Any]:
         cid = _cid_param(call.params)
         offset = _param(call.params, "offset", int, 0)
@@ -398,11 +374,9 @@ class Api:
         try:
             async with transfer(call, "cat", cid, self.node.received) as meter, \
                     self.node.prefetcher(timeout_s=fetch_t) as prefetch:
-                get = self._metered_get(meter, fetch_t, dag_bytes=False)
-                size = expected_size(cid, await get(cid), content=True)
-                if size is not None:
-                    end = size if length is None else min(size, offset + length)
-                    meter.total = max(0, end - offset)
+                get = metered_get(self.node, meter, fetch_t, dag_bytes=False)
+                meter.total = expected_size(cid, await get(cid), content=True,
+                                            offset=offset, length=length)
                 async for chunk in unixfs.cat(get, cid, offset, length, prefetch=prefetch):
                     if fd is None:
                         await send_bytes(call, chunk)
@@ -422,7 +396,7 @@ class Api:
         sent = 0
         fetch_t = fetch_timeout_s(call.params)
         async with transfer(call, "get", cid, self.node.received) as meter:
-            get = self._metered_get(meter, fetch_t, dag_bytes=True)
+            get = metered_get(self.node, meter, fetch_t, dag_bytes=True)
             async for entry in unixfs.walk_tree(get, cid):
                 header: dict[str, Any] = {"path": entry.path, "type": entry.kind,
                                           "size": entry.size or 0}
@@ -568,22 +542,10 @@ class Api:
         cid = _cid_param(call.params)
         recursive = _param(call.params, "recursive", bool, True)
         opts = self._pin_opts(call)
-        store = self.node.store
-
         async with transfer(call, "pin add", cid, self.node.received) as meter:
-            def visit(c: CID) -> None:
-                # Each block the pin's walk reaches (stored by then): its bytes count.
-                try:
-                    if meter.total is None and c == cid:
-                        meter.total = expected_size(c, store.get(c), content=False)
-                    meter.done += store.get_size(c)
-                except BlockNotFound:
-                    return
-                meter.blocks += 1
-
             pinned = await self.node.pin(cid, recursive=recursive,
                                          timeout_s=fetch_timeout_s(call.params),
-                                         on_visit=visit, **opts)
+                                         on_visit=visit_counter(self.node.store, meter), **opts)
         return pin_dict(pinned)
 
     async def pin_wait(self, call: Any) -> dict[str, Any]:

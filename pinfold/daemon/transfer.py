@@ -12,21 +12,22 @@ Imports trio and the blockstore's dag-pb and UnixFS decoders.
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 
 from pinfold.blockstore import dagpb
 from pinfold.blockstore.cid import CID, DAG_PB, RAW
-from pinfold.blockstore.errors import DecodeError
+from pinfold.blockstore.errors import BlockNotFound, DecodeError
+from pinfold.blockstore.store import BlockStore
 from pinfold.blockstore.unixfs.data import DataType, decode_data
 
 from pinfold.daemon.errors import InvalidArgument
 
 __all__ = ["PROGRESS_INTERVAL_S", "TransferMeter", "TransferTimeout", "expected_size",
-           "fetch_timeout_s", "timeout_param", "transfer"]
+           "fetch_timeout_s", "metered_get", "timeout_param", "transfer", "visit_counter"]
 
 #: Seconds between progress events (a terminal redraws about 4 times a second).
 PROGRESS_INTERVAL_S = 0.25
@@ -53,7 +54,8 @@ def timeout_param(params: dict[str, Any]) -> float | None:
     return float(value)
 
 
-def expected_size(cid: CID, block: bytes, *, content: bool) -> int | None:
+def expected_size(cid: CID, block: bytes, *, content: bool, offset: int = 0,
+                  length: int | None = None) -> int | None:
     """Bytes a transfer of ``cid`` (whose root block is ``block``) will move, from the
     root's UnixFS sizes.
 
@@ -61,7 +63,16 @@ def expected_size(cid: CID, block: bytes, *, content: bool) -> int | None:
     a raw block's length); else the DAG's bytes (root block + the links'
     Tsizes, the cumulative size Kubo reports). None when the root does not say
     (not dag-pb or raw, a link without Tsize, not a file when ``content``).
+    With ``content``, only the range ``[offset, offset + length)`` counts.
     """
+    size = _root_size(cid, block, content=content)
+    if size is None or not content:
+        return size
+    end = size if length is None else min(size, offset + length)
+    return max(0, end - offset)
+
+
+def _root_size(cid: CID, block: bytes, *, content: bool) -> int | None:
     codec = cid.codec.code
     if codec == RAW:
         return len(block)
@@ -207,6 +218,55 @@ async def transfer(call: Any, what: str, cid: CID, received: ReceivedCounts
         assert timeout_s is not None
         raise TransferTimeout(meter, timeout_s)
     await call.progress(meter.event(done=True), wait=True)
+
+
+class BlockSource(Protocol):
+    """What ``metered_get`` reads blocks through (the node)."""
+
+    def has_block(self, cid: CID) -> bool: ...
+
+    async def get_block(self, cid: CID, *, timeout_s: float | None = None) -> bytes: ...
+
+
+def metered_get(node: BlockSource, meter: TransferMeter, timeout_s: float | None, *,
+                dag_bytes: bool) -> Callable[[CID], Awaitable[bytes]]:
+    """``get_block`` for a transfer: counts each distinct block reached (and, with
+    ``dag_bytes``, its bytes toward ``meter.done``, reading the expected total from
+    the root block), and notes the block being fetched for a timeout's message."""
+    seen: set[bytes] = set()
+
+    async def get(cid: CID) -> bytes:
+        if not node.has_block(cid):
+            meter.waiting_on = cid
+        data = await node.get_block(cid, timeout_s=timeout_s)
+        meter.waiting_on = None
+        key = bytes(cid)
+        if key not in seen:
+            seen.add(key)
+            meter.blocks += 1
+            if dag_bytes:
+                meter.done += len(data)
+                if meter.total is None and str(cid) == meter.cid:
+                    meter.total = expected_size(cid, data, content=False)
+        return data
+
+    return get
+
+
+def visit_counter(store: BlockStore, meter: TransferMeter) -> Callable[[CID], None]:
+    """An ``on_visit`` for a pin's DAG walk: each block reached (stored by then)
+    counts with its bytes; the root's gives the expected total."""
+
+    def visit(cid: CID) -> None:
+        try:
+            if meter.total is None and str(cid) == meter.cid:
+                meter.total = expected_size(cid, store.get(cid), content=False)
+            meter.done += store.get_size(cid)
+        except BlockNotFound:
+            return
+        meter.blocks += 1
+
+    return visit
 
 
 def fetch_timeout_s(params: dict[str, Any]) -> float | None:
