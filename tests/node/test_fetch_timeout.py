@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pinfold.blockstore.unixfs import ImportParams, import_bytes
 from pinfold.client import RpcError
 from pinfold.daemon.cli.parser import parse_duration
 
@@ -62,6 +63,24 @@ def test_timeout_ends_a_fetch_nobody_answers_within_the_bound_and_names_the_cid(
     # Well before bitswap.fetch_timeout_s (30 s), the other bound a fetch has.
     assert took < 15, took
     assert not (tmp_path / "out").exists()
+
+
+def test_timeout_names_the_block_it_waited_for_and_the_size_from_the_root(
+        beside_a_silent_peer: DaemonProcess) -> None:
+    """The root is here, a leaf is nowhere: the error names the leaf it waited for
+    and the total the root announced."""
+    data = os.urandom(600_000)
+    blocks, root, _ = import_bytes(data, ImportParams(chunk_size=256 * 1024))
+    root_block = dict((str(c), b) for c, b in blocks)[str(root)]
+    with beside_a_silent_peer.client() as c:
+        assert c.block_put(root_block, codec="dag-pb")["cid"] == str(root)
+        with pytest.raises(RpcError) as info:
+            b"".join(c.cat(str(root), timeout=1.5))
+    leaves = [str(c) for c, _ in blocks if str(c) != str(root)]
+    message = str(info.value)
+    assert info.value.code == "timeout", message
+    assert message.startswith(f"cat {root}: timed out after 1.5 s with 0 of 600000 bytes done")
+    assert message.endswith(f"; waiting for block {leaves[0]}"), message
 
 
 def test_timeout_in_the_client_raises_timeout_naming_the_cid(
