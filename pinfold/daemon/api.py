@@ -126,9 +126,13 @@ async def send_bytes(call: Any, data: bytes) -> None:
 
 
 def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
+    """Write all of ``data`` to ``fd``, then close ``fd`` (the thread's own duplicate)."""
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
 
 
 async def _write_fd(fd: int, data: bytes) -> None:
@@ -139,7 +143,10 @@ async def _write_fd(fd: int, data: bytes) -> None:
     Raises ``OutputClosed`` when the reader went away (EPIPE).
     """
     try:
-        await trio.to_thread.run_sync(_write_all, fd, data, abandon_on_cancel=True)
+        # The thread writes to its own duplicate: if a timeout or cancel abandons
+        # it mid-write and the handler closes ``fd``, the number cannot be reused
+        # under the thread's feet.
+        await trio.to_thread.run_sync(_write_all, os.dup(fd), data, abandon_on_cancel=True)
     except BrokenPipeError as exc:
         raise OutputClosed("the output was closed before the end of the file") from exc
 
