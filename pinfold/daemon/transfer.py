@@ -172,9 +172,19 @@ class TransferTimeout(TimeoutError):
                 f"arrived from {_plural(peers, 'peer')}")
         if meter.waiting_on is not None and str(meter.waiting_on) != meter.cid:
             text += f"; waiting for block {meter.waiting_on}"
-        elif meter.waiting_on is not None or (meter.blocks == 0 and blocks == 0):
+        elif meter.waiting_on is not None or not (meter.blocks or meter.done or blocks):
             text += "; no peer sent its root block"
         super().__init__(text)
+
+    def __reduce__(self):  # keep pickling and copying working (the meter is not kept)
+        return (_rebuild_timeout, (str(self), self.cid, self.timeout_s))
+
+
+def _rebuild_timeout(text: str, cid: str, timeout_s: float) -> TransferTimeout:
+    exc = TransferTimeout.__new__(TransferTimeout)
+    TimeoutError.__init__(exc, text)
+    exc.cid, exc.timeout_s = cid, timeout_s
+    return exc
 
 
 async def _report(call: Any, meter: TransferMeter) -> None:
