@@ -19,6 +19,15 @@ One ``Client`` is one connection and serves one call at a time; use one
 raises: a bad argument is refused before anything is sent, and a call that
 broke the connection (an interrupt, a failed upload source) makes the next
 call connect again.
+
+Two kinds of progress: ``progress(nbytes)`` (``add``, ``get``) is called with
+the bytes this client just sent or received; ``on_progress(event)`` (``cat``,
+``get``, ``pin``) is called with the daemon's progress events of the transfer
+it runs, ``{"bytes", "total", "blocks", "fetched_blocks", "fetched_bytes",
+"peers", "elapsed_s"}`` (bytes done of ``total`` expected, from the root's
+UnixFS sizes; the last has ``"done": True``). ``timeout`` (seconds) bounds
+``cat``, ``get`` and ``pin``'s fetch on the daemon; past it ``RpcError`` with
+code ``timeout`` says what timed out, which CID and what had arrived.
 """
 
 from __future__ import annotations
@@ -30,6 +39,8 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, Self
 
+from pinfold.clientargs import (ADD_OPTIONS, DIR_OPTIONS, check_options, replication_params,
+                                transfer_params)
 from pinfold.config import load
 
 from pinfold.client_paths import PathsMixin, ref_basename
@@ -48,37 +59,6 @@ def _file_chunks(f: BinaryIO, progress: Callable[[int], None] | None) -> Iterato
         if progress:
             progress(len(chunk))
         yield chunk
-
-
-ADD_OPTIONS = frozenset({"chunk_size", "cid_version", "raw_leaves", "max_links", "name",
-                         "rmin", "rmax", "availability", "expire_in"})
-"""Options ``add``/``add_stream``/``add_dir`` pass on to the daemon."""
-
-_DIR_OPTIONS = frozenset({"dereference"})  # ``add``/``add_info`` of a folder: see ``add_dir``
-
-
-def _check_options(method: str, opts: dict[str, Any], extra: frozenset[str] = frozenset()) -> None:
-    """Raise ``TypeError`` naming every key of ``opts`` outside ``ADD_OPTIONS`` | ``extra``."""
-    unknown = sorted(set(opts) - ADD_OPTIONS - extra)
-    if unknown:
-        names = ", ".join(repr(k) for k in unknown)
-        plural = "s" if len(unknown) > 1 else ""
-        raise TypeError(f"{method}() got unexpected keyword argument{plural} {names} "
-                        f"(options: {', '.join(sorted(ADD_OPTIONS))}, pin, progress)")
-
-
-def _replication(replicas: int | None, rmin: int | None, rmax: int | None,
-                 availability: float | None) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    if replicas is not None:
-        out["rmin"] = out["rmax"] = replicas
-    if rmin is not None:
-        out["rmin"] = rmin
-    if rmax is not None:
-        out["rmax"] = rmax
-    if availability is not None:
-        out["availability"] = availability
-    return out
 
 
 class Client(PathsMixin):
@@ -128,9 +108,10 @@ class Client(PathsMixin):
         return self.conn.call(method, params or {}, upload=upload)
 
     def stream(self, method: str, params: dict[str, Any] | None = None, *,
-               upload: Iterable[bytes] | None = None) -> Iterator[Any]:
-        """Call ``method`` and yield its streamed items."""
-        return self.conn.stream(method, params or {}, upload=upload)
+               upload: Iterable[bytes] | None = None,
+               on_progress: Callable[[dict[str, Any]], None] | None = None) -> Iterator[Any]:
+        """Call ``method`` and yield its streamed items (``on_progress``: see the module)."""
+        return self.conn.stream(method, params or {}, upload=upload, on_progress=on_progress)
 
     # ------------------------------------------------------------------ node
 
@@ -161,7 +142,7 @@ class Client(PathsMixin):
             TypeError: an option not in ``ADD_OPTIONS`` (all unknown ones are named).
             RpcError: the daemon refused the data or an option.
         """
-        _check_options("add_stream", opts)
+        check_options("add_stream", opts)
 
         def counted() -> Iterator[bytes]:
             for c in chunks:
@@ -190,7 +171,7 @@ class Client(PathsMixin):
             FileNotFoundError: ``source`` is a path that does not exist.
             RpcError: the daemon refused the data or an option.
         """
-        _check_options("add", opts, _DIR_OPTIONS)
+        check_options("add", opts, DIR_OPTIONS)
         return self.add_info(source, pin=pin, replicas=replicas, rmin=rmin, rmax=rmax,
                              availability=availability, progress=progress, **opts)["cid"]
 
@@ -212,9 +193,9 @@ class Client(PathsMixin):
                 (before anything is sent).
             PinWaitTimeout: the timeout passed first.
         """
-        _check_options("add_info", opts, _DIR_OPTIONS)
+        check_options("add_info", opts, DIR_OPTIONS)
         _check_timeout(wait_timeout)
-        repl = _replication(replicas, rmin, rmax, availability)
+        repl = replication_params(replicas, rmin, rmax, availability)
         waiting = wait or wait_timeout is not None
         if waiting and not pin:
             raise ValueError("wait waits for the pin's holders: it cannot be combined with pin=False")
@@ -262,7 +243,7 @@ class Client(PathsMixin):
             ValueError: a name is not valid UTF-8, or an entry is neither a
                 file, a folder nor a symlink (a FIFO, a socket, a device).
         """
-        _check_options("add_dir", opts)
+        check_options("add_dir", opts)
         root = Path(path)
         if not root.is_dir():
             raise NotADirectoryError(f"{root}: not a directory")
@@ -291,26 +272,42 @@ class Client(PathsMixin):
         params["pin"] = pin
         return self.call("add_dir", params, upload=entries())
 
-    def cat(self, cid: str, *, offset: int = 0, length: int | None = None) -> Iterator[bytes]:
+    def cat(self, cid: str, *, offset: int = 0, length: int | None = None,
+            timeout: float | None = None,
+            on_progress: Callable[[dict[str, Any]], None] | None = None) -> Iterator[bytes]:
         """The bytes of the file ``cid`` (or ``CID/path``) from ``offset`` (bytes), at
-        most ``length`` bytes, as chunks; only the blocks covering the range are read."""
-        params: dict[str, Any] = {"cid": str(cid), "offset": offset}
+        most ``length`` bytes, as chunks; only the blocks covering the range are read.
+
+        ``timeout`` (seconds) bounds the daemon's fetch; ``on_progress`` gets its
+        progress events (module docstring) as the chunks are read.
+
+        Raises:
+            ValueError: ``timeout`` is not > 0 (before anything is sent).
+            RpcError: ``timeout`` when it passed, ``not_found``, ``not_a_file``...
+        """
+        params = transfer_params(cid, timeout, on_progress)
+        params["offset"] = offset
         if length is not None:
             params["length"] = length
-        return self.stream("cat", params)
+        return self.stream("cat", params, on_progress=on_progress)
 
     def cat_to_fd(self, cid: str, fd: int, *, offset: int = 0,
-                  length: int | None = None) -> dict[str, Any]:
+                  length: int | None = None, timeout: float | None = None,
+                  on_progress: Callable[[dict[str, Any]], None] | None = None
+                  ) -> dict[str, Any]:
         """Have the daemon write the file's bytes straight to ``fd`` (a file, pipe or
         terminal of this process, passed over the socket with SCM_RIGHTS); returns
-        ``{"cid", "bytes"}``. Saves a copy through the socket and this process."""
-        params: dict[str, Any] = {"cid": str(cid), "offset": offset, "to_fd": True}
+        ``{"cid", "bytes"}``. Saves a copy through the socket and this process.
+        ``timeout`` and ``on_progress`` as ``cat``."""
+        params = transfer_params(cid, timeout, on_progress)
+        params.update({"offset": offset, "to_fd": True})
         if length is not None:
             params["length"] = length
-        return self.conn.call("cat", params, pass_fd=fd)
+        return self.conn.call("cat", params, pass_fd=fd, on_progress=on_progress)
 
     def get(self, cid: str, path: str | os.PathLike[str], *,
-            progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+            progress: Callable[[int], None] | None = None, timeout: float | None = None,
+            on_progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
         """Write the file or directory tree ``cid`` to ``path``; returns
         ``{"cid", "files", "bytes", "path"}`` (``path``: where it was written).
 
@@ -318,14 +315,17 @@ class Client(PathsMixin):
         it, a single file as ``path/<cid>``. Each file is written to
         ``NAME.part`` and renamed when complete; ``progress(nbytes)`` is called
         as data arrives. On an error nothing written is left behind (an empty
-        folder given as ``path`` is kept, empty).
+        folder given as ``path`` is kept, empty). ``timeout`` and ``on_progress``
+        as ``cat`` (the event's bytes are the DAG's block bytes).
 
         Raises:
             FileExistsError: ``path`` is a file, a link, or a folder that is not
                 empty (the message names its first entry).
             FileNotFoundError: the parent folder of ``path`` does not exist.
-            RpcError: the daemon's error (e.g. ``not_found``, ``invalid_cid``).
+            RpcError: the daemon's error (e.g. ``not_found``, ``invalid_cid``, ``timeout``).
+            ValueError: ``timeout`` is not > 0.
         """
+        params = transfer_params(cid, timeout, on_progress)
         target = Path(path)
         into_dir = False
         if target.is_symlink() or (target.exists() and not target.is_dir()):
@@ -357,7 +357,7 @@ class Client(PathsMixin):
             out, current = None, None
 
         try:
-            for item in self.stream("get", {"cid": str(cid)}):
+            for item in self.stream("get", params, on_progress=on_progress):
                 if isinstance(item, dict):
                     finish()
                     rel = item["path"]
@@ -455,7 +455,9 @@ class Client(PathsMixin):
             recursive: bool = True, name: str | None = None,
             expire_in: float | None = None, wait: bool = False,
             wait_timeout: float | None = None,
-            progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+            progress: Callable[[dict[str, Any]], None] | None = None,
+            timeout: float | None = None,
+            on_progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
         """Pin ``cid`` (cluster-wide in a cluster); returns the pin record.
 
         In a cluster the record says how many holders had it pinned when the
@@ -463,20 +465,25 @@ class Client(PathsMixin):
         others fetch it afterwards. With ``wait`` (implied by ``wait_timeout``)
         this returns only once rmin holders report pinned, the record then
         holding the final ``status``; see ``wait_pinned`` for ``progress``.
+        ``timeout`` (seconds) bounds the pin's fetch (standalone: the whole DAG
+        is fetched before this returns) and ``on_progress`` gets its progress
+        events (module docstring).
 
         Raises:
-            ValueError: ``wait_timeout`` is not > 0 seconds (before anything is sent).
+            ValueError: ``wait_timeout`` or ``timeout`` is not > 0 seconds (before
+                anything is sent).
             PinWaitTimeout: ``wait_timeout`` seconds passed first.
             RpcError: the daemon refused the pin (e.g. ``invalid_argument``).
         """
         _check_timeout(wait_timeout)
-        params: dict[str, Any] = {"cid": str(cid), "recursive": recursive}
-        params.update(_replication(replicas, rmin, rmax, availability))
+        params = transfer_params(cid, timeout, on_progress)
+        params["recursive"] = recursive
+        params.update(replication_params(replicas, rmin, rmax, availability))
         if name is not None:
             params["name"] = name
         if expire_in is not None:
             params["expire_in"] = expire_in
-        res = self.call("pin_add", params)
+        res = self.conn.call("pin_add", params, on_progress=on_progress)
         if wait or wait_timeout is not None:
             res["status"] = self.wait_pinned(res["cid"], timeout=wait_timeout,
                                              progress=progress)

@@ -16,17 +16,20 @@ Method names and their parameters (the client in ``client.py`` mirrors them):
                    size, target}][size bytes] (type file, dir or symlink; a
                    symlink has a target and no bytes); same params
                    -> {cid, bytes, blocks, files, symlinks}
-``cat``            {cid, offset, length} -> stream of bytes -> {cid, bytes, blocks}
-``get``            {cid} -> stream of {path, type, size} headers, each file's
-                   header followed by its bytes -> {cid, files, bytes}
+``cat``            {cid, offset, length, timeout, progress} -> stream of bytes
+                   -> {cid, bytes, blocks}
+``get``            {cid, timeout, progress} -> stream of {path, type, size}
+                   headers, each file's header followed by its bytes
+                   -> {cid, files, bytes}
 ``block_put``      upload: one block; {codec, cid_version} -> {cid, size}
 ``block_get``      {cid} -> stream of bytes -> {cid, size}
 ``block_stat``     {cid} -> {cid, size}
 ``block_rm``       {cid} -> {cid, removed}
 ``dag_import``     upload: CAR v1; {pin_roots} -> {roots, blocks, bytes}
 ``dag_export``     {cid} -> stream of CAR v1 bytes -> {cid, blocks, bytes}
-``pin_add``        {cid, recursive, name, rmin, rmax, availability, expire_in}
-                   -> the pin record (+ ``path`` when ``cid`` was a path)
+``pin_add``        {cid, recursive, name, rmin, rmax, availability, expire_in,
+                   timeout, progress} -> the pin record (+ ``path`` when ``cid``
+                   was a path)
 ``pin_rm``         {cid}
 ``pin_ls``         {state} -> stream of pin dicts -> {count}; state: a local
                    state, ``error`` (failed pins, with ``error``) or
@@ -42,6 +45,10 @@ Method names and their parameters (the client in ``client.py`` mirrors them):
 =================  ===========================================================
 
 ``cid`` of cat, get, dag_export, pin_add: ``CID`` or ``CID/path`` (``resolver.py``).
+``timeout`` (seconds > 0) bounds a ``cat``, ``get`` or ``pin_add`` (error code
+``timeout``, naming the CID and what arrived); ``progress: true`` asks for
+progress frames while it runs (``daemon/transfer.py``; DESIGN.md, "Progress
+events").
 """
 
 from __future__ import annotations
@@ -90,6 +97,8 @@ from pinfold.daemon.p2p.streams import UploadReader
 from pinfold.daemon.parts import Handler
 from pinfold.daemon.pinning import LocalPin, Pinned
 from pinfold.daemon.resolver import Resolver, to_content_path
+from pinfold.daemon.transfer import (expected_size, fetch_timeout_s, metered_get, transfer,
+                                     visit_counter)
 
 log = logging.getLogger("pinfold.api")
 
@@ -122,9 +131,13 @@ async def send_bytes(call: Any, data: bytes) -> None:
 
 
 def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
+    """Write all of ``data`` to ``fd``, then close ``fd`` (the thread's own duplicate)."""
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
 
 
 async def _write_fd(fd: int, data: bytes) -> None:
@@ -135,7 +148,10 @@ async def _write_fd(fd: int, data: bytes) -> None:
     Raises ``OutputClosed`` when the reader went away (EPIPE).
     """
     try:
-        await trio.to_thread.run_sync(_write_all, fd, data, abandon_on_cancel=True)
+        # The thread writes to its own duplicate: if a timeout or cancel abandons
+        # it mid-write and the handler closes ``fd``, the number cannot be reused
+        # under the thread's feet.
+        await trio.to_thread.run_sync(_write_all, os.dup(fd), data, abandon_on_cancel=True)
     except BrokenPipeError as exc:
         raise OutputClosed("the output was closed before the end of the file") from exc
 
@@ -166,9 +182,12 @@ class ApiNode(Protocol):
 
     def blocks_added(self, cids: list[CID]) -> None: ...
 
-    async def get_block(self, cid: CID) -> bytes: ...
+    async def get_block(self, cid: CID, *, timeout_s: float | None = None) -> bytes: ...
 
-    def prefetcher(self) -> AbstractAsyncContextManager[Callable[[list[CID]], None]]: ...
+    def received(self) -> tuple[int, int, dict[str, int]]: ...
+
+    def prefetcher(self, *, timeout_s: float | None = None
+                   ) -> AbstractAsyncContextManager[Callable[[list[CID]], None]]: ...
 
     async def ensure_dag(self, root: CID, *, protection: Protection | None = None) -> None: ...
 
@@ -178,7 +197,8 @@ class ApiNode(Protocol):
     async def pin(self, cid: CID, *, recursive: bool = True, name: str = "",
                   fetch: bool = True, rmin: int | None = None, rmax: int | None = None,
                   availability: float | None = None, expire_at: float | None = None,
-                  metadata: dict[str, str] | None = None) -> Pinned | ClusterPin: ...
+                  metadata: dict[str, str] | None = None, timeout_s: float | None = None,
+                  on_visit: Callable[[CID], None] | None = None) -> Pinned | ClusterPin: ...
 
     async def unpin(self, cid: CID) -> PinRecord | bytes: ...
 
@@ -369,22 +389,27 @@ class Api:
         if to_fd and fd is None:
             raise InvalidArgument("to_fd is set but no file descriptor came with the request")
         sent = 0
+        fetch_t = fetch_timeout_s(call.params)
         blocks = 0
-
-        async def get_block(c: CID) -> bytes:  # counts the blocks this read touches
-            nonlocal blocks
-            blocks += 1
-            return await self.node.get_block(c)
-
         try:
-            async with self.node.prefetcher() as prefetch:
-                async for chunk in unixfs.cat(get_block, cid, offset, length,
-                                              prefetch=prefetch):
+            async with transfer(call, "cat", cid, self.node.received) as meter, \
+                    self.node.prefetcher(timeout_s=fetch_t) as prefetch:
+                metered = metered_get(self.node, meter, fetch_t, dag_bytes=False)
+
+                async def get(c: CID) -> bytes:  # counts the blocks this read touches
+                    nonlocal blocks
+                    blocks += 1
+                    return await metered(c)
+
+                meter.total = expected_size(cid, await metered(cid), content=True,
+                                            offset=offset, length=length)
+                async for chunk in unixfs.cat(get, cid, offset, length, prefetch=prefetch):
                     if fd is None:
                         await send_bytes(call, chunk)
                     else:
                         await _write_fd(fd, chunk)
                     sent += len(chunk)
+                    meter.done = sent
         finally:
             if fd is not None:
                 os.close(fd)
@@ -395,21 +420,23 @@ class Api:
         cid = await self._ref(call.params)
         files = 0
         sent = 0
-        async for entry in unixfs.walk_tree(self.node.get_block, cid):
-            header: dict[str, Any] = {"path": entry.path, "type": entry.kind,
-                                      "size": entry.size or 0}
-            if entry.kind == "symlink":
-                target = entry.target
-                header["target"] = target.decode("utf-8", "replace") if isinstance(
-                    target, bytes) else str(target)
-            await call.send(header)
-            if entry.kind == "file":
-                files += 1
-                async with self.node.prefetcher() as prefetch:
-                    async for chunk in unixfs.cat(self.node.get_block, entry.cid,
-                                                  prefetch=prefetch):
-                        await send_bytes(call, chunk)
-                        sent += len(chunk)
+        fetch_t = fetch_timeout_s(call.params)
+        async with transfer(call, "get", cid, self.node.received) as meter:
+            get = metered_get(self.node, meter, fetch_t, dag_bytes=True)
+            async for entry in unixfs.walk_tree(get, cid):
+                header: dict[str, Any] = {"path": entry.path, "type": entry.kind,
+                                          "size": entry.size or 0}
+                if entry.kind == "symlink":
+                    target = entry.target
+                    header["target"] = target.decode("utf-8", "replace") if isinstance(
+                        target, bytes) else str(target)
+                await call.send(header)
+                if entry.kind == "file":
+                    files += 1
+                    async with self.node.prefetcher(timeout_s=fetch_t) as prefetch:
+                        async for chunk in unixfs.cat(get, entry.cid, prefetch=prefetch):
+                            await send_bytes(call, chunk)
+                            sent += len(chunk)
         self.node.metrics.cat_bytes.inc(sent)
         return {"cid": str(cid), "files": files, "bytes": sent}
 
@@ -540,7 +567,12 @@ class Api:
     async def pin_add(self, call: Any) -> dict[str, Any]:
         cid = await self._ref(call.params)
         recursive = _param(call.params, "recursive", bool, True)
-        res = pin_dict(await self.node.pin(cid, recursive=recursive, **self._pin_opts(call)))
+        opts = self._pin_opts(call)
+        async with transfer(call, "pin add", cid, self.node.received) as meter:
+            pinned = await self.node.pin(cid, recursive=recursive,
+                                         timeout_s=fetch_timeout_s(call.params),
+                                         on_visit=visit_counter(self.node.store, meter), **opts)
+        res = pin_dict(pinned)
         if to_content_path(call.params["cid"]).segments:  # a path: say what it named
             res["path"] = call.params["cid"]
         return res

@@ -152,37 +152,49 @@ class Network:
         if not self.host.connected_peers():
             raise BlockNotFound(cid, "not in the local store and no peer is connected")
 
-    async def get_block(self, cid: CID) -> bytes:
-        """Fetch one block from connected peers (verified, stored).
+    async def get_block(self, cid: CID, *, timeout_s: float | None = None) -> bytes:
+        """Fetch one block from connected peers (verified, stored); ``timeout_s``:
+        seconds without progress before it fails (default ``bitswap.fetch_timeout_s``).
 
         Raises:
             BlockNotFound: no peer is connected (fails at once rather than wait).
             FetchTimeout: no peer delivered it in time.
         """
         self._require_peers(cid)
-        return await self.bitswap.get_block(cid)
+        return await self.bitswap.get_block(cid, timeout_s=timeout_s)
 
     async def ensure_dag(self, root: CID, *, protection: Protection | None = None,
                          peers: Iterable[ID] | None = None,
-                         on_visit: Callable[[CID], None] | None = None) -> FetchStats:
+                         on_visit: Callable[[CID], None] | None = None,
+                         timeout_s: float | None = None) -> FetchStats:
         """Fetch every missing block of ``root``'s DAG; returns Bitswap's ``FetchStats``.
 
         With ``protection`` (a store ``Protection``), every block stored by the
         fetch is added to it as it arrives. ``on_visit`` is called once with each
-        block of the DAG, local or fetched (Bitswap's ``fetch_dag``).
+        block of the DAG, local or fetched (Bitswap's ``fetch_dag``); ``timeout_s``
+        as ``get_block``.
         """
         if not self.store.has(root) and not self.host.connected_peers():
             self._require_peers(root)
         if protection is not None:
             self._protections.add(protection)
         try:
-            return await self.bitswap.fetch_dag(root, peers=peers, on_visit=on_visit)
+            return await self.bitswap.fetch_dag(root, peers=peers, on_visit=on_visit,
+                                                timeout_s=timeout_s)
         finally:
             self._protections.discard(protection)
 
-    def fetch_blocks(self, cids: list[CID]) -> AsyncIterator[Any]:
+    def fetch_blocks(self, cids: list[CID], *, timeout_s: float | None = None
+                     ) -> AsyncIterator[Any]:
         """Want ``cids`` from peers; yields as they arrive (Bitswap's ``fetch_blocks``)."""
-        return self.bitswap.fetch_blocks(cids)
+        return self.bitswap.fetch_blocks(cids, timeout_s=timeout_s)
+
+    def received(self) -> tuple[int, int, dict[str, int]]:
+        """Wanted blocks received so far: ``(blocks, bytes, blocks by peer ID)``;
+        counters for the progress of transfers (``daemon/transfer.py``)."""
+        bs = self.bitswap.statistics()
+        by_peer = {str(s.peer): s.blocks_received for s in self.bitswap.ledgers()}
+        return bs.blocks_received, bs.bytes_received, by_peer
 
     def blocks_added(self, cids: list[CID]) -> None:
         """Blocks were stored outside Bitswap (add, import): serve peers waiting for them."""

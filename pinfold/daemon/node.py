@@ -355,22 +355,28 @@ class Node:
         if self.network is not None:
             self.network.blocks_added(cids)
 
-    async def get_block(self, cid: CID) -> bytes:
-        """The block's bytes, from the store or from peers (``Blocks.get``).
+    async def get_block(self, cid: CID, *, timeout_s: float | None = None) -> bytes:
+        """The block's bytes, from the store or from peers (``Blocks.get``;
+        ``timeout_s``: seconds a fetch may make no progress, None: the default).
 
         Raises:
             BlockNotFound: not local and no network, or a ``FetchTimeout`` subclass
                 when no peer had it in time.
         """
         assert self.blocks is not None
-        return await self.blocks.get(cid)
+        return await self.blocks.get(cid, timeout_s=timeout_s)
+
+    def received(self) -> tuple[int, int, dict[str, int]]:
+        """Blocks received from peers so far: ``(blocks, bytes, blocks by peer ID)``."""
+        return self.network.received() if self.network is not None else (0, 0, {})
 
     @asynccontextmanager
-    async def prefetcher(self) -> AsyncIterator[Callable[[list[CID]], None]]:
+    async def prefetcher(self, *, timeout_s: float | None = None
+                         ) -> AsyncIterator[Callable[[list[CID]], None]]:
         """A ``prefetch(cids)`` callback for ``unixfs.cat``: missing blocks are wanted
         from peers in the background as soon as their parent is read, so a remote
         file streams without a round trip per block. Pending wants are cancelled
-        when the context exits."""
+        when the context exits. ``timeout_s`` as ``get_block``."""
         network = self.network
         if network is None:
             yield lambda cids: None
@@ -378,7 +384,7 @@ class Node:
 
         async def drain(cids: list[CID]) -> None:
             try:
-                async for _ in network.fetch_blocks(cids):
+                async for _ in network.fetch_blocks(cids, timeout_s=timeout_s):
                     pass
             except Exception as exc:  # the reader's own get_block reports failures
                 log.debug("prefetch of %d blocks stopped: %s", len(cids), exc)
@@ -405,9 +411,11 @@ class Node:
     async def pin(self, cid: CID, *, recursive: bool = True, name: str = "",
                   fetch: bool = True, rmin: int | None = None, rmax: int | None = None,
                   availability: float | None = None, expire_at: float | None = None,
-                  metadata: dict[str, str] | None = None) -> Pinned | ClusterPin:
+                  metadata: dict[str, str] | None = None, timeout_s: float | None = None,
+                  on_visit: Callable[[CID], None] | None = None) -> Pinned | ClusterPin:
         """Pin ``cid``: in a cluster, a pin of the shared pinset; standalone, a local
-        pin (``Pinner.pin``, the one local pin path).
+        pin (``Pinner.pin``, the one local pin path; ``timeout_s`` and ``on_visit``
+        are its fetch's, unused in a cluster, whose holders fetch later).
 
         In a cluster the pin is written to the shared pinset (rmin/rmax or the
         availability target, defaults from ``[replication]``) and the cluster's
@@ -430,7 +438,8 @@ class Node:
         self.check_pin_request(rmin=rmin, rmax=rmax, availability=availability)
         assert self.pinner is not None
         return await self.pinner.pin(cid, recursive=recursive, name=name, fetch=fetch,
-                                     expire_at=expire_at, metadata=metadata)
+                                     expire_at=expire_at, metadata=metadata,
+                                     timeout_s=timeout_s, on_visit=on_visit)
 
     def check_pin_request(self, *, rmin: int | None = None, rmax: int | None = None,
                           availability: float | None = None, **_: object) -> None:

@@ -40,19 +40,23 @@ class Exchange(Protocol):
     they are read back from.
     """
 
-    async def get_block(self, cid: CID) -> bytes:
-        """One block from connected peers. Raises ``BlockNotFound`` (``FetchTimeout``)."""
+    async def get_block(self, cid: CID, *, timeout_s: float | None = None) -> bytes:
+        """One block from connected peers (``timeout_s``: seconds without progress,
+        None: the configured default). Raises ``BlockNotFound`` (``FetchTimeout``)."""
         ...
 
     async def ensure_dag(self, root: CID, *, protection: Protection | None = None,
                          peers: Iterable[ID] | None = None,
-                         on_visit: Callable[[CID], None] | None = None) -> FetchResult:
+                         on_visit: Callable[[CID], None] | None = None,
+                         timeout_s: float | None = None) -> FetchResult:
         """Fetch every missing block of ``root``'s DAG (from ``peers`` when given),
         adding each to ``protection`` as it is stored; ``on_visit`` is called once
-        with each block of the DAG (identity CIDs excepted), local or fetched."""
+        with each block of the DAG (identity CIDs excepted), local or fetched;
+        ``timeout_s`` as ``get_block``."""
         ...
 
-    def fetch_blocks(self, cids: list[CID]) -> AsyncIterator[Any]:
+    def fetch_blocks(self, cids: list[CID], *, timeout_s: float | None = None
+                     ) -> AsyncIterator[Any]:
         """Want ``cids`` from peers; yields as they arrive (prefetching)."""
         ...
 

@@ -14,7 +14,8 @@ shapes are built only by the RPC handlers. Imports the blockstore and
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from functools import partial
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from libp2p.peer.id import ID
@@ -41,8 +42,9 @@ class Blocks:
         """True if the block is local (identity CIDs always are)."""
         return is_identity(cid) or self.store.has(cid)
 
-    async def get(self, cid: CID) -> bytes:
-        """The block's bytes, from the store or from peers.
+    async def get(self, cid: CID, *, timeout_s: float | None = None) -> bytes:
+        """The block's bytes, from the store or from peers (``timeout_s``: seconds
+        without progress before a fetch fails; None: the configured default).
 
         Raises:
             BlockNotFound: not local and no exchange, or a ``FetchTimeout``
@@ -55,7 +57,7 @@ class Blocks:
         except BlockNotFound:
             if self.exchange is None:
                 raise
-        return await self.exchange.get_block(cid)
+        return await self.exchange.get_block(cid, timeout_s=timeout_s)
 
     async def get_local(self, cid: CID) -> bytes:
         """The block's bytes from the store only. Raises ``BlockNotFound``."""
@@ -108,7 +110,9 @@ class Pinner:
     async def pin(self, cid: CID, *, recursive: bool = True, name: str = "",
                   fetch: bool = True, local_only: bool = False,
                   expire_at: float | None = None, metadata: Mapping[str, object] | None = None,
-                  providers: Iterable[ID] | None = None, owner: str = "local") -> Pinned:
+                  providers: Iterable[ID] | None = None, owner: str = "local",
+                  timeout_s: float | None = None,
+                  on_visit: Callable[[CID], None] | None = None) -> Pinned:
         """Pin ``cid`` for ``owner``: its blocks' refcounts and the pin record in one
         transaction, fetching missing blocks first (from ``providers`` when given).
 
@@ -123,6 +127,9 @@ class Pinner:
             fetch: fetch the whole DAG from peers first (recursive pins).
             local_only: never ask peers, even for one block (an origin copy).
             expire_at: unix seconds, kept in the metadata as ``expire_at``.
+            timeout_s: seconds a fetch may make no progress (None: the default).
+            on_visit: called with each block of the DAG as the walk reaches it
+                (a transfer's progress).
 
         Raises:
             BlockNotFound: a block of the DAG is missing and cannot be fetched.
@@ -131,7 +138,7 @@ class Pinner:
         """
         store = self.blocks.store
         exchange = None if local_only else self.blocks.exchange
-        get = self.blocks.get_local if local_only else self.blocks.get
+        get = self.blocks.get_local if local_only else partial(self.blocks.get, timeout_s=timeout_s)
         fetched = 0
         with store.protect() as protection:
             blocks: list[CID] = []
@@ -139,21 +146,23 @@ class Pinner:
             def visit(c: CID) -> None:
                 protection.add(c)
                 blocks.append(c)
+                if on_visit is not None:
+                    on_visit(c)
 
             if recursive and fetch and exchange is not None:
                 # The fetch walks the DAG (local blocks read, missing ones wanted) and
                 # reports every block it reaches: that walk is the only one.
                 stats = await exchange.ensure_dag(
                     cid, protection=protection, peers=list(providers) if providers else None,
-                    on_visit=visit)
+                    on_visit=visit, timeout_s=timeout_s)
                 fetched = int(stats.fetched_bytes)
             elif recursive:
                 async for c in dagmod.walk(get, cid, has_block=self.blocks.has):
                     visit(c)
             else:
                 await get(cid)
-                protection.add(cid)
-                blocks = [cid]
+                blocks = []
+                visit(cid)
             meta = {str(k): str(v) for k, v in (metadata or {}).items()}
             if expire_at is not None:
                 meta["expire_at"] = repr(float(expire_at))

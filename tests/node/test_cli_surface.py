@@ -110,8 +110,7 @@ def test_exit_code_when_every_peer_answers_dont_have_is_4(daemon: DaemonProcess,
         out = run_cli(daemon.home, "--json", "pin", "add", missing, check=False)
         err = _json_error(out)
         assert out.returncode == 4 and err["code"] == "not_found", err
-        assert err["message"] == (f"no peer has block {missing}: 1 peer asked, "
-                                  "1 answered dont-have, none have")
+        assert err["message"] == f"no peer has block {missing}: 1 peer asked: 1 DONT_HAVE"
     finally:
         other.stop()
         other.kill9()

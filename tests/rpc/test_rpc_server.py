@@ -105,6 +105,17 @@ class Handlers:
             await call.send({"i": i})
         return call.params["n"]
 
+    async def h_progress(self, call: Call) -> dict[str, int]:
+        """``n`` 1 MiB items, a progress event after each (dropped when the credit is
+        spent), then a last event that waits for credit."""
+        sent = 0
+        for i in range(call.params["n"]):
+            await call.send(bytes(MiB))
+            if await call.progress({"i": i}):
+                sent += 1
+        await call.progress({"i": call.params["n"], "done": True}, wait=True)
+        return {"sent": sent + 1}
+
     async def h_echo_upload(self, call: Call) -> int:
         """Bidirectional: stream each upload chunk back as an item."""
         total = 0
@@ -350,6 +361,36 @@ async def test_handshake_and_echo_both_clients(rpc: Harness) -> None:
         assert await conn.call("echo") == {"method": "echo", "params": {}, "upload": False}
     assert ("echo", "ok") in [(m, o) for m, o, _ in rpc.done]
     assert all(seconds >= 0 for _, _, seconds in rpc.done)
+
+
+async def test_progress_events_reach_both_clients_only_when_asked(rpc: Harness) -> None:
+    """Progress frames go to calls that ask, interleaved with items that stay
+    intact; events that do not fit in the credit are dropped, the last one
+    waits; a call that does not ask gets none."""
+    n = 12  # 12 MiB of items through a ~2 MiB window: some events cannot fit
+
+    def sync() -> tuple[list[Any], list[int], Any]:
+        events: list[Any] = []
+        with RpcConnection(rpc.path, window_bytes=w.MIN_WINDOW_BYTES) as conn:
+            stream = conn.stream("progress", {"n": n, "progress": True},
+                                 on_progress=events.append)
+            sizes = [len(item) for item in stream]
+            return events, sizes, stream.result
+
+    events, sizes, result = await in_thread(sync)
+    assert sizes == [MiB] * n
+    assert events[-1] == {"i": n, "done": True} and len(events) == result["sent"]
+    assert [e["i"] for e in events] == sorted(e["i"] for e in events)
+
+    async with open_rpc_connection(rpc.path) as conn:
+        seen: list[Any] = []
+        async with conn.stream("progress", {"n": 3, "progress": True},
+                               on_progress=seen.append) as s:
+            assert [len(item) async for item in s] == [MiB] * 3
+        assert seen[-1] == {"i": 3, "done": True}
+        async with conn.stream("progress", {"n": 2}) as s:
+            assert [len(item) async for item in s] == [MiB] * 2
+        assert s.result == {"sent": 1}  # the handler's sends all returned False
 
 
 # ------------------------------------------------------------------ errors

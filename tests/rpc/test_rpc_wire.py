@@ -34,6 +34,8 @@ server_messages = st.one_of(
     st.builds(w.Welcome, daemon_version=st.text(max_size=20),
               window=st.integers(w.MIN_WINDOW_BYTES, w.MAX_WINDOW_BYTES)),
     st.builds(w.Item, id=ids, item=values),
+    st.builds(w.Progress, id=ids, progress=st.dictionaries(st.text(max_size=10), values,
+                                                           max_size=5)),
     st.builds(w.Result, id=ids, result=values),
     st.builds(w.ErrorReply, id=st.none() | ids,
               code=st.from_regex(r"[a-z][a-z0-9_]{0,20}", fullmatch=True),
@@ -298,6 +300,8 @@ def test_unsupported_hello_names_the_versions(hello: dict) -> None:
     ({"t": "error", "id": 0, "code": "x", "message": "m"}, "id must be an integer"),
     ({"t": "result", "id": 1}, "lacks the 'result' field"),
     ({"t": "item", "id": 1, "item": 1, "more": 1}, "unknown field(s): more"),
+    ({"t": "progress", "id": 1, "progress": [1]}, "progress.progress must be a map"),
+    ({"t": "progress", "id": 1}, "lacks the 'progress' field"),
 ])
 def test_malformed_server_frames_are_named(obj: dict, needle: str) -> None:
     with pytest.raises(w.WireError, match=needle.replace("(", r"\(").replace(")", r"\)")):

@@ -1,6 +1,6 @@
 """The CLI's local side: reading a file or stdin in chunks, writing bytes to
 stdout or to a file (atomically), ``Output`` (JSON or text on stdout) and the
-progress lines on stderr.
+``--wait`` progress line on stderr (transfers: ``progressbar``).
 
 Imports only the standard library.
 """
@@ -99,34 +99,6 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
-
-
-class Progress:
-    """A progress line on stderr, only when stderr is a terminal."""
-
-    def __init__(self, total: int | None, label: str) -> None:
-        self.total = total
-        self.label = label
-        self.done = 0
-        self.enabled = sys.stderr.isatty()
-        self._last = 0
-
-    def __call__(self, nbytes: int) -> None:
-        self.done += nbytes
-        if not self.enabled or self.done - self._last < (8 << 20):
-            return
-        self._last = self.done
-        if self.total:
-            pct = 100.0 * self.done / self.total
-            sys.stderr.write(f"\r{self.label} {self.done / 2**20:,.0f} / "
-                             f"{self.total / 2**20:,.0f} MiB ({pct:5.1f}%)")
-        else:
-            sys.stderr.write(f"\r{self.label} {self.done / 2**20:,.0f} MiB")
-        sys.stderr.flush()
-
-    def close(self) -> None:
-        if self.enabled and self._last:
-            sys.stderr.write("\n")
 
 
 class WaitProgress:

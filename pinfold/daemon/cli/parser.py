@@ -7,6 +7,7 @@ Imports only the standard library; ``main`` and the commands import it.
 from __future__ import annotations
 
 import argparse
+import re
 from typing import Any
 
 
@@ -72,6 +73,41 @@ def _positive_seconds(text: str) -> float:
     if not 0 < s < float("inf"):
         raise argparse.ArgumentTypeError(f"must be > 0 seconds, got {text}")
     return s
+
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+_UNIT_S = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``text``: a plain number of seconds (``30``, ``2.5``) or a Go
+    duration as Kubo's ``--timeout`` takes (``30s``, ``2m``, ``1h30m``, ``500ms``).
+
+    Raises:
+        argparse.ArgumentTypeError: not a duration, or not > 0.
+    """
+    t = text.strip()
+    try:
+        seconds = float(t)
+    except ValueError:
+        pos, seconds = 0, 0.0
+        for m in _DURATION_PART.finditer(t):
+            if m.start() != pos:
+                break
+            seconds += float(m.group(1)) * _UNIT_S[m.group(2)]
+            pos = m.end()
+        if pos != len(t) or not t:
+            raise argparse.ArgumentTypeError(
+                f"expected a duration such as 30, 30s, 2m or 1h30m, got {text!r}") from None
+    if not 0 < seconds < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, got {text!r}")
+    return seconds
+
+
+def _timeout_option(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--timeout", type=parse_duration, metavar="DURATION",
+                   help=f"give up {what} after DURATION (seconds, or 30s, 2m, 1h30m as "
+                   "Kubo's --timeout); exit 5 naming the CID and what arrived")
 
 
 #: ``pin ls --state`` values: the cluster's local states, ``error`` (= ``pin_error``)
@@ -224,12 +260,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--offset", type=_nonneg_int, default=0,
                    help="first byte to write (only the blocks the range covers are read)")
     p.add_argument("--length", type=_nonneg_int, help="bytes to write at most")
+    _timeout_option(p, "fetching the file")
 
     p = cmd("get", "write a file or directory tree to disk")
     p.add_argument("cid", metavar="CID[/PATH]")
     p.add_argument("-o", "--output", metavar="PATH",
                    help="a new path or an empty folder (default: the CID); - writes a "
                    "file to stdout")
+    _timeout_option(p, "fetching the DAG")
 
     p = cmd("ls", "list a directory (name, type, size, CID); a file lists as itself")
     p.add_argument("path", metavar="CID[/PATH]")
@@ -270,6 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name")
     p.add_argument("--direct", action="store_true", help="pin only the root block")
     p.add_argument("--expire-in", type=_positive_seconds, metavar="SECONDS")
+    _timeout_option(p, "fetching the DAG (standalone; in a cluster the holders fetch later)")
     p = pin.add_parser("rm", help="unpin a CID")
     p.add_argument("cid")
     p = pin.add_parser("ls", help="list pins")

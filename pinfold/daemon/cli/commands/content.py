@@ -20,9 +20,10 @@ from pinfold.daemon.cli.commands.pins import (
     replication_kwargs,
     wait_kwargs,
 )
-from pinfold.daemon.cli.localio import Output, Progress, read_input, write_file, write_stdout
+from pinfold.daemon.cli.localio import Output, read_input, write_file, write_stdout
 from pinfold.daemon.cli.parser import UsageError
 from pinfold.client_paths import ref_basename
+from pinfold.daemon.cli.progressbar import TransferBar
 
 
 def add(c, args: argparse.Namespace, out: Output) -> int:
@@ -42,14 +43,14 @@ def add(c, args: argparse.Namespace, out: Output) -> int:
     if path != "-" and os.path.isdir(path):
         if not args.recursive:
             raise UsageError(f"{path} is a directory: use -r to add it")
-        res = c.add_dir(path, pin=pin, dereference=args.dereference, **repl, **opts)
+        with TransferBar("add") as bar:
+            res = c.add_dir(path, pin=pin, dereference=args.dereference,
+                            progress=bar.advance if bar.enabled else None, **repl, **opts)
     else:
         total = None if path == "-" else os.path.getsize(path)
-        progress = Progress(total, "added")
-        try:
-            res = c.add_stream(read_input(path), pin=pin, progress=progress, **repl, **opts)
-        finally:
-            progress.close()
+        with TransferBar("add", total=total) as bar:
+            res = c.add_stream(read_input(path), pin=pin,
+                               progress=bar.advance if bar.enabled else None, **repl, **opts)
     if "pin" in res:
         res["pin"] = pin_with_wait(c, res["cid"], wait, res["pin"])
         if not out.json and "holders_pinned" in res["pin"]:
@@ -60,18 +61,22 @@ def add(c, args: argparse.Namespace, out: Output) -> int:
 
 
 def cat(c, args: argparse.Namespace, out: Output) -> int:
-    """``pinfold cat CID[/PATH]``: a file's bytes (or a range of them) on stdout."""
-    if sys.stdout.isatty():
-        write_stdout(c.cat(args.cid, offset=args.offset, length=args.length))
-        return 0
-    # A file or pipe: the daemon writes to our stdout directly.
-    sys.stdout.flush()
-    try:
-        c.cat_to_fd(args.cid, sys.stdout.fileno(), offset=args.offset, length=args.length)
-    except Exception as exc:
-        if getattr(exc, "code", None) == "output_closed":
-            return 0  # like `cat | head`: the reader had enough
-        raise
+    """``pinfold cat CID[/PATH]``: a file's bytes (or a range of them) on stdout; a progress
+    bar on stderr when it is a terminal and stdout is not."""
+    with TransferBar("cat", content_on_stdout=True) as bar:
+        kw = {"offset": args.offset, "length": args.length, "timeout": args.timeout,
+              "on_progress": bar.on_event}
+        if sys.stdout.isatty():
+            write_stdout(c.cat(args.cid, **kw))
+            return 0
+        # A file or pipe: the daemon writes to our stdout directly.
+        sys.stdout.flush()
+        try:
+            c.cat_to_fd(args.cid, sys.stdout.fileno(), **kw)
+        except Exception as exc:
+            if getattr(exc, "code", None) == "output_closed":
+                return 0  # like `cat | head`: the reader had enough
+            raise
     return 0
 
 
@@ -79,14 +84,12 @@ def get(c, args: argparse.Namespace, out: Output) -> int:
     """``pinfold get CID[/PATH] [-o PATH]``: a file or directory tree written to disk
     (by default under the last name of the path, or the CID)."""
     if args.output == "-":  # a file's bytes to stdout, as `cat`
-        write_stdout(c.cat(args.cid))
+        with TransferBar("get", content_on_stdout=True) as bar:
+            write_stdout(c.cat(args.cid, timeout=args.timeout, on_progress=bar.on_event))
         return 0
     target = args.output or ref_basename(args.cid)
-    progress = Progress(None, "received")
-    try:
-        res = c.get(args.cid, target, progress=progress)
-    finally:
-        progress.close()
+    with TransferBar("get") as bar:
+        res = c.get(args.cid, target, timeout=args.timeout, on_progress=bar.on_event)
     out.doc(res, f"saved {res['cid']} to {res.get('path', target)}")
     return 0
 

@@ -13,6 +13,7 @@ from pinfold.daemon.cli.commands.base import subcommands
 from pinfold.daemon.cli.format import EXIT_ERROR
 from pinfold.daemon.cli.localio import Output, WaitProgress
 from pinfold.daemon.cli.parser import UsageError
+from pinfold.daemon.cli.progressbar import TransferBar
 
 
 def replication_kwargs(args: argparse.Namespace) -> dict[str, Any]:
@@ -88,8 +89,10 @@ def _fmt_pin(p: dict[str, Any]) -> str:
 
 def pin_add(c, args: argparse.Namespace, out: Output) -> int:
     wait = wait_kwargs(args)
-    res = c.pin(args.cid, recursive=not args.direct, name=args.name,
-                expire_in=args.expire_in, **replication_kwargs(args))
+    with TransferBar("pin add") as bar:
+        res = c.pin(args.cid, recursive=not args.direct, name=args.name,
+                    expire_in=args.expire_in, timeout=args.timeout, on_progress=bar.on_event,
+                    **replication_kwargs(args))
     res = pin_with_wait(c, res["cid"], wait, res)
     text = pin_summary(res["cid"], res)
     if res.get("path"):  # a CID/PATH: the CID it names was pinned

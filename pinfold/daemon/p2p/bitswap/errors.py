@@ -53,6 +53,16 @@ class TooManyBadBlocks(RemoteProtocolError):
     reason = "bad_blocks"
 
 
+def answers(peers_asked: Sequence[str], dont_have: Sequence[str]) -> str:
+    """What the peers asked for a block answered, for a message:
+    ``3 peers asked: 3 DONT_HAVE`` or ``2 peers asked: 1 DONT_HAVE, 1 did not send it``."""
+    n, d = len(peers_asked), len(dont_have)
+    parts = [f"{d} DONT_HAVE"] if d else []
+    if n > d:
+        parts.append(f"{n - d} did not send it")
+    return f"{n} peer{'s' if n != 1 else ''} asked: {', '.join(parts)}"
+
+
 class FetchTimeout(BitswapError, TimeoutError):
     """No peer delivered a wanted block before its deadline.
 
@@ -77,13 +87,8 @@ class FetchTimeout(BitswapError, TimeoutError):
         self.timeout_s = timeout_s
         self.peers_asked = tuple(peers_asked)
         self.dont_have = tuple(dont_have)
-        if self.peers_asked:
-            detail = (
-                f"asked {len(self.peers_asked)} peer{'s' if len(self.peers_asked) != 1 else ''}, "
-                f"{len(self.dont_have)} said dont-have"
-            )
-        else:
-            detail = "no connected peer to ask"
+        detail = answers(self.peers_asked, self.dont_have) if self.peers_asked \
+            else "no connected peer to ask"
         super().__init__(f"no peer had block {cid} within {timeout_s:g} s; {detail}")
 
     def __reduce__(self):  # keep pickling (and trio's exception copying) working
@@ -109,12 +114,8 @@ class BlockUnavailable(FetchTimeout):
     def __init__(self, cid: object, *, peers_asked: Sequence[str] = (),
                  dont_have: Sequence[str] = (), timeout_s: float = 0.0) -> None:
         super().__init__(cid, timeout_s=timeout_s, peers_asked=peers_asked, dont_have=dont_have)
-        n = len(self.peers_asked)
         Exception.__init__(
-            self,
-            f"no peer has block {cid}: {n} peer{'s' if n != 1 else ''} asked, "
-            f"{len(self.dont_have)} answered dont-have, none have",
-        )
+            self, f"no peer has block {cid}: {answers(self.peers_asked, self.dont_have)}")
 
     def __reduce__(self):
         return (_rebuild_block_unavailable, (self.cid, self.peers_asked, self.dont_have))

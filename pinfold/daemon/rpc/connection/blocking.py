@@ -10,7 +10,7 @@ import array
 import os
 import select
 import socket
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Self
 
 from pinfold.daemon.rpc.wire import (
@@ -23,6 +23,7 @@ from pinfold.daemon.rpc.wire import (
     FrameDecoder,
     Hello,
     Item,
+    Progress,
     RecvWindow,
     Request,
     Result,
@@ -115,7 +116,8 @@ class RpcConnection:
     # ------------------------------------------------------------------ public
 
     def call(self, method: str, params: Mapping[str, Any] | None = None, *,
-             upload: Iterable[Chunk] | None = None, pass_fd: int | None = None) -> Any:
+             upload: Iterable[Chunk] | None = None, pass_fd: int | None = None,
+             on_progress: Callable[[dict[str, Any]], None] | None = None) -> Any:
         """Run one request and return its final result; streamed items are discarded.
 
         Args:
@@ -127,6 +129,7 @@ class RpcConnection:
                 producer may reuse its buffer.
             pass_fd: optional file descriptor sent with the request (SCM_RIGHTS);
                 the daemon gets its own duplicate (e.g. ``cat`` writes to it).
+            on_progress: called with each progress event (see ``stream``).
 
         Returns:
             The handler's result (any msgpack value).
@@ -138,16 +141,21 @@ class RpcConnection:
             Exception: whatever the upload iterable raised (the request is
                 cancelled first).
         """
-        with self.stream(method, params, upload=upload, pass_fd=pass_fd) as stream:
+        with self.stream(method, params, upload=upload, pass_fd=pass_fd,
+                         on_progress=on_progress) as stream:
             for _ in stream:
                 pass
             return stream.result
 
     def stream(self, method: str, params: Mapping[str, Any] | None = None, *,
-               upload: Iterable[Chunk] | None = None, pass_fd: int | None = None) -> RpcStream:
+               upload: Iterable[Chunk] | None = None, pass_fd: int | None = None,
+               on_progress: Callable[[dict[str, Any]], None] | None = None) -> RpcStream:
         """Start a request whose reply is a stream of items; see ``RpcStream``.
 
-        Arguments as ``call``. The request is sent before this returns.
+        Arguments as ``call``; ``on_progress(event)`` is called with each
+        progress event while the stream is read (ask for them with
+        ``progress: True`` in ``params``; without a callback they are dropped).
+        The request is sent before this returns.
         """
         self._check_usable()
         params = _check_params(params)
@@ -160,6 +168,7 @@ class RpcConnection:
             self._current.close()
         self._next_id += 1
         stream = RpcStream(self, rid, method, upload)
+        stream.on_progress = on_progress
         self._current = stream
         if pass_fd is None:
             self._guarded(self._send_bufs, request)
@@ -316,6 +325,8 @@ class RpcStream:
         self._frame: tuple[list[Any], int, bool] | None = None
         self._upload_error: Exception | None = None
         self._credit = SendCredit(window=conn._upload_window)
+        #: called with each progress event read (None: they are dropped).
+        self.on_progress: Callable[[dict[str, Any]], None] | None = None
 
     @property
     def result(self) -> Any:
@@ -332,6 +343,10 @@ class RpcStream:
             raise StopIteration
         self._conn._check_usable()
         kind, value = self._conn._guarded(self._advance)
+        while kind == "progress":
+            if self.on_progress is not None:
+                self.on_progress(value)
+            kind, value = self._conn._guarded(self._advance)
         if kind == "item":
             return value
         if kind == "result":
@@ -398,7 +413,8 @@ class RpcStream:
         return self._frame
 
     def _advance(self) -> tuple[str, Any]:
-        """One step: ``("item", x)``, ``("result", None)`` or ``("error", exception)``."""
+        """One step: ``("item", x)``, ``("progress", event)``, ``("result", None)`` or
+        ``("error", exception)``."""
         conn = self._conn
         if self._unacked:
             grant = self._recv.on_consume(self._unacked)
@@ -437,6 +453,10 @@ class RpcStream:
                     self._recv.on_receive(cost)
                     self._unacked = cost
                     return "item", msg.item
+                if isinstance(msg, Progress):
+                    self._recv.on_receive(cost)
+                    self._unacked = cost  # handed back at the next step, as an item's
+                    return "progress", msg.progress
                 if isinstance(msg, Credit):
                     self._credit.grant(msg.nbytes)
                 else:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import socket
 from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, Self
 
@@ -25,6 +25,7 @@ from pinfold.daemon.rpc.wire import (
     FrameDecoder,
     Hello,
     Item,
+    Progress,
     RecvWindow,
     Request,
     Result,
@@ -105,13 +106,18 @@ class AsyncRpcConnection:
             return stream.result
 
     def stream(self, method: str, params: Mapping[str, Any] | None = None, *,
-               upload: Iterable[Chunk] | AsyncIterable[Chunk] | None = None) -> AsyncRpcStream:
+               upload: Iterable[Chunk] | AsyncIterable[Chunk] | None = None,
+               on_progress: Callable[[dict[str, Any]], None] | None = None) -> AsyncRpcStream:
         """A request as an async context manager and async iterator of its items.
 
         ``async with conn.stream(m, p) as s: async for item in s: ...`` then
         ``s.result``. Leaving the block early cancels the request.
+        ``on_progress(event)`` gets the progress events read meanwhile (asked
+        for with ``progress: True`` in ``params``).
         """
-        return AsyncRpcStream(self, method, _check_params(params), upload)
+        stream = AsyncRpcStream(self, method, _check_params(params), upload)
+        stream.on_progress = on_progress
+        return stream
 
     async def aclose(self) -> None:
         """Close the connection; unfinished requests fail with ``RpcConnectionClosed``."""
@@ -196,12 +202,13 @@ class AsyncRpcConnection:
                 if req is None or isinstance(msg, Welcome):
                     raise RpcProtocolError("protocol_error",
                                            f"unexpected {type(msg).__name__} from the daemon")
-                if isinstance(msg, Item):
+                if isinstance(msg, Item | Progress):
                     try:
                         req.recv.on_receive(cost)
                     except WireError as exc:
                         raise RpcProtocolError(exc.code, str(exc)) from exc
-                    req.items.append((msg.item, cost))
+                    # A progress event is filed as the message itself, told apart when read.
+                    req.items.append((msg.item if isinstance(msg, Item) else msg, cost))
                 elif isinstance(msg, Credit):
                     try:
                         req.credit.grant(msg.nbytes)
@@ -236,6 +243,8 @@ class AsyncRpcStream:
         self.done = False
         self._result: Any = None
         self._has_result = False
+        #: called with each progress event read (None: they are dropped).
+        self.on_progress: Callable[[dict[str, Any]], None] | None = None
 
     @property
     def result(self) -> Any:
@@ -299,6 +308,10 @@ class AsyncRpcStream:
                 grant = req.recv.on_consume(cost)
                 if grant:
                     await conn._send(Credit(id=req.id, nbytes=grant))
+                if isinstance(item, Progress):
+                    if self.on_progress is not None:
+                        self.on_progress(item.progress)
+                    continue
                 return item
             if req.final is not None:
                 self.done = True

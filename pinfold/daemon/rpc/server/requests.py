@@ -18,6 +18,7 @@ from pinfold.daemon.rpc.wire import (
     Credit,
     ErrorReply,
     Item,
+    Progress,
     RecvWindow,
     Request,
     SendCredit,
@@ -116,6 +117,34 @@ class Call:
             await req.credit_lot.park()
         req.credit.spend(cost)
         req.conn.enqueue(bufs, cost)
+
+
+    @property
+    def wants_progress(self) -> bool:
+        """True when the client asked for progress events (``progress: true`` in params)."""
+        return self.params.get("progress") is True
+
+    async def progress(self, event: dict[str, Any], *, wait: bool = False) -> bool:
+        """Send one progress event (a small map of counters) if the client asked for them.
+
+        Progress frames cost reply credit like items. Without ``wait`` an event
+        that does not fit in the credit left is dropped (the next one carries
+        newer counters), so reporting never holds up the reply stream; with
+        ``wait`` (the last event) it waits for credit. Returns True if sent.
+        """
+        if not self.wants_progress:
+            return False
+        req = self._req
+        bufs, cost = encode(Progress(id=req.id, progress=event))
+        await trio.lowlevel.checkpoint()
+        if not req.credit.can_send(cost):
+            if not wait:
+                return False
+            while not req.credit.can_send(cost):
+                await req.credit_lot.park()
+        req.credit.spend(cost)
+        req.conn.enqueue(bufs, cost)
+        return True
 
 
 class _Upload:

@@ -36,6 +36,12 @@ Protocol ``pinfold-rpc`` version 1, over a Unix stream socket:
   granted credit, or a grant that lifts the sender's credit above the window,
   is a protocol error. ``result`` and ``error`` frames are not
   flow-controlled (one per request).
+* **Progress.** A call whose params hold ``progress: true`` may get
+  ``progress`` frames before its final reply: a map of counters (DESIGN.md,
+  "Progress events"). They cost credit like ``item`` frames; the server drops
+  an event rather than wait for credit (the next one says more), and the
+  client hands their credit back as soon as it reads them. A server never
+  sends them to a call that did not ask, so older clients never see one.
 * **Cancel.** ``cancel`` asks the server to cancel the request's handler; the
   final reply is then ``error`` with code ``cancelled`` (or the result, if it
   was already on its way).
@@ -52,6 +58,7 @@ Messages (``?`` marks optional fields; any other key is a protocol error)::
     server -> client
       {t: "welcome", protocol: "pinfold-rpc", version: 1, daemon_version: str, window: int}
       {t: "item", id: int, item: any}
+      {t: "progress", id: int, progress: map(str -> any)}
       {t: "result", id: int, result: any}
       {t: "error", id: int | nil, code: str, message: str}
       {t: "credit", id: int, bytes: int}
@@ -100,6 +107,7 @@ from pinfold.daemon.rpc.wire.messages import (
     ErrorReply,
     Hello,
     Item,
+    Progress,
     Request,
     Result,
     ServerMessage,
@@ -151,6 +159,7 @@ __all__ = [
     "MAX_WINDOW_BYTES",
     "MIN_WINDOW_BYTES",
     "PROTOCOL",
+    "Progress",
     "RecvWindow",
     "Request",
     "Result",

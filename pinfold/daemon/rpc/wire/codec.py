@@ -32,6 +32,7 @@ from pinfold.daemon.rpc.wire.messages import (
     ErrorReply,
     Hello,
     Item,
+    Progress,
     Request,
     Result,
     ServerMessage,
@@ -142,6 +143,8 @@ def _to_wire(msg: ClientMessage | ServerMessage) -> dict[str, Any]:
             return {"t": "cancel", "id": msg.id}
         case Item():
             return {"t": "item", "id": msg.id, "item": msg.item}
+        case Progress():
+            return {"t": "progress", "id": msg.id, "progress": msg.progress}
         case Result():
             return {"t": "result", "id": msg.id, "result": msg.result}
         case ErrorReply():
@@ -322,6 +325,12 @@ def decode_server_message(body: bytes | bytearray | memoryview | Bulk) -> Server
     if kind == "credit":
         _fields(obj, "credit", ("id", "bytes"))
         return Credit(id=_check_id(obj["id"]), nbytes=_nbytes(obj, "credit"))
+    if kind == "progress":
+        _fields(obj, "progress", ("id", "progress"))
+        event = obj["progress"]
+        if not isinstance(event, dict) or not all(isinstance(k, str) for k in event):
+            raise WireError("protocol_error", "progress.progress must be a map with string keys")
+        return Progress(id=_check_id(obj["id"]), progress=event)
     if kind == "result":
         _fields(obj, "result", ("id", "result"))
         return Result(id=_check_id(obj["id"]), result=obj["result"])

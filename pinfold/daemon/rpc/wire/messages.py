@@ -103,6 +103,16 @@ class Item:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Progress:
+    """A progress event of request ``id`` (sent only when the call's params hold
+    ``progress: true``): a map of counters, e.g. ``{bytes, total, blocks,
+    fetched_bytes, peers, elapsed_s}`` (DESIGN.md, "Progress events")."""
+
+    id: int
+    progress: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Result:
     """The final successful reply of request ``id``."""
 
@@ -120,5 +130,5 @@ class ErrorReply:
 
 
 ClientMessage = Hello | Request | Data | End | Credit | Cancel
-ServerMessage = Welcome | Item | Result | ErrorReply | Credit
+ServerMessage = Welcome | Item | Progress | Result | ErrorReply | Credit
 

@@ -1,0 +1,199 @@
+"""Progress of transfers: the daemon streams progress events to clients that ask
+(``on_progress=``), with byte counts that only grow and end at the total read
+from the root's UnixFS sizes; the CLI draws them as a bar on a terminal's
+stderr and prints nothing extra when stderr is piped (``cat``'s stdout stays
+byte-exact either way).
+
+Real daemons in subprocesses: a holder and fresh fetchers connected to it,
+and a real pseudo-terminal for the bar.
+"""
+
+from __future__ import annotations
+
+import os
+import pty
+import random
+import select
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.daemon import DaemonProcess, cli_json, run_cli
+
+SIZE = 3 * 1024 * 1024 + 12345  # several 256 KiB leaves and a partial one
+
+
+@pytest.fixture(scope="module")
+def holder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[DaemonProcess, str, bytes]]:
+    """A daemon holding ``SIZE`` random bytes: ``(daemon, cid, data)``."""
+    root = tmp_path_factory.mktemp("holder")
+    data = random.Random(7).randbytes(SIZE)
+    with DaemonProcess(root, "holder") as d:
+        cid = run_cli(d.home, "add", "--chunk-size", str(256 * 1024), "-",
+                      input=data).stdout.decode().strip()
+        yield d, cid, data
+
+
+@pytest.fixture
+def fetcher(tmp_path: Path, holder: tuple[DaemonProcess, str, bytes]) -> Iterator[DaemonProcess]:
+    """A fresh daemon connected to the holder, holding nothing."""
+    with DaemonProcess(tmp_path, "fetcher") as d:
+        addr = cli_json(holder[0].home, "id")["addresses"][0]
+        cli_json(d.home, "peers", "connect", addr)
+        yield d
+
+
+def _dag(d: DaemonProcess, cid: str) -> list[int]:
+    """The sizes of the DAG's blocks, each once (as ``dag export`` writes them)."""
+    from pinfold.blockstore.car import CarReader
+
+    reader = CarReader()
+    sizes: list[int] = []
+    with d.client() as c:
+        for chunk in c.dag_export(cid):
+            sizes += [len(block) for _, block in reader.feed(chunk)]
+    return sizes
+
+
+def _check_events(events: list[dict[str, Any]], total: int) -> None:
+    assert events, "no progress event"
+    done = [e["bytes"] for e in events]
+    assert done == sorted(done), done  # counts only grow
+    last = events[-1]
+    assert last.get("done") is True
+    assert last["bytes"] == last["total"] == total, last
+    assert all(e["total"] in (None, total) for e in events)
+
+
+def test_pin_progress_callback_gets_growing_bytes_ending_at_the_dag_total(
+        holder: tuple[DaemonProcess, str, bytes], fetcher: DaemonProcess) -> None:
+    d, cid, _ = holder
+    events: list[dict[str, Any]] = []
+    with fetcher.client() as c:
+        c.pin(cid, on_progress=events.append, timeout=120)
+    sizes = _dag(d, cid)
+    _check_events(events, sum(sizes))
+    last = events[-1]
+    assert last["fetched_bytes"] >= sum(sizes) and last["peers"] == 1, last
+    assert last["blocks"] == len(sizes)
+
+
+def test_cat_progress_callback_gets_growing_bytes_ending_at_the_file_size(
+        holder: tuple[DaemonProcess, str, bytes], fetcher: DaemonProcess) -> None:
+    _, cid, data = holder
+    events: list[dict[str, Any]] = []
+    with fetcher.client() as c:
+        got = b"".join(c.cat(cid, on_progress=events.append))
+        assert got == data
+        _check_events(events, SIZE)
+        ranged: list[dict[str, Any]] = []
+        assert b"".join(c.cat(cid, offset=1000, length=5000, on_progress=ranged.append)) \
+            == data[1000:6000]
+        _check_events(ranged, 5000)
+
+
+def test_get_progress_callback_ends_at_the_dag_total(
+        holder: tuple[DaemonProcess, str, bytes], fetcher: DaemonProcess,
+        tmp_path: Path) -> None:
+    d, cid, data = holder
+    events: list[dict[str, Any]] = []
+    with fetcher.client() as c:
+        c.get(cid, tmp_path / "out", on_progress=events.append)
+    assert (tmp_path / "out").read_bytes() == data
+    _check_events(events, sum(_dag(d, cid)))
+
+
+def test_no_events_without_a_callback(holder: tuple[DaemonProcess, str, bytes]) -> None:
+    """A call that does not ask gets no progress frames (older clients stay unaffected)."""
+    d, cid, data = holder
+    with d.client() as c:
+        stream = c.conn.stream("cat", {"cid": cid})
+        items = list(stream)
+        assert all(isinstance(i, bytes) for i in items) and b"".join(items) == data
+
+
+def _run_with_stderr_on_a_terminal(args: list[str]) -> tuple[int, bytes, bytes]:
+    """Run the CLI with stdout a pipe and stderr a real pseudo-terminal:
+    ``(exit status, stdout bytes, what the terminal showed)``."""
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "pinfold.daemon.cli", *args],
+                                stdout=subprocess.PIPE, stderr=slave,
+                                env={**os.environ, "TERM": "xterm-256color", "COLUMNS": "120"})
+        os.close(slave)
+        shown = b""
+        assert proc.stdout is not None
+        out_fd = proc.stdout.fileno()
+        out = b""
+        open_fds = {master, out_fd}
+        while open_fds:
+            ready, _, _ = select.select(list(open_fds), [], [], 120)
+            assert ready, "no output from the CLI"
+            for fd in ready:
+                try:
+                    chunk = os.read(fd, 1 << 16)
+                except OSError:  # EIO: the child closed the terminal
+                    chunk = b""
+                if not chunk:
+                    open_fds.discard(fd)
+                elif fd == master:
+                    shown += chunk
+                else:
+                    out += chunk
+        proc.stdout.close()
+        return proc.wait(timeout=60), out, shown
+    finally:
+        os.close(master)
+
+
+def test_cat_draws_a_bar_on_a_terminal_and_keeps_stdout_byte_exact(
+        holder: tuple[DaemonProcess, str, bytes], fetcher: DaemonProcess) -> None:
+    _, cid, data = holder
+    status, out, shown = _run_with_stderr_on_a_terminal(
+        ["--home", str(fetcher.home), "cat", cid])
+    assert status == 0, shown
+    assert out == data
+    text = shown.decode(errors="replace")
+    assert "cat" in text and "3.2/3.2 MB" in text and "MB/s" in text, text
+    assert "from 1 peer" in text, text
+
+
+def test_pin_add_draws_a_bar_on_a_terminal(holder: tuple[DaemonProcess, str, bytes],
+                                           fetcher: DaemonProcess) -> None:
+    _, cid, _ = holder
+    status, out, shown = _run_with_stderr_on_a_terminal(
+        ["--home", str(fetcher.home), "pin", "add", cid])
+    text = shown.decode(errors="replace")
+    assert status == 0, text
+    assert out.decode().strip() == f"pinned {cid} recursive"
+    assert "pin add" in text and "MB" in text and "from 1 peer" in text, text
+
+
+def test_add_draws_a_bar_of_its_upload_on_a_terminal(fetcher: DaemonProcess,
+                                                     tmp_path: Path) -> None:
+    src = tmp_path / "up.bin"
+    src.write_bytes(random.Random(3).randbytes(2_500_000))
+    status, out, shown = _run_with_stderr_on_a_terminal(
+        ["--home", str(fetcher.home), "add", str(src)])
+    text = shown.decode(errors="replace")
+    assert status == 0, text
+    assert out.decode().strip().startswith("bafy")  # stdout: the CID alone
+    assert "add" in text and "2.5/2.5 MB" in text, text
+
+
+def test_nothing_extra_is_printed_when_stderr_is_piped(
+        holder: tuple[DaemonProcess, str, bytes], fetcher: DaemonProcess,
+        tmp_path: Path) -> None:
+    _, cid, data = holder
+    out = run_cli(fetcher.home, "cat", cid)
+    assert out.stdout == data and out.stderr == b""
+    out = run_cli(fetcher.home, "pin", "add", cid)
+    assert out.stdout.decode().strip() == f"pinned {cid} recursive" and out.stderr == b""
+    src = tmp_path / "f.bin"
+    src.write_bytes(data[:100_000])
+    out = run_cli(fetcher.home, "add", str(src))
+    assert out.stderr == b"" and out.stdout.decode().count("\n") == 1
