@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, Self
 
+from pinfold.client_names import NamesMixin
 from pinfold.config import load
 
 from pinfold.daemon.home import Home, resolve_home
@@ -80,7 +81,7 @@ def _replication(replicas: int | None, rmin: int | None, rmax: int | None,
     return out
 
 
-class Client:
+class Client(NamesMixin):
     """A connection to the daemon of one home (or an explicit socket path)."""
 
     def __init__(self, home: str | os.PathLike[str] | None = None, *,

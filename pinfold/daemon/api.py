@@ -81,6 +81,7 @@ from pinfold.daemon.api_shapes import pin_dict, unpinned_dict
 from pinfold.daemon.errors import InvalidArgument, OutputClosed
 from pinfold.daemon.ingest import BlockSink, undo_on_failure
 from pinfold.daemon.metrics import Metrics
+from pinfold.daemon.names.lookup import to_cid
 from pinfold.daemon.p2p.streams import UploadReader
 from pinfold.daemon.parts import Handler
 from pinfold.daemon.pinning import LocalPin, Pinned
@@ -345,8 +346,14 @@ class Api:
 
     # ------------------------------------------------------------------ read
 
+    async def _content(self, params: dict[str, Any]) -> CID:
+        """The CID a ``cid`` parameter names: a CID, a CID path or a name ref."""
+        names = getattr(self.node, "names", None)
+        return await to_cid(_param(params, "cid", str, required=True),
+                            names.book if names is not None else None, self.node.get_block)
+
     async def cat(self, call: Any) -> dict[str, Any]:
-        cid = _cid_param(call.params)
+        cid = await self._content(call.params)
         offset = _param(call.params, "offset", int, 0)
         length = _param(call.params, "length", int, None)
         if offset < 0 or (length is not None and length < 0):
@@ -372,7 +379,7 @@ class Api:
         return {"cid": str(cid), "bytes": sent}
 
     async def get(self, call: Any) -> dict[str, Any]:
-        cid = _cid_param(call.params)
+        cid = await self._content(call.params)
         files = 0
         sent = 0
         async for entry in unixfs.walk_tree(self.node.get_block, cid):

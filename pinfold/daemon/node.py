@@ -44,6 +44,8 @@ from pinfold.daemon.api import Api
 from pinfold.daemon.cluster import Cluster, ClusterPin, replication_metric_families
 from pinfold.daemon.cluster_pins import NodePins
 from pinfold.daemon.cluster_rpc import cluster_handlers, standalone_handlers
+from pinfold.daemon.names.rpc import name_handlers
+from pinfold.daemon.names.service import NameService
 from pinfold.daemon.errors import InvalidArgument
 from pinfold.daemon.home import Home, HomeError, StoreRecord, resolve_home
 from pinfold.daemon.metrics import Metrics, counter, store_metric_families
@@ -106,6 +108,7 @@ class Node:
         self.network: Network | None = None
         # The replication manager and its transport when cluster.name is set.
         self.cluster: Cluster | None = None
+        self.names: NameService | None = None  # the name book (pinfold/daemon/names/)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -123,6 +126,8 @@ class Node:
             table.update(standalone_handlers(
                 peer_id=self.peer_id, config=lambda: self.config, store=self.store,
                 pinner=self.pinner, refused_wants=self._refused_wants))
+        if self.names is not None:
+            table.update(name_handlers(self.names, pin_status=self.pin_status, unpin=self.unpin))
         return table
 
     def _refused_wants(self) -> int:
@@ -158,7 +163,10 @@ class Node:
                                        host=network.host, store=store, writer=writer, pins=pins)
                 # bitswap.serve = "cluster" (read live by the filter): only members fetch.
                 network.bitswap.set_serve_filter(self.cluster.may_fetch)
+            self.names = NameService(home_root=self.home.root, identity=keypair, store=store,
+                                     writer=writer, pinner=self.pinner, cluster=self.cluster)
             self._register_metrics()
+            self.metrics.add_source(self.names.metric_families)
             self.metrics.add_source(network.metric_families)
             self.metrics.add_source(lambda: replication_metric_families(
                 self.cluster, self.config.replication.repair_grace_s))
@@ -179,6 +187,7 @@ class Node:
                 self.addresses = self.network.addresses()
                 if self.cluster is not None:
                     await nursery.start(self.cluster.run)
+                await nursery.start(self.names.run)
                 try:
                     await nursery.start(server.run)
                 except RpcServerError as exc:

@@ -122,6 +122,7 @@ class KeySigner:
     """Signs records with an Ed25519 private key (raw 32-byte seed)."""
 
     def __init__(self, seed: bytes) -> None:
+        self.seed = seed
         self._key = Ed25519PrivateKey.from_private_bytes(seed)
         from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 

@@ -5,18 +5,20 @@ connected ``Client``. Commands with subcommands are tables themselves
 
 One module per area: ``node`` (init, daemon, id, shutdown), ``content`` (add,
 cat, get, block, dag), ``pins`` (pin, recover), ``repo``, ``cluster`` (peers,
-cluster, simulate).
+cluster, simulate), ``names`` (push, pull, tag, versions,
+names, name grant, key).
 """
 
 from __future__ import annotations
 
-from pinfold.daemon.cli.commands import cluster, content, node, pins, repo
+from pinfold.daemon.cli.commands import cluster, content, names, node, pins, repo
 from pinfold.daemon.cli.commands.base import ClientCommand, LocalCommand
 
 LOCAL_COMMANDS: dict[str, LocalCommand] = {
     "init": node.init,
     "daemon": node.daemon,
     "simulate": cluster.simulate,
+    "key": names.key,
 }
 
 CLIENT_COMMANDS: dict[str, ClientCommand] = {
@@ -31,6 +33,12 @@ CLIENT_COMMANDS: dict[str, ClientCommand] = {
     "peers": cluster.peers,
     "cluster": cluster.cluster,
     "recover": pins.recover,
+    "push": names.push,
+    "pull": names.pull,
+    "tag": names.tag,
+    "versions": names.versions,
+    "names": names.names,
+    "name": names.name,
     "shutdown": node.shutdown,
 }
 
