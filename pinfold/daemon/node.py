@@ -164,7 +164,8 @@ class Node:
                 # bitswap.serve = "cluster" (read live by the filter): only members fetch.
                 network.bitswap.set_serve_filter(self.cluster.may_fetch)
             self.names = NameService(home_root=self.home.root, identity=keypair, store=store,
-                                     writer=writer, pinner=self.pinner, cluster=self.cluster)
+                                     writer=writer, pinner=self.pinner, cluster=self.cluster,
+                                     members=self.config.cluster.trusted_peers)
             self._register_metrics()
             self.metrics.add_source(self.names.metric_families)
             self.metrics.add_source(network.metric_families)

@@ -5,8 +5,12 @@ The book is a grow-only set of signed records. A name's state is a function of
 that set alone, so every node holding the same records resolves every name the
 same way, whatever order the records arrived in:
 
-- *creator*: the key of the first (by ``(lamport, signature)``) version-1
-  record of the name. The name belongs to it.
+- *creator*: among the keys with a version-1 record of the name, the one
+  most cluster members claim (``ClaimRecord``: each member's node key
+  witnesses the first creator it saw, once, and never changes it), then the
+  first by ``(lamport, signature)``. The name belongs to it. Claims are what
+  stop a member from taking over a name by back-dating a rival version 1:
+  by then the members have witnessed the real creator.
 - *publishers*: the creator plus every key granted by a grant record signed by
   a publisher (taken in record order until nothing changes).
 - *versions*: for each number, the first version record by a publisher; a
@@ -25,12 +29,14 @@ Pure: no I/O, no clock (callers pass ``time_ms``).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections import Counter
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from pinfold.blockstore.cid import parse_cid
 from pinfold.blockstore.unixfs.paths import ContentPath, parse_path
 from pinfold.names.records import (
+    ClaimRecord,
     FileEntry,
     GrantRecord,
     NameError_,
@@ -167,12 +173,33 @@ class NameView:
         return rec
 
 
-def _compute(name: str, records: Sequence[SignedRecord]) -> NameView | None:
+def _creator(recs: Sequence[SignedRecord], witnesses: Collection[bytes] | None
+             ) -> tuple[bytes | None, int]:
+    """The creator (see the module docstring) and the number of counted claims."""
+    first_at: dict[bytes, int] = {}
+    for i, s in enumerate(recs):
+        r = s.record
+        if isinstance(r, VersionRecord) and r.version == 1:
+            first_at.setdefault(r.key, i)
+    if not first_at:
+        return None, 0
+    claim_of: dict[bytes, bytes] = {}  # witness -> the creator it claims (its first claim)
+    for s in recs:
+        r = s.record
+        if isinstance(r, ClaimRecord) and (witnesses is None or r.key in witnesses):
+            claim_of.setdefault(r.key, r.creator)
+    votes = Counter(claim_of.values())
+    creator = min(first_at, key=lambda k: (-votes[k], first_at[k]))
+    return creator, len(claim_of)
+
+
+def _compute(name: str, records: Sequence[SignedRecord],
+             witnesses: Collection[bytes] | None) -> NameView | None:
     recs = sorted(records, key=lambda s: s.order)
-    firsts = [s for s in recs if isinstance(s.record, VersionRecord) and s.record.version == 1]
-    if not firsts:
+    creator, claims = _creator(recs, witnesses)
+    if creator is None:
         return None
-    view = NameView(name=name, creator=firsts[0].record.key,
+    view = NameView(name=name, creator=creator,
                     max_lamport=max(s.record.lamport for s in recs))
     view.publishers.add(view.creator)
     grants = [s for s in recs if isinstance(s.record, GrantRecord)]
@@ -185,7 +212,7 @@ def _compute(name: str, records: Sequence[SignedRecord]) -> NameView | None:
             if g.key in view.publishers and g.grantee not in view.publishers:
                 view.publishers.add(g.grantee)
                 changed = True
-    accepted = 0
+    accepted = claims
     moves: list[SignedRecord] = []
     for s in recs:
         r = s.record
@@ -200,7 +227,7 @@ def _compute(name: str, records: Sequence[SignedRecord]) -> NameView | None:
         elif isinstance(r, RetireRecord):
             view.retired.add(r.version)
             accepted += 1
-        else:
+        elif isinstance(r, GrantRecord):
             accepted += 1
     winner: dict[str, SignedRecord] = {}
     for s in moves:
@@ -225,7 +252,10 @@ def _compute(name: str, records: Sequence[SignedRecord]) -> NameView | None:
 class NameBook:
     """All verified name records a node knows, and the views of the names."""
 
-    def __init__(self) -> None:
+    def __init__(self, witnesses: Collection[bytes] | None = None) -> None:
+        """``witnesses``: raw keys whose claims count (the cluster members' node
+        keys); None counts every key's claims (an open cluster)."""
+        self._witnesses = frozenset(witnesses) if witnesses is not None else None
         self._records: dict[bytes, SignedRecord] = {}
         self._by_name: dict[str, list[SignedRecord]] = {}
         self._views: dict[str, NameView | None] = {}
@@ -270,13 +300,37 @@ class NameBook:
         """Names with at least one accepted version, sorted."""
         return sorted(n for n in self._by_name if self.view(n) is not None)
 
+    def set_witnesses(self, witnesses: Collection[bytes] | None) -> None:
+        """Change whose claims count (a config reload); every view is recomputed."""
+        self._witnesses = frozenset(witnesses) if witnesses is not None else None
+        self._views.clear()
+
     def view(self, name: str) -> NameView | None:
         """The name's view (cached until a record of it arrives), or None."""
         try:
             return self._views[name]
         except KeyError:
-            v = self._views[name] = _compute(name, self._by_name.get(name, ()))
+            v = self._views[name] = _compute(name, self._by_name.get(name, ()),
+                                             self._witnesses)
             return v
+
+    def has_claim(self, name: str, key: bytes) -> bool:
+        """True when ``key`` signed a claim for ``name``."""
+        return any(isinstance(s.record, ClaimRecord) and s.record.key == key
+                   for s in self._by_name.get(name, ()))
+
+    def new_claim(self, name: str, *, key: bytes, sign: Callable[[bytes], bytes],
+                  time_ms: int) -> SignedRecord:
+        """Sign this member's claim that the name's current creator created it.
+
+        Raises:
+            NameNotFound: the book has no version 1 of ``name``.
+        """
+        v = self.view(name)
+        if v is None:
+            raise NameNotFound(f"no name {name!r} in this cluster")
+        return sign_record(ClaimRecord(name=name, lamport=self._lamport(name), time_ms=time_ms,
+                                       key=key, creator=v.creator), sign)
 
     def rejected(self) -> int:
         """Records (validly signed) that change nothing: ungranted keys, conflicts,

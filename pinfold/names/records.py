@@ -40,6 +40,7 @@ from pinfold.blockstore.dag import cbor_decode, cbor_encode
 
 __all__ = [
     "MAX_RECORD_BYTES",
+    "ClaimRecord",
     "SIGN_DOMAIN",
     "FileEntry",
     "GrantRecord",
@@ -258,7 +259,21 @@ class RetireRecord(_Common):
         _check_version(self.version)
 
 
-Record = VersionRecord | TagRecord | GrantRecord | RetireRecord
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClaimRecord(_Common):
+    """A cluster member (``key``, its node key) witnesses that ``name`` was
+    created by ``creator``: the first creator it saw, never changed."""
+
+    creator: bytes
+    kind: str = field(default="claim", init=False)
+
+    def __post_init__(self) -> None:
+        self._check()
+        if type(self.creator) is not bytes or len(self.creator) != 32:
+            raise RecordError("creator: must be a 32-byte Ed25519 public key")
+
+
+Record = VersionRecord | TagRecord | GrantRecord | RetireRecord | ClaimRecord
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -290,6 +305,8 @@ def _body(r: Record) -> dict[str, Any]:
         body.update(tag=r.tag, version=r.version)
     elif isinstance(r, GrantRecord):
         body["grantee"] = r.grantee
+    elif isinstance(r, ClaimRecord):
+        body["creator"] = r.creator
     else:
         body["version"] = r.version
     return body
@@ -342,6 +359,9 @@ def _record_from_body(body: Mapping[str, Any]) -> Record:
         if kind == "grant":
             (grantee,) = _fields(body, "grantee")
             return GrantRecord(**common, grantee=grantee)
+        if kind == "claim":
+            (creator,) = _fields(body, "creator")
+            return ClaimRecord(**common, creator=creator)
         if kind == "retire":
             (version,) = _fields(body, "version")
             return RetireRecord(**common, version=version)

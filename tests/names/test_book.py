@@ -13,6 +13,7 @@ from pinfold.blockstore.dag import cbor_decode, cbor_encode
 from pinfold.names.book import NameBook, NameNotFound, NotAllowed, describe, parse_ref
 from pinfold.names.carrier import record_block, record_pin_metadata
 from pinfold.names.records import (
+    ClaimRecord,
     FileEntry,
     KeySigner,
     NameError_,
@@ -214,3 +215,36 @@ def test_carrier_round_trips_and_refuses_forged_bytes():
     other = dict(meta)
     other["pinfold.name.00"] = "AAAA" + other["pinfold.name.00"][4:]
     assert record_block(bytes(s.cid), other) is None
+
+
+def test_claims_keep_a_name_with_its_creator_against_a_backdated_rival():
+    alice, mallory = KeySigner.generate(), KeySigner.generate()
+    members = [KeySigner.generate() for _ in range(3)]
+    book = NameBook(witnesses={m.public_key for m in members} | {mallory.public_key})
+    real = publish(book, alice, "m", ROOT1)
+    for m in members:  # each member witnesses the creator it saw first
+        book.add(book.new_claim("m", key=m.public_key, sign=m.sign, time_ms=1))
+    for _ in range(20):  # whatever the rival's signature bytes, it loses
+        rival = sign_record(VersionRecord(name="m", lamport=1, time_ms=0,
+                                          key=mallory.public_key, version=1, parent=0,
+                                          root=ROOT2, size=1), mallory.sign)
+        book.add(rival)
+        book.add(sign_record(ClaimRecord(name="m", lamport=2, time_ms=0, key=mallory.public_key,
+                                         creator=mallory.public_key), mallory.sign))
+    assert book.view("m").creator == alice.public_key
+    assert str(book.resolve("m@1").root) == real.record.root
+
+
+def test_claims_from_non_members_do_not_count():
+    alice, mallory = KeySigner.generate(), KeySigner.generate()
+    outsiders = [KeySigner.generate() for _ in range(5)]
+    book = NameBook(witnesses={alice.public_key})
+    publish(book, alice, "m", ROOT1)
+    book.add(book.new_claim("m", key=alice.public_key, sign=alice.sign, time_ms=0))
+    book.add(sign_record(VersionRecord(name="m", lamport=1, time_ms=0, key=mallory.public_key,
+                                       version=1, parent=0, root=ROOT2, size=1),
+                         mallory.sign))
+    for o in outsiders:
+        book.add(sign_record(ClaimRecord(name="m", lamport=3, time_ms=0, key=o.public_key,
+                                         creator=mallory.public_key), o.sign))
+    assert book.view("m").creator == alice.public_key

@@ -30,13 +30,13 @@ from pinfold.blockstore.lmdbstore import LmdbBlockStore
 from pinfold.blockstore.writer import BatchWriter
 from pinfold.names.book import NameBook, NameRef, parse_ref
 from pinfold.names.carrier import MARKER, record_block, record_pin_label, record_pin_metadata
-from pinfold.names.records import KeySigner, RecordError, SignedRecord
+from pinfold.names.records import KeySigner, NameError_, RecordError, SignedRecord, key_from_text
 from pinfold.replication.entries import Entry
 from pinfold.replication.types import PinMode
 
 from pinfold.daemon.cluster import Cluster
 from pinfold.daemon.metrics import counter, gauge
-from pinfold.daemon.names.keys import load_signer
+from pinfold.daemon.names.keys import SELF, load_signer
 from pinfold.daemon.pinning import Pinner
 
 __all__ = ["NameService", "NameStats"]
@@ -47,6 +47,19 @@ log = logging.getLogger("pinfold.names")
 RECORD_RMIN, RECORD_RMAX = 1, 2
 #: Longest wait between two reads of the pinset's changes, seconds.
 POLL_S = 1.0
+
+
+def witnesses(members: Iterable[str]) -> set[bytes] | None:
+    """The raw keys of the cluster members (``cluster.trusted_peers``) whose claims
+    count; None (every key's) when the cluster trusts any peer."""
+    keys = set()
+    for peer in members:
+        try:
+            keys.add(key_from_text(peer))
+        except NameError_:
+            log.warning("cluster.trusted_peers: %s is not an Ed25519 peer ID; its name "
+                        "claims do not count", peer)
+    return keys or None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -74,14 +87,17 @@ class NameService:
     """
 
     def __init__(self, *, home_root: Path, identity: KeyPair, store: LmdbBlockStore,
-                 writer: BatchWriter, pinner: Pinner, cluster: Cluster | None) -> None:
+                 writer: BatchWriter, pinner: Pinner, cluster: Cluster | None,
+                 members: Iterable[str] = ()) -> None:
         self.home_root = home_root
         self.identity = identity
         self.store = store
         self.writer = writer
         self.pinner = pinner
         self.cluster = cluster
-        self.book = NameBook()
+        self.book = NameBook(witnesses(members))
+        self._node_signer = load_signer(home_root, SELF, identity)
+        self._claimed: set[str] = set()
         self.restored = 0
         self._seen_version = 0
         self._changed = trio.Event()
@@ -127,6 +143,22 @@ class NameService:
             await self._put_record_pin(signed, stage=False)
         if grew:
             self._wake()
+        await self._claim_names()
+
+    async def _claim_names(self) -> None:
+        """Witness the creator of every name this node has not claimed yet (once:
+        a member's claim never changes; see ``pinfold/names/book.py``)."""
+        me = self._node_signer
+        todo = []
+        for name in self.book.names():
+            if name in self._claimed:
+                continue
+            self._claimed.add(name)
+            if not self.book.has_claim(name, me.public_key):
+                todo.append(self.book.new_claim(name, key=me.public_key, sign=me.sign,
+                                                time_ms=self.now_ms()))
+        if todo:
+            await self.publish(todo)
 
     def _ingest(self, e: Entry, known: SignedRecord | None, restore: list[SignedRecord]) -> bool:
         assert e.pin is not None
@@ -192,6 +224,8 @@ class NameService:
             await self._put_record_pin(signed, stage=True)
             self.book.add(signed)
         self._wake()
+        if self.cluster is not None and any(s.record.kind == "version" for s in records):
+            await self._claim_names()
 
     async def _put_record_pin(self, signed: SignedRecord, *, stage: bool) -> None:
         await self.writer.put_many([(signed.cid, signed.block)])
@@ -210,8 +244,6 @@ class NameService:
         """``parse_ref`` that refuses CID paths (a name is expected here)."""
         parsed = parse_ref(ref)
         if parsed is None:
-            from pinfold.names.records import NameError_
-
             raise NameError_(f"{ref!r} is a CID, not a name")
         return parsed
 
