@@ -224,6 +224,7 @@ def _same_history(x: dict, y: dict) -> bool:
                                                          strip(y))
 
 
+@pytest.mark.slow  # 100 pushes: about 3 minutes on a loaded 2-core machine
 def test_a_node_that_joins_later_sees_every_name(cl: Cluster, tmp_path: Path) -> None:
     a, d = cl.nodes[0], cl.nodes[4]
     count = 100
