@@ -364,7 +364,7 @@ class Client(NamesMixin):
                     seen.add(rel)
                     dest = target / rel if rel else target
                     if not rel and into_dir and item["type"] != "dir":
-                        dest = written = target / str(cid)  # a single file into the folder
+                        dest = written = target / _leaf(str(cid))  # a lone file
                     if item["type"] == "dir":
                         dest.mkdir(parents=True, exist_ok=True)
                     elif item["type"] == "symlink":
@@ -561,6 +561,10 @@ class Client(NamesMixin):
         """Retry failed (cluster) or incomplete (standalone) pins, one CID or all:
         ``{"recovered", "cids", "pins": [{"cid", "error", "result"?}]}``."""
         return self.call("recover", {"cid": cid} if cid else {"all": True})
+
+
+def _leaf(ref: str) -> str:  # ``NAME@main/config.json`` -> ``config.json``
+    return ref.rstrip("/").rsplit("/", 1)[-1].split("@", 1)[0] or ref
 
 
 def _check_timeout(timeout: float | None) -> None:

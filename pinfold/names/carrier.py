@@ -20,8 +20,7 @@ import base64
 from collections.abc import Mapping
 from typing import Final
 
-from pinfold.blockstore.cid import DAG_CBOR, make_cid
-from pinfold.names.records import SignedRecord
+from pinfold.names.records import SignedRecord, record_key
 
 __all__ = ["CHUNK", "MARKER", "is_record_pin", "record_block", "record_pin_label", "record_pin_metadata"]
 
@@ -66,7 +65,7 @@ def record_block(cid_bytes: bytes, metadata: Mapping[str, str]) -> bytes | None:
         block = base64.b64decode("".join(parts), validate=True)
     except ValueError:
         return None
-    if bytes(make_cid(block, DAG_CBOR)) != cid_bytes:
+    if record_key(block) != cid_bytes:
         return None
     return block
 

@@ -42,7 +42,8 @@ def test_record_round_trips_and_verifies():
     alice = KeySigner.generate()
     s = publish(NameBook(), alice, "org/model", ROOT1)
     again = decode_record(s.block)
-    assert again.record == s.record and again.cid == s.cid
+    assert again.record == s.record and again.key == s.key == bytes(s.cid)
+    assert s.cid == make_cid(s.block, 0x71)
 
 
 def test_tampered_record_is_refused():
@@ -211,10 +212,10 @@ def test_carrier_round_trips_and_refuses_forged_bytes():
                          files=files, time_ms=0)
     meta = record_pin_metadata(s)
     assert len(meta) <= 64 and all(len(v) <= 4096 for v in meta.values())
-    assert record_block(bytes(s.cid), meta) == s.block
+    assert record_block(s.key, meta) == s.block
     other = dict(meta)
     other["pinfold.name.00"] = "AAAA" + other["pinfold.name.00"][4:]
-    assert record_block(bytes(s.cid), other) is None
+    assert record_block(s.key, other) is None
 
 
 def test_claims_keep_a_name_with_its_creator_against_a_backdated_rival():
@@ -248,3 +249,11 @@ def test_claims_from_non_members_do_not_count():
         book.add(sign_record(ClaimRecord(name="m", lamport=3, time_ms=0, key=o.public_key,
                                          creator=mallory.public_key), o.sign))
     assert book.view("m").creator == alice.public_key
+
+
+def test_version_record_refuses_a_root_that_is_not_a_cid():
+    alice = KeySigner.generate()
+    for root in ("bafkreiwldbx7iudcyn4ej42zw3bougjfzo5pjnxjp4ktfynsxwmztmebza", "hello", ""):
+        with pytest.raises(RecordError, match="root: not a sha2-256 CID"):
+            VersionRecord(name="m", lamport=1, time_ms=0, key=alice.public_key, version=1,
+                          parent=0, root=root, size=0)

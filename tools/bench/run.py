@@ -18,6 +18,7 @@ SECTIONS = [
     ("bitswap: daemon-to-daemon fetch (issue 3)", "tools.bench.node_fetch_bench"),
     ("replication: repair and scale (issue 4)", "tools.bench.replication_bench"),
     ("channel: raw Noise+Yamux stream, stock vs fast (issue 14)", "tools.bench.channel_bench"),
+    ("names: resolve in a large book (issue 16)", "tools.bench.names_bench"),
 ]
 
 

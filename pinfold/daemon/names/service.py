@@ -136,9 +136,9 @@ class NameService:
                 continue
             grew |= self._ingest(e, known, restore)
         for signed in restore:
+            e = pinset.get(signed.key)
             log.warning("name record %s of %s was removed or altered by %s; putting it back",
-                        signed.cid, signed.record.name, pinset.get(bytes(signed.cid)).peer_id
-                        if pinset.get(bytes(signed.cid)) else "?")
+                        signed.cid, signed.record.name, e.peer_id if e else "?")
             self.restored += 1
             await self._put_record_pin(signed, stage=False)
         if grew:
@@ -234,7 +234,7 @@ class NameService:
                                   metadata={MARKER: signed.record.kind}, local_only=True)
             return
         await self.cluster.manager.pin_add(
-            bytes(signed.cid), name=record_pin_label(signed), mode=PinMode.DIRECT,
+            signed.key, name=record_pin_label(signed), mode=PinMode.DIRECT,
             rmin=RECORD_RMIN, rmax=RECORD_RMAX, metadata=record_pin_metadata(signed),
             stage=stage)
 

@@ -78,7 +78,8 @@ def get(c, args: argparse.Namespace, out: Output) -> int:
     if args.output == "-":  # a file's bytes to stdout, as `cat`
         write_stdout(c.cat(args.cid))
         return 0
-    target = args.output or args.cid
+    # A CID path or name ref is written under its last part (``org/model@main`` -> model).
+    target = args.output or args.cid.rstrip("/").rsplit("/", 1)[-1].split("@", 1)[0] or args.cid
     progress = Progress(None, "received")
     try:
         res = c.get(args.cid, target, progress=progress)
