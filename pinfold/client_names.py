@@ -106,7 +106,7 @@ class NamesMixin:
         return self.resolve_info(ref)["path"]
 
     def resolve_info(self, ref: str) -> dict[str, Any]:
-        """``{"name", "version", "cid", "path", "size", "files"}`` for ``ref``."""
+        """``{"name", "version", "cid", "path", "size", "files", "meta", "record"}``."""
         return self.call("name_resolve", {"ref": ref})
 
     def pull(self, ref: str, dest: str | os.PathLike[str] | None = None, *,
@@ -129,8 +129,6 @@ class NamesMixin:
             ValueError: a file's sha256 differs from the record.
         """
         info = self.resolve_info(ref)
-        versions = self.call("name_versions", {"name": info["name"]})["versions"]
-        entry = next(v for v in versions if v["version"] == info["version"])
         if hf_cache:
             cache = hfcache.default_cache_dir() if hf_cache is True else Path(hf_cache)
             cache.mkdir(parents=True, exist_ok=True)
@@ -142,8 +140,8 @@ class NamesMixin:
                 rest = ref.split("@", 1)[1].split("/", 1)[0] if "@" in ref else ""
                 refs = ["main"] if not rest or rest == "main" else (
                     [] if rest.isdigit() else [rest])
-                repo = entry["meta"].get("hf_repo") or info["name"]
-                rev = entry["meta"].get("hf_revision") or hfcache.revision_for(entry["record"])
+                repo = info["meta"].get("hf_repo") or info["name"]
+                rev = info["meta"].get("hf_revision") or hfcache.revision_for(info["record"])
                 snap = hfcache.lay_out(tree, cache, repo, rev, refs)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)

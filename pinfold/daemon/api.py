@@ -16,7 +16,8 @@ Method names and their parameters (the client in ``client.py`` mirrors them):
                    size, target}][size bytes] (type file, dir or symlink; a
                    symlink has a target and no bytes); same params
                    -> {cid, bytes, blocks, files, symlinks}
-``cat``            {cid, offset, length} -> stream of bytes -> {bytes}
+``cat``            {cid, offset, length} -> stream of bytes -> {bytes}; ``cid``
+                   of cat, get and pin_add may be a CID path or a name ref
 ``get``            {cid} -> stream of {path, type, size} headers, each file's
                    header followed by its bytes -> {cid, files, bytes}
 ``block_put``      upload: one block; {codec, cid_version} -> {cid, size}
@@ -525,7 +526,7 @@ class Api:
         return opts
 
     async def pin_add(self, call: Any) -> dict[str, Any]:
-        cid = _cid_param(call.params)
+        cid = await self._content(call.params)  # a CID, CID/path or NAME@REF[/path]
         recursive = _param(call.params, "recursive", bool, True)
         return pin_dict(await self.node.pin(cid, recursive=recursive, **self._pin_opts(call)))
 

@@ -121,6 +121,8 @@ def test_versions_pushed_on_one_node_resolve_and_pull_identically_elsewhere(
         (v2 / "sub" / "weights.bin").read_bytes()).hexdigest()
     wait_until(lambda: len(cli_json(c.home, "versions", NAME)["versions"][0]["holders"]) >= 2,
                timeout_s=60, what="version 2 to have 2 holders")
+    # `pin` takes a name ref too: the version's root.
+    assert cli_json(c.home, "pin", "add", f"{NAME}@1", "--replicas", "2")["cid"] == r1["cid"]
 
 
 def _tag_version(d: DaemonProcess, tag: str) -> int | None:
@@ -220,6 +222,36 @@ def _same_history(x: dict, y: dict) -> bool:
                 for ver in h["versions"]]
     return (x["creator"], x["publishers"], strip(x)) == (y["creator"], y["publishers"],
                                                          strip(y))
+
+
+def test_versions_rm_unpins_a_version_and_keeps_its_record(cl: Cluster, tmp_path: Path
+                                                           ) -> None:
+    a, c = cl.nodes[0], cl.nodes[2]
+    old, new = tmp_path / "old.bin", tmp_path / "new.bin"
+    old.write_bytes(random.Random(7).randbytes(50_000))
+    new.write_bytes(random.Random(8).randbytes(50_000))
+    v1 = cli_json(a.home, "push", "org/retire", str(old), "--replicas", "1")
+    v2 = cli_json(a.home, "push", "org/retire", str(new), "--replicas", "1")
+    v3 = cli_json(a.home, "push", "org/retire", str(new), "-m", "same bytes as 2")
+    run_cli(a.home, "versions", "rm", "org/retire@1")
+    run_cli(a.home, "versions", "rm", "org/retire@2")
+
+    def retired_on_c() -> bool:
+        try:
+            hist = cli_json(c.home, "versions", "org/retire")
+        except AssertionError:
+            return False
+        return [v["retired"] for v in hist["versions"]] == [False, True, True]
+
+    wait_until(retired_on_c, timeout_s=60, what="c to see versions 1 and 2 retired")
+    assert cli_json(c.home, "versions", "org/retire")["versions"][2]["cid"] == v1["cid"]
+    with a.client() as ca:
+        with pytest.raises(RpcError):
+            ca.status(v1["cid"])  # unpinned
+        # Version 3 holds the same root as the retired version 2: it stays pinned.
+        assert v2["cid"] == v3["cid"]
+        assert ca.status(v3["cid"])["cid"] == v3["cid"]
+        assert ca.resolve("org/retire") == v3["cid"]
 
 
 @pytest.mark.slow  # 100 pushes: about 3 minutes on a loaded 2-core machine

@@ -9,7 +9,8 @@
                        ``tags`` is given without it and ``no_main`` is set
 ``name_tag``           {ref: NAME@VERSION, tag, key} -> {name, tag, version}
 ``name_grant``         {name, grantee: key ID, key} -> {name, grantee}
-``name_resolve``       {ref} -> {name, version, cid, path, size, files}
+``name_resolve``       {ref} -> {name, version, cid, path, size, files, meta,
+                       record}
 ``name_versions``      {name} -> {name, creator, publishers, versions: [...]}
                        each version with tags, superseded moves, holders and
                        achieved availability
@@ -144,9 +145,12 @@ def name_handlers(names: NameService, *,
         text = param_str(call.params, "ref")
         ref = names.parse(text)
         rec = book.lookup(ref)
+        view = book.view(ref.name)
+        assert view is not None
         return {"name": ref.name, "version": rec.version, "cid": rec.root,
                 "path": "/".join((rec.root, *ref.segments)), "size": rec.size,
-                "files": [[f.path, f.size, f.sha256] for f in rec.files]}
+                "files": [[f.path, f.size, f.sha256] for f in rec.files],
+                "meta": dict(rec.meta), "record": str(view.versions[rec.version].cid)}
 
     async def name_versions(call: Any) -> dict[str, Any]:
         ref = names.parse(param_str(call.params, "name"))
@@ -175,10 +179,15 @@ def name_handlers(names: NameService, *,
         retire = book.new_retire(ref.name, ref.ref, key=signer.public_key, sign=signer.sign,
                                  time_ms=names.now_ms())
         rec = book.lookup(ref)
-        try:
-            await unpin(rec.root_cid)
-        except NotPinned:
-            pass  # already unpinned: the record still says so
+        view = book.view(ref.name)
+        assert view is not None
+        shared = any(s.record.root == rec.root for n, s in view.versions.items()  # type: ignore[union-attr]
+                     if n != ref.ref and n not in view.retired)
+        if not shared:  # a root another live version holds stays pinned
+            try:
+                await unpin(rec.root_cid)
+            except NotPinned:
+                pass  # already unpinned: the record still says so
         await names.publish([retire])
         return {"name": ref.name, "version": ref.ref, "cid": rec.root}
 
