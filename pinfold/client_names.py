@@ -200,6 +200,10 @@ class NamesMixin:
         each node's book decides what they change. Returns ``{"imported", "records"}``."""
         return self.call("name_import", {"records": list(blocks)})
 
+    def key_gen(self, name: str) -> dict[str, str]:
+        """Create the named signing key in the daemon's home: ``{"name", "id"}``."""
+        return self.call("key_gen", {"name": name})
+
     def keys(self) -> list[dict[str, str]]:
         """The node's signing keys: ``[{"name", "id"}]`` (``self`` first)."""
         return self.call("key_ls")["keys"]

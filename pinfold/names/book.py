@@ -364,14 +364,17 @@ class NameBook:
     def resolve(self, ref: str) -> ContentPath | None:
         """``NAME[@REF][/path]`` as a content path (root CID and segments).
 
-        Returns None when ``ref`` is a CID path, not a name ref (``parse_ref``).
+        Returns None when ``ref`` is a CID path, not a name ref (``parse_ref``),
+        and for a bare ``NAME`` (no ``@``) the book does not know: that text may
+        as well be a mistyped CID, and the caller's CID error says so.
 
         Raises:
             NameError_: a malformed name ref.
             NameNotFound: no such name, version or tag.
         """
         parsed = parse_ref(ref)
-        if parsed is None:
+        if parsed is None or (parsed.ref is None and self.view(parsed.name) is None
+                              and "@" not in ref):
             return None
         rec = self.lookup(parsed)
         return ContentPath(root=_root_cid(rec.root), segments=parsed.segments)

@@ -114,10 +114,14 @@ def run() -> Iterator[tuple[str, ...]]:
            f"{r['records'] / r['ingest_s']:,.0f} records/s")
     yield ("names: memory of the book", f"{r['rss_mib']:.0f} MiB RSS",
            f"{r['rss_mib'] * 2**20 / r['records']:.0f} B/record")
-    for kind in ("cold", "warm"):
+    labels = {"cold": "first after its records changed (the daemon's service computes "
+                      "views at ingest, so a node's resolve is the warm one)",
+              "warm": "view cached, as on a node"}
+    for kind in ("warm", "cold"):
         med, p = r[f"{kind}_med"] * 1000, r[f"{kind}_p99"] * 1000
-        yield (f"names: resolve NAME@main ({kind})", f"median {med:.3f} ms, p99 {p:.3f} ms",
-               "target < 5 ms: " + ("met" if p < 5 else "MISSED"))
+        target = ("target < 5 ms: " + ("met" if p < 5 else "MISSED")) if kind == "warm" else ""
+        yield (f"names: resolve NAME@main, {labels[kind]}",
+               f"median {med:.3f} ms, p99 {p:.3f} ms", target)
 
 
 if __name__ == "__main__":

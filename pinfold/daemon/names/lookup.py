@@ -9,6 +9,8 @@ walked through its directories (HAMT shards included).
 
 from __future__ import annotations
 
+import re
+
 from pinfold.blockstore.cid import CID, parse_cid
 from pinfold.blockstore.errors import InvalidCID
 from pinfold.blockstore.unixfs.paths import ContentPath, GetBlock, parse_path, resolve
@@ -16,22 +18,30 @@ from pinfold.names.book import NameBook
 
 __all__ = ["to_cid", "to_content_path"]
 
+_NAME_LIKE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
 
 def to_content_path(text: str, book: NameBook | None) -> ContentPath:
     """``text`` as a root CID and path segments.
 
     Raises:
-        NameError_, NameNotFound: a bad or unknown name ref.
-        InvalidPath: neither a name ref nor a CID path.
+        NameError_, NameNotFound: a bad or unknown name ref (``NAME@REF``, or
+            ``NAME/...`` whose first part is no CID).
+        InvalidCID: a bare word that is neither a CID nor a known name.
+        InvalidPath: a bad CID path.
     """
     if book is not None:
         cp = book.resolve(text)
         if cp is not None:
             return cp
-    try:
-        return ContentPath(root=parse_cid(text))
-    except InvalidCID:
-        return parse_path(text)
+    if "/" not in text:
+        try:
+            return ContentPath(root=parse_cid(text))
+        except InvalidCID as exc:
+            if book is not None and _NAME_LIKE.fullmatch(text):
+                raise InvalidCID(f"{exc}; nor is it a name of this cluster") from None
+            raise
+    return parse_path(text)
 
 
 async def to_cid(text: str, book: NameBook | None, get_block: GetBlock) -> CID:

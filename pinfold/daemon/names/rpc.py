@@ -19,6 +19,7 @@
 ``name_import``        {records: [block]} -> {imported, records}: signed
                        records (any key: the book decides what they change)
 ``name_export``        {name} -> {name, records: [block]}
+``key_gen``            {name} -> {name, id}: a new key in ``HOME/keys``
 ``key_ls``             -> {keys: [{name, id}]}
 =====================  =======================================================
 
@@ -43,7 +44,7 @@ from pinfold.names.records import (
 )
 
 from pinfold.daemon.errors import InvalidArgument, param_str
-from pinfold.daemon.names.keys import SELF, list_keys
+from pinfold.daemon.names.keys import SELF, generate_key, list_keys
 from pinfold.daemon.names.service import NameService
 from pinfold.daemon.parts import Handler
 
@@ -219,6 +220,10 @@ def name_handlers(names: NameService, *,
         recs.sort(key=lambda s: s.order)
         return {"name": ref.name, "records": [s.block for s in recs]}
 
+    async def key_gen(call: Any) -> dict[str, Any]:
+        name = param_str(call.params, "name")
+        return {"name": name, "id": generate_key(names.home_root, name)}
+
     async def key_ls(call: Any) -> dict[str, Any]:
         return {"keys": [{"name": n, "id": k}
                          for n, k in list_keys(names.home_root, names.identity)]}
@@ -226,4 +231,4 @@ def name_handlers(names: NameService, *,
     return {"name_publish": name_publish, "name_tag": name_tag, "name_grant": name_grant,
             "name_resolve": name_resolve, "name_versions": name_versions,
             "name_retire": name_retire, "name_ls": name_ls, "name_import": name_import,
-            "name_export": name_export, "key_ls": key_ls}
+            "name_export": name_export, "key_gen": key_gen, "key_ls": key_ls}

@@ -18,7 +18,6 @@ LOCAL_COMMANDS: dict[str, LocalCommand] = {
     "init": node.init,
     "daemon": node.daemon,
     "simulate": cluster.simulate,
-    "key": names.key,
 }
 
 CLIENT_COMMANDS: dict[str, ClientCommand] = {
@@ -39,6 +38,7 @@ CLIENT_COMMANDS: dict[str, ClientCommand] = {
     "versions": names.versions,
     "names": names.names,
     "name": names.name,
+    "key": names.key,
     "shutdown": node.shutdown,
 }
 

@@ -1,6 +1,6 @@
 """Commands for names (DESIGN.md "Names"): ``push``, ``pull``, ``tag``,
 ``versions`` (and ``versions rm``), ``names``, ``name grant`` and ``key``
-(``gen``/``ls``, run in the CLI process: keys live in the home).
+(``gen``/``ls``: keys are files of the daemon's home).
 
 The work is done through the ``Client`` (``pinfold/client_names.py``).
 """
@@ -123,20 +123,18 @@ def name_grant(c, args: argparse.Namespace, out: Output) -> int:
 name = subcommands("name", {"grant": name_grant})
 
 
-def key(args: argparse.Namespace, out: Output) -> int:
-    """``pinfold key gen NAME`` / ``pinfold key ls`` (local: keys are files of the home)."""
-    from pinfold.daemon.home import Home, resolve_home
-    from pinfold.daemon.names.keys import generate_key, list_keys
-    from pinfold.daemon.p2p.identity import load_identity
+def key_gen(c, args: argparse.Namespace, out: Output) -> int:
+    """``pinfold key gen NAME``: a new named key in the daemon's home; prints its ID."""
+    res = c.key_gen(args.key_name)
+    out.doc(res, res["id"])
+    return 0
 
-    home = Home(root=resolve_home(args.home))
-    if args.subcommand == "gen":
-        kid = generate_key(home.root, args.key_name)
-        out.doc({"name": args.key_name, "id": kid}, kid)
-        return 0
-    if args.subcommand == "ls":
-        ident = load_identity(home.identity_path) if home.identity_path.exists() else None
-        keys = [{"name": n, "id": k} for n, k in list_keys(home.root, ident)]
-        out.doc({"keys": keys}, "\n".join(f"{k['name']}  {k['id']}" for k in keys))
-        return 0
-    raise UsageError("key needs a subcommand: gen, ls")
+
+def key_ls(c, args: argparse.Namespace, out: Output) -> int:
+    """``pinfold key ls``: the node's key (``self``) and the named keys."""
+    keys = c.keys()
+    out.doc({"keys": keys}, "\n".join(f"{k['name']}  {k['id']}" for k in keys))
+    return 0
+
+
+key = subcommands("key", {"gen": key_gen, "ls": key_ls})
