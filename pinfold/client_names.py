@@ -73,6 +73,10 @@ class NamesMixin:
                 ``invalid_name``, ``key_error``, or the pin's error.
         """
         p = Path(path)
+        check: dict[str, Any] = {"name": name}
+        if key is not None:
+            check["key"] = key
+        self.call("name_check", check)  # a refused key or name before any upload
         meta = dict(meta or {})
         origin = hfcache.snapshot_origin(p)
         if origin is not None:

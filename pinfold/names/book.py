@@ -381,7 +381,13 @@ class NameBook:
 
     # ---------------------------------------------------------------- publish
 
-    def _check_may_publish(self, name: str, key: bytes) -> NameView | None:
+    def check_may_publish(self, name: str, key: bytes) -> NameView | None:
+        """The name's view when ``key`` may publish under it (None: a new name).
+
+        Raises:
+            NameError_: a bad name.
+            NotAllowed: the name exists and ``key`` is not one of its publishers.
+        """
         check_name(name)
         v = self.view(name)
         if v is not None and key not in v.publishers:
@@ -403,7 +409,7 @@ class NameBook:
             NotAllowed: ``key`` is not a publisher of an existing name.
             RecordError: too many files for one record.
         """
-        v = self._check_may_publish(name, key)
+        v = self.check_may_publish(name, key)
         number = max(v.versions, default=0) + 1 if v is not None else 1
         parent = 0
         if v is not None:
@@ -425,7 +431,7 @@ class NameBook:
             NotAllowed, NameNotFound: no such name or version.
         """
         check_tag(tag)
-        v = self._check_may_publish(name, key)
+        v = self.check_may_publish(name, key)
         known = pending is not None and pending.version == version
         if not known and (v is None or version not in v.versions):
             raise NameNotFound(f"{name} has no version {version}")
@@ -436,7 +442,7 @@ class NameBook:
     def new_grant(self, name: str, grantee: bytes, *, key: bytes,
                   sign: Callable[[bytes], bytes], time_ms: int) -> SignedRecord:
         """Sign a grant of ``name`` to ``grantee``. Raises ``NotAllowed``, ``NameNotFound``."""
-        v = self._check_may_publish(name, key)
+        v = self.check_may_publish(name, key)
         if v is None:
             raise NameNotFound(f"no name {name!r} in this cluster (push a version first)")
         return sign_record(GrantRecord(name=name, lamport=self._lamport(name), time_ms=time_ms,
@@ -445,7 +451,7 @@ class NameBook:
     def new_retire(self, name: str, version: int, *, key: bytes,
                    sign: Callable[[bytes], bytes], time_ms: int) -> SignedRecord:
         """Sign the retirement of ``version``. Raises ``NotAllowed``, ``NameNotFound``."""
-        v = self._check_may_publish(name, key)
+        v = self.check_may_publish(name, key)
         if v is None or version not in v.versions:
             raise NameNotFound(f"{name} has no version {version}")
         return sign_record(RetireRecord(name=name, lamport=self._lamport(name),

@@ -7,6 +7,8 @@
                        version, cid, record, tags}; the content is added and
                        pinned first (``add_dir``); ``main`` moves unless
                        ``tags`` is given without it and ``no_main`` is set
+``name_check``         {name, key} -> {name, publisher}: may ``key`` publish
+                       under ``name`` (``push`` asks before adding anything)
 ``name_tag``           {ref: NAME@VERSION, tag, key} -> {name, tag, version}
 ``name_grant``         {name, grantee: key ID, key} -> {name, grantee}
 ``name_resolve``       {ref} -> {name, version, cid, path, size, files, meta,
@@ -119,6 +121,12 @@ def name_handlers(names: NameService, *,
                 "record": str(version.cid), "tags": tags,
                 "publisher": key_text(signer.public_key)}
 
+    async def name_check(call: Any) -> dict[str, Any]:
+        name = param_str(call.params, "name")
+        signer = key_of(call.params)
+        book.check_may_publish(name, signer.public_key)
+        return {"name": name, "publisher": key_text(signer.public_key)}
+
     async def name_tag(call: Any) -> dict[str, Any]:
         ref = names.parse(param_str(call.params, "ref"))
         tag = check_tag(param_str(call.params, "tag"))
@@ -228,7 +236,7 @@ def name_handlers(names: NameService, *,
         return {"keys": [{"name": n, "id": k}
                          for n, k in list_keys(names.home_root, names.identity)]}
 
-    return {"name_publish": name_publish, "name_tag": name_tag, "name_grant": name_grant,
+    return {"name_publish": name_publish, "name_check": name_check, "name_tag": name_tag, "name_grant": name_grant,
             "name_resolve": name_resolve, "name_versions": name_versions,
             "name_retire": name_retire, "name_ls": name_ls, "name_import": name_import,
             "name_export": name_export, "key_gen": key_gen, "key_ls": key_ls}
