@@ -41,6 +41,7 @@ from typing import Any, BinaryIO, Self
 
 from pinfold.clientargs import (ADD_OPTIONS, DIR_OPTIONS, check_options, replication_params,
                                 transfer_params)
+from pinfold.client_names import NamesMixin
 from pinfold.config import load
 
 from pinfold.client_paths import PathsMixin, ref_basename
@@ -61,11 +62,12 @@ def _file_chunks(f: BinaryIO, progress: Callable[[int], None] | None) -> Iterato
         yield chunk
 
 
-class Client(PathsMixin):
+class Client(PathsMixin, NamesMixin):
     """A connection to the daemon of one home (or an explicit socket path).
 
-    Every method that takes a CID takes ``CID/path/in/dag`` too; ``ls``,
-    ``stat``, ``resolve``, ``read`` and ``open`` come from ``PathsMixin``."""
+    Every method that takes a CID takes ``CID/path/in/dag`` and ``NAME@REF[/path]``
+    too; ``ls``, ``stat``, ``resolve``, ``read`` and ``open`` come from
+    ``PathsMixin``, the names methods (push, pull, versions, ...) from ``NamesMixin``."""
 
     def __init__(self, home: str | os.PathLike[str] | None = None, *,
                  socket_path: str | os.PathLike[str] | None = None) -> None:

@@ -25,11 +25,17 @@ def strip_scheme(path: str) -> str:
 
 
 def ref_basename(ref: str) -> str:
-    """The name ``get`` gives what ``ref`` names: its last path segment, else its CID."""
-    parts = [p for p in strip_scheme(ref).split("/") if p]
+    """The name ``get`` gives what ``ref`` names: its last path segment, else its CID;
+    a name ref without a path gives the name's last part (``org/model@main`` -> ``model``)."""
+    text = strip_scheme(ref)
+    parts = [p for p in text.split("/") if p]
     if parts[:1] == ["ipfs"] and str(ref).startswith("/ipfs/"):
         parts = parts[1:]
-    return parts[-1] if parts else str(ref)
+    last = parts[-1] if parts else str(ref)
+    at = text.find("@")
+    if at >= 0 and "/" not in text[at:]:
+        last = last.split("@", 1)[0] or last
+    return last
 
 
 class PathsMixin:

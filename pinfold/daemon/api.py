@@ -17,7 +17,8 @@ Method names and their parameters (the client in ``client.py`` mirrors them):
                    symlink has a target and no bytes); same params
                    -> {cid, bytes, blocks, files, symlinks}
 ``cat``            {cid, offset, length, timeout, progress} -> stream of bytes
-                   -> {cid, bytes, blocks}
+                   -> {cid, bytes, blocks}; ``cid`` of cat, get and pin_add may
+                   be a CID path or a name ref
 ``get``            {cid, timeout, progress} -> stream of {path, type, size}
                    headers, each file's header followed by its bytes
                    -> {cid, files, bytes}
@@ -96,7 +97,7 @@ from pinfold.daemon.metrics import Metrics
 from pinfold.daemon.p2p.streams import UploadReader
 from pinfold.daemon.parts import Handler
 from pinfold.daemon.pinning import LocalPin, Pinned
-from pinfold.daemon.resolver import Resolver, to_content_path
+from pinfold.daemon.resolver import Resolver
 from pinfold.daemon.transfer import (expected_size, fetch_timeout_s, metered_get, transfer,
                                      visit_counter)
 
@@ -241,10 +242,15 @@ class Api:
     def __init__(self, node: ApiNode) -> None:
         self.node = node
         self.resolver = Resolver(node.get_block, node.has_block,
-                                 lambda cid: node.store.get_size(cid))
+                                 lambda cid: node.store.get_size(cid), book=self._book)
+
+    def _book(self) -> Any:
+        """The node's name book, once the names service runs (else ``None``)."""
+        names = getattr(self.node, "names", None)
+        return names.book if names is not None else None
 
     async def _ref(self, params: dict[str, Any]) -> CID:
-        """The CID the ``cid`` parameter (a CID or ``CID/path``) resolves to."""
+        """The CID the ``cid`` parameter (a CID, ``CID/path`` or ``NAME@REF[/path]``) names."""
         return (await self.resolver.resolve_ref(_param(params, "cid", str, required=True))).cid
 
     def handlers(self) -> dict[str, Callable[[Any], Awaitable[Any]]]:
@@ -573,7 +579,7 @@ class Api:
                                          timeout_s=fetch_timeout_s(call.params),
                                          on_visit=visit_counter(self.node.store, meter), **opts)
         res = pin_dict(pinned)
-        if to_content_path(call.params["cid"]).segments:  # a path: say what it named
+        if self.resolver.content_path(call.params["cid"]).segments:  # a path: say what it named
             res["path"] = call.params["cid"]
         return res
 

@@ -44,6 +44,8 @@ from pinfold.daemon.api import Api
 from pinfold.daemon.cluster import Cluster, ClusterPin, replication_metric_families
 from pinfold.daemon.cluster_pins import NodePins
 from pinfold.daemon.cluster_rpc import cluster_handlers, standalone_handlers
+from pinfold.daemon.names.rpc import name_handlers
+from pinfold.daemon.names.service import NameService
 from pinfold.daemon.errors import InvalidArgument
 from pinfold.daemon.gateway import Gateway
 from pinfold.daemon.home import Home, HomeError, StoreRecord, resolve_home
@@ -109,6 +111,7 @@ class Node:
         self.cluster: Cluster | None = None
         # The HTTP gateway when gateway.listen is set; set by ``run``.
         self.gateway: Gateway | None = None
+        self.names: NameService | None = None  # the name book (pinfold/daemon/names/)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -126,6 +129,8 @@ class Node:
             table.update(standalone_handlers(
                 peer_id=self.peer_id, config=lambda: self.config, store=self.store,
                 pinner=self.pinner, refused_wants=self._refused_wants))
+        if self.names is not None:
+            table.update(name_handlers(self.names, pin_status=self.pin_status, unpin=self.unpin))
         return table
 
     def _refused_wants(self) -> int:
@@ -161,7 +166,11 @@ class Node:
                                        host=network.host, store=store, writer=writer, pins=pins)
                 # bitswap.serve = "cluster" (read live by the filter): only members fetch.
                 network.bitswap.set_serve_filter(self.cluster.may_fetch)
+            self.names = NameService(home_root=self.home.root, identity=keypair, store=store,
+                                     writer=writer, pinner=self.pinner, cluster=self.cluster,
+                                     members=self.config.cluster.trusted_peers)
             self._register_metrics()
+            self.metrics.add_source(self.names.metric_families)
             self.metrics.add_source(network.metric_families)
             self.metrics.add_source(lambda: replication_metric_families(
                 self.cluster, self.config.replication.repair_grace_s))
@@ -182,6 +191,7 @@ class Node:
                 self.addresses = self.network.addresses()
                 if self.cluster is not None:
                     await nursery.start(self.cluster.run)
+                await nursery.start(self.names.run)
                 try:
                     await nursery.start(server.run)
                 except RpcServerError as exc:

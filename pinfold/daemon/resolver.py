@@ -5,7 +5,8 @@ export``, ``ls``, ``stat``, ``resolve``; the gateway and fsspec reach it
 through those).
 
 ``to_content_path`` is the one place a reference string becomes a
-``ContentPath``; names (``NAME@ref/path``) plug in there. ``Resolver`` binds
+``ContentPath``: a name ref (``NAME``, ``NAME@3``, ``NAME@main/config.json``)
+through the node's ``NameBook.resolve``, else a CID path. ``Resolver`` binds
 the core resolver of ``blockstore/unixfs/paths.py`` to the node's block
 source: ``get_block`` reads the local store, else fetches the block from peers
 over Bitswap (stored like any fetched block, not pinned); ``has_block`` and
@@ -21,6 +22,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import re
+
 import trio
 
 from pinfold.blockstore import dag as dagmod
@@ -30,9 +33,11 @@ from pinfold.blockstore.unixfs.paths import (
     DirEntry,
     Resolved,
     list_dir,
+    InvalidPathCID,
     parse_path,
     resolve,
 )
+from pinfold.names.book import NameBook
 
 __all__ = ["Resolver", "to_content_path"]
 
@@ -40,18 +45,33 @@ __all__ = ["Resolver", "to_content_path"]
 _STAT_YIELD_EVERY = 256
 
 
-def to_content_path(text: str) -> ContentPath:
+_NAME_LIKE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def to_content_path(text: str, book: NameBook | None = None) -> ContentPath:
     """Parse a user's reference into a ``ContentPath``.
 
-    Accepts ``CID``, ``CID/path/in/dag``, ``/ipfs/CID/path`` and
-    ``ipfs://CID/path``.
+    Accepts ``CID``, ``CID/path/in/dag``, ``/ipfs/CID/path``,
+    ``ipfs://CID/path`` and, when ``book`` is given, name refs ``NAME``,
+    ``NAME@VERSION``, ``NAME@TAG`` with an optional ``/path``.
 
     Raises:
-        InvalidPathCID: the first segment is not a CID (code ``invalid_cid``).
+        InvalidPathCID: the first segment is not a CID nor a known name
+            (code ``invalid_cid``).
         InvalidPath: empty text or a segment that is not allowed (code
             ``invalid_path``); the message names the reference.
+        NameError_, NameNotFound: a malformed or unknown name ref.
     """
-    return parse_path(text)
+    if book is not None:
+        cp = book.resolve(text)
+        if cp is not None:
+            return cp
+    try:
+        return parse_path(text)
+    except InvalidPathCID as exc:
+        if book is not None and "/" not in text and _NAME_LIKE.fullmatch(text):
+            raise InvalidPathCID(f"{exc}; nor is it a name of this cluster") from None
+        raise
 
 
 def entry_dict(entry: DirEntry, path: str | None = None) -> dict[str, Any]:
@@ -72,13 +92,20 @@ class Resolver:
             raises ``BlockNotFound`` (or a ``FetchTimeout``) when neither has it.
         has_block: ``has_block(cid) -> bool``: the block is in the store.
         local_size: ``local_size(cid) -> int``: bytes of a block in the store.
+        book: ``book() -> NameBook | None``: the node's name book, if names run.
     """
 
     def __init__(self, get_block: Callable[[CID], Awaitable[bytes]],
-                 has_block: Callable[[CID], bool], local_size: Callable[[CID], int]) -> None:
+                 has_block: Callable[[CID], bool], local_size: Callable[[CID], int],
+                 book: Callable[[], NameBook | None] = lambda: None) -> None:
         self.get_block = get_block
         self.has_block = has_block
         self.local_size = local_size
+        self.book = book
+
+    def content_path(self, text: str) -> ContentPath:
+        """``to_content_path`` with this node's name book."""
+        return to_content_path(text, self.book())
 
     async def resolve_ref(self, text: str) -> Resolved:
         """The CID, kind and size ``text`` names; reads (or fetches) one block per
@@ -91,12 +118,12 @@ class Resolver:
             BlockNotFound: a block on the path is neither local nor on a peer.
             DecodeError: a malformed node on the path.
         """
-        return await resolve(self.get_block, to_content_path(text))
+        return await resolve(self.get_block, self.content_path(text))
 
     async def resolve_dict(self, text: str) -> dict[str, Any]:
         """``resolve_ref`` as the ``resolve`` RPC's result: ``{path, cid, type, size}``."""
         r = await self.resolve_ref(text)
-        return {"path": str(to_content_path(text)), "cid": str(r.cid), "type": r.kind,
+        return {"path": str(self.content_path(text)), "cid": str(r.cid), "type": r.kind,
                 "size": r.size}
 
     async def ls(self, text: str, *, recursive: bool = False) -> AsyncIterator[dict[str, Any]]:
@@ -107,7 +134,7 @@ class Resolver:
         Raises:
             As ``resolve_ref``; DecodeError for an unsafe entry name.
         """
-        path = to_content_path(text)
+        path = self.content_path(text)
         r = await resolve(self.get_block, path)
         if r.kind != "dir":
             name = path.segments[-1] if path.segments else str(r.cid)
@@ -144,7 +171,7 @@ class Resolver:
         Raises:
             As ``resolve_ref``.
         """
-        path = to_content_path(text)
+        path = self.content_path(text)
         r = await resolve(self.get_block, path)
         blocks = local = local_bytes = 0
         exact = True

@@ -27,6 +27,7 @@ SECTIONS = [
     ("bitswap: raw stream vs Bitswap vs Helia (issue 3)", "tools.bench.bitswap_bench"),
     ("replication: repair and scale (issue 4)", "tools.bench.replication_bench"),
     ("channel: raw Noise+Yamux stream, stock vs fast (issue 14)", "tools.bench.channel_bench"),
+    ("names: resolve in a large book (issue 16)", "tools.bench.names_bench"),
 ]
 
 

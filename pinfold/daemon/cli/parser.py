@@ -168,6 +168,53 @@ def _wait_options(p: argparse.ArgumentParser) -> None:
                    "name the holders behind")
 
 
+def _name_commands(cmd: Any) -> None:
+    """``push``, ``pull``, ``tag``, ``versions``, ``names``, ``name grant``, ``key``."""
+    def key_option(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--key", metavar="KEY", help="sign with this key (default: self, "
+                       "the node's key; others from `pinfold key gen`)")
+
+    p = cmd("push", "add a file or folder (links followed) as the next version of NAME")
+    p.add_argument("name", help="like org/model")
+    p.add_argument("path")
+    p.add_argument("--tag", action="append", metavar="TAG", help="also move TAG to it")
+    p.add_argument("--no-main", action="store_true", help="do not move the main tag")
+    p.add_argument("-m", "--message", help="what changed")
+    p.add_argument("--meta", action="append", metavar="KEY=VALUE", help="a metadata label")
+    key_option(p)
+    _replication_options(p)
+    _wait_options(p)
+
+    p = cmd("pull", "download a version: NAME, NAME@VERSION, NAME@TAG[/path]")
+    p.add_argument("ref")
+    p.add_argument("-o", "--output", metavar="DIR", help="a new or empty folder "
+                   "(default: the name's last part)")
+    p.add_argument("--hf-cache", nargs="?", const="", metavar="DIR",
+                   help="lay it out as a Hugging Face hub cache (default: huggingface_hub's)")
+
+    p = cmd("tag", "move TAG to NAME@VERSION")
+    p.add_argument("ref", metavar="NAME@VERSION")
+    p.add_argument("tag")
+    key_option(p)
+
+    p = cmd("versions", "a name's history (versions rm NAME@N: unpin a version)")
+    p.add_argument("words", nargs="+", metavar="NAME | rm NAME@N")
+    key_option(p)
+
+    cmd("names", "list the names of the cluster")
+
+    name = cmd("name", "name ownership").add_subparsers(dest="subcommand", metavar="SUBCOMMAND")
+    p = name.add_parser("grant", help="let KEY publish under NAME")
+    p.add_argument("name")
+    p.add_argument("grantee", metavar="KEY", help="a key ID (12D3KooW...)")
+    key_option(p)
+
+    key = cmd("key", "signing keys").add_subparsers(dest="subcommand", metavar="SUBCOMMAND")
+    p = key.add_parser("gen", help="create a named Ed25519 key in the home")
+    p.add_argument("key_name", metavar="NAME")
+    key.add_parser("ls", help="the node's key (self) and named keys")
+
+
 class _Parser(argparse.ArgumentParser):
     """An ``ArgumentParser`` whose errors raise ``UsageError`` (so ``main`` reports
     them, as JSON with ``--json``) instead of printing and exiting."""
@@ -369,6 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="confidence level of the interval (default 0.99)")
     p.add_argument("--seed", type=int, default=0)
 
+    _name_commands(cmd)
     cmd("shutdown", "stop the daemon")
     _accept_everywhere(parser)
     return parser

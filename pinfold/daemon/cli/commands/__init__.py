@@ -5,12 +5,12 @@ connected ``Client``. Commands with subcommands are tables themselves
 
 One module per area: ``node`` (init, daemon, id, shutdown), ``content`` (add,
 cat, get, ls, stat, block, dag), ``pins`` (pin, recover), ``repo``, ``cluster`` (peers,
-cluster, simulate).
+cluster, simulate), ``names`` (push, pull, tag, versions, names, name grant, key).
 """
 
 from __future__ import annotations
 
-from pinfold.daemon.cli.commands import cluster, content, node, pins, repo
+from pinfold.daemon.cli.commands import cluster, content, names, node, pins, repo
 from pinfold.daemon.cli.commands.base import ClientCommand, LocalCommand
 
 LOCAL_COMMANDS: dict[str, LocalCommand] = {
@@ -33,6 +33,13 @@ CLIENT_COMMANDS: dict[str, ClientCommand] = {
     "peers": cluster.peers,
     "cluster": cluster.cluster,
     "recover": pins.recover,
+    "push": names.push,
+    "pull": names.pull,
+    "tag": names.tag,
+    "versions": names.versions,
+    "names": names.names,
+    "name": names.name,
+    "key": names.key,
     "shutdown": node.shutdown,
 }
 

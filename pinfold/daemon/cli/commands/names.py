@@ -1,0 +1,140 @@
+"""Commands for names (DESIGN.md "Names"): ``push``, ``pull``, ``tag``,
+``versions`` (and ``versions rm``), ``names``, ``name grant`` and ``key``
+(``gen``/``ls``: keys are files of the daemon's home).
+
+The work is done through the ``Client`` (``pinfold/client_names.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import sys
+from pathlib import Path
+from typing import Any
+
+from pinfold.daemon.cli.commands.base import subcommands
+from pinfold.daemon.cli.commands.pins import pin_summary, replication_kwargs, wait_kwargs
+from pinfold.daemon.cli.localio import Output, Progress
+from pinfold.daemon.cli.parser import UsageError
+
+
+def _meta(pairs: list[str] | None) -> dict[str, str]:
+    out = {}
+    for item in pairs or []:
+        k, sep, v = item.partition("=")
+        if not sep or not k:
+            raise UsageError(f"--meta {item!r}: use KEY=VALUE")
+        out[k] = v
+    return out
+
+
+def push(c, args: argparse.Namespace, out: Output) -> int:
+    """``pinfold push NAME PATH``: a new version of NAME; prints ``NAME@N CID``."""
+    repl = replication_kwargs(args)
+    if "rmin" in repl and repl.get("rmin") != repl.get("rmax"):
+        raise UsageError("push takes --replicas N or --availability P")
+    wait = wait_kwargs(args)
+    if not Path(args.path).exists():
+        raise UsageError(f"{args.path}: no such file or folder")
+    progress = Progress(None, "pushed")
+    try:
+        res = c.push(args.name, args.path, tags=args.tag, message=args.message or "",
+                     meta=_meta(args.meta), move_main=not args.no_main,
+                     replicas=repl.get("rmin"), availability=repl.get("availability"),
+                     key=args.key, progress=progress, **wait)
+    finally:
+        progress.close()
+    if not out.json and res.get("pin") and "holders_pinned" in res["pin"]:
+        print(pin_summary(res["cid"], res["pin"]), file=sys.stderr)
+    tags = f" ({', '.join(res['tags'])})" if res["tags"] else ""
+    out.doc(res, f"{res['name']}@{res['version']} {res['cid']}{tags}")
+    return 0
+
+
+def pull(c, args: argparse.Namespace, out: Output) -> int:
+    """``pinfold pull NAME[@REF] [-o DIR | --hf-cache [DIR]]``."""
+    if args.hf_cache is not None and args.output is not None:
+        raise UsageError("-o and --hf-cache are exclusive")
+    progress = Progress(None, "pulled")
+    try:
+        hf: Any = None
+        if args.hf_cache is not None:
+            hf = True if args.hf_cache == "" else args.hf_cache
+        res = c.pull(args.ref, args.output, hf_cache=hf, progress=progress)
+    finally:
+        progress.close()
+    out.doc(res, f"pulled {res['name']}@{res['version']} ({res['cid']}) to {res['path']}")
+    return 0
+
+
+def tag(c, args: argparse.Namespace, out: Output) -> int:
+    """``pinfold tag NAME@VERSION TAG``: move TAG."""
+    res = c.tag(args.ref, args.tag, key=args.key)
+    out.doc(res, f"{res['name']}@{res['tag']} -> version {res['version']}")
+    return 0
+
+
+def _when(ms: int) -> str:
+    return datetime.datetime.fromtimestamp(ms / 1000, datetime.UTC).strftime("%Y-%m-%d %H:%M")
+
+
+def versions(c, args: argparse.Namespace, out: Output) -> int:
+    """``pinfold versions NAME``: the history, newest first."""
+    words = args.words
+    if len(words) > 2 or (len(words) == 2 and words[0] != "rm"):
+        raise UsageError("use `versions NAME` or `versions rm NAME@VERSION`")
+    if len(words) == 2:
+        res = c.retire(words[1], key=args.key)
+        out.doc(res, f"retired {res['name']}@{res['version']} (unpinned {res['cid']})")
+        return 0
+    res = c.versions(words[0])
+    lines = [f"{res['name']} (creator {res['creator']})"]
+    for v in res["versions"]:
+        tags = f" [{', '.join(v['tags'])}]" if v["tags"] else ""
+        state = " retired" if v["retired"] else ""
+        lines.append(
+            f"  {v['version']:>4}{tags}{state}  {v['cid']}  {v['size']} B  {_when(v['time_ms'])}"
+            f"  holders {len(v['holders'])} avail {v['availability']:.4g}"
+            f"  by {v['publisher'][-8:]}  {v['message']}")
+        for s in v["superseded"]:
+            lines.append(f"        (was {s['tag']}: moved by {s['publisher'][-8:]} "
+                         f"at {_when(s['time_ms'])}, superseded)")
+    out.doc(res, "\n".join(lines))
+    return 0
+
+
+def names(c, args: argparse.Namespace, out: Output) -> int:
+    """``pinfold names``: every name, its newest version and tags."""
+    items = list(c.names())
+    text = "\n".join(
+        f"{n['name']}  v{n['latest']}  "
+        + " ".join(f"{t}={v}" for t, v in n["tags"].items()) for n in items)
+    out.doc({"names": items}, text)
+    return 0
+
+
+def name_grant(c, args: argparse.Namespace, out: Output) -> int:
+    res = c.grant(args.name, args.grantee, key=args.key)
+    out.doc(res, f"granted {res['name']} to {res['grantee']}")
+    return 0
+
+
+name = subcommands("name", {"grant": name_grant})
+
+
+def key_gen(c, args: argparse.Namespace, out: Output) -> int:
+    """``pinfold key gen NAME``: a new named key in the daemon's home; prints its ID."""
+    res = c.key_gen(args.key_name)
+    out.doc(res, res["id"])
+    return 0
+
+
+def key_ls(c, args: argparse.Namespace, out: Output) -> int:
+    """``pinfold key ls``: the node's key (``self``) and the named keys."""
+    keys = c.keys()
+    out.doc({"keys": keys}, "\n".join(f"{k['name']}  {k['id']}" for k in keys))
+    return 0
+
+
+key = subcommands("key", {"gen": key_gen, "ls": key_ls})
