@@ -385,7 +385,7 @@ class Api:
     # ------------------------------------------------------------------ read
 
     async def cat(self, call: Any) -> dict[str, Any]:
-        cid = await self._ref(call.params)
+        ref = _param(call.params, "cid", str, required=True)
         offset = _param(call.params, "offset", int, 0)
         length = _param(call.params, "length", int, None)
         if offset < 0 or (length is not None and length < 0):
@@ -398,8 +398,9 @@ class Api:
         fetch_t = fetch_timeout_s(call.params)
         blocks = 0
         try:
-            async with transfer(call, "cat", cid, self.node.received) as meter, \
+            async with transfer(call, "cat", ref, self.node.received) as meter, \
                     self.node.prefetcher(timeout_s=fetch_t) as prefetch:
+                cid = await self._ref(call.params)  # inside the bound: may fetch the path
                 metered = metered_get(self.node, meter, fetch_t, dag_bytes=False)
 
                 async def get(c: CID) -> bytes:  # counts the blocks this read touches
@@ -423,11 +424,12 @@ class Api:
         return {"cid": str(cid), "bytes": sent, "blocks": blocks}
 
     async def get(self, call: Any) -> dict[str, Any]:
-        cid = await self._ref(call.params)
+        ref = _param(call.params, "cid", str, required=True)
         files = 0
         sent = 0
         fetch_t = fetch_timeout_s(call.params)
-        async with transfer(call, "get", cid, self.node.received) as meter:
+        async with transfer(call, "get", ref, self.node.received) as meter:
+            cid = await self._ref(call.params)  # inside the bound: may fetch the path
             get = metered_get(self.node, meter, fetch_t, dag_bytes=True)
             async for entry in unixfs.walk_tree(get, cid):
                 header: dict[str, Any] = {"path": entry.path, "type": entry.kind,
@@ -571,10 +573,11 @@ class Api:
         return opts
 
     async def pin_add(self, call: Any) -> dict[str, Any]:
-        cid = await self._ref(call.params)
+        ref = _param(call.params, "cid", str, required=True)
         recursive = _param(call.params, "recursive", bool, True)
         opts = self._pin_opts(call)
-        async with transfer(call, "pin add", cid, self.node.received) as meter:
+        async with transfer(call, "pin add", ref, self.node.received) as meter:
+            cid = await self._ref(call.params)  # inside the bound: may fetch the path
             pinned = await self.node.pin(cid, recursive=recursive,
                                          timeout_s=fetch_timeout_s(call.params),
                                          on_visit=visit_counter(self.node.store, meter), **opts)

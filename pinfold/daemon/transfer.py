@@ -200,9 +200,10 @@ async def _report(call: Any, meter: TransferMeter) -> None:
 
 
 @asynccontextmanager
-async def transfer(call: Any, what: str, cid: CID, received: ReceivedCounts
+async def transfer(call: Any, what: str, cid: CID | str, received: ReceivedCounts
                    ) -> AsyncIterator[TransferMeter]:
-    """Run a transfer's body under its request's ``timeout`` param, streaming progress
+    """Run a transfer's body under its request's ``timeout`` param (``cid``: the CID or
+    reference the user gave, named in a timeout error), streaming progress
     events while it runs when the client asked (``progress: true``) and a last one,
     ``done``, when it succeeds.
 
