@@ -105,10 +105,6 @@ class NamesMixin:
             res["status"] = self.wait_pinned(added["cid"], timeout=wait_timeout)
         return res
 
-    def resolve(self, ref: str) -> str:
-        """The root CID (with ``/path`` when ``ref`` has one) that ``NAME[@REF][/path]`` names."""
-        return self.resolve_info(ref)["path"]
-
     def resolve_info(self, ref: str) -> dict[str, Any]:
         """``{"name", "version", "cid", "path", "size", "files", "meta", "record"}``."""
         return self.call("name_resolve", {"ref": ref})

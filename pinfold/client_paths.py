@@ -1,4 +1,4 @@
-"""The Python client's methods about content paths: ``resolve``, ``ls``, ``stat``,
+"""The Python client's methods about content paths: ``resolve``, ``resolve_path``, ``ls``, ``stat``,
 ``read`` (a byte range) and ``open`` (a lazy, seekable file), mixed into
 ``Client`` (``client.py``).
 
@@ -46,7 +46,15 @@ class PathsMixin:
     call: Any
     stream: Any
 
-    def resolve(self, path: str) -> dict[str, Any]:
+    def resolve(self, ref: str) -> str:
+        """The CID that ``ref`` (``CID``, ``CID/path``, ``NAME[@REF][/path]``) names.
+
+        Raises:
+            RpcError: as ``resolve_path``; a name ref's errors (``name_not_found``...).
+        """
+        return self.resolve_path(ref)["cid"]
+
+    def resolve_path(self, path: str) -> dict[str, Any]:
         """What ``path`` names: ``{"path", "cid", "type", "size"}`` (``type``: file,
         dir, symlink or other; ``size`` in bytes, ``None`` for a directory).
 
@@ -63,7 +71,7 @@ class PathsMixin:
         below, a directory before its children, each with ``path`` (relative).
 
         Raises:
-            RpcError: as ``resolve``.
+            RpcError: as ``resolve_path``.
         """
         return self.stream("ls", {"path": strip_scheme(path), "recursive": recursive})
 
@@ -74,7 +82,7 @@ class PathsMixin:
         block hides part of the DAG). Fetches only the blocks on the path.
 
         Raises:
-            RpcError: as ``resolve``.
+            RpcError: as ``resolve_path``.
         """
         return self.call("stat", {"path": strip_scheme(path)})
 
@@ -86,7 +94,7 @@ class PathsMixin:
         read, locally or from peers.
 
         Raises:
-            RpcError: as ``resolve``; ``not_a_file`` for a directory.
+            RpcError: as ``resolve_path``; ``not_a_file`` for a directory.
         """
         params: dict[str, Any] = {"cid": strip_scheme(path), "offset": offset}
         if length is not None:

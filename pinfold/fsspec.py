@@ -133,7 +133,7 @@ class PinfoldFileSystem(AbstractFileSystem):
     def info(self, path: str, **kwargs: Any) -> dict[str, Any]:
         """What ``path`` names. Raises FileNotFoundError, ValueError (a bad CID/path)."""
         path = self._strip_protocol(path)
-        r = self._call(path, self.client.resolve, path)
+        r = self._call(path, self.client.resolve_path, path)
         return self._info(path, r["type"], r["size"], r["cid"])
 
     def ls(self, path: str, detail: bool = True, **kwargs: Any) -> list[Any]:

@@ -45,7 +45,7 @@ def tree(node: DaemonProcess, tmp_path_factory: pytest.TempPathFactory) -> dict[
     (src / "sub" / "deep" / "z.bin").write_bytes(ZBIN)
     with node.client() as c:
         root = c.add(str(src), chunk_size=65536)
-        cids = {rel: c.resolve(f"{root}/{rel}")["cid"]
+        cids = {rel: c.resolve(f"{root}/{rel}")
                 for rel in ("a.txt", "sub", "sub/data.csv", "sub/deep", "sub/deep/z.bin")}
     return {"root": root, "src": src, "cids": cids}
 
@@ -157,7 +157,7 @@ def test_stat_counts_blocks_and_what_is_local(node: DaemonProcess, tree: dict[st
 def test_client_path_methods(node: DaemonProcess, tree: dict[str, Any]) -> None:
     root, cids = tree["root"], tree["cids"]
     with node.client() as c:
-        assert c.resolve(f"{root}/sub/data.csv") == {
+        assert c.resolve_path(f"{root}/sub/data.csv") == {
             "path": f"{root}/sub/data.csv", "cid": cids["sub/data.csv"], "type": "file",
             "size": 12}
         assert [e["name"] for e in c.ls(f"{root}/sub")] == ["data.csv", "deep"]

@@ -15,7 +15,8 @@ from typing import Any
 
 from pinfold.daemon.cli.commands.base import subcommands
 from pinfold.daemon.cli.commands.pins import pin_summary, replication_kwargs, wait_kwargs
-from pinfold.daemon.cli.localio import Output, Progress
+from pinfold.daemon.cli.localio import Output
+from pinfold.daemon.cli.progressbar import TransferBar
 from pinfold.daemon.cli.parser import UsageError
 
 
@@ -37,14 +38,11 @@ def push(c, args: argparse.Namespace, out: Output) -> int:
     wait = wait_kwargs(args)
     if not Path(args.path).exists():
         raise UsageError(f"{args.path}: no such file or folder")
-    progress = Progress(None, "pushed")
-    try:
+    with TransferBar("push") as bar:
         res = c.push(args.name, args.path, tags=args.tag, message=args.message or "",
                      meta=_meta(args.meta), move_main=not args.no_main,
                      replicas=repl.get("rmin"), availability=repl.get("availability"),
-                     key=args.key, progress=progress, **wait)
-    finally:
-        progress.close()
+                     key=args.key, progress=bar.advance, **wait)
     if not out.json and res.get("pin") and "holders_pinned" in res["pin"]:
         print(pin_summary(res["cid"], res["pin"]), file=sys.stderr)
     tags = f" ({', '.join(res['tags'])})" if res["tags"] else ""
@@ -56,14 +54,11 @@ def pull(c, args: argparse.Namespace, out: Output) -> int:
     """``pinfold pull NAME[@REF] [-o DIR | --hf-cache [DIR]]``."""
     if args.hf_cache is not None and args.output is not None:
         raise UsageError("-o and --hf-cache are exclusive")
-    progress = Progress(None, "pulled")
-    try:
-        hf: Any = None
-        if args.hf_cache is not None:
-            hf = True if args.hf_cache == "" else args.hf_cache
-        res = c.pull(args.ref, args.output, hf_cache=hf, progress=progress)
-    finally:
-        progress.close()
+    hf: Any = None
+    if args.hf_cache is not None:
+        hf = True if args.hf_cache == "" else args.hf_cache
+    with TransferBar("pull") as bar:
+        res = c.pull(args.ref, args.output, hf_cache=hf, progress=bar.advance)
     out.doc(res, f"pulled {res['name']}@{res['version']} ({res['cid']}) to {res['path']}")
     return 0
 
