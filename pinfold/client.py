@@ -36,7 +36,7 @@ from pinfold.daemon.home import Home, resolve_home
 from pinfold.localtree import LinkError, dir_header, walk_local_tree
 from pinfold.daemon.rpc.connection import DaemonNotRunning, RpcConnection, RpcConnectionClosed, RpcError
 
-__all__ = ["ADD_OPTIONS", "Client", "DaemonNotRunning", "LinkError", "PinWaitTimeout",
+__all__ = ["ADD_OPTIONS", "Client", "DaemonNotRunning", "LinkError", "PinFailed", "PinWaitTimeout",
            "RpcConnectionClosed", "RpcError", "walk_local_tree"]
 
 CHUNK = 1 << 20
@@ -493,6 +493,9 @@ class Client:
             ValueError: ``timeout`` is not > 0.
             PinWaitTimeout: the timeout passed first; ``.status`` is the last
                 status and the message names the holders behind and their state.
+            PinFailed: every holder failed to pin it (e.g. no peer has the
+                content) and none is trying again soon; the message names the
+                holders and their errors.
             RpcError: ``not_pinned`` when the pin is removed meanwhile.
         """
         _check_timeout(timeout)
@@ -505,6 +508,8 @@ class Client:
                 progress(item)
         res = dict(stream.result)
         done = res.pop("done", False)
+        if res.pop("failed", False):
+            raise PinFailed(str(cid), res)
         if not done:
             raise PinWaitTimeout(str(cid), timeout or 0.0, res)
         return res
@@ -593,3 +598,28 @@ class PinWaitTimeout(Exception):
         super().__init__(
             f"{cid}: timed out after {timeout:g} s with {pinned} of {wanted} holders pinned; "
             f"behind: {'; '.join(parts) or 'none'}")
+
+
+class PinFailed(Exception):
+    """``wait_pinned`` gave up: no holder is fetching the pin and those allocated
+    report ``pin_error`` (content no connected peer has, a store full...).
+    ``.cid``, ``.status`` (the last ``pin status`` record), ``.failed``
+    (``[(peer_id, error)]``; the error is known for the node asked, others say
+    where to read it)."""
+
+    code = "pin_failed"
+
+    def __init__(self, cid: str, status: dict[str, Any]) -> None:
+        self.cid = cid
+        self.status = status
+        self.failed = []
+        for h in status.get("holders", []):
+            if h.get("state") != "pin_error":
+                continue
+            why = h.get("error") or "its error: `pinfold pin ls --state error` on that node"
+            self.failed.append((h["peer_id"], why))
+        pinned, wanted = status.get("healthy", 0), status.get("rmin", 0)
+        parts = [f"{peer} pin_error ({why})" for peer, why in self.failed]
+        super().__init__(
+            f"{cid}: pin failed with {pinned} of {wanted} holders pinned; every holder "
+            f"failed: {'; '.join(parts) or 'none'}")

@@ -48,7 +48,7 @@ def test_direct_pin_never_weakens_a_recursive_pin_so_gc_keeps_the_file(
     cid = cli_json(daemon.home, "add", str(path))["cid"]
     cli_json(daemon.home, "pin", "add", cid)
     weaker = run_cli(daemon.home, "pin", "add", "--direct", cid, check=False)
-    assert weaker.returncode == 1
+    assert weaker.returncode == 7  # refused (exit-code table)
     assert b"already pinned recursively" in weaker.stderr and cid.encode() in weaker.stderr
     assert [(p["cid"], p["mode"], p["state"]) for p in _lines(daemon.home, "pin", "ls")] == [
         (cid, "recursive", "pinned")]
