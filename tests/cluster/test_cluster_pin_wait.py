@@ -7,6 +7,7 @@ Two real daemons in subprocesses, one cluster, short timers (heartbeat 0.5 s).
 
 from __future__ import annotations
 
+import json
 import os
 import pty
 import random
@@ -205,6 +206,25 @@ def test_wait_progress_lists_only_as_many_holders_as_the_pin_has_places(
         c.pin(cid, replicas=1, wait=True, progress=seen.append)
     assert seen and all(len(item["holders"]) <= 1 for item in seen), seen
     assert len(info.value.failed) == 1
+    _unpin(a, cid)
+
+
+def test_add_wait_timeout_still_prints_the_cid_on_stdout_for_scripts(
+        nodes: list[DaemonProcess], tmp_path: Path) -> None:
+    a = nodes[0]
+    f = tmp_path / "blob"
+    f.write_bytes(random.Random(9).randbytes(500_000))
+    # 1 ms: no second holder fetches and reports that fast, so the wait times out.
+    out = run_cli(a.home, "add", "--replicas", "2", "--wait-timeout", "0.001", str(f),
+                  check=False)
+    err = out.stderr.decode()
+    assert out.returncode == 5, err
+    cid = out.stdout.decode().strip()
+    assert cid.startswith("baf") and "\n" not in cid, out.stdout  # the CID alone, as add prints
+    assert len(err.strip().splitlines()) == 1 and f"{cid}: timed out after" in err, err
+    res = json.loads(run_cli(a.home, "--json", "add", "--replicas", "2", "--wait-timeout",
+                             "0.001", str(f), check=False).stdout)
+    assert res["cid"] == cid
     _unpin(a, cid)
 
 
