@@ -122,8 +122,13 @@ class Node:
         else:
             table.update(standalone_handlers(
                 peer_id=self.peer_id, config=lambda: self.config, store=self.store,
-                pinner=self.pinner, refused_wants=self._refused_wants))
+                pinner=self.pinner, refused_wants=self._refused_wants,
+                connected=self._connected_count))
         return table
+
+    def _connected_count(self) -> int:
+        """Peers connected now (0 without a network)."""
+        return len(self.network.host.connected_peers()) if self.network is not None else 0
 
     def _refused_wants(self) -> int:
         return self.network.refused_wants() if self.network is not None else 0

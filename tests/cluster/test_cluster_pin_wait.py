@@ -341,3 +341,13 @@ def test_client_and_rpc_refuse_nonpositive_wait_timeouts(nodes: list[DaemonProce
             c.status(cid)
         with pytest.raises(RpcError, match="timeout must be > 0 seconds"):
             c.call("pin_wait", {"cid": cid, "timeout": 0})
+
+
+def test_recover_of_a_cid_not_in_the_cluster_pinset_exits_not_pinned(
+        nodes: list[DaemonProcess]) -> None:
+    a = nodes[0]
+    cid = _unfetchable()
+    out = run_cli(a.home, "recover", cid, check=False)
+    err = out.stderr.decode()
+    assert out.returncode == 4, err
+    assert f"{cid} is not pinned" in err, err

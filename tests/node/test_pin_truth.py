@@ -130,6 +130,32 @@ def test_pin_status_is_incomplete_when_blocks_are_missing_and_verify_lists_it(
         assert cli_json(d.home, "recover", "--all")["pins"] == []
 
 
+def test_recover_without_peers_fails_at_once_and_refuses_a_cid_not_pinned(
+        tmp_path: Path) -> None:
+    import time
+
+    d = DaemonProcess(tmp_path, "a")
+    path, data = _file(tmp_path, 3 * MB, seed=4)
+    with d:
+        cid = cli_json(d.home, "add", str(path))["cid"]
+    _drop_blocks(d.home, cid, 1, data)
+    cfg_path = d.home / "config.toml"
+    # A long fetch timeout: recover must not wait it out when there is no peer to ask.
+    cfg_path.write_text(render(replace(load(cfg_path), bitswap={"fetch_timeout_s": 120.0})))
+    with d:
+        started = time.monotonic()
+        out = run_cli(d.home, "recover", cid, check=False)
+        assert time.monotonic() - started < 30
+        assert out.returncode == 1, out.stderr
+        assert "no peer to recover from" in out.stdout.decode(), out.stdout
+
+        unpinned = cli_json(d.home, "add", "--pin=false", "-", input=b"stored, not pinned")["cid"]
+        out = run_cli(d.home, "recover", unpinned, check=False)
+        err = out.stderr.decode()
+        assert out.returncode == 4, err  # the exit-code table's "not found (not pinned)"
+        assert f"{unpinned} is not pinned" in err, err
+
+
 def test_add_pins_by_default_and_keeps_its_name(daemon: DaemonProcess, tmp_path: Path) -> None:
     path, data = _file(tmp_path, 300_000)
     res = cli_json(daemon.home, "add", "--name", "weights v1", str(path))
