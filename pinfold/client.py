@@ -56,14 +56,27 @@ ADD_OPTIONS = frozenset({"chunk_size", "cid_version", "raw_leaves", "max_links",
 _DIR_OPTIONS = frozenset({"dereference"})  # ``add``/``add_info`` of a folder: see ``add_dir``
 
 
+#: The keyword parameters each add method names in its signature (beside ``opts``).
+_KEYWORDS = {
+    "add": ("pin", "replicas", "rmin", "rmax", "availability", "wait", "wait_timeout",
+            "progress", "dereference"),
+    "add_info": ("pin", "replicas", "rmin", "rmax", "availability", "wait", "wait_timeout",
+                 "progress", "dereference"),
+    "add_stream": ("pin", "progress"),
+    "add_dir": ("pin", "dereference", "progress"),
+}
+
+
 def _check_options(method: str, opts: dict[str, Any], extra: frozenset[str] = frozenset()) -> None:
-    """Raise ``TypeError`` naming every key of ``opts`` outside ``ADD_OPTIONS`` | ``extra``."""
+    """Raise ``TypeError`` naming every key of ``opts`` outside ``ADD_OPTIONS`` | ``extra``;
+    the message lists every keyword ``method`` takes."""
     unknown = sorted(set(opts) - ADD_OPTIONS - extra)
     if unknown:
         names = ", ".join(repr(k) for k in unknown)
         plural = "s" if len(unknown) > 1 else ""
+        accepted = sorted(ADD_OPTIONS | extra | set(_KEYWORDS.get(method, ("pin", "progress"))))
         raise TypeError(f"{method}() got unexpected keyword argument{plural} {names} "
-                        f"(options: {', '.join(sorted(ADD_OPTIONS))}, pin, progress)")
+                        f"(it takes: {', '.join(accepted)})")
 
 
 def _replication(replicas: int | None, rmin: int | None, rmax: int | None,
@@ -171,24 +184,30 @@ class Client:
 
     def add(self, source: str | os.PathLike[str] | bytes | BinaryIO, *, pin: bool = True,
             replicas: int | None = None, rmin: int | None = None, rmax: int | None = None,
-            availability: float | None = None,
+            availability: float | None = None, wait: bool = False,
+            wait_timeout: float | None = None,
             progress: Callable[[int], None] | None = None, **opts: Any) -> str:
         """Add a file or directory (path, bytes or binary file object); returns the root CID text.
 
         The root is pinned unless ``pin=False``; ``replicas``/``rmin``/``rmax``/
-        ``availability`` set how many copies the cluster keeps. ``progress(nbytes)``
-        is called with the number of bytes just sent, as they are sent (file data
-        only). See ``add_info`` for ``wait`` and ``add_stream`` for ``opts``
-        (``name`` names the pin).
+        ``availability`` set how many copies the cluster keeps. With ``wait``
+        (implied by ``wait_timeout``, seconds) this returns once rmin holders
+        report the pin pinned (``add_info``). ``progress(nbytes)`` is called with
+        the number of bytes just sent, as they are sent (file data only). See
+        ``add_stream`` for ``opts`` (``name`` names the pin).
 
         Raises:
             TypeError: an unknown keyword argument (all unknown ones are named).
+            ValueError: ``wait_timeout`` is not > 0, or waiting with ``pin=False``.
             FileNotFoundError: ``source`` is a path that does not exist.
+            PinWaitTimeout: the wait timed out (the content is added and pinned).
+            PinFailed: every holder failed to pin it.
             RpcError: the daemon refused the data or an option.
         """
         _check_options("add", opts, _DIR_OPTIONS)
         return self.add_info(source, pin=pin, replicas=replicas, rmin=rmin, rmax=rmax,
-                             availability=availability, progress=progress, **opts)["cid"]
+                             availability=availability, wait=wait, wait_timeout=wait_timeout,
+                             progress=progress, **opts)["cid"]
 
     def add_info(self, source: str | os.PathLike[str] | bytes | BinaryIO, *, pin: bool = True,
                  replicas: int | None = None, rmin: int | None = None, rmax: int | None = None,
