@@ -83,6 +83,7 @@ from pinfold.daemon.ingest import BlockSink, undo_on_failure
 from pinfold.daemon.metrics import Metrics
 from pinfold.daemon.p2p.streams import UploadReader
 from pinfold.daemon.parts import Handler
+from pinfold.daemon.pin_wait import wait_for_holders
 from pinfold.daemon.pinning import LocalPin, Pinned
 
 log = logging.getLogger("pinfold.api")
@@ -132,34 +133,6 @@ async def _write_fd(fd: int, data: bytes) -> None:
         await trio.to_thread.run_sync(_write_all, fd, data, abandon_on_cancel=True)
     except BrokenPipeError as exc:
         raise OutputClosed("the output was closed before the end of the file") from exc
-
-
-_BUSY = ("queued", "pinning")
-
-
-def allocated_holders(st: dict[str, Any]) -> list[dict[str, Any]]:
-    """The holders a ``pin_status`` record counts toward the pin: at most ``rmax``.
-
-    A holder that failed stays listed (its ``pin_error``) while the planner
-    allocates another peer in its place; the list keeps the pinned and fetching
-    holders first, then live failed ones, then holders on dead peers, and drops
-    the rest, so ``--wait`` shows as many holders as the pin has places.
-    """
-    def rank(h: dict[str, Any]) -> tuple[int, int, str]:
-        state = h.get("state")
-        order = 0 if state == "pinned" else 1 if state in _BUSY else 2
-        return (h.get("peer_status") == "dead", order, str(h.get("peer_id")))
-
-    held = [h for h in st.get("holders", []) if h.get("state") in ("pinned", "pin_error", *_BUSY)]
-    return sorted(held, key=rank)[:max(1, int(st.get("rmax", 1)))]
-
-
-def all_failed(st: dict[str, Any]) -> bool:
-    """No holder on a live peer is fetching or pinned, and one reports ``pin_error``."""
-    live = [h for h in st.get("holders", []) if h.get("peer_status") != "dead"]
-    if any(h.get("state") in ("pinned", *_BUSY) for h in live):
-        return False
-    return any(h.get("state") == "pin_error" for h in live)
 
 
 def _cid_param(params: dict[str, Any], key: str = "cid") -> CID:
@@ -551,49 +524,12 @@ class Api:
         return pin_dict(await self.node.pin(cid, recursive=recursive, **self._pin_opts(call)))
 
     async def pin_wait(self, call: Any) -> dict[str, Any]:
-        """Wait until ``rmin`` holders of ``cid`` report pinned on alive peers.
-
-        Params: ``cid``; ``timeout`` (seconds > 0, optional: no limit). Streams
-        ``{"pinned", "wanted", "holders"}`` each time the count or a holder's
-        state changes (``holders``: the allocated ones, at most rmax, see
-        ``allocated_holders``); returns the ``pin_status`` record with ``done``
-        (False: the timeout passed first, or ``failed``). ``failed`` is True when
-        no holder is fetching while some report ``pin_error``, for ``3 x`` the
-        peer TTL on end (failed holders retry with a growing backoff; a failure
-        that outlasts the time every peer heartbeats in three times is not a
-        passing one): content nobody has ends the wait instead of hanging.
-        Raises ``NotPinned`` if the pin is removed.
-        """
+        """``pin_wait``: see ``daemon/pin_wait.py`` (``wait_for_holders``)."""
         cid = _cid_param(call.params)
         timeout = _param(call.params, "timeout", (int, float), None)
         if timeout is not None and not 0 < timeout < math.inf:
             raise InvalidArgument(f"timeout must be > 0 seconds, got {timeout}")
-        settle = 3 * self.node.config.replication.effective_peer_ttl_s
-        last: dict[str, Any] | None = None
-        failed_since: float | None = None
-        st = await self.node.pin_status(cid)
-        with trio.move_on_after(math.inf if timeout is None else float(timeout)):
-            while True:
-                st = await self.node.pin_status(cid)
-                holders = allocated_holders(st)
-                progress = {"pinned": st["healthy"], "wanted": st["rmin"],
-                            "holders": [{k: h.get(k) for k in ("peer_id", "state", "peer_status")}
-                                        for h in holders]}
-                if progress != last:
-                    await call.send(progress)
-                    last = progress
-                if st["healthy"] >= st["rmin"]:
-                    return {**st, "holders": holders, "done": True}
-                if all_failed(st):
-                    now = trio.current_time()
-                    failed_since = now if failed_since is None else failed_since
-                    if now - failed_since >= settle:
-                        return {**st, "holders": holders, "done": False, "failed": True}
-                else:
-                    failed_since = None
-                # Woken by any change; the bound re-reads peers turning suspect or dead.
-                await self.node.wait_pin_change(0.5)
-        return {**st, "holders": allocated_holders(st), "done": False}
+        return await wait_for_holders(self.node, cid, timeout=timeout, send=call.send)
 
     async def pin_rm(self, call: Any) -> dict[str, Any]:
         cid = _cid_param(call.params)

@@ -101,15 +101,11 @@ class PinQueue:
                          retry_at=rec.retry_at if rec is not None else None, now=self.now()):
             return
         entry = self.pinset.get(cid)
-        now = self.now()
-        # A writer never heard from stops holding placement up once its write is old
-        # (it may have left the cluster for good).
-        writer_known = entry is None or entry.peer_id == self.peer_id or \
-            entry.peer_id in self.health or \
-            hlc_wall_s(entry.ts) < now - 3 * self.config.ttl_s
-        later = settle_until(a, writer_known=writer_known,
-                             view_changed_at=self.view_changed_at, settle_s=self.config.ttl_s,
-                             now=now)
+        later = settle_until(
+            a, writer_known=entry is None or entry.peer_id == self.peer_id
+            or entry.peer_id in self.health, view_changed_at=self.view_changed_at,
+            settle_s=self.config.ttl_s, now=self.now(),
+            written_at=None if entry is None else hlc_wall_s(entry.ts))
         if later is not None:
             # The view of the members is young: plan this pin again once it settled.
             heapq.heappush(self._retry_heap, (later, cid))

@@ -74,7 +74,7 @@ def may_queue(action: PinAction, state: PinState, *, has_job: bool, retry_at: fl
 
 
 def settle_until(action: PinAction, *, writer_known: bool, view_changed_at: float | None,
-                 settle_s: float, now: float) -> float | None:
+                 settle_s: float, now: float, written_at: float | None = None) -> float | None:
     """When this node may take a first placement (``Reason.ALLOCATED``), or None: now.
 
     Every node computes a new pin's holders from its own view of the members.
@@ -85,8 +85,10 @@ def settle_until(action: PinAction, *, writer_known: bool, view_changed_at: floa
     while the view is young: until the pin's writer is a known member (a pin
     from a peer whose heartbeat has not arrived shows the view is behind), and
     ``settle_s`` (the peer TTL: every member heartbeats within it) after the
-    last member joined, came back or turned suspect. Repairs are not delayed:
-    a copy is already held, and losing a holder is what they answer.
+    last member joined, came back or turned suspect. The wait is bounded: a pin
+    written ``3 x settle_s`` ago is taken whatever the view (in a cluster whose
+    members keep flapping the view never settles). Repairs are not delayed: a
+    copy is already held, and losing a holder is what they answer.
 
     Args:
         action: the pin action for this node.
@@ -96,17 +98,22 @@ def settle_until(action: PinAction, *, writer_known: bool, view_changed_at: floa
             None: never).
         settle_s: how long a change keeps the view young, seconds.
         now: seconds, the clock of ``view_changed_at``.
+        written_at: when the pin was written (its entry's timestamp, seconds), or None.
 
     Returns:
         The time to plan the pin again (seconds), or None to take it now.
     """
     if action.reason is not Reason.ALLOCATED:
         return None
+    until = None
     if not writer_known:
-        return now + settle_s
-    if view_changed_at is not None and now < view_changed_at + settle_s:
-        return view_changed_at + settle_s
-    return None
+        until = now + settle_s
+    elif view_changed_at is not None and now < view_changed_at + settle_s:
+        until = view_changed_at + settle_s
+    if until is None or written_at is None:
+        return until
+    bound = written_at + 3 * settle_s
+    return None if now >= bound else min(until, bound)
 
 
 class ErrorRelease(Enum):
