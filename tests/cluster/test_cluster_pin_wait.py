@@ -1,6 +1,8 @@
 """Cluster pins say what is true: ``pin add`` / ``add --replicas`` report how many
 holders have the pin (not "pinned" while they fetch), ``--wait`` waits for rmin
-of them, and requests no placement can satisfy are refused before anything moves.
+of them (and ends, exit 7, naming each holder's error when all failed; ``add``
+still prints the CID when the wait times out), and requests no placement can
+satisfy are refused (exit 7) before anything moves.
 
 Two real daemons in subprocesses, one cluster, short timers (heartbeat 0.5 s).
 """
