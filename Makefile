@@ -36,10 +36,11 @@ $(NODE_STAMP): tests/interop/package.json tests/interop/package-lock.json
 node-deps:
 	@if [ -f tests/interop/package-lock.json ]; then $(MAKE) --no-print-directory $(NODE_STAMP); fi
 
-## make run: a node with the embedded defaults in the default home (~/.pinfold or $PINFOLD_HOME)
+## make run: a node in the default home (~/.pinfold or $PINFOLD_HOME). A new home listens on
+## 127.0.0.1 only, on ports 4101 and 9401 (metrics) when free, else on free ones it names
+## (tools/run_node.py); an existing home runs with its own config.toml.
 run: $(STAMP)
-	@test -f "$(HOME_DIR)/config.toml" || $(BIN)/pinfold --home "$(HOME_DIR)" init
-	$(BIN)/pinfold --home "$(HOME_DIR)" daemon
+	$(PY) tools/run_node.py --home "$(HOME_DIR)" --pinfold $(BIN)/pinfold
 
 ## make test: the default suite (everything but tests marked slow)
 test: $(STAMP) $(REPORT_STAMP) node-deps deploy-tools browser-deps

@@ -48,8 +48,9 @@ from pinfold.client_paths import PathsMixin, ref_basename
 from pinfold.daemon.home import Home, resolve_home
 from pinfold.localtree import LinkError, dir_header, walk_local_tree
 from pinfold.daemon.rpc.connection import DaemonNotRunning, RpcConnection, RpcConnectionClosed, RpcError
+from pinfold.client_errors import PinFailed, PinWaitTimeout
 
-__all__ = ["ADD_OPTIONS", "Client", "DaemonNotRunning", "LinkError", "PinWaitTimeout",
+__all__ = ["ADD_OPTIONS", "Client", "DaemonNotRunning", "LinkError", "PinFailed", "PinWaitTimeout",
            "RpcConnectionClosed", "RpcError", "walk_local_tree"]
 
 CHUNK = 1 << 20
@@ -158,24 +159,30 @@ class Client(PathsMixin, NamesMixin):
 
     def add(self, source: str | os.PathLike[str] | bytes | BinaryIO, *, pin: bool = True,
             replicas: int | None = None, rmin: int | None = None, rmax: int | None = None,
-            availability: float | None = None,
+            availability: float | None = None, wait: bool = False,
+            wait_timeout: float | None = None,
             progress: Callable[[int], None] | None = None, **opts: Any) -> str:
         """Add a file or directory (path, bytes or binary file object); returns the root CID text.
 
         The root is pinned unless ``pin=False``; ``replicas``/``rmin``/``rmax``/
-        ``availability`` set how many copies the cluster keeps. ``progress(nbytes)``
-        is called with the number of bytes just sent, as they are sent (file data
-        only). See ``add_info`` for ``wait`` and ``add_stream`` for ``opts``
-        (``name`` names the pin).
+        ``availability`` set how many copies the cluster keeps. With ``wait``
+        (implied by ``wait_timeout``, seconds) this returns once rmin holders
+        report the pin pinned (``add_info``). ``progress(nbytes)`` is called with
+        the number of bytes just sent, as they are sent (file data only). See
+        ``add_stream`` for ``opts`` (``name`` names the pin).
 
         Raises:
             TypeError: an unknown keyword argument (all unknown ones are named).
+            ValueError: ``wait_timeout`` is not > 0, or waiting with ``pin=False``.
             FileNotFoundError: ``source`` is a path that does not exist.
+            PinWaitTimeout: the wait timed out (the content is added and pinned).
+            PinFailed: every holder failed to pin it.
             RpcError: the daemon refused the data or an option.
         """
         check_options("add", opts, DIR_OPTIONS)
         return self.add_info(source, pin=pin, replicas=replicas, rmin=rmin, rmax=rmax,
-                             availability=availability, progress=progress, **opts)["cid"]
+                             availability=availability, wait=wait, wait_timeout=wait_timeout,
+                             progress=progress, **opts)["cid"]
 
     def add_info(self, source: str | os.PathLike[str] | bytes | BinaryIO, *, pin: bool = True,
                  replicas: int | None = None, rmin: int | None = None, rmax: int | None = None,
@@ -507,6 +514,9 @@ class Client(PathsMixin, NamesMixin):
             ValueError: ``timeout`` is not > 0.
             PinWaitTimeout: the timeout passed first; ``.status`` is the last
                 status and the message names the holders behind and their state.
+            PinFailed: every holder failed to pin it (e.g. no peer has the
+                content) and none is trying again soon; the message names the
+                holders and their errors.
             RpcError: ``not_pinned`` when the pin is removed meanwhile.
         """
         _check_timeout(timeout)
@@ -519,6 +529,8 @@ class Client(PathsMixin, NamesMixin):
                 progress(item)
         res = dict(stream.result)
         done = res.pop("done", False)
+        if res.pop("failed", False):
+            raise PinFailed(str(cid), res)
         if not done:
             raise PinWaitTimeout(str(cid), timeout or 0.0, res)
         return res
@@ -579,31 +591,3 @@ class Client(PathsMixin, NamesMixin):
 def _check_timeout(timeout: float | None) -> None:
     if timeout is not None and not 0 < timeout < float("inf"):
         raise ValueError(f"wait timeout must be > 0 seconds, got {timeout}")
-
-
-class PinWaitTimeout(Exception):
-    """``wait_pinned`` gave up: fewer than rmin holders reported pinned within the
-    timeout. ``.cid``, ``.timeout`` (seconds), ``.status`` (the last ``pin status``
-    record), ``.behind`` (``[(peer_id, state)]`` of holders not pinned)."""
-
-    code = "wait_timeout"
-
-    def __init__(self, cid: str, timeout: float, status: dict[str, Any]) -> None:
-        self.cid = cid
-        self.timeout = timeout
-        self.status = status
-        self.behind = []
-        for h in status.get("holders", []):
-            state = h.get("state", "?")
-            if h.get("peer_status") not in (None, "alive"):
-                state = f"{state}, peer {h['peer_status']}"
-            if h.get("state") != "pinned" or h.get("peer_status") not in (None, "alive"):
-                self.behind.append((h["peer_id"], state))
-        pinned, wanted = status.get("healthy", 0), status.get("rmin", 0)
-        parts = [f"{peer} {state}" for peer, state in self.behind]
-        missing = wanted - pinned - len(self.behind)
-        if missing > 0:
-            parts.append(f"{missing} holder(s) not chosen or not reporting yet")
-        super().__init__(
-            f"{cid}: timed out after {timeout:g} s with {pinned} of {wanted} holders pinned; "
-            f"behind: {'; '.join(parts) or 'none'}")

@@ -19,14 +19,27 @@ ADD_OPTIONS = frozenset({"chunk_size", "cid_version", "raw_leaves", "max_links",
 DIR_OPTIONS = frozenset({"dereference"})  # ``add``/``add_info`` of a folder: see ``add_dir``
 
 
+#: The keyword parameters each add method names in its signature (beside ``opts``).
+_KEYWORDS = {
+    "add": ("pin", "replicas", "rmin", "rmax", "availability", "wait", "wait_timeout",
+            "progress", "dereference"),
+    "add_info": ("pin", "replicas", "rmin", "rmax", "availability", "wait", "wait_timeout",
+                 "progress", "dereference"),
+    "add_stream": ("pin", "progress"),
+    "add_dir": ("pin", "dereference", "progress"),
+}
+
+
 def check_options(method: str, opts: dict[str, Any], extra: frozenset[str] = frozenset()) -> None:
-    """Raise ``TypeError`` naming every key of ``opts`` outside ``ADD_OPTIONS`` | ``extra``."""
+    """Raise ``TypeError`` naming every key of ``opts`` outside ``ADD_OPTIONS`` | ``extra``;
+    the message lists every keyword ``method`` takes."""
     unknown = sorted(set(opts) - ADD_OPTIONS - extra)
     if unknown:
         names = ", ".join(repr(k) for k in unknown)
         plural = "s" if len(unknown) > 1 else ""
+        accepted = sorted(ADD_OPTIONS | extra | set(_KEYWORDS.get(method, ("pin", "progress"))))
         raise TypeError(f"{method}() got unexpected keyword argument{plural} {names} "
-                        f"(options: {', '.join(sorted(ADD_OPTIONS))}, pin, progress)")
+                        f"(it takes: {', '.join(accepted)})")
 
 
 def replication_params(replicas: int | None, rmin: int | None, rmax: int | None,

@@ -59,7 +59,8 @@ def parse_cid(value: str | bytes | CID) -> CID:
         value: ``"Qm..."``, ``"bafy..."``, the binary CID bytes, or a ``CID``.
 
     Returns:
-        The ``CID``.
+        The ``CID``. A CIDv1 decoded from its binary form prints in base32
+        (``bafy...``), its canonical text, never in another base.
 
     Raises:
         InvalidCID: the value is not a CID, or names a codec other than
@@ -79,6 +80,8 @@ def parse_cid(value: str | bytes | CID) -> CID:
         except Exception as exc:  # multiformats raises several types
             shown = value if isinstance(value, str) else bytes(value)[:64].hex()
             raise InvalidCID(f"invalid CID {shown!r}: {exc}") from exc
+        if not isinstance(value, str) and cid.version == 1 and cid.base.name != "base32":
+            cid = CID("base32", 1, cid.codec, cid.digest)
     if cid.codec.code not in _SUPPORTED_CODECS:
         raise InvalidCID(f"unsupported codec {cid.codec.name!r} in CID {cid}")
     if cid.hashfun.code not in _HASH_NAMES:

@@ -96,6 +96,7 @@ from pinfold.daemon.ingest import BlockSink, undo_on_failure
 from pinfold.daemon.metrics import Metrics
 from pinfold.daemon.p2p.streams import UploadReader
 from pinfold.daemon.parts import Handler
+from pinfold.daemon.pin_wait import wait_for_holders
 from pinfold.daemon.pinning import LocalPin, Pinned
 from pinfold.daemon.resolver import Resolver
 from pinfold.daemon.transfer import (expected_size, fetch_timeout_s, metered_get, transfer,
@@ -587,33 +588,12 @@ class Api:
         return res
 
     async def pin_wait(self, call: Any) -> dict[str, Any]:
-        """Wait until ``rmin`` holders of ``cid`` report pinned on alive peers.
-
-        Params: ``cid``; ``timeout`` (seconds > 0, optional: no limit). Streams
-        ``{"pinned", "wanted", "holders"}`` each time the count or a holder's
-        state changes; returns the ``pin_status`` record with ``done`` (False:
-        the timeout passed first). Raises ``NotPinned`` if the pin is removed.
-        """
+        """``pin_wait``: see ``daemon/pin_wait.py`` (``wait_for_holders``)."""
         cid = _cid_param(call.params)
         timeout = _param(call.params, "timeout", (int, float), None)
         if timeout is not None and not 0 < timeout < math.inf:
             raise InvalidArgument(f"timeout must be > 0 seconds, got {timeout}")
-        last: dict[str, Any] | None = None
-        st = await self.node.pin_status(cid)
-        with trio.move_on_after(math.inf if timeout is None else float(timeout)):
-            while True:
-                st = await self.node.pin_status(cid)
-                progress = {"pinned": st["healthy"], "wanted": st["rmin"],
-                            "holders": [{k: h.get(k) for k in ("peer_id", "state", "peer_status")}
-                                        for h in st["holders"]]}
-                if progress != last:
-                    await call.send(progress)
-                    last = progress
-                if st["healthy"] >= st["rmin"]:
-                    return {**st, "done": True}
-                # Woken by any change; the bound re-reads peers turning suspect or dead.
-                await self.node.wait_pin_change(0.5)
-        return {**st, "done": False}
+        return await wait_for_holders(self.node, cid, timeout=timeout, send=call.send)
 
     async def pin_rm(self, call: Any) -> dict[str, Any]:
         cid = _cid_param(call.params)

@@ -324,7 +324,8 @@ class Cluster:
             yield ClusterPin(pin=pin, state=st, error=self.manager.local_error(pin.cid) or "")
 
     async def pin_status(self, cid: CID) -> dict[str, Any]:
-        """The cluster's view of a pin. A local copy this node counted as ``pinned``
+        """The cluster's view of a pin (this node's holder with its last ``error`` when it
+        is in ``pin_error``). A local copy this node counted as ``pinned``
         but that is missing blocks goes back to ``queued`` first (it is fetched
         again), so neither this answer nor the peers count it as held."""
         key = pin_key(cid)
@@ -342,6 +343,12 @@ class Cluster:
             d["name"] = pin.name
             d["mode"] = pin.mode.value
         d["local_state"] = self.manager.local_state(key).value
+        error = self.manager.local_error(key)
+        if error:
+            d["local_error"] = error
+            for h in d["holders"]:
+                if h["peer_id"] == self.peer_id and h["state"] == PinState.PIN_ERROR.value:
+                    h["error"] = error
         if presence is not None and presence[0] < presence[1]:
             d["local_blocks"] = presence[1]
             d["local_blocks_present"] = presence[0]

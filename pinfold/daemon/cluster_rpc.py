@@ -14,6 +14,7 @@ from typing import Any
 
 import trio
 from pinfold.blockstore.cid import cid_key, parse_cid
+from pinfold.blockstore.errors import NotPinned
 from pinfold.blockstore.lmdbstore import LmdbBlockStore
 from pinfold.config import Config
 from pinfold.replication.types import cid_text, pin_key
@@ -74,6 +75,9 @@ def cluster_handlers(cluster: Cluster, *, refused_wants: Callable[[], int]
 
     async def recover(call: Any) -> dict[str, Any]:
         cid = _recover_target(call.params)
+        if cid is not None and manager.pinset.pin(pin_key(cid)) is None:
+            raise NotPinned(f"{cid.strip()} is not pinned: not in the cluster pinset, "
+                            "nothing to recover")
         done = manager.recover(None if cid is None else pin_key(cid))
         return {"recovered": len(done), "cids": [cid_text(c) for c in done],
                 "pins": [{"cid": cid_text(c), "error": manager.local_error(c)} for c in done]}
@@ -93,8 +97,8 @@ def cluster_handlers(cluster: Cluster, *, refused_wants: Callable[[], int]
 
 
 def standalone_handlers(*, peer_id: str, config: Callable[[], Config], store: LmdbBlockStore,
-                        pinner: Pinner, refused_wants: Callable[[], int]
-                        ) -> dict[str, Handler]:
+                        pinner: Pinner, refused_wants: Callable[[], int],
+                        connected: Callable[[], int] = lambda: 0) -> dict[str, Handler]:
     """``cluster peers``/``cluster status``/``recover`` on a node without a cluster.
 
     Args:
@@ -103,6 +107,7 @@ def standalone_handlers(*, peer_id: str, config: Callable[[], Config], store: Lm
         store: the node's store.
         pinner: the node's pin path (``recover`` pins again).
         refused_wants: Bitswap's count of wants refused (``bitswap.serve``).
+        connected: how many peers are connected now (``recover`` fetches from them).
     """
 
     async def cluster_peers(call: Any) -> dict[str, Any]:
@@ -119,8 +124,15 @@ def standalone_handlers(*, peer_id: str, config: Callable[[], Config], store: Lm
     async def recover(call: Any) -> dict[str, Any]:
         # A standalone pin commits whole or fails at once; what can need a retry is a
         # pin whose blocks went missing since (repo verify lists them): fetch them again.
+        # Raises NotPinned for a CID that is not pinned (nothing to recover); with no
+        # connected peer each incomplete pin fails at once rather than wait out a fetch.
         cid = _recover_target(call.params)
-        only = None if cid is None else cid_key(parse_cid(cid))
+        only = None
+        if cid is not None:
+            target = parse_cid(cid)
+            if store.pin_get(target) is None:
+                raise NotPinned(f"{cid.strip()} is not pinned: nothing to recover")
+            only = cid_key(target)
         pins = []
         recovered = []
         for rec, present in await trio.to_thread.run_sync(store.incomplete_pins):
@@ -128,6 +140,12 @@ def standalone_handlers(*, peer_id: str, config: Callable[[], Config], store: Lm
                 continue
             entry = {"cid": str(rec.cid),
                      "error": f"missing {rec.blocks - present} of {rec.blocks} blocks"}
+            if not connected():
+                entry["result"] = ("failed: no peer to recover from: this node is standalone "
+                                   "and no peer is connected (`pinfold peers connect "
+                                   "MULTIADDR` one that has the blocks)")
+                pins.append(entry)
+                continue
             try:
                 for owner, mode in rec.holds.items():
                     await pinner.pin(rec.cid, recursive=mode == "recursive", name=rec.name,

@@ -48,6 +48,7 @@ from pinfold.daemon.names.rpc import name_handlers
 from pinfold.daemon.names.service import NameService
 from pinfold.daemon.errors import InvalidArgument
 from pinfold.daemon.gateway import Gateway
+from pinfold.daemon.expiry import LocalExpiry
 from pinfold.daemon.home import Home, HomeError, StoreRecord, resolve_home
 from pinfold.daemon.metrics import Metrics, counter, store_metric_families
 from pinfold.daemon.network import Network
@@ -99,6 +100,7 @@ class Node:
         self.writer: BatchWriter | None = None
         self.blocks: Blocks | None = None
         self.pinner: Pinner | None = None
+        self.expiry: LocalExpiry | None = None
         self.socket_path = home.socket_path(config)
         self.metrics_address: tuple[str, int] | None = None
         self.started_at = time.time()
@@ -128,10 +130,15 @@ class Node:
         else:
             table.update(standalone_handlers(
                 peer_id=self.peer_id, config=lambda: self.config, store=self.store,
-                pinner=self.pinner, refused_wants=self._refused_wants))
+                pinner=self.pinner, refused_wants=self._refused_wants,
+                connected=self._connected_count))
         if self.names is not None:
             table.update(name_handlers(self.names, pin_status=self.pin_status, unpin=self.unpin))
         return table
+
+    def _connected_count(self) -> int:
+        """Peers connected now (0 without a network)."""
+        return len(self.network.host.connected_peers()) if self.network is not None else 0
 
     def _refused_wants(self) -> int:
         return self.network.refused_wants() if self.network is not None else 0
@@ -159,6 +166,7 @@ class Node:
                                              config_path=str(self.home.config_path))
             self.blocks = Blocks(store, network)
             self.pinner = Pinner(self.blocks, writer)
+            self.expiry = LocalExpiry(store, self.pinner)  # pin add --expire-in, standalone
             if self.config.cluster.name:
                 pins = NodePins(self.pinner, store, connected=network.host.connected_peers,
                                 capacity_bytes=self._capacity_bytes)
@@ -205,6 +213,7 @@ class Node:
                 if bs.gc_interval_s > 0:
                     nursery.start_soon(self._gc_loop, bs.gc_interval_s)
                 nursery.start_soon(self._watch_store, STORE_CHECK_INTERVAL_S)
+                await nursery.start(self.expiry.run)
                 log.info("pinfold %s ready: peer %s, socket %s, metrics %s, gateway %s",
                          VERSION, self.peer_id, self.socket_path,
                          "%s:%d" % self.metrics_address if self.metrics_address else "off",
@@ -447,9 +456,12 @@ class Node:
                                           expire_at=expire_at, metadata=metadata)
         self.check_pin_request(rmin=rmin, rmax=rmax, availability=availability)
         assert self.pinner is not None
-        return await self.pinner.pin(cid, recursive=recursive, name=name, fetch=fetch,
+        done = await self.pinner.pin(cid, recursive=recursive, name=name, fetch=fetch,
                                      expire_at=expire_at, metadata=metadata,
                                      timeout_s=timeout_s, on_visit=on_visit)
+        if expire_at is not None and self.expiry is not None:
+            self.expiry.wake()
+        return done
 
     def check_pin_request(self, *, rmin: int | None = None, rmax: int | None = None,
                           availability: float | None = None, **_: object) -> None:

@@ -113,6 +113,7 @@ class Gossip:
             self.transport.note_addresses(peer_id, hb.addresses)
         if new:
             log.info("cluster peer %s joined (%d bytes free)", peer_id, hb.free_bytes)
+            self.view_changed_at = now
             self._mark_dirty(self._acct.short_cids())
         self._on_health_events(events)
         digest, count = self.pinset.summary(0, 0)
@@ -259,6 +260,8 @@ class Gossip:
             await trio.sleep(delay)
 
     def _on_health_events(self, events: Sequence[HealthEvent]) -> None:
+        if events:
+            self.view_changed_at = self.now()
         for ev in events:
             cids = set(self.holdings.cids_of(ev.peer_id))
             if ev.kind is HealthEventKind.DEAD:

@@ -185,6 +185,9 @@ class Manager(Gossip, AntiEntropy, PinQueue):
         # "pinned" lets this node drop an extra copy (planner, "current").
         self._advertised: dict[str, tuple[int, int]] = {}
         self.last_heartbeat: dict[str, float] = {}  # peer -> wall time its last beat arrived
+        # When a member last joined or changed status (wall seconds): first placements
+        # wait until the view has settled (``policy.settle_until``).
+        self.view_changed_at: float | None = None
         self._proven: set[str] = set()
         self._current: set[str] = set()
         self._syncs = SyncSchedule()

@@ -26,6 +26,7 @@ import trio
 from pinfold.replication.errors import (
     describe,
 )
+from pinfold.replication.hlc import hlc_wall_s
 from pinfold.replication.persist import (
     LocalRecord,
     int_bytes,
@@ -35,6 +36,7 @@ from pinfold.replication.policy import (
     error_release,
     may_queue,
     retry_backoff,
+    settle_until,
     sources_silent,
 )
 from pinfold.replication.types import (
@@ -97,6 +99,17 @@ class PinQueue:
         rec = self.local.get(cid)
         if not may_queue(a, self.own.get(cid), has_job=cid in self._jobs,
                          retry_at=rec.retry_at if rec is not None else None, now=self.now()):
+            return
+        entry = self.pinset.get(cid)
+        later = settle_until(
+            a, writer_known=entry is None or entry.peer_id == self.peer_id
+            or entry.peer_id in self.health, view_changed_at=self.view_changed_at,
+            settle_s=self.config.ttl_s, now=self.now(),
+            written_at=None if entry is None else hlc_wall_s(entry.ts))
+        if later is not None:
+            # The view of the members is young: plan this pin again once it settled.
+            heapq.heappush(self._retry_heap, (later, cid))
+            self._wake_planner()
             return
         self._jobs[cid] = FetchJob(mode=a.mode, sources=a.sources, reason=a.reason,
                                queued_at=trio.current_time())

@@ -31,6 +31,7 @@ __all__ = [
     "pin_bounds",
     "restored_state",
     "retry_backoff",
+    "settle_until",
     "sources_silent",
     "sync_after_beat",
 ]
@@ -70,6 +71,49 @@ def may_queue(action: PinAction, state: PinState, *, has_job: bool, retry_at: fl
     if retry_at is not None and retry_at > now:
         return False
     return not (action.reason is Reason.REPAIR and not action.sources)
+
+
+def settle_until(action: PinAction, *, writer_known: bool, view_changed_at: float | None,
+                 settle_s: float, now: float, written_at: float | None = None) -> float | None:
+    """When this node may take a first placement (``Reason.ALLOCATED``), or None: now.
+
+    Every node computes a new pin's holders from its own view of the members.
+    A node that has not yet heard a member's heartbeat (it joined moments ago,
+    or the member did) ranks only the members it knows and may find itself
+    among the first ``rmax`` when it is not: it would fetch the whole DAG and
+    release it once the rest of the view arrives. So a first placement waits
+    while the view is young: until the pin's writer is a known member (a pin
+    from a peer whose heartbeat has not arrived shows the view is behind), and
+    ``settle_s`` (the peer TTL: every member heartbeats within it) after the
+    last member joined, came back or turned suspect. The wait is bounded: a pin
+    written ``3 x settle_s`` ago is taken whatever the view (in a cluster whose
+    members keep flapping the view never settles). Repairs are not delayed: a
+    copy is already held, and losing a holder is what they answer.
+
+    Args:
+        action: the pin action for this node.
+        writer_known: the pin's writer is this node or a member whose heartbeat
+            arrived.
+        view_changed_at: when a member last joined or changed status (seconds;
+            None: never).
+        settle_s: how long a change keeps the view young, seconds.
+        now: seconds, the clock of ``view_changed_at``.
+        written_at: when the pin was written (its entry's timestamp, seconds), or None.
+
+    Returns:
+        The time to plan the pin again (seconds), or None to take it now.
+    """
+    if action.reason is not Reason.ALLOCATED:
+        return None
+    until = None
+    if not writer_known:
+        until = now + settle_s
+    elif view_changed_at is not None and now < view_changed_at + settle_s:
+        until = view_changed_at + settle_s
+    if until is None or written_at is None:
+        return until
+    bound = written_at + 3 * settle_s
+    return None if now >= bound else min(until, bound)
 
 
 class ErrorRelease(Enum):

@@ -55,32 +55,35 @@ def cluster(tmp_path_factory: pytest.TempPathFactory):
     for d in nodes:
         d.init()
     ids = [peer_id(d) for d in nodes]
-    configure(nodes[0], bootstrap=[], trusted=ids)
-    nodes[0].start()
-    with nodes[0].client() as c:
-        seed = c.id()["addresses"][0]
-    for d in nodes[1:]:
-        configure(d, bootstrap=[seed], trusted=ids)
-        d.start(wait=False)
-    for d in nodes[1:]:
-        d.wait_ready()
-    cl = Cluster(nodes, ids)
+    try:
+        configure(nodes[0], bootstrap=[], trusted=ids)
+        nodes[0].start()
+        with nodes[0].client() as c:
+            seed = c.id()["addresses"][0]
+        for d in nodes[1:]:
+            configure(d, bootstrap=[seed], trusted=ids)
+            d.start(wait=False)
+        for d in nodes[1:]:
+            d.wait_ready()
+        cl = Cluster(nodes, ids)
 
-    def all_alive() -> bool:
+        def all_alive() -> bool:
+            for d in nodes:
+                with d.client() as c:
+                    peers = list(c.cluster_peers())
+                if sorted(p["peer_id"] for p in peers if p["state"] == "alive") != sorted(ids):
+                    return False
+            return True
+
+        wait_until(all_alive, timeout_s=60, what="every node to see 5 alive cluster peers")
+        yield cl
+    finally:
+        # Also when the setup fails: no daemon outlives the module.
         for d in nodes:
-            with d.client() as c:
-                peers = list(c.cluster_peers())
-            if sorted(p["peer_id"] for p in peers if p["state"] == "alive") != sorted(ids):
-                return False
-        return True
-
-    wait_until(all_alive, timeout_s=60, what="every node to see 5 alive cluster peers")
-    yield cl
-    for d in nodes:
-        try:
-            d.stop()
-        finally:
-            d.kill9()
+            try:
+                d.stop()
+            finally:
+                d.kill9()
 
 
 def add(d: DaemonProcess, size: int, seed: int) -> str:

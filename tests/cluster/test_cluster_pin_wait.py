@@ -1,12 +1,15 @@
 """Cluster pins say what is true: ``pin add`` / ``add --replicas`` report how many
 holders have the pin (not "pinned" while they fetch), ``--wait`` waits for rmin
-of them, and requests no placement can satisfy are refused before anything moves.
+of them (and ends, exit 7, naming each holder's error when all failed; ``add``
+still prints the CID when the wait times out), and requests no placement can
+satisfy are refused (exit 7) before anything moves.
 
 Two real daemons in subprocesses, one cluster, short timers (heartbeat 0.5 s).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import pty
 import random
@@ -19,7 +22,7 @@ from pathlib import Path
 import pytest
 from pinfold.blockstore.cid import RAW, make_cid
 from pinfold.config import load, render, replace
-from pinfold.client import PinWaitTimeout, RpcError
+from pinfold.client import PinFailed, PinWaitTimeout, RpcError
 from pinfold.daemon.home import Home
 from pinfold.daemon.p2p.identity import load_identity, peer_id_of
 
@@ -174,6 +177,59 @@ def test_pin_add_wait_timeout_exits_nonzero_naming_holders_behind(
     _unpin(a, cid)
 
 
+def test_pin_add_wait_ends_naming_each_holders_error_when_no_peer_has_the_content(
+        nodes: list[DaemonProcess]) -> None:
+    a, _ = nodes
+    cid = _unfetchable()
+    started = time.monotonic()
+    # No --wait-timeout: the wait must end by itself once every holder failed.
+    out = run_cli(a.home, "pin", "add", cid, "--replicas", "2", "--wait", check=False,
+                  timeout=180)
+    err = out.stderr.decode()
+    assert out.returncode == 7, err  # a failed pin: the exit-code table's "refused"
+    assert time.monotonic() - started < 120
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert err.startswith(f"pinfold: error: {cid}: pin failed with 0 of 2 holders pinned; "), err
+    with a.client() as c:
+        a_id = c.id()["peer_id"]
+    # This node's holder comes with its own error, which names the CID as the user gave it.
+    assert f"{a_id} pin_error (" in err and f"block {cid}" in err, err
+    assert err.count(" pin_error (") == 2, err
+    assert "zb2" not in err and "zdj7" not in err, err  # never another spelling of the CID
+    _unpin(a, cid)
+
+
+def test_wait_progress_lists_only_as_many_holders_as_the_pin_has_places(
+        nodes: list[DaemonProcess]) -> None:
+    a, _ = nodes
+    cid = _unfetchable()
+    seen: list[dict] = []
+    with a.client() as c, pytest.raises(PinFailed) as info:
+        c.pin(cid, replicas=1, wait=True, progress=seen.append)
+    assert seen and all(len(item["holders"]) <= 1 for item in seen), seen
+    assert len(info.value.failed) == 1
+    _unpin(a, cid)
+
+
+def test_add_wait_timeout_still_prints_the_cid_on_stdout_for_scripts(
+        nodes: list[DaemonProcess], tmp_path: Path) -> None:
+    a = nodes[0]
+    f = tmp_path / "blob"
+    f.write_bytes(random.Random(9).randbytes(500_000))
+    # 1 ms: no second holder fetches and reports that fast, so the wait times out.
+    out = run_cli(a.home, "add", "--replicas", "2", "--wait-timeout", "0.001", str(f),
+                  check=False)
+    err = out.stderr.decode()
+    assert out.returncode == 5, err
+    cid = out.stdout.decode().strip()
+    assert cid.startswith("baf") and "\n" not in cid, out.stdout  # the CID alone, as add prints
+    assert len(err.strip().splitlines()) == 1 and f"{cid}: timed out after" in err, err
+    res = json.loads(run_cli(a.home, "--json", "add", "--replicas", "2", "--wait-timeout",
+                             "0.001", str(f), check=False).stdout)
+    assert res["cid"] == cid
+    _unpin(a, cid)
+
+
 def test_pin_add_wait_shows_progress_on_a_terminal(nodes: list[DaemonProcess]) -> None:
     a, b = nodes
     cid = _content(a, 4)
@@ -210,17 +266,17 @@ def test_impossible_pin_requests_are_refused_at_once_with_the_reason(
     a = nodes[0]
     cid = _content(a, 6)
     out = run_cli(a.home, "pin", "add", cid, "--replicas", "3", check=False)
-    assert out.returncode == 1, out.stderr
+    assert out.returncode == 7, out.stderr
     assert b"3 copies (--replicas/--rmin) is more than the 2 cluster member(s)" in out.stderr
     out = run_cli(a.home, "pin", "add", cid, "--availability", "0.9999", check=False)
     err = out.stderr.decode()
-    assert out.returncode == 1, err
+    assert out.returncode == 7, err
     # p_i start at the prior 0.9: two copies reach 0.99, 0.9999 needs four such copies.
     assert "availability 0.9999 cannot be reached" in err and "reaches 0.99" in err, err
     assert "k=4 copies" in err, err
     out = run_cli(a.home, "pin", "add", cid, "--availability", "0.999", "--rmax", "1",
                   check=False)
-    assert out.returncode == 1 and b"at most rmax=1" in out.stderr, out.stderr
+    assert out.returncode == 7 and b"at most rmax=1" in out.stderr, out.stderr
     with a.client() as c, pytest.raises(RpcError, match="not in the cluster pinset"):
         c.status(cid)
 
@@ -239,6 +295,18 @@ def test_impossible_pin_requests_are_refused_at_once_with_the_reason(
             c.add_stream(chunks(), pin=True, rmin=5, rmax=5)
         assert sent < 16, sent
         assert c.repo_stat()["blocks"] == before
+
+
+def test_a_direct_pin_over_a_recursive_one_exits_with_the_refused_code(
+        nodes: list[DaemonProcess]) -> None:
+    a = nodes[0]
+    cid = _content(a, 8)
+    run_cli(a.home, "pin", "add", cid, "--replicas", "2")
+    out = run_cli(a.home, "pin", "add", cid, "--direct", check=False)
+    err = out.stderr.decode()
+    assert out.returncode == 7, err  # refused, as the exit-code table says; not 1
+    assert f"{cid} is already pinned recursively" in err, err
+    _unpin(a, cid)
 
 
 @pytest.mark.parametrize(("args", "needle"), [
@@ -275,3 +343,13 @@ def test_client_and_rpc_refuse_nonpositive_wait_timeouts(nodes: list[DaemonProce
             c.status(cid)
         with pytest.raises(RpcError, match="timeout must be > 0 seconds"):
             c.call("pin_wait", {"cid": cid, "timeout": 0})
+
+
+def test_recover_of_a_cid_not_in_the_cluster_pinset_exits_not_pinned(
+        nodes: list[DaemonProcess]) -> None:
+    a = nodes[0]
+    cid = _unfetchable()
+    out = run_cli(a.home, "recover", cid, check=False)
+    err = out.stderr.decode()
+    assert out.returncode == 4, err
+    assert f"{cid} is not pinned" in err, err

@@ -296,6 +296,35 @@ def test_exit_code_table_is_the_one_readme_documents() -> None:
     assert exit_code_for(RpcError("fetch_timeout", "no peer had block b")) == 5
     assert exit_code_for(ExceptionGroup("g", [StoreFull("full")])) == 6
     assert exit_code_for(RpcError("permission_denied", "socket")) == 7
+    for refused in ("invalid_pin", "pin_error", "pin_failed"):  # refused or failed pins
+        assert exit_code_for(RpcError(refused, "refused")) == 7
     assert exit_code_for(RpcError("invalid_cid", "bad")) == 1
     assert code_for(FileNotFoundError(2, "No such file or directory", "f")) == "file_not_found"
     assert exit_code_for(FileNotFoundError(2, "No such file or directory", "f")) == 1
+
+
+def test_add_pin_false_with_a_space_names_the_right_syntax(tmp_path: Path) -> None:
+    f = tmp_path / "weights.bin"
+    f.write_bytes(b"w")
+    for argv in (("add", "--pin", "false", str(f)), ("add", str(f), "--pin", "false")):
+        out = run_cli(tmp_path / "home", *argv, check=False)
+        err = out.stderr.decode()
+        assert out.returncode == 2, err
+        assert "write --pin=false" in err and "Traceback" not in err, err
+
+
+def test_client_add_names_every_keyword_it_takes_and_waits_with_wait(
+        daemon: DaemonProcess) -> None:
+    from pinfold.client import Client
+
+    c = Client(socket_path=daemon.home / "no.sock")  # refused before anything is sent
+    with pytest.raises(TypeError) as info:
+        c.add(b"x", replica=2)
+    for name in ("replicas", "rmin", "rmax", "availability", "wait", "wait_timeout", "pin",
+                 "progress", "name"):
+        assert f" {name}," in str(info.value) or f" {name})" in str(info.value), info.value
+    with daemon.client() as c:
+        cid = c.add(b"waited for", wait=True)
+        assert c.status(cid)["healthy"] == 1
+        with pytest.raises(ValueError, match="must be > 0 seconds"):
+            c.add(b"never sent", wait_timeout=0)

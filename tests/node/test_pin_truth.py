@@ -48,7 +48,7 @@ def test_direct_pin_never_weakens_a_recursive_pin_so_gc_keeps_the_file(
     cid = cli_json(daemon.home, "add", str(path))["cid"]
     cli_json(daemon.home, "pin", "add", cid)
     weaker = run_cli(daemon.home, "pin", "add", "--direct", cid, check=False)
-    assert weaker.returncode == 1
+    assert weaker.returncode == 7  # refused (exit-code table)
     assert b"already pinned recursively" in weaker.stderr and cid.encode() in weaker.stderr
     assert [(p["cid"], p["mode"], p["state"]) for p in _lines(daemon.home, "pin", "ls")] == [
         (cid, "recursive", "pinned")]
@@ -128,6 +128,32 @@ def test_pin_status_is_incomplete_when_blocks_are_missing_and_verify_lists_it(
         assert cli_json(d.home, "pin", "status", cid)["local_state"] == "pinned"
         assert cli_json(d.home, "repo", "verify")["incomplete"] == []
         assert cli_json(d.home, "recover", "--all")["pins"] == []
+
+
+def test_recover_without_peers_fails_at_once_and_refuses_a_cid_not_pinned(
+        tmp_path: Path) -> None:
+    import time
+
+    d = DaemonProcess(tmp_path, "a")
+    path, data = _file(tmp_path, 3 * MB, seed=4)
+    with d:
+        cid = cli_json(d.home, "add", str(path))["cid"]
+    _drop_blocks(d.home, cid, 1, data)
+    cfg_path = d.home / "config.toml"
+    # A long fetch timeout: recover must not wait it out when there is no peer to ask.
+    cfg_path.write_text(render(replace(load(cfg_path), bitswap={"fetch_timeout_s": 120.0})))
+    with d:
+        started = time.monotonic()
+        out = run_cli(d.home, "recover", cid, check=False)
+        assert time.monotonic() - started < 30
+        assert out.returncode == 1, out.stderr
+        assert "no peer to recover from" in out.stdout.decode(), out.stdout
+
+        unpinned = cli_json(d.home, "add", "--pin=false", "-", input=b"stored, not pinned")["cid"]
+        out = run_cli(d.home, "recover", unpinned, check=False)
+        err = out.stderr.decode()
+        assert out.returncode == 4, err  # the exit-code table's "not found (not pinned)"
+        assert f"{unpinned} is not pinned" in err, err
 
 
 def test_add_pins_by_default_and_keeps_its_name(daemon: DaemonProcess, tmp_path: Path) -> None:

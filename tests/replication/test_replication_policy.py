@@ -28,6 +28,7 @@ from pinfold.replication.policy import (
     pin_bounds,
     restored_state,
     retry_backoff,
+    settle_until,
     sources_silent,
     sync_after_beat,
 )
@@ -78,6 +79,39 @@ def silent(sources: tuple[str, ...], status: dict[str, PeerStatus],
            holders: dict[str, PinState] | None = None, *, queue_waiting: bool = False) -> bool:
     return sources_silent(sources, holders or {}, lambda q: status.get(q, DEAD),
                           queue_waiting=queue_waiting)
+
+
+def test_a_first_placement_waits_while_the_member_view_is_young() -> None:
+    # A member joined 1 s ago: the view settles one TTL (10 s) after that.
+    assert settle_until(action(), writer_known=True, view_changed_at=99.0, settle_s=10.0,
+                        now=100.0) == 109.0
+    # A pin from a writer never heard from: the view is behind; look again in a TTL.
+    assert settle_until(action(), writer_known=False, view_changed_at=None, settle_s=10.0,
+                        now=100.0) == 110.0
+
+
+def test_a_first_placement_goes_ahead_once_the_view_settled() -> None:
+    assert settle_until(action(), writer_known=True, view_changed_at=80.0, settle_s=10.0,
+                        now=100.0) is None
+    assert settle_until(action(), writer_known=True, view_changed_at=None, settle_s=10.0,
+                        now=100.0) is None
+
+
+def test_the_wait_for_a_settled_view_is_bounded_by_the_pins_age() -> None:
+    # Members keep flapping: the view changed 1 s ago, but the pin was written
+    # 3 TTL ago, so it is placed now rather than never.
+    assert settle_until(action(), writer_known=True, view_changed_at=99.0, settle_s=10.0,
+                        now=100.0, written_at=70.0) is None
+    assert settle_until(action(), writer_known=False, view_changed_at=None, settle_s=10.0,
+                        now=100.0, written_at=70.0) is None
+    # Younger than that: wait, but never past the bound.
+    assert settle_until(action(), writer_known=True, view_changed_at=99.0, settle_s=10.0,
+                        now=100.0, written_at=75.0) == 105.0
+
+
+def test_a_repair_never_waits_for_the_view_to_settle() -> None:
+    assert settle_until(action(Reason.REPAIR), writer_known=False, view_changed_at=99.0,
+                        settle_s=10.0, now=100.0) is None
 
 
 def test_one_alive_source_keeps_the_fetch() -> None:

@@ -15,7 +15,9 @@ exit statuses, the one table the CLI and README.md ("Exit codes") follow:
 5     timeout: the daemon, or the peers it asked for blocks, did not answer in time
 6     store full: ``blockstore.max_size_bytes`` is reached
 7     refused: the daemon refused the request or connection (permission,
-      limits, stopping, another daemon already running on the home)
+      limits, stopping, another daemon already running on the home), a pin
+      request it cannot honour (a direct pin over a recursive one, more copies
+      than members, an unreachable availability), or a pin every holder failed
 130   interrupted (Ctrl-C)
 ====  =========================================================================
 """
@@ -52,6 +54,9 @@ EXIT_CODES: dict[str, int] = {
     "unsupported_version": EXIT_REFUSED,
     "already_running": EXIT_REFUSED,
     "store_locked": EXIT_REFUSED,
+    "invalid_pin": EXIT_REFUSED,
+    "pin_error": EXIT_REFUSED,
+    "pin_failed": EXIT_REFUSED,
     "interrupted": EXIT_INTERRUPTED,
 }
 """Error code -> exit status; codes not listed exit with ``EXIT_ERROR``."""

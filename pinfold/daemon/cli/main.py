@@ -19,7 +19,7 @@ import sys
 from pinfold.daemon.cli.commands import CLIENT_COMMANDS, LOCAL_COMMANDS
 from pinfold.daemon.cli.format import EXIT_INTERRUPTED, EXIT_USAGE
 from pinfold.daemon.cli.localio import Output
-from pinfold.daemon.cli.parser import UsageError, build_parser
+from pinfold.daemon.cli.parser import UsageError, build_parser, check_spaced_pin
 
 
 def _client(args: argparse.Namespace):
@@ -76,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
     try:
+        check_spaced_pin(argv)
         args = parser.parse_args(argv)
     except UsageError as exc:
         return report_error(exc, as_json=_wants_json(argv))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import os
 from typing import Any
 
 
@@ -33,6 +34,29 @@ def _bool(text: str) -> bool:
     if low in ("false", "0", "no", "off"):
         return False
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+_BOOL_WORDS = ("true", "false", "1", "0", "yes", "no", "on", "off")
+
+
+def check_spaced_pin(argv: list[str]) -> None:
+    """Refuse ``add --pin false`` (a space, not ``=``) with the right syntax.
+
+    ``--pin`` is a flag, so argparse would read ``false`` as the path to add and
+    then complain about the real one. A word that is an existing path is left
+    alone (``add --pin false`` may name a file called ``false``, as Kubo reads it).
+
+    Raises:
+        UsageError: ``--pin`` followed by a true/false word that is not a path.
+    """
+    if "add" not in argv:
+        return
+    for i, tok in enumerate(argv[:-1]):
+        word = argv[i + 1]
+        if tok == "--pin" and word.lower() in _BOOL_WORDS and not os.path.exists(word):
+            value = "false" if not _bool(word) else "true"
+            raise UsageError(f"--pin takes no separate value: write --pin={value} "
+                             f"(got --pin {word})")
 
 
 def _probability(text: str) -> float:

@@ -52,7 +52,13 @@ def add(c, args: argparse.Namespace, out: Output) -> int:
             res = c.add_stream(read_input(path), pin=pin,
                                progress=bar.advance if bar.enabled else None, **repl, **opts)
     if "pin" in res:
-        res["pin"] = pin_with_wait(c, res["cid"], wait, res["pin"])
+        try:
+            res["pin"] = pin_with_wait(c, res["cid"], wait, res["pin"])
+        except Exception:
+            # The content is added and pinned whatever the wait says: stdout gets the
+            # CID (scripts read it) before the wait's error goes to stderr.
+            out.doc(res, res["cid"])
+            raise
         if not out.json and "holders_pinned" in res["pin"]:
             # stdout stays the CID alone (scripts read it); the pin's state goes beside it.
             print(pin_summary(res["cid"], res["pin"]), file=sys.stderr)
