@@ -19,7 +19,7 @@ def init(args: argparse.Namespace, out: Output) -> int:
     from pinfold.config import Config, replace
 
     from pinfold.daemon.home import Home, init_home, resolve_home
-    from pinfold.daemon.p2p.identity import load_identity, peer_id_of
+    from pinfold.daemon.p2p.identity import key_file_peer_id
 
     cfg = Config()
     changes: dict[str, dict[str, Any]] = {}
@@ -39,7 +39,7 @@ def init(args: argparse.Namespace, out: Output) -> int:
         raise UsageError(f"{root / 'config.toml'} exists and is kept: edit it instead of "
                          "passing --listen/--metrics/--cluster/--bootstrap")
     home = init_home(root, cfg)
-    peer_id = peer_id_of(load_identity(home.identity_path)).to_base58()
+    peer_id = key_file_peer_id(home.identity_path)
     if len(missing) == 2:
         text = f"initialised {root}\npeer_id: {peer_id}"
     else:
