@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import signal
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -569,7 +571,10 @@ async def _serve(node: Node) -> None:
 
 
 def run_daemon(home: str | Path | None = None, *, allow_empty_store: bool = False) -> int:
-    """``pinfold daemon``: run in the foreground until SIGINT/SIGTERM; returns the exit code.
+    """``pinfold daemon``: run in the foreground until SIGINT/SIGTERM.
+
+    After a clean stop the process exits with status 0 at once (``_exit_now``);
+    this function returns only by raising.
 
     Raises:
         HomeError: the home is incomplete, or its store is missing or replaced
@@ -583,4 +588,24 @@ def run_daemon(home: str | Path | None = None, *, allow_empty_store: bool = Fals
     setup_logging(config.log.level)
     node = Node(h, config, allow_empty_store=allow_empty_store)
     trio.run(_serve, node)
-    return 0
+    _exit_now(0)
+    return 0  # not reached
+
+
+def _exit_now(code: int) -> None:
+    """End the process with ``code`` once the node has stopped cleanly: logs and the
+    standard streams flushed, then ``os._exit``.
+
+    Every file, socket and the store are closed by then, and no thread does work
+    that must finish (trio's workers and the metrics server are daemon threads).
+    The interpreter's own teardown would only free the objects of the libp2p
+    import graph, which takes about a second of CPU: a stop (SIGTERM, ``systemctl
+    stop``) returns without it.
+    """
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
