@@ -52,6 +52,13 @@ def init(args: argparse.Namespace, out: Output) -> int:
 
 def daemon(args: argparse.Namespace, out: Output) -> int:
     """``pinfold daemon``: run the node in the foreground until stopped."""
+    from pinfold.daemon.home import Home, resolve_home
+
+    # An incomplete home or a bad config.toml is refused before the node's import
+    # (py-libp2p, about a second of CPU); run_daemon checks both again.
+    home = Home(root=resolve_home(args.home))
+    home.check_initialised()
+    home.load_config()
     from pinfold.daemon.node import run_daemon
 
     return run_daemon(home=args.home, allow_empty_store=args.allow_empty_store)
