@@ -19,6 +19,7 @@ daemon stops with an error instead of writing into a file nobody will read.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
@@ -571,10 +572,8 @@ async def _serve(node: Node) -> None:
 
 
 def run_daemon(home: str | Path | None = None, *, allow_empty_store: bool = False) -> int:
-    """``pinfold daemon``: run in the foreground until SIGINT/SIGTERM.
-
-    After a clean stop the process exits with status 0 at once (``_exit_now``);
-    this function returns only by raising.
+    """``pinfold daemon``: run in the foreground until SIGINT/SIGTERM; after a clean
+    stop the process exits 0 at once (``_exit_now``), so this returns only by raising.
 
     Raises:
         HomeError: the home is incomplete, or its store is missing or replaced
@@ -593,19 +592,12 @@ def run_daemon(home: str | Path | None = None, *, allow_empty_store: bool = Fals
 
 
 def _exit_now(code: int) -> None:
-    """End the process with ``code`` once the node has stopped cleanly: logs and the
-    standard streams flushed, then ``os._exit``.
-
-    Every file, socket and the store are closed by then, and no thread does work
-    that must finish (trio's workers and the metrics server are daemon threads).
-    The interpreter's own teardown would only free the objects of the libp2p
-    import graph, which takes about a second of CPU: a stop (SIGTERM, ``systemctl
-    stop``) returns without it.
-    """
+    """After a clean stop (store, files and sockets closed; the threads left are
+    daemon threads): flush the logs and standard streams and ``os._exit(code)``,
+    skipping the interpreter's teardown of the libp2p import graph (about a
+    second of CPU on every SIGTERM or ``systemctl stop``)."""
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
-        try:
+        with contextlib.suppress(OSError, ValueError):
             stream.flush()
-        except (OSError, ValueError):
-            pass
     os._exit(code)
