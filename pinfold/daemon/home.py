@@ -195,7 +195,7 @@ def init_home(root: Path, config: Config) -> Home:
         raise HomeError(f"{root} is already initialised (config.toml and identity.key exist)")
     root.mkdir(mode=0o700, parents=True, exist_ok=True)
     if "identity.key" in missing:
-        from pinfold.daemon.p2p.identity import create_identity  # libp2p import is slow; only here
+        from pinfold.daemon.p2p.identity import create_identity
 
         create_identity(home.identity_path)
     if "config.toml" in missing:

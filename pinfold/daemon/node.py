@@ -19,9 +19,12 @@ daemon stops with an error instead of writing into a file nobody will read.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
+import os
 import signal
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -609,7 +612,8 @@ async def _serve(node: Node) -> None:
 
 
 def run_daemon(home: str | Path | None = None, *, allow_empty_store: bool = False) -> int:
-    """``pinfold daemon``: run in the foreground until SIGINT/SIGTERM; returns the exit code.
+    """``pinfold daemon``: run in the foreground until SIGINT/SIGTERM; after a clean
+    stop the process exits 0 at once (``_exit_now``), so this returns only by raising.
 
     Raises:
         HomeError: the home is incomplete, or its store is missing or replaced
@@ -623,4 +627,17 @@ def run_daemon(home: str | Path | None = None, *, allow_empty_store: bool = Fals
     setup_logging(config.log.level)
     node = Node(h, config, allow_empty_store=allow_empty_store)
     trio.run(_serve, node)
-    return 0
+    _exit_now(0)
+    return 0  # not reached
+
+
+def _exit_now(code: int) -> None:
+    """After a clean stop (store, files and sockets closed; the threads left are
+    daemon threads): flush the logs and standard streams and ``os._exit(code)``,
+    skipping the interpreter's teardown of the libp2p import graph (about a
+    second of CPU on every SIGTERM or ``systemctl stop``)."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(code)

@@ -15,48 +15,58 @@ from pathlib import Path
 import pytest
 
 from pinfold.client import DaemonNotRunning
-from tests.support.daemon import DaemonProcess, cli_json, model_file, run_cli
+from tests.support.daemon import DaemonProcess, cli_json, model_file, run_cli, running
 from tests.support.wait import wait_until
 
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory: pytest.TempPathFactory):
+    """One daemon shared by the tests that only add content and read it back (none
+    depends on what the others stored); tests that count the store's contents or
+    stop the daemon start their own."""
+    with running(tmp_path_factory.mktemp("e2e")) as d:
+        yield d
 
 
 def _rand(n: int, seed: int = 0) -> bytes:
     return random.Random(seed).randbytes(n)
 
 
-def test_cli_add_cat_pin_gc_and_metrics(daemon: DaemonProcess, tmp_path: Path) -> None:
-    data = _rand(5 * 1024 * 1024 + 123)
-    f = tmp_path / "blob.bin"
-    f.write_bytes(data)
-    res = cli_json(daemon.home, "add", str(f))
-    assert res["bytes"] == len(data) and res["blocks"] == 7  # 6 leaves + 1 root
-    cid = res["cid"]
-    assert cid.startswith("bafybei")
-    assert run_cli(daemon.home, "cat", cid).stdout == data
-    part = run_cli(daemon.home, "cat", cid, "--offset", "1048570", "--length", "20").stdout
-    assert part == data[1048570:1048590]
+def test_cli_add_cat_pin_gc_and_metrics(tmp_path: Path) -> None:
+    """Counts GC, pins and metrics: on a daemon of its own."""
+    with running(tmp_path) as daemon:
+        data = _rand(5 * 1024 * 1024 + 123)
+        f = tmp_path / "blob.bin"
+        f.write_bytes(data)
+        res = cli_json(daemon.home, "add", str(f))
+        assert res["bytes"] == len(data) and res["blocks"] == 7  # 6 leaves + 1 root
+        cid = res["cid"]
+        assert cid.startswith("bafybei")
+        assert run_cli(daemon.home, "cat", cid).stdout == data
+        part = run_cli(daemon.home, "cat", cid, "--offset", "1048570", "--length", "20").stdout
+        assert part == data[1048570:1048590]
 
-    # Unpinned content goes away with GC; pinned content stays.
-    other = cli_json(daemon.home, "add", "--pin=false", "-", input=b"unpinned bytes")["cid"]
-    pin = cli_json(daemon.home, "pin", "add", cid)
-    assert pin["cid"] == cid
-    gc = cli_json(daemon.home, "repo", "gc")
-    assert gc["blocks_freed"] == 1
-    assert run_cli(daemon.home, "cat", cid).stdout == data
-    missing = run_cli(daemon.home, "cat", other, check=False)
-    assert missing.returncode == 4 and b"not found" in missing.stderr
-    assert len(missing.stderr.strip().splitlines()) == 1
+        # Unpinned content goes away with GC; pinned content stays.
+        other = cli_json(daemon.home, "add", "--pin=false", "-", input=b"unpinned bytes")["cid"]
+        pin = cli_json(daemon.home, "pin", "add", cid)
+        assert pin["cid"] == cid
+        gc = cli_json(daemon.home, "repo", "gc")
+        assert gc["blocks_freed"] == 1
+        assert run_cli(daemon.home, "cat", cid).stdout == data
+        missing = run_cli(daemon.home, "cat", other, check=False)
+        assert missing.returncode == 4 and b"not found" in missing.stderr
+        assert len(missing.stderr.strip().splitlines()) == 1
 
-    pins = [json.loads(line) for line in
-            run_cli(daemon.home, "--json", "pin", "ls").stdout.decode().splitlines()]
-    assert [p["cid"] for p in pins] == [cid]
+        pins = [json.loads(line) for line in
+                run_cli(daemon.home, "--json", "pin", "ls").stdout.decode().splitlines()]
+        assert [p["cid"] for p in pins] == [cid]
 
-    info = cli_json(daemon.home, "id")
-    text = urllib.request.urlopen(f"http://{info['metrics']}/metrics", timeout=10).read().decode()
-    assert 'pinfold_pins{type="recursive"} 1.0' in text
-    assert "pinfold_blockstore_blocks 7.0" in text
-    assert 'pinfold_rpc_requests_total{method="add",outcome="ok"} 2.0' in text
-    assert "pinfold_add_bytes_total" in text
+        info = cli_json(daemon.home, "id")
+        text = urllib.request.urlopen(f"http://{info['metrics']}/metrics", timeout=10).read().decode()
+        assert 'pinfold_pins{type="recursive"} 1.0' in text
+        assert "pinfold_blockstore_blocks 7.0" in text
+        assert 'pinfold_rpc_requests_total{method="add",outcome="ok"} 2.0' in text
+        assert "pinfold_add_bytes_total" in text
 
 
 def test_kubo_classic_hello_world(daemon: DaemonProcess) -> None:

@@ -317,11 +317,11 @@ class Fuzzer:
                         if sent >= frames:
                             break
                         sent += 1
-                        frame = self._frame(corpus)
+                        frame, answered = self._frame(corpus)
                         await stream.write(frame)
                         c["sync frames"] += 1
-                        if frame.startswith(b"\xff") or len(frame) > 4 << 20:
-                            break
+                        if not answered:
+                            break  # the daemon waits for more: reset the stream below
                         await read_varint_prefixed_bytes_limited(stream, 4 << 20)
                         c["sync answers"] += 1
             except Exception:  # noqa: BLE001 - the daemon reset the stream: expected
@@ -332,15 +332,19 @@ class Fuzzer:
                 except Exception:  # noqa: BLE001, S110
                     pass
 
-    def _frame(self, corpus: list[bytes]) -> bytes:
+    def _frame(self, corpus: list[bytes]) -> tuple[bytes, bool]:
+        """A hostile sync frame, and whether the daemon can act on it at once (answer
+        or reset the stream): it waits for the rest of a frame that never comes (an
+        overlong varint, a truncated body), so our side resets the stream after
+        such a frame instead of waiting out the 10 s deadline for an answer."""
         rng = self.rng
         r = rng.random()
         if r < 0.05:
-            return b"\xff" * 10  # an overlong varint
+            return b"\xff" * 10, False  # an overlong varint
         if r < 0.1:
-            return encode_uvarint((4 << 20) + 1) + b"x" * 100  # more than MAX_FRAME
+            return encode_uvarint((4 << 20) + 1) + b"x" * 100, True  # more than MAX_FRAME
         if r < 0.15:
-            return encode_uvarint(1000) + b"\x80" * 10  # truncated
+            return encode_uvarint(1000) + b"\x80" * 10, False  # truncated
         while True:
             body = random_hostile(rng, corpus)
             if self.insider:
@@ -350,7 +354,7 @@ class Fuzzer:
                         continue  # a legitimate write
                 except PinsetDecodeError:
                     pass
-            return encode_uvarint(len(body)) + body
+            return encode_uvarint(len(body)) + body, True
 
     # ------------------------------------------------------------------ modes
 

@@ -19,7 +19,7 @@ def init(args: argparse.Namespace, out: Output) -> int:
     from pinfold.config import Config, replace
 
     from pinfold.daemon.home import Home, init_home, resolve_home
-    from pinfold.daemon.p2p.identity import load_identity, peer_id_of
+    from pinfold.daemon.p2p.identity import key_file_peer_id
 
     cfg = Config()
     changes: dict[str, dict[str, Any]] = {}
@@ -41,7 +41,7 @@ def init(args: argparse.Namespace, out: Output) -> int:
         raise UsageError(f"{root / 'config.toml'} exists and is kept: edit it instead of "
                          "passing --listen/--metrics/--gateway/--cluster/--bootstrap")
     home = init_home(root, cfg)
-    peer_id = peer_id_of(load_identity(home.identity_path)).to_base58()
+    peer_id = key_file_peer_id(home.identity_path)
     if len(missing) == 2:
         text = f"initialised {root}\npeer_id: {peer_id}"
     else:
@@ -54,6 +54,13 @@ def init(args: argparse.Namespace, out: Output) -> int:
 
 def daemon(args: argparse.Namespace, out: Output) -> int:
     """``pinfold daemon``: run the node in the foreground until stopped."""
+    from pinfold.daemon.home import Home, resolve_home
+
+    # An incomplete home or a bad config.toml is refused before the node's import
+    # (py-libp2p, about a second of CPU); run_daemon checks both again.
+    home = Home(root=resolve_home(args.home))
+    home.check_initialised()
+    home.load_config()
     from pinfold.daemon.node import run_daemon
 
     return run_daemon(home=args.home, allow_empty_store=args.allow_empty_store)
