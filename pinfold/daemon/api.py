@@ -251,8 +251,16 @@ class Api:
         return names.book if names is not None else None
 
     async def _ref(self, params: dict[str, Any]) -> CID:
-        """The CID the ``cid`` parameter (a CID, ``CID/path`` or ``NAME@REF[/path]``) names."""
-        return (await self.resolver.resolve_ref(_param(params, "cid", str, required=True))).cid
+        """The CID the ``cid`` parameter (a CID, ``CID/path`` or ``NAME@REF[/path]``) names.
+
+        A bare CID (or a name ref without a path) is returned without reading
+        a block: a cluster ``pin add`` of content held elsewhere only writes the
+        pin, and a non-UnixFS root is read by the handler that knows its codec."""
+        text = _param(params, "cid", str, required=True)
+        path = self.resolver.content_path(text)
+        if not path.segments:
+            return path.root
+        return (await self.resolver.resolve_ref(text)).cid
 
     def handlers(self) -> dict[str, Callable[[Any], Awaitable[Any]]]:
         """Method name -> handler, for the RPC server."""

@@ -121,7 +121,7 @@ def test_block_commands(daemon: DaemonProcess, tmp_path: Path) -> None:
     assert err.returncode == 1 and b"exceeds the limit" in err.stderr
     cli_json(daemon.home, "pin", "add", cid, "--direct")
     err = run_cli(daemon.home, "block", "rm", cid, check=False)
-    assert err.returncode == 1 and b"pin" in err.stderr
+    assert err.returncode == 7 and b"pin" in err.stderr  # refused: held by a pin
     cli_json(daemon.home, "pin", "rm", cid)
     assert cli_json(daemon.home, "block", "rm", cid)["removed"] is True
 
