@@ -10,6 +10,8 @@ import pytest
 import trio
 from pinfold.blockstore.cid import cid_key
 from pinfold.daemon.p2p.bitswap import Bitswap
+from pinfold.daemon.p2p.bitswap.client_types import ClientConfig
+from pinfold.daemon.p2p.bitswap.config import ExchangeConfig
 from pinfold.daemon.p2p.bitswap.errors import MalformedMessage, MessageTooLarge
 from pinfold.daemon.p2p.bitswap.message import (
     Block,
@@ -166,7 +168,10 @@ async def test_next_messages_are_verified_while_earlier_blocks_wait_for_the_writ
         holder.store.add(blocks)
         host = new_host()
         store = GatedStore()
-        bs = Bitswap(host, store, store.put_many)
+        # A window of 32 want-blocks lets all 24 out before any is stored (the
+        # session widens a peer's window only as its blocks are delivered).
+        wide = ClientConfig(max_outstanding_per_peer=32, initial_outstanding_per_peer=32)
+        bs = Bitswap(host, store, store.put_many, config=ExchangeConfig(client=wide))
         await nursery.start(host.run)
         await nursery.start(bs.run)
         await host.connect(holder.addr)
