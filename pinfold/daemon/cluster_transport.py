@@ -84,7 +84,8 @@ class _GuardedPubsub(Pubsub):
     - A pubsub stream whose frames do not parse (``DecodeError`` from
       ``RPC.ParseFromString``), whose control part makes the router raise, or
       whose length prefix is over the inbound limit is reset and its peer
-      dropped from pubsub (it may reconnect); py-libp2p's ``stream_handler``
+      dropped from pubsub (``_handle_dead_peer`` re-opens pubsub streams to it
+      while it stays connected); py-libp2p's ``stream_handler``
       lets ``DecodeError`` escape into the swarm, which ends the node.
       ``on_bad_stream`` counts it.
 
