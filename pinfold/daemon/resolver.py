@@ -92,22 +92,28 @@ def ipns_content_path(text: str, book: NameBook | None) -> tuple[ContentPath, bo
     if book is None:
         raise NameNotFound(f"{t!r}: this node keeps no names")
     head = t.split("@", 1)[0]
-    if "@" in t and head.count("/") < 4:
-        parsed = parse_ref(t)
-        cp = book.resolve(t)
-        if parsed is None or cp is None:
-            raise NameNotFound(f"{t!r} is a CID path, not a name; request it under /ipfs/")
-        return cp, isinstance(parsed.ref, int)
+    if "@" in t and book.view(head) is not None:
+        return _explicit(t, book)
     segs = [s for s in t.split("/") if s]
     for k in range(min(4, len(segs)), 0, -1):
         name = "/".join(segs[:k])
-        if book.view(name) is None:
+        if "@" in name or book.view(name) is None:
             continue
         below = parse_ref(f"{name}@main/" + "/".join(segs[k:]))
         assert below is not None
         rec = book.lookup(NameRef(name=name, ref=None, segments=below.segments))
         return ContentPath(root=parse_cid(rec.root), segments=below.segments), False
+    if "@" in t:  # an unknown name with a ref: its error says what is wrong
+        return _explicit(t, book)
     raise NameNotFound(f"no name {t!r} in this cluster")
+
+
+def _explicit(t: str, book: NameBook) -> tuple[ContentPath, bool]:
+    parsed = parse_ref(t)
+    cp = book.resolve(t)
+    if parsed is None or cp is None:
+        raise NameNotFound(f"{t!r} is a CID path, not a name; request it under /ipfs/")
+    return cp, isinstance(parsed.ref, int)
 
 
 def entry_dict(entry: DirEntry, path: str | None = None) -> dict[str, Any]:

@@ -33,6 +33,7 @@ def named(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     src = root / "data"
     (src / "sub").mkdir(parents=True)
     (src / "sub" / "notes.txt").write_text("notes\n")
+    (src / "sub" / "a@b.txt").write_text("at\n")
     d = DaemonProcess(root, "gw").start()
     try:
         with d.client() as c:
@@ -69,6 +70,14 @@ def test_ipns_name_ref_serves_the_version_with_its_path_and_caching(
     assert r.header("x-ipfs-path") == f"/ipns/{ref}/file.csv"
     assert r.header("cache-control") == cache
     assert r.header("content-type").startswith("text/csv")
+
+
+@pytest.mark.parametrize("path", ["sub/a@b.txt", "sub/notes.txt"])
+def test_ipns_bare_name_takes_the_longest_known_name_then_the_path(
+        named: dict[str, Any], path: str) -> None:
+    r = get(named, f"/ipns/{NAME}/{path}")
+    assert r.status == 200, r.body
+    assert r.header("x-ipfs-path") == f"/ipns/{NAME}/{path}"
 
 
 def test_ipns_folder_redirects_to_its_slash_form_then_lists(named: dict[str, Any]) -> None:
