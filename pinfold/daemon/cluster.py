@@ -379,6 +379,7 @@ def replication_metric_families(cluster: Cluster | None, grace_s: float) -> Iter
         min_avail = 1.0
         queue = 0
         dropped = 0
+        malformed = 0
         fetched = 0
         rejected = 0
     else:
@@ -390,6 +391,7 @@ def replication_metric_families(cluster: Cluster | None, grace_s: float) -> Iter
         min_avail = st.min_availability
         queue = st.queue_length
         dropped = ts.untrusted_dropped + ts.forged_dropped
+        malformed = ts.malformed_streams
         fetched = st.bytes_fetched
         rejected = st.rejected_messages
     yield gauge_by("pinfold_cluster_pins", "Cluster pins by healthy holders against rmin/rmax, "
@@ -407,6 +409,8 @@ def replication_metric_families(cluster: Cluster | None, grace_s: float) -> Iter
     yield gauge("pinfold_replication_pin_queue_length", "Pins queued or fetching here", queue)
     yield counter("pinfold_cluster_untrusted_messages_dropped",
                   "Cluster messages dropped: untrusted, blocked or forged senders", dropped)
+    yield counter("pinfold_cluster_malformed_pubsub_streams", "Pubsub streams from peers reset "
+                  "for a frame that did not parse or was over the size limit", malformed)
     yield counter("pinfold_replication_fetched_bytes", "Bytes fetched to pin allocated DAGs",
                   fetched)
     yield counter("pinfold_cluster_rejected_messages", "Cluster messages from trusted peers "

@@ -75,17 +75,45 @@ def _signed_bytes(cluster: str, kind: str, body: bytes) -> bytes:
 
 
 class _GuardedPubsub(Pubsub):
-    """py-libp2p's ``Pubsub``, except that an inbound message that makes it raise is dropped.
+    """py-libp2p's ``Pubsub``, except that what a peer sends cannot end the service.
 
-    py-libp2p 0.8 runs ``push_msg`` for each received message as a task of the
-    Pubsub service, and an exception there ends the service, and with it the
-    node: one gossipsub message from any connected peer, trusted or not, whose
-    ``key`` field is not a protobuf public key makes ``signature_validator``
-    raise ``DecodeError``. Such a message is a forgery; ``on_dropped`` counts it.
+    - An inbound message that makes ``push_msg`` raise is dropped: py-libp2p 0.8
+      runs it as a task of the Pubsub service, where an exception ends the
+      service and the node (a ``key`` field that is not a protobuf public key
+      makes ``signature_validator`` raise ``DecodeError``). ``on_dropped`` counts it.
+    - A pubsub stream whose frames do not parse (``DecodeError`` from
+      ``RPC.ParseFromString``), whose control part makes the router raise, or
+      whose length prefix is over the inbound limit is reset and its peer
+      dropped from pubsub (``_handle_dead_peer`` re-opens pubsub streams to it
+      while it stays connected); py-libp2p's ``stream_handler``
+      lets ``DecodeError`` escape into the swarm, which ends the node.
+      ``on_bad_stream`` counts it.
+
     Our own publishes still raise (``LibP2PTransport.publish`` reports them).
     """
 
     on_dropped: Callable[[], None] = staticmethod(lambda: None)
+    on_bad_stream: Callable[[], None] = staticmethod(lambda: None)
+
+    async def stream_handler(self, stream: Any) -> None:
+        peer_id = stream.muxed_conn.peer_id
+        watched = _ResetWatch(stream)
+        try:
+            await self.continuously_read_stream(watched)
+            if watched.was_reset:  # py-libp2p reset it: a frame over the inbound limit
+                self.on_bad_stream()
+        except trio.Cancelled:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a peer's malformed frame: drop its stream
+            self.on_bad_stream()
+            log.warning("reset the pubsub stream of %s: malformed frame (%s: %s)",
+                        peer_id, type(exc).__name__, exc)
+            with trio.move_on_after(2):
+                try:
+                    await stream.reset()
+                except Exception:  # noqa: BLE001, S110 - resetting a broken stream
+                    pass
+            self._handle_dead_peer(peer_id)
 
     async def push_msg(self, msg_forwarder: ID, msg: Any) -> None:
         if msg_forwarder == self.host.get_id():
@@ -98,6 +126,21 @@ class _GuardedPubsub(Pubsub):
             log.debug("dropped a malformed gossip message from %s: %s", msg_forwarder, exc)
 
 
+class _ResetWatch:
+    """A stream that notes whether its reader reset it (everything else is the stream's)."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+        self.was_reset = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+    async def reset(self) -> None:
+        self.was_reset = True
+        await self._stream.reset()
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TransportStats:
     """Counters of the cluster transport (metrics).
@@ -108,6 +151,8 @@ class TransportStats:
         untrusted_dropped: messages and sync streams from peers outside
             ``cluster.trusted_peers`` (or blocked), dropped.
         forged_dropped: messages whose envelope or signature did not verify.
+        malformed_streams: pubsub streams reset for a frame that did not parse
+            or was over the inbound size limit.
         sessions_served: sync sessions answered.
         dials: dials to cluster peers learned from heartbeats.
     """
@@ -116,6 +161,7 @@ class TransportStats:
     received: int
     untrusted_dropped: int
     forged_dropped: int
+    malformed_streams: int
     sessions_served: int
     dials: int
 
@@ -195,6 +241,8 @@ class LibP2PTransport:
             spam_protection_enabled=False, eclipse_protection_enabled=False)
         self._pubsub = _GuardedPubsub(host.libp2p, self._router, strict_signing=True)
         self._pubsub.on_dropped = self._count_forged
+        self._pubsub.on_bad_stream = self._count_malformed
+        self._malformed = 0
         # py-libp2p starts its seqno at int(time.time()) and adds one per message, so
         # after a restart it would reuse seqnos still in peers' seen-caches and its
         # first messages would be dropped as duplicates; nanoseconds cannot repeat.
@@ -277,6 +325,9 @@ class LibP2PTransport:
     def _count_forged(self) -> None:
         self._forged += 1
 
+    def _count_malformed(self) -> None:
+        self._malformed += 1
+
     def _validate(self, forwarder: ID, msg: Any) -> bool:
         """Gossipsub topic validator: drop (and do not relay) untrusted or forged messages."""
         try:
@@ -316,6 +367,7 @@ class LibP2PTransport:
         """Counters for metrics."""
         return TransportStats(published=self._published, received=self._received,
                               untrusted_dropped=self._untrusted, forged_dropped=self._forged,
+                              malformed_streams=self._malformed,
                               sessions_served=self._served, dials=self._dials)
 
     # ------------------------------------------------------------------ service

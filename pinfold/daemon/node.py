@@ -39,6 +39,7 @@ from pinfold.blockstore.cid import CID
 from pinfold.blockstore.errors import NotPinned, StoreGone
 from pinfold.blockstore.lmdbstore import LmdbBlockStore
 from pinfold.blockstore.pins import PinRecord, Protection
+from pinfold.blockstore.unixfs.paths import ContentPath
 from pinfold.blockstore.writer import BatchWriter
 from pinfold.config import Config, ConfigError
 from pinfold.replication.types import pin_key
@@ -58,6 +59,7 @@ from pinfold.daemon.network import Network
 from pinfold.daemon.p2p.identity import load_identity, peer_id_of
 from pinfold.daemon.parts import Handler
 from pinfold.daemon.pinning import Blocks, LocalPin, Pinned, Pinner
+from pinfold.daemon.resolver import ipns_content_path
 from pinfold.daemon.rpc.server import RpcLimits, RpcServer, RpcServerError, resolve_group
 from pinfold.daemon.sdnotify import notify
 from pinfold.daemon.service import configure_logging, supervise
@@ -371,6 +373,10 @@ class Node:
         """True if the block is local (identity CIDs always are)."""
         assert self.blocks is not None
         return self.blocks.has(cid)
+
+    def resolve_name(self, text: str) -> tuple[ContentPath, bool]:
+        """The gateway's ``/ipns/`` resolver: ``resolver.ipns_content_path`` on the book."""
+        return ipns_content_path(text, self.names.book if self.names is not None else None)
 
     def blocks_added(self, cids: list[CID]) -> None:
         """Tell the exchange that blocks were stored outside it (peers may be waiting)."""

@@ -27,7 +27,7 @@ import re
 import trio
 
 from pinfold.blockstore import dag as dagmod
-from pinfold.blockstore.cid import CID, IDENTITY, RAW
+from pinfold.blockstore.cid import CID, IDENTITY, RAW, parse_cid
 from pinfold.blockstore.unixfs.paths import (
     ContentPath,
     DirEntry,
@@ -37,9 +37,9 @@ from pinfold.blockstore.unixfs.paths import (
     parse_path,
     resolve,
 )
-from pinfold.names.book import NameBook
+from pinfold.names.book import NameBook, NameNotFound, NameRef, parse_ref
 
-__all__ = ["Resolver", "to_content_path"]
+__all__ = ["Resolver", "ipns_content_path", "to_content_path"]
 
 #: Blocks ``stat`` walks between checkpoints (lets other tasks run on a big DAG).
 _STAT_YIELD_EVERY = 256
@@ -72,6 +72,48 @@ def to_content_path(text: str, book: NameBook | None = None) -> ContentPath:
         if book is not None and "/" not in text and _NAME_LIKE.fullmatch(text):
             raise InvalidPathCID(f"{exc}; nor is it a name of this cluster") from None
         raise
+
+
+def ipns_content_path(text: str, book: NameBook | None) -> tuple[ContentPath, bool]:
+    """The gateway's ``/ipns/TEXT``: ``NAME@REF[/path]``, or ``NAME[/path]`` for the
+    version ``main`` points at (the newest without ``main``), where ``NAME`` is the
+    longest known name among the first segments (names may hold ``/``).
+
+    Returns:
+        ``(content path, immutable)``: ``immutable`` when ``REF`` is a version
+        number (a version never changes; a tag moves).
+
+    Raises:
+        NameNotFound (a ``LookupError``): no such name, version or tag, or this
+            node keeps no names.
+        NameError_ (a ``ValueError``): a malformed name ref.
+    """
+    t = text.strip().strip("/")
+    if book is None:
+        raise NameNotFound(f"{t!r}: this node keeps no names")
+    head = t.split("@", 1)[0]
+    if "@" in t and book.view(head) is not None:
+        return _explicit(t, book)
+    segs = [s for s in t.split("/") if s]
+    for k in range(min(4, len(segs)), 0, -1):
+        name = "/".join(segs[:k])
+        if "@" in name or book.view(name) is None:
+            continue
+        below = parse_ref(f"{name}@main/" + "/".join(segs[k:]))
+        assert below is not None
+        rec = book.lookup(NameRef(name=name, ref=None, segments=below.segments))
+        return ContentPath(root=parse_cid(rec.root), segments=below.segments), False
+    if "@" in t:  # an unknown name with a ref: its error says what is wrong
+        return _explicit(t, book)
+    raise NameNotFound(f"no name {t!r} in this cluster")
+
+
+def _explicit(t: str, book: NameBook) -> tuple[ContentPath, bool]:
+    parsed = parse_ref(t)
+    cp = book.resolve(t)
+    if parsed is None or cp is None:
+        raise NameNotFound(f"{t!r} is a CID path, not a name; request it under /ipfs/")
+    return cp, isinstance(parsed.ref, int)
 
 
 def entry_dict(entry: DirEntry, path: str | None = None) -> dict[str, Any]:

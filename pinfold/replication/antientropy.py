@@ -28,7 +28,8 @@ from pinfold.replication.messages import (
     encode_request,
 )
 from pinfold.replication.policy import is_current
-from pinfold.replication.sync import MAX_PAGE_ENTRIES, Reconciler
+from pinfold.replication.entries import pages_by_size
+from pinfold.replication.sync import MAX_PAGE_BYTES, MAX_PAGE_ENTRIES, Reconciler
 from pinfold.replication.transport import SyncSession, TransportError
 
 __all__ = ["AntiEntropy"]
@@ -128,9 +129,9 @@ class AntiEntropy:
                         log.warning("sync with %s: %s", peer_id, exc)
                 self._after_merge(changed)
         push = rec.to_push()
-        for i in range(0, len(push), MAX_PAGE_ENTRIES):
+        for page in pages_by_size(push, max_bytes=MAX_PAGE_BYTES, max_entries=MAX_PAGE_ENTRIES):
             resp = decode_response(await session.ask(encode_request(
-                PushRequest(entries=tuple(push[i:i + MAX_PAGE_ENTRIES])))))
+                PushRequest(entries=tuple(page)))))
             if not isinstance(resp, PushResponse):
                 raise InvalidPin("sync: expected an ok to a push")
         # The peer's own state log.

@@ -47,6 +47,8 @@ __all__ = [
     "entry_hash",
     "entry_to_wire",
     "gc_paused",
+    "pages_by_size",
+    "wire_size",
     "msgpack_unpack",
     "pack",
 ]
@@ -260,6 +262,41 @@ def entries_from_wire(items: Any) -> list[Entry]:
         for i, obj in enumerate(items):
             out.append(entry_from_wire(obj, f"entry {i}"))
     return out
+
+
+def wire_size(e: Entry) -> int:
+    """An upper bound of ``e``'s bytes in ``encode_entries`` output (bytes).
+
+    Fixed fields are bounded by 64 bytes; strings count their UTF-8 bytes plus
+    a 5-byte msgpack header each. A pin's metadata (a name record rides there,
+    up to about 280 KB) dominates.
+    """
+    n = 64 + len(e.cid) + len(e.peer_id)
+    p = e.pin
+    if p is not None:
+        n += len(p.name.encode()) + 5
+        for k, v in p.metadata:
+            n += len(k.encode()) + len(v.encode()) + 10
+    return n
+
+
+def pages_by_size(entries: Iterable[Entry], *, max_bytes: int,
+                  max_entries: int) -> Iterator[list[Entry]]:
+    """``entries`` in order, split into pages of at most ``max_entries`` entries
+    whose ``wire_size`` sum is at most ``max_bytes`` (bytes); an entry larger
+    than ``max_bytes`` alone is a page of its own. Gossip and sync pushes page
+    with it so a batch of large pins stays under the message limits."""
+    page: list[Entry] = []
+    size = 0
+    for e in entries:
+        n = wire_size(e)
+        if page and (size + n > max_bytes or len(page) >= max_entries):
+            yield page
+            page, size = [], 0
+        page.append(e)
+        size += n
+    if page:
+        yield page
 
 
 def encode_entries(entries: Iterable[Entry]) -> bytes:

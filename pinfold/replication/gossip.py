@@ -40,6 +40,7 @@ from pinfold.replication.persist import (
     known_key,
     known_value,
 )
+from pinfold.replication.entries import pages_by_size
 from pinfold.replication.pinset import Entry, decode_entries, encode_entries
 from pinfold.replication.policy import BeatSync, announced_capacity, sync_after_beat
 from pinfold.replication.states import decode_delta, encode_delta
@@ -57,8 +58,12 @@ __all__ = ["Gossip"]
 
 log = logging.getLogger("pinfold.replication")
 
-#: Pinset entries per gossip message (~130 bytes each: ~260 KB, under gossip's 1 MiB).
+#: Pinset entries per gossip message (~130 bytes each without metadata: ~260 KB).
 _GOSSIP_ENTRIES: Final = 2000
+#: ``wire_size`` bytes per gossip message: under py-libp2p's 1 MiB RPC limit with
+#: room for the envelope, signature and protobuf framing (a pin carrying a name
+#: record is up to ~280 KB, so a batch of them is split by bytes, not count).
+_GOSSIP_BYTES: Final = 768 * 1024
 
 
 class Gossip:
@@ -232,9 +237,9 @@ class Gossip:
                 return
         gossip, self._to_gossip = self._to_gossip, []
         try:
-            for i in range(0, len(gossip), _GOSSIP_ENTRIES):
-                await self.transport.publish(KIND_PINS,
-                                             encode_entries(gossip[i:i + _GOSSIP_ENTRIES]))
+            for page in pages_by_size(gossip, max_bytes=_GOSSIP_BYTES,
+                                      max_entries=_GOSSIP_ENTRIES):
+                await self.transport.publish(KIND_PINS, encode_entries(page))
             while self.own.version != self._published_version:
                 delta = self.own.delta_since(self._published_version, self.own.epoch)
                 await self.transport.publish(KIND_STATES, encode_delta(delta))

@@ -73,6 +73,7 @@ from pinfold.replication.entries import (
     gc_paused,
     msgpack_unpack,
     pack,
+    wire_size,
 )
 from pinfold.replication.errors import InvalidPin, PinNotFound, PinsetDecodeError, StaleWrite
 from pinfold.replication.hlc import check_timestamp
@@ -511,7 +512,8 @@ class PinSet:
         shift = FANOUT_BITS * (self._levels - level)
         return index << shift, (index + 1) << shift
 
-    def entries_in_buckets(self, lo: int, hi: int, limit: int) -> tuple[list[Entry], int | None]:
+    def entries_in_buckets(self, lo: int, hi: int, limit: int, *,
+                           max_bytes: int | None = None) -> tuple[list[Entry], int | None]:
         """Entries (with tombstones) of buckets ``lo .. hi-1``, whole buckets at a time.
 
         Args:
@@ -519,6 +521,8 @@ class PinSet:
             limit: most entries to return (>= 1); a bucket that would pass it is
                 left for the next page (a page holds at least one bucket, so a
                 single bucket larger than ``limit`` is still sent whole).
+            max_bytes: most ``wire_size`` bytes to return, the same way (None:
+                no bound); pins with large metadata fill a page by bytes first.
 
         Returns:
             ``(entries, resume)``: ``resume`` is the first bucket not sent, or
@@ -533,6 +537,7 @@ class PinSet:
         entries = self._entries
         # Skip empty subtrees quickly using the leaf counts.
         counts = self._leaf_count
+        size = 0
         b = lo
         while b < hi:
             if counts[b]:
@@ -540,8 +545,14 @@ class PinSet:
                 assert keys is not None
                 if out and len(out) + len(keys) > limit:
                     return out, b
-                out.extend(entries[k] for k in sorted(keys))
-                if len(out) >= limit:
+                got = [entries[k] for k in sorted(keys)]
+                if max_bytes is not None:
+                    n = sum(wire_size(e) for e in got)
+                    if out and size + n > max_bytes:
+                        return out, b
+                    size += n
+                out.extend(got)
+                if len(out) >= limit or (max_bytes is not None and size >= max_bytes):
                     return out, (b + 1 if b + 1 < hi else None)
             b += 1
         return out, None

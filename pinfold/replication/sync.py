@@ -36,8 +36,10 @@ import msgpack
 
 from pinfold.replication.errors import InvalidPin, PinsetDecodeError
 from pinfold.replication.pinset import FANOUT_BITS, Entry, PinSet, entry_from_wire, entry_to_wire, msgpack_unpack
+from pinfold.replication.entries import wire_size
 
 __all__ = [
+    "MAX_PAGE_BYTES",
     "MAX_PAGE_ENTRIES",
     "EntriesRequest",
     "EntriesResponse",
@@ -53,6 +55,10 @@ __all__ = [
 #: Largest page a responder sends, entries (~130 bytes each: ~1.3 MB, well under
 #: a 4 MiB stream message).
 MAX_PAGE_ENTRIES: Final = 10_000
+#: Largest page a responder sends or an initiator pushes, ``wire_size`` bytes: pins
+#: carry up to ~280 KB of metadata (name records), and a page must stay under the
+#: 4 MiB stream message with room for the rest of the response.
+MAX_PAGE_BYTES: Final = 3 * 1024 * 1024
 _MAX_INDICES: Final = 1 << 16
 
 
@@ -139,10 +145,15 @@ def answer(
         return SummaryResponse(level=request.level, nodes=tuple(nodes))
     limit = min(max(request.limit, 1), MAX_PAGE_ENTRIES)
     out: list[Entry] = []
+    size = 0
     ranges = list(request.ranges)
-    while ranges and len(out) < limit:
+    while ranges and len(out) < limit and size < MAX_PAGE_BYTES:
         lo, hi = ranges[0]
-        got, resume = pinset.entries_in_buckets(lo, hi, limit - len(out))
+        got, resume = pinset.entries_in_buckets(lo, hi, limit - len(out),
+                                                max_bytes=MAX_PAGE_BYTES - size)
+        if out and got and size + sum(wire_size(e) for e in got) > MAX_PAGE_BYTES:
+            break  # a bucket bigger than what is left of the page: next page
+        size += sum(wire_size(e) for e in got)
         out.extend(got)
         if resume is None:
             ranges.pop(0)

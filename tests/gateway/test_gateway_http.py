@@ -264,7 +264,7 @@ def test_car_of_a_dag_has_the_blocks_of_dag_export(site: dict[str, Any]) -> None
     ("/ipfs/{cid}/hello.txt/deeper", (), 404, "not a directory"),
     ("/ipfs/{cid}", ("-X", "POST"), 405, "read-only"),
     ("/ipfs/{cid}", ("-X", "DELETE"), 405, "read-only"),
-    ("/ipns/example.com", (), 501, "IPNS"),
+    ("/ipns/example.com", (), 404, "no name 'example.com'"),
     ("/", (), 404, "/ipfs/{cid}"),
     ("/ipfs/{cid}?format=tar", (), 400, "format='tar' is not supported"),
     ("/ipfs/{cid}/hello.txt?format=raw", (), 400, "without a path"),

@@ -28,6 +28,8 @@ SECTIONS = [
     ("replication: repair and scale (issue 4)", "tools.bench.replication_bench"),
     ("channel: raw Noise+Yamux stream, stock vs fast (issue 14)", "tools.bench.channel_bench"),
     ("names: resolve in a large book (issue 16)", "tools.bench.names_bench"),
+    ("names: a new version moves only what changed (issue 16)",
+     "tools.bench.names_delta_bench"),
 ]
 
 

@@ -41,6 +41,13 @@ class ContentSource(Protocol):
         """A ``prefetch(cids)`` callback for ``unixfs.cat`` wanting missing blocks ahead."""
         ...
 
+    def resolve_name(self, text: str) -> tuple[ContentPath, bool]:
+        """``/ipns/TEXT`` (``NAME@REF[/path]`` or ``NAME[/path]``) as ``(content path,
+        immutable)``; ``immutable`` when it names a version number, not a tag.
+        Raises ``LookupError`` (no such name, version or tag) or ``ValueError``
+        (a malformed name ref), each with a message naming it."""
+        ...
+
 
 class BlockReader:
     """``await reader(cid) -> bytes`` with the gateway's per-block timeout.

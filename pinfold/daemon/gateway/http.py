@@ -23,6 +23,8 @@ BodyWriter = Callable[[Send], Awaitable[None]]
 
 #: ipfs/specs path-gateway "Cache-Control": every immutable ``/ipfs/`` response.
 IMMUTABLE: Final = "public, max-age=29030400, immutable"
+#: "Cache-Control" of an ``/ipns/`` response through a tag (it may move): one minute.
+MUTABLE: Final = "public, max-age=60"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

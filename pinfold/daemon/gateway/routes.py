@@ -1,5 +1,6 @@
 """Which response a request gets: the method check (read-only), ``/ipfs/{cid}[/path]``
-parsed (``unixfs.paths.parse_url_path``), the format negotiated (``?format=``
+parsed (``unixfs.paths.parse_url_path``) or ``/ipns/NAME[@REF][/path]`` resolved
+through the source's ``resolve_name`` (the cluster's name book), the format negotiated (``?format=``
 over ``Accept``, trustless-gateway spec "format"), then a trustless response
 (``trustless.py``) or a deserialized one (``files.py``); ``If-None-Match``
 answered with 304. Every failure is an ``HttpError`` with a short message.
@@ -7,11 +8,14 @@ answered with 304. Every failure is an ``HttpError`` with a short message.
 
 from __future__ import annotations
 
-from pinfold.blockstore.unixfs.paths import InvalidPath, parse_url_path
+import dataclasses
+from urllib.parse import unquote
+
+from pinfold.blockstore.unixfs.paths import ContentPath, InvalidPath, parse_url_path
 
 from pinfold.daemon.gateway.content import BlockReader, ContentSource, walk_path
 from pinfold.daemon.gateway.files import directory_response, file_response
-from pinfold.daemon.gateway.http import IMMUTABLE, HttpError, Request, Response
+from pinfold.daemon.gateway.http import IMMUTABLE, MUTABLE, HttpError, Request, Response
 from pinfold.daemon.gateway.trustless import (
     CAR_TYPE,
     RAW_TYPE,
@@ -69,8 +73,7 @@ class Router:
         Raises:
             HttpError: 400 (bad CID or path, unsupported format), 404 (no such
                 path), 405 (a method other than GET, HEAD, OPTIONS), 412
-                (``only-if-cached`` and the root block is not local), 416, 501
-                (``/ipns/``), 502, 504.
+                (``only-if-cached`` and the root block is not local), 416, 502, 504.
         """
         if req.method == "OPTIONS":
             return Response(status=204, route="options", headers=(
@@ -80,8 +83,8 @@ class Router:
         if req.method not in ("GET", "HEAD"):
             raise HttpError(405, f"{req.method} is not allowed: the gateway is read-only "
                             f"({ALLOW})", (("Allow", ALLOW),))
-        if req.path.startswith("/ipns/"):
-            raise HttpError(501, "IPNS names are not served by this gateway; use /ipfs/{cid}")
+        if req.path.startswith("/ipns/") and req.path.rstrip("/") != "/ipns":
+            return await self._ipns(req)
         if not req.path.startswith("/ipfs/") or req.path.rstrip("/") == "/ipfs":
             raise HttpError(404, f"{req.path!r}: no such resource; request /ipfs/{{cid}}[/path]")
         if req.header("service-worker") == "script":
@@ -92,6 +95,34 @@ class Router:
             raise HttpError(400, str(exc)) from None
         except ValueError:
             raise HttpError(400, f"{req.path!r}: a path segment is not valid UTF-8") from None
+        return await self._serve(req, path)
+
+    async def _ipns(self, req: Request) -> Response:
+        """``/ipns/NAME[@REF][/path]``: served as the ``/ipfs/`` path it resolves to,
+        with ``X-Ipfs-Path`` the ``/ipns/`` path and ``Cache-Control`` immutable
+        only for a version number (a tag moves: ``MUTABLE``)."""
+        try:
+            text = unquote(req.path[len("/ipns/"):], errors="strict")
+        except UnicodeDecodeError:
+            raise HttpError(400, f"{req.path!r}: a path segment is not valid UTF-8") from None
+        try:
+            path, immutable = self.source.resolve_name(text)
+        except LookupError as exc:
+            raise HttpError(404, f"/ipns/{text}: {exc.args[0] if exc.args else exc}") from None
+        except ValueError as exc:
+            raise HttpError(400, f"/ipns/{text}: {exc}") from None
+        resp = await self._serve(req, path)
+        shown = "/ipns/" + text.strip("/")
+        headers = []
+        for k, v in resp.headers:
+            if k == "X-Ipfs-Path":
+                v = shown
+            elif k == "Cache-Control" and v == IMMUTABLE and not immutable:
+                v = MUTABLE
+            headers.append((k, v))
+        return dataclasses.replace(resp, headers=tuple(headers))
+
+    async def _serve(self, req: Request, path: ContentPath) -> Response:
         kind = negotiate(req)
         dups = car_params(req.header("accept"), req.query) if kind == CAR_TYPE else False
         if "only-if-cached" in req.header("cache-control") and not self.source.has_block(

@@ -1,0 +1,130 @@
+"""Names where users read content: the HTTP gateway's ``/ipns/NAME@REF/path``
+(curl), fsspec ``pinfold://NAME@main/file.csv`` (pandas) and ``pinfold ls NAME@main``,
+against one real daemon holding two versions of a folder.
+
+``/ipns/`` is served like the ``/ipfs/`` path it resolves to; ``X-Ipfs-Path``
+shows the ``/ipns/`` path, and ``Cache-Control`` is immutable only for a version
+number (a tag moves, so its responses are cached briefly).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pandas
+import pytest
+
+from tests.support.curl import Reply, curl, need_curl
+from tests.support.daemon import DaemonProcess, run_cli
+
+NAME = "org/data"
+CSV1 = b"name,size\nalpha,1\n"
+CSV2 = b"name,size\nalpha,1\nbeta,22\n"
+IMMUTABLE = "public, max-age=29030400, immutable"
+SHORT = "public, max-age=60"
+
+
+@pytest.fixture(scope="module")
+def named(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    need_curl()
+    root = tmp_path_factory.mktemp("names-gw")
+    src = root / "data"
+    (src / "sub").mkdir(parents=True)
+    (src / "sub" / "notes.txt").write_text("notes\n")
+    (src / "sub" / "a@b.txt").write_text("at\n")
+    d = DaemonProcess(root, "gw").start()
+    try:
+        with d.client() as c:
+            (src / "file.csv").write_bytes(CSV1)
+            v1 = c.push(NAME, src, tags=["stable"])
+            (src / "file.csv").write_bytes(CSV2)
+            v2 = c.push(NAME, src)
+            url = c.id()["gateway"]
+            sock = str(c.socket_path)
+        yield {"daemon": d, "url": url, "v1": v1, "v2": v2, "socket": sock}
+    finally:
+        try:
+            d.stop()
+        finally:
+            d.kill9()
+
+
+def get(named: dict[str, Any], path: str, *args: str) -> Reply:
+    return curl(named["url"] + path, *args)
+
+
+@pytest.mark.parametrize(("ref", "body", "cache"), [
+    (f"{NAME}@main", CSV2, SHORT),
+    (NAME, CSV2, SHORT),
+    (f"{NAME}@stable", CSV1, SHORT),
+    (f"{NAME}@1", CSV1, IMMUTABLE),
+    (f"{NAME}@2", CSV2, IMMUTABLE),
+])
+def test_ipns_name_ref_serves_the_version_with_its_path_and_caching(
+        named: dict[str, Any], ref: str, body: bytes, cache: str) -> None:
+    r = get(named, f"/ipns/{ref}/file.csv")
+    assert r.status == 200, r.body
+    assert r.body == body
+    assert r.header("x-ipfs-path") == f"/ipns/{ref}/file.csv"
+    assert r.header("cache-control") == cache
+    assert r.header("content-type").startswith("text/csv")
+
+
+@pytest.mark.parametrize("path", ["sub/a@b.txt", "sub/notes.txt"])
+def test_ipns_bare_name_takes_the_longest_known_name_then_the_path(
+        named: dict[str, Any], path: str) -> None:
+    r = get(named, f"/ipns/{NAME}/{path}")
+    assert r.status == 200, r.body
+    assert r.header("x-ipfs-path") == f"/ipns/{NAME}/{path}"
+
+
+def test_ipns_folder_redirects_to_its_slash_form_then_lists(named: dict[str, Any]) -> None:
+    r = get(named, f"/ipns/{NAME}@main")
+    assert r.status == 301 and r.header("location") == f"/ipns/{NAME}@main/"
+    assert r.header("cache-control") == SHORT
+    r = get(named, f"/ipns/{NAME}@main/")
+    assert r.status == 200 and b"file.csv" in r.body and b"sub" in r.body
+    assert r.header("x-ipfs-path") == f"/ipns/{NAME}@main"
+
+
+def test_ipns_range_and_etag_work_as_on_ipfs(named: dict[str, Any]) -> None:
+    r = get(named, f"/ipns/{NAME}@2/file.csv", "-H", "Range: bytes=5-8")
+    assert r.status == 206 and r.body == CSV2[5:9]
+    etag = get(named, f"/ipns/{NAME}@2/file.csv", "-I").header("etag")
+    r = get(named, f"/ipns/{NAME}@main/file.csv", "-H", f"If-None-Match: {etag}")
+    assert r.status == 304 and r.header("cache-control") == SHORT
+
+
+@pytest.mark.parametrize(("path", "status", "says"), [
+    ("/ipns/no/such", 404, "no name 'no/such'"),
+    (f"/ipns/{NAME}@9/file.csv", 404, "no version 9"),
+    (f"/ipns/{NAME}@nope/file.csv", 404, "no tag 'nope'"),
+    (f"/ipns/{NAME}@main/missing.csv", 404, "no entry 'missing.csv'"),
+    (f"/ipns/{NAME}@/file.csv", 400, "nothing after '@'"),
+])
+def test_ipns_errors_name_the_problem(named: dict[str, Any], path: str, status: int,
+                                      says: str) -> None:
+    r = get(named, path)
+    assert r.status == status, r.body
+    text = r.body.decode()
+    assert says in text and "Traceback" not in text
+
+
+def test_pandas_reads_a_csv_by_name_through_fsspec(named: dict[str, Any]) -> None:
+    df = pandas.read_csv(f"pinfold://{NAME}@main/file.csv",
+                         storage_options={"socket": named["socket"]})
+    assert df["name"].tolist() == ["alpha", "beta"] and df["size"].tolist() == [1, 22]
+    df1 = pandas.read_csv(f"pinfold://{NAME}@1/file.csv",
+                          storage_options={"socket": named["socket"]})
+    assert df1["name"].tolist() == ["alpha"]
+
+
+def test_ls_lists_a_folder_by_name(named: dict[str, Any]) -> None:
+    out = run_cli(named["daemon"].home, "--json", "ls", f"{NAME}@main").stdout.decode()
+    entries = [json.loads(line) for line in out.splitlines() if line.strip()]
+    names = sorted(e["name"] for e in entries)
+    assert names == ["file.csv", "sub"]
+    sizes = {e["name"]: e["size"] for e in entries}
+    assert sizes["file.csv"] == len(CSV2)
