@@ -60,8 +60,7 @@ import os
 import struct
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AbstractAsyncContextManager
-from typing import Any, Protocol
+from typing import Any
 
 import msgpack
 import trio
@@ -83,21 +82,14 @@ from pinfold.blockstore.cid import (
     parse_cid,
 )
 from pinfold.blockstore.errors import BlockNotFound, PinError
-from pinfold.blockstore.lmdbstore import LmdbBlockStore
-from pinfold.blockstore.pins import PinRecord, Protection
-from pinfold.blockstore.writer import BatchWriter
-from pinfold.config import Config
 
-from pinfold.daemon.cluster import ClusterPin
+from pinfold.daemon.api_node import ApiNode
 from pinfold.daemon.api_paths import path_handlers
 from pinfold.daemon.api_shapes import pin_dict, unpinned_dict
 from pinfold.daemon.errors import InvalidArgument, OutputClosed
 from pinfold.daemon.ingest import BlockSink, undo_on_failure
-from pinfold.daemon.metrics import Metrics
 from pinfold.daemon.p2p.streams import UploadReader
-from pinfold.daemon.parts import Handler
 from pinfold.daemon.pin_wait import wait_for_holders
-from pinfold.daemon.pinning import LocalPin, Pinned
 from pinfold.daemon.resolver import Resolver
 from pinfold.daemon.transfer import (expected_size, fetch_timeout_s, metered_get, transfer,
                                      visit_counter)
@@ -160,61 +152,6 @@ async def _write_fd(fd: int, data: bytes) -> None:
 
 def _cid_param(params: dict[str, Any], key: str = "cid") -> CID:
     return parse_cid(_param(params, key, str, required=True))
-
-
-class ApiNode(Protocol):
-    """What the RPC methods use of the node (``daemon/node.py``'s ``Node``)."""
-
-    config: Config
-    metrics: Metrics
-
-    @property
-    def store(self) -> LmdbBlockStore: ...
-
-    @property
-    def writer(self) -> BatchWriter: ...
-
-    def identity_info(self) -> dict[str, Any]: ...
-
-    def request_stop(self) -> None: ...
-
-    def extra_handlers(self) -> dict[str, Handler]: ...
-
-    def has_block(self, cid: CID) -> bool: ...
-
-    def blocks_added(self, cids: list[CID]) -> None: ...
-
-    async def get_block(self, cid: CID, *, timeout_s: float | None = None) -> bytes: ...
-
-    def received(self) -> tuple[int, int, dict[str, int]]: ...
-
-    def prefetcher(self, *, timeout_s: float | None = None
-                   ) -> AbstractAsyncContextManager[Callable[[list[CID]], None]]: ...
-
-    async def ensure_dag(self, root: CID, *, protection: Protection | None = None) -> None: ...
-
-    def check_pin_request(self, *, rmin: int | None = None, rmax: int | None = None,
-                          availability: float | None = None, **_: object) -> None: ...
-
-    async def pin(self, cid: CID, *, recursive: bool = True, name: str = "",
-                  fetch: bool = True, rmin: int | None = None, rmax: int | None = None,
-                  availability: float | None = None, expire_at: float | None = None,
-                  metadata: dict[str, str] | None = None, timeout_s: float | None = None,
-                  on_visit: Callable[[CID], None] | None = None) -> Pinned | ClusterPin: ...
-
-    async def unpin(self, cid: CID) -> PinRecord | bytes: ...
-
-    def pin_list(self, state: str | None) -> AsyncIterator[LocalPin | ClusterPin]: ...
-
-    async def pin_status(self, cid: CID) -> dict[str, Any]: ...
-
-    async def wait_pin_change(self, timeout_s: float) -> None: ...
-
-    async def repo_stat(self) -> dict[str, Any]: ...
-
-    async def gc(self) -> dict[str, Any]: ...
-
-    async def verify(self, *, heal: bool = False) -> dict[str, Any]: ...
 
 
 def _import_params(node: ApiNode, params: dict[str, Any]) -> unixfs.ImportParams:

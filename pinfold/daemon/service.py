@@ -20,7 +20,7 @@ Three pieces, each a pure core with a thin trio driver (STYLE.md 1):
   running value, so the node never runs a half-applied configuration.
 
 ``supervise`` ties them to a running node, typed by the ``Supervised`` protocol
-(``daemon/parts.py``): ``pinfold/daemon/node.py``'s ``_serve`` calls it after
+(``daemon/parts.py``): ``pinfold/daemon/process.py``'s ``_serve`` calls it after
 ``READY=1`` and it returns when the node is asked to stop.
 """
 

@@ -61,7 +61,7 @@ def daemon(args: argparse.Namespace, out: Output) -> int:
     home = Home(root=resolve_home(args.home))
     home.check_initialised()
     home.load_config()
-    from pinfold.daemon.node import run_daemon
+    from pinfold.daemon.process import run_daemon
 
     return run_daemon(home=args.home, allow_empty_store=args.allow_empty_store)
 
