@@ -18,6 +18,11 @@ rate the client receives (bytes/s over all holders):
   holder of the two (the probe, or the incumbent that delivered least in the
   window) that delivered fewer bytes is dropped, and may be probed again after
   ``holder_retry_s``, doubled at each rejection;
+* *trial*: once no holder is left to probe, the member that delivered least
+  in the last window is taken out for one window: if the rate without it is
+  no lower, it stays out (back-off as above; a slow first holder that a
+  faster one joined is dropped so), else it is admitted again. One trial per
+  change of the set;
 * a window in which nothing was in flight (the fetch waited for its own DAG
   walk, or ended) is not a measurement: it starts again;
 * a holder that vanished or went silent leaves the set; when an admitted holder
@@ -49,7 +54,8 @@ class HolderAdmission:
     Attributes:
         decisions: ``admitted`` (probes started), ``kept`` (probes that raised the
             rate), ``dropped`` (holders that left the set after a probe that did
-            not), ``demoted`` (silent holders taken out).
+            not), ``trials`` (members taken out for a window), ``demoted``
+            (silent holders taken out).
     """
 
     def __init__(self, config: ClientConfig) -> None:
@@ -59,6 +65,8 @@ class HolderAdmission:
         self._known: dict[Peer, None] = {}  # peers seen holding wanted blocks
         self._retry: dict[Peer, tuple[float, int]] = {}  # peer -> (not before, rejections)
         self._probe: Peer | None = None
+        self._trial: Peer | None = None  # a member taken out for one window
+        self._tried = False  # the current set had its trial
         self._await: Peer | None = None  # the probe's first block starts its window
         self._await_since = 0.0
         self._base: float | None = None  # bytes/s of the set without the probe
@@ -125,7 +133,7 @@ class HolderAdmission:
 
     def late(self, peer: Peer, now: float) -> None:
         """An admitted ``peer`` has a late want-block: probe another holder now."""
-        if peer in self._active and self._probe is None:
+        if peer in self._active and self._probe is None and self._trial is None:
             self._start_probe(now, ignore_backoff=True)
 
     def remove(self, peer: Peer, now: float, *, retry: bool = False) -> None:
@@ -139,6 +147,8 @@ class HolderAdmission:
                 self.decisions["demoted"] += 1
         if peer == self._probe:
             self._probe = self._await = None
+        if peer == self._trial:
+            self._trial = None
         if retry:
             self._backoff(peer, now)
         else:
@@ -161,13 +171,29 @@ class HolderAdmission:
         probe = self._probe
         by_peer = self._by_peer
         self._reset()
+        trial = self._trial
+        if trial is not None:
+            self._trial = None
+            if rate >= (self._base or 0.0):
+                self.decisions["dropped"] += 1
+                self._backoff(trial, now)
+                self._base = rate
+            else:
+                self._active[trial] = None
+            return
         if probe is None:
             self._base = rate
             self._start_probe(now)
+            if self._probe is None and not self._tried and len(self._active) > 1:
+                self._tried = True
+                self._trial = min(self._active, key=lambda p: by_peer[p])
+                del self._active[self._trial]
+                self.decisions["trials"] += 1
             return
         self._probe = None
         if self._base is None or rate >= self._base * (1 + self.config.holder_gain):
             self.decisions["kept"] += 1
+            self._tried = False
             self._retry.pop(probe, None)
             self._base = rate
             self._start_probe(now)
