@@ -1,12 +1,14 @@
 """Issue 14, figure 2: a `pin add` from three pinfold holders against the same from
 one holder, in the same run (real daemons on 127.0.0.1: three holders; per round a
-fresh fetcher connected to one holder and a fresh one connected to all three).
+fresh fetcher connected to one holder, a fresh one connected to all three, and one
+connected to all three with ``bitswap.spread_holders`` (every holder at once: the
+policy before holder admission), for comparison).
 
 Prints the median ratio of the speeds over ``BENCH_ROUNDS`` rounds (default 1; the
-one-holder and three-holder fetches alternate, so load on the machine hits both
-alike; target >= 1.0 on a 2-core machine, where the senders share the receiver's
-cores), each round's ratio, and the receiving daemon's CPU seconds per GiB for
-both. ``BENCH_SIZE`` overrides the size (default 1 GiB).
+fetches of a round run in an order rotated each round, so load on the machine hits
+all alike; target >= 1.0 on a 2-core machine, where the senders share the
+receiver's cores), each round's ratio, and the receiving daemon's CPU seconds per
+GiB. ``BENCH_SIZE`` overrides the size (default 1 GiB).
 Run alone: ``.venv/bin/python -m tools.bench.holders_bench``.
 """
 
@@ -47,10 +49,14 @@ def rounds() -> int:
     return int(text)
 
 
-def _fetch(holders: list[str], cid: str, size: int, name: str) -> tuple[Fetch, float]:
+SPREAD = "[bitswap]\nspread_holders = true\n"
+
+
+def _fetch(holders: list[str], cid: str, size: int, name: str,
+           config: str = "") -> tuple[Fetch, float]:
     """A timed ``pin add`` by a fresh daemon connected to ``holders``; with the
     duplicate blocks it received."""
-    with daemons([name]) as (node,):
+    with daemons([name], config=config) as (node,):
         connect(node, holders)
         fetch = timed_pin_add(node, cid, size)
         return fetch, bitswap_counter(node, "duplicate_blocks")
@@ -59,8 +65,7 @@ def _fetch(holders: list[str], cid: str, size: int, name: str) -> tuple[Fetch, f
 def measure(size: int | None = None, n_rounds: int | None = None) -> list[Figure]:
     size = size or bench_size()
     n_rounds = n_rounds or rounds()
-    singles: list[Fetch] = []
-    multis: list[Fetch] = []
+    got: dict[str, list[Fetch]] = {"one": [], "three": [], "spread": []}
     dups = 0.0
     with daemons(["h0", "h1", "h2"]) as (h0, h1, h2):
         path = make_file(h0.home.parent / "file.bin", size)
@@ -69,29 +74,30 @@ def measure(size: int | None = None, n_rounds: int | None = None) -> list[Figure
             cid = add(h, path)
         path.unlink()
         addrs = [address(h) for h in (h0, h1, h2)]
+        runs = [("one", addrs[:1], ""), ("three", addrs, ""), ("spread", addrs, SPREAD)]
         for r in range(n_rounds):
-            order = [("one", addrs[:1]), ("three", addrs)]
-            if r % 2:
-                order.reverse()
-            for name, peers in order:
-                fetch, d = _fetch(peers, cid, size, name)
-                if name == "one":
-                    singles.append(fetch)
-                else:
-                    multis.append(fetch)
+            for name, peers, config in runs[r % 3:] + runs[:r % 3]:
+                fetch, d = _fetch(peers, cid, size, name, config)
+                got[name].append(fetch)
+                if name == "three":
                     dups += d
-    ratios = [m.mb_s / s.mb_s for s, m in zip(singles, multis, strict=True)]
-    ratio = statistics.median(ratios)
-    multi_mb = statistics.median(f.mb_s for f in multis)
-    single_mb = statistics.median(f.mb_s for f in singles)
-    per_round = ", ".join(f"{r:.2f}" for r in ratios)
+
+    def ratios(name: str) -> list[float]:
+        return [m.mb_s / s.mb_s for s, m in zip(got["one"], got[name], strict=True)]
+
+    def text(name: str) -> str:
+        fs = got[name]
+        return (f"{statistics.median(f.mb_s for f in fs):,.0f} MB/s; receiver "
+                f"{statistics.median(f.cpu_per_gib for f in fs):.2f} CPU-s/GiB")
+
+    ratio = statistics.median(ratios("three"))
+    spread = statistics.median(ratios("spread"))
+    per_round = ", ".join(f"{r:.2f}" for r in ratios("three"))
     return [Figure(
         what=f"`pin add` {size_text(size)} from three holders ({n_rounds} rounds)",
-        figure=f"{multi_mb:,.0f} MB/s; receiver "
-               f"{statistics.median(f.cpu_per_gib for f in multis):.2f} CPU-s/GiB; "
-               f"{dups:.0f} duplicate blocks",
-        baseline=f"one holder: {single_mb:,.0f} MB/s; receiver "
-                 f"{statistics.median(f.cpu_per_gib for f in singles):.2f} CPU-s/GiB",
+        figure=f"{text('three')}; {dups:.0f} duplicate blocks",
+        baseline=f"one holder: {text('one')}; every holder at once: {text('spread')}, "
+                 f"{spread:.2f}x one holder",
         ratio=f"{ratio:.2f}x one holder (rounds: {per_round})",
         target=">= 1.0x", met=ratio >= 1.0)]
 
