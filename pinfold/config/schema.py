@@ -200,6 +200,8 @@ class BitswapConfig:
     serve: str = _f("all", "who may fetch blocks: \"all\" peers, or only \"cluster\" members"
                     " (cluster.trusted_peers if set, else peers known to the cluster);"
                     " needs cluster.name")
+    spread_holders: bool = _f(False, "a fetch asks every holder for blocks at once, rather"
+                              " than adding holders only while they raise its rate")
 
     def __post_init__(self) -> None:
         _check("bitswap", "fetch_timeout_s", self.fetch_timeout_s > 0, "must be > 0",

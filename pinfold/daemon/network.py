@@ -62,7 +62,7 @@ class Network:
             self.host, store, self._put_many,
             config=ExchangeConfig(
                 server=ServerConfig(max_wantlist_entries=cfg.bitswap.max_wantlist),
-                client=ClientConfig(),
+                client=ClientConfig(adaptive_holders=not cfg.bitswap.spread_holders),
                 default_timeout_s=cfg.bitswap.fetch_timeout_s,
             ),
         )

@@ -179,7 +179,8 @@ def test_pipelining_is_capped_per_peer_and_refilled_as_blocks_arrive():
 
 
 def test_wants_spread_over_every_holder():
-    m = WantManager(ClientConfig(max_outstanding_per_peer=4))
+    """With ``spread_holders`` (admission off), every holder gets want-blocks at once."""
+    m = WantManager(ClientConfig(max_outstanding_per_peer=4, adaptive_holders=False))
     peers = ["a", "b", "c"]
     for p in peers:
         m.peer_connected(p, 0.0)
@@ -188,6 +189,19 @@ def test_wants_spread_over_every_holder():
     for p in peers:
         m.on_presences(p, [BlockPresence(cid=c, type=PresenceType.HAVE) for c in CIDS[:30]], 0.0)
     assert [m.outstanding(p) for p in peers] == [4, 4, 4]
+
+
+def test_a_fetch_starts_on_one_holder_and_others_wait_for_their_trial():
+    m = WantManager(ClientConfig(max_outstanding_per_peer=4))
+    peers = ["a", "b", "c"]
+    for p in peers:
+        m.peer_connected(p, 0.0)
+    sid = m.new_session(timeout_s=10, now=0.0)
+    m.want(sid, CIDS[:30], 0.0)
+    for p in peers:
+        m.on_presences(p, [BlockPresence(cid=c, type=PresenceType.HAVE) for c in CIDS[:30]], 0.0)
+    assert [m.outstanding(p) for p in peers] == [4, 0, 0]
+    assert m.scheduler.admission.members() == ["a"]
 
 
 def test_a_stalled_peer_loses_its_wants_to_another_holder():

@@ -48,8 +48,12 @@ def test_time_per_block_and_latency_are_measured_from_deliveries():
     assert perf.rtt_s is not None and perf.rtt_s < 0.01
 
 
+#: Every holder admitted: what is tested is the choice among the admitted ones.
+SPREAD = ClientConfig(adaptive_holders=False)
+
+
 def test_the_holder_that_would_deliver_soonest_is_picked():
-    sched = HolderScheduler()
+    sched = HolderScheduler(SPREAD)
     measured(sched, "slow", 0.1)
     measured(sched, "fast", 0.01)
     assert sched.pick(["slow", "fast"]) == "fast"
@@ -85,7 +89,7 @@ def test_in_flight_is_bounded_per_peer_and_opens_after_the_first_block():
 
 
 def test_unmeasured_peers_are_tried_as_if_as_fast_as_the_best():
-    sched = HolderScheduler()
+    sched = HolderScheduler(SPREAD)
     measured(sched, "known", 0.05)
     sched.add_peer("new", 1.0)
     assert sched.eta("new") == sched.eta("known")
@@ -149,7 +153,8 @@ def _holding_session(peers, n, *, cfg=None, now=0.0):
 
 
 def test_a_vanished_holder_s_want_blocks_move_to_the_others_without_restarting():
-    m, _sid, out = _holding_session(["a", "b"], 8, cfg=ClientConfig(max_outstanding_per_peer=4))
+    m, _sid, out = _holding_session(["a", "b"], 8, cfg=ClientConfig(
+        max_outstanding_per_peer=4, adaptive_holders=False))
     at_a = [e.cid for e in out["a"] if e.want_type == WantType.BLOCK]
     assert len(at_a) == 4
     m.on_block("b", cid_key(next(e.cid for e in out["b"] if e.want_type == WantType.BLOCK)), 0.1)
@@ -161,7 +166,8 @@ def test_a_vanished_holder_s_want_blocks_move_to_the_others_without_restarting()
 
 
 def test_a_late_block_is_asked_of_one_second_peer_and_the_first_copy_wins():
-    cfg = ClientConfig(late_min_s=0.5, late_max_s=2.0, max_outstanding_per_peer=1)
+    cfg = ClientConfig(late_min_s=0.5, late_max_s=2.0, max_outstanding_per_peer=1,
+                       adaptive_holders=False)
     m, _sid, out = _holding_session(["a", "b"], 2, cfg=cfg)
     (first,) = [e.cid for e in out["a"] if e.want_type == WantType.BLOCK]
     (other,) = [e.cid for e in out["b"] if e.want_type == WantType.BLOCK]
@@ -254,3 +260,68 @@ def test_property_holders_added_never_make_a_fetch_slower(extra, n):
     probe = 2 * max(extra) + ClientConfig().late_min_s + TICK_S
     assert r.elapsed_s <= max(base * 1.01, probe), (speeds, n, r)
     assert r.duplicates <= r.counters["late_reasks"]
+
+
+# ------------------------------------------------------------------ holders that cost the receiver
+
+
+#: Three equal holders on the receiver's machine: each busy sender adds half the
+#: receiver's per-block CPU cost (0.008 s alone), so one holder (0.01 s a block)
+#: is the limit alone and three together are slower (0.016 s a block).
+CROWDED = {"receiver_s": 0.008, "per_conn": 0.5}
+
+
+def test_the_crowded_receiver_model_makes_three_spread_holders_slower_than_one():
+    """The old policy (every holder used) on a receiver that pays per busy holder."""
+    spread = ClientConfig(adaptive_holders=False)
+    one = simulate({"a": 0.01}, 300, config=spread, **CROWDED).elapsed_s
+    three = simulate({"a": 0.01, "b": 0.01, "c": 0.01}, 300, config=spread, **CROWDED)
+    assert three.elapsed_s > one * 1.3, (one, three)
+
+
+def test_holders_that_cost_the_receiver_more_than_they_bring_are_dropped():
+    one = simulate({"a": 0.01}, 300, **CROWDED).elapsed_s
+    r = simulate({"a": 0.01, "b": 0.01, "c": 0.01}, 300, **CROWDED)
+    assert r.elapsed_s <= one * 1.05, (one, r)
+    assert r.by_peer["a"] > 0.8 * 300  # the extra holders only had their trial
+    assert r.duplicates <= r.counters["late_reasks"]
+
+
+def test_extra_holders_are_kept_while_the_receiver_keeps_up():
+    one = simulate({"a": 0.01}, 300, receiver_s=0.002, per_conn=0.5).elapsed_s
+    r = simulate({"a": 0.01, "b": 0.01, "c": 0.01}, 300, receiver_s=0.002, per_conn=0.5)
+    assert r.elapsed_s < one / 2, (one, r)
+    assert min(r.by_peer[p] for p in "abc") > 50
+
+
+def test_a_slow_first_holder_is_dropped_once_a_faster_one_joined():
+    """The first holder admitted is slow and the receiver takes only one busy
+    holder well: the faster one is probed and stays; the trial without the
+    slow one shows the rate no lower, so the slow one is dropped."""
+    kw = {"receiver_s": 0.008, "per_conn": 1.0}
+    r = simulate({"slow": 0.03, "fast": 0.01}, 400, **kw)
+    assert r.by_peer["fast"] > 4 * r.by_peer["slow"], r
+    fast_alone = simulate({"fast": 0.01}, 400, **kw).elapsed_s
+    assert r.elapsed_s < fast_alone * 1.25, (fast_alone, r)
+
+
+def test_admission_keeps_a_probe_only_when_the_aggregate_rate_rises_by_the_gain():
+    from pinfold.daemon.p2p.bitswap.admission import MIN_BLOCKS, HolderAdmission
+
+    adm = HolderAdmission(ClientConfig(holder_window_s=1.0, holder_gain=0.1))
+    adm.seen(["a", "b", "c"])
+    adm.chosen("a")
+    assert adm.members() == ["a"] and not adm.admitted("b")
+    now = 0.0
+    for _ in range(MIN_BLOCKS + 4):  # baseline: 10 MB/s
+        now += 0.1
+        adm.delivered("a", 1_000_000, now)
+    assert adm.base_rate and abs(adm.base_rate - 1e7) < 1e6
+    assert adm.probing == "b" and adm.admitted("b")
+    adm.delivered("b", 1_000_000, now + 0.05)  # the probe's first block starts its window
+    now += 0.05
+    for i in range(12):  # 10.5 MB/s with b: under the 10 % gain
+        now += 0.095
+        adm.delivered("ab"[i % 2], 1_000_000, now)
+    assert adm.members() == ["a"] and adm.decisions["dropped"] == 1
+    assert adm.probing is None and adm.base_rate is None  # the set is measured anew

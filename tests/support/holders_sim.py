@@ -3,7 +3,14 @@
 Each simulated holder has every block, answers want-have at once and serves
 its want-blocks one after another, ``speed`` seconds each (FIFO, as a Bitswap
 server does); a cancel removes a queued want. Holders can vanish (disconnect)
-or go silent (stay connected, never answer again) at given times. Time is
+or go silent (stay connected, never answer again) at given times.
+
+The receiver can be given a CPU cost (``receiver_s`` per block): blocks then
+wait in its one queue and are handed to the wantlist one at a time, each after
+``receiver_s`` x (1 + ``per_conn`` x (holders with want-blocks in flight - 1))
+seconds, as on
+a machine where every busy sender takes cores and connections from the
+receiver (one holder: ``receiver_s``; three: more per block). Time is
 simulated: the result is what the scheduler's decisions cost, free of the
 machine's load.
 """
@@ -45,12 +52,15 @@ def sim_cids(n: int) -> list[CID]:
 
 def simulate(speeds: dict[str, float], n: int, *, vanish: dict[str, float] | None = None,
              silence: dict[str, float] | None = None, config: ClientConfig | None = None,
-             limit_s: float = 10_000.0) -> SimResult:
+             limit_s: float = 10_000.0, receiver_s: float = 0.0,
+             per_conn: float = 0.0) -> SimResult:
     """Fetch ``n`` blocks from holders with these per-block ``speeds`` (seconds).
 
     Args:
         vanish: holder -> time it disconnects.
         silence: holder -> time it stops answering (still connected).
+        receiver_s: the receiver's CPU seconds per block with one busy holder.
+        per_conn: extra fraction of ``receiver_s`` per further busy holder.
     """
     m = WantManager(config)
     holders = {p: _Holder(s) for p, s in speeds.items()}
@@ -62,6 +72,23 @@ def simulate(speeds: dict[str, float], n: int, *, vanish: dict[str, float] | Non
     by_peer: Counter[str] = Counter()
     duplicates = 0
     now = 0.0
+    inbox: deque[tuple[str, bytes]] = deque()  # delivered, waiting for the receiver
+    recv_at: float | None = None  # when the receiver is done with inbox[0]
+
+    def recv_cost() -> float:
+        busy = sum(1 for p, h in holders.items() if m.outstanding(p) and not h.gone)
+        return receiver_s * (1 + per_conn * max(0, busy - 1))
+
+    def accept(p: str, key: bytes) -> None:
+        nonlocal duplicates
+        res = m.on_block(p, key, now, 1 << 20)
+        if key in got:
+            duplicates += 1
+        elif res is not None:
+            got.add(key)
+            by_peer[p] += 1
+            assert by_key[key] == res[0]
+            apply(res[2])
 
     def apply(actions) -> None:
         for a in actions:
@@ -96,6 +123,8 @@ def simulate(speeds: dict[str, float], n: int, *, vanish: dict[str, float] | Non
         events = [(t, "vanish", p) for p, t in vanish.items()]
         events += [(t, "silence", p) for p, t in silence.items()]
         events += [(t, "block", p) for t, p in due]
+        if recv_at is not None:
+            events.append((recv_at, "recv", ""))
         events.append((next_tick, "tick", ""))
         t, kind, p = min(events)
         now = t
@@ -111,17 +140,19 @@ def simulate(speeds: dict[str, float], n: int, *, vanish: dict[str, float] | Non
             del silence[p]
             holders[p].silent = True
             holders[p].done_at = None
+        elif kind == "recv":
+            q, key = inbox.popleft()
+            accept(q, key)
+            recv_at = now + recv_cost() if inbox else None
         else:
             h = holders[p]
             key = h.queue.popleft()
             h.done_at = now + h.speed if h.queue else None
-            res = m.on_block(p, key, now, 1 << 20)
-            if key in got:
-                duplicates += 1
-            elif res is not None:
-                got.add(key)
-                by_peer[p] += 1
-                assert by_key[key] == res[0]
-                apply(res[2])
+            if receiver_s <= 0:
+                accept(p, key)
+            else:
+                inbox.append((p, key))
+                if recv_at is None:
+                    recv_at = now + recv_cost()
     return SimResult(elapsed_s=now, by_peer=by_peer, duplicates=duplicates,
                      counters=Counter(m.counters), received=len(got))

@@ -46,6 +46,13 @@ class ClientConfig:
         dont_have_settle_s: a want that every peer it may ask answered DONT_HAVE
             fails after this long (well under a second: the answer is in; the
             wait only lets a peer that is connecting be asked too).
+        adaptive_holders: use more holders only while they raise the
+            aggregate rate received (``admission.HolderAdmission``); off:
+            spread want-blocks over every holder.
+        holder_window_s: shortest window the aggregate rate is measured over.
+        holder_gain: fraction by which a probed holder must raise the rate to stay.
+        holder_retry_s: a holder dropped from the set is probed again after
+            this long, doubled at each rejection.
     """
 
     max_outstanding_per_peer: int = 16
@@ -56,6 +63,10 @@ class ClientConfig:
     late_max_s: float = 7.0
     max_wants: int = 100_000
     dont_have_settle_s: float = 0.25
+    adaptive_holders: bool = True
+    holder_window_s: float = 0.25
+    holder_gain: float = 0.1
+    holder_retry_s: float = 5.0
 
     def __post_init__(self) -> None:
         if self.max_outstanding_per_peer < 1:
@@ -70,6 +81,12 @@ class ClientConfig:
             raise ValueError("bitswap.late_min_s: must be > 0 and <= late_max_s")
         if self.dont_have_settle_s < 0:
             raise ValueError("bitswap.dont_have_settle_s: must be >= 0")
+        if self.holder_window_s <= 0:
+            raise ValueError("bitswap.holder_window_s: must be > 0")
+        if self.holder_gain < 0:
+            raise ValueError("bitswap.holder_gain: must be >= 0")
+        if self.holder_retry_s <= 0:
+            raise ValueError("bitswap.holder_retry_s: must be > 0")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -254,7 +254,8 @@ class WantRouter:
         """Move work off measured holders that would deliver it much later than
         another holder with a free slot now: a want-block ``SLOW_MARGIN`` x +
         ``late_min_s`` later than that holder's ETA goes there (it would be
-        late). The ``KEEP`` oldest at a peer may be on the way already: they
+        late); off a holder not admitted (``admission``), as soon as the free
+        holder would deliver it sooner. The ``KEEP`` oldest at a peer may be on the way already: they
         are asked of the other holder too; younger ones move (a cancel to the
         slow peer). Both count as ``late_reasks``: the slow peer's copy may
         still arrive. With no holder free (all busy), nothing moves: every
@@ -272,9 +273,13 @@ class WantRouter:
                 free = [p for p in self._candidates(w) if p not in w.block_peers
                         and p not in w.stalled and sched.has_room(p) and not sched.lagging(p)]
                 holders = self._holders(w, free)
-                best = sched.pick(holders) if holders else None
-                if best is None or remaining <= (
-                        SLOW_MARGIN * sched.eta(best) + self.config.late_min_s):
+                best = sched.pick(holders, admitted_only=True) if holders else None
+                # off a holder not admitted (a probe that failed), work moves to an
+                # admitted one as soon as that would deliver it sooner
+                bar = (sched.eta(best) if best is not None and not sched.admission.admitted(peer)
+                       else SLOW_MARGIN * sched.eta(best) + self.config.late_min_s
+                       if best is not None else 0.0)
+                if best is None or remaining <= bar:
                     break  # the older ones gain even less
                 self._late.pop(w.key, None)
                 self.counters["late_reasks"] += 1

@@ -32,6 +32,11 @@ What it decides:
   measured yet. The wantlist then asks a second peer as well.
 * ``silent``: peers with want-blocks in flight that sent nothing for
   ``stall_timeout_s``: the wantlist moves all their wants.
+* which holders are used at all (``admission.HolderAdmission``): ``pick``
+  chooses among the *admitted* holders, grown one at a time while each raises
+  the aggregate rate received by ``holder_gain``; a want none of whose holders
+  is admitted (the only one that has it, a late re-ask, work moved off a
+  vanished or silent peer) may still go to any holder.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Final
 
+from pinfold.daemon.p2p.bitswap.admission import HolderAdmission
 from pinfold.daemon.p2p.bitswap.client_types import ClientConfig, Peer
 
 __all__ = ["SAMPLE_S", "HolderScheduler", "PeerPerf"]
@@ -121,6 +127,8 @@ class HolderScheduler:
         self.config = config or ClientConfig()
         self._peers: dict[Peer, _Peer] = {}
         self._best_cache: dict[str, float] = {}  # fastest measured block_s / rtt_s
+        self.admission = HolderAdmission(self.config)
+        self._in_flight = 0  # want-blocks in flight over all peers
 
     # ------------------------------------------------------------ peers
 
@@ -133,7 +141,11 @@ class HolderScheduler:
         """Forget ``peer``; returns the keys of the want-blocks it had in flight."""
         st = self._peers.pop(peer, None)
         self._best_cache.clear()
-        return list(st.inflight) if st else []
+        self.admission.remove(peer, 0.0)
+        if st is None:
+            return []
+        self._in_flight -= len(st.inflight)
+        return list(st.inflight)
 
     def __contains__(self, peer: object) -> bool:
         return peer in self._peers
@@ -198,25 +210,33 @@ class HolderScheduler:
 
     # ------------------------------------------------------------ decisions
 
-    def pick(self, holders: Iterable[Peer]) -> Peer | None:
+    def pick(self, holders: Iterable[Peer], *, admitted_only: bool = False) -> Peer | None:
         """The holder to send a want-block to now, or None to wait for a slot.
 
         Args:
             holders: peers known or expected to have the block, in preference
                 order (ties go to the earlier one).
+            admitted_only: never fall back to holders not admitted (work moved
+                for speed only goes to the admitted set).
 
         Returns:
-            The peer with room whose ETA is lowest (peers with a late want
-            only when no other has room), unless a peer without room that is
-            not late would still deliver sooner: then None (queue the want).
+            Among the admitted holders (all of them when none is admitted and
+            not ``admitted_only``): the peer with room whose ETA is lowest
+            (peers with a late want only when no other has room), unless a
+            peer without room that is not late would still deliver sooner:
+            then None (queue the want).
         """
+        known = [p for p in holders if p in self._peers]
+        adm = self.admission
+        adm.seen(known)
+        chosen = [p for p in known if adm.admitted(p)]
+        if not chosen and not admitted_only:
+            chosen = known
         best: Peer | None = None
         best_key: tuple[bool, float, int] | None = None
         full_eta = math.inf
-        for p in holders:
-            st = self._peers.get(p)
-            if st is None:
-                continue
+        for p in chosen:
+            st = self._peers[p]
             lagging = st.n_late > 0
             eta = self.eta(p)
             if len(st.inflight) >= st.window:
@@ -231,6 +251,7 @@ class HolderScheduler:
         lagging, eta, _ = best_key
         if full_eta < (math.inf if lagging else eta):
             return None  # a faster peer frees a slot before this one would deliver
+        adm.chosen(best)
         return best
 
     def sent(self, peer: Peer, key: bytes, now: float) -> None:
@@ -242,6 +263,7 @@ class HolderScheduler:
             st.mark = now  # busy from now on
             st.quiet_since = now
         st.inflight[key] = _Sent(at=now, ahead=len(st.inflight))
+        self._in_flight += 1
 
     def released(self, peer: Peer, key: bytes) -> None:
         """``peer`` will not deliver ``key`` for us (DONT_HAVE, cancelled, moved)."""
@@ -249,8 +271,13 @@ class HolderScheduler:
         if st is None:
             return
         rec = st.inflight.pop(key, None)
-        if rec is not None and rec.late:
+        if rec is None:
+            return
+        self._in_flight -= 1
+        if rec.late:
             st.n_late -= 1
+        if not self._in_flight:
+            self.admission.idle()
 
     def heard(self, peer: Peer, now: float) -> None:
         """``peer`` sent us a message (it is not silent)."""
@@ -271,9 +298,13 @@ class HolderScheduler:
         rec = st.inflight.pop(key, None)
         if rec is None:
             return False
+        self._in_flight -= 1
         if rec.late:
             st.n_late -= 1
         self._best_cache.clear()
+        self.admission.delivered(peer, nbytes, now)
+        if not self._in_flight:
+            self.admission.idle()
         latency = max(0.0, now - rec.at)
         st.latency_s = _ewma(st.latency_s, latency, max(_LATENCY_ALPHA, 1 / (st.samples + 1)))
         st.samples += 1
@@ -323,6 +354,7 @@ class HolderScheduler:
                 st.n_late += 1
                 st.late_total += 1
                 st.window = max(1, st.window // 2)
+                self.admission.late(peer, now)
                 out.append((peer, key))
         return out
 
@@ -335,6 +367,7 @@ class HolderScheduler:
         for peer, st in self._peers.items():
             if st.inflight and now - st.quiet_since >= self.config.stall_timeout_s:
                 st.quiet_since = now
+                self.admission.remove(peer, now, retry=True)
                 out.append(peer)
         return out
 
