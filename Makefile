@@ -43,8 +43,13 @@ run: $(STAMP)
 	$(PY) tools/run_node.py --home "$(HOME_DIR)" --pinfold $(BIN)/pinfold
 
 ## make test: the default suite (everything but tests marked slow)
+# Test files run in parallel workers, each file whole on one worker (its daemons
+# and module fixtures stay together); then the few tests marked serial (they
+# measure timing or load) run alone. PYTEST_JOBS=0 runs everything in one process.
+PYTEST_JOBS ?= 4
 test: $(STAMP) $(REPORT_STAMP) node-deps deploy-tools browser-deps
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not slow and not serial" -n $(PYTEST_JOBS) --dist loadfile $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not slow and serial" $(PYTEST_ARGS)
 
 test-all: $(STAMP) $(REPORT_STAMP) node-deps deploy-tools browser-deps
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -219,6 +219,7 @@ def test_hostile_gossip_and_sync_frames_change_nothing(members: Members) -> None
     assert rejected > 0, "the insider's malformed bodies were never counted as rejected"
 
 
+@pytest.mark.serial
 def test_replayed_pin_delta_does_not_resurrect_an_unpinned_pin(members: Members) -> None:
     a, b = members.nodes[0], members.nodes[2]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import trio
 
+import pytest
+
 from tests.support.bitswap import Peer, fetch_all, tcp_target
 from tests.support.daemon import DaemonProcess
 from tests.support.campaign import (
@@ -46,6 +48,7 @@ KEEP = 8
 GC_EVERY_S = 5.0
 
 
+@pytest.mark.serial
 def test_200_rpc_clients_add_cat_pin(tmp_path: Path) -> None:
     duration = float(os.environ.get("PINFOLD_LOAD_SECONDS", pick(10.0, 300.0)))
     latencies: dict[str, list[float]] = defaultdict(list)

@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 
 import trio
+
+import pytest
 from libp2p.peer.id import ID
 from pinfold.daemon.p2p.bitswap.message import (
     MAX_MESSAGE_SIZE,
@@ -40,6 +42,7 @@ def _big_wantlist(seed: int, n: int = 99_000) -> bytes:
     return b"\x0a" + encode_uvarint(len(entries)) + bytes(entries)
 
 
+@pytest.mark.serial
 def test_a_4_mib_wantlist_decodes_in_well_under_a_few_seconds() -> None:
     raw = _big_wantlist(1)
     assert len(raw) <= MAX_MESSAGE_SIZE
