@@ -300,6 +300,7 @@ def test_partitioned_writers_converge_to_the_last_writer(cluster: Cluster) -> No
         cli_json(n[0].home, "pin", "rm", cid)
 
 
+@pytest.mark.serial
 def test_untrusted_peer_changes_nothing(cluster: Cluster) -> None:
     a = cluster.nodes[0]
     cid = add(a, 50_000, seed=51)

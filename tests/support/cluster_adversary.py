@@ -76,7 +76,7 @@ async def main(target: str, cluster: str, pinned: str, victim: str) -> dict:
                                                    reset=False,
                                                    changes=((target_key, PinState.PINNED),)))),
         ]
-        for _ in range(3):  # repeat: gossip is best effort
+        for _ in range(10):  # repeat: gossip is best effort, and a loaded node's mesh forms late
             for kind, body in bodies:
                 await transport.publish(kind, body)
                 out["published"] += 1
