@@ -298,6 +298,8 @@ def test_exit_code_table_is_the_one_readme_documents() -> None:
     assert exit_code_for(RpcError("permission_denied", "socket")) == 7
     for refused in ("invalid_pin", "pin_error", "pin_failed"):  # refused or failed pins
         assert exit_code_for(RpcError(refused, "refused")) == 7
+    assert exit_code_for(RpcError("name_not_found", "no version 9 of acme/m")) == 4
+    assert exit_code_for(RpcError("not_allowed", "key may not publish acme/m")) == 7
     assert exit_code_for(RpcError("invalid_cid", "bad")) == 1
     assert code_for(FileNotFoundError(2, "No such file or directory", "f")) == "file_not_found"
     assert exit_code_for(FileNotFoundError(2, "No such file or directory", "f")) == 1

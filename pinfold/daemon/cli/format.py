@@ -11,11 +11,13 @@ exit statuses, the one table the CLI and README.md ("Exit codes") follow:
 1     any other error (the daemon's or a local one)
 2     bad usage: an unknown option, a missing argument, a bad value
 3     no daemon is running on the socket
-4     not found: the CID, block or pin is not on the node (or not pinned)
+4     not found: the CID, block or pin is not on the node (or not pinned), or
+      a name, version or tag does not exist
 5     timeout: the daemon, or the peers it asked for blocks, did not answer in time
 6     store full: ``blockstore.max_size_bytes`` is reached
-7     refused: the daemon refused the request or connection (permission,
-      limits, stopping, another daemon already running on the home), a pin
+7     refused: the daemon refused the request or connection (permission, a
+      key not allowed to publish under a name, limits, stopping, another
+      daemon already running on the home), a pin
       request it cannot honour (a direct pin over a recursive one, more copies
       than members, an unreachable availability), or a pin every holder failed
 130   interrupted (Ctrl-C)
@@ -42,12 +44,14 @@ EXIT_CODES: dict[str, int] = {
     "not_found": EXIT_NOT_FOUND,
     "path_not_found": EXIT_NOT_FOUND,
     "not_pinned": EXIT_NOT_FOUND,
+    "name_not_found": EXIT_NOT_FOUND,
     "timeout": EXIT_TIMEOUT,
     "fetch_timeout": EXIT_TIMEOUT,
     "handshake_timeout": EXIT_TIMEOUT,
     "wait_timeout": EXIT_TIMEOUT,
     "store_full": EXIT_STORE_FULL,
     "permission_denied": EXIT_REFUSED,
+    "not_allowed": EXIT_REFUSED,
     "too_many_connections": EXIT_REFUSED,
     "too_many_requests": EXIT_REFUSED,
     "shutting_down": EXIT_REFUSED,
