@@ -23,14 +23,8 @@ BIG = random.Random(7).randbytes(3 * 1024 * 1024 + 123)
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
-    d = DaemonProcess(tmp_path_factory.mktemp("fsspec"), "a").start()
-    try:
+    with DaemonProcess(tmp_path_factory.mktemp("fsspec"), "a") as d:  # stopped, then SIGKILLed if still there
         yield d
-    finally:
-        try:
-            d.stop()
-        finally:
-            d.kill9()
 
 
 @pytest.fixture(scope="module")

@@ -25,14 +25,8 @@ ZBIN = random.Random(15).randbytes(1 << 20)  # 16 distinct 64 KiB chunks
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
-    d = DaemonProcess(tmp_path_factory.mktemp("paths"), "a").start()
-    try:
+    with DaemonProcess(tmp_path_factory.mktemp("paths"), "a") as d:  # stopped, then SIGKILLed if still there
         yield d
-    finally:
-        try:
-            d.stop()
-        finally:
-            d.kill9()
 
 
 @pytest.fixture(scope="module")
