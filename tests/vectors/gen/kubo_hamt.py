@@ -46,7 +46,7 @@ CASES = [
         {"dir": "", "prefix": "hamt-\u00e9\u00e9\u00e9\u00e9\u00e9\u00e9\u00e9\u00e9-",
          "width": 4, "suffix": ".txt", "count": 4096},
     ]},
-    # A sharded folder (three shard levels) inside a basic one, next to small folders.
+    # A sharded folder (four shard levels) inside a basic one, next to small folders.
     {"name": "nested_25000_files", "runs": [
         {"dir": "", "prefix": "README", "count": 1, "suffix": ".md"},
         {"dir": "docs", "prefix": "note-", "width": 1, "count": 3, "suffix": ".md"},
