@@ -319,7 +319,10 @@ class Api:
                             raise InvalidArgument(str(exc)) from exc
                         files += 1
                         total += size
-                    blocks, root = builder.finish()
+                    try:
+                        blocks, root = builder.finish()
+                    except ValueError as exc:  # ShardTooDeep: two names, one 64-bit hash
+                        raise InvalidArgument(str(exc)) from exc
                     await sink.put(blocks)
                     await sink.flush()
                 result = {"cid": str(root), "bytes": total, "blocks": sink.blocks,

@@ -1,8 +1,9 @@
 """UnixFS v1: the Data message, a streaming file importer, directories, and an exporter.
 
 Parts: ``data`` (the Data message, limits), ``importer`` (files),
-``directory`` (directories, symlinks), ``reader`` (cat, walk_tree, stat); this
-module re-exports their names.
+``directory`` (directories, symlinks), ``hamt`` (HAMT shards: hash, buckets,
+writer), ``reader`` (cat, walk_tree, stat), ``paths``; this module re-exports
+the names of data, importer, directory and reader.
 
 Spec: ipfs/specs ``src/unixfs.md`` (UnixFS), on top of dag-pb (``dagpb.py``).
 

@@ -1,7 +1,7 @@
 """Directories and symlinks on import: ``DirectoryBuilder`` (a tree of named
-files to dag-pb directory nodes) and ``symlink_node``.
+files to dag-pb directory nodes, basic or HAMT-sharded) and ``symlink_node``.
 
-Imports ``data``, ``cid`` and ``dagpb``; sans-IO."""
+Imports ``data``, ``hamt``, ``cid`` and ``dagpb``; sans-IO."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from pinfold.blockstore import dagpb
 from pinfold.blockstore.cid import CID, DAG_PB, check_block_size
 from pinfold.blockstore.dagpb import encode_link, new_cid
 from pinfold.blockstore.unixfs.data import DataType, UnixFSData, encode_data
+from pinfold.blockstore.unixfs.hamt import Entry, build_shard, should_shard
 from pinfold.blockstore.unixfs.importer import _SHA256_PREFIX, ImportParams
 
 
@@ -89,17 +90,16 @@ def _split_path(path: str) -> list[str]:
 
 
 class DirectoryBuilder:
-    """Builds UnixFS directory nodes (basic, never HAMT-sharded) over imported files.
+    """Builds UnixFS directory nodes over imported files, HAMT-sharding large ones as Kubo does.
 
     Add every file (with the root CID and sizes its ``FileImporter`` gave)
     and, for empty directories, the directory; intermediate directories are
-    made as needed. ``finish`` writes one dag-pb Directory node per directory,
-    links sorted by name bytes, each link's Tsize the child's cumulative size,
-    as Kubo and js ``ipfs-unixfs-importer`` (``wrapWithDirectory``) do.
-
-    A directory node is never sharded, so a directory whose node exceeds
-    Kubo's 256 KiB sharding threshold gets a different CID than Kubo's; one
-    over 2 MiB raises ``BlockTooLarge``.
+    made as needed. ``finish`` writes each directory as one dag-pb Directory
+    node, links sorted by name bytes, each link's Tsize the child's cumulative
+    size, as Kubo and js ``ipfs-unixfs-importer`` (``wrapWithDirectory``) do;
+    or, when its entries' name bytes + CID bytes sum to 256 KiB or more, as a
+    HAMT shard tree exactly as Kubo v0.22 writes it (``hamt.build_shard``), so
+    a folder of any size gets Kubo's CIDs and every block stays small.
     """
 
     def __init__(self, params: ImportParams | None = None) -> None:
@@ -187,10 +187,13 @@ class DirectoryBuilder:
 
         Returns:
             ``(blocks, root CID)``: each distinct directory block once, children
-            before parents, the root's last; the root's CID version is
+            before parents (a sharded directory's sub-shards before its root
+            shard), the root's last; every directory block's CID version is
             ``params.cid_version``.
 
         Raises:
+            ShardTooDeep: two names in one large directory share all 64 bits of
+                their HAMT hash (a ``ValueError``).
             BlockTooLarge: a directory node would exceed 2 MiB.
         """
         out: list[tuple[CID, bytes]] = []
@@ -205,24 +208,29 @@ class DirectoryBuilder:
                 stack.append((node, True))
                 stack.extend((c, False) for c in node.children.values() if isinstance(c, _Dir))
                 continue
-            links = []
-            total = 0
+            entries: list[Entry] = []
             for name in sorted(node.children, key=lambda s: s.encode("utf-8")):
                 child = node.children[name]
                 if isinstance(child, _Dir):
                     cid, tsize = results.pop(id(child))
                 else:
                     cid, tsize = child.cid, child.tsize
-                total += tsize
-                links.append(encode_link(bytes(cid), name.encode("utf-8"), tsize))
-            block = b"".join(links) + b"\x0a\x02\x08\x01"  # Data: UnixFS{Type: Directory}
-            check_block_size(len(block))
-            cid = new_cid(version, DAG_PB, _SHA256_PREFIX + hashlib.sha256(block).digest())
-            results[id(node)] = (cid, len(block) + total)
-            key = bytes(cid)
-            if key not in seen:
-                seen.add(key)
-                out.append((cid, block))
+                entries.append((name.encode("utf-8"), bytes(cid), tsize))
+            if should_shard(entries):
+                blocks, cid, tsize = build_shard(entries, version)
+            else:
+                block = b"".join(encode_link(c, n, t) for n, c, t in entries)
+                block += b"\x0a\x02\x08\x01"  # Data: UnixFS{Type: Directory}
+                check_block_size(len(block))
+                cid = new_cid(version, DAG_PB, _SHA256_PREFIX + hashlib.sha256(block).digest())
+                blocks = [(cid, block)]
+                tsize = len(block) + sum(t for _, _, t in entries)
+            results[id(node)] = (cid, tsize)
+            for bcid, block in blocks:
+                key = bytes(bcid)
+                if key not in seen:
+                    seen.add(key)
+                    out.append((bcid, block))
         root, self._root_tsize = results[id(self._root)]
         return out, root
 

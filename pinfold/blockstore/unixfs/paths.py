@@ -8,7 +8,8 @@ a ``get_block`` coroutine like ``reader``; no trio.
 Spec: ipfs/specs ``src/unixfs.md`` ("Paths", "HAMTDirectory") and
 ``src/http-gateways/path-gateway.md`` (the ``/ipfs/{cid}/{path}`` form).
 
-Imports ``cid``, ``dagpb``, ``errors``, ``unixfs.data`` and ``unixfs.reader``.
+Imports ``cid``, ``dagpb``, ``errors``, ``unixfs.data``, ``unixfs.hamt`` and
+``unixfs.reader``.
 """
 
 from __future__ import annotations
@@ -16,8 +17,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final, Literal
 from urllib.parse import unquote
-
-import mmh3
 
 from pinfold.blockstore import dagpb
 from pinfold.blockstore.cid import CID, DAG_PB, IDENTITY, RAW, parse_cid
@@ -29,10 +28,14 @@ from pinfold.blockstore.unixfs.data import (
     UnixFSData,
     decode_data,
 )
+from pinfold.blockstore.unixfs.hamt import (
+    MURMUR3_X64_64,
+    bucket_index,
+    hamt_hash,
+    link_prefix,
+    prefix_width,
+)
 from pinfold.blockstore.unixfs.reader import _check_name, _hamt_entries
-
-#: multicodec of murmur3-x64-64, the only HAMT hash function UnixFS defines.
-MURMUR3_X64_64: Final = 0x22
 
 #: Most path segments resolved in one path (a DAG deeper than this is hostile).
 MAX_SEGMENTS: Final = 256
@@ -179,12 +182,6 @@ def _kind(cid: CID, block: bytes) -> tuple[Literal["file", "dir", "symlink", "ot
     return "other", None, node, ufs
 
 
-def hamt_hash(name: str) -> int:
-    """murmur3-x64-64 of ``name``'s UTF-8 bytes as an unsigned 64-bit int
-    (the first half of murmur3-x64-128, as go-unixfs and js-unixfs use it)."""
-    return mmh3.hash64(name.encode("utf-8"), seed=0, x64arch=True, signed=False)[0]
-
-
 async def _hamt_child(
     get_block: GetBlock, shard_cid: CID, node: dagpb.PBNode, ufs: UnixFSData, name: str,
     visited: list[CID],
@@ -204,12 +201,13 @@ async def _hamt_child(
         bits = fanout.bit_length() - 1
         if fanout != 1 << bits:
             raise DecodeError(f"HAMT shard {shard_cid}: fanout {fanout} is not a power of two")
-        if used + bits > 64:
-            raise DecodeError(f"HAMT shard {shard_cid}: deeper than a 64-bit hash allows")
-        index = (h >> (64 - used - bits)) & (fanout - 1)
+        try:
+            index = bucket_index(h, used, bits)
+        except ValueError:
+            raise DecodeError(f"HAMT shard {shard_cid}: deeper than a 64-bit hash allows") from None
         used += bits
-        width = len(f"{fanout - 1:X}")
-        prefix = f"{index:0{width}X}"
+        width = prefix_width(fanout)
+        prefix = link_prefix(index, fanout)
         sub: CID | None = None
         for link in node.links:
             lname = link.name or ""

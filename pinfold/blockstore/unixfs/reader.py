@@ -2,7 +2,7 @@
 overlap), ``walk_tree`` (a directory tree, directory before children) and
 ``stat``, as ``async def`` over a ``get_block`` coroutine (no trio).
 
-Imports ``data``, ``cid``, ``dag`` and ``dagpb``."""
+Imports ``data``, ``hamt``, ``cid``, ``dag`` and ``dagpb``."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from pinfold.blockstore.unixfs.data import (
     UnixTime,
     decode_data,
 )
+from pinfold.blockstore.unixfs.hamt import prefix_width
 
 
 
@@ -201,7 +202,7 @@ async def _hamt_entries(
     while stack:
         shard_cid, shard, data, i = stack.pop()
         assert data.fanout is not None  # decode_data checked it
-        width = len(f"{data.fanout - 1:X}")
+        width = prefix_width(data.fanout)
         for j in range(i, len(shard.links)):
             link = shard.links[j]
             name = link.name or ""
