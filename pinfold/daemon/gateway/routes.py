@@ -131,12 +131,19 @@ class Router:
         reader = BlockReader(self.source, self.timeout_s)
         walked = await walk_path(reader, path)
         if kind == RAW_TYPE:
-            resp = await raw_response(reader, walked)
+            resp = await raw_response(reader, walked, req)
         elif kind == CAR_TYPE:
             resp = car_response(reader, walked, req.query, dups=dups,
                                 prefetcher=self.source.prefetcher)
         else:
             resp = await self._deserialized(reader, req, walked)
+        if kind is not None and "format" not in req.query:
+            # Negotiated by Accept: name the URL that gives this response by itself
+            # (path-gateway "Content-Location"), so caches keep it apart.
+            fmt = "raw" if kind == RAW_TYPE else "car"
+            query = f"{req.query_string}&format={fmt}" if req.query_string else f"format={fmt}"
+            resp = dataclasses.replace(resp, headers=(
+                *resp.headers, ("Content-Location", f"{req.path}?{query}")))
         etag = dict(resp.headers).get("ETag")
         if etag and resp.status in (200, 206) and _etag_matches(req, etag):
             keep = {"ETag", "Cache-Control", "X-Ipfs-Path", "X-Ipfs-Roots", "Vary"}

@@ -1,5 +1,5 @@
 """Trustless responses (ipfs/specs ``http-gateways/trustless-gateway.md``):
-one raw block (``application/vnd.ipld.raw``) and CARv1 streams
+one raw block (``application/vnd.ipld.raw``, the block a path ends at) and CARv1 streams
 (``application/vnd.ipld.car``) with ``dag-scope`` and ``entity-bytes``.
 
 A CAR holds the blocks that resolve the path first (root to target), then the
@@ -22,8 +22,13 @@ from pinfold.blockstore.unixfs import reader as unixfs_reader
 from pinfold.blockstore.unixfs.data import DataType, decode_data
 
 from pinfold.daemon.gateway.content import BlockReader, Walked
-from pinfold.daemon.gateway.http import IMMUTABLE, HttpError, Response, Send
-from pinfold.daemon.gateway.ranges import ByteRange, Unsatisfiable, parse_entity_bytes
+from pinfold.daemon.gateway.http import IMMUTABLE, HttpError, Request, Response, Send
+from pinfold.daemon.gateway.ranges import (
+    ByteRange,
+    Unsatisfiable,
+    parse_entity_bytes,
+    parse_range,
+)
 
 RAW_TYPE: Final = "application/vnd.ipld.raw"
 CAR_TYPE: Final = "application/vnd.ipld.car"
@@ -59,24 +64,41 @@ def car_params(accept: str, query: dict[str, str]) -> bool:
     return params.get("dups", "n") == "y"
 
 
-async def raw_response(get_block: BlockReader, walked: Walked) -> Response:
-    """``/ipfs/{cid}?format=raw``: the block ``cid`` as stored (its hash matches the CID).
+async def raw_response(get_block: BlockReader, walked: Walked, req: Request) -> Response:
+    """``/ipfs/{cid}[/path]?format=raw``: the block the path ends at, as stored (its
+    hash matches ``X-Ipfs-Roots``' last CID); a ``Range`` gives 206 of those bytes.
+
+    The trustless spec serves raw blocks by CID only; the path gateway (path-gateway
+    "Response Payload", Kubo, gateway-conformance ``TestGatewayBlock``) resolves the
+    path first and returns its last element's block, which is what this does.
+    ETag ``"CID.raw"`` of that block (``"CID.raw.START-END"`` for a range), the file
+    name ``CID.bin`` unless ``?filename=`` names one.
 
     Raises:
-        HttpError: 400 when a path follows the CID (the spec serves raw blocks by CID only).
+        HttpError: 416 for a range that starts past the block's end; 504 as
+            ``BlockReader``.
     """
-    if walked.path.segments:
-        raise HttpError(400, f"{walked.path.ipfs_path}: format=raw takes /ipfs/{{cid}} only, "
-                        "without a path; use format=car for a path")
     cid = walked.target.cid
     data = await get_block(cid)  # one block, also for HEAD (its Content-Length)
-    return Response(status=200, route="raw", body=data,
-                    headers=(("Content-Type", RAW_TYPE), ("Cache-Control", IMMUTABLE),
-                             ("ETag", f'"{cid}.raw"'), ("X-Content-Type-Options", "nosniff"),
-                             ("Content-Disposition", f'attachment; filename="{cid}.bin"'),
-                             ("X-Ipfs-Path", walked.path.ipfs_path),
-                             ("X-Ipfs-Roots", ",".join(map(str, walked.roots))),
-                             ("Vary", "Accept")))
+    rng = None
+    if req.header("range"):
+        try:
+            rng = parse_range(req.header("range"), len(data))
+        except Unsatisfiable as exc:
+            raise HttpError(416, f"{walked.path.ipfs_path}?format=raw: {exc}",
+                            (("Content-Range", f"bytes */{len(data)}"),)) from None
+    name = (req.query.get("filename") or f"{cid}.bin").encode("ascii", "replace").decode()
+    headers = [("Content-Type", RAW_TYPE), ("Cache-Control", IMMUTABLE),
+               ("ETag", f'"{cid}.raw"' if rng is None else f'"{cid}.raw.{rng.start}-{rng.end}"'),
+               ("X-Content-Type-Options", "nosniff"), ("Accept-Ranges", "bytes"),
+               ("Content-Disposition", f'attachment; filename="{name.replace(chr(34), "_")}"'),
+               ("X-Ipfs-Path", walked.path.ipfs_path),
+               ("X-Ipfs-Roots", ",".join(map(str, walked.roots))), ("Vary", "Accept")]
+    if rng is None:
+        return Response(status=200, route="raw", body=data, headers=tuple(headers))
+    headers.append(("Content-Range", rng.content_range(len(data))))
+    return Response(status=206, route="raw", body=data[rng.start:rng.end + 1],
+                    headers=tuple(headers))
 
 
 async def _dir_shards(get_block: BlockReader, cid: CID, emit) -> None:
