@@ -286,6 +286,22 @@ def test_car_entity_bytes_sends_only_the_blocks_of_the_range(site: dict[str, Any
     assert outside.status == 400 and b"outside" in outside.body
 
 
+@pytest.mark.parametrize("rel", ["sub/big.bin", "sub"])
+def test_car_entity_bytes_with_from_after_to_is_400_naming_the_parameter(
+        site: dict[str, Any], rel: str) -> None:
+    """``10:5`` is an invalid range (RFC 9110 14.1.1, Kubo): 400 before any CAR is
+    sent, for a file and for a folder (where a valid range would be ignored)."""
+    r = get(site, f"/ipfs/{site['cid']}/{rel}?format=car&entity-bytes=10:5")
+    assert r.status == 400, r.body
+    text = r.body.decode()
+    assert "entity-bytes='10:5'" in text and "after TO" in text and text.count("\n") == 1
+    # a pair that resolves empty against the size is still answered as dag-scope=block
+    empty = get(site, f"/ipfs/{site['cid']}/sub/big.bin?format=car"
+                      f"&entity-bytes={len(BIG) - 10}:-20")
+    assert empty.status == 200
+    assert len(read_car(empty.body)[1]) == 3  # root dir, sub, the file's root block
+
+
 def test_car_of_a_dag_has_the_blocks_of_dag_export(site: dict[str, Any]) -> None:
     d = site["daemon"]
     exported = run_cli(d.home, "dag", "export", site["cid"]).stdout

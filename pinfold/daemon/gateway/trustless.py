@@ -26,6 +26,7 @@ from pinfold.daemon.gateway.http import IMMUTABLE, HttpError, Request, Response,
 from pinfold.daemon.gateway.ranges import (
     ByteRange,
     Unsatisfiable,
+    entity_bytes_bounds,
     parse_entity_bytes,
     parse_range,
 )
@@ -127,8 +128,8 @@ def entity_range(walked: Walked, query: dict[str, str]) -> tuple[str, ByteRange 
     the target file (``entity-bytes``), and whether ``entity-bytes`` applied.
 
     Raises:
-        HttpError: 400 for an unknown ``dag-scope``, a malformed ``entity-bytes``, or a
-            range wholly outside the file.
+        HttpError: 400 for an unknown ``dag-scope``, a malformed ``entity-bytes``
+            (or one whose FROM is after its TO), or a range wholly outside the file.
     """
     scope = query.get("dag-scope", "all")
     if scope not in SCOPES:
@@ -136,6 +137,10 @@ def entity_range(walked: Walked, query: dict[str, str]) -> tuple[str, ByteRange 
     text = query.get("entity-bytes")
     if text is None:
         return scope, None, False
+    try:  # a malformed or inverted range is refused whatever the target is
+        entity_bytes_bounds(text)
+    except ValueError as exc:
+        raise HttpError(400, str(exc)) from None
     target = walked.target
     if target.kind != "file":  # not a byte array: as dag-scope=entity (spec)
         return "entity", None, False
