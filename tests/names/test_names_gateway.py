@@ -121,6 +121,31 @@ def test_pandas_reads_a_csv_by_name_through_fsspec(named: dict[str, Any]) -> Non
     assert df1["name"].tolist() == ["alpha"]
 
 
+@pytest.mark.parametrize(("ref", "says"), [
+    (f"{NAME}@99", "no version 99"),
+    (f"{NAME}@nope", "no tag 'nope'"),
+    (f"{NAME}@2/sub/missing", "no entry 'missing'"),
+])
+def test_fsspec_missing_version_tag_or_path_is_file_not_found_naming_it(
+        named: dict[str, Any], ref: str, says: str) -> None:
+    """A ``NAME@REF`` that does not exist is missing like a path: each fsspec call
+    raises FileNotFoundError (never the client's RpcError) saying what is missing,
+    its ``filename`` the path asked for; ``exists`` and ``isfile`` are False."""
+    import fsspec
+
+    fs = fsspec.filesystem("pinfold", socket=named["socket"])
+    for path in (ref, f"{ref}/file.csv"):
+        url = f"pinfold://{path}"
+        for call in (fs.info, fs.ls, fs.cat_file, lambda u: fs.open(u).read()):
+            with pytest.raises(FileNotFoundError) as info:
+                call(url)
+            assert says in str(info.value) and info.value.filename == path, call
+        assert fs.exists(url) is False and fs.isfile(url) is False
+    with pytest.raises(FileNotFoundError, match=says):
+        pandas.read_csv(f"pinfold://{ref}/file.csv",
+                        storage_options={"socket": named["socket"]})
+
+
 def test_ls_lists_a_folder_by_name(named: dict[str, Any]) -> None:
     out = run_cli(named["daemon"].home, "--json", "ls", f"{NAME}@main").stdout.decode()
     entries = [json.loads(line) for line in out.splitlines() if line.strip()]
