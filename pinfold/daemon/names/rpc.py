@@ -159,7 +159,9 @@ def name_handlers(names: NameService, *,
         return {"name": ref.name, "version": rec.version, "cid": rec.root,
                 "path": "/".join((rec.root, *ref.segments)), "size": rec.size,
                 "files": [[f.path, f.size, f.sha256] for f in rec.files],
-                "meta": dict(rec.meta), "record": str(view.versions[rec.version].cid)}
+                "meta": dict(rec.meta), "record": str(view.versions[rec.version].cid),
+                "tags": view.tags_at(rec.version),
+                "default": view.default_version() == rec.version}
 
     async def name_versions(call: Any) -> dict[str, Any]:
         ref = names.parse(param_str(call.params, "name"))
