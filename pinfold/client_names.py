@@ -190,7 +190,13 @@ class NamesMixin:
         return self.call("name_grant", params)
 
     def retire(self, ref: str, *, key: str | None = None) -> dict[str, Any]:
-        """Unpin version ``NAME@N`` and record it as retired (the record stays)."""
+        """Unpin version ``NAME@N`` and record it as retired (the record stays).
+
+        Returns ``{"name", "version", "cid", "already_retired", "unpinned", "pinned",
+        "shared_with"}``: a root another live version has (``shared_with``, their
+        numbers) stays pinned; retiring a retired version publishes and unpins
+        nothing (``already_retired``); ``pinned`` is the root's pin afterwards.
+        """
         params = {"ref": ref}
         if key is not None:
             params["key"] = key

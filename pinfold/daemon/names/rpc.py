@@ -16,7 +16,10 @@
 ``name_versions``      {name} -> {name, creator, publishers, versions: [...]}
                        each version with tags, superseded moves, holders and
                        achieved availability
-``name_retire``        {ref: NAME@VERSION, key} -> {name, version, cid}
+``name_retire``        {ref: NAME@VERSION, key} -> {name, version, cid,
+                       already_retired, unpinned, pinned, shared_with:
+                       [live versions with the same root, kept pinned]};
+                       retiring a retired version changes nothing
 ``name_ls``            -> {names: [{name, versions, tags, creator}]}
 ``name_import``        {records: [block]} -> {imported, records}: signed
                        records (any key: the book decides what they change)
@@ -183,6 +186,8 @@ def name_handlers(names: NameService, *,
                 "versions": versions}
 
     async def name_retire(call: Any) -> dict[str, Any]:
+        """Retire ``NAME@N`` once: a second call publishes nothing and unpins nothing,
+        and the reply says what is true of the root's pin now."""
         ref = names.parse(param_str(call.params, "ref"))
         if not isinstance(ref.ref, int):
             raise NameError_("versions rm takes NAME@VERSION (a version number)")
@@ -192,15 +197,28 @@ def name_handlers(names: NameService, *,
         rec = book.lookup(ref)
         view = book.view(ref.name)
         assert view is not None
-        shared = any(s.record.root == rec.root for n, s in view.versions.items()  # type: ignore[union-attr]
-                     if n != ref.ref and n not in view.retired)
-        if not shared:  # a root another live version holds stays pinned
+        already = ref.ref in view.retired
+        # A root another live version holds stays pinned (``shared`` names them).
+        shared = sorted(n for n, s in view.versions.items()
+                        if n != ref.ref and n not in view.retired
+                        and s.record.root == rec.root)  # type: ignore[union-attr]
+        unpinned = False
+        if not already and not shared:
             try:
                 await unpin(rec.root_cid)
+                unpinned = True
             except NotPinned:
                 pass  # already unpinned: the record still says so
-        await names.publish([retire])
-        return {"name": ref.name, "version": ref.ref, "cid": rec.root}
+        if not already:
+            await names.publish([retire])
+        try:
+            await pin_status(rec.root_cid)
+            pinned = True
+        except NotPinned:
+            pinned = False
+        return {"name": ref.name, "version": ref.ref, "cid": rec.root,
+                "already_retired": already, "unpinned": unpinned, "pinned": pinned,
+                "shared_with": shared}
 
     async def name_ls(call: Any) -> dict[str, Any]:
         out = []

@@ -74,6 +74,24 @@ def _when(ms: int) -> str:
     return datetime.datetime.fromtimestamp(ms / 1000, datetime.UTC).strftime("%Y-%m-%d %H:%M")
 
 
+def _retired_text(res: dict[str, Any]) -> str:
+    """What ``versions rm`` did, and the root's pin as it is now."""
+    ref, cid = f"{res['name']}@{res['version']}", res["cid"]
+    head = f"{ref} was already retired" if res.get("already_retired") else f"retired {ref}"
+    shared = res.get("shared_with") or []
+    if res.get("unpinned"):
+        pin = f"unpinned {cid}"
+    elif shared:
+        which = ", ".join(map(str, shared))
+        pin = f"{cid} stays pinned: version{'s' if len(shared) > 1 else ''} {which} " \
+              "has the same root"
+    elif res.get("pinned"):
+        pin = f"{cid} is still pinned"
+    else:
+        pin = f"{cid} is not pinned"
+    return f"{head} ({pin})"
+
+
 def versions(c, args: argparse.Namespace, out: Output) -> int:
     """``pinfold versions NAME``: the history, newest first."""
     words = args.words
@@ -81,7 +99,7 @@ def versions(c, args: argparse.Namespace, out: Output) -> int:
         raise UsageError("use `versions NAME` or `versions rm NAME@VERSION`")
     if len(words) == 2:
         res = c.retire(words[1], key=args.key)
-        out.doc(res, f"retired {res['name']}@{res['version']} (unpinned {res['cid']})")
+        out.doc(res, _retired_text(res))
         return 0
     res = c.versions(words[0])
     lines = [f"{res['name']} (creator {res['creator']})"]
