@@ -166,7 +166,8 @@ class NamesMixin:
                 raise ValueError(f"{rel}: does not match the sha256 in the version record")
 
     def versions(self, name: str) -> dict[str, Any]:
-        """``{"name", "creator", "publishers", "versions": [...]}``, newest first; each
+        """``{"name", "creator", "publishers", "versions": [...]}``, newest first (for
+        ``NAME@VERSION`` or ``NAME@TAG`` only the version it names); each
         version has ``version, parent, cid, size, time_ms, message, meta,
         publisher, tags, superseded, retired, files, holders, availability``."""
         return self.call("name_versions", {"name": name})

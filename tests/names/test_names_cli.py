@@ -46,3 +46,27 @@ def test_versions_rm_twice_adds_one_retire_record_and_says_what_is_pinned(
         assert c.status(v2["cid"])["cid"] == v2["cid"]
     hist = cli_json(daemon.home, "versions", "org/rm")["versions"]
     assert [v["retired"] for v in hist] == [False, True, True]
+
+
+def test_versions_of_name_at_ref_shows_only_that_version(daemon: DaemonProcess,
+                                                         tmp_path: Path) -> None:
+    """``versions NAME@1`` answers about version 1 (and ``@TAG`` about the version
+    the tag names); ``NAME`` alone is the whole history."""
+    f = tmp_path / "w.bin"
+    for n in (1, 2, 3):
+        f.write_bytes(f"weights {n}".encode())
+        cli_json(daemon.home, "push", "org/hist", str(f), "-m", f"cut {n}")
+    run_cli(daemon.home, "tag", "org/hist@2", "stable")
+    assert [v["version"] for v in cli_json(daemon.home, "versions", "org/hist")["versions"]
+            ] == [3, 2, 1]
+    one = cli_json(daemon.home, "versions", "org/hist@1")
+    assert one["name"] == "org/hist" and [v["version"] for v in one["versions"]] == [1]
+    assert one["versions"][0]["message"] == "cut 1"
+    stable = cli_json(daemon.home, "versions", "org/hist@stable")["versions"]
+    assert [(v["version"], v["tags"]) for v in stable] == [(2, ["stable"])]
+    text = run_cli(daemon.home, "versions", "org/hist@1").stdout.decode()
+    assert "cut 1" in text and "cut 2" not in text and "cut 3" not in text
+    missing = run_cli(daemon.home, "versions", "org/hist@9", check=False)
+    assert missing.returncode == 4 and b"org/hist has no version 9" in missing.stderr
+    path = run_cli(daemon.home, "versions", "org/hist@1/w.bin", check=False)
+    assert path.returncode != 0 and b"not a path inside a version" in path.stderr

@@ -221,8 +221,9 @@ def _name_commands(cmd: Any) -> None:
     p.add_argument("tag")
     key_option(p)
 
-    p = cmd("versions", "a name's history (versions rm NAME@N: unpin a version)")
-    p.add_argument("words", nargs="+", metavar="NAME | rm NAME@N")
+    p = cmd("versions", "a name's history, or one version's (versions rm NAME@N: "
+            "unpin a version)")
+    p.add_argument("words", nargs="+", metavar="NAME[@REF] | rm NAME@N")
     key_option(p)
 
     cmd("names", "list the names of the cluster")

@@ -13,9 +13,10 @@
 ``name_grant``         {name, grantee: key ID, key} -> {name, grantee}
 ``name_resolve``       {ref} -> {name, version, cid, path, size, files, meta,
                        record}
-``name_versions``      {name} -> {name, creator, publishers, versions: [...]}
-                       each version with tags, superseded moves, holders and
-                       achieved availability
+``name_versions``      {name: NAME[@REF]} -> {name, creator, publishers,
+                       versions: [...]} each version with tags, superseded
+                       moves, holders and achieved availability; with @REF
+                       only the version REF names
 ``name_retire``        {ref: NAME@VERSION, key} -> {name, version, cid,
                        already_retired, unpinned, pinned, shared_with:
                        [live versions with the same root, kept pinned]};
@@ -167,11 +168,20 @@ def name_handlers(names: NameService, *,
                 "default": view.default_version() == rec.version}
 
     async def name_versions(call: Any) -> dict[str, Any]:
-        ref = names.parse(param_str(call.params, "name"))
+        """The history of ``NAME``; of ``NAME@VERSION`` or ``NAME@TAG``, only the
+        version it names (``NameNotFound`` when there is none)."""
+        text = param_str(call.params, "name")
+        ref = names.parse(text)
+        if ref.segments:
+            raise NameError_(f"{text!r}: versions takes NAME or NAME@VERSION|TAG, "
+                             "not a path inside a version")
         view = book.view(ref.name)
         if view is None:
             raise NameError_(f"no name {ref.name!r} in this cluster")
         versions = describe(view)
+        if ref.ref is not None:
+            number = view.version_of(ref.ref).version
+            versions = [v for v in versions if v["version"] == number]
         for v in versions:
             try:
                 st = await pin_status(parse_cid(str(v["cid"])))

@@ -93,10 +93,11 @@ def _retired_text(res: dict[str, Any]) -> str:
 
 
 def versions(c, args: argparse.Namespace, out: Output) -> int:
-    """``pinfold versions NAME``: the history, newest first."""
+    """``pinfold versions NAME``: the history, newest first; ``versions NAME@REF``:
+    only the version REF (a number or a tag) names."""
     words = args.words
     if len(words) > 2 or (len(words) == 2 and words[0] != "rm"):
-        raise UsageError("use `versions NAME` or `versions rm NAME@VERSION`")
+        raise UsageError("use `versions NAME[@VERSION|@TAG]` or `versions rm NAME@VERSION`")
     if len(words) == 2:
         res = c.retire(words[1], key=args.key)
         out.doc(res, _retired_text(res))
