@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
+from pinfold.client import RpcError
 from tests.support.daemon import DaemonProcess, cli_json, run_cli
 
 
@@ -70,3 +73,26 @@ def test_versions_of_name_at_ref_shows_only_that_version(daemon: DaemonProcess,
     assert missing.returncode == 4 and b"org/hist has no version 9" in missing.stderr
     path = run_cli(daemon.home, "versions", "org/hist@1/w.bin", check=False)
     assert path.returncode != 0 and b"not a path inside a version" in path.stderr
+
+
+def test_tag_without_a_version_is_refused_and_moves_nothing(daemon: DaemonProcess,
+                                                            tmp_path: Path) -> None:
+    f = tmp_path / "w.bin"
+    for n in (1, 2):
+        f.write_bytes(f"weights {n}".encode())
+        cli_json(daemon.home, "push", "org/tags", str(f))
+    bare = run_cli(daemon.home, "tag", "org/tags", "stable", check=False)
+    assert bare.returncode == 2, bare.stderr
+    err = bare.stderr.decode()
+    assert "pinfold tag org/tags@1 stable" in err and "Traceback" not in err
+    with daemon.client() as c, pytest.raises(RpcError) as refused:
+        c.tag("org/tags", "stable")  # the daemon refuses it too (Python client users)
+    assert refused.value.code == "invalid_name" and "NAME@VERSION" in str(refused.value)
+    path = run_cli(daemon.home, "tag", "org/tags@1/w.bin", "stable", check=False)
+    assert path.returncode != 0 and b"tag needs the version" in path.stderr
+    hist = cli_json(daemon.home, "versions", "org/tags")["versions"]
+    assert [v["tags"] for v in hist] == [["main"], []]  # nothing moved
+    cli_json(daemon.home, "tag", "org/tags@1", "stable")
+    cli_json(daemon.home, "tag", "org/tags@stable", "lts")  # a tag names a version too
+    hist = cli_json(daemon.home, "versions", "org/tags")["versions"]
+    assert [v["tags"] for v in hist] == [["main"], ["lts", "stable"]]

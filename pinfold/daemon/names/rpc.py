@@ -9,7 +9,8 @@
                        ``tags`` is given without it and ``no_main`` is set
 ``name_check``         {name, key} -> {name, publisher}: may ``key`` publish
                        under ``name`` (``push`` asks before adding anything)
-``name_tag``           {ref: NAME@VERSION, tag, key} -> {name, tag, version}
+``name_tag``           {ref: NAME@VERSION or NAME@TAG, tag, key} -> {name,
+                       tag, version}; NAME alone is refused
 ``name_grant``         {name, grantee: key ID, key} -> {name, grantee}
 ``name_resolve``       {ref} -> {name, version, cid, path, size, files, meta,
                        record}
@@ -132,10 +133,15 @@ def name_handlers(names: NameService, *,
         return {"name": name, "publisher": key_text(signer.public_key)}
 
     async def name_tag(call: Any) -> dict[str, Any]:
-        ref = names.parse(param_str(call.params, "ref"))
+        text = param_str(call.params, "ref")
+        ref = names.parse(text)
         tag = check_tag(param_str(call.params, "tag"))
+        if ref.ref is None or ref.segments:
+            # NAME alone would silently mean "where main points now".
+            raise NameError_(f"{text!r}: tag needs the version to point at: NAME@VERSION "
+                             f"(or NAME@TAG), e.g. {ref.name}@1")
         if not isinstance(ref.ref, int):
-            rec = book.lookup(ref)  # NAME@TAG or NAME: the version it names now
+            rec = book.lookup(ref)  # NAME@TAG: the version it names now
             number = rec.version
         else:
             number = ref.ref

@@ -64,7 +64,12 @@ def pull(c, args: argparse.Namespace, out: Output) -> int:
 
 
 def tag(c, args: argparse.Namespace, out: Output) -> int:
-    """``pinfold tag NAME@VERSION TAG``: move TAG."""
+    """``pinfold tag NAME@VERSION TAG``: move TAG (``NAME@TAG`` also names a version;
+    ``NAME`` alone is a usage error: which version was meant is not said)."""
+    if "@" not in args.ref:
+        raise UsageError(f"tag {args.ref} {args.tag}: name the version to tag, "
+                         f"e.g. `pinfold tag {args.ref}@1 {args.tag}` (NAME@VERSION or "
+                         "NAME@TAG)")
     res = c.tag(args.ref, args.tag, key=args.key)
     out.doc(res, f"{res['name']}@{res['tag']} -> version {res['version']}")
     return 0
