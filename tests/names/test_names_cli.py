@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from pinfold.client import RpcError
+from pinfold.daemon.cli.format import EXIT_ERROR
 from tests.support.daemon import DaemonProcess, cli_json, run_cli
 
 
@@ -96,3 +97,18 @@ def test_tag_without_a_version_is_refused_and_moves_nothing(daemon: DaemonProces
     cli_json(daemon.home, "tag", "org/tags@stable", "lts")  # a tag names a version too
     hist = cli_json(daemon.home, "versions", "org/tags")["versions"]
     assert [v["tags"] for v in hist] == [["main"], ["lts", "stable"]]
+
+
+def test_push_and_add_of_a_missing_path_exit_alike(daemon: DaemonProcess,
+                                                   tmp_path: Path) -> None:
+    """Both exit 1 (a missing input file, README "Exit codes") naming the path,
+    and push publishes nothing."""
+    gone = str(tmp_path / "no-such-model")
+    add = run_cli(daemon.home, "add", gone, check=False)
+    push = run_cli(daemon.home, "push", "org/gone", gone, check=False)
+    assert add.returncode == push.returncode == EXIT_ERROR
+    assert add.stderr == push.stderr == f"pinfold: error: {gone}: no such file or directory\n".encode()
+    pj = run_cli(daemon.home, "--json", "push", "org/gone", gone, check=False)
+    aj = run_cli(daemon.home, "--json", "add", gone, check=False)
+    assert pj.stderr == aj.stderr and b'"exit": 1' in pj.stderr
+    assert cli_json(daemon.home, "names")["names"] == []

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import errno
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -37,7 +39,8 @@ def push(c, args: argparse.Namespace, out: Output) -> int:
         raise UsageError("push takes --replicas N or --availability P")
     wait = wait_kwargs(args)
     if not Path(args.path).exists():
-        raise UsageError(f"{args.path}: no such file or folder")
+        # As `add`: a missing input file is exit 1 (format.EXIT_CODES), not bad usage.
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), args.path)
     with TransferBar("push") as bar:
         res = c.push(args.name, args.path, tags=args.tag, message=args.message or "",
                      meta=_meta(args.meta), move_main=not args.no_main,
