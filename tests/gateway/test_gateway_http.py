@@ -148,6 +148,20 @@ def test_percent_encoded_unicode_names_resolve(site: dict[str, Any]) -> None:
     assert r.header("x-ipfs-path").isascii()
 
 
+@pytest.mark.parametrize("how", ["", "?format=raw", "?format=car", "?format=car&dag-scope=block"])
+def test_x_ipfs_path_is_percent_encoded_as_the_url_is(site: dict[str, Any], how: str) -> None:
+    """A name with a space and UTF-8 shows in X-Ipfs-Path as in the URL path
+    (RFC 3986 percent-encoding throughout), for every response type and for HEAD."""
+    encoded = f"/ipfs/{site['cid']}/notes%20&%20%C3%BC.txt"
+    for args in ((), ("-I",)):
+        r = get(site, encoded + how, *args)
+        assert r.status == 200, r.body
+        assert r.header("x-ipfs-path") == encoded
+    # the same name with '&' encoded too: the header is that of the decoded path
+    other = f"/ipfs/{site['cid']}/notes%20%26%20%C3%BC.txt"
+    assert get(site, other + how, "-I").header("x-ipfs-path") == encoded
+
+
 # ---------------------------------------------------------------------- ranges and HEAD
 
 

@@ -112,6 +112,19 @@ def test_ipns_errors_name_the_problem(named: dict[str, Any], path: str, status: 
     assert says in text and "Traceback" not in text
 
 
+def test_ipns_x_ipfs_path_is_percent_encoded_as_the_url_is(named: dict[str, Any],
+                                                           tmp_path: Any) -> None:
+    folder = tmp_path / "spaced"
+    folder.mkdir()
+    (folder / "read me ü.txt").write_text("hi\n")
+    with named["daemon"].client() as c:
+        c.push("org/spaced", folder)
+    encoded = "/ipns/org/spaced@1/read%20me%20%C3%BC.txt"
+    r = get(named, encoded)
+    assert r.status == 200 and r.body == b"hi\n"
+    assert r.header("x-ipfs-path") == encoded
+
+
 def test_pandas_reads_a_csv_by_name_through_fsspec(named: dict[str, Any]) -> None:
     df = pandas.read_csv(f"pinfold://{NAME}@main/file.csv",
                          storage_options={"socket": named["socket"]})

@@ -18,7 +18,14 @@ from pinfold.blockstore.unixfs.paths import ContentPath, PathNotFound, list_dir,
 from pinfold.blockstore.unixfs.reader import cat
 
 from pinfold.daemon.gateway.content import BlockReader, Walked
-from pinfold.daemon.gateway.http import IMMUTABLE, HttpError, Request, Response, Send
+from pinfold.daemon.gateway.http import (
+    IMMUTABLE,
+    HttpError,
+    Request,
+    Response,
+    Send,
+    path_header,
+)
 from pinfold.daemon.gateway.listing import LISTING_VERSION, render_listing
 from pinfold.daemon.gateway.mime import SNIFF_BYTES, content_type
 from pinfold.daemon.gateway.ranges import Unsatisfiable, parse_range
@@ -27,7 +34,7 @@ Prefetcher = Callable[[], AbstractAsyncContextManager[Callable[[list[CID]], None
 
 
 def _common(walked: Walked) -> tuple[tuple[str, str], ...]:
-    return (("Cache-Control", IMMUTABLE), ("X-Ipfs-Path", walked.path.ipfs_path),
+    return (("Cache-Control", IMMUTABLE), ("X-Ipfs-Path", path_header(walked.path.ipfs_path)),
             ("X-Ipfs-Roots", ",".join(map(str, walked.roots))))
 
 
@@ -108,7 +115,7 @@ async def directory_response(get_block: BlockReader, prefetcher: Prefetcher, req
         return Response(status=301, route="redirect", headers=(
             ("Location", location), ("Cache-Control", IMMUTABLE),
             ("Content-Type", "text/html; charset=utf-8"),
-            ("X-Ipfs-Path", walked.path.ipfs_path)),
+            ("X-Ipfs-Path", path_header(walked.path.ipfs_path))),
             body=f'<a href="{location}">Moved Permanently</a>.\n'.encode())
     try:
         index = await resolve(get_block, ContentPath(target.cid, ("index.html",)))

@@ -15,7 +15,14 @@ from pinfold.blockstore.unixfs.paths import ContentPath, InvalidPath, parse_url_
 
 from pinfold.daemon.gateway.content import BlockReader, ContentSource, walk_path
 from pinfold.daemon.gateway.files import directory_response, file_response
-from pinfold.daemon.gateway.http import IMMUTABLE, MUTABLE, HttpError, Request, Response
+from pinfold.daemon.gateway.http import (
+    IMMUTABLE,
+    MUTABLE,
+    HttpError,
+    Request,
+    Response,
+    path_header,
+)
 from pinfold.daemon.gateway.trustless import (
     CAR_TYPE,
     RAW_TYPE,
@@ -112,7 +119,7 @@ class Router:
         except ValueError as exc:
             raise HttpError(400, f"/ipns/{text}: {exc}") from None
         resp = await self._serve(req, path)
-        shown = "/ipns/" + text.strip("/")
+        shown = path_header("/ipns/" + text.strip("/"))
         headers = []
         for k, v in resp.headers:
             if k == "X-Ipfs-Path":

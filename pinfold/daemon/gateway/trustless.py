@@ -22,7 +22,14 @@ from pinfold.blockstore.unixfs import reader as unixfs_reader
 from pinfold.blockstore.unixfs.data import DataType, decode_data
 
 from pinfold.daemon.gateway.content import BlockReader, Walked
-from pinfold.daemon.gateway.http import IMMUTABLE, HttpError, Request, Response, Send
+from pinfold.daemon.gateway.http import (
+    IMMUTABLE,
+    HttpError,
+    Request,
+    Response,
+    Send,
+    path_header,
+)
 from pinfold.daemon.gateway.ranges import (
     ByteRange,
     Unsatisfiable,
@@ -93,7 +100,7 @@ async def raw_response(get_block: BlockReader, walked: Walked, req: Request) -> 
                ("ETag", f'"{cid}.raw"' if rng is None else f'"{cid}.raw.{rng.start}-{rng.end}"'),
                ("X-Content-Type-Options", "nosniff"), ("Accept-Ranges", "bytes"),
                ("Content-Disposition", f'attachment; filename="{name.replace(chr(34), "_")}"'),
-               ("X-Ipfs-Path", walked.path.ipfs_path),
+               ("X-Ipfs-Path", path_header(walked.path.ipfs_path)),
                ("X-Ipfs-Roots", ",".join(map(str, walked.roots))), ("Vary", "Accept")]
     if rng is None:
         return Response(status=200, route="raw", body=data, headers=tuple(headers))
@@ -221,5 +228,5 @@ def car_response(get_block: BlockReader, walked: Walked, query: dict[str, str], 
         ("Content-Type", ctype), ("Cache-Control", IMMUTABLE), ("ETag", etag),
         ("X-Content-Type-Options", "nosniff"), ("Accept-Ranges", "none"),
         ("Content-Disposition", f'attachment; filename="{target.cid}.car"'),
-        ("X-Ipfs-Path", walked.path.ipfs_path),
+        ("X-Ipfs-Path", path_header(walked.path.ipfs_path)),
         ("X-Ipfs-Roots", ",".join(map(str, walked.roots))), ("Vary", "Accept")))
