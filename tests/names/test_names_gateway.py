@@ -102,6 +102,14 @@ def test_ipns_range_and_etag_work_as_on_ipfs(named: dict[str, Any]) -> None:
     (f"/ipns/{NAME}@9/file.csv", 404, "no version 9"),
     (f"/ipns/{NAME}@nope/file.csv", 404, "no tag 'nope'"),
     (f"/ipns/{NAME}@main/missing.csv", 404, "no entry 'missing.csv'"),
+    # the user's /ipns/ path is named, not the CID it resolved to
+    (f"/ipns/{NAME}@2/sub/nope", 404,
+     f"/ipns/{NAME}@2/sub/nope: no entry 'nope' in /ipns/{NAME}@2/sub"),
+    (f"/ipns/{NAME}/file.csv/deeper", 404,
+     f"/ipns/{NAME}/file.csv/deeper: no entry 'deeper' in /ipns/{NAME}/file.csv "
+     "(not a directory)"),
+    (f"/ipns/{NAME}@1/file.csv?format=car&entity-bytes=999:*", 400,
+     f"/ipns/{NAME}@1/file.csv: entity-bytes=999:* lies outside"),
     (f"/ipns/{NAME}@/file.csv", 400, "nothing after '@'"),
 ])
 def test_ipns_errors_name_the_problem(named: dict[str, Any], path: str, status: int,
@@ -110,6 +118,7 @@ def test_ipns_errors_name_the_problem(named: dict[str, Any], path: str, status: 
     assert r.status == status, r.body
     text = r.body.decode()
     assert says in text and "Traceback" not in text
+    assert "/ipfs/" not in text  # never the CID the name resolved to
 
 
 def test_ipns_x_ipfs_path_is_percent_encoded_as_the_url_is(named: dict[str, Any],

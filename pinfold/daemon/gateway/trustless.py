@@ -93,14 +93,14 @@ async def raw_response(get_block: BlockReader, walked: Walked, req: Request) -> 
         try:
             rng = parse_range(req.header("range"), len(data))
         except Unsatisfiable as exc:
-            raise HttpError(416, f"{walked.path.ipfs_path}?format=raw: {exc}",
+            raise HttpError(416, f"{walked.shown}?format=raw: {exc}",
                             (("Content-Range", f"bytes */{len(data)}"),)) from None
     name = (req.query.get("filename") or f"{cid}.bin").encode("ascii", "replace").decode()
     headers = [("Content-Type", RAW_TYPE), ("Cache-Control", IMMUTABLE),
                ("ETag", f'"{cid}.raw"' if rng is None else f'"{cid}.raw.{rng.start}-{rng.end}"'),
                ("X-Content-Type-Options", "nosniff"), ("Accept-Ranges", "bytes"),
                ("Content-Disposition", f'attachment; filename="{name.replace(chr(34), "_")}"'),
-               ("X-Ipfs-Path", path_header(walked.path.ipfs_path)),
+               ("X-Ipfs-Path", path_header(walked.shown)),
                ("X-Ipfs-Roots", ",".join(map(str, walked.roots))), ("Vary", "Accept")]
     if rng is None:
         return Response(status=200, route="raw", body=data, headers=tuple(headers))
@@ -155,7 +155,7 @@ def entity_range(walked: Walked, query: dict[str, str]) -> tuple[str, ByteRange 
     try:
         rng = parse_entity_bytes(text, size)
     except Unsatisfiable as exc:
-        raise HttpError(400, f"{walked.path.ipfs_path}: {exc}") from None
+        raise HttpError(400, f"{walked.shown}: {exc}") from None
     except ValueError as exc:
         raise HttpError(400, str(exc)) from None
     if rng is None:  # empty range: as dag-scope=block (spec)
@@ -219,7 +219,7 @@ def car_response(get_block: BlockReader, walked: Walked, query: dict[str, str], 
                                                        prefetch=prefetch):
                         await emit(cid, data)
         except DecodeError as exc:
-            raise HttpError(502, f"{walked.path.ipfs_path}: malformed block: {exc}") from None
+            raise HttpError(502, f"{walked.shown}: malformed block: {exc}") from None
         if pending:
             await send(bytes(pending))
 
@@ -228,5 +228,5 @@ def car_response(get_block: BlockReader, walked: Walked, query: dict[str, str], 
         ("Content-Type", ctype), ("Cache-Control", IMMUTABLE), ("ETag", etag),
         ("X-Content-Type-Options", "nosniff"), ("Accept-Ranges", "none"),
         ("Content-Disposition", f'attachment; filename="{target.cid}.car"'),
-        ("X-Ipfs-Path", path_header(walked.path.ipfs_path)),
+        ("X-Ipfs-Path", path_header(walked.shown)),
         ("X-Ipfs-Roots", ",".join(map(str, walked.roots))), ("Vary", "Accept")))
