@@ -1,7 +1,8 @@
 """The names commands as a user types them, on one real daemon: ``versions rm``
 run twice changes nothing the second time and says what is pinned;
 ``versions NAME@N`` shows that version; ``tag`` refuses a ref without a version;
-``push`` of a missing path exits as ``add`` does.
+``push`` of a missing path exits as ``add`` does; ``pin ls`` hides the pins of
+name records unless ``--all``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from tests.support.daemon import DaemonProcess, cli_json, run_cli
 def _records(d: DaemonProcess, kind: str) -> list[str]:
     """Names of the record pins of ``kind`` (``retire 1``...) on ``d``."""
     with d.client() as c:
-        return sorted(p["name"] for p in c.pins()
+        return sorted(p["name"] for p in c.pins(records=True)
                       if p.get("name", "").startswith("name:") and kind in p["name"])
 
 
@@ -112,3 +113,22 @@ def test_push_and_add_of_a_missing_path_exit_alike(daemon: DaemonProcess,
     aj = run_cli(daemon.home, "--json", "add", gone, check=False)
     assert pj.stderr == aj.stderr and b'"exit": 1' in pj.stderr
     assert cli_json(daemon.home, "names")["names"] == []
+
+
+def test_pin_ls_hides_name_record_pins_unless_all(daemon: DaemonProcess,
+                                                  tmp_path: Path) -> None:
+    f = tmp_path / "w.bin"
+    f.write_bytes(b"weights" * 100)
+    v1 = cli_json(daemon.home, "push", "org/listed", str(f), "--tag", "stable")
+    plain = run_cli(daemon.home, "pin", "ls").stdout.decode().splitlines()
+    assert plain == [f"{v1['cid']} recursive pinned name='org/listed'"]
+    everything = run_cli(daemon.home, "pin", "ls", "--all").stdout.decode()
+    assert "name='org/listed'" in everything
+    assert "name='name:org/listed version 1'" in everything
+    assert "name='name:org/listed tag stable'" in everything
+    lines = run_cli(daemon.home, "--json", "pin", "ls", "--all").stdout.decode().splitlines()
+    assert len(lines) == len(everything.splitlines()) > 3
+    with daemon.client() as c:
+        assert [p["cid"] for p in c.pins()] == [v1["cid"]]
+        assert len(list(c.pins(records=True))) == len(lines)
+        assert [p["cid"] for p in c.pins(state="pinned")] == [v1["cid"]]
