@@ -15,13 +15,7 @@ from pinfold.blockstore.unixfs.paths import ContentPath, InvalidPath, parse_url_
 
 from pinfold.daemon.gateway.content import BlockReader, ContentSource, walk_path
 from pinfold.daemon.gateway.files import directory_response, file_response
-from pinfold.daemon.gateway.http import (
-    IMMUTABLE,
-    MUTABLE,
-    HttpError,
-    Request,
-    Response,
-)
+from pinfold.daemon.gateway.http import IMMUTABLE, MUTABLE, HttpError, Request, Response
 from pinfold.daemon.gateway.trustless import (
     CAR_TYPE,
     RAW_TYPE,
