@@ -13,7 +13,8 @@
                        tag, version}; NAME alone is refused
 ``name_grant``         {name, grantee: key ID, key} -> {name, grantee}
 ``name_resolve``       {ref} -> {name, version, cid, path, size, files, meta,
-                       record}
+                       record, tags (those at the version now), default (the
+                       version NAME alone names)}
 ``name_versions``      {name: NAME[@REF]} -> {name, creator, publishers,
                        versions: [...]} each version with tags, superseded
                        moves, holders and achieved availability; with @REF
