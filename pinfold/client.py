@@ -539,12 +539,17 @@ class Client(PathsMixin, NamesMixin):
         """Remove the pin of ``cid``."""
         return self.call("pin_rm", {"cid": str(cid)})
 
-    def pins(self, state: str | None = None) -> Iterator[dict[str, Any]]:
+    def pins(self, state: str | None = None, *, records: bool = False
+             ) -> Iterator[dict[str, Any]]:
         """Pins, streamed, optionally only those in ``state``: each a dict with ``cid``,
         ``name``, ``mode`` and ``state`` (``pinned``, ``incomplete`` with
         ``blocks_present`` of ``blocks``, or a cluster state; ``pin_error`` with
-        ``error``). ``state="error"`` lists failed pins."""
-        return self.stream("pin_ls", {"state": state} if state else {})
+        ``error``). ``state="error"`` lists failed pins. The pins that carry name
+        records (named ``name:NAME KIND ...``) are listed only with ``records``."""
+        params: dict[str, Any] = {"state": state} if state else {}
+        if records:
+            params["records"] = True
+        return self.stream("pin_ls", params)
 
     def status(self, cid: str) -> dict[str, Any]:
         """``{"cid", "name", "mode", "rmin", "rmax", "healthy", "availability",

@@ -106,7 +106,9 @@ class NamesMixin:
         return res
 
     def resolve_info(self, ref: str) -> dict[str, Any]:
-        """``{"name", "version", "cid", "path", "size", "files", "meta", "record"}``."""
+        """``{"name", "version", "cid", "path", "size", "files", "meta", "record",
+        "tags", "default"}``: ``tags`` point at that version now, ``default`` is true
+        when the name alone (``main``, else the newest) names it."""
         return self.call("name_resolve", {"ref": ref})
 
     def pull(self, ref: str, dest: str | os.PathLike[str] | None = None, *,
@@ -119,8 +121,13 @@ class NamesMixin:
         With ``hf_cache`` (a folder, or True for huggingface_hub's default) the
         files go into the hub cache layout instead (``hfcache.lay_out``), as
         repo ``meta["hf_repo"]`` or the name, at ``meta["hf_revision"]`` or a
-        revision derived from the record; ``refs/main`` is set when ``ref``
-        names no version number, and ``refs/TAG`` for a tag.
+        revision derived from the record. ``refs/BRANCH`` files are what
+        huggingface_hub reads for a branch: ``refs/main`` is written when the
+        version is the one the name alone names (``main``'s target, else the
+        newest), however ``ref`` named it (``NAME``, ``NAME@main``, ``NAME@4``),
+        and ``refs/TAG`` for every tag at that version; a ref pointing elsewhere
+        is left alone. The snapshot folder is named by the revision, so
+        ``revision=REV`` finds any pulled version.
 
         Returns the resolve record plus ``{"path", "files", "bytes"}``.
 
@@ -137,12 +144,10 @@ class NamesMixin:
                 got = self.get(info["path"], tmp / "tree", progress=progress)
                 tree = Path(got.get("path", tmp / "tree"))
                 self._check_files(tree, info)
-                rest = ref.split("@", 1)[1].split("/", 1)[0] if "@" in ref else ""
-                refs = ["main"] if not rest or rest == "main" else (
-                    [] if rest.isdigit() else [rest])
+                refs = set(info["tags"]) | ({"main"} if info["default"] else set())
                 repo = info["meta"].get("hf_repo") or info["name"]
                 rev = info["meta"].get("hf_revision") or hfcache.revision_for(info["record"])
-                snap = hfcache.lay_out(tree, cache, repo, rev, refs)
+                snap = hfcache.lay_out(tree, cache, repo, rev, sorted(refs))
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
             return {**info, "path": str(snap), "repo": repo, "revision": rev}
@@ -161,7 +166,8 @@ class NamesMixin:
                 raise ValueError(f"{rel}: does not match the sha256 in the version record")
 
     def versions(self, name: str) -> dict[str, Any]:
-        """``{"name", "creator", "publishers", "versions": [...]}``, newest first; each
+        """``{"name", "creator", "publishers", "versions": [...]}``, newest first (for
+        ``NAME@VERSION`` or ``NAME@TAG`` only the version it names); each
         version has ``version, parent, cid, size, time_ms, message, meta,
         publisher, tags, superseded, retired, files, holders, availability``."""
         return self.call("name_versions", {"name": name})
@@ -185,7 +191,13 @@ class NamesMixin:
         return self.call("name_grant", params)
 
     def retire(self, ref: str, *, key: str | None = None) -> dict[str, Any]:
-        """Unpin version ``NAME@N`` and record it as retired (the record stays)."""
+        """Unpin version ``NAME@N`` and record it as retired (the record stays).
+
+        Returns ``{"name", "version", "cid", "already_retired", "unpinned", "pinned",
+        "shared_with"}``: a root another live version has (``shared_with``, their
+        numbers) stays pinned; retiring a retired version publishes and unpins
+        nothing (``already_retired``); ``pinned`` is the root's pin afterwards.
+        """
         params = {"ref": ref}
         if key is not None:
             params["key"] = key

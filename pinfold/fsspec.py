@@ -8,7 +8,8 @@ safetensors or ``datasets`` can open one file of a DAG lazily::
     cid = fsspec.filesystem("pinfold").put("folder", recursive=True)
 
 Registered through the ``fsspec.specs`` entry point (pyproject.toml). Paths are
-``CID``, ``CID/path/in/dag`` (the daemon's resolver, ``daemon/resolver.py``).
+``CID``, ``CID/path/in/dag`` or ``NAME@VERSION|TAG[/path]`` (the daemon's
+resolver, ``daemon/resolver.py``); anything missing is ``FileNotFoundError``.
 Everything goes through ``pinfold.Client`` over the daemon's Unix socket:
 by default the one of ``$PINFOLD_HOME`` or ``~/.pinfold`` as the CLI finds it;
 ``storage_options={"socket": PATH}`` or ``{"home": DIR}`` choose another.
@@ -42,8 +43,10 @@ DEFAULT_BLOCK_SIZE = 1 << 20
 #: Ranges of ``block_size`` a lazy file keeps (fsspec ``blockcache``).
 DEFAULT_MAX_BLOCKS = 32
 
-_NOT_FOUND = {"path_not_found", "not_found"}
-_INVALID = {"invalid_cid", "invalid_path", "invalid_argument"}
+#: A path, CID, name, version or tag that is not there: FileNotFoundError.
+_NOT_FOUND = {"path_not_found", "not_found", "name_not_found"}
+#: A malformed CID, path or name ref: ValueError.
+_INVALID = {"invalid_cid", "invalid_path", "invalid_argument", "invalid_name"}
 
 
 def _close_all(clients: list[Client]) -> None:
@@ -52,7 +55,9 @@ def _close_all(clients: list[Client]) -> None:
 
 
 def _translate(exc: RpcError, path: str) -> Exception:
-    """The Python error fsspec callers expect for the daemon's error code."""
+    """The Python error fsspec callers expect for the daemon's error code: a missing
+    path, name, version (``NAME@99``) or tag is ``FileNotFoundError`` whose message
+    says what is missing and whose ``filename`` is the path asked for."""
     if exc.code in _NOT_FOUND:
         return FileNotFoundError(2, str(exc), path)
     if exc.code in _INVALID:
@@ -131,7 +136,13 @@ class PinfoldFileSystem(AbstractFileSystem):
         return {"name": name, "size": size or 0, "type": ftype, "cid": cid}
 
     def info(self, path: str, **kwargs: Any) -> dict[str, Any]:
-        """What ``path`` names. Raises FileNotFoundError, ValueError (a bad CID/path)."""
+        """What ``path`` names.
+
+        Raises:
+            FileNotFoundError: no such path, or a ``NAME@REF`` whose name, version or
+                tag does not exist (``exists`` is then False).
+            ValueError: a malformed CID, path or name ref.
+        """
         path = self._strip_protocol(path)
         r = self._call(path, self.client.resolve_path, path)
         return self._info(path, r["type"], r["size"], r["cid"])

@@ -32,9 +32,10 @@ Method names and their parameters (the client in ``client.py`` mirrors them):
                    timeout, progress} -> the pin record (+ ``path`` when ``cid``
                    was a path)
 ``pin_rm``         {cid}
-``pin_ls``         {state} -> stream of pin dicts -> {count}; state: a local
-                   state, ``error`` (failed pins, with ``error``) or
-                   ``incomplete`` (pins missing blocks, ``blocks_present``)
+``pin_ls``         {state, records} -> stream of pin dicts -> {count}; state:
+                   a local state, ``error`` (failed pins, with ``error``) or
+                   ``incomplete`` (pins missing blocks, ``blocks_present``);
+                   name-record pins only with ``records`` true
 ``pin_status``     {cid} -> DESIGN.md contract
 ``pin_wait``       {cid, timeout} -> stream of {pinned, wanted, holders} ->
                    pin_status record + {done}
@@ -85,7 +86,7 @@ from pinfold.blockstore.errors import BlockNotFound, PinError
 
 from pinfold.daemon.api_node import ApiNode
 from pinfold.daemon.api_paths import path_handlers
-from pinfold.daemon.api_shapes import pin_dict, unpinned_dict
+from pinfold.daemon.api_shapes import is_record_listing, pin_dict, unpinned_dict
 from pinfold.daemon.errors import InvalidArgument, OutputClosed
 from pinfold.daemon.ingest import BlockSink, undo_on_failure
 from pinfold.daemon.p2p.streams import UploadReader
@@ -549,8 +550,11 @@ class Api:
 
     async def pin_ls(self, call: Any) -> dict[str, Any]:
         state = _param(call.params, "state", str, None)
+        records = _param(call.params, "records", bool, False)
         count = 0
         async for item in self.node.pin_list(state):
+            if not records and is_record_listing(item):
+                continue  # a name record's pin: bookkeeping, listed when asked
             await call.send(pin_dict(item))
             count += 1
         return {"count": count}

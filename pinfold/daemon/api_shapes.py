@@ -13,12 +13,14 @@ from typing import Any
 
 from pinfold.blockstore.cid import CID
 from pinfold.blockstore.pins import PinRecord
+from pinfold.names.carrier import is_record_pin
 from pinfold.replication.types import cid_text
 
 from pinfold.daemon.cluster import ClusterPin
 from pinfold.daemon.pinning import LocalPin, Pinned
 
-__all__ = ["cluster_pin_dict", "pin_dict", "pin_record_dict", "unpinned_dict"]
+__all__ = ["cluster_pin_dict", "is_record_listing", "pin_dict", "pin_record_dict",
+           "unpinned_dict"]
 
 
 def _jsonable(value: Any) -> Any:
@@ -70,6 +72,13 @@ def cluster_pin_dict(cp: ClusterPin) -> dict[str, Any]:
     if cp.holders_wanted is not None:
         d["holders_wanted"] = cp.holders_wanted
     return d
+
+
+def is_record_listing(item: ClusterPin | LocalPin) -> bool:
+    """True for a pin that carries a name record (``names/carrier.py``): the
+    names' bookkeeping, which ``pin ls`` hides unless asked."""
+    meta = dict(item.pin.metadata) if isinstance(item, ClusterPin) else item.record.metadata
+    return is_record_pin(meta)
 
 
 def pin_dict(result: Pinned | ClusterPin | LocalPin) -> dict[str, Any]:

@@ -153,11 +153,19 @@ class NameView:
         pool = live or list(self.versions)
         return max(pool) if pool else None
 
+    def default_version(self) -> int | None:
+        """The version ``NAME`` alone names: where ``main`` points, else ``latest``."""
+        move = self.tags.get(DEFAULT_TAG)
+        return move.version if move is not None else self.latest()
+
+    def tags_at(self, version: int) -> list[str]:
+        """The tags that point at ``version`` now, sorted."""
+        return sorted(t for t, m in self.tags.items() if m.version == version)
+
     def version_of(self, ref: int | str | None) -> VersionRecord:
         """The version record ``ref`` names. Raises ``NameNotFound``."""
         if ref is None:
-            move = self.tags.get(DEFAULT_TAG)
-            number = move.version if move is not None else self.latest()
+            number = self.default_version()
         elif isinstance(ref, int):
             number = ref
         else:
@@ -470,7 +478,7 @@ def describe(view: NameView) -> list[dict[str, object]]:
             "version": number, "parent": r.parent, "cid": r.root, "size": r.size,
             "time_ms": r.time_ms, "message": r.message, "meta": dict(r.meta),
             "publisher": key_text(r.key), "record": str(s.cid),
-            "tags": sorted(t for t, m in view.tags.items() if m.version == number),
+            "tags": view.tags_at(number),
             "superseded": [
                 {"tag": m.tag, "publisher": key_text(m.key), "lamport": m.lamport,
                  "time_ms": m.time_ms}

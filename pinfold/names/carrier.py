@@ -6,7 +6,8 @@ the pinset's gossip and anti-entropy bring every record to every member, a
 late joiner included, without fetching anything. The block is base64 in
 chunks of ``CHUNK`` characters under ``pinfold.name.NN`` keys; the
 ``pinfold.name`` key holds the record's kind and name for people
-(``pinfold pin ls`` shows them as ``name:NAME``).
+(``pinfold pin ls --all`` shows them as ``name:NAME``; plain ``pin ls``
+leaves them out).
 
 A receiver checks that the bytes hash to the pin's CID (``record_block``)
 before it verifies the signature; anything else is not a record.

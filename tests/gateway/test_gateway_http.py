@@ -148,6 +148,20 @@ def test_percent_encoded_unicode_names_resolve(site: dict[str, Any]) -> None:
     assert r.header("x-ipfs-path").isascii()
 
 
+@pytest.mark.parametrize("how", ["", "?format=raw", "?format=car", "?format=car&dag-scope=block"])
+def test_x_ipfs_path_is_percent_encoded_as_the_url_is(site: dict[str, Any], how: str) -> None:
+    """A name with a space and UTF-8 shows in X-Ipfs-Path as in the URL path
+    (RFC 3986 percent-encoding throughout), for every response type and for HEAD."""
+    encoded = f"/ipfs/{site['cid']}/notes%20&%20%C3%BC.txt"
+    for args in ((), ("-I",)):
+        r = get(site, encoded + how, *args)
+        assert r.status == 200, r.body
+        assert r.header("x-ipfs-path") == encoded
+    # the same name with '&' encoded too: the header is that of the decoded path
+    other = f"/ipfs/{site['cid']}/notes%20%26%20%C3%BC.txt"
+    assert get(site, other + how, "-I").header("x-ipfs-path") == encoded
+
+
 # ---------------------------------------------------------------------- ranges and HEAD
 
 
@@ -200,6 +214,45 @@ def test_raw_block_matches_its_cid(site: dict[str, Any], how: tuple[str, ...]) -
     assert r.header("content-disposition") == f'attachment; filename="{site["cid"]}.bin"'
 
 
+@pytest.mark.parametrize("how", [("?format=raw",), ("", "-H", "Accept: application/vnd.ipld.raw")])
+@pytest.mark.parametrize("rel", ["hello.txt", "sub", "sub/big.bin"])
+def test_raw_block_of_a_path_is_the_block_its_last_segment_names(
+        site: dict[str, Any], how: tuple[str, ...], rel: str) -> None:
+    """path-gateway "Raw Block" (Kubo, gateway-conformance TestGatewayBlock): the
+    path is resolved and its last element's block is sent, with that block's ETag."""
+    path = f"/ipfs/{site['cid']}/{quote(rel)}"
+    r = get(site, path + how[0], *how[1:])
+    assert r.status == 200, r.body
+    roots = r.header("x-ipfs-roots").split(",")
+    assert roots[0] == site["cid"] and len(roots) == 1 + rel.count("/") + 1
+    target = roots[-1]
+    verify_block(parse_cid(target), r.body)
+    assert r.header("content-type") == "application/vnd.ipld.raw"
+    assert r.header("content-length") == str(len(r.body))
+    assert r.header("etag") == f'"{target}.raw"'
+    assert r.header("x-ipfs-path") == path
+    assert r.header("content-disposition") == f'attachment; filename="{target}.bin"'
+    assert r.header("cache-control") == "public, max-age=29030400, immutable"
+    assert r.header("x-content-type-options") == "nosniff"
+    # asked by Accept alone: the URL that gives this response by itself
+    assert r.header("content-location") == ("" if how[0] else path + "?format=raw")
+    head = get(site, path + how[0], "-I", *how[1:])
+    assert head.status == 200 and head.header("content-length") == str(len(r.body))
+
+
+def test_raw_block_of_a_path_takes_a_range_and_a_filename(site: dict[str, Any]) -> None:
+    path = f"/ipfs/{site['cid']}/sub/big.bin?format=raw"
+    whole = get(site, path)
+    part = get(site, path, "-H", "Range: bytes=2-9")
+    assert part.status == 206 and part.body == whole.body[2:10]
+    assert part.header("content-range") == f"bytes 2-9/{len(whole.body)}"
+    assert part.header("etag") != whole.header("etag")
+    past = get(site, path, "-H", f"Range: bytes={len(whole.body)}-")
+    assert past.status == 416 and "format=raw" in past.body.decode()
+    named = get(site, f"/ipfs/{site['cid']}/hello.txt?format=raw&filename=greeting.bin")
+    assert named.header("content-disposition") == 'attachment; filename="greeting.bin"'
+
+
 def test_car_of_a_path_sends_path_blocks_first_each_verified(site: dict[str, Any]) -> None:
     r = get(site, f"/ipfs/{site['cid']}/sub/big.bin?format=car")
     assert r.status == 200
@@ -247,6 +300,22 @@ def test_car_entity_bytes_sends_only_the_blocks_of_the_range(site: dict[str, Any
     assert outside.status == 400 and b"outside" in outside.body
 
 
+@pytest.mark.parametrize("rel", ["sub/big.bin", "sub"])
+def test_car_entity_bytes_with_from_after_to_is_400_naming_the_parameter(
+        site: dict[str, Any], rel: str) -> None:
+    """``10:5`` is an invalid range (RFC 9110 14.1.1, Kubo): 400 before any CAR is
+    sent, for a file and for a folder (where a valid range would be ignored)."""
+    r = get(site, f"/ipfs/{site['cid']}/{rel}?format=car&entity-bytes=10:5")
+    assert r.status == 400, r.body
+    text = r.body.decode()
+    assert "entity-bytes='10:5'" in text and "after TO" in text and text.count("\n") == 1
+    # a pair that resolves empty against the size is still answered as dag-scope=block
+    empty = get(site, f"/ipfs/{site['cid']}/sub/big.bin?format=car"
+                      f"&entity-bytes={len(BIG) - 10}:-20")
+    assert empty.status == 200
+    assert len(read_car(empty.body)[1]) == 3  # root dir, sub, the file's root block
+
+
 def test_car_of_a_dag_has_the_blocks_of_dag_export(site: dict[str, Any]) -> None:
     d = site["daemon"]
     exported = run_cli(d.home, "dag", "export", site["cid"]).stdout
@@ -267,7 +336,7 @@ def test_car_of_a_dag_has_the_blocks_of_dag_export(site: dict[str, Any]) -> None
     ("/ipns/example.com", (), 404, "no name 'example.com'"),
     ("/", (), 404, "/ipfs/{cid}"),
     ("/ipfs/{cid}?format=tar", (), 400, "format='tar' is not supported"),
-    ("/ipfs/{cid}/hello.txt?format=raw", (), 400, "without a path"),
+    ("/ipfs/{cid}/missing.txt?format=raw", (), 404, "no entry 'missing.txt'"),
     ("/ipfs/{cid}?format=car&dag-scope=most", (), 400, "dag-scope"),
     ("/ipfs/{cid}", ("-H", "Accept: application/vnd.ipld.car; version=2"), 400, "version 2"),
 ])

@@ -56,6 +56,13 @@ def test_entity_bytes_outside_or_malformed_are_refused() -> None:
             parse_entity_bytes(bad, 100)
 
 
+@pytest.mark.parametrize("text", ["10:5", "-5:-10", "1:0"])
+def test_entity_bytes_with_from_after_to_is_refused_naming_the_parameter(text: str) -> None:
+    """RFC 9110 14.1.1: last before first makes the range invalid, not empty."""
+    with pytest.raises(ValueError, match=f"entity-bytes='{text}': FROM .* is after TO"):
+        parse_entity_bytes(text, 1000)
+
+
 @pytest.mark.parametrize(("name", "head", "want"), [
     ("a.csv", b"x", "text/csv; charset=utf-8"),
     ("a.json", b"{}", "application/json; charset=utf-8"),

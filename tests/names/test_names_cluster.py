@@ -252,6 +252,11 @@ def test_versions_rm_unpins_a_version_and_keeps_its_record(cl: Cluster, tmp_path
         assert v2["cid"] == v3["cid"]
         assert ca.status(v3["cid"])["cid"] == v3["cid"]
         assert ca.resolve("org/retire") == v3["cid"]
+        # The records ride as cluster pins; pin ls lists them only when asked.
+        listed = [p["name"] for p in ca.pins()]
+        assert listed and not any(n.startswith("name:") for n in listed)
+        records = [p["name"] for p in ca.pins(records=True)]
+        assert "name:org/retire retire 1" in records and "name:org/retire version 3" in records
 
 
 @pytest.mark.slow  # 100 pushes: about 3 minutes on a loaded 2-core machine

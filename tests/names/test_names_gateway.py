@@ -102,6 +102,14 @@ def test_ipns_range_and_etag_work_as_on_ipfs(named: dict[str, Any]) -> None:
     (f"/ipns/{NAME}@9/file.csv", 404, "no version 9"),
     (f"/ipns/{NAME}@nope/file.csv", 404, "no tag 'nope'"),
     (f"/ipns/{NAME}@main/missing.csv", 404, "no entry 'missing.csv'"),
+    # the user's /ipns/ path is named, not the CID it resolved to
+    (f"/ipns/{NAME}@2/sub/nope", 404,
+     f"/ipns/{NAME}@2/sub/nope: no entry 'nope' in /ipns/{NAME}@2/sub"),
+    (f"/ipns/{NAME}/file.csv/deeper", 404,
+     f"/ipns/{NAME}/file.csv/deeper: no entry 'deeper' in /ipns/{NAME}/file.csv "
+     "(not a directory)"),
+    (f"/ipns/{NAME}@1/file.csv?format=car&entity-bytes=999:*", 400,
+     f"/ipns/{NAME}@1/file.csv: entity-bytes=999:* lies outside"),
     (f"/ipns/{NAME}@/file.csv", 400, "nothing after '@'"),
 ])
 def test_ipns_errors_name_the_problem(named: dict[str, Any], path: str, status: int,
@@ -110,6 +118,20 @@ def test_ipns_errors_name_the_problem(named: dict[str, Any], path: str, status: 
     assert r.status == status, r.body
     text = r.body.decode()
     assert says in text and "Traceback" not in text
+    assert "/ipfs/" not in text  # never the CID the name resolved to
+
+
+def test_ipns_x_ipfs_path_is_percent_encoded_as_the_url_is(named: dict[str, Any],
+                                                           tmp_path: Any) -> None:
+    folder = tmp_path / "spaced"
+    folder.mkdir()
+    (folder / "read me ü.txt").write_text("hi\n")
+    with named["daemon"].client() as c:
+        c.push("org/spaced", folder)
+    encoded = "/ipns/org/spaced@1/read%20me%20%C3%BC.txt"
+    r = get(named, encoded)
+    assert r.status == 200 and r.body == b"hi\n"
+    assert r.header("x-ipfs-path") == encoded
 
 
 def test_pandas_reads_a_csv_by_name_through_fsspec(named: dict[str, Any]) -> None:
@@ -119,6 +141,31 @@ def test_pandas_reads_a_csv_by_name_through_fsspec(named: dict[str, Any]) -> Non
     df1 = pandas.read_csv(f"pinfold://{NAME}@1/file.csv",
                           storage_options={"socket": named["socket"]})
     assert df1["name"].tolist() == ["alpha"]
+
+
+@pytest.mark.parametrize(("ref", "says"), [
+    (f"{NAME}@99", "no version 99"),
+    (f"{NAME}@nope", "no tag 'nope'"),
+    (f"{NAME}@2/sub/missing", "no entry 'missing'"),
+])
+def test_fsspec_missing_version_tag_or_path_is_file_not_found_naming_it(
+        named: dict[str, Any], ref: str, says: str) -> None:
+    """A ``NAME@REF`` that does not exist is missing like a path: each fsspec call
+    raises FileNotFoundError (never the client's RpcError) saying what is missing,
+    its ``filename`` the path asked for; ``exists`` and ``isfile`` are False."""
+    import fsspec
+
+    fs = fsspec.filesystem("pinfold", socket=named["socket"])
+    for path in (ref, f"{ref}/file.csv"):
+        url = f"pinfold://{path}"
+        for call in (fs.info, fs.ls, fs.cat_file, lambda u: fs.open(u).read()):
+            with pytest.raises(FileNotFoundError) as info:
+                call(url)
+            assert says in str(info.value) and info.value.filename == path, call
+        assert fs.exists(url) is False and fs.isfile(url) is False
+    with pytest.raises(FileNotFoundError, match=says):
+        pandas.read_csv(f"pinfold://{ref}/file.csv",
+                        storage_options={"socket": named["socket"]})
 
 
 def test_ls_lists_a_folder_by_name(named: dict[str, Any]) -> None:

@@ -104,3 +104,46 @@ def test_pull_of_a_name_without_hub_metadata_gets_a_stable_revision(node: Daemon
                                                        cache_dir=str(cache)))
     assert folder_hf == Path(first["path"])
     assert (folder_hf / "a.txt").read_text() == "hello"
+
+
+def _offline_snapshot(cache: Path, repo: str, revision: str | None = None) -> Path:
+    """``snapshot_download`` with the network off, as a user loading a cached model."""
+    before = os.environ.get("HF_HUB_OFFLINE")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        return Path(huggingface_hub.snapshot_download(repo, revision=revision,
+                                                      local_files_only=True,
+                                                      cache_dir=str(cache)))
+    finally:
+        if before is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = before
+
+
+def test_pull_of_mains_version_by_number_writes_refs_main(node: DaemonProcess,
+                                                         tmp_path: Path) -> None:
+    """``pull NAME@2`` when ``main`` points at 2 is main for huggingface_hub too:
+    ``refs/main`` names its snapshot. Pulling an older version adds its snapshot
+    (found by revision, or by a tag at it) and leaves ``refs/main`` alone."""
+    folder = tmp_path / "model"
+    folder.mkdir()
+    for n in (1, 2):
+        (folder / "weights.txt").write_text(f"version {n}")
+        cli_json(node.home, "push", "acme/byversion", str(folder))
+    run_cli(node.home, "tag", "acme/byversion@1", "stable")
+    cache = tmp_path / "hub"
+    two = cli_json(node.home, "pull", "acme/byversion@2", "--hf-cache", str(cache))
+    refs = cache / "models--acme--byversion" / "refs"
+    assert (refs / "main").read_text() == two["revision"]
+    main = _offline_snapshot(cache, "acme/byversion")
+    assert main.name == two["revision"] and (main / "weights.txt").read_text() == "version 2"
+
+    one = cli_json(node.home, "pull", "acme/byversion@1", "--hf-cache", str(cache))
+    assert one["revision"] != two["revision"]
+    assert (refs / "main").read_text() == two["revision"]  # main still points at 2
+    assert (refs / "stable").read_text() == one["revision"]
+    for rev in (one["revision"], "stable"):
+        old = _offline_snapshot(cache, "acme/byversion", rev)
+        assert old.name == one["revision"] and (old / "weights.txt").read_text() == "version 1"
+    assert _offline_snapshot(cache, "acme/byversion").name == two["revision"]

@@ -221,8 +221,9 @@ def _name_commands(cmd: Any) -> None:
     p.add_argument("tag")
     key_option(p)
 
-    p = cmd("versions", "a name's history (versions rm NAME@N: unpin a version)")
-    p.add_argument("words", nargs="+", metavar="NAME | rm NAME@N")
+    p = cmd("versions", "a name's history, or one version's (versions rm NAME@N: "
+            "unpin a version)")
+    p.add_argument("words", nargs="+", metavar="NAME[@REF] | rm NAME@N")
     key_option(p)
 
     cmd("names", "list the names of the cluster")
@@ -382,9 +383,12 @@ def build_parser() -> argparse.ArgumentParser:
     _timeout_option(p, "fetching the DAG (standalone; in a cluster the holders fetch later)")
     p = pin.add_parser("rm", help="unpin a CID")
     p.add_argument("cid")
-    p = pin.add_parser("ls", help="list pins")
+    p = pin.add_parser("ls", help="list pins (--all: with the pins of name records)")
     p.add_argument("--state", choices=PIN_STATES,
                    help="only pins in this local state (error: failed pins, with the reason)")
+    p.add_argument("--all", action="store_true", dest="records",
+                   help="also the pins that carry name records (name:NAME version N, "
+                   "tag, retire, grant, claim), hidden by default")
     p = pin.add_parser("status", help="holders, states and achieved availability of a pin")
     p.add_argument("cid")
 

@@ -86,22 +86,37 @@ class Walked:
         roots: the CID of the root and of each segment (``X-Ipfs-Roots``).
         path_blocks: every block read from the root to the target, the
             target's own block last, each once (HAMT shards included).
+        shown_root: how the user wrote the root: ``/ipfs/CID``, or the
+            ``/ipns/NAME@REF`` it was resolved from.
     """
 
     path: ContentPath
     target: Resolved
     roots: tuple[CID, ...]
     path_blocks: tuple[CID, ...]
+    shown_root: str
+
+    @property
+    def shown(self) -> str:
+        """The path as the user asked for it (decoded): ``shown_root`` and the
+        segments. Error messages and ``X-Ipfs-Path`` name this, not the CID an
+        ``/ipns/`` path resolved to."""
+        return "/".join((self.shown_root, *self.path.segments))
 
 
-async def walk_path(get_block: BlockReader, path: ContentPath) -> Walked:
+async def walk_path(get_block: BlockReader, path: ContentPath, *,
+                    shown_root: str | None = None) -> Walked:
     """Resolve ``path`` segment by segment with ``unixfs.paths.resolve``.
+    ``shown_root`` is how the user named the root (default ``/ipfs/CID``; the
+    ``/ipns/NAME@REF`` it came from), used in messages and ``Walked.shown``.
 
     Raises:
         HttpError: 404 (a segment is missing, or goes through a file; the message
-            names the path up to it), 502 (a malformed block on the way), 504
-            (a block not retrieved in time).
+            names the user's path up to it), 502 (a malformed block on the way),
+            504 (a block not retrieved in time).
     """
+    root_text = shown_root if shown_root is not None else f"/ipfs/{path.root}"
+    shown = "/".join((root_text, *path.segments))
     try:
         step = await resolve(get_block, ContentPath(path.root))
         roots = [step.cid]
@@ -110,11 +125,12 @@ async def walk_path(get_block: BlockReader, path: ContentPath) -> Walked:
             try:
                 step = await resolve(get_block, ContentPath(step.cid, (segment,)))
             except PathNotFound:
-                where = "/ipfs/" + "/".join((str(path.root), *path.segments[:i]))
-                raise HttpError(404, f"{path.ipfs_path}: no entry {segment!r} in {where}"
+                where = "/".join((root_text, *path.segments[:i]))
+                raise HttpError(404, f"{shown}: no entry {segment!r} in {where}"
                                 + (" (not a directory)" if step.kind != "dir" else "")) from None
             roots.append(step.cid)
             blocks.extend(c for c in step.path_blocks[1:] if c not in blocks)
     except DecodeError as exc:
-        raise HttpError(502, f"{path.ipfs_path}: malformed block on the path: {exc}") from None
-    return Walked(path=path, target=step, roots=tuple(roots), path_blocks=tuple(blocks))
+        raise HttpError(502, f"{shown}: malformed block on the path: {exc}") from None
+    return Walked(path=path, target=step, roots=tuple(roots), path_blocks=tuple(blocks),
+                  shown_root=root_text)

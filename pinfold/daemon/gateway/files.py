@@ -18,7 +18,14 @@ from pinfold.blockstore.unixfs.paths import ContentPath, PathNotFound, list_dir,
 from pinfold.blockstore.unixfs.reader import cat
 
 from pinfold.daemon.gateway.content import BlockReader, Walked
-from pinfold.daemon.gateway.http import IMMUTABLE, HttpError, Request, Response, Send
+from pinfold.daemon.gateway.http import (
+    IMMUTABLE,
+    HttpError,
+    Request,
+    Response,
+    Send,
+    path_header,
+)
 from pinfold.daemon.gateway.listing import LISTING_VERSION, render_listing
 from pinfold.daemon.gateway.mime import SNIFF_BYTES, content_type
 from pinfold.daemon.gateway.ranges import Unsatisfiable, parse_range
@@ -27,7 +34,7 @@ Prefetcher = Callable[[], AbstractAsyncContextManager[Callable[[list[CID]], None
 
 
 def _common(walked: Walked) -> tuple[tuple[str, str], ...]:
-    return (("Cache-Control", IMMUTABLE), ("X-Ipfs-Path", walked.path.ipfs_path),
+    return (("Cache-Control", IMMUTABLE), ("X-Ipfs-Path", path_header(walked.shown)),
             ("X-Ipfs-Roots", ",".join(map(str, walked.roots))))
 
 
@@ -71,14 +78,14 @@ async def file_response(get_block: BlockReader, prefetcher: Prefetcher, req: Req
         try:
             rng = parse_range(range_header, size)
         except Unsatisfiable as exc:
-            raise HttpError(416, f"{walked.path.ipfs_path}: {exc}",
+            raise HttpError(416, f"{walked.shown}: {exc}",
                             (("Content-Range", f"bytes */{size}"),)) from None
     ctype = content_type(name, None)
     if ctype == "application/octet-stream" and (rng is None or rng.start == 0):
         try:
             ctype = content_type(name, await _head_bytes(get_block, cid))
         except DecodeError as exc:
-            raise HttpError(502, f"{walked.path.ipfs_path}: malformed block: {exc}") from None
+            raise HttpError(502, f"{walked.shown}: malformed block: {exc}") from None
     start, length = (rng.start, rng.length) if rng else (0, size)
     etag = f'"{cid}"' if rng is None else f'"{cid}.{rng.start}-{rng.end}"'
     headers = [("Content-Type", ctype), ("ETag", etag), ("Accept-Ranges", "bytes"),
@@ -92,7 +99,7 @@ async def file_response(get_block: BlockReader, prefetcher: Prefetcher, req: Req
                 async for piece in cat(get_block, cid, start, length, prefetch=prefetch):
                     await send(piece)
         except DecodeError as exc:
-            raise HttpError(502, f"{walked.path.ipfs_path}: malformed block: {exc}") from None
+            raise HttpError(502, f"{walked.shown}: malformed block: {exc}") from None
 
     return Response(status=206 if rng else 200, route=route, headers=tuple(headers),
                     body=body, length=length)
@@ -108,21 +115,21 @@ async def directory_response(get_block: BlockReader, prefetcher: Prefetcher, req
         return Response(status=301, route="redirect", headers=(
             ("Location", location), ("Cache-Control", IMMUTABLE),
             ("Content-Type", "text/html; charset=utf-8"),
-            ("X-Ipfs-Path", walked.path.ipfs_path)),
+            ("X-Ipfs-Path", path_header(walked.shown))),
             body=f'<a href="{location}">Moved Permanently</a>.\n'.encode())
     try:
         index = await resolve(get_block, ContentPath(target.cid, ("index.html",)))
     except PathNotFound:
         index = None
     except DecodeError as exc:
-        raise HttpError(502, f"{walked.path.ipfs_path}: malformed directory: {exc}") from None
+        raise HttpError(502, f"{walked.shown}: malformed directory: {exc}") from None
     if index is not None and index.kind == "file":
         return await file_response(get_block, prefetcher, req, walked, index.cid,
                                    index.size or 0, "index.html", route="index")
     try:
         entries = await list_dir(get_block, target.cid)
     except DecodeError as exc:
-        raise HttpError(502, f"{walked.path.ipfs_path}: malformed directory: {exc}") from None
+        raise HttpError(502, f"{walked.shown}: malformed directory: {exc}") from None
     page = render_listing(walked.path.ipfs_path + "/", str(target.cid), entries)
     return Response(status=200, route="directory", body=page, headers=(
         ("Content-Type", "text/html; charset=utf-8"),

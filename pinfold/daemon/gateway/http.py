@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Final
+from urllib.parse import quote
 
 #: Sends one piece of a response body; returns when the client's socket took it
 #: (the backpressure a slow reader exerts).
@@ -21,10 +22,21 @@ Send = Callable[[bytes], Awaitable[None]]
 #: headers are chosen, and sends the headers with the first piece.
 BodyWriter = Callable[[Send], Awaitable[None]]
 
+#: What a URL path keeps unencoded (RFC 3986 3.3 ``pchar`` and ``/``; letters,
+#: digits and ``-._~`` are always kept): everything else is percent-encoded.
+_PATH_SAFE: Final = "/!$&'()*+,;=:@"
+
 #: ipfs/specs path-gateway "Cache-Control": every immutable ``/ipfs/`` response.
 IMMUTABLE: Final = "public, max-age=29030400, immutable"
 #: "Cache-Control" of an ``/ipns/`` response through a tag (it may move): one minute.
 MUTABLE: Final = "public, max-age=60"
+
+
+def path_header(path: str) -> str:
+    """The ``X-Ipfs-Path`` value of a decoded content path (``/ipfs/CID/a b/ü``):
+    percent-encoded as a URL path (RFC 3986 2.1, 3.3), as the request URL writes
+    it, so a space or UTF-8 name is always ``%20``/``%C3%BC``, never raw."""
+    return quote(path, safe=_PATH_SAFE)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -69,6 +69,34 @@ def parse_range(header: str, size: int) -> ByteRange | None:
     return ByteRange(start, min(end, size - 1))
 
 
+def entity_bytes_bounds(text: str) -> tuple[int, int | None]:
+    """The ``(FROM, TO)`` offsets of ``entity-bytes=FROM:TO``, ``TO`` ``None`` for ``*``,
+    before any entity is known.
+
+    As RFC 9110 14.1.1 for a byte-range-spec (and Kubo's gateway), a range whose
+    ``FROM`` comes after ``TO`` while both count from the same end is invalid,
+    not empty: ``10:5`` and ``-5:-10`` are refused. A mixed pair (``499:-1000``)
+    depends on the size and may resolve empty (see ``parse_entity_bytes``).
+
+    Raises:
+        ValueError: not ``FROM:TO`` with integers (``TO`` may be ``*``), or ``FROM``
+            after ``TO``; the message names the parameter and its value.
+    """
+    first, sep, last = text.partition(":")
+    if not sep:
+        raise ValueError(f"entity-bytes={text!r}: expected FROM:TO")
+    try:
+        start = int(first)
+        end = None if last == "*" else int(last)
+    except ValueError:
+        raise ValueError(f"entity-bytes={text!r}: expected FROM:TO, integers or TO = '*'") \
+            from None
+    if end is not None and (start >= 0) == (end >= 0) and start > end:
+        raise ValueError(f"entity-bytes={text!r}: FROM ({start}) is after TO ({end}); "
+                         "the range is FROM:TO with FROM <= TO, both inclusive")
+    return start, end
+
+
 def parse_entity_bytes(text: str, size: int) -> ByteRange | None:
     """``entity-bytes=FROM:TO`` (trustless gateway spec) for an entity of ``size`` bytes.
 
@@ -77,18 +105,10 @@ def parse_entity_bytes(text: str, size: int) -> ByteRange | None:
     empty after clamping (the spec then answers as ``dag-scope=block``).
 
     Raises:
-        ValueError: the text is not ``FROM:TO`` with integers (or ``*``).
+        ValueError: as ``entity_bytes_bounds`` (malformed, or ``FROM`` after ``TO``).
         Unsatisfiable: the range lies wholly outside the entity.
     """
-    first, sep, last = text.partition(":")
-    try:
-        start = int(first)
-        end = None if last == "*" else int(last)
-    except ValueError:
-        raise ValueError(f"entity-bytes={text!r}: expected FROM:TO, integers or TO = '*'") \
-            from None
-    if not sep:
-        raise ValueError(f"entity-bytes={text!r}: expected FROM:TO")
+    start, end = entity_bytes_bounds(text)
     if start < 0:
         start = max(size + start, 0)
     if end is None:

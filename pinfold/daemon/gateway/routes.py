@@ -99,8 +99,9 @@ class Router:
 
     async def _ipns(self, req: Request) -> Response:
         """``/ipns/NAME[@REF][/path]``: served as the ``/ipfs/`` path it resolves to,
-        with ``X-Ipfs-Path`` the ``/ipns/`` path and ``Cache-Control`` immutable
-        only for a version number (a tag moves: ``MUTABLE``)."""
+        with ``X-Ipfs-Path`` and error messages naming the ``/ipns/`` path (not the
+        CID it resolved to) and ``Cache-Control`` immutable only for a version
+        number (a tag moves: ``MUTABLE``)."""
         try:
             text = unquote(req.path[len("/ipns/"):], errors="strict")
         except UnicodeDecodeError:
@@ -111,32 +112,39 @@ class Router:
             raise HttpError(404, f"/ipns/{text}: {exc.args[0] if exc.args else exc}") from None
         except ValueError as exc:
             raise HttpError(400, f"/ipns/{text}: {exc}") from None
-        resp = await self._serve(req, path)
-        shown = "/ipns/" + text.strip("/")
-        headers = []
-        for k, v in resp.headers:
-            if k == "X-Ipfs-Path":
-                v = shown
-            elif k == "Cache-Control" and v == IMMUTABLE and not immutable:
-                v = MUTABLE
-            headers.append((k, v))
-        return dataclasses.replace(resp, headers=tuple(headers))
+        # The path's segments are the text's last ones; what precedes them is how
+        # the user named the version (NAME, NAME@3, NAME@main).
+        parts = [p for p in text.split("/") if p]
+        kept = len(parts) - len(path.segments)
+        shown_root = "/ipns/" + "/".join(parts[:kept]) if kept > 0 else None
+        resp = await self._serve(req, path, shown_root=shown_root)
+        headers = tuple((k, MUTABLE if k == "Cache-Control" and v == IMMUTABLE
+                         and not immutable else v) for k, v in resp.headers)
+        return dataclasses.replace(resp, headers=headers)
 
-    async def _serve(self, req: Request, path: ContentPath) -> Response:
+    async def _serve(self, req: Request, path: ContentPath, *,
+                     shown_root: str | None = None) -> Response:
         kind = negotiate(req)
         dups = car_params(req.header("accept"), req.query) if kind == CAR_TYPE else False
         if "only-if-cached" in req.header("cache-control") and not self.source.has_block(
                 path.root):
             raise HttpError(412, f"{path.root} is not in this node's store (only-if-cached)")
         reader = BlockReader(self.source, self.timeout_s)
-        walked = await walk_path(reader, path)
+        walked = await walk_path(reader, path, shown_root=shown_root)
         if kind == RAW_TYPE:
-            resp = await raw_response(reader, walked)
+            resp = await raw_response(reader, walked, req)
         elif kind == CAR_TYPE:
             resp = car_response(reader, walked, req.query, dups=dups,
                                 prefetcher=self.source.prefetcher)
         else:
             resp = await self._deserialized(reader, req, walked)
+        if kind is not None and "format" not in req.query:
+            # Negotiated by Accept: name the URL that gives this response by itself
+            # (path-gateway "Content-Location"), so caches keep it apart.
+            fmt = "raw" if kind == RAW_TYPE else "car"
+            query = f"{req.query_string}&format={fmt}" if req.query_string else f"format={fmt}"
+            resp = dataclasses.replace(resp, headers=(
+                *resp.headers, ("Content-Location", f"{req.path}?{query}")))
         etag = dict(resp.headers).get("ETag")
         if etag and resp.status in (200, 206) and _etag_matches(req, etag):
             keep = {"ETag", "Cache-Control", "X-Ipfs-Path", "X-Ipfs-Roots", "Vary"}
@@ -159,7 +167,7 @@ class Router:
             return await file_response(reader, self.source.prefetcher, req, walked,
                                        target.cid, target.size or 0, name)
         if target.kind == "symlink":
-            raise HttpError(501, f"{walked.path.ipfs_path} is a symlink; the gateway does not "
+            raise HttpError(501, f"{walked.shown} is a symlink; the gateway does not "
                             "follow symlinks (use format=raw or format=car)")
-        raise HttpError(406, f"{walked.path.ipfs_path} is {target.cid.codec.name}, not UnixFS: "
+        raise HttpError(406, f"{walked.shown} is {target.cid.codec.name}, not UnixFS: "
                         "ask for it with format=raw or format=car")

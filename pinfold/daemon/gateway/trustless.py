@@ -1,5 +1,5 @@
 """Trustless responses (ipfs/specs ``http-gateways/trustless-gateway.md``):
-one raw block (``application/vnd.ipld.raw``) and CARv1 streams
+one raw block (``application/vnd.ipld.raw``, the block a path ends at) and CARv1 streams
 (``application/vnd.ipld.car``) with ``dag-scope`` and ``entity-bytes``.
 
 A CAR holds the blocks that resolve the path first (root to target), then the
@@ -22,8 +22,21 @@ from pinfold.blockstore.unixfs import reader as unixfs_reader
 from pinfold.blockstore.unixfs.data import DataType, decode_data
 
 from pinfold.daemon.gateway.content import BlockReader, Walked
-from pinfold.daemon.gateway.http import IMMUTABLE, HttpError, Response, Send
-from pinfold.daemon.gateway.ranges import ByteRange, Unsatisfiable, parse_entity_bytes
+from pinfold.daemon.gateway.http import (
+    IMMUTABLE,
+    HttpError,
+    Request,
+    Response,
+    Send,
+    path_header,
+)
+from pinfold.daemon.gateway.ranges import (
+    ByteRange,
+    Unsatisfiable,
+    entity_bytes_bounds,
+    parse_entity_bytes,
+    parse_range,
+)
 
 RAW_TYPE: Final = "application/vnd.ipld.raw"
 CAR_TYPE: Final = "application/vnd.ipld.car"
@@ -59,24 +72,41 @@ def car_params(accept: str, query: dict[str, str]) -> bool:
     return params.get("dups", "n") == "y"
 
 
-async def raw_response(get_block: BlockReader, walked: Walked) -> Response:
-    """``/ipfs/{cid}?format=raw``: the block ``cid`` as stored (its hash matches the CID).
+async def raw_response(get_block: BlockReader, walked: Walked, req: Request) -> Response:
+    """``/ipfs/{cid}[/path]?format=raw``: the block the path ends at, as stored (its
+    hash matches ``X-Ipfs-Roots``' last CID); a ``Range`` gives 206 of those bytes.
+
+    The trustless spec serves raw blocks by CID only; the path gateway (path-gateway
+    "Response Payload", Kubo, gateway-conformance ``TestGatewayBlock``) resolves the
+    path first and returns its last element's block, which is what this does.
+    ETag ``"CID.raw"`` of that block (``"CID.raw.START-END"`` for a range), the file
+    name ``CID.bin`` unless ``?filename=`` names one.
 
     Raises:
-        HttpError: 400 when a path follows the CID (the spec serves raw blocks by CID only).
+        HttpError: 416 for a range that starts past the block's end; 504 as
+            ``BlockReader``.
     """
-    if walked.path.segments:
-        raise HttpError(400, f"{walked.path.ipfs_path}: format=raw takes /ipfs/{{cid}} only, "
-                        "without a path; use format=car for a path")
     cid = walked.target.cid
     data = await get_block(cid)  # one block, also for HEAD (its Content-Length)
-    return Response(status=200, route="raw", body=data,
-                    headers=(("Content-Type", RAW_TYPE), ("Cache-Control", IMMUTABLE),
-                             ("ETag", f'"{cid}.raw"'), ("X-Content-Type-Options", "nosniff"),
-                             ("Content-Disposition", f'attachment; filename="{cid}.bin"'),
-                             ("X-Ipfs-Path", walked.path.ipfs_path),
-                             ("X-Ipfs-Roots", ",".join(map(str, walked.roots))),
-                             ("Vary", "Accept")))
+    rng = None
+    if req.header("range"):
+        try:
+            rng = parse_range(req.header("range"), len(data))
+        except Unsatisfiable as exc:
+            raise HttpError(416, f"{walked.shown}?format=raw: {exc}",
+                            (("Content-Range", f"bytes */{len(data)}"),)) from None
+    name = (req.query.get("filename") or f"{cid}.bin").encode("ascii", "replace").decode()
+    headers = [("Content-Type", RAW_TYPE), ("Cache-Control", IMMUTABLE),
+               ("ETag", f'"{cid}.raw"' if rng is None else f'"{cid}.raw.{rng.start}-{rng.end}"'),
+               ("X-Content-Type-Options", "nosniff"), ("Accept-Ranges", "bytes"),
+               ("Content-Disposition", f'attachment; filename="{name.replace(chr(34), "_")}"'),
+               ("X-Ipfs-Path", path_header(walked.shown)),
+               ("X-Ipfs-Roots", ",".join(map(str, walked.roots))), ("Vary", "Accept")]
+    if rng is None:
+        return Response(status=200, route="raw", body=data, headers=tuple(headers))
+    headers.append(("Content-Range", rng.content_range(len(data))))
+    return Response(status=206, route="raw", body=data[rng.start:rng.end + 1],
+                    headers=tuple(headers))
 
 
 async def _dir_shards(get_block: BlockReader, cid: CID, emit) -> None:
@@ -105,8 +135,8 @@ def entity_range(walked: Walked, query: dict[str, str]) -> tuple[str, ByteRange 
     the target file (``entity-bytes``), and whether ``entity-bytes`` applied.
 
     Raises:
-        HttpError: 400 for an unknown ``dag-scope``, a malformed ``entity-bytes``, or a
-            range wholly outside the file.
+        HttpError: 400 for an unknown ``dag-scope``, a malformed ``entity-bytes``
+            (or one whose FROM is after its TO), or a range wholly outside the file.
     """
     scope = query.get("dag-scope", "all")
     if scope not in SCOPES:
@@ -114,6 +144,10 @@ def entity_range(walked: Walked, query: dict[str, str]) -> tuple[str, ByteRange 
     text = query.get("entity-bytes")
     if text is None:
         return scope, None, False
+    try:  # a malformed or inverted range is refused whatever the target is
+        entity_bytes_bounds(text)
+    except ValueError as exc:
+        raise HttpError(400, str(exc)) from None
     target = walked.target
     if target.kind != "file":  # not a byte array: as dag-scope=entity (spec)
         return "entity", None, False
@@ -121,7 +155,7 @@ def entity_range(walked: Walked, query: dict[str, str]) -> tuple[str, ByteRange 
     try:
         rng = parse_entity_bytes(text, size)
     except Unsatisfiable as exc:
-        raise HttpError(400, f"{walked.path.ipfs_path}: {exc}") from None
+        raise HttpError(400, f"{walked.shown}: {exc}") from None
     except ValueError as exc:
         raise HttpError(400, str(exc)) from None
     if rng is None:  # empty range: as dag-scope=block (spec)
@@ -185,7 +219,7 @@ def car_response(get_block: BlockReader, walked: Walked, query: dict[str, str], 
                                                        prefetch=prefetch):
                         await emit(cid, data)
         except DecodeError as exc:
-            raise HttpError(502, f"{walked.path.ipfs_path}: malformed block: {exc}") from None
+            raise HttpError(502, f"{walked.shown}: malformed block: {exc}") from None
         if pending:
             await send(bytes(pending))
 
@@ -194,5 +228,5 @@ def car_response(get_block: BlockReader, walked: Walked, query: dict[str, str], 
         ("Content-Type", ctype), ("Cache-Control", IMMUTABLE), ("ETag", etag),
         ("X-Content-Type-Options", "nosniff"), ("Accept-Ranges", "none"),
         ("Content-Disposition", f'attachment; filename="{target.cid}.car"'),
-        ("X-Ipfs-Path", walked.path.ipfs_path),
+        ("X-Ipfs-Path", path_header(walked.shown)),
         ("X-Ipfs-Roots", ",".join(map(str, walked.roots))), ("Vary", "Accept")))

@@ -9,14 +9,20 @@
                        ``tags`` is given without it and ``no_main`` is set
 ``name_check``         {name, key} -> {name, publisher}: may ``key`` publish
                        under ``name`` (``push`` asks before adding anything)
-``name_tag``           {ref: NAME@VERSION, tag, key} -> {name, tag, version}
+``name_tag``           {ref: NAME@VERSION or NAME@TAG, tag, key} -> {name,
+                       tag, version}; NAME alone is refused
 ``name_grant``         {name, grantee: key ID, key} -> {name, grantee}
 ``name_resolve``       {ref} -> {name, version, cid, path, size, files, meta,
-                       record}
-``name_versions``      {name} -> {name, creator, publishers, versions: [...]}
-                       each version with tags, superseded moves, holders and
-                       achieved availability
-``name_retire``        {ref: NAME@VERSION, key} -> {name, version, cid}
+                       record, tags (those at the version now), default (the
+                       version NAME alone names)}
+``name_versions``      {name: NAME[@REF]} -> {name, creator, publishers,
+                       versions: [...]} each version with tags, superseded
+                       moves, holders and achieved availability; with @REF
+                       only the version REF names
+``name_retire``        {ref: NAME@VERSION, key} -> {name, version, cid,
+                       already_retired, unpinned, pinned, shared_with:
+                       [live versions with the same root, kept pinned]};
+                       retiring a retired version changes nothing
 ``name_ls``            -> {names: [{name, versions, tags, creator}]}
 ``name_import``        {records: [block]} -> {imported, records}: signed
                        records (any key: the book decides what they change)
@@ -128,10 +134,15 @@ def name_handlers(names: NameService, *,
         return {"name": name, "publisher": key_text(signer.public_key)}
 
     async def name_tag(call: Any) -> dict[str, Any]:
-        ref = names.parse(param_str(call.params, "ref"))
+        text = param_str(call.params, "ref")
+        ref = names.parse(text)
         tag = check_tag(param_str(call.params, "tag"))
+        if ref.ref is None or ref.segments:
+            # NAME alone would silently mean "where main points now".
+            raise NameError_(f"{text!r}: tag needs the version to point at: NAME@VERSION "
+                             f"(or NAME@TAG), e.g. {ref.name}@1")
         if not isinstance(ref.ref, int):
-            rec = book.lookup(ref)  # NAME@TAG or NAME: the version it names now
+            rec = book.lookup(ref)  # NAME@TAG: the version it names now
             number = rec.version
         else:
             number = ref.ref
@@ -159,14 +170,25 @@ def name_handlers(names: NameService, *,
         return {"name": ref.name, "version": rec.version, "cid": rec.root,
                 "path": "/".join((rec.root, *ref.segments)), "size": rec.size,
                 "files": [[f.path, f.size, f.sha256] for f in rec.files],
-                "meta": dict(rec.meta), "record": str(view.versions[rec.version].cid)}
+                "meta": dict(rec.meta), "record": str(view.versions[rec.version].cid),
+                "tags": view.tags_at(rec.version),
+                "default": view.default_version() == rec.version}
 
     async def name_versions(call: Any) -> dict[str, Any]:
-        ref = names.parse(param_str(call.params, "name"))
+        """The history of ``NAME``; of ``NAME@VERSION`` or ``NAME@TAG``, only the
+        version it names (``NameNotFound`` when there is none)."""
+        text = param_str(call.params, "name")
+        ref = names.parse(text)
+        if ref.segments:
+            raise NameError_(f"{text!r}: versions takes NAME or NAME@VERSION|TAG, "
+                             "not a path inside a version")
         view = book.view(ref.name)
         if view is None:
             raise NameError_(f"no name {ref.name!r} in this cluster")
         versions = describe(view)
+        if ref.ref is not None:
+            number = view.version_of(ref.ref).version
+            versions = [v for v in versions if v["version"] == number]
         for v in versions:
             try:
                 st = await pin_status(parse_cid(str(v["cid"])))
@@ -181,6 +203,8 @@ def name_handlers(names: NameService, *,
                 "versions": versions}
 
     async def name_retire(call: Any) -> dict[str, Any]:
+        """Retire ``NAME@N`` once: a second call publishes nothing and unpins nothing,
+        and the reply says what is true of the root's pin now."""
         ref = names.parse(param_str(call.params, "ref"))
         if not isinstance(ref.ref, int):
             raise NameError_("versions rm takes NAME@VERSION (a version number)")
@@ -190,15 +214,28 @@ def name_handlers(names: NameService, *,
         rec = book.lookup(ref)
         view = book.view(ref.name)
         assert view is not None
-        shared = any(s.record.root == rec.root for n, s in view.versions.items()  # type: ignore[union-attr]
-                     if n != ref.ref and n not in view.retired)
-        if not shared:  # a root another live version holds stays pinned
+        already = ref.ref in view.retired
+        # A root another live version holds stays pinned (``shared`` names them).
+        shared = sorted(n for n, s in view.versions.items()
+                        if n != ref.ref and n not in view.retired
+                        and s.record.root == rec.root)  # type: ignore[union-attr]
+        unpinned = False
+        if not already and not shared:
             try:
                 await unpin(rec.root_cid)
+                unpinned = True
             except NotPinned:
                 pass  # already unpinned: the record still says so
-        await names.publish([retire])
-        return {"name": ref.name, "version": ref.ref, "cid": rec.root}
+        if not already:
+            await names.publish([retire])
+        try:
+            await pin_status(rec.root_cid)
+            pinned = True
+        except NotPinned:
+            pinned = False
+        return {"name": ref.name, "version": ref.ref, "cid": rec.root,
+                "already_retired": already, "unpinned": unpinned, "pinned": pinned,
+                "shared_with": shared}
 
     async def name_ls(call: Any) -> dict[str, Any]:
         out = []

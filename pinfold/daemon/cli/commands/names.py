@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import errno
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -37,7 +39,8 @@ def push(c, args: argparse.Namespace, out: Output) -> int:
         raise UsageError("push takes --replicas N or --availability P")
     wait = wait_kwargs(args)
     if not Path(args.path).exists():
-        raise UsageError(f"{args.path}: no such file or folder")
+        # As `add`: a missing input file is exit 1 (format.EXIT_CODES), not bad usage.
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), args.path)
     with TransferBar("push") as bar:
         res = c.push(args.name, args.path, tags=args.tag, message=args.message or "",
                      meta=_meta(args.meta), move_main=not args.no_main,
@@ -64,7 +67,12 @@ def pull(c, args: argparse.Namespace, out: Output) -> int:
 
 
 def tag(c, args: argparse.Namespace, out: Output) -> int:
-    """``pinfold tag NAME@VERSION TAG``: move TAG."""
+    """``pinfold tag NAME@VERSION TAG``: move TAG (``NAME@TAG`` also names a version;
+    ``NAME`` alone is a usage error: which version was meant is not said)."""
+    if "@" not in args.ref:
+        raise UsageError(f"tag {args.ref} {args.tag}: name the version to tag, "
+                         f"e.g. `pinfold tag {args.ref}@1 {args.tag}` (NAME@VERSION or "
+                         "NAME@TAG)")
     res = c.tag(args.ref, args.tag, key=args.key)
     out.doc(res, f"{res['name']}@{res['tag']} -> version {res['version']}")
     return 0
@@ -74,14 +82,33 @@ def _when(ms: int) -> str:
     return datetime.datetime.fromtimestamp(ms / 1000, datetime.UTC).strftime("%Y-%m-%d %H:%M")
 
 
+def _retired_text(res: dict[str, Any]) -> str:
+    """What ``versions rm`` did, and the root's pin as it is now."""
+    ref, cid = f"{res['name']}@{res['version']}", res["cid"]
+    head = f"{ref} was already retired" if res.get("already_retired") else f"retired {ref}"
+    shared = res.get("shared_with") or []
+    if res.get("unpinned"):
+        pin = f"unpinned {cid}"
+    elif shared:
+        which = ", ".join(map(str, shared))
+        pin = f"{cid} stays pinned: version{'s' if len(shared) > 1 else ''} {which} " \
+              "has the same root"
+    elif res.get("pinned"):
+        pin = f"{cid} is still pinned"
+    else:
+        pin = f"{cid} is not pinned"
+    return f"{head} ({pin})"
+
+
 def versions(c, args: argparse.Namespace, out: Output) -> int:
-    """``pinfold versions NAME``: the history, newest first."""
+    """``pinfold versions NAME``: the history, newest first; ``versions NAME@REF``:
+    only the version REF (a number or a tag) names."""
     words = args.words
     if len(words) > 2 or (len(words) == 2 and words[0] != "rm"):
-        raise UsageError("use `versions NAME` or `versions rm NAME@VERSION`")
+        raise UsageError("use `versions NAME[@VERSION|@TAG]` or `versions rm NAME@VERSION`")
     if len(words) == 2:
         res = c.retire(words[1], key=args.key)
-        out.doc(res, f"retired {res['name']}@{res['version']} (unpinned {res['cid']})")
+        out.doc(res, _retired_text(res))
         return 0
     res = c.versions(words[0])
     lines = [f"{res['name']} (creator {res['creator']})"]

@@ -108,7 +108,8 @@ def pin_rm(c, args: argparse.Namespace, out: Output) -> int:
 
 
 def pin_ls(c, args: argparse.Namespace, out: Output) -> int:
-    out.lines(c.pins(state=args.state), _fmt_pin)
+    """``pinfold pin ls [--state S] [--all]``: pins; name-record pins with ``--all``."""
+    out.lines(c.pins(state=args.state, records=args.records), _fmt_pin)
     return 0
 
 

@@ -1,0 +1,134 @@
+"""The names commands as a user types them, on one real daemon: ``versions rm``
+run twice changes nothing the second time and says what is pinned;
+``versions NAME@N`` shows that version; ``tag`` refuses a ref without a version;
+``push`` of a missing path exits as ``add`` does; ``pin ls`` hides the pins of
+name records unless ``--all``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pinfold.client import RpcError
+from pinfold.daemon.cli.format import EXIT_ERROR
+from tests.support.daemon import DaemonProcess, cli_json, run_cli
+
+
+def _records(d: DaemonProcess, kind: str) -> list[str]:
+    """Names of the record pins of ``kind`` (``retire 1``...) on ``d``."""
+    with d.client() as c:
+        return sorted(p["name"] for p in c.pins(records=True)
+                      if p.get("name", "").startswith("name:") and kind in p["name"])
+
+
+def test_versions_rm_twice_adds_one_retire_record_and_says_what_is_pinned(
+        daemon: DaemonProcess, tmp_path: Path) -> None:
+    a, b = tmp_path / "a.bin", tmp_path / "b.bin"
+    a.write_bytes(b"first" * 1000)
+    b.write_bytes(b"second" * 1000)
+    v1 = cli_json(daemon.home, "push", "org/rm", str(a))
+    v2 = cli_json(daemon.home, "push", "org/rm", str(b))
+    v3 = cli_json(daemon.home, "push", "org/rm", str(b), "-m", "same bytes as 2")
+    assert v2["cid"] == v3["cid"] != v1["cid"]
+
+    first = run_cli(daemon.home, "versions", "rm", "org/rm@1").stdout.decode()
+    assert first.strip() == f"retired org/rm@1 (unpinned {v1['cid']})"
+    again = run_cli(daemon.home, "versions", "rm", "org/rm@1").stdout.decode()
+    assert again.strip() == f"org/rm@1 was already retired ({v1['cid']} is not pinned)"
+    assert _records(daemon, "retire 1") == ["name:org/rm retire 1"]
+
+    # Version 3 has version 2's root: retiring 2 keeps it pinned, and says so.
+    shared = run_cli(daemon.home, "versions", "rm", "org/rm@2").stdout.decode()
+    assert shared.strip() == (f"retired org/rm@2 ({v2['cid']} stays pinned: version 3 "
+                              "has the same root)")
+    doc = cli_json(daemon.home, "versions", "rm", "org/rm@2")
+    assert doc["already_retired"] and doc["pinned"] and not doc["unpinned"]
+    assert doc["shared_with"] == [3]
+    assert _records(daemon, "retire 2") == ["name:org/rm retire 2"]
+    with daemon.client() as c:
+        assert c.status(v2["cid"])["cid"] == v2["cid"]
+    hist = cli_json(daemon.home, "versions", "org/rm")["versions"]
+    assert [v["retired"] for v in hist] == [False, True, True]
+
+
+def test_versions_of_name_at_ref_shows_only_that_version(daemon: DaemonProcess,
+                                                         tmp_path: Path) -> None:
+    """``versions NAME@1`` answers about version 1 (and ``@TAG`` about the version
+    the tag names); ``NAME`` alone is the whole history."""
+    f = tmp_path / "w.bin"
+    for n in (1, 2, 3):
+        f.write_bytes(f"weights {n}".encode())
+        cli_json(daemon.home, "push", "org/hist", str(f), "-m", f"cut {n}")
+    run_cli(daemon.home, "tag", "org/hist@2", "stable")
+    assert [v["version"] for v in cli_json(daemon.home, "versions", "org/hist")["versions"]
+            ] == [3, 2, 1]
+    one = cli_json(daemon.home, "versions", "org/hist@1")
+    assert one["name"] == "org/hist" and [v["version"] for v in one["versions"]] == [1]
+    assert one["versions"][0]["message"] == "cut 1"
+    stable = cli_json(daemon.home, "versions", "org/hist@stable")["versions"]
+    assert [(v["version"], v["tags"]) for v in stable] == [(2, ["stable"])]
+    text = run_cli(daemon.home, "versions", "org/hist@1").stdout.decode()
+    assert "cut 1" in text and "cut 2" not in text and "cut 3" not in text
+    missing = run_cli(daemon.home, "versions", "org/hist@9", check=False)
+    assert missing.returncode == 4 and b"org/hist has no version 9" in missing.stderr
+    path = run_cli(daemon.home, "versions", "org/hist@1/w.bin", check=False)
+    assert path.returncode != 0 and b"not a path inside a version" in path.stderr
+
+
+def test_tag_without_a_version_is_refused_and_moves_nothing(daemon: DaemonProcess,
+                                                            tmp_path: Path) -> None:
+    f = tmp_path / "w.bin"
+    for n in (1, 2):
+        f.write_bytes(f"weights {n}".encode())
+        cli_json(daemon.home, "push", "org/tags", str(f))
+    bare = run_cli(daemon.home, "tag", "org/tags", "stable", check=False)
+    assert bare.returncode == 2, bare.stderr
+    err = bare.stderr.decode()
+    assert "pinfold tag org/tags@1 stable" in err and "Traceback" not in err
+    with daemon.client() as c, pytest.raises(RpcError) as refused:
+        c.tag("org/tags", "stable")  # the daemon refuses it too (Python client users)
+    assert refused.value.code == "invalid_name" and "NAME@VERSION" in str(refused.value)
+    path = run_cli(daemon.home, "tag", "org/tags@1/w.bin", "stable", check=False)
+    assert path.returncode != 0 and b"tag needs the version" in path.stderr
+    hist = cli_json(daemon.home, "versions", "org/tags")["versions"]
+    assert [v["tags"] for v in hist] == [["main"], []]  # nothing moved
+    cli_json(daemon.home, "tag", "org/tags@1", "stable")
+    cli_json(daemon.home, "tag", "org/tags@stable", "lts")  # a tag names a version too
+    hist = cli_json(daemon.home, "versions", "org/tags")["versions"]
+    assert [v["tags"] for v in hist] == [["main"], ["lts", "stable"]]
+
+
+def test_push_and_add_of_a_missing_path_exit_alike(daemon: DaemonProcess,
+                                                   tmp_path: Path) -> None:
+    """Both exit 1 (a missing input file, README "Exit codes") naming the path,
+    and push publishes nothing."""
+    gone = str(tmp_path / "no-such-model")
+    add = run_cli(daemon.home, "add", gone, check=False)
+    push = run_cli(daemon.home, "push", "org/gone", gone, check=False)
+    assert add.returncode == push.returncode == EXIT_ERROR
+    assert add.stderr == push.stderr == f"pinfold: error: {gone}: no such file or directory\n".encode()
+    pj = run_cli(daemon.home, "--json", "push", "org/gone", gone, check=False)
+    aj = run_cli(daemon.home, "--json", "add", gone, check=False)
+    assert pj.stderr == aj.stderr and b'"exit": 1' in pj.stderr
+    assert cli_json(daemon.home, "names")["names"] == []
+
+
+def test_pin_ls_hides_name_record_pins_unless_all(daemon: DaemonProcess,
+                                                  tmp_path: Path) -> None:
+    f = tmp_path / "w.bin"
+    f.write_bytes(b"weights" * 100)
+    v1 = cli_json(daemon.home, "push", "org/listed", str(f), "--tag", "stable")
+    plain = run_cli(daemon.home, "pin", "ls").stdout.decode().splitlines()
+    assert plain == [f"{v1['cid']} recursive pinned name='org/listed'"]
+    everything = run_cli(daemon.home, "pin", "ls", "--all").stdout.decode()
+    assert "name='org/listed'" in everything
+    assert "name='name:org/listed version 1'" in everything
+    assert "name='name:org/listed tag stable'" in everything
+    lines = run_cli(daemon.home, "--json", "pin", "ls", "--all").stdout.decode().splitlines()
+    assert len(lines) == len(everything.splitlines()) > 3
+    with daemon.client() as c:
+        assert [p["cid"] for p in c.pins()] == [v1["cid"]]
+        assert len(list(c.pins(records=True))) == len(lines)
+        assert [p["cid"] for p in c.pins(state="pinned")] == [v1["cid"]]
