@@ -320,7 +320,7 @@ def test_admission_keeps_a_probe_only_when_the_aggregate_rate_rises_by_the_gain(
     assert adm.probing == "b" and adm.admitted("b")
     adm.delivered("b", 1_000_000, now + 0.05)  # the probe's first block starts its window
     now += 0.05
-    for i in range(12):  # 10.5 MB/s with b: under the 10 % gain
+    for i in range(MIN_BLOCKS + 4):  # 10.5 MB/s with b: under the 10 % gain
         now += 0.095
         adm.delivered("ab"[i % 2], 1_000_000, now)
     assert adm.members() == ["a"] and adm.decisions["dropped"] == 1

@@ -334,6 +334,11 @@ class WantManager(WantRouter):
             self.counters["rebroadcast_wants"] += len(entries)
         return send_actions(sends)
 
+    def machine(self, idle_cores: float | None, loop_busy: float | None) -> None:
+        """The machine's idle CPU cores and the receiver's event-loop busy
+        fraction since the last call (``admission.HolderAdmission.machine``)."""
+        self.scheduler.admission.machine(idle_cores, loop_busy)
+
     # ------------------------------------------------------------ views
 
     def wantlist_size(self) -> int:
