@@ -8,7 +8,10 @@ Prints the median ratio of the speeds over ``BENCH_ROUNDS`` rounds (default 1; t
 fetches of a round run in an order rotated each round, so load on the machine hits
 all alike; target >= 1.0 on a 2-core machine, where the senders share the
 receiver's cores), each round's ratio, and the receiving daemon's CPU seconds per
-GiB. ``BENCH_SIZE`` overrides the size (default 1 GiB).
+GiB. Each fetch also prints to stderr what it cost: the senders' CPU seconds per
+GiB (and each holder's CPU seconds), blocks and messages per holder, messages
+received, duplicates and the holder-admission decisions (``held``: probes not
+started for want of headroom). ``BENCH_SIZE`` overrides the size (default 1 GiB).
 Run alone: ``.venv/bin/python -m tools.bench.holders_bench``.
 """
 
