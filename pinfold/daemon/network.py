@@ -262,6 +262,15 @@ class Network:
                       "the first was (or would be) late", bs.late_reasks)
         yield counter("pinfold_bitswap_wants_moved", "Want-blocks moved off a peer that "
                       "disconnected, went silent or answered DONT_HAVE", bs.wants_moved)
+        yield counter("pinfold_bitswap_messages_received", "Bitswap messages received and "
+                      "decoded", bs.messages_received)
+        decisions = {"admitted": 0, "kept": 0, "dropped": 0, "trials": 0, "demoted": 0,
+                     "held": 0}
+        decisions.update(bs.holder_decisions)
+        yield counter_by("pinfold_bitswap_holder_decisions", "Holder admission: holders "
+                         "probed (admitted), kept, dropped, members tried out, silent "
+                         "ones demoted, probes held back for want of headroom",
+                         "decision", decisions)
         buckets = [(b, c) for b, c in bs.fetch_latency_buckets]
         buckets.append((float("inf"), bs.fetch_latency_count))
         yield histogram("pinfold_bitswap_fetch_duration_seconds",

@@ -165,6 +165,26 @@ def test_a_vanished_holder_s_want_blocks_move_to_the_others_without_restarting()
     assert m.counters["wants_moved"] == 4 and m.wantlist_size() == 7
 
 
+def test_a_block_s_cancel_goes_only_where_its_want_is_still_open():
+    """A holder that answered HAVE holds no want for the block any more (the
+    server forgets an answered want-have): it gets no cancel when the block
+    arrives from another; a peer whose want-have is unanswered does."""
+    m = WantManager(ClientConfig(max_outstanding_per_peer=4))
+    for p in ("a", "b", "quiet"):
+        m.peer_connected(p, 0.0)
+    sid = m.new_session(timeout_s=100, now=0.0)
+    m.want(sid, CIDS[:2], 0.0)
+    have = [BlockPresence(cid=c, type=PresenceType.HAVE) for c in CIDS[:2]]
+    out = sends(m.on_presences("a", have, 0.0))
+    m.on_presences("b", have, 0.0)  # "quiet" never answers
+    first = next(e.cid for e in out["a"] if e.want_type == WantType.BLOCK)
+    res = m.on_block("a", cid_key(first), 0.1, 1 << 20)
+    assert res is not None
+    cancels = sends(res[2])
+    assert "b" not in cancels
+    assert [(e.cid, e.cancel) for e in cancels["quiet"]] == [(first, True)]
+
+
 def test_a_late_block_is_asked_of_one_second_peer_and_the_first_copy_wins():
     cfg = ClientConfig(late_min_s=0.5, late_max_s=2.0, max_outstanding_per_peer=1,
                        adaptive_holders=False)
@@ -320,7 +340,7 @@ def test_admission_keeps_a_probe_only_when_the_aggregate_rate_rises_by_the_gain(
     assert adm.probing == "b" and adm.admitted("b")
     adm.delivered("b", 1_000_000, now + 0.05)  # the probe's first block starts its window
     now += 0.05
-    for i in range(12):  # 10.5 MB/s with b: under the 10 % gain
+    for i in range(MIN_BLOCKS + 4):  # 10.5 MB/s with b: under the 10 % gain
         now += 0.095
         adm.delivered("ab"[i % 2], 1_000_000, now)
     assert adm.members() == ["a"] and adm.decisions["dropped"] == 1

@@ -13,10 +13,18 @@ a machine where every busy sender takes cores and connections from the
 receiver (one holder: ``receiver_s``; three: more per block). Time is
 simulated: the result is what the scheduler's decisions cost, free of the
 machine's load.
+
+Noise, as on a loaded machine, from a seeded ``random.Random``: ``jitter``
+spreads every holder's time per block and the receiver's cost per block
+uniformly over (1 +- ``jitter``) x their value; ``commit_s`` hands received
+blocks to the wantlist in bursts, all at the next multiple of ``commit_s`` (the
+store commits several messages at once).
 """
 
 from __future__ import annotations
 
+import math
+import random
 from collections import Counter, deque
 from dataclasses import dataclass, field
 
@@ -35,6 +43,7 @@ class SimResult:
     duplicates: int
     counters: Counter[str]
     received: int
+    decisions: Counter[str]
 
 
 @dataclass
@@ -53,7 +62,8 @@ def sim_cids(n: int) -> list[CID]:
 def simulate(speeds: dict[str, float], n: int, *, vanish: dict[str, float] | None = None,
              silence: dict[str, float] | None = None, config: ClientConfig | None = None,
              limit_s: float = 10_000.0, receiver_s: float = 0.0,
-             per_conn: float = 0.0) -> SimResult:
+             per_conn: float = 0.0, jitter: float = 0.0, commit_s: float = 0.0,
+             seed: int = 0, load: tuple[float | None, float | None] | None = None) -> SimResult:
     """Fetch ``n`` blocks from holders with these per-block ``speeds`` (seconds).
 
     Args:
@@ -61,7 +71,17 @@ def simulate(speeds: dict[str, float], n: int, *, vanish: dict[str, float] | Non
         silence: holder -> time it stops answering (still connected).
         receiver_s: the receiver's CPU seconds per block with one busy holder.
         per_conn: extra fraction of ``receiver_s`` per further busy holder.
+        jitter: every time per block drawn from (1 +- jitter) x its value.
+        commit_s: received blocks reach the wantlist at multiples of this (0: at once).
+        seed: seeds the noise.
+        load: ``(idle cores, receiver loop busy fraction)`` the driver would
+            measure, given to the wantlist every tick (None: never measured).
     """
+    rng = random.Random(seed)
+
+    def noisy(t: float) -> float:
+        return t * (1 + jitter * (2 * rng.random() - 1)) if jitter else t
+
     m = WantManager(config)
     holders = {p: _Holder(s) for p, s in speeds.items()}
     vanish = dict(vanish or {})
@@ -73,11 +93,13 @@ def simulate(speeds: dict[str, float], n: int, *, vanish: dict[str, float] | Non
     duplicates = 0
     now = 0.0
     inbox: deque[tuple[str, bytes]] = deque()  # delivered, waiting for the receiver
+    done: list[tuple[str, bytes]] = []  # processed, waiting for the commit
+    commit_at: float | None = None
     recv_at: float | None = None  # when the receiver is done with inbox[0]
 
     def recv_cost() -> float:
         busy = sum(1 for p, h in holders.items() if m.outstanding(p) and not h.gone)
-        return receiver_s * (1 + per_conn * max(0, busy - 1))
+        return noisy(receiver_s * (1 + per_conn * max(0, busy - 1)))
 
     def accept(p: str, key: bytes) -> None:
         nonlocal duplicates
@@ -108,7 +130,7 @@ def simulate(speeds: dict[str, float], n: int, *, vanish: dict[str, float] | Non
                 elif key not in h.queue:
                     h.queue.append(key)
                     if h.done_at is None and not h.silent:
-                        h.done_at = now + h.speed
+                        h.done_at = now + noisy(h.speed)
             if haves and not h.silent:
                 apply(m.on_presences(a.peer, haves, now))
 
@@ -125,11 +147,15 @@ def simulate(speeds: dict[str, float], n: int, *, vanish: dict[str, float] | Non
         events += [(t, "block", p) for t, p in due]
         if recv_at is not None:
             events.append((recv_at, "recv", ""))
+        if commit_at is not None:
+            events.append((commit_at, "commit", ""))
         events.append((next_tick, "tick", ""))
         t, kind, p = min(events)
         now = t
         if kind == "tick":
             next_tick += TICK_S
+            if load is not None:
+                m.machine(*load)
             apply(m.tick(now))
         elif kind == "vanish":
             del vanish[p]
@@ -140,14 +166,24 @@ def simulate(speeds: dict[str, float], n: int, *, vanish: dict[str, float] | Non
             del silence[p]
             holders[p].silent = True
             holders[p].done_at = None
+        elif kind == "commit":
+            commit_at = None
+            batch, done[:] = list(done), []
+            for q, key in batch:
+                accept(q, key)
         elif kind == "recv":
             q, key = inbox.popleft()
-            accept(q, key)
+            if commit_s > 0:
+                done.append((q, key))
+                if commit_at is None:
+                    commit_at = (math.floor(now / commit_s) + 1) * commit_s
+            else:
+                accept(q, key)
             recv_at = now + recv_cost() if inbox else None
         else:
             h = holders[p]
             key = h.queue.popleft()
-            h.done_at = now + h.speed if h.queue else None
+            h.done_at = now + noisy(h.speed) if h.queue else None
             if receiver_s <= 0:
                 accept(p, key)
             else:
@@ -155,4 +191,5 @@ def simulate(speeds: dict[str, float], n: int, *, vanish: dict[str, float] | Non
                 if recv_at is None:
                     recv_at = now + recv_cost()
     return SimResult(elapsed_s=now, by_peer=by_peer, duplicates=duplicates,
-                     counters=Counter(m.counters), received=len(got))
+                     counters=Counter(m.counters), received=len(got),
+                     decisions=Counter(m.scheduler.admission.decisions))

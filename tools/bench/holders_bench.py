@@ -8,7 +8,10 @@ Prints the median ratio of the speeds over ``BENCH_ROUNDS`` rounds (default 1; t
 fetches of a round run in an order rotated each round, so load on the machine hits
 all alike; target >= 1.0 on a 2-core machine, where the senders share the
 receiver's cores), each round's ratio, and the receiving daemon's CPU seconds per
-GiB. ``BENCH_SIZE`` overrides the size (default 1 GiB).
+GiB. Each fetch also prints to stderr what it cost: the senders' CPU seconds per
+GiB (and each holder's CPU seconds), blocks and messages per holder, messages
+received, duplicates and the holder-admission decisions (``held``: probes not
+started for want of headroom). ``BENCH_SIZE`` overrides the size (default 1 GiB).
 Run alone: ``.venv/bin/python -m tools.bench.holders_bench``.
 """
 
@@ -21,7 +24,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from tests.support.daemon import DaemonProcess, metric  # noqa: E402
 from tools.bench.fetchkit import (  # noqa: E402
+    GiB,
     Fetch,
     Figure,
     add,
@@ -29,6 +34,7 @@ from tools.bench.fetchkit import (  # noqa: E402
     bench_size,
     bitswap_counter,
     connect,
+    cpu_seconds,
     daemons,
     make_file,
     row,
@@ -52,14 +58,38 @@ def rounds() -> int:
 SPREAD = "[bitswap]\nspread_holders = true\n"
 
 
-def _fetch(holders: list[str], cid: str, size: int, name: str,
+def _sent(holders: list[DaemonProcess]) -> list[float]:
+    return [bitswap_counter(h, "blocks_sent") for h in holders]
+
+
+def _heard(holders: list[DaemonProcess]) -> list[float]:
+    return [bitswap_counter(h, "messages_received") for h in holders]
+
+
+def _fetch(holders: list[DaemonProcess], addrs: list[str], cid: str, size: int, name: str,
            config: str = "") -> tuple[Fetch, float]:
-    """A timed ``pin add`` by a fresh daemon connected to ``holders``; with the
-    duplicate blocks it received."""
+    """A timed ``pin add`` by a fresh daemon connected to ``addrs``; with the
+    duplicate blocks it received. Prints to stderr what it cost: the senders'
+    CPU seconds per GiB, blocks per holder, messages received, admission decisions."""
     with daemons([name], config=config) as (node,):
-        connect(node, holders)
+        connect(node, addrs)
+        sent0, heard0 = _sent(holders), _heard(holders)
+        cpu0 = [cpu_seconds(h.pid) for h in holders]
         fetch = timed_pin_add(node, cid, size)
-        return fetch, bitswap_counter(node, "duplicate_blocks")
+        each = [cpu_seconds(h.pid) - c for h, c in zip(holders, cpu0, strict=True)]
+        senders = sum(each)
+        sent = [s - s0 for s, s0 in zip(_sent(holders), sent0, strict=True)]
+        heard = [int(s - s0) for s, s0 in zip(_heard(holders), heard0, strict=True)]
+        dups = bitswap_counter(node, "duplicate_blocks")
+        msgs = bitswap_counter(node, "messages_received")
+        decisions = {d: int(metric(node, "pinfold_bitswap_holder_decisions_total", decision=d))
+                     for d in ("admitted", "kept", "dropped", "trials", "demoted", "held")}
+        print(f"   {name}: {fetch.mb_s:,.0f} MB/s, receiver {fetch.cpu_per_gib:.2f} "
+              f"senders {senders * GiB / size:.2f} CPU-s/GiB {[round(c, 1) for c in each]} s; blocks per holder "
+              f"{[int(x) for x in sent]}; messages to them {heard}, from them {msgs:.0f}; "
+              f"{dups:.0f} duplicates; "
+              f"{ {k: v for k, v in decisions.items() if v} }", file=sys.stderr, flush=True)
+        return fetch, dups
 
 
 def measure(size: int | None = None, n_rounds: int | None = None) -> list[Figure]:
@@ -77,7 +107,7 @@ def measure(size: int | None = None, n_rounds: int | None = None) -> list[Figure
         runs = [("one", addrs[:1], ""), ("three", addrs, ""), ("spread", addrs, SPREAD)]
         for r in range(n_rounds):
             for name, peers, config in runs[r % 3:] + runs[:r % 3]:
-                fetch, d = _fetch(peers, cid, size, name, config)
+                fetch, d = _fetch([h0, h1, h2], peers, cid, size, name, config)
                 got[name].append(fetch)
                 if name == "three":
                     dups += d

@@ -49,10 +49,19 @@ class ClientConfig:
         adaptive_holders: use more holders only while they raise the
             aggregate rate received (``admission.HolderAdmission``); off:
             spread want-blocks over every holder.
-        holder_window_s: shortest window the aggregate rate is measured over.
+        holder_window_s: shortest window the aggregate rate is measured over
+            (several store commits: a shorter one measures their bursts).
         holder_gain: fraction by which a probed holder must raise the rate to stay.
         holder_retry_s: a holder dropped from the set is probed again after
-            this long, doubled at each rejection.
+            this long, doubled at each rejection; a kept set is tried out again
+            after this long.
+        holder_min_idle_cores: more holders are probed only while the
+            machine has at least this many CPU cores idle or the receiver's
+            event loop waits for the holders (the driver measures both): every
+            holder costs the receiver CPU, and senders on the same machine take
+            cores too, so with no core to spare and the receiver saturated a
+            probe can only cost. 0: probe whatever the load. A late holder
+            still starts a probe.
     """
 
     max_outstanding_per_peer: int = 16
@@ -67,6 +76,7 @@ class ClientConfig:
     holder_window_s: float = 0.25
     holder_gain: float = 0.1
     holder_retry_s: float = 5.0
+    holder_min_idle_cores: float = 1.0
 
     def __post_init__(self) -> None:
         if self.max_outstanding_per_peer < 1:
@@ -87,6 +97,8 @@ class ClientConfig:
             raise ValueError("bitswap.holder_gain: must be >= 0")
         if self.holder_retry_s <= 0:
             raise ValueError("bitswap.holder_retry_s: must be > 0")
+        if self.holder_min_idle_cores < 0:
+            raise ValueError("bitswap.holder_min_idle_cores: must be >= 0")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -50,6 +50,7 @@ from pinfold.daemon.p2p.bitswap.errors import BitswapNotRunning, RemoteProtocolE
 from pinfold.daemon.p2p.bitswap.fetch import Fetches
 from pinfold.daemon.p2p.bitswap.inbound import InboundStreams, StoreStep
 from pinfold.daemon.p2p.bitswap.ledger import BlockVerdict, PeerLedger
+from pinfold.daemon.p2p.bitswap.load import LoadSampler
 from pinfold.daemon.p2p.bitswap.message import (
     PROTOCOLS,
     Block,
@@ -276,6 +277,7 @@ class Bitswap:
             }),
             late_reasks=self._wants.counters["late_reasks"],
             wants_moved=self._wants.counters["wants_moved"],
+            holder_decisions=MappingProxyType(dict(self._wants.scheduler.admission.decisions)),
             fetch_latency_buckets=self._latency.cumulative(),
             fetch_latency_sum_s=self._latency.sum_s,
             fetch_latency_count=self._latency.count,
@@ -570,9 +572,11 @@ class Bitswap:
             self._fetches.deliver(sids, peer, want_cid, data)
 
     async def _ticker(self) -> None:
+        load = LoadSampler()  # created here: it measures this (the trio) thread
         while True:
             await trio.sleep(self.config.tick_interval_s)
             now = trio.current_time()
+            self._wants.machine(*load.sample())
             self._apply(self._wants.tick(now))
             self._ledger.expire(now)
 

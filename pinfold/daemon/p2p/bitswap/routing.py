@@ -199,16 +199,19 @@ class WantRouter:
             best = self.scheduler.pick(holders)
             if best is not None:
                 self._assign(best, w, now, sends)
-                # discovery: while some allowed peers have not proved useful to the
-                # session, ask them too (want-have), so later wants spread over them
-                for p in candidates:
-                    if p not in w.have_asked and not self._useful(w, p):
-                        w.have_asked[p] = now
-                        sends.setdefault(p, []).append(entry(w, WantType.HAVE))
-                return
-            if not w.queued:
+            elif not w.queued:
                 w.queued = True
                 self._queue.append(w.key)
+            # discovery: while some allowed peers have not proved useful to the
+            # session, ask them too (want-have), so later wants spread over them.
+            # Not the useful ones: a want queued for a slot at the chosen holders
+            # would otherwise go as want-have to every holder, and the first HAVE
+            # back, often from a holder not admitted, would take its want-block.
+            for p in candidates:
+                if p not in w.have_asked and not self._useful(w, p):
+                    w.have_asked[p] = now
+                    sends.setdefault(p, []).append(entry(w, WantType.HAVE))
+            return
         for p in candidates:
             if p not in w.have_asked:
                 w.have_asked[p] = now

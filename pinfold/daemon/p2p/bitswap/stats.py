@@ -48,6 +48,9 @@ class BitswapStats:
             arrive twice.
         wants_moved: want-blocks moved off a peer that disconnected, went
             silent or answered DONT_HAVE.
+        holder_decisions: what holder admission decided, by kind
+            (``admission.HolderAdmission.decisions``: "admitted", "kept",
+            "dropped", "trials", "demoted", "held").
         fetch_latency_buckets: cumulative counts of want-to-block latencies per
             upper bound in seconds (Prometheus histogram buckets; +Inf = fetch_latency_count).
         fetch_latency_sum_s: sum of those latencies, seconds.
@@ -71,6 +74,7 @@ class BitswapStats:
     wantlist_rebroadcasts: MappingProxyType[str, int]
     late_reasks: int
     wants_moved: int
+    holder_decisions: MappingProxyType[str, int]
     fetch_latency_buckets: tuple[tuple[float, int], ...]
     fetch_latency_sum_s: float
     fetch_latency_count: int

@@ -40,7 +40,9 @@ sessions behave alike):
   for ``dont_have_settle_s`` (a peer that connects meanwhile is asked first).
   Only sessions open to any peer do this; a session restricted to given peers
   (cluster holders, expected to get the block) waits for its deadline.
-* When a block arrives, every other peer asked for it gets a cancel.
+* When a block arrives, every other peer with the want still open gets a
+  cancel: a want-block in flight, or a want-have it has not answered (one it
+  answered HAVE is no longer on its ledger).
 """
 
 from __future__ import annotations
@@ -260,6 +262,13 @@ class WantManager(WantRouter):
         self._done[key] = tuple(w.sessions)
         if len(self._done) > 4096:
             self._done.popitem(last=False)
+        # cancels only where the want is still open: a want-block in flight, or a
+        # want-have not answered yet (a server forgets a want-have once it said
+        # HAVE, as boxo's engine does; a cancel per block to every holder that
+        # said HAVE was most of the traffic to holders not in use)
+        open_at = [p for p in w.have_asked
+                   if p != peer and p in self.scheduler and p not in w.dont_have
+                   and (p in w.block_peers or p not in w.have_peers)]
         for p in list(w.block_peers):
             self._release(p, w)
         for sid in w.sessions:
@@ -272,9 +281,8 @@ class WantManager(WantRouter):
             self._mark_useful(w.sessions, peer)
         cancels: Sends = {}
         entry = WantEntry(cid=w.cid, cancel=True)
-        for p in w.have_asked:
-            if p != peer and p in self.scheduler and p not in w.dont_have:
-                cancels.setdefault(p, []).append(entry)
+        for p in open_at:
+            cancels.setdefault(p, []).append(entry)
         self._drain_queue(now, cancels)
         return w.cid, tuple(w.sessions), send_actions(cancels)
 
@@ -333,6 +341,11 @@ class WantManager(WantRouter):
             self.counters["rebroadcasts_timer"] += 1
             self.counters["rebroadcast_wants"] += len(entries)
         return send_actions(sends)
+
+    def machine(self, idle_cores: float | None, loop_busy: float | None) -> None:
+        """The machine's idle CPU cores and the receiver's event-loop busy
+        fraction since the last call (``admission.HolderAdmission.machine``)."""
+        self.scheduler.admission.machine(idle_cores, loop_busy)
 
     # ------------------------------------------------------------ views
 
