@@ -135,7 +135,7 @@ class Bitswap:
                 self._nursery = self._out.nursery = nursery
                 self._running = True
                 for proto in PROTOCOLS:
-                    self._host.set_stream_handler(proto, self._inbound.handle)
+                    self._host.set_stream_handler(proto, self._inbound.handle, receive_only=True)
                 for peer in self._host.connected_peers():
                     self._peer_up(peer)
                 nursery.start_soon(self._peer_events, events)
