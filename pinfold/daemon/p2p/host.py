@@ -61,6 +61,7 @@ from pinfold.daemon.p2p.host_config import (
     root_causes,
     strip_p2p,
 )
+from pinfold.daemon.p2p import swarm_limits
 from pinfold.daemon.p2p.swarm_limits import REAP_AGE_S, InboundSlots, TrackingTCP, raw_connection
 from pinfold.daemon.p2p.transport import FastNoiseTransport, FastYamux, InboundSelector, install_muxer
 
@@ -222,6 +223,7 @@ class Host:
         self._running = False
         self._stopped = False
         self.libp2p.get_network().register_notifee(_Notifee(self))
+        swarm_limits.quiet_stream_notifications(network, no_ops=(_Notifee.closed_stream,))
 
     # ------------------------------------------------------------ identity
 
