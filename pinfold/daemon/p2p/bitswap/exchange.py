@@ -264,6 +264,8 @@ class Bitswap:
             duplicate_blocks=self._c["duplicate_blocks"],
             duplicate_bytes=self._c["duplicate_bytes"],
             messages_received=self._c["messages_received"],
+            inbound_streams=self._c["inbound_streams"],
+            one_message_streams=self._c["one_message_streams"],
             wantlist_size=self._wants.wantlist_size(),
             peer_wantlist_entries=sum(s.wantlist_size for s in self._engine.ledgers()),
             rejected=MappingProxyType(dict(self._rejected)),

@@ -37,6 +37,7 @@ from pinfold.daemon.p2p.transport.noise import (
 )
 from pinfold.daemon.p2p.transport.select import FastMuxerMultistream, InboundSelector, install_muxer
 from pinfold.daemon.p2p.transport.yamux import MAX_FRAME_PAYLOAD_BYTES, FastYamux, FastYamuxStream, read_chunks
+from pinfold.daemon.p2p.transport.yamux_stream import at_end
 
 __all__ = [
     "MAX_FRAME_PAYLOAD_BYTES",
@@ -49,6 +50,7 @@ __all__ = [
     "FastYamux",
     "FastYamuxStream",
     "InboundSelector",
+    "at_end",
     "install_muxer",
     "read_chunks",
 ]

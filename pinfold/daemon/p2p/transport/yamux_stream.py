@@ -30,6 +30,7 @@ from pinfold.daemon.p2p.transport.noise import MAX_PLAINTEXT_BYTES
 
 __all__ = [
     "MAX_FRAME_PAYLOAD_BYTES",
+    "at_end",
     "WINDOW_WAIT_S",
     "FastYamuxStream",
     "read_chunks",
@@ -70,6 +71,15 @@ async def read_chunks(stream: Any, max_bytes: int) -> list[memoryview | bytes]:
             pass  # the stream's read raises the same end and records it
     data = await stream.read(max_bytes)
     return [data] if data else []
+
+
+def at_end(stream: Any) -> bool:
+    """Whether a libp2p stream's peer closed its side and everything it sent was
+    read (the next read would end), known without waiting: True only on the fast
+    channel (False for a stock stream, whose buffer is not looked into)."""
+    muxed = getattr(stream, "muxed_stream", None)
+    return (isinstance(muxed, FastYamuxStream) and muxed.recv_closed and not muxed._buffered
+            and not muxed.reset_received)
 
 
 class FastYamuxStream(YamuxStream):
