@@ -243,6 +243,13 @@ class Network:
                       bs.bytes_received)
         yield counter("pinfold_bitswap_duplicate_blocks", "Blocks received after they were "
                       "no longer wanted", bs.duplicate_blocks)
+        yield counter("pinfold_bitswap_messages_received", "Bitswap messages received",
+                      bs.messages_received)
+        yield counter_by("pinfold_bitswap_inbound_streams", "Bitswap streams peers opened "
+                         "to us: those with one message, ended at the first read (Kubo's "
+                         "and Helia's replies), and the others", "kind",
+                         {"one_message": bs.one_message_streams,
+                          "long": bs.inbound_streams - bs.one_message_streams})
         yield gauge_by("pinfold_bitswap_wantlist_entries", "Wantlist entries: ours (local) "
                        "and all peers' held on our ledgers (peers)", "side",
                        {"local": bs.wantlist_size, "peers": bs.peer_wantlist_entries})

@@ -224,3 +224,73 @@ async def test_a_store_failure_reaches_no_fetch_as_delivered_and_later_blocks_st
         assert store.failed == 1
         assert got == {cid_key(c): d for c, d in blocks}
         assert all(store.has(c) for c, _ in blocks)
+
+
+# ------------------------------------------------------------------ a stream per message
+
+
+async def test_replies_on_a_stream_each_as_kubo_sends_them_are_stored_without_duplicates(nursery):
+    """Kubo and Helia send every reply on a new stream that selects the protocol in
+    its first bytes and ends after one message: each is answered in one write and
+    handled inline (``one_message_streams``); every block arrives once."""
+    from pinfold.daemon.p2p.bitswap.message import PROTOCOL_1_2_0, WantType, decode_message, encode_framed
+    from pinfold.daemon.p2p.transport.select import MULTISTREAM_HEADER, muxed_echo
+
+    async def _lazy_reply(stream, body: bytes) -> None:
+        """The header, the protocol and one message in one DATA frame with FIN, as
+        go-multistream's lazy select and go-yamux write a small reply and close."""
+        await stream.answer(0, MULTISTREAM_HEADER + muxed_echo(PROTOCOL_1_2_0) + body,
+                            window=0, close=True)
+
+    blocks = raw_blocks(12, 32 * 1024, seed=12)
+    by_key = {cid_key(c): (c, d) for c, d in blocks}
+    async with running_nodes(1) as (fetcher,):
+        kubo = new_host()
+        await nursery.start(kubo.run)
+        replies = 0
+
+        async def reply(cid) -> None:
+            nonlocal replies
+            c, data = by_key[cid_key(cid)]
+            (conn,) = kubo.libp2p.get_network().get_connections(fetcher.host.peer_id)
+            stream = await conn.muxed_conn.open_stream()
+            body = encode_framed(Message(blocks=(Block(prefix=CidPrefix.of(c), data=data),)))
+            await _lazy_reply(stream, body)
+            replies += 1
+
+        async def wants(stream) -> None:
+            dec = FrameDecoder()
+            async with trio.open_nursery() as sends:
+                while True:
+                    try:
+                        chunk = await stream.read(65536)
+                    except Exception:  # noqa: BLE001 - the fetcher closed its stream
+                        return
+                    if not chunk:
+                        return
+                    dec.feed(chunk)
+                    while (body := dec.next_frame()) is not None:
+                        for e in decode_message(body).wantlist:
+                            if not e.cancel and e.want_type == WantType.BLOCK:
+                                sends.start_soon(reply, e.cid)
+                            elif not e.cancel:  # want-have: answer HAVE on a stream of its own
+                                sends.start_soon(have, e.cid)
+
+        async def have(cid) -> None:
+            (conn,) = kubo.libp2p.get_network().get_connections(fetcher.host.peer_id)
+            stream = await conn.muxed_conn.open_stream()
+            body = encode_framed(Message(presences=(BlockPresence(cid=cid, type=PresenceType.HAVE),)))
+            await _lazy_reply(stream, body)
+
+        kubo.set_stream_handler(PROTOCOL_1_2_0, wants)
+        await fetcher.host.connect(kubo.addrs()[0])
+        await wait_until_trio(lambda: fetcher.bitswap.statistics().peers == 1, what="peer seen")
+        with trio.fail_after(60):
+            got = {cid_key(c): d async for c, d in fetcher.bitswap.fetch_blocks(
+                [c for c, _ in blocks], timeout_s=60)}
+            await wait_until_trio(lambda: replies == 12, what="every reply written")
+        stats = fetcher.bitswap.statistics()
+        assert got == {cid_key(c): d for c, d in blocks}
+        assert stats.duplicate_blocks == 0
+        assert stats.one_message_streams >= 12  # the replies (and any HAVEs) handled inline
+        assert fetcher.host._selector is not None and fetcher.host._selector.fast >= 12

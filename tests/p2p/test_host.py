@@ -280,3 +280,46 @@ async def test_a_disconnect_from_a_peer_that_stopped_reading_ends_within_close_t
         ev = await events.receive()
         assert (ev.peer_id, ev.connected) == (b.peer_id, False)
         writers.cancel_scope.cancel()
+
+
+async def test_stream_events_still_reach_a_notifee_that_acts_on_them(nursery):
+    """The swarm's stream events skip the notifees that do nothing with them
+    (swarm_limits.quiet_stream_notifications); one that acts still gets both."""
+    from libp2p.abc import INotifee
+
+    seen: list[str] = []
+
+    class Counting(INotifee):
+        async def opened_stream(self, network, stream) -> None:
+            seen.append("opened")
+
+        async def closed_stream(self, network, stream) -> None:
+            seen.append("closed")
+
+        async def connected(self, network, conn) -> None: ...
+
+        async def disconnected(self, network, conn) -> None: ...
+
+        async def listen(self, network, multiaddr) -> None: ...
+
+        async def listen_close(self, network, multiaddr) -> None: ...
+
+    a, b = Host(create_new_key_pair(), HostConfig(listen=LOOPBACK)), \
+        Host(create_new_key_pair(), HostConfig(listen=LOOPBACK))
+    for h in (a, b):
+        await nursery.start(h.run)
+
+    async def echo(stream) -> None:
+        await stream.write(await stream.read(5))
+        await stream.close()
+
+    b.set_stream_handler("/pinfold-test/echo/1", echo)
+    b.libp2p.get_network().register_notifee(Counting())
+    await a.connect(b.addrs()[0])
+    with trio.fail_after(30):
+        stream = await a.new_stream(b.peer_id, ["/pinfold-test/echo/1"])
+        await stream.write(b"hello")
+        assert await stream.read(5) == b"hello"
+        await stream.close()
+        await wait_until_trio(lambda: seen.count("closed") >= 1, what="the closed event")
+    assert seen.count("opened") >= 1

@@ -110,3 +110,20 @@ async def test_pinfold_hosts_run_the_fast_noise_session_and_yamux_on_their_conne
             stream = await host.new_stream(peer, [PROTOCOL_1_2_0])
             assert type(stream.muxed_stream).__name__ == "FastYamuxStream"
             await stream.reset()
+
+
+def test_the_stream_notifees_the_host_skips_still_do_nothing_with_streams():
+    """swarm_limits.quiet_stream_notifications skips py-libp2p's own notifees for
+    stream events, and replaces the swarm's ``_notify`` (a list of ``notifees``)."""
+    import inspect
+
+    from libp2p.network.swarm import Swarm
+    from pinfold.daemon.p2p.swarm_limits import _stream_no_ops
+
+    for fn in _stream_no_ops():
+        body = [line.strip() for line in inspect.getsource(fn).splitlines()[1:]]
+        body = [b for b in body if b and not b.startswith(('"""', "#")) and not b.endswith('"""')]
+        assert body in ([], ["return None"], ["await trio.lowlevel.checkpoint()"]), fn.__qualname__
+    assert "self.notifees" in inspect.getsource(Swarm._notify)
+    assert 'self._notify("opened_stream"' in inspect.getsource(Swarm.notify_opened_stream)
+    assert 'self._notify("closed_stream"' in inspect.getsource(Swarm.notify_closed_stream)

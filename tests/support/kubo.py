@@ -66,6 +66,11 @@ class KuboPeer:
         self.peer_id = ""
         self.addrs: list[str] = []
 
+    @property
+    def pid(self) -> int:
+        """The peer process's ID (its CPU time is Kubo's)."""
+        return self._proc.pid
+
     def log(self) -> str:
         """The last 4000 characters of the peer's stderr and of the library's kubo.log."""
         out = []

@@ -5,7 +5,11 @@ holder, in the same run.
 Both sources hold the same DAG: Kubo adds with its v0.22 defaults (CIDv0,
 256 KiB chunks, dag-pb leaves) and the pinfold holder imports the same bytes
 with ``--cid-version 0``, which follows those defaults (the roots are checked
-equal). The fetcher is a real daemon; the time is its ``pin add``.
+equal). The fetcher is a real daemon; the time is its ``pin add``. Printed
+beside the speeds: CPU seconds per GiB of the receiver and of the sender
+(the Kubo process, or the pinfold holder), and the Bitswap streams the
+receiver was opened per GiB (Kubo opens one per message; a pinfold holder
+keeps one open), as ``/metrics`` counts them.
 Targets: >= 0.9x the pinfold-to-pinfold speed, 0 duplicate blocks.
 Run alone: ``.venv/bin/python -m tools.bench.kubo_bench``.
 """
@@ -17,13 +21,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from tests.support.daemon import model_file  # noqa: E402
+from tests.support.daemon import metric, model_file  # noqa: E402
 from tools.bench.fetchkit import (  # noqa: E402
+    GiB,
     Figure,
     add,
     address,
     bitswap_counter,
     connect,
+    cpu_seconds,
     daemons,
     row,
     timed_pin_add,
@@ -50,14 +56,25 @@ def measure() -> list[Figure]:
             raise RuntimeError(f"pinfold and Kubo made different roots: {ours} vs {cid}")
         connect(fk, [kubo.addrs[0]])
         connect(fp, [address(holder)])
+        k0 = cpu_seconds(kubo.pid)
         from_kubo = timed_pin_add(fk, cid, size)
+        kubo_cpu = (cpu_seconds(kubo.pid) - k0) * GiB / size
+        h0 = cpu_seconds(holder.pid)
         from_pinfold = timed_pin_add(fp, cid, size)
+        holder_cpu = (cpu_seconds(holder.pid) - h0) * GiB / size
         dups = bitswap_counter(fk, "duplicate_blocks")
+        streams = {n: bitswap_counter(n, "inbound_streams") * GiB / size for n in (fk, fp)}
+        one = metric(fk, "pinfold_bitswap_inbound_streams_total", kind="one_message")
+        one_pct = 100 * one / max(1.0, bitswap_counter(fk, "inbound_streams"))
     ratio = from_kubo.mb_s / from_pinfold.mb_s
     return [Figure(
         what=what,
-        figure=f"{from_kubo.mb_s:,.0f} MB/s; {dups:.0f} duplicate blocks",
-        baseline=f"from a pinfold holder: {from_pinfold.mb_s:,.0f} MB/s",
+        figure=(f"{from_kubo.mb_s:,.0f} MB/s; {dups:.0f} duplicate blocks; receiver "
+                f"{from_kubo.cpu_per_gib:.2f}, Kubo {kubo_cpu:.2f} CPU-s/GiB; "
+                f"{streams[fk]:,.0f} streams/GiB ({one_pct:.0f} % one-message)"),
+        baseline=(f"from a pinfold holder: {from_pinfold.mb_s:,.0f} MB/s; receiver "
+                  f"{from_pinfold.cpu_per_gib:.2f}, holder {holder_cpu:.2f} CPU-s/GiB; "
+                  f"{streams[fp]:,.0f} streams/GiB"),
         ratio=f"{ratio:.2f}x pinfold",
         target=">= 0.9x, 0 duplicates", met=ratio >= 0.9 and dups == 0)]
 

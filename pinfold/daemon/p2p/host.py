@@ -61,8 +61,9 @@ from pinfold.daemon.p2p.host_config import (
     root_causes,
     strip_p2p,
 )
+from pinfold.daemon.p2p import swarm_limits
 from pinfold.daemon.p2p.swarm_limits import REAP_AGE_S, InboundSlots, TrackingTCP, raw_connection
-from pinfold.daemon.p2p.transport import FastNoiseTransport, FastYamux, install_muxer
+from pinfold.daemon.p2p.transport import FastNoiseTransport, FastYamux, InboundSelector, install_muxer
 
 __all__ = [
     "DialError",
@@ -194,6 +195,13 @@ class Host:
         if self.config.fast_channel:
             # py-libp2p's own muxer negotiation would build its stock Yamux
             install_muxer(network, {YAMUX_PROTOCOL_ID: FastYamux})
+            # a peer's new stream that selects a protocol in its first bytes is
+            # answered in one write (transport/select.py)
+            self._selector: InboundSelector | None = InboundSelector(
+                self.libp2p.get_mux().handlers, self.libp2p._swarm_stream_handler)  # type: ignore[attr-defined]
+            network.set_stream_handler(self._selector)
+        else:
+            self._selector = None
         if hasattr(network, "auto_connector"):
             network.auto_connector.maybe_connect = _no_auto_connect  # type: ignore[method-assign]
         # py-libp2p 0.8.1 holds an inbound slot until the *node* stops (its inbound handler
@@ -215,6 +223,7 @@ class Host:
         self._running = False
         self._stopped = False
         self.libp2p.get_network().register_notifee(_Notifee(self))
+        swarm_limits.quiet_stream_notifications(network, no_ops=(_Notifee.closed_stream,))
 
     # ------------------------------------------------------------ identity
 
@@ -436,9 +445,18 @@ class Host:
 
     # ------------------------------------------------------------ streams
 
-    def set_stream_handler(self, protocol: str, handler: StreamHandler) -> None:
-        """Serve ``protocol`` with ``handler(stream)`` (one call per inbound stream)."""
+    def set_stream_handler(self, protocol: str, handler: StreamHandler, *, receive_only: bool = False) -> None:
+        """Serve ``protocol`` with ``handler(stream)`` (one call per inbound stream).
+
+        ``receive_only``: the handler never writes to the stream (Bitswap's), so on
+        the fast channel our side is closed as the protocol is agreed.
+        """
         self.libp2p.set_stream_handler(TProtocol(protocol), handler)
+        if self._selector is not None:
+            if receive_only:
+                self._selector.receive_only.add(protocol)
+            else:
+                self._selector.receive_only.discard(protocol)
 
     async def new_stream(self, peer_id: ID, protocols: Sequence[str]) -> INetStream:
         """Open a stream to a connected peer, negotiating the first protocol it supports.

@@ -1,13 +1,15 @@
-"""Parts the host plugs into py-libp2p's swarm: the inbound connection limiter and
-a TCP transport that remembers the sockets it dialled (so the host can reap them).
+"""Parts the host plugs into py-libp2p's swarm: the inbound connection limiter, a
+TCP transport that remembers the sockets it dialled (so the host can reap them),
+and stream notifications that skip the notifees with nothing to do.
 
 Imports trio and py-libp2p's TCP transport.
 """
 
 from __future__ import annotations
 
+import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any, Final
 
 import multiaddr
@@ -15,7 +17,11 @@ import trio
 from libp2p.abc import INetConn
 from libp2p.transport.tcp.tcp import TCP
 
-__all__ = ["REAP_AGE_S", "InboundSlots", "TrackingTCP", "raw_connection"]
+__all__ = ["REAP_AGE_S", "InboundSlots", "TrackingTCP", "quiet_stream_notifications", "raw_connection"]
+
+logger = logging.getLogger(__name__)
+
+_STREAM_EVENTS: Final = ("opened_stream", "closed_stream")
 
 
 #: a dial this old is done handshaking; its socket may be reaped when not in use, seconds
@@ -80,3 +86,52 @@ def raw_connection(conn: INetConn) -> Any:
         if obj is None:
             return None
     return obj
+
+
+def _stream_no_ops() -> set[Any]:
+    """py-libp2p's notifee methods for stream events that do nothing (0.8.1)."""
+    from libp2p.host.basic_host import _IdentifyNotifee
+    from libp2p.network.tag_store import TagStoreNotifee
+    from libp2p.pubsub.pubsub_notifee import PubsubNotifee
+
+    return {getattr(cls, ev) for cls in (_IdentifyNotifee, TagStoreNotifee, PubsubNotifee)
+            for ev in _STREAM_EVENTS}
+
+
+def quiet_stream_notifications(network: Any, no_ops: Collection[Any] = ()) -> None:
+    """Deliver ``network``'s stream opened/closed events only to notifees that act on
+    them, awaited one after the other on the caller's task.
+
+    py-libp2p 0.8.1's swarm delivers every event in a new nursery with a task per
+    notifee; for a stream that is 2 nurseries and 8 tasks, and a peer that opens
+    a stream per message (Kubo, Helia) pays them per message, while every
+    notifee but the host's own does nothing with streams. Other events go
+    through py-libp2p's own ``_notify``. A notifee that raises is logged, as
+    py-libp2p does.
+
+    Args:
+        network: py-libp2p's swarm.
+        no_ops: more notifee methods (functions) known to do nothing.
+
+    Raises:
+        RuntimeError: the swarm has no ``_notify`` or ``notifees`` (py-libp2p changed).
+    """
+    stock = getattr(network, "_notify", None)
+    if stock is None or not isinstance(getattr(network, "notifees", None), list):
+        raise RuntimeError("py-libp2p's swarm has no _notify/notifees; cannot filter its "
+                           "stream notifications")
+    skip = _stream_no_ops() | set(no_ops)
+
+    async def notify(method: str, *args: Any) -> None:
+        if method not in _STREAM_EVENTS:
+            await stock(method, *args)
+            return
+        for notifee in list(network.notifees):
+            if getattr(type(notifee), method, None) in skip:
+                continue
+            try:
+                await getattr(notifee, method)(network, *args)
+            except Exception:
+                logger.exception("notifee %s.%s raised", type(notifee).__name__, method)
+
+    network._notify = notify

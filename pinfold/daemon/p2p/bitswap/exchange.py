@@ -136,7 +136,7 @@ class Bitswap:
                 self._nursery = self._out.nursery = nursery
                 self._running = True
                 for proto in PROTOCOLS:
-                    self._host.set_stream_handler(proto, self._inbound.handle)
+                    self._host.set_stream_handler(proto, self._inbound.handle, receive_only=True)
                 for peer in self._host.connected_peers():
                     self._peer_up(peer)
                 nursery.start_soon(self._peer_events, events)
@@ -265,6 +265,8 @@ class Bitswap:
             duplicate_blocks=self._c["duplicate_blocks"],
             duplicate_bytes=self._c["duplicate_bytes"],
             messages_received=self._c["messages_received"],
+            inbound_streams=self._c["inbound_streams"],
+            one_message_streams=self._c["one_message_streams"],
             wantlist_size=self._wants.wantlist_size(),
             peer_wantlist_entries=sum(s.wantlist_size for s in self._engine.ledgers()),
             rejected=MappingProxyType(dict(self._rejected)),

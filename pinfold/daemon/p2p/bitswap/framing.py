@@ -48,6 +48,11 @@ class FrameDecoder:
         self._have = 0  # bytes in _pieces
         self._need = -1  # body length of the frame being assembled, -1 = reading a prefix
 
+    @property
+    def pending(self) -> bool:
+        """Whether bytes of an incomplete message are held."""
+        return self._have > 0 or self._need >= 0
+
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         """Append received bytes (a writable buffer is copied; read-only ones are kept)."""
         view = memoryview(data)

@@ -17,6 +17,13 @@ overlap:
    transaction. At most ``store_steps`` steps wait at once (for all streams),
    bounding the block data held to about that many messages (4 MiB each).
 
+Kubo and Helia send every reply on a stream of its own that carries one
+message and ends. So the first messages of every stream go through stage 2
+on the stream's own task as soon as they are read; if by then the peer has
+closed the stream (its end came right after the data), their blocks are
+stored on that task too and nothing more is started: no processor task, no
+queue, no nursery for the steps. Otherwise the pipeline takes over.
+
 At most ``inbound_queue_messages`` decoded messages wait between stages 1
 and 2 per stream. Garbage or oversize frames cut the peer off at once. What
 a message means is the exchange's business (``InboundOwner.on_message``).
@@ -39,7 +46,7 @@ from pinfold.daemon.p2p.bitswap.errors import RemoteProtocolError
 from pinfold.daemon.p2p.bitswap.framing import MAX_MESSAGE_SIZE, FrameDecoder
 from pinfold.daemon.p2p.bitswap.message import Message, costly_to_decode, decode_message
 from pinfold.daemon.p2p.bitswap.outbound import ended_cleanly, reset_stream
-from pinfold.daemon.p2p.transport import read_chunks
+from pinfold.daemon.p2p.transport import at_end, read_chunks
 
 __all__ = ["InboundOwner", "InboundStreams", "StoreStep"]
 
@@ -91,7 +98,8 @@ class InboundStreams:
     Args:
         owner: the exchange.
         config: read sizes and queue bound.
-        counters: the exchange's counters (``messages_received``).
+        counters: the exchange's counters (``messages_received``,
+            ``inbound_streams``, ``one_message_streams``).
     """
 
     def __init__(self, owner: InboundOwner, config: ExchangeConfig, counters: Counter[str]) -> None:
@@ -112,13 +120,9 @@ class InboundStreams:
             await owner.disconnect(peer)
             return
         owner.peer_seen(peer)
-        send, recv = trio.open_memory_channel[Message](self._config.inbound_queue_messages)
-        clean = False  # stays so when the processor cut the peer off and cancelled the read
+        self._c["inbound_streams"] += 1
         try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._process, peer, recv, nursery.cancel_scope)
-                async with send:
-                    clean = await self._read(peer, stream, send)
+            clean = await self._serve(peer, stream)
         finally:
             with trio.CancelScope(shield=True):
                 await _close_quietly(stream)
@@ -130,16 +134,97 @@ class InboundStreams:
         if not clean:
             owner.stream_broke(peer)
 
+    async def _serve(self, peer: ID, stream: INetStream) -> bool:
+        """Read and handle ``stream`` to its end; whether it ended cleanly (False
+        also when the peer was cut off and the read cancelled).
+
+        The first messages are handled on this task as soon as they are read;
+        if the stream has ended by then (a one-message stream), their blocks
+        are stored here too and that is all. Otherwise the pipeline takes over,
+        starting with those blocks.
+        """
+        decoder = FrameDecoder(MAX_MESSAGE_SIZE)
+        first = await self._read_first(peer, stream, decoder)
+        if first is None:
+            return False  # reset, broken or cut off
+        msgs, ended = first
+        owner = self._owner
+        steps: list[StoreStep] = []
+        try:
+            for msg in msgs:
+                step = await owner.on_message(peer, msg)
+                if step is not None:
+                    steps.append(step)
+                if not owner.is_up(peer):  # cut off meanwhile
+                    return False
+        except RemoteProtocolError as exc:
+            await owner.cut_off(peer, exc)
+            return False
+        if ended or (not decoder.pending and at_end(stream) and ended_cleanly(stream)):
+            self._c["one_message_streams"] += 1
+            for step in steps:
+                await self._store_slots.acquire()
+                await self._store(peer, step)
+            return True
+        clean = False  # stays so when the processor cut the peer off and cancelled the read
+        send, recv = trio.open_memory_channel[Message](self._config.inbound_queue_messages)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._process, peer, recv, nursery.cancel_scope, steps)
+            async with send:
+                clean = await self._read(peer, stream, send, decoder)
+        return clean
+
+    async def _read_first(
+        self, peer: ID, stream: INetStream, decoder: FrameDecoder
+    ) -> tuple[list[Message], bool] | None:
+        """Read until at least one message is decoded: ``(messages, False)``; or
+        ``([], True)`` for a stream that ended cleanly before any message. None
+        when the stream broke or the peer was cut off."""
+        chunk = self._config.read_chunk_bytes
+        msgs: list[Message] = []
+        try:
+            while self._owner.running:
+                try:
+                    pieces = await read_chunks(stream, chunk)
+                except trio.Cancelled:
+                    raise
+                except EOFError:
+                    return (msgs, True) if ended_cleanly(stream) else None
+                except Exception:  # reset, connection error
+                    return None
+                if not pieces:
+                    return (msgs, True) if ended_cleanly(stream) else None
+                for piece in pieces:
+                    decoder.feed(piece)
+                while (body := decoder.next_frame()) is not None:
+                    msgs.append(await self._decode(body))
+                if msgs:
+                    return msgs, False
+        except RemoteProtocolError as exc:
+            await self._owner.cut_off(peer, exc)
+        return None
+
+    async def _decode(self, body: memoryview | bytes) -> Message:
+        if costly_to_decode(body):
+            # a message of many wants or presences (up to ~100k in 4 MiB) is
+            # decoded off the trio thread, so one peer cannot stall the daemon
+            msg = await trio.to_thread.run_sync(decode_message, body)
+        else:
+            msg = decode_message(body)
+        self._c["messages_received"] += 1
+        return msg
+
     async def _read(
-        self, peer: ID, stream: INetStream, send: trio.MemorySendChannel[Message]
+        self, peer: ID, stream: INetStream, send: trio.MemorySendChannel[Message],
+        decoder: FrameDecoder,
     ) -> bool:
-        """Read ``stream`` into ``send`` until it ends.
+        """Read ``stream`` into ``send`` until it ends (``decoder`` may hold the
+        start of a message already).
 
         Returns:
             True when the peer closed the stream cleanly on a live connection;
             False when it was reset, its connection closed, or we stopped reading.
         """
-        decoder = FrameDecoder(MAX_MESSAGE_SIZE)
         chunk = self._config.read_chunk_bytes
         try:
             while self._owner.running:
@@ -156,13 +241,7 @@ class InboundStreams:
                 for piece in pieces:
                     decoder.feed(piece)
                 while (body := decoder.next_frame()) is not None:
-                    if costly_to_decode(body):
-                        # a message of many wants or presences (up to ~100k in 4 MiB) is
-                        # decoded off the trio thread, so one peer cannot stall the daemon
-                        msg = await trio.to_thread.run_sync(decode_message, body)
-                    else:
-                        msg = decode_message(body)
-                    self._c["messages_received"] += 1
+                    msg = await self._decode(body)
                     try:
                         await send.send(msg)
                     except trio.BrokenResourceError:  # the processor cut the peer off
@@ -172,10 +251,14 @@ class InboundStreams:
         return False
 
     async def _process(
-        self, peer: ID, recv: trio.MemoryReceiveChannel[Message], scope: trio.CancelScope
+        self, peer: ID, recv: trio.MemoryReceiveChannel[Message], scope: trio.CancelScope,
+        first: list[StoreStep],
     ) -> None:
         owner = self._owner
         async with recv, trio.open_nursery() as steps:
+            for step in first:  # the first messages' blocks, handled by _serve
+                await self._store_slots.acquire()
+                steps.start_soon(self._store, peer, step)
             try:
                 async for msg in recv:
                     step = await owner.on_message(peer, msg)

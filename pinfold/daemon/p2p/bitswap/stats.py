@@ -30,6 +30,9 @@ class BitswapStats:
             after we cancelled the want).
         duplicate_bytes: their bytes.
         messages_received: Bitswap messages decoded.
+        inbound_streams: Bitswap streams peers opened to us.
+        one_message_streams: those that carried their messages and had ended by
+            the first read (Kubo's and Helia's replies), handled inline.
         wantlist_size: blocks we want now.
         peer_wantlist_entries: wants of all peers held on our ledgers.
         rejected: blocks/messages rejected, by reason ("unwanted",
@@ -65,6 +68,8 @@ class BitswapStats:
     duplicate_blocks: int
     duplicate_bytes: int
     messages_received: int
+    inbound_streams: int
+    one_message_streams: int
     wantlist_size: int
     peer_wantlist_entries: int
     rejected: MappingProxyType[str, int]

@@ -14,9 +14,13 @@ older pinfold nodes connect as before.
   Noise message (payload <= 65535 - 16 - 12 bytes) and whose reader takes
   whole decrypted Noise messages and dispatches every Yamux frame in them
   without an await per header or body.
-* ``FastMuxerMultistream``: py-libp2p 0.8.1's muxer negotiation builds its own
-  ``Yamux`` for ``/yamux/1.0.0`` whatever class ``muxer_opt`` names; this one
-  builds the negotiated class. ``install_muxer`` puts it on a host's upgrader.
+* ``FastMuxerMultistream`` (``select.py``): py-libp2p 0.8.1's muxer negotiation
+  builds its own ``Yamux`` for ``/yamux/1.0.0`` whatever class ``muxer_opt``
+  names; this one builds the negotiated class. ``install_muxer`` puts it on a
+  host's upgrader.
+* ``InboundSelector`` (``select.py``): answers a peer's new stream whose first
+  bytes select a protocol we serve in one write (ACK, window, the protocol
+  echoed, our FIN for a receive-only protocol) instead of py-libp2p's five.
 
 The py-libp2p internals these rely on are checked by
 tests/p2p/test_libp2p_internals.py (libp2p is pinned to one version).
@@ -31,7 +35,9 @@ from pinfold.daemon.p2p.transport.noise import (
     FastNoiseTransport,
     FastSecureSession,
 )
-from pinfold.daemon.p2p.transport.yamux import MAX_FRAME_PAYLOAD_BYTES, FastMuxerMultistream, FastYamux, FastYamuxStream, install_muxer, read_chunks
+from pinfold.daemon.p2p.transport.select import FastMuxerMultistream, InboundSelector, install_muxer
+from pinfold.daemon.p2p.transport.yamux import MAX_FRAME_PAYLOAD_BYTES, FastYamux, FastYamuxStream, read_chunks
+from pinfold.daemon.p2p.transport.yamux_stream import at_end
 
 __all__ = [
     "MAX_FRAME_PAYLOAD_BYTES",
@@ -43,6 +49,8 @@ __all__ = [
     "FastSecureSession",
     "FastYamux",
     "FastYamuxStream",
+    "InboundSelector",
+    "at_end",
     "install_muxer",
     "read_chunks",
 ]

@@ -1,4 +1,5 @@
-"""Yamux whose frames fit one Noise message and whose reader takes whole messages.
+"""Yamux whose frames fit one Noise message and whose reader takes whole messages:
+the connection, ``FastYamux`` (its streams: ``yamux_stream.FastYamuxStream``).
 
 Wire format (``/yamux/1.0.0``): a 12-byte header (version, type, flags, stream
 ID, length; big-endian), then ``length`` payload bytes for DATA frames. The
@@ -17,6 +18,12 @@ go-away) is py-libp2p's ``Yamux``/``YamuxStream``; what changes:
   read; that costs more CPU than the decryption.)
 * window updates: sent once half the stream's window is used up (go-yamux's
   rule, with py-libp2p's window auto-tuning) instead of after every read.
+* accepting a stream: the ACK of a peer's new stream is not written on its
+  own; it rides on the first frame we write on that stream (go-yamux also
+  acknowledges a stream only when it is accepted), or goes alone after
+  ``ACK_DEFER_S``. With the one-write answer of ``FastYamuxStream.answer``
+  (used by ``select.InboundSelector``), a peer that opens a stream per message
+  (Kubo, Helia) costs us one write per stream instead of five.
 """
 
 from __future__ import annotations
@@ -24,15 +31,11 @@ from __future__ import annotations
 import logging
 import struct
 import weakref
-from collections import deque
-from collections.abc import Mapping
 from typing import Any, Final
 
 import trio
-from libp2p.abc import IMuxedConn, ISecureConn
-from libp2p.peer.id import ID
-from libp2p.stream_muxer.exceptions import MuxedStreamEOF, MuxedStreamError, MuxedStreamReset
-from libp2p.stream_muxer.muxer_multistream import MuxerMultistream
+from libp2p.abc import ISecureConn
+from libp2p.stream_muxer.exceptions import MuxedStreamError
 from libp2p.stream_muxer.yamux.yamux import (
     FLAG_ACK,
     FLAG_FIN,
@@ -50,246 +53,38 @@ from libp2p.stream_muxer.yamux.yamux import (
     YamuxStream,
 )
 
-from pinfold.daemon.p2p.transport.noise import MAX_PLAINTEXT_BYTES, FastSecureSession, NoiseMessageError
+from pinfold.daemon.p2p.transport.noise import FastSecureSession, NoiseMessageError
+from pinfold.daemon.p2p.transport.yamux_stream import (
+    MAX_FRAME_PAYLOAD_BYTES,
+    WINDOW_WAIT_S,
+    FastYamuxStream,
+    wake_all,
+    read_chunks,
+)
 
 __all__ = [
+    "ACK_DEFER_S",
     "DATA_READ_TIMEOUT_S",
     "MAX_FRAME_PAYLOAD_BYTES",
     "WINDOW_WAIT_S",
-    "FastMuxerMultistream",
     "FastYamux",
     "FastYamuxStream",
-    "install_muxer",
     "read_chunks",
 ]
 
 logger = logging.getLogger(__name__)
 
-#: largest DATA payload we send, bytes: header + payload = one Noise message
-MAX_FRAME_PAYLOAD_BYTES: Final = MAX_PLAINTEXT_BYTES - HEADER_SIZE
-#: a writer with no send window for this long fails, seconds (py-libp2p's value)
-WINDOW_WAIT_S: Final = 5.0
 #: a frame begun but not finished for this long closes the connection, seconds (py-libp2p's)
 DATA_READ_TIMEOUT_S: Final = 60.0
-#: how often a window-starved writer rechecks the stream's state, seconds
-_WINDOW_RECHECK_S: Final = 0.05
+#: a peer's new stream we wrote nothing on for this long is acknowledged alone,
+#: seconds (go-yamux closes a session whose stream stays unacknowledged 75 s)
+ACK_DEFER_S: Final = 0.5
 
 _HEADER = struct.Struct(YAMUX_HEADER_FORMAT)
 _pack = _HEADER.pack
 
-
-async def read_chunks(stream: Any, max_bytes: int) -> list[memoryview | bytes]:
-    """Read what arrived on a libp2p stream as a list of read-only chunks (at least
-    one byte in all), waiting until some arrive.
-
-    On the fast channel these are the DATA payloads as they were decrypted (no
-    copy: ``FastYamuxStream.read_chunks``); on any other stream it is one
-    ``stream.read(max_bytes)``. At the end or a reset the stream's own ``read``
-    raises (py-libp2p's ``StreamEOF``/``StreamReset``), so its state moves as usual.
-
-    Args:
-        stream: a py-libp2p ``INetStream``.
-        max_bytes: bytes to take at most (one chunk is taken whatever its size).
-
-    Returns:
-        The chunks; ``[]`` only when a stock stream's ``read`` returned ``b""``.
-    """
-    muxed = getattr(stream, "muxed_stream", None)
-    if isinstance(muxed, FastYamuxStream):
-        try:
-            return await muxed.read_chunks(max_bytes)
-        except (MuxedStreamEOF, MuxedStreamReset):
-            pass  # the stream's read raises the same end and records it
-    data = await stream.read(max_bytes)
-    return [data] if data else []
-
-
 class YamuxProtocolError(Exception):
     """The peer broke the Yamux protocol (an unknown frame type, an oversized frame)."""
-
-
-class FastYamuxStream(YamuxStream):
-    """A ``YamuxStream`` that queues whole DATA payloads and writes frames of at most
-    ``MAX_FRAME_PAYLOAD_BYTES``.
-
-    Received data waits in ``_chunks`` (views of decrypted Noise messages, or
-    bytes); py-libp2p's ``conn.stream_buffers`` entry of the stream stays empty.
-    """
-
-    def __init__(self, stream_id: int, conn: Yamux, is_initiator: bool) -> None:
-        super().__init__(stream_id, conn, is_initiator)
-        self._chunks: deque[memoryview | bytes] = deque()
-        self._buffered = 0  # bytes in _chunks
-        self._data_ev = trio.Event()  # set (and replaced) when data or an end arrives
-        self._reader_waiting = False
-        self._window_ev = trio.Event()  # set (and replaced) when send window arrives
-
-    # ------------------------------------------------------------ called by FastYamux
-
-    def _deliver(self, payload: memoryview | bytes) -> None:
-        self._chunks.append(payload)
-        self._buffered += len(payload)
-
-    def _wake_reader(self) -> None:
-        if self._reader_waiting:
-            self._data_ev.set()
-            self._data_ev = trio.Event()
-
-    def _wake_writer(self) -> None:
-        self._window_ev.set()
-        self._window_ev = trio.Event()
-
-    # ------------------------------------------------------------ reading
-
-    async def read(self, n: int | None = -1) -> bytes:
-        """Up to ``n`` bytes (everything buffered when ``n`` is None or -1), waiting
-        until some arrive.
-
-        Raises:
-            MuxedStreamEOF: the peer closed its side and everything was read, or
-                the connection shut down.
-            MuxedStreamReset: the stream was reset (by the peer, or by the
-                connection's failure).
-        """
-        if n == 0:
-            return b""
-        if n is None or n < 0:
-            n = -1
-        await self._wait_data()
-        data = self._take(n)
-        if not self.recv_closed and not self.closed:
-            await self._grant_window()
-        return data
-
-    async def read_chunks(self, max_bytes: int) -> list[memoryview | bytes]:
-        """The received payloads as they arrived, without joining them: whole
-        queued chunks (views of decrypted Noise messages, or bytes) while their
-        total stays within ``max_bytes``, and at least one; waits until some arrive.
-
-        The chunks are read-only and never change (the receiver's frame decoder
-        copies each message once, from these, instead of once more from a
-        joined ``read``).
-
-        Raises:
-            MuxedStreamEOF, MuxedStreamReset: as ``read``.
-        """
-        await self._wait_data()
-        chunks = self._chunks
-        out = [chunks.popleft()]
-        taken = len(out[0])
-        while chunks and taken + len(chunks[0]) <= max_bytes:
-            c = chunks.popleft()
-            taken += len(c)
-            out.append(c)
-        self._buffered -= taken
-        if not self.recv_closed and not self.closed:
-            await self._grant_window()
-        return out
-
-    async def _wait_data(self) -> None:
-        """Return once data is buffered; raise when the stream ended or was reset."""
-        while True:
-            if self._buffered:
-                if self.reset_received and not self.recv_closed:
-                    raise MuxedStreamReset("Stream was reset")
-                return
-            if self.reset_received:
-                raise MuxedStreamReset("Stream was reset")
-            if self.recv_closed:
-                raise MuxedStreamEOF("Stream is closed for receiving")
-            if self.closed:
-                raise MuxedStreamReset("Stream is reset or closed")
-            if self.conn.event_shutting_down.is_set():
-                raise MuxedStreamEOF("Connection shut down")
-            self._reader_waiting = True
-            try:
-                await self._data_ev.wait()
-            finally:
-                self._reader_waiting = False
-
-    def _take(self, n: int) -> bytes:
-        """Remove and return up to ``n`` buffered bytes (all when ``n`` < 0)."""
-        chunks = self._chunks
-        if n < 0 or n >= self._buffered:
-            data = bytes(chunks[0]) if len(chunks) == 1 else b"".join(chunks)
-            chunks.clear()
-            self._buffered = 0
-            return data
-        parts = []
-        left = n
-        while left:
-            head = chunks[0]
-            if len(head) <= left:
-                parts.append(chunks.popleft())
-                left -= len(head)
-            else:
-                view = memoryview(head)
-                parts.append(view[:left])
-                chunks[0] = view[left:]
-                left = 0
-        self._buffered -= n
-        return bytes(parts[0]) if len(parts) == 1 else b"".join(parts)
-
-    async def _grant_window(self) -> None:
-        """Give the peer back the window that reads freed, once it is at least half
-        the target window (py-libp2p's GrowTo threshold and auto-tuning)."""
-        buffered = self._buffered
-        delta = self.target_recv_window - (self.recv_window + buffered)
-        if delta <= 0 or delta < self._grow_threshold():
-            return
-        increment = self._grow_to_delta(buffered) + self._apply_autotune_epoch(buffered)
-        await self.send_window_update(increment)
-
-    # ------------------------------------------------------------ writing
-
-    async def write(self, data: bytes) -> None:
-        """Send ``data`` as DATA frames, waiting for send window as needed.
-
-        Concurrent writes to one stream are sent one after the other (py-libp2p
-        interleaves their frames).
-
-        Raises:
-            MuxedStreamError: the stream is closed for sending or reset, or no
-                window came for ``WINDOW_WAIT_S`` seconds (the peer stopped reading).
-        """
-        if self.send_closed:
-            raise MuxedStreamError("Stream is closed for sending")
-        view = memoryview(data).cast("B")
-        total = len(view)
-        sent = 0
-        write_frame = self.conn._write_frame
-        async with self.rw_lock.write_lock():
-            while sent < total:
-                if self.send_closed:
-                    raise MuxedStreamError("Stream is closed for sending")
-                if self.closed:
-                    raise MuxedStreamError("Stream is closed")
-                if self.send_window <= 0:
-                    await self._wait_for_window()
-                    continue
-                n = min(self.send_window, MAX_FRAME_PAYLOAD_BYTES, total - sent)
-                self.send_window -= n
-                await write_frame(b"".join((_pack(0, TYPE_DATA, 0, self.stream_id, n),
-                                            view[sent:sent + n])))
-                sent += n
-
-    async def _wait_for_window(self) -> None:
-        self._zero_window_waits += 1
-        deadline = trio.current_time() + WINDOW_WAIT_S
-        while self.send_window <= 0 and not self.closed and not self.send_closed:
-            now = trio.current_time()
-            if now >= deadline:
-                raise MuxedStreamError(f"Timed out waiting for window update after {WINDOW_WAIT_S:g} seconds.")
-            with trio.move_on_at(min(deadline, now + _WINDOW_RECHECK_S)):
-                await self._window_ev.wait()
-
-
-def _wake_all(streams: list[YamuxStream]) -> None:
-    """Wake the readers and writers of ``streams`` (their connection closed)."""
-    for stream in streams:
-        if isinstance(stream, FastYamuxStream):
-            stream._wake_reader()
-            stream._wake_writer()
 
 
 def _missing(partial: bytearray) -> int:
@@ -329,6 +124,10 @@ class FastYamux(Yamux):
         # every stream of this connection, also after py-libp2p's close() cleared
         # self.streams: their readers and writers are woken when it shuts down
         self._all_streams: weakref.WeakSet[FastYamuxStream] = weakref.WeakSet()
+        # the peer's streams not acknowledged yet: stream ID -> when it was opened
+        self._unacked: dict[int, float] = {}
+        self._unacked_ev = trio.Event()  # set when a stream joins _unacked
+        self._ack_scope = trio.CancelScope()  # _ack_late_streams runs in it
 
     async def open_stream(self) -> FastYamuxStream:
         """Open a stream (py-libp2p's ``open_stream``, making a ``FastYamuxStream``).
@@ -366,17 +165,49 @@ class FastYamux(Yamux):
         shutting down (py-libp2p's ``close`` sets the streams' closed flags at once
         but returns only after its own 0.1 s sleep)."""
         await self.event_shutting_down.wait()
-        _wake_all(list(self._all_streams))
+        wake_all(list(self._all_streams))
+
+    def _ack_due(self, sid: int) -> bool:
+        """Whether the peer's stream ``sid`` still needs our ACK; it is then taken
+        as sent (the caller's next frame on that stream carries it)."""
+        return self._unacked.pop(sid, None) is not None
 
     async def _write_frame(self, data: bytes) -> None:
+        """Write frames as one Noise message (or more, for a long DATA frame).
+        The first frame's stream, if its ACK is still due, gets the ACK flag."""
+        if self._unacked and len(data) >= HEADER_SIZE:
+            _version, typ, flags, sid, length = _HEADER.unpack_from(data)
+            if typ in (TYPE_DATA, TYPE_WINDOW_UPDATE) and self._ack_due(sid):
+                data = b"".join((_pack(0, typ, flags | FLAG_ACK, sid, length),
+                                 memoryview(data)[HEADER_SIZE:]))
         async with self._write_lock:
             await self.secured_conn.write(data)
+
+    async def _ack_late_streams(self) -> None:
+        """Acknowledge the peer's streams that stayed unanswered ``ACK_DEFER_S``
+        (a handler queued behind py-libp2p's stream limits, or one that never
+        writes), so none stays unacknowledged for long. Runs until cancelled."""
+        with self._ack_scope:
+            while True:
+                await self._unacked_ev.wait()
+                self._unacked_ev = trio.Event()
+                await trio.sleep(ACK_DEFER_S)
+                cutoff = trio.current_time() - ACK_DEFER_S
+                for sid in [sid for sid, at in self._unacked.items() if at <= cutoff]:
+                    if self._ack_due(sid):
+                        try:
+                            await self._write_frame(_pack(0, TYPE_WINDOW_UPDATE, FLAG_ACK, sid, 0))
+                        except Exception:  # noqa: BLE001 - the connection is going; its reader ends it
+                            return
+                if self._unacked:
+                    self._unacked_ev.set()
 
     async def handle_incoming(self) -> None:
         session = self.secured_conn
         assert isinstance(session, FastSecureSession)  # checked in __init__
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._wake_streams_on_shutdown)
+            nursery.start_soon(self._ack_late_streams)
             try:
                 await self._read_frames(session)
             except Exception as exc:  # noqa: BLE001 - any failure ends this connection
@@ -384,6 +215,7 @@ class FastYamux(Yamux):
                 level = logging.WARNING if broken else logging.DEBUG
                 logger.log(level, "Yamux connection to %s ended: %s: %s", self.peer_id, type(exc).__name__, exc)
             self.event_shutting_down.set()
+            self._ack_scope.cancel()
             await self._cleanup_on_error()
 
     async def _read_frames(self, session: FastSecureSession) -> None:
@@ -505,10 +337,12 @@ class FastYamux(Yamux):
             else:
                 self.stream_events[sid].set()
         if stream.closed:
+            self._unacked.pop(sid, None)
             self._finalize_stream_locked(stream, fully_closed=True)
 
     async def _new_stream_frame(self, typ: int, flags: int, sid: int, length: int, payload: bytes) -> None:
-        """A frame with SYN: open the peer's stream, answer ACK (RST when the ID is taken)."""
+        """A frame with SYN: open the peer's stream (RST when the ID is taken). Its ACK
+        is due: it goes with our first frame on the stream (``_write_frame``)."""
         reply: bytes | None = None
         new: FastYamuxStream | None = None
         async with self.streams_lock:
@@ -521,8 +355,10 @@ class FastYamux(Yamux):
                 self.stream_buffers[sid] = bytearray()
                 self.stream_events[sid] = trio.Event()
                 self._apply(new, typ, flags, length, payload)
-                if not flags & FLAG_RST:
-                    reply = _pack(0, TYPE_WINDOW_UPDATE, FLAG_ACK, sid, 0)
+                if not flags & FLAG_RST and not new.closed:
+                    if not self._unacked:
+                        self._unacked_ev.set()
+                    self._unacked[sid] = trio.current_time()
         if reply is not None:
             await self._write_frame(reply)
         if new is not None:
@@ -547,34 +383,3 @@ class FastYamux(Yamux):
                          ", normal" if value == GO_AWAY_NORMAL else "")
             return False
         raise YamuxProtocolError(f"unknown frame type {typ}")
-
-
-class FastMuxerMultistream(MuxerMultistream):
-    """py-libp2p's muxer negotiation, building the class registered for the protocol.
-
-    py-libp2p 0.8.1's ``MuxerMultistream.new_conn`` builds its own ``Yamux`` for
-    ``/yamux/1.0.0`` and ignores the class given in ``muxer_opt``.
-    """
-
-    async def new_conn(self, conn: ISecureConn, peer_id: ID) -> IMuxedConn:
-        protocol, muxer_class = await self._selector.select(conn, conn.is_initiator, self.negotiate_timeout)
-        if isinstance(muxer_class, type) and issubclass(muxer_class, Yamux):
-            muxed: IMuxedConn = muxer_class(conn, peer_id, is_initiator=conn.is_initiator)
-        else:
-            muxed = muxer_class(conn, peer_id)
-        return self._annotate_connection(muxed, conn, protocol)
-
-
-def install_muxer(network: Any, muxers: Mapping[Any, type]) -> None:
-    """Negotiate ``muxers`` (protocol -> muxer class) on ``network``'s connections with
-    a ``FastMuxerMultistream``.
-
-    Raises:
-        RuntimeError: the swarm has no ``upgrader.muxer_multistream`` (py-libp2p changed).
-    """
-    upgrader = getattr(network, "upgrader", None)
-    stock = getattr(upgrader, "muxer_multistream", None)
-    if not isinstance(stock, MuxerMultistream):
-        raise RuntimeError("py-libp2p's swarm has no upgrader.muxer_multistream; "
-                           "the fast channel cannot be installed (set node.fast_channel = false)")
-    upgrader.muxer_multistream = FastMuxerMultistream(dict(muxers), negotiate_timeout=stock.negotiate_timeout)
