@@ -16,7 +16,8 @@ command that way.
 Protocol (one Unix-socket connection per child): the client sends a JSON
 request ``{"argv", "env", "cwd"}`` with the child's stdin, stdout and stderr as
 passed file descriptors; the server answers ``{"pid"}``, and when the child
-exits, ``{"status"}`` (a ``subprocess`` return code: negative for a signal).
+exits, ``{"status", "cpu_s"}`` (a ``subprocess`` return code: negative for a
+signal; the CPU seconds it used, which ``ForkServer.children_cpu_s`` sums).
 ``ForkedProcess`` gives the parts of ``subprocess.Popen`` the tests use.
 
 Run as ``python -m tests.support.forkserver SOCKET``; it exits when its stdin
@@ -137,15 +138,16 @@ def serve(path: str) -> None:
             os.read(wake_r, 4096)
         while children:
             try:
-                pid, wait_status = os.waitpid(-1, os.WNOHANG)
+                pid, wait_status, usage = os.wait4(-1, os.WNOHANG)
             except ChildProcessError:
                 break
             if pid == 0:
                 break
             conn = children.pop(pid, None)
             if conn is not None:
+                reply = {"status": _status(wait_status), "cpu_s": usage.ru_utime + usage.ru_stime}
                 try:
-                    conn.sendall(json.dumps({"status": _status(wait_status)}).encode() + b"\n")
+                    conn.sendall(json.dumps(reply).encode() + b"\n")
                 except OSError:
                     pass
                 conn.close()
@@ -180,6 +182,7 @@ class ForkedProcess:
             try:
                 reply, _ = _recv_line(self._conn)
                 self.returncode = int(reply["status"])
+                ForkServer.children_cpu_s += float(reply["cpu_s"])
             except EOFError:
                 # The fork server is gone (the test process is exiting); its child with it.
                 self.returncode = -signal.SIGKILL
@@ -211,6 +214,8 @@ class ForkServer:
 
     _instance: ForkServer | None = None
     _owner: int = 0
+    #: CPU seconds (user + system) of the exited children of this process's servers.
+    children_cpu_s: float = 0.0
 
     def __init__(self) -> None:
         self._dir = tempfile.mkdtemp(prefix="pinfold-fork-")
@@ -232,6 +237,14 @@ class ForkServer:
             cls._instance = cls()
             cls._owner = os.getpid()
         return cls._instance
+
+    def own_cpu_s(self) -> float:
+        """CPU seconds the running server itself has used (its children not included)."""
+        try:
+            fields = Path(f"/proc/{self._proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def spawn(self, argv: list[str], *, stdin: int, stdout: int, stderr: int,
               env: dict[str, str] | None = None, cwd: str | None = None) -> ForkedProcess:
