@@ -36,8 +36,24 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
             f.write(f"{_cpu_s() - before:.3f} {item.nodeid}\n")
 
 
+@pytest.fixture(scope="module")
+def module_daemon(request: pytest.FixtureRequest,
+                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
+    """One running daemon for a module marked ``shared_daemon`` (``config=`` TOML merged
+    into its config.toml)."""
+    marker = request.node.get_closest_marker("shared_daemon")
+    config = marker.kwargs.get("config", "") if marker is not None else ""
+    with running(tmp_path_factory.mktemp("shared"), config=config) as d:
+        yield d
+
+
 @pytest.fixture
-def daemon(tmp_path: Path) -> Iterator[DaemonProcess]:
-    """One running daemon (home under ``tmp_path``, name "a") for this test."""
+def daemon(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[DaemonProcess]:
+    """One running daemon (name "a"): this test's own (home under ``tmp_path``), or in a
+    module marked ``pytestmark = pytest.mark.shared_daemon`` the module's (``module_daemon``),
+    for tests that each add their own content and depend on nothing the others stored."""
+    if request.node.get_closest_marker("shared_daemon") is not None:
+        yield request.getfixturevalue("module_daemon")
+        return
     with running(tmp_path) as d:
         yield d

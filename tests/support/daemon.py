@@ -178,9 +178,15 @@ class DaemonProcess:
         return self.proc.returncode
 
     def __enter__(self) -> DaemonProcess:
-        return self.start()
+        """Start and wait until it answers; a daemon that never does is killed before raising."""
+        try:
+            return self.start()
+        except BaseException:
+            self.kill9()
+            raise
 
     def __exit__(self, *exc: object) -> None:
+        """Stop (SIGTERM); SIGKILL what is still there, also when stopping raised."""
         try:
             self.stop()
         finally:
@@ -189,11 +195,7 @@ class DaemonProcess:
 
 @contextlib.contextmanager
 def running(root: Path, name: str = "a", **kw: Any) -> Iterator[DaemonProcess]:
-    """A started ``DaemonProcess(root, name, **kw)``; stopped, then SIGKILLed if still there."""
-    d = DaemonProcess(root, name, **kw)
-    d.start()
-    try:
+    """``with DaemonProcess(root, name, **kw)``: started, then stopped and SIGKILLed if
+    still there (also when stopping raised)."""
+    with DaemonProcess(root, name, **kw) as d:
         yield d
-    finally:
-        d.stop()
-        d.kill9()
