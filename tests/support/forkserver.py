@@ -192,6 +192,10 @@ class ForkedProcess:
     def poll(self) -> int | None:
         return self._collect(0)
 
+    def __del__(self) -> None:
+        # A child replaced before its status was read: close the connection quietly.
+        self._conn.close()
+
     def wait(self, timeout: float | None = None) -> int:
         code = self._collect(timeout)
         if code is None:
