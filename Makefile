@@ -46,13 +46,17 @@ run: $(STAMP)
 # Test files run in parallel workers, each file whole on one worker (its daemons
 # and module fixtures stay together); then the few tests marked serial (they
 # measure timing or load) run alone. PYTEST_JOBS=0 runs everything in one process.
+# Daemons and CLI commands fork from a preloaded process (tests/support/forkserver.py;
+# PINFOLD_TEST_FORK=0 execs each). Bytecode is cached even where the environment sets
+# PYTHONDONTWRITEBYTECODE: else every worker compiles and assert-rewrites every module.
 PYTEST_JOBS ?= 4
+PYTEST := env -u PYTHONDONTWRITEBYTECODE $(PY) -m pytest
 test: $(STAMP) $(REPORT_STAMP) node-deps deploy-tools browser-deps
-	$(PY) -m pytest -m "not slow and not serial" -n $(PYTEST_JOBS) --dist loadfile $(PYTEST_ARGS)
-	$(PY) -m pytest -m "not slow and serial" $(PYTEST_ARGS)
+	$(PYTEST) -m "not slow and not serial" -n $(PYTEST_JOBS) --dist loadfile $(PYTEST_ARGS)
+	$(PYTEST) -m "not slow and serial" $(PYTEST_ARGS)
 
 test-all: $(STAMP) $(REPORT_STAMP) node-deps deploy-tools browser-deps
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PYTEST) $(PYTEST_ARGS)
 
 ## make bench: the issue-14 table (~10 min; BENCH_SIZE=256M for a quick look), each figure
 ## against a baseline measured in the same run; make bench-all adds the earlier sections

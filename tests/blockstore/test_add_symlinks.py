@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from pinfold.blockstore.unixfs import symlink_node
 
-from tests.support.daemon import DaemonProcess, cli_json, run_cli, running
+from tests.support.daemon import DaemonProcess, cli_json, run_cli
 
 VECTORS = Path(__file__).parents[1] / "vectors" / "kubo_symlinks.json"
 _B58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
@@ -29,10 +29,8 @@ def _base58(raw: bytes) -> str:
     return "1" * (len(raw) - len(raw.lstrip(b"\0"))) + out
 
 
-@pytest.fixture(scope="module")
-def daemon(tmp_path_factory: pytest.TempPathFactory):
-    with running(tmp_path_factory.mktemp("symlinks")) as d:
-        yield d
+# The tests share one daemon (``daemon``, tests/conftest.py); each adds its own folder.
+pytestmark = pytest.mark.shared_daemon
 
 
 def _build(root: Path, layout: dict[str, dict[str, str]]) -> None:

@@ -19,13 +19,10 @@ from tests.support.daemon import DaemonProcess, cli_json, model_file, run_cli, r
 from tests.support.wait import wait_until
 
 
-@pytest.fixture(scope="module")
-def daemon(tmp_path_factory: pytest.TempPathFactory):
-    """One daemon shared by the tests that only add content and read it back (none
-    depends on what the others stored); tests that count the store's contents or
-    stop the daemon start their own."""
-    with running(tmp_path_factory.mktemp("e2e")) as d:
-        yield d
+# One daemon (``daemon``, tests/conftest.py) shared by the tests that only add content
+# and read it back (none depends on what the others stored); tests that count the
+# store's contents or stop the daemon start their own.
+pytestmark = pytest.mark.shared_daemon
 
 
 def _rand(n: int, seed: int = 0) -> bytes:

@@ -13,15 +13,12 @@ from pathlib import Path
 import pytest
 
 from pinfold.daemon.rpc.connection import RpcConnection, RpcError
-from tests.support.daemon import DaemonProcess, running
+from tests.support.daemon import DaemonProcess
 
 
-@pytest.fixture(scope="module")
-def daemon(tmp_path_factory: pytest.TempPathFactory):
-    """One daemon for the module: each test adds its own content, and the hostile
-    descriptor tests check that it keeps serving the tests after them."""
-    with running(tmp_path_factory.mktemp("catfd")) as d:
-        yield d
+# One daemon for the module (``daemon``, tests/conftest.py): each test adds its own
+# content, and the hostile descriptor tests check that it keeps serving the tests after them.
+pytestmark = pytest.mark.shared_daemon
 
 
 def test_cat_to_file_and_pipe(daemon: DaemonProcess, tmp_path: Path) -> None:

@@ -16,16 +16,14 @@ from types import SimpleNamespace
 
 import pytest
 
-from tests.support.daemon import PYTHON, DaemonProcess, cli_json, run_cli, running
+from tests.support.daemon import PYTHON, DaemonProcess, cli_json, run_cli
 
 # Names of exception classes (ours or a library's) that must never reach a user.
 INTERNAL_NAME = re.compile(rb"\b[A-Z][A-Za-z]*(Error|Exception|Group)\b|nursery|Traceback")
 
 
-@pytest.fixture(scope="module")
-def daemon(tmp_path_factory: pytest.TempPathFactory):
-    with running(tmp_path_factory.mktemp("cli"), config="[bitswap]\nfetch_timeout_s = 1.0\n") as d:
-        yield d
+# The tests share one daemon (``daemon``, tests/conftest.py); each adds its own content.
+pytestmark = pytest.mark.shared_daemon(config="[bitswap]\nfetch_timeout_s = 1.0\n")
 
 
 def _json_error(proc: subprocess.CompletedProcess[bytes]) -> dict:

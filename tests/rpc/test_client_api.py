@@ -11,15 +11,13 @@ from pathlib import Path
 import pytest
 
 from pinfold import Client, DaemonNotRunning, RpcError
-from tests.support.daemon import DaemonProcess, running
+from tests.support.daemon import DaemonProcess
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def daemon(tmp_path_factory: pytest.TempPathFactory):
-    with running(tmp_path_factory.mktemp("client")) as d:
-        yield d
+# The tests share one daemon (``daemon``, tests/conftest.py); each adds its own content.
+pytestmark = pytest.mark.shared_daemon
 
 
 def _rand(n: int, seed: int = 0) -> bytes:

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 from pinfold.client import Client
 
+from tests.support import forkserver
 from tests.support.wait import GiveUp, wait_until
 
 T = TypeVar("T")
@@ -50,11 +51,26 @@ def metric(daemon: DaemonProcess, name: str, **labels: str) -> float:
                if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
 
 
+def tally(kind: str) -> None:
+    """With ``PINFOLD_TEST_TALLY=FILE``, append ``KIND TEST-ID`` to FILE (counts what a run spawns)."""
+    path = os.environ.get("PINFOLD_TEST_TALLY")
+    if path:
+        test = os.environ.get("PYTEST_CURRENT_TEST", "?").rsplit(" ", 1)[0]
+        with open(path, "a") as f:
+            f.write(f"{kind} {test}\n")
+
+
 def run_cli(home: Path, *args: str, input: bytes | None = None, check: bool = True,
             timeout: float = 120) -> subprocess.CompletedProcess[bytes]:
-    """Run ``pinfold --home HOME ARGS...`` as a subprocess."""
-    proc = subprocess.run([PYTHON, "-m", "pinfold.daemon.cli", "--home", str(home), *args],
-                          input=input, capture_output=True, timeout=timeout)
+    """Run ``pinfold --home HOME ARGS...`` in a child process (forked from the preloaded
+    ``tests.support.forkserver`` unless ``PINFOLD_TEST_FORK=0``)."""
+    tally("cli")
+    argv = ["--home", str(home), *args]
+    if forkserver.enabled():
+        proc = forkserver.run(argv, input=input, timeout=timeout)
+    else:
+        proc = subprocess.run([PYTHON, "-m", "pinfold.daemon.cli", *argv], input=input,
+                              capture_output=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"pinfold {' '.join(args)} exited {proc.returncode}: "
                              f"{proc.stderr.decode(errors='replace')}")
@@ -79,7 +95,7 @@ class DaemonProcess:
         self.name = name
         self.extra_config = config
         self.env = {**os.environ, **(env or {})}
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.proc: subprocess.Popen[bytes] | forkserver.ForkedProcess | None = None
         self.log_path = root / f"{name}.log"
         self._initialised = False
 
@@ -103,11 +119,17 @@ class DaemonProcess:
     def start(self, *, wait: bool = True, args: tuple[str, ...] = ()) -> DaemonProcess:
         """Start ``pinfold daemon ARGS...``; with ``wait``, until it answers ``id``."""
         self.init()
-        log = open(self.log_path, "ab")  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            [*self.wrap, PYTHON, "-m", "pinfold.daemon.cli", "--home", str(self.home), "daemon",
-             *args], stdout=log, stderr=subprocess.STDOUT, env=self.env)
-        log.close()
+        tally("daemon")
+        argv = ["--home", str(self.home), "daemon", *args]
+        with open(self.log_path, "ab") as log:
+            if self.wrap or not forkserver.enabled():
+                self.proc = subprocess.Popen([*self.wrap, PYTHON, "-m", "pinfold.daemon.cli", *argv],
+                                             stdout=log, stderr=subprocess.STDOUT, env=self.env)
+            else:
+                with open(os.devnull, "rb") as null:
+                    self.proc = forkserver.ForkServer.get().spawn(
+                        argv, stdin=null.fileno(), stdout=log.fileno(), stderr=log.fileno(),
+                        env=self.env)
         if wait:
             self.wait_ready()
         return self
@@ -156,9 +178,15 @@ class DaemonProcess:
         return self.proc.returncode
 
     def __enter__(self) -> DaemonProcess:
-        return self.start()
+        """Start and wait until it answers; a daemon that never does is killed before raising."""
+        try:
+            return self.start()
+        except BaseException:
+            self.kill9()
+            raise
 
     def __exit__(self, *exc: object) -> None:
+        """Stop (SIGTERM); SIGKILL what is still there, also when stopping raised."""
         try:
             self.stop()
         finally:
@@ -167,11 +195,7 @@ class DaemonProcess:
 
 @contextlib.contextmanager
 def running(root: Path, name: str = "a", **kw: Any) -> Iterator[DaemonProcess]:
-    """A started ``DaemonProcess(root, name, **kw)``; stopped, then SIGKILLed if still there."""
-    d = DaemonProcess(root, name, **kw)
-    d.start()
-    try:
+    """``with DaemonProcess(root, name, **kw)``: started, then stopped and SIGKILLed if
+    still there (also when stopping raised)."""
+    with DaemonProcess(root, name, **kw) as d:
         yield d
-    finally:
-        d.stop()
-        d.kill9()

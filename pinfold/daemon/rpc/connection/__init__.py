@@ -23,14 +23,27 @@ Example::
             sys.stdout.buffer.write(chunk)
 
 Parts: ``blocking`` (``RpcConnection``, ``RpcStream``), ``concurrent`` (the
-trio client) and ``common``; this module re-exports their names.
+trio client) and ``common``; this module re-exports their names. The trio
+names load on first use, so the CLI and ``pinfold.Client`` never import trio.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from pinfold.daemon.rpc.connection.blocking import RpcConnection, RpcStream
-from pinfold.daemon.rpc.connection.concurrent import AsyncRpcConnection, AsyncRpcStream, open_rpc_connection
 from pinfold.daemon.rpc.wire import DaemonNotRunning, RpcConnectionClosed, RpcError, RpcProtocolError
+
+_CONCURRENT = ("AsyncRpcConnection", "AsyncRpcStream", "open_rpc_connection")
+
+
+def __getattr__(name: str) -> Any:
+    """The trio client's names (``concurrent``), imported when first asked for."""
+    if name in _CONCURRENT:
+        from pinfold.daemon.rpc.connection import concurrent
+
+        return getattr(concurrent, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "AsyncRpcConnection",
