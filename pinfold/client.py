@@ -352,18 +352,25 @@ class Client(PathsMixin, NamesMixin):
                                     str(target.parent))
         out: BinaryIO | None = None
         seen: set[str] = set()
-        current: Path | None = None
+        made: set[str] = set()  # folders known to exist (one mkdir each, not one a file)
+        root = os.fspath(target)
+        current: str | None = None
         written = target
         files = 0
         total = 0
-        links: list[tuple[Path, str]] = []
+        links: list[tuple[str, str]] = []
 
         def finish() -> None:
             nonlocal out, current
             if out is not None and current is not None:
                 out.close()
-                os.replace(current.with_name(current.name + ".part"), current)
+                os.replace(current + ".part", current)
             out, current = None, None
+
+        def folder(path: str) -> None:
+            if path not in made:
+                os.makedirs(path, exist_ok=True)
+                made.add(path)
 
         try:
             for item in self.stream("get", params, on_progress=on_progress):
@@ -375,18 +382,19 @@ class Client(PathsMixin, NamesMixin):
                     if rel in seen:
                         raise ValueError(f"the directory holds the name {rel!r} twice")
                     seen.add(rel)
-                    dest = target / rel if rel else target
+                    dest = os.path.join(root, rel) if rel else root
                     if not rel and into_dir and item["type"] != "dir":
-                        dest = written = target / ref_basename(cid)  # one file into the folder
+                        written = target / ref_basename(cid)  # one file into the folder
+                        dest = os.fspath(written)
                     if item["type"] == "dir":
-                        dest.mkdir(parents=True, exist_ok=True)
+                        folder(dest)
                     elif item["type"] == "symlink":
                         # Made last, so no later entry is ever written through a link.
                         links.append((dest, item.get("target", "")))
                     else:
-                        dest.parent.mkdir(parents=True, exist_ok=True)
+                        folder(os.path.dirname(dest))
                         current = dest
-                        out = open(dest.with_name(dest.name + ".part"), "wb")  # noqa: SIM115
+                        out = open(dest + ".part", "wb")  # noqa: SIM115
                         files += 1
                 else:
                     assert out is not None, "file data before a file header"
@@ -396,7 +404,7 @@ class Client(PathsMixin, NamesMixin):
                         progress(len(item))
             finish()
             for dest, link_target in links:
-                dest.parent.mkdir(parents=True, exist_ok=True)
+                folder(os.path.dirname(dest))
                 os.symlink(link_target, dest)
         except BaseException:
             if out is not None:
