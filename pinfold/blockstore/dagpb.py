@@ -53,6 +53,29 @@ _HASHES: dict[int, multihash.Multihash] = {}
 #: validate the bytes ourselves first. Fall back to the public constructor if a
 #: future multiformats renames it.
 _new_instance = getattr(CID, "_new_instance", None)
+#: The attributes a CID instance holds (multiformats 0.3). When they are these,
+#: ``_instance`` fills them in directly: ``_new_instance`` also interns every CID
+#: in a WeakValueDictionary keyed by hashes of its parts, which cost more than
+#: the rest of decoding a directory entry. Equality and hashing compare the
+#: parts, never identity, so an un-interned CID behaves the same.
+_DIRECT: Final = set(getattr(CID, "__slots__", ())) >= {
+    "_base", "_version", "_codec", "_hashfun", "_digest"}
+
+
+def _instance(base: multibase.Multibase, version: int, codec: multicodec.Multicodec,
+              hashfun: multihash.Multihash, mh: bytes) -> CID:
+    """A CID from checked parts (``mh``: the multihash bytes)."""
+    if _DIRECT:
+        cid = object.__new__(CID)
+        cid._base = base  # type: ignore[attr-defined]
+        cid._version = version  # type: ignore[attr-defined]
+        cid._codec = codec  # type: ignore[attr-defined]
+        cid._hashfun = hashfun  # type: ignore[attr-defined]
+        cid._digest = mh  # type: ignore[attr-defined]
+        return cid
+    if _new_instance is not None:  # pragma: no cover - another multiformats
+        return _new_instance(CID, base, version, codec, hashfun, mh)
+    return CID(base.name, version, codec.name, mh)  # pragma: no cover
 
 
 def _codec(code: int) -> multicodec.Multicodec:
@@ -69,6 +92,9 @@ def _hashfun(code: int) -> multihash.Multihash:
     return mh
 
 
+_hashfun(0x12)  # sha2-256: the one hash function of the fast paths
+
+
 def new_cid(version: int, codec: int, mh: bytes) -> CID:
     """Build a CID from already-validated parts, fast.
 
@@ -81,9 +107,7 @@ def new_cid(version: int, codec: int, mh: bytes) -> CID:
     mh = bytes(mh)
     base = _BASE58 if version == 0 else _BASE32
     hash_code = mh[0] if mh[0] < 0x80 else read_uvarint(mh, 0)[0]
-    if _new_instance is not None:
-        return _new_instance(CID, base, version, _codec(codec), _hashfun(hash_code), mh)
-    return CID(base.name, version, _codec(codec).name, mh)  # pragma: no cover
+    return _instance(base, version, _codec(codec), _hashfun(hash_code), mh)
 
 
 def decode_cid(raw: bytes | bytearray | memoryview, *, what: str = "CID") -> CID:
@@ -103,8 +127,7 @@ def decode_cid(raw: bytes | bytearray | memoryview, *, what: str = "CID") -> CID
     if (n == 36 and raw[0] == 1 and raw[1] < 0x80 and raw[2] == 0x12 and raw[3] == 0x20
             and raw[1] in _CODECS):
         # CIDv1, a one-byte codec already seen, sha2-256: nothing left to check.
-        return _new_instance(CID, _BASE32, 1, _CODECS[raw[1]], _hashfun(0x12), raw[2:]) \
-            if _new_instance is not None else new_cid(1, raw[1], raw[2:])
+        return _instance(_BASE32, 1, _CODECS[raw[1]], _HASHES[0x12], raw[2:])
     try:
         version, pos = read_uvarint(raw, 0, what=f"{what} version", minimal=True)
         if version != 1:
