@@ -53,6 +53,29 @@ _HASHES: dict[int, multihash.Multihash] = {}
 #: validate the bytes ourselves first. Fall back to the public constructor if a
 #: future multiformats renames it.
 _new_instance = getattr(CID, "_new_instance", None)
+#: The attributes a CID instance holds (multiformats 0.3). When they are these,
+#: ``_instance`` fills them in directly: ``_new_instance`` also interns every CID
+#: in a WeakValueDictionary keyed by hashes of its parts, which cost more than
+#: the rest of decoding a directory entry. Equality and hashing compare the
+#: parts, never identity, so an un-interned CID behaves the same.
+_DIRECT: Final = set(getattr(CID, "__slots__", ())) >= {
+    "_base", "_version", "_codec", "_hashfun", "_digest"}
+
+
+def _instance(base: multibase.Multibase, version: int, codec: multicodec.Multicodec,
+              hashfun: multihash.Multihash, mh: bytes) -> CID:
+    """A CID from checked parts (``mh``: the multihash bytes)."""
+    if _DIRECT:
+        cid = object.__new__(CID)
+        cid._base = base  # type: ignore[attr-defined]
+        cid._version = version  # type: ignore[attr-defined]
+        cid._codec = codec  # type: ignore[attr-defined]
+        cid._hashfun = hashfun  # type: ignore[attr-defined]
+        cid._digest = mh  # type: ignore[attr-defined]
+        return cid
+    if _new_instance is not None:  # pragma: no cover - another multiformats
+        return _new_instance(CID, base, version, codec, hashfun, mh)
+    return CID(base.name, version, codec.name, mh)  # pragma: no cover
 
 
 def _codec(code: int) -> multicodec.Multicodec:
@@ -69,6 +92,9 @@ def _hashfun(code: int) -> multihash.Multihash:
     return mh
 
 
+_hashfun(0x12)  # sha2-256: the one hash function of the fast paths
+
+
 def new_cid(version: int, codec: int, mh: bytes) -> CID:
     """Build a CID from already-validated parts, fast.
 
@@ -81,9 +107,7 @@ def new_cid(version: int, codec: int, mh: bytes) -> CID:
     mh = bytes(mh)
     base = _BASE58 if version == 0 else _BASE32
     hash_code = mh[0] if mh[0] < 0x80 else read_uvarint(mh, 0)[0]
-    if _new_instance is not None:
-        return _new_instance(CID, base, version, _codec(codec), _hashfun(hash_code), mh)
-    return CID(base.name, version, _codec(codec).name, mh)  # pragma: no cover
+    return _instance(base, version, _codec(codec), _hashfun(hash_code), mh)
 
 
 def decode_cid(raw: bytes | bytearray | memoryview, *, what: str = "CID") -> CID:
@@ -100,6 +124,10 @@ def decode_cid(raw: bytes | bytearray | memoryview, *, what: str = "CID") -> CID
     n = len(raw)
     if n == 34 and raw[0] == 0x12 and raw[1] == 0x20:
         return new_cid(0, 0x70, raw)
+    if (n == 36 and raw[0] == 1 and raw[1] < 0x80 and raw[2] == 0x12 and raw[3] == 0x20
+            and raw[1] in _CODECS):
+        # CIDv1, a one-byte codec already seen, sha2-256: nothing left to check.
+        return _instance(_BASE32, 1, _CODECS[raw[1]], _HASHES[0x12], raw[2:])
     try:
         version, pos = read_uvarint(raw, 0, what=f"{what} version", minimal=True)
         if version != 1:
@@ -236,6 +264,54 @@ def _wire(wt: int) -> str:
 
 
 def _decode_link(buf: bytes, start: int, end: int, index: int) -> PBLink:
+    link = _decode_link_fast(buf, start, end)
+    return link if link is not None else _decode_link_strict(buf, start, end, index)
+
+
+def _decode_link_fast(buf: bytes, start: int, end: int) -> PBLink | None:
+    """The common link, decoded without building error texts: Hash, then optional
+    Name and Tsize, one-byte field lengths. ``None`` for anything else (the
+    strict decoder then decodes it or says what is wrong)."""
+    if end - start < 2 or buf[start] != 0x0A or buf[start + 1] >= 0x80:
+        return None
+    pos = start + 2 + buf[start + 1]
+    if pos > end:
+        return None
+    try:
+        cid = decode_cid(buf[start + 2:pos])
+    except DecodeError:
+        return None
+    name: str | None = None
+    tsize: int | None = None
+    if pos < end and buf[pos] == 0x12:
+        if pos + 1 >= end or buf[pos + 1] >= 0x80:
+            return None
+        stop = pos + 2 + buf[pos + 1]
+        if stop > end:
+            return None
+        try:
+            name = buf[pos + 2:stop].decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+        pos = stop
+    if pos < end and buf[pos] == 0x18:
+        pos += 1
+        tsize = shift = 0
+        while True:
+            if pos >= end or shift > 56:
+                return None
+            byte = buf[pos]
+            pos += 1
+            tsize |= (byte & 0x7F) << shift
+            if byte < 0x80:
+                break
+            shift += 7
+    if pos != end:
+        return None
+    return PBLink(hash=cid, name=name, tsize=tsize)
+
+
+def _decode_link_strict(buf: bytes, start: int, end: int, index: int) -> PBLink:
     pos = start
     cid: CID | None = None
     name: str | None = None
@@ -306,6 +382,15 @@ def decode(data: bytes | bytearray | memoryview) -> PBNode:
     node_data: bytes | None = None
     links_done = False  # a Link was followed by Data: no more Links allowed
     while pos < end:
+        if not links_done and buf[pos] == 0x12 and pos + 1 < end and buf[pos + 1] < 0x80:
+            # A link under 128 bytes (most directory entries): no varint to read.
+            stop = pos + 2 + buf[pos + 1]
+            if stop <= end:
+                link = _decode_link_fast(buf, pos + 2, stop)
+                if link is not None:
+                    links.append(link)
+                    pos = stop
+                    continue
         key, pos = read_uvarint(buf, pos, what="PBNode field key")
         field, wt = key >> 3, key & 7
         if field not in (1, 2):

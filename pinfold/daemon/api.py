@@ -181,7 +181,8 @@ class Api:
     def __init__(self, node: ApiNode) -> None:
         self.node = node
         self.resolver = Resolver(node.get_block, node.has_block,
-                                 lambda cid: node.store.get_size(cid), book=self._book)
+                                 lambda cid: node.store.get_size(cid), book=self._book,
+                                 read_local=lambda cids, fn: node.store.read_each(cids, fn))
 
     def _book(self) -> Any:
         """The node's name book, once the names service runs (else ``None``)."""
@@ -378,7 +379,10 @@ class Api:
         files = 0
         sent = 0
         fetch_t = fetch_timeout_s(call.params)
-        async with transfer(call, "get", ref, self.node.received) as meter:
+        # One prefetcher for the whole tree: opening one per file cost more than
+        # reading a small file; each file's wants are read by its own cat.
+        async with transfer(call, "get", ref, self.node.received) as meter, \
+                self.node.prefetcher(timeout_s=fetch_t) as prefetch:
             cid = await self._ref(call.params)  # inside the bound: may fetch the path
             get = metered_get(self.node, meter, fetch_t, dag_bytes=True)
             async for entry in unixfs.walk_tree(get, cid):
@@ -391,10 +395,9 @@ class Api:
                 await call.send(header)
                 if entry.kind == "file":
                     files += 1
-                    async with self.node.prefetcher(timeout_s=fetch_t) as prefetch:
-                        async for chunk in unixfs.cat(get, entry.cid, prefetch=prefetch):
-                            await send_bytes(call, chunk)
-                            sent += len(chunk)
+                    async for chunk in unixfs.cat(get, entry.cid, prefetch=prefetch):
+                        await send_bytes(call, chunk)
+                        sent += len(chunk)
         self.node.metrics.cat_bytes.inc(sent)
         return {"cid": str(cid), "files": files, "bytes": sent}
 

@@ -35,10 +35,10 @@ def path_handlers(resolver: Resolver) -> dict[str, Callable[[Any], Awaitable[Any
         if not isinstance(recursive, bool):
             raise InvalidArgument(f"parameter 'recursive' must be bool, got {recursive!r}")
         count = 0
-        async for entry in resolver.ls(text, recursive=recursive):
+        r, entries = await resolver.listing(text, recursive=recursive)
+        async for entry in entries:
             await call.send(entry)
             count += 1
-        r = await resolver.resolve_ref(text)
         return {"path": text, "cid": str(r.cid), "count": count}
 
     async def stat(call: Any) -> dict[str, Any]:

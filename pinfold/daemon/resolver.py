@@ -27,7 +27,8 @@ import re
 import trio
 
 from pinfold.blockstore import dag as dagmod
-from pinfold.blockstore.cid import CID, IDENTITY, RAW, parse_cid
+from pinfold.blockstore.cid import CID, IDENTITY, RAW, cid_text, parse_cid
+from pinfold.blockstore.unixfs.data import ReadLocal
 from pinfold.blockstore.unixfs.paths import (
     ContentPath,
     DirEntry,
@@ -36,6 +37,7 @@ from pinfold.blockstore.unixfs.paths import (
     InvalidPathCID,
     parse_path,
     resolve,
+    resolve_listing,
 )
 from pinfold.names.book import NameBook, NameNotFound, NameRef, parse_ref
 
@@ -120,7 +122,7 @@ def entry_dict(entry: DirEntry, path: str | None = None) -> dict[str, Any]:
     """The RPC shape of one listed entry: ``{name, type, size, cid, tsize}`` and,
     in a recursive listing, ``path`` (below the listed directory)."""
     d: dict[str, Any] = {"name": entry.name, "type": entry.kind, "size": entry.size,
-                         "cid": str(entry.cid), "tsize": entry.tsize}
+                         "cid": cid_text(entry.cid), "tsize": entry.tsize}
     if path is not None:
         d["path"] = path
     return d
@@ -135,12 +137,17 @@ class Resolver:
         has_block: ``has_block(cid) -> bool``: the block is in the store.
         local_size: ``local_size(cid) -> int``: bytes of a block in the store.
         book: ``book() -> NameBook | None``: the node's name book, if names run.
+        read_local: reads many local blocks in one store transaction
+            (``unixfs.data.ReadLocal``), so a listing of thousands of entries
+            costs one read per batch, not one per entry.
     """
 
     def __init__(self, get_block: Callable[[CID], Awaitable[bytes]],
                  has_block: Callable[[CID], bool], local_size: Callable[[CID], int],
-                 book: Callable[[], NameBook | None] = lambda: None) -> None:
+                 book: Callable[[], NameBook | None] = lambda: None,
+                 read_local: ReadLocal | None = None) -> None:
         self.get_block = get_block
+        self.read_local = read_local
         self.has_block = has_block
         self.local_size = local_size
         self.book = book
@@ -176,18 +183,36 @@ class Resolver:
         Raises:
             As ``resolve_ref``; DecodeError for an unsafe entry name.
         """
+        _, entries = await self.listing(text, recursive=recursive)
+        async for entry in entries:
+            yield entry
+
+    async def listing(self, text: str, *, recursive: bool = False
+                      ) -> tuple[Resolved, AsyncIterator[dict[str, Any]]]:
+        """What ``text`` resolves to and its ``ls`` entries (the path is resolved and
+        its directory read once for both).
+
+        Raises:
+            As ``ls``: resolving and reading the top directory happen here, below
+            it (``recursive``) as the entries are iterated.
+        """
         path = self.content_path(text)
-        r = await resolve(self.get_block, path)
-        if r.kind != "dir":
+        r, top = await resolve_listing(self.get_block, path, read_local=self.read_local)
+        return r, self._entries(path, r, top, recursive)
+
+    async def _entries(self, path: ContentPath, r: Resolved, top: list[DirEntry] | None,
+                       recursive: bool) -> AsyncIterator[dict[str, Any]]:
+        if top is None:
             name = path.segments[-1] if path.segments else str(r.cid)
             yield entry_dict(DirEntry(name=name, cid=r.cid, kind=r.kind, size=r.size,
                                       tsize=None), name if recursive else None)
             return
-        stack: list[tuple[str, CID]] = [("", r.cid)]
+        stack: list[tuple[str, list[DirEntry] | CID]] = [("", top)]
         while stack:
-            prefix, cid = stack.pop()
-            children = await list_dir(self.get_block, cid)
-            below: list[tuple[str, CID]] = []
+            prefix, listed = stack.pop()
+            children = listed if isinstance(listed, list) else await list_dir(
+                self.get_block, listed, read_local=self.read_local)
+            below: list[tuple[str, list[DirEntry] | CID]] = []
             for entry in children:
                 rel = f"{prefix}/{entry.name}" if prefix else entry.name
                 yield entry_dict(entry, rel if recursive else None)

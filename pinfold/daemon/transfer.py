@@ -19,7 +19,7 @@ from typing import Any, Protocol
 import trio
 
 from pinfold.blockstore import dagpb
-from pinfold.blockstore.cid import CID, DAG_PB, RAW
+from pinfold.blockstore.cid import CID, DAG_PB, RAW, cid_text
 from pinfold.blockstore.errors import BlockNotFound, DecodeError
 from pinfold.blockstore.store import BlockStore
 from pinfold.blockstore.unixfs.data import DataType, decode_data
@@ -120,13 +120,36 @@ class TransferMeter:
     def __init__(self, what: str, cid: str, received: ReceivedCounts) -> None:
         self.what = what
         self.cid = cid
-        self.total: int | None = None
+        self._total: int | None = None
+        self._total_root: tuple[CID, bytes] | None = None
         self.done = 0
         self.blocks = 0
         self.waiting_on: CID | None = None
         self.started = trio.current_time()
         self._received = received
         self._base = received()
+
+    @property
+    def total(self) -> int | None:
+        """Bytes expected, None if unknown (from the root block on first read when
+        ``total_from_root`` gave one)."""
+        if self._total_root is not None:
+            cid, block = self._total_root
+            self._total_root = None
+            self._total = expected_size(cid, block, content=False)
+        return self._total
+
+    @total.setter
+    def total(self, value: int | None) -> None:
+        self._total_root = None
+        self._total = value
+
+    def total_from_root(self, cid: CID, block: bytes) -> None:
+        """Take ``total`` as the DAG bytes the root block ``block`` announces, decoded
+        only when ``total`` is read (a progress event, a timeout): decoding the
+        root of a directory of thousands of entries costs milliseconds."""
+        self._total = None
+        self._total_root = (cid, block)
 
     def fetched(self) -> tuple[int, int, int]:
         """``(blocks, bytes, peers)`` received from peers since the start."""
@@ -228,13 +251,12 @@ async def transfer(call: Any, what: str, cid: CID | str, received: ReceivedCount
     if scope.cancelled_caught:
         assert timeout_s is not None
         raise TransferTimeout(meter, timeout_s)
-    await call.progress(meter.event(done=True), wait=True)
+    if call.wants_progress:  # the event reads the total, which may decode the root
+        await call.progress(meter.event(done=True), wait=True)
 
 
 class BlockSource(Protocol):
     """What ``metered_get`` reads blocks through (the node)."""
-
-    def has_block(self, cid: CID) -> bool: ...
 
     async def get_block(self, cid: CID, *, timeout_s: float | None = None) -> bytes: ...
 
@@ -243,22 +265,35 @@ def metered_get(node: BlockSource, meter: TransferMeter, timeout_s: float | None
                 dag_bytes: bool) -> Callable[[CID], Awaitable[bytes]]:
     """``get_block`` for a transfer: counts each distinct block reached (and, with
     ``dag_bytes``, its bytes toward ``meter.done``, reading the expected total from
-    the root block), and notes the block being fetched for a timeout's message."""
+    the root block, the first one read), and notes the block being fetched for a
+    timeout's message.
+
+    The last block read is kept, so a reader that reads a block twice in a row
+    (``get`` reads a file's root to list it, then to send it) reads the store
+    once. Blocks count by multihash: two spellings of a CID are one block.
+    """
     seen: set[bytes] = set()
+    last_key = b""
+    last_data = b""
 
     async def get(cid: CID) -> bytes:
-        if not node.has_block(cid):
-            meter.waiting_on = cid
+        nonlocal last_key, last_data
+        key = cid.digest
+        if key == last_key:
+            return last_data
+        # A local read returns without a checkpoint, so nobody sees this unless
+        # the block is being fetched from peers.
+        meter.waiting_on = cid
         data = await node.get_block(cid, timeout_s=timeout_s)
         meter.waiting_on = None
-        key = bytes(cid)
+        last_key, last_data = key, data
         if key not in seen:
             seen.add(key)
             meter.blocks += 1
             if dag_bytes:
                 meter.done += len(data)
-                if meter.total is None and str(cid) == meter.cid:
-                    meter.total = expected_size(cid, data, content=False)
+                if meter.blocks == 1 and meter.total is None and cid_text(cid) == meter.cid:
+                    meter.total_from_root(cid, data)
         return data
 
     return get
@@ -270,7 +305,7 @@ def visit_counter(store: BlockStore, meter: TransferMeter) -> Callable[[CID], No
 
     def visit(cid: CID) -> None:
         try:
-            if meter.total is None and str(cid) == meter.cid:
+            if meter.total is None and cid_text(cid) == meter.cid:
                 meter.total = expected_size(cid, store.get(cid), content=False)
             meter.done += store.get_size(cid)
         except BlockNotFound:

@@ -263,3 +263,71 @@ def test_hashes_match_multiformats_sha256() -> None:
     raw = encode(PBNode(links=(PBLink(hash=CID_A, name="", tsize=1),), data=b"\x08\x02"))
     cid = make_cid(raw, DAG_PB)
     assert bytes(cid.raw_digest) == hashlib.sha256(raw).digest()
+
+
+def _decode_strictly(raw: bytes) -> PBNode | str:
+    """``decode`` with the fast link path switched off: the node, or the error text."""
+    from unittest import mock
+
+    with mock.patch.object(dagpb, "_decode_link_fast", lambda buf, start, end: None):
+        try:
+            return decode(raw)
+        except DecodeError as exc:
+            return str(exc)
+
+
+def _decode_fast(raw: bytes) -> PBNode | str:
+    try:
+        return decode(raw)
+    except DecodeError as exc:
+        return str(exc)
+
+
+@settings(max_examples=400, deadline=None)
+@given(pbnodes, st.integers(min_value=0, max_value=200), st.binary(min_size=0, max_size=3),
+       st.integers(min_value=0, max_value=3))
+def test_fast_link_path_decodes_exactly_as_the_strict_decoder(
+        node: PBNode, where: int, junk: bytes, cut: int) -> None:
+    """The fast path for common links accepts what the strict decoder accepts, gives
+    the same node, and leaves every malformed block to the strict decoder's error."""
+    raw = bytearray(encode(node))
+    at = where % (len(raw) + 1)
+    raw[at:at + cut] = junk
+    assert _decode_fast(bytes(raw)) == _decode_strictly(bytes(raw))
+
+
+def test_fast_link_path_takes_directory_links_and_rejects_what_strict_rejects() -> None:
+    link = PBLink(hash=CID_A, name="file-00000.txt", tsize=15)
+    raw = encode(PBNode(links=(link,) * 3, data=b"\x08\x01"))
+    assert decode(raw).links == (link,) * 3
+    # Tsize before Name: out of order, whichever path sees it first.
+    body = b"\x0a" + uvarint(len(bytes(CID_A))) + bytes(CID_A) + b"\x18\x0f\x12\x01a"
+    bad = b"\x12" + uvarint(len(body)) + body
+    with pytest.raises(DecodeError, match="out of order"):
+        decode(bad)
+    # A name that is not UTF-8 is named by the strict decoder.
+    body = b"\x0a" + uvarint(len(bytes(CID_A))) + bytes(CID_A) + b"\x12\x01\xff"
+    with pytest.raises(DecodeError, match="not valid UTF-8"):
+        decode(b"\x12" + uvarint(len(body)) + body)
+
+
+@settings(deadline=None)
+@given(st.binary(max_size=16), st.sampled_from([(0, DAG_PB), (1, DAG_PB), (1, 0x55), (1, 0x71)]))
+def test_cid_text_is_the_multiformats_text(data: bytes, spelling: tuple[int, int]) -> None:
+    from pinfold.blockstore.cid import cid_text
+
+    version, codec = spelling
+    cid = make_cid(data, codec, version=version)
+    assert cid_text(cid) == str(cid)
+    assert cid_text(decode_cid(bytes(cid))) == str(cid)
+
+
+def test_cid_text_of_other_bases_and_long_codecs_is_the_multiformats_text() -> None:
+    from multiformats import CID
+
+    from pinfold.blockstore.cid import cid_text
+
+    digest = b"\x12\x20" + hashlib.sha256(b"x").digest()
+    for cid in (CID("base32", 1, "dag-jose", digest), CID("base36", 1, "raw", digest),
+                CID("base32", 1, "raw", b"\x00\x03abc")):
+        assert cid_text(cid) == str(cid)

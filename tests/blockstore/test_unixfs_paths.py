@@ -20,6 +20,7 @@ from pinfold.blockstore.unixfs.paths import (
     parse_path,
     parse_url_path,
     resolve,
+    resolve_listing,
 )
 
 VECTOR = Path(__file__).parent.parent / "vectors" / "hamt_js.json"
@@ -98,3 +99,67 @@ async def test_resolve_and_list_a_hamt_sharded_directory_written_by_js():
         await resolve(gb, f"{root}/file-600.txt")
     entries = await list_dir(gb, parse_cid(root))
     assert sorted(e.name for e in entries) == sorted(f"file-{i}.txt" for i in range(600))
+
+
+def _read_local(blocks: dict[bytes, bytes], calls: list[int]):
+    """A ``ReadLocal`` over ``blocks`` that hands ``fn`` memoryviews (as LMDB does) and
+    records how many CIDs each call asked for."""
+    def read_local(cids, fn):
+        calls.append(len(cids))
+        out = []
+        for cid in cids:
+            data = blocks.get(bytes(cid.digest))
+            out.append(None if data is None else fn(cid, memoryview(data)))
+        return out
+    return read_local
+
+
+async def test_list_dir_reads_local_entries_in_batches_and_lists_the_same():
+    vec = json.loads(VECTOR.read_text())
+    blocks = {bytes(parse_cid(k).digest): base64.b64decode(v) for k, v in vec["blocks"].items()}
+    root = parse_cid(vec["root"])
+    fetched: list[str] = []
+    plain = _store(blocks)
+
+    async def get_block(cid):
+        fetched.append(str(cid))
+        return await plain(cid)
+
+    want = await list_dir(plain, root)
+    # Half the entries' blocks are "local": the rest come through get_block.
+    local = dict(blocks)
+    for e in want[::2]:
+        del local[bytes(e.cid.digest)]
+    calls: list[int] = []
+    fetched.clear()
+    got = await list_dir(get_block, root, read_local=_read_local(local, calls))
+    assert got == want and len(got) == 600
+    assert calls == [600]  # one read for every entry (under LOCAL_BATCH)
+    entry_cids = {str(e.cid) for e in want}
+    assert {f for f in fetched if f in entry_cids} == {str(e.cid) for e in want[::2]}
+
+
+async def test_resolve_listing_decodes_the_directory_once_and_matches_resolve():
+    blocks: dict[bytes, bytes] = {}
+    b = DirectoryBuilder()
+    for path, data in (("a.txt", b"a"), ("d/b.txt", b"bb")):
+        blks, root, tsize = import_bytes(data)
+        for c, d in blks:
+            blocks[bytes(c.digest)] = d
+        b.add_file(path, root, len(data), tsize)
+    dir_blocks, top = b.finish()
+    for c, d in dir_blocks:
+        blocks[bytes(c.digest)] = d
+    reads: list[str] = []
+    plain = _store(blocks)
+
+    async def get_block(cid):
+        reads.append(str(cid))
+        return await plain(cid)
+
+    r, entries = await resolve_listing(get_block, f"{top}/d", read_local=_read_local(blocks, []))
+    assert r == await resolve(plain, f"{top}/d")
+    assert entries == await list_dir(plain, r.cid)
+    assert reads == [str(top), str(r.cid)]  # each directory block once; entries read locally
+    r, entries = await resolve_listing(get_block, f"{top}/a.txt")
+    assert (r.kind, r.size, entries) == ("file", 1, None)

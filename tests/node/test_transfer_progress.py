@@ -197,3 +197,28 @@ def test_nothing_extra_is_printed_when_stderr_is_piped(
     src.write_bytes(data[:100_000])
     out = run_cli(fetcher.home, "add", str(src))
     assert out.stderr == b"" and out.stdout.decode().count("\n") == 1
+
+
+def test_get_of_a_remote_folder_writes_every_file_under_one_prefetcher(
+        holder: tuple[DaemonProcess, str, bytes], fetcher: DaemonProcess,
+        tmp_path: Path) -> None:
+    """A folder of multi-block and one-block files, all on a peer: every file arrives
+    whole (each file's wants are read by its own cat, one prefetcher for the tree)
+    and the progress ends at the DAG's total."""
+    d = holder[0]
+    src = tmp_path / "src"
+    rng = random.Random(11)
+    files = {f"big-{i}.bin": rng.randbytes(600_000 + i) for i in range(3)}
+    files |= {f"sub/small-{i}.txt": f"small {i}\n".encode() for i in range(20)}
+    for rel, data in files.items():
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_bytes(data)
+    cid = run_cli(d.home, "add", "-r", "--chunk-size", str(256 * 1024),
+                  str(src)).stdout.decode().split()[-1]
+    events: list[dict[str, Any]] = []
+    with fetcher.client() as c:
+        res = c.get(cid, tmp_path / "out", on_progress=events.append)
+    assert res["files"] == len(files)
+    for rel, data in files.items():
+        assert (tmp_path / "out" / rel).read_bytes() == data, rel
+    _check_events(events, sum(_dag(d, cid)))

@@ -449,7 +449,32 @@ def _calls_inside_write_join_it(s: Any) -> None:
     assert s.statistics().rollbacks >= 1
 
 
+def _read_each(s: Any) -> None:
+    """``read_each``: ``fn`` on each stored block in order, None for the missing, one
+    read for all; the views it gets hold the block's bytes."""
+    blocks = [block(i, size=20 + i) for i in range(6)]
+    s.put_many(blocks[:4])
+    missing = blocks[4][0]
+    inline = identity_cid(b"inline")
+    asked = [blocks[2][0], missing, blocks[0][0], inline, blocks[3][0], blocks[0][0]]
+    got = s.read_each(asked, lambda cid, data: (cid, bytes(data)))
+    assert got == [(blocks[2][0], blocks[2][1]), None, (blocks[0][0], blocks[0][1]),
+                   (inline, b"inline"), (blocks[3][0], blocks[3][1]),
+                   (blocks[0][0], blocks[0][1])]
+    assert s.read_each([], len) == []
+    assert s.read_each([blocks[1][0], missing], lambda cid, data: len(data)) == [
+        len(blocks[1][1]), None]
+
+    def boom(cid: CID, data: Any) -> None:
+        raise ValueError(f"cannot decode {cid}")
+
+    with pytest.raises(ValueError, match="cannot decode"):
+        s.read_each([blocks[0][0]], boom)
+    assert s.get(blocks[0][0]) == blocks[0][1]  # the store is fine after fn raised
+
+
 PINNED_STORE_CHECKS = [
+    _read_each,
     _pin_recursive,
     _pin_missing_block,
     _repin_idempotent,

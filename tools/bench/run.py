@@ -1,5 +1,6 @@
 """`make bench`: the issue-14 table (``tools/bench/issue14.py``: fetch speed, holders,
-Kubo, DONT_HAVE, channel) and the issue-15 figures (fsspec reads, gateway), each figure against a baseline measured in the same
+Kubo, DONT_HAVE, channel), the issue-15 figures (fsspec reads, gateway) and big
+folders (``ls``/``get`` of 4,096 files), each figure against a baseline measured in the same
 run, in about 10 minutes. ``run.py all`` (``make bench-all``) adds the earlier
 sections (add/cat, Bitswap blocks, replication: tens of minutes); ``run.py NAME``
 runs the sections whose module contains NAME. Targets are printed next to the
@@ -20,6 +21,7 @@ DEFAULT = [
     ("fetching at the speed of the wire (issue 14)", "tools.bench.issue14"),
     ("fsspec: random 4 KiB reads through pinfold:// (issue 15)", "tools.bench.fsspec_bench"),
     ("gateway: HTTP GET and CAR vs the CLI (issue 15)", "tools.bench.gateway_bench"),
+    ("big folders: ls and get of 4,096 files vs ls -l and cp -r", "tools.bench.bigdir_bench"),
 ]
 SECTIONS = [
     *DEFAULT,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Self, TypeVar
 
 from pinfold.blockstore.cid import CID, check_block_size
@@ -125,6 +125,27 @@ class TxnBlockStore(ABC):
     def get_size(self, cid: CID) -> int:
         """The block's size in bytes. Raises ``BlockNotFound``."""
         return self._read(lambda t: t.get_size(cid))
+
+    def read_each(
+        self, cids: Sequence[CID], fn: Callable[[CID, bytes | memoryview], T]
+    ) -> list[T | None]:
+        """``fn(cid, block)`` for each of ``cids`` in one read transaction, in order;
+        ``None`` where the block is not stored.
+
+        ``block`` may be a view into the store, valid only while ``fn`` runs:
+        ``fn`` copies or decodes what it keeps. One transaction instead of one
+        per block, for readers that look at many small blocks (a directory's
+        entries). Keep batches to a few thousand blocks: a map resize waits
+        for the transaction. Whatever ``fn`` raises propagates.
+        """
+        def each(t: StoreTxn) -> list[T | None]:
+            out: list[T | None] = []
+            for cid in cids:
+                data = t.view(cid)
+                out.append(None if data is None else fn(cid, data))
+            return out
+
+        return self._read(each)
 
     def put_many(self, blocks: Iterable[tuple[CID, bytes | memoryview]]) -> int:
         """Store blocks in one transaction; all or none are committed.

@@ -156,6 +156,14 @@ class StoreTxn(ABC):
             raise BlockNotFound(cid)
         return bytes(data)
 
+    def view(self, cid: CID) -> bytes | memoryview | None:
+        """The block's bytes without a copy (a view into the store, valid only
+        inside this transaction), or ``None`` when it is not stored; identity
+        CIDs give their inline data."""
+        if is_identity(cid):
+            return identity_data(cid)
+        return self._get_block(cid_key(cid))
+
     def get_size(self, cid: CID) -> int:
         """The block's size in bytes. Raises ``BlockNotFound``."""
         if is_identity(cid):

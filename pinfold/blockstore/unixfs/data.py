@@ -6,15 +6,21 @@ Imports ``cid`` and ``varint``; no I/O."""
 from __future__ import annotations
 
 import enum
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 from pinfold.blockstore.cid import CID, MAX_BLOCK_SIZE
 from pinfold.blockstore.varint import MAX_UINT64, encode_uvarint, read_uvarint
 from pinfold.blockstore.errors import DecodeError
 
 GetBlock = Callable[[CID], Awaitable[bytes]]
+
+#: ``read_local(cids, fn)``: ``fn(cid, block)`` for each of ``cids`` whose block is
+#: already local, in one store read, ``None`` for the others (which the reader then
+#: gets through its ``GetBlock``); ``block`` is valid only while ``fn`` runs.
+#: ``TxnBlockStore.read_each`` is one.
+ReadLocal = Callable[[Sequence[CID], Callable[[CID, "bytes | memoryview"], Any]], list[Any]]
 
 #: Largest chunk: 2 MiB - 256 B, so a dag-pb-wrapped leaf still fits in a
 #: 2 MiB block (Kubo's chunker limit; ANCHORS.md section 0).

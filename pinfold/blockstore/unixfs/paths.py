@@ -25,6 +25,7 @@ from pinfold.blockstore.unixfs.data import (
     IDENTITY_MAX_BYTES,
     DataType,
     GetBlock,
+    ReadLocal,
     UnixFSData,
     decode_data,
 )
@@ -39,6 +40,8 @@ from pinfold.blockstore.unixfs.reader import _check_name, _hamt_entries
 
 #: Most path segments resolved in one path (a DAG deeper than this is hostile).
 MAX_SEGMENTS: Final = 256
+#: Entries whose root blocks ``list_dir`` reads in one ``read_local`` call.
+LOCAL_BATCH: Final = 1024
 
 
 class InvalidPath(BlockstoreError, ValueError):
@@ -243,6 +246,13 @@ async def resolve(get_block: GetBlock, path: ContentPath | str) -> Resolved:
         DecodeError: a malformed node on the way.
         BlockNotFound: whatever ``get_block`` raises for a missing block.
     """
+    resolved, _, _ = await _resolve(get_block, path)
+    return resolved
+
+
+async def _resolve(get_block: GetBlock, path: ContentPath | str
+                   ) -> tuple[Resolved, dagpb.PBNode | None, UnixFSData | None]:
+    """``resolve``, and the target's decoded node and UnixFS data (when dag-pb)."""
     if isinstance(path, str):
         path = parse_path(path)
     cid = path.root
@@ -270,7 +280,7 @@ async def resolve(get_block: GetBlock, path: ContentPath | str) -> Resolved:
         block = await _load(get_block, cid)
         visited.append(cid)
         kind, size, node, ufs = _kind(cid, block)
-    return Resolved(cid=cid, kind=kind, size=size, path_blocks=tuple(visited))
+    return Resolved(cid=cid, kind=kind, size=size, path_blocks=tuple(visited)), node, ufs
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -292,12 +302,25 @@ class DirEntry:
     tsize: int | None
 
 
-async def list_dir(get_block: GetBlock, cid: CID) -> list[DirEntry]:
+def _entry_kind(cid: CID, block: bytes | memoryview
+                ) -> tuple[Literal["file", "dir", "symlink", "other"], int | None]:
+    """``(kind, size)`` of an entry from its root block (a raw block's is its length)."""
+    if cid.codec.code == RAW:
+        return "file", len(block)
+    kind, size, _, _ = _kind(cid, bytes(block))
+    return kind, size
+
+
+async def list_dir(get_block: GetBlock, cid: CID, *,
+                   read_local: ReadLocal | None = None) -> list[DirEntry]:
     """The entries of the UnixFS directory ``cid`` (basic or HAMT-sharded), in link order.
 
     Reads the directory's blocks and each entry's root block (for its kind
     and size). Within one directory the first of several same-named entries
-    wins (UnixFS spec).
+    wins (UnixFS spec). Entry names are all checked before any entry's block
+    is read. With ``read_local``, the entries' root blocks that are local are
+    read ``LOCAL_BATCH`` at a time in one store read each (a raw block is not
+    even copied); the others through ``get_block``.
 
     Raises:
         PathNotFound: ``cid`` is not a directory.
@@ -308,20 +331,54 @@ async def list_dir(get_block: GetBlock, cid: CID) -> list[DirEntry]:
     if kind != "dir":
         raise PathNotFound(f"{cid} is a {kind}, not a directory")
     assert node is not None and ufs is not None
-    tsizes: dict[CID, int | None] = {}
+    return await _entries(get_block, cid, node, ufs, read_local)
+
+
+async def resolve_listing(get_block: GetBlock, path: ContentPath | str, *,
+                          read_local: ReadLocal | None = None
+                          ) -> tuple[Resolved, list[DirEntry] | None]:
+    """``resolve`` then, when the path names a directory, its ``list_dir`` entries
+    (else ``None``), decoding the directory's root block once for both.
+
+    Raises:
+        As ``resolve`` and ``list_dir``.
+    """
+    resolved, node, ufs = await _resolve(get_block, path)
+    if resolved.kind != "dir":
+        return resolved, None
+    assert node is not None and ufs is not None
+    return resolved, await _entries(get_block, resolved.cid, node, ufs, read_local)
+
+
+async def _entries(get_block: GetBlock, cid: CID, node: dagpb.PBNode, ufs: UnixFSData,
+                   read_local: ReadLocal | None) -> list[DirEntry]:
+    """``list_dir`` of the directory ``cid`` whose root block decodes to ``node``/``ufs``."""
+    links: list[tuple[str | None, CID, int | None]]
     if ufs.type == DataType.DIRECTORY:
-        children = [(link.name, link.hash) for link in node.links]
-        tsizes = {link.hash: link.tsize for link in node.links}
+        links = [(link.name, link.hash, link.tsize) for link in node.links]
     else:
-        children = await _hamt_entries(get_block, cid, node, ufs)
-    out: list[DirEntry] = []
+        links = [(name, child, None) for name, child in
+                 await _hamt_entries(get_block, cid, node, ufs)]
+    entries: list[tuple[str, CID, int | None]] = []
     seen: set[str] = set()
-    for name, child in children:
+    for name, child, tsize in links:
         name = _check_name(name, cid)
-        if name in seen:
-            continue
-        seen.add(name)
-        child_kind, size, _, _ = _kind(child, await _load(get_block, child))
-        out.append(DirEntry(name=name, cid=child, kind=child_kind, size=size,
-                            tsize=tsizes.get(child)))
+        if name not in seen:
+            seen.add(name)
+            entries.append((name, child, tsize))
+    kinds: list[tuple[Literal["file", "dir", "symlink", "other"], int | None] | None]
+    kinds = [None] * len(entries)
+    if read_local is not None:
+        batchable = [i for i, (_, child, _) in enumerate(entries)
+                     if child.hashfun.code != IDENTITY]
+        for lo in range(0, len(batchable), LOCAL_BATCH):
+            part = batchable[lo:lo + LOCAL_BATCH]
+            got = read_local([entries[i][1] for i in part], _entry_kind)
+            for i, k in zip(part, got):
+                kinds[i] = k
+    out: list[DirEntry] = []
+    for (name, child, tsize), known in zip(entries, kinds):
+        child_kind, size = known if known is not None else _entry_kind(
+            child, await _load(get_block, child))
+        out.append(DirEntry(name=name, cid=child, kind=child_kind, size=size, tsize=tsize))
     return out

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Final
 from urllib.parse import quote
 
+from pinfold.blockstore.cid import cid_text
 from pinfold.blockstore.unixfs.paths import DirEntry
 
 #: Bumped when the page changes, so cached listings are replaced (it is in the ETag).
@@ -61,7 +62,7 @@ def render_listing(ipfs_path: str, dir_cid: str, entries: Sequence[DirEntry]) ->
             size = "~" + human_size(e.tsize)
         else:
             size = "-"
-        cid = html.escape(str(e.cid))
+        cid = html.escape(cid_text(e.cid))
         rows.append(f'<tr><td><a href="{href}">{name}</a></td><td>{e.kind}</td>'
                     f'<td class="size">{size}</td>'
                     f'<td class="cid"><a href="/ipfs/{cid}">{cid}</a></td></tr>')

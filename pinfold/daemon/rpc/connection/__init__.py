@@ -29,16 +29,21 @@ names load on first use, so the CLI and ``pinfold.Client`` never import trio.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pinfold.daemon.rpc.connection.blocking import RpcConnection, RpcStream
 from pinfold.daemon.rpc.wire import DaemonNotRunning, RpcConnectionClosed, RpcError, RpcProtocolError
+
+if TYPE_CHECKING:
+    from pinfold.daemon.rpc.connection.concurrent import (AsyncRpcConnection, AsyncRpcStream,
+                                                          open_rpc_connection)
 
 _CONCURRENT = ("AsyncRpcConnection", "AsyncRpcStream", "open_rpc_connection")
 
 
 def __getattr__(name: str) -> Any:
-    """The trio client's names (``concurrent``), imported when first asked for."""
+    """The trio client's names, imported on first use: the blocking client (every
+    CLI command) does not pay for importing trio."""
     if name in _CONCURRENT:
         from pinfold.daemon.rpc.connection import concurrent
 
