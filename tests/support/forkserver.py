@@ -45,11 +45,17 @@ PYTHON = sys.executable
 _MAX_REQUEST = 1 << 20
 
 
-def _recv_line(sock: socket.socket, *, fds: int = 0) -> tuple[dict[str, Any], list[int]]:
-    """One JSON line from ``sock`` (and up to ``fds`` passed descriptors with its first bytes)."""
-    data = b""
+def _recv_line(sock: socket.socket, *, fds: int = 0,
+               pending: bytearray | None = None) -> tuple[dict[str, Any], list[int]]:
+    """One JSON line from ``sock`` (and up to ``fds`` passed descriptors with its first bytes).
+
+    Bytes after the line's newline (the server may write the exit status right
+    behind the pid) stay in ``pending`` for the next call; without ``pending``
+    they are an error.
+    """
+    data = pending if pending is not None else bytearray()
     got: list[int] = []
-    while not data.endswith(b"\n"):
+    while b"\n" not in data:
         if fds:
             chunk, new, _flags, _addr = socket.recv_fds(sock, 65536, fds)
             got += new
@@ -60,7 +66,12 @@ def _recv_line(sock: socket.socket, *, fds: int = 0) -> tuple[dict[str, Any], li
         data += chunk
         if len(data) > _MAX_REQUEST:
             raise ValueError("fork server request too long")
-    return json.loads(data), got
+    end = data.index(b"\n") + 1
+    line = bytes(data[:end])
+    del data[:end]
+    if data and pending is None:
+        raise ValueError("fork server sent more than one line")
+    return json.loads(line), got
 
 
 def _status(wait_status: int) -> int:
@@ -168,19 +179,22 @@ def serve(path: str) -> None:
 class ForkedProcess:
     """A child of the fork server, with the ``subprocess.Popen`` methods the tests use."""
 
-    def __init__(self, conn: socket.socket, pid: int, args: list[str]) -> None:
+    def __init__(self, conn: socket.socket, pid: int, args: list[str],
+                 pending: bytearray) -> None:
         self._conn = conn
+        self._pending = pending
         self.pid = pid
         self.args = args
         self.returncode: int | None = None
 
     def _collect(self, timeout: float | None) -> int | None:
         if self.returncode is None:
-            readable, _, _ = select.select([self._conn], [], [], timeout)
-            if not readable:
-                return None
+            if b"\n" not in self._pending:
+                readable, _, _ = select.select([self._conn], [], [], timeout)
+                if not readable:
+                    return None
             try:
-                reply, _ = _recv_line(self._conn)
+                reply, _ = _recv_line(self._conn, pending=self._pending)
                 self.returncode = int(reply["status"])
                 ForkServer.children_cpu_s += float(reply["cpu_s"])
             except EOFError:
@@ -254,12 +268,18 @@ class ForkServer:
               env: dict[str, str] | None = None, cwd: str | None = None) -> ForkedProcess:
         """Fork ``pinfold ARGV`` with these descriptors as its stdio (the caller keeps its own)."""
         conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        conn.connect(self.path)
-        request = {"argv": argv, "argv0": PYTHON, "env": dict(os.environ if env is None else env),
-                   "cwd": cwd or os.getcwd()}
-        socket.send_fds(conn, [json.dumps(request).encode() + b"\n"], [stdin, stdout, stderr])
-        reply, _ = _recv_line(conn)
-        return ForkedProcess(conn, int(reply["pid"]), [PYTHON, "-m", "pinfold.daemon.cli", *argv])
+        try:
+            conn.connect(self.path)
+            request = {"argv": argv, "argv0": PYTHON,
+                       "env": dict(os.environ if env is None else env), "cwd": cwd or os.getcwd()}
+            socket.send_fds(conn, [json.dumps(request).encode() + b"\n"], [stdin, stdout, stderr])
+            pending = bytearray()
+            reply, _ = _recv_line(conn, pending=pending)
+        except BaseException:
+            conn.close()
+            raise
+        return ForkedProcess(conn, int(reply["pid"]), [PYTHON, "-m", "pinfold.daemon.cli", *argv],
+                             pending)
 
     def close(self) -> None:
         if self._proc.poll() is None:
