@@ -21,7 +21,7 @@ import base58
 from multiformats import CID, multihash
 
 from pinfold.blockstore.errors import BlockCorrupt, BlockTooLarge, InvalidCID
-from pinfold.blockstore.varint import encode_uvarint
+from pinfold.blockstore.varint import encode_uvarint, read_uvarint
 
 __all__ = [
     "CID",
@@ -85,12 +85,15 @@ def parse_cid(value: str | bytes | CID) -> CID:
         except Exception as exc:  # multiformats raises several types
             shown = value if isinstance(value, str) else bytes(value)[:64].hex()
             raise InvalidCID(f"invalid CID {shown!r}: {exc}") from exc
-        if not isinstance(value, str) and cid.version == 1 and cid.base.name != "base32":
-            cid = CID("base32", 1, cid.codec, cid.digest)
     if cid.codec.code not in _SUPPORTED_CODECS:
         raise InvalidCID(f"unsupported codec {cid.codec.name!r} in CID {cid}")
-    if cid.hashfun.code not in _HASH_NAMES:
+    # The hash code is read from the multihash bytes: multiformats loads a hash's
+    # implementation (an optional package for some, e.g. keccak) when a CID is
+    # rebuilt, so an unsupported hash must be refused before that.
+    if read_uvarint(bytes(cid.digest), 0, error=InvalidCID)[0] not in _HASH_NAMES:
         raise InvalidCID(f"unsupported hash {cid.hashfun.name!r} in CID {cid}")
+    if not isinstance(value, (str, CID)) and cid.version == 1 and cid.base.name != "base32":
+        cid = CID("base32", 1, cid.codec, cid.digest)
     return cid
 
 

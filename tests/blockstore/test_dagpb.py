@@ -25,7 +25,7 @@ from pinfold.blockstore.dagpb import (
     decode_cid,
     encode,
 )
-from pinfold.blockstore.errors import DecodeError
+from pinfold.blockstore.errors import DecodeError, InvalidCID
 from pinfold.blockstore.varint import encode_uvarint as uvarint
 from pinfold.blockstore.varint import read_uvarint
 
@@ -331,3 +331,12 @@ def test_cid_text_of_other_bases_and_long_codecs_is_the_multiformats_text() -> N
     for cid in (CID("base32", 1, "dag-jose", digest), CID("base36", 1, "raw", digest),
                 CID("base32", 1, "raw", b"\x00\x03abc")):
         assert cid_text(cid) == str(cid)
+
+
+@pytest.mark.parametrize("code", [0x1B, 0x1D, 0x14])  # keccak-256, keccak-512, sha3-512
+def test_cid_with_a_hash_pinfold_does_not_use_is_refused_by_name(code: int) -> None:
+    """multiformats needs an optional package for some hashes; a CID naming one
+    is an InvalidCID naming the hash, never an ImportError."""
+    raw = bytes([0x01, 0x55, code, 32]) + b"\x01" * 32
+    with pytest.raises(InvalidCID, match="unsupported hash"):
+        parse_cid(raw)
