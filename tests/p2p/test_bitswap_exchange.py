@@ -91,14 +91,15 @@ async def test_fetch_dag_reports_every_block_of_the_dag_once_local_or_fetched():
         assert sorted(cid_key(c) for c in visited) == sorted(cid_key(c) for c, _ in blocks)
 
 
-async def test_three_holders_all_serve_one_fetcher():
+async def test_three_holders_all_serve_one_fetcher_when_spreading():
     data = random_bytes(16 * MiB, seed=3)
     blocks, root, _ = import_bytes(data, ImportParams(chunk_size=256 * 1024, max_links=16))
-    # a shallow pipeline per peer, so one holder alone cannot absorb every want;
-    # every host runs in this one process, on one loaded machine: holders are
-    # probed whatever the load (the headroom gate has its own tests)
+    # a shallow pipeline per peer, so one holder alone cannot absorb every want.
+    # Every host runs in this one process, so adaptive admission would measure
+    # the shared event loop, not the holders: this test covers the spread
+    # mechanics (adaptive_holders off); admission has its own tests.
     config = ExchangeConfig(client=ClientConfig(max_outstanding_per_peer=4,
-                                                holder_min_idle_cores=0))
+                                                adaptive_holders=False))
     async with running_nodes(4, config=config) as (*holders, fetcher):
         for h in holders:
             h.store.add(blocks)
