@@ -58,7 +58,6 @@ from pinfold.replication.accounting import (
     ClusterStatus,
     ManagerStats,
     PeerInfo,
-    classify,
     empty_stats,
     peer_info,
 )
@@ -539,13 +538,15 @@ class Manager(Gossip, AntiEntropy, PinQueue):
 
     def _plan_chunk(self, cids: list[bytes]) -> list[Any]:
         now = self.now()
-        ctx = PlanContext(self.health, now, current=self._current)
+        ctx = PlanContext(self.health, now, current=self._current, keep_states=True)
         actions = plan_cids(cids, self.pinset, self.holdings, self.health, self.policy, now,
                             context=ctx)
+        seen = ctx.seen or {}
         c = self._acct.counters
         c.plans += 1
         c.planned_cids += len(cids)
         for a in actions:
+            seen.pop(a.cid, None)  # carrying it out may change the CID's states
             if isinstance(a, PinAction):
                 self._on_pin_action(a)
             elif isinstance(a, UnpinAction):
@@ -558,16 +559,18 @@ class Manager(Gossip, AntiEntropy, PinQueue):
                                 a.holders, a.wanted)
                 self._reports[a.cid] = a
         for cid in cids:
-            self._assess(cid, ctx, now)
+            self._assess(cid, ctx, now, seen.pop(cid, None))
         self._acct.invalidate()
         return actions
 
-    def _assess(self, cid: bytes, ctx: PlanContext, now: float) -> None:
-        """Update the pin's health record, repair timing and origin copy after planning it."""
+    def _assess(self, cid: bytes, ctx: PlanContext, now: float,
+                states: dict[str, PinState] | None) -> None:
+        """Update the pin's health record, repair timing and origin copy after planning it
+        (``states``: its holders' states if known to be current, else None)."""
         pin = self.pinset.pin(cid)
-        self._acct.forget(cid)
         rec = self.local.get(cid)
         if pin is None or pin.expired(now):
+            self._acct.forget(cid)
             self._acct.repair_forget(cid)
             self._reports.pop(cid, None)
             if rec is not None and rec.staged:
@@ -576,14 +579,14 @@ class Manager(Gossip, AntiEntropy, PinQueue):
                 self.local.pop(cid, None)
                 self._persist_local(cid)
             return
-        health = classify(pin, self.holdings.states(cid), ctx.status, ctx.p)
-        self._acct.record(cid, health)
-        if health.category != UNDER:
+        if states is None:
+            states = self.holdings.states(cid)
+        code, healthy = self._acct.assess(cid, pin, states, ctx.status, ctx.p, now)
+        if code & 3 != UNDER:
             self._reports.pop(cid, None)
-            self._acct.repair_done(cid, now)
         if rec is None or not rec.staged:
             return
-        todo = origin_copy(healthy=health.healthy, rmin=pin.rmin, state=self.own.get(cid))
+        todo = origin_copy(healthy=healthy, rmin=pin.rmin, state=self.own.get(cid))
         if todo is OriginCopy.ADOPT:
             rec.staged = False
             self._persist_local(cid)
