@@ -11,12 +11,19 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 from pinfold.replication.holdings import ACTIVE_STATES
-from pinfold.replication.types import PeerHealth, PeerStatus, Pin, PinState, cid_text
+from pinfold.replication.types import (
+    PeerHealth,
+    PeerStatus,
+    Pin,
+    PinState,
+    ReportAction,
+    cid_text,
+)
 
 __all__ = [
     "AT",
@@ -36,6 +43,7 @@ __all__ = [
     "empty_stats",
     "health_of",
     "peer_info",
+    "report_lines",
 ]
 
 #: Repair-duration histogram buckets, seconds (grace periods of seconds to minutes,
@@ -134,6 +142,20 @@ def health_of(pin: Pin, states: Mapping[str, PinState], status: Mapping[str, Pee
     if active < rmin or (target is not None and 1.0 - miss_active < target - 1e-9):
         code |= SHORT_FLAG
     return code, 1.0 - miss, healthy
+
+
+def report_lines(reports: Sequence[ReportAction], limit: int = 5) -> list[str]:
+    """Log lines for newly raised ``reports``: the first ``limit`` one line each,
+    the rest as one count by kind (a pass that finds thousands of pins short
+    must not write thousands of lines while the node waits; ``cluster status``
+    lists them)."""
+    lines = [f"{cid_text(a.cid)}: {a.kind.value} ({a.holders} holders, {a.wanted} wanted)"
+             for a in reports[:limit]]
+    rest = Counter(a.kind.value for a in reports[limit:])
+    if rest:
+        lines.append(f"and {sum(rest.values())} more pins reported: " + ", ".join(
+            f"{n} {kind}" for kind, n in sorted(rest.items())) + " (see cluster status)")
+    return lines
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

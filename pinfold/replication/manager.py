@@ -60,6 +60,7 @@ from pinfold.replication.accounting import (
     PeerInfo,
     empty_stats,
     peer_info,
+    report_lines,
 )
 from pinfold.replication.antientropy import AntiEntropy
 from pinfold.replication.errors import (
@@ -116,8 +117,8 @@ __all__ = [
 
 log = logging.getLogger("pinfold.replication")
 
-#: CIDs planned per chunk before yielding to other tasks.
-_CHUNK: Final = 2048
+#: CIDs planned per chunk before yielding to other tasks (a few ms: RPCs stay prompt).
+_CHUNK: Final = 512
 _EMPTY_STATS: Final = empty_stats()
 
 
@@ -542,6 +543,7 @@ class Manager(Gossip, AntiEntropy, PinQueue):
         actions = plan_cids(cids, self.pinset, self.holdings, self.health, self.policy, now,
                             context=ctx)
         seen = ctx.seen or {}
+        fresh: list[ReportAction] = []
         c = self._acct.counters
         c.plans += 1
         c.planned_cids += len(cids)
@@ -555,9 +557,10 @@ class Manager(Gossip, AntiEntropy, PinQueue):
                 self._on_expire(a.cid)
             elif isinstance(a, ReportAction):
                 if self._reports.get(a.cid) != a:
-                    log.warning("%s: %s (%d holders, %d wanted)", cid_text(a.cid), a.kind.value,
-                                a.holders, a.wanted)
+                    fresh.append(a)
                 self._reports[a.cid] = a
+        for line in report_lines(fresh):
+            log.warning("%s", line)
         for cid in cids:
             self._assess(cid, ctx, now, seen.pop(cid, None))
         self._acct.invalidate()

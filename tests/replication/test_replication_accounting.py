@@ -28,9 +28,17 @@ from pinfold.replication.accounting import (
     classify,
     empty_stats,
     health_of,
+    report_lines,
 )
 from pinfold.replication.allocation import availability
-from pinfold.replication.types import PeerStatus, Pin, PinState
+from pinfold.replication.types import (
+    PeerStatus,
+    Pin,
+    PinState,
+    ReportAction,
+    ReportKind,
+    cid_text,
+)
 
 ALIVE, SUSPECT, DEAD = PeerStatus.ALIVE, PeerStatus.SUSPECT, PeerStatus.DEAD
 PINNED, PINNING, ERROR = PinState.PINNED, PinState.PINNING, PinState.PIN_ERROR
@@ -41,6 +49,7 @@ def cid(i: int) -> bytes:
 
 
 PIN = Pin(cid=cid(0), rmin=2, rmax=3)
+PEER = "12D3KooW" + "A" * 44
 
 
 def health(states: dict[str, PinState], status: dict[str, PeerStatus], pin: Pin = PIN,
@@ -212,3 +221,17 @@ def test_assess_counts_as_forget_then_record(steps: list[tuple[int, tuple]]) -> 
         assert fast.category_counts == slow.category_counts
         assert +fast.flag_counts == +slow.flag_counts and fast.clean_min == slow.clean_min
         assert (fast.repair_count, fast.repair_since) == (slow.repair_count, slow.repair_since)
+
+
+def test_many_new_reports_log_a_few_lines_and_a_count() -> None:
+    reports = [ReportAction(cid=cid(i), peer_id=PEER, kind=ReportKind.UNDER_REPLICATED,
+                            holders=1, wanted=2) for i in range(2000)]
+    reports.append(ReportAction(cid=cid(9999), peer_id=PEER, kind=ReportKind.TARGET_UNMET,
+                                holders=2, wanted=3))
+    lines = report_lines(reports, limit=3)
+    assert len(lines) == 4
+    assert lines[0] == f"{cid_text(cid(0))}: under_replicated (1 holders, 2 wanted)"
+    assert lines[3] == ("and 1998 more pins reported: 1 target_unmet, 1997 under_replicated "
+                        "(see cluster status)")
+    assert report_lines(reports[:2], limit=3) == lines[:2]
+    assert report_lines([]) == []
