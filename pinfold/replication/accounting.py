@@ -4,20 +4,26 @@ Owns the per-pin health codes (``classify``), the running counts behind
 ``cluster status`` and the metrics (``Accounting``), the repair-duration
 histogram and the value types the manager reports (``ManagerStats``,
 ``ClusterStatus``, ``PeerInfo``). Pure: no trio, no I/O; time comes in as
-arguments. Imports replication's types, holdings and allocation only.
+arguments. Imports replication's types and holdings only.
 """
 
 from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from pinfold.replication.allocation import availability
 from pinfold.replication.holdings import ACTIVE_STATES
-from pinfold.replication.types import PeerHealth, PeerStatus, Pin, PinState, cid_text
+from pinfold.replication.types import (
+    PeerHealth,
+    PeerStatus,
+    Pin,
+    PinState,
+    ReportAction,
+    cid_text,
+)
 
 __all__ = [
     "AT",
@@ -35,7 +41,9 @@ __all__ = [
     "PinHealth",
     "classify",
     "empty_stats",
+    "health_of",
     "peer_info",
+    "report_lines",
 ]
 
 #: Repair-duration histogram buckets, seconds (grace periods of seconds to minutes,
@@ -52,6 +60,12 @@ REPAIRING_FLAG: Final = 4
 ERROR_FLAG: Final = 8
 SHORT_FLAG: Final = 16
 _FLAGS: Final = (REPAIRING_FLAG, ERROR_FLAG, SHORT_FLAG)
+_ALIVE: Final = PeerStatus.ALIVE
+_SUSPECT: Final = PeerStatus.SUSPECT
+_QUEUED: Final = PinState.QUEUED
+_PINNING: Final = PinState.PINNING
+_PINNED: Final = PinState.PINNED
+_PIN_ERROR: Final = PinState.PIN_ERROR
 #: How long ``min_availability`` is cached, seconds (metrics scrapes, status calls).
 _MIN_AVAIL_TTL_S: Final = 2.0
 
@@ -79,26 +93,69 @@ class PinHealth:
 def classify(pin: Pin, states: Mapping[str, PinState], status: Mapping[str, PeerStatus],
              p: Mapping[str, float]) -> PinHealth:
     """How ``pin`` stands given its holders' ``states``, their ``status`` and estimates ``p``."""
-    healthy: list[float] = []
-    active_ps: list[float] = []
+    code, avail, healthy = health_of(pin, states, status, p)
+    return PinHealth(code=code, availability=avail, healthy=healthy)
+
+
+def health_of(pin: Pin, states: Mapping[str, PinState], status: Mapping[str, PeerStatus],
+              p: Mapping[str, float]) -> tuple[int, float, int]:
+    """``classify`` as a plain ``(code, availability, healthy)`` tuple (the per-pin hot path).
+
+    Healthy holders: alive and ``pinned``. Active holders (for the short flag):
+    alive or suspect and queued, pinning or pinned; an alive active holder that
+    is not pinned yet is repairing. Availabilities are ``1 - prod(1 - p_i)``
+    in the order of ``states``, so the figures equal ``availability`` of the
+    same holders.
+    """
+    healthy = active = 0
+    miss = miss_active = 1.0
     repairing = error = False
     for q, st in states.items():
         s = status.get(q)
-        if st is PinState.PINNED and s is PeerStatus.ALIVE:
-            healthy.append(p.get(q, 0.0))
-        if st in ACTIVE_STATES and (s is PeerStatus.ALIVE or s is PeerStatus.SUSPECT):
-            active_ps.append(p.get(q, 0.0))
-            if st is not PinState.PINNED and s is PeerStatus.ALIVE:
+        if s is _ALIVE:
+            if st is _PINNED:
+                x = 1.0 - p.get(q, 0.0)
+                healthy += 1
+                miss *= x
+                active += 1
+                miss_active *= x
+                continue
+            if st is _QUEUED or st is _PINNING:
+                active += 1
+                miss_active *= 1.0 - p.get(q, 0.0)
                 repairing = True
-        if st is PinState.PIN_ERROR:
+                continue
+        elif s is _SUSPECT and (st is _PINNED or st is _QUEUED or st is _PINNING):
+            active += 1
+            miss_active *= 1.0 - p.get(q, 0.0)
+            continue
+        if st is _PIN_ERROR:
             error = True
-    n = len(healthy)
-    cat = UNDER if n < pin.rmin else (OVER if n > pin.rmax else AT)
-    short = len(active_ps) < pin.rmin or (
-        pin.availability is not None and availability(active_ps) < pin.availability - 1e-9)
-    code = cat | (REPAIRING_FLAG if repairing and cat == UNDER else 0) | (
-        ERROR_FLAG if error else 0) | (SHORT_FLAG if short else 0)
-    return PinHealth(code=code, availability=availability(healthy), healthy=n)
+    rmin = pin.rmin
+    if healthy < rmin:
+        code = UNDER | REPAIRING_FLAG if repairing else UNDER
+    else:
+        code = OVER if healthy > pin.rmax else AT
+    if error:
+        code |= ERROR_FLAG
+    target = pin.availability
+    if active < rmin or (target is not None and 1.0 - miss_active < target - 1e-9):
+        code |= SHORT_FLAG
+    return code, 1.0 - miss, healthy
+
+
+def report_lines(reports: Sequence[ReportAction], limit: int = 5) -> list[str]:
+    """Log lines for newly raised ``reports``: the first ``limit`` one line each,
+    the rest as one count by kind (a pass that finds thousands of pins short
+    must not write thousands of lines while the node waits; ``cluster status``
+    lists them)."""
+    lines = [f"{cid_text(a.cid)}: {a.kind.value} ({a.holders} holders, {a.wanted} wanted)"
+             for a in reports[:limit]]
+    rest = Counter(a.kind.value for a in reports[limit:])
+    if rest:
+        lines.append(f"and {sum(rest.values())} more pins reported: " + ", ".join(
+            f"{n} {kind}" for kind, n in sorted(rest.items())) + " (see cluster status)")
+    return lines
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -264,25 +321,55 @@ class Accounting:
         if code is None:
             return
         self.avail.pop(cid, None)
-        self.category_counts[code & 3] -= 1
-        for flag in _FLAGS:
-            if code & flag:
-                self.flag_counts[flag] -= 1
+        self._count(code, -1)
 
     def record(self, cid: bytes, health: PinHealth) -> None:
         """Count ``cid`` with its new ``health`` (after ``forget``)."""
-        code = health.code
+        self._record(cid, health.code, health.availability)
+
+    def assess(self, cid: bytes, pin: Pin, states: Mapping[str, PinState],
+               status: Mapping[str, PeerStatus], p: Mapping[str, float],
+               now: float) -> tuple[int, int]:
+        """Re-classify live ``pin`` (``health_of``), re-count it and, once it is no
+        longer under-replicated, time its repair at wall time ``now``.
+
+        The same as ``forget`` + ``record`` (+ ``repair_done``) without building a
+        ``PinHealth``; a pin whose code did not change costs no count updates.
+
+        Returns:
+            ``(code, healthy)``: the new health code and the healthy holders.
+        """
+        code, avail, healthy = health_of(pin, states, status, p)
+        old = self.info.get(cid)
+        if old is None or old != code:
+            if old is not None:
+                del self.info[cid]
+                self.avail.pop(cid, None)
+                self._count(old, -1)
+            self._record(cid, code, avail)
+        elif code != AT:
+            self.avail[cid] = avail
+        if code & 3 != UNDER and self.repair_since:
+            self.repair_done(cid, now)
+        return code, healthy
+
+    def _record(self, cid: bytes, code: int, avail: float) -> None:
         if code == AT:
-            self.clean_min = min(self.clean_min, health.availability)
-            if self._clean_min_next is not None:
-                self._clean_min_next = min(self._clean_min_next, health.availability)
+            if avail < self.clean_min:
+                self.clean_min = avail
+            nxt = self._clean_min_next
+            if nxt is not None and avail < nxt:
+                self._clean_min_next = avail
             return
-        self.category_counts[code & 3] += 1
+        self._count(code, 1)
+        self.info[cid] = code
+        self.avail[cid] = avail
+
+    def _count(self, code: int, delta: int) -> None:
+        self.category_counts[code & 3] += delta
         for flag in _FLAGS:
             if code & flag:
-                self.flag_counts[flag] += 1
-        self.info[cid] = code
-        self.avail[cid] = health.availability
+                self.flag_counts[flag] += delta
 
     def begin_full_pass(self) -> None:
         """A full pass starts: the running minimum of pins at target is recomputed."""

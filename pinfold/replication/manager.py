@@ -58,9 +58,9 @@ from pinfold.replication.accounting import (
     ClusterStatus,
     ManagerStats,
     PeerInfo,
-    classify,
     empty_stats,
     peer_info,
+    report_lines,
 )
 from pinfold.replication.antientropy import AntiEntropy
 from pinfold.replication.errors import (
@@ -117,8 +117,8 @@ __all__ = [
 
 log = logging.getLogger("pinfold.replication")
 
-#: CIDs planned per chunk before yielding to other tasks.
-_CHUNK: Final = 2048
+#: CIDs planned per chunk before yielding to other tasks (a few ms: RPCs stay prompt).
+_CHUNK: Final = 512
 _EMPTY_STATS: Final = empty_stats()
 
 
@@ -539,13 +539,16 @@ class Manager(Gossip, AntiEntropy, PinQueue):
 
     def _plan_chunk(self, cids: list[bytes]) -> list[Any]:
         now = self.now()
-        ctx = PlanContext(self.health, now, current=self._current)
+        ctx = PlanContext(self.health, now, current=self._current, keep_states=True)
         actions = plan_cids(cids, self.pinset, self.holdings, self.health, self.policy, now,
                             context=ctx)
+        seen = ctx.seen or {}
+        fresh: list[ReportAction] = []
         c = self._acct.counters
         c.plans += 1
         c.planned_cids += len(cids)
         for a in actions:
+            seen.pop(a.cid, None)  # carrying it out may change the CID's states
             if isinstance(a, PinAction):
                 self._on_pin_action(a)
             elif isinstance(a, UnpinAction):
@@ -554,20 +557,23 @@ class Manager(Gossip, AntiEntropy, PinQueue):
                 self._on_expire(a.cid)
             elif isinstance(a, ReportAction):
                 if self._reports.get(a.cid) != a:
-                    log.warning("%s: %s (%d holders, %d wanted)", cid_text(a.cid), a.kind.value,
-                                a.holders, a.wanted)
+                    fresh.append(a)
                 self._reports[a.cid] = a
+        for line in report_lines(fresh):
+            log.warning("%s", line)
         for cid in cids:
-            self._assess(cid, ctx, now)
+            self._assess(cid, ctx, now, seen.pop(cid, None))
         self._acct.invalidate()
         return actions
 
-    def _assess(self, cid: bytes, ctx: PlanContext, now: float) -> None:
-        """Update the pin's health record, repair timing and origin copy after planning it."""
+    def _assess(self, cid: bytes, ctx: PlanContext, now: float,
+                states: dict[str, PinState] | None) -> None:
+        """Update the pin's health record, repair timing and origin copy after planning it
+        (``states``: its holders' states if known to be current, else None)."""
         pin = self.pinset.pin(cid)
-        self._acct.forget(cid)
         rec = self.local.get(cid)
         if pin is None or pin.expired(now):
+            self._acct.forget(cid)
             self._acct.repair_forget(cid)
             self._reports.pop(cid, None)
             if rec is not None and rec.staged:
@@ -576,14 +582,14 @@ class Manager(Gossip, AntiEntropy, PinQueue):
                 self.local.pop(cid, None)
                 self._persist_local(cid)
             return
-        health = classify(pin, self.holdings.states(cid), ctx.status, ctx.p)
-        self._acct.record(cid, health)
-        if health.category != UNDER:
+        if states is None:
+            states = self.holdings.states(cid)
+        code, healthy = self._acct.assess(cid, pin, states, ctx.status, ctx.p, now)
+        if code & 3 != UNDER:
             self._reports.pop(cid, None)
-            self._acct.repair_done(cid, now)
         if rec is None or not rec.staged:
             return
-        todo = origin_copy(healthy=health.healthy, rmin=pin.rmin, state=self.own.get(cid))
+        todo = origin_copy(healthy=healthy, rmin=pin.rmin, state=self.own.get(cid))
         if todo is OriginCopy.ADOPT:
             rec.staged = False
             self._persist_local(cid)

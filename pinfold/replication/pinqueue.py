@@ -97,15 +97,18 @@ class PinQueue:
     def _on_pin_action(self, a: PinAction) -> None:
         cid = a.cid
         rec = self.local.get(cid)
+        now = self.now()
         if not may_queue(a, self.own.get(cid), has_job=cid in self._jobs,
-                         retry_at=rec.retry_at if rec is not None else None, now=self.now()):
+                         retry_at=rec.retry_at if rec is not None else None, now=now):
             return
-        entry = self.pinset.get(cid)
-        later = settle_until(
-            a, writer_known=entry is None or entry.peer_id == self.peer_id
-            or entry.peer_id in self.health, view_changed_at=self.view_changed_at,
-            settle_s=self.config.ttl_s, now=self.now(),
-            written_at=None if entry is None else hlc_wall_s(entry.ts))
+        later = None
+        if a.reason is Reason.ALLOCATED:  # (``settle_until`` delays first placements only)
+            entry = self.pinset.get(cid)
+            later = settle_until(
+                a, writer_known=entry is None or entry.peer_id == self.peer_id
+                or entry.peer_id in self.health, view_changed_at=self.view_changed_at,
+                settle_s=self.config.ttl_s, now=now,
+                written_at=None if entry is None else hlc_wall_s(entry.ts))
         if later is not None:
             # The view of the members is young: plan this pin again once it settled.
             heapq.heappush(self._retry_heap, (later, cid))

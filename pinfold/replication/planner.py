@@ -156,14 +156,20 @@ class PlanContext:
         allocator: ranks candidates per CID.
         current: peers whose reported pin states are known to be up to date
             (None: trust every report, as the simulator and tests do).
+        seen: when not None (``keep_states=True``), each planned CID's
+            ``{peer_id: state}`` as the planner read it from ``Holdings``, so the
+            caller can assess the pins after planning without reading them again
+            (it must drop the CIDs whose states its actions changed).
     """
 
-    __slots__ = ("_candidates", "_info", "allocator", "current", "now", "p", "status")
+    __slots__ = ("_candidates", "_info", "allocator", "current", "now", "p", "seen", "status")
 
     def __init__(self, health: HealthView, now: float, allocator: Allocator | None = None,
-                 current: frozenset[str] | set[str] | None = None) -> None:
+                 current: frozenset[str] | set[str] | None = None, *,
+                 keep_states: bool = False) -> None:
         self.now = now
         self.current = current
+        self.seen: dict[bytes, dict[str, PinState]] | None = {} if keep_states else None
         self.status, self.p, self._info = health.snapshot(now)
         self._candidates: list[Candidate] | None = None
         self.allocator: Allocator = allocator or RendezvousAllocator()
@@ -200,6 +206,8 @@ def _plan_one(cid: bytes, pinset: PinSet, holdings: Holdings, ctx: PlanContext,
     if entry is None:
         return
     states = holdings.states(cid)
+    if ctx.seen is not None:
+        ctx.seen[cid] = states
     status = ctx.status
     pin = entry.pin
 

@@ -3,6 +3,8 @@
 ``classify`` puts a pin in a category (under, at target, over) with flags
 (repairing, error, short); ``Accounting`` keeps the counts behind ``cluster
 status`` and the metrics as pins are re-classified, and times repairs.
+``health_of`` / ``Accounting.assess`` (the manager's per-pin hot path) must
+equal the rules written out plainly.
 """
 
 from __future__ import annotations
@@ -25,8 +27,18 @@ from pinfold.replication.accounting import (
     PinHealth,
     classify,
     empty_stats,
+    health_of,
+    report_lines,
 )
-from pinfold.replication.types import PeerStatus, Pin, PinState
+from pinfold.replication.allocation import availability
+from pinfold.replication.types import (
+    PeerStatus,
+    Pin,
+    PinState,
+    ReportAction,
+    ReportKind,
+    cid_text,
+)
 
 ALIVE, SUSPECT, DEAD = PeerStatus.ALIVE, PeerStatus.SUSPECT, PeerStatus.DEAD
 PINNED, PINNING, ERROR = PinState.PINNED, PinState.PINNING, PinState.PIN_ERROR
@@ -37,6 +49,7 @@ def cid(i: int) -> bytes:
 
 
 PIN = Pin(cid=cid(0), rmin=2, rmax=3)
+PEER = "12D3KooW" + "A" * 44
 
 
 def health(states: dict[str, PinState], status: dict[str, PeerStatus], pin: Pin = PIN,
@@ -155,3 +168,70 @@ def test_stats_snapshot() -> None:
     assert s.cluster_pins == {"under_replicated": 1, "at_target": 2, "over_replicated": 0}
     assert s.bytes_fetched == 42 and s.min_availability == 0.5
     assert empty_stats().local_states.keys() >= s.local_states.keys()
+
+
+def _reference_health(pin: Pin, states: dict[str, PinState], status: dict[str, PeerStatus],
+                      p: dict[str, float]) -> tuple[int, float, int]:
+    """The classification rules written out with lists (what ``health_of`` must equal)."""
+    active = {PinState.QUEUED, PINNING, PINNED}
+    healthy = [p.get(q, 0.0) for q, s in states.items() if s is PINNED and status.get(q) is ALIVE]
+    live = [(q, s) for q, s in states.items() if s in active and status.get(q) in (ALIVE, SUSPECT)]
+    n = len(healthy)
+    cat = UNDER if n < pin.rmin else (OVER if n > pin.rmax else AT)
+    repairing = any(s is not PINNED and status.get(q) is ALIVE for q, s in live)
+    short = len(live) < pin.rmin or (pin.availability is not None and availability(
+        [p.get(q, 0.0) for q, _ in live]) < pin.availability - 1e-9)
+    code = cat | (REPAIRING_FLAG if repairing and cat == UNDER else 0) | (
+        ERROR_FLAG if ERROR in states.values() else 0) | (SHORT_FLAG if short else 0)
+    return code, availability(healthy), n
+
+
+_PEERS = "abcdef"
+_views = st.tuples(
+    st.dictionaries(st.sampled_from(_PEERS), st.sampled_from(list(PinState))),
+    st.dictionaries(st.sampled_from(_PEERS), st.sampled_from(list(PeerStatus))),
+    st.dictionaries(st.sampled_from(_PEERS), st.floats(0.0, 1.0)),
+    st.integers(1, 4), st.integers(0, 3), st.none() | st.floats(0.1, 0.99999))
+
+
+@given(_views)
+def test_health_of_equals_the_classification_rules(view: tuple) -> None:
+    states, status, p, rmin, extra, target = view
+    pin = Pin(cid=cid(0), rmin=rmin, rmax=rmin + extra, availability=target)
+    assert health_of(pin, states, status, p) == _reference_health(pin, states, status, p)
+    h = classify(pin, states, status, p)
+    assert (h.code, h.availability, h.healthy) == health_of(pin, states, status, p)
+
+
+@given(st.lists(st.tuples(st.integers(0, 3), _views), max_size=30))
+def test_assess_counts_as_forget_then_record(steps: list[tuple[int, tuple]]) -> None:
+    fast, slow = Accounting(), Accounting()
+    for i, (states, status, p, rmin, extra, target) in steps:
+        pin = Pin(cid=cid(i), rmin=rmin, rmax=rmin + extra, availability=target)
+        for a in (fast, slow):
+            a.repair_started(cid(i), 0.0)
+        code, healthy = fast.assess(cid(i), pin, states, status, p, now=5.0)
+        h = classify(pin, states, status, p)
+        slow.forget(cid(i))
+        slow.record(cid(i), h)
+        if h.category != UNDER:
+            slow.repair_done(cid(i), 5.0)
+        assert (code, healthy) == (h.code, h.healthy)
+        assert fast.info == slow.info and fast.avail == slow.avail
+        assert fast.category_counts == slow.category_counts
+        assert +fast.flag_counts == +slow.flag_counts and fast.clean_min == slow.clean_min
+        assert (fast.repair_count, fast.repair_since) == (slow.repair_count, slow.repair_since)
+
+
+def test_many_new_reports_log_a_few_lines_and_a_count() -> None:
+    reports = [ReportAction(cid=cid(i), peer_id=PEER, kind=ReportKind.UNDER_REPLICATED,
+                            holders=1, wanted=2) for i in range(2000)]
+    reports.append(ReportAction(cid=cid(9999), peer_id=PEER, kind=ReportKind.TARGET_UNMET,
+                                holders=2, wanted=3))
+    lines = report_lines(reports, limit=3)
+    assert len(lines) == 4
+    assert lines[0] == f"{cid_text(cid(0))}: under_replicated (1 holders, 2 wanted)"
+    assert lines[3] == ("and 1998 more pins reported: 1 target_unmet, 1997 under_replicated "
+                        "(see cluster status)")
+    assert report_lines(reports[:2], limit=3) == lines[:2]
+    assert report_lines([]) == []
