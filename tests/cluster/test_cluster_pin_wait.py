@@ -130,9 +130,14 @@ def test_pin_add_wait_returns_once_rmin_holders_report_pinned(
     out = run_cli(b.home, "pin", "add", cid, "--replicas", "2", "--wait", "--wait-timeout", "60")
     assert out.stdout.decode().strip() == f"pinned {cid}; 2 of 2 holders pinned"
     assert b"holders pinned" not in out.stderr  # no progress line when not a terminal
-    with a.client() as c:
-        st = c.status(cid)
-    assert st["healthy"] == 2 and {h["state"] for h in st["holders"]} == {"pinned"}
+
+    def a_agrees() -> bool:
+        # b's --wait saw both holders pinned; a learns it by gossip (eventually consistent)
+        with a.client() as c:
+            st = c.status(cid)
+        return st["healthy"] == 2 and {h["state"] for h in st["holders"]} == {"pinned"}
+
+    wait_until(a_agrees, timeout_s=20, what="node a to see both holders pinned")
     _unpin(a, cid)
 
     f = tmp_path / "file"

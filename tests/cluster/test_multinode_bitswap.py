@@ -28,9 +28,9 @@ def _connect(a: DaemonProcess, b: DaemonProcess) -> None:
 def nodes(tmp_path: Path):
     started: list[DaemonProcess] = []
 
-    def make(n: int) -> list[DaemonProcess]:
+    def make(n: int, config: str = "") -> list[DaemonProcess]:
         for i in range(n):
-            started.append(DaemonProcess(tmp_path, f"n{len(started)}").start())
+            started.append(DaemonProcess(tmp_path, f"n{len(started)}", config=config).start())
         return started[-n:]
 
     yield make
@@ -56,9 +56,12 @@ def test_fetch_64mib_between_daemons(nodes) -> None:
     assert metric(b, "pinfold_bitswap_blocks_received_total") >= 64
 
 
-def test_three_holders_serve_one_fetcher(nodes) -> None:
+def test_three_holders_serve_one_fetcher_when_spreading(nodes) -> None:
     holders = nodes(3)
-    (fetcher,) = nodes(1)
+    # Four daemons share this machine's cores with the rest of the suite, so
+    # adaptive admission may rightly keep one holder (tools/bench/holders_bench
+    # measures it); this test covers spreading over every holder.
+    (fetcher,) = nodes(1, config="[bitswap]\nspread_holders = true\n")
     data = _rand(48 * MiB, 2)
     cids = set()
     for h in holders:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 
+import pytest
 import trio
 from pinfold.blockstore.cid import cid_key
 from pinfold.blockstore.unixfs import ImportParams, import_bytes
@@ -31,6 +32,9 @@ async def started(nursery: trio.Nursery, *peers: Peer):
             p.scope.cancel()
 
 
+# Which holder serves more depends on measured rates: under a parallel suite's
+# load the in-process hosts' rates are the event loop's, not the holders'.
+@pytest.mark.serial
 async def test_a_fetch_from_three_holders_survives_one_dying_and_one_being_slow():
     data = random_bytes(40 * MiB, seed=14)
     blocks, root, _ = import_bytes(data, ImportParams(chunk_size=MiB, max_links=64))
