@@ -563,3 +563,43 @@ def test_node_fast_channel_defaults_on_and_false_gives_py_libp2p_stock_classes()
 
 def test_fast_yamux_frames_fit_one_noise_message():
     assert MAX_FRAME_PAYLOAD_BYTES + 12 + 16 == MAX_NOISE_MESSAGE_LEN
+
+
+async def test_a_write_cancelled_halfway_leaves_the_connection_usable():
+    """A Noise message is written whole or the connection is closed: a write
+    cancelled while the socket is full (half a message sent) must not leave
+    the peer a truncated message followed by the next one."""
+    async with _hosts(True, True) as (a, b):
+        _serve_echo(b)
+        await a.connect(b.addrs()[0])
+        conn = _connection(a, b.peer_id)
+        raw = conn.secured_conn.conn.read_writer.read_write_closer
+        real_write = raw.write
+        halfway = trio.Event()
+
+        async def stalling_write(data: bytes) -> None:
+            # the socket takes the first bytes, then blocks (a full send buffer)
+            await real_write(data[:10])
+            halfway.set()
+            await trio.sleep(0.2)
+            await real_write(data[10:])
+
+        stream = await a.new_stream(b.peer_id, [ECHO])
+        await stream.write(b"opened")
+        assert await stream.read(6) == b"opened"
+        raw.write = stalling_write
+        async with trio.open_nursery() as nursery:
+            async def cancelled_write() -> None:
+                with trio.CancelScope() as scope:
+                    nursery.start_soon(lambda: _cancel_when(halfway, scope))
+                    await stream.write(b"x" * 1000)
+            nursery.start_soon(cancelled_write)
+        raw.write = real_write
+        with trio.fail_after(30):
+            await _echo_both_ways(a, b.peer_id, 256 * 1024, seed=9)
+        assert _connection(a, b.peer_id) is conn
+
+
+async def _cancel_when(event: trio.Event, scope: trio.CancelScope) -> None:
+    await event.wait()
+    scope.cancel()

@@ -67,6 +67,7 @@ __all__ = [
     "DATA_READ_TIMEOUT_S",
     "MAX_FRAME_PAYLOAD_BYTES",
     "WINDOW_WAIT_S",
+    "WRITE_SHIELD_S",
     "FastYamux",
     "FastYamuxStream",
     "read_chunks",
@@ -76,6 +77,9 @@ logger = logging.getLogger(__name__)
 
 #: a frame begun but not finished for this long closes the connection, seconds (py-libp2p's)
 DATA_READ_TIMEOUT_S: Final = 60.0
+#: longest a frame write may take once begun, seconds: it is not cancellable
+#: (half a Noise message breaks the connection), so past this the connection closes
+WRITE_SHIELD_S: Final = 30.0
 #: a peer's new stream we wrote nothing on for this long is acknowledged alone,
 #: seconds (go-yamux closes a session whose stream stays unacknowledged 75 s)
 ACK_DEFER_S: Final = 0.5
@@ -181,7 +185,19 @@ class FastYamux(Yamux):
                 data = b"".join((_pack(0, typ, flags | FLAG_ACK, sid, length),
                                  memoryview(data)[HEADER_SIZE:]))
         async with self._write_lock:
-            await self.secured_conn.write(data)
+            # A Noise message is sent whole or the connection ends: a write
+            # cancelled halfway (a full socket buffer) would leave the peer half a
+            # message and a nonce out of step, so every later message would fail
+            # authentication. The write finishes under a shield, within a bound.
+            with trio.CancelScope(shield=True) as scope:
+                scope.deadline = trio.current_time() + WRITE_SHIELD_S
+                await self.secured_conn.write(data)
+            if scope.cancelled_caught:
+                self.event_shutting_down.set()
+                with trio.CancelScope(shield=True):
+                    await self.secured_conn.close()
+                raise MuxedStreamError(
+                    f"a write to {self.peer_id} did not finish in {WRITE_SHIELD_S:g} s; connection closed")
 
     async def _ack_late_streams(self) -> None:
         """Acknowledge the peer's streams that stayed unanswered ``ACK_DEFER_S``
