@@ -32,9 +32,7 @@ code ``timeout`` says what timed out, which CID and what had arrived.
 
 from __future__ import annotations
 
-import errno
 import os
-import shutil
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, Self
@@ -44,7 +42,8 @@ from pinfold.clientargs import (ADD_OPTIONS, DIR_OPTIONS, check_options, replica
 from pinfold.client_names import NamesMixin
 from pinfold.config import load
 
-from pinfold.client_paths import PathsMixin, ref_basename
+from pinfold.client_get import GetMixin
+from pinfold.client_paths import PathsMixin
 from pinfold.daemon.home import Home, resolve_home
 from pinfold.localtree import LinkError, dir_header, walk_local_tree
 from pinfold.daemon.rpc.connection import DaemonNotRunning, RpcConnection, RpcConnectionClosed, RpcError
@@ -64,10 +63,9 @@ def _file_chunks(f: BinaryIO, progress: Callable[[int], None] | None) -> Iterato
 
 
 #: Flags of a file ``get`` writes: created or truncated, written from the start.
-_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
 
 
-class Client(PathsMixin, NamesMixin):
+class Client(GetMixin, PathsMixin, NamesMixin):
     """A connection to the daemon of one home (or an explicit socket path).
 
     Every method that takes a CID takes ``CID/path/in/dag`` and ``NAME@REF[/path]``
@@ -317,125 +315,6 @@ class Client(PathsMixin, NamesMixin):
         if length is not None:
             params["length"] = length
         return self.conn.call("cat", params, pass_fd=fd, on_progress=on_progress)
-
-    def get(self, cid: str, path: str | os.PathLike[str], *,
-            progress: Callable[[int], None] | None = None, timeout: float | None = None,
-            on_progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-        """Write the file or directory tree ``cid`` to ``path``; returns
-        ``{"cid", "files", "bytes", "path"}`` (``path``: where it was written).
-
-        ``path`` must not exist, or be an empty folder: a tree is written into
-        it, a single file as ``path/<cid>``. Each file is written to
-        ``NAME.part`` and renamed when complete; ``progress(nbytes)`` is called
-        as data arrives. On an error nothing written is left behind (an empty
-        folder given as ``path`` is kept, empty). ``timeout`` and ``on_progress``
-        as ``cat`` (the event's bytes are the DAG's block bytes).
-
-        Raises:
-            FileExistsError: ``path`` is a file, a link, or a folder that is not
-                empty (the message names its first entry).
-            FileNotFoundError: the parent folder of ``path`` does not exist.
-            RpcError: the daemon's error (e.g. ``not_found``, ``invalid_cid``, ``timeout``).
-            ValueError: ``timeout`` is not > 0.
-        """
-        params = transfer_params(cid, timeout, on_progress)
-        target = Path(path)
-        into_dir = False
-        if target.is_symlink() or (target.exists() and not target.is_dir()):
-            raise FileExistsError(errno.EEXIST, "already exists; choose another -o PATH",
-                                  str(target))
-        if target.is_dir():
-            entries = sorted(os.listdir(target))
-            if entries:
-                raise FileExistsError(
-                    errno.EEXIST, f"the folder is not empty (it holds {entries[0]!r}); "
-                    "get writes into a new or an empty folder", str(target))
-            into_dir = True
-        elif not target.parent.is_dir():
-            raise FileNotFoundError(errno.ENOENT, "parent directory does not exist",
-                                    str(target.parent))
-        out: int | None = None  # descriptor of the file being written
-        seen: set[str] = set()
-        made: set[str] = set()  # folders known to exist (one mkdir each, not one a file)
-        root = os.fspath(target)
-        current: str | None = None
-        written = target
-        files = 0
-        total = 0
-        links: list[tuple[str, str]] = []
-
-        def finish() -> None:
-            nonlocal out, current
-            if out is not None and current is not None:
-                os.close(out)
-                out = None
-                os.replace(current + ".part", current)
-            out, current = None, None
-
-        def folder(path: str) -> None:
-            if path not in made:
-                os.makedirs(path, exist_ok=True)
-                made.add(path)
-
-        try:
-            for item in self.stream("get", params, on_progress=on_progress):
-                if isinstance(item, dict):
-                    finish()
-                    rel = item["path"]
-                    if rel.startswith("/") or ".." in rel.split("/"):
-                        raise ValueError(f"daemon sent an unsafe path {rel!r}")
-                    if rel in seen:
-                        raise ValueError(f"the directory holds the name {rel!r} twice")
-                    seen.add(rel)
-                    dest = os.path.join(root, rel) if rel else root
-                    if not rel and into_dir and item["type"] != "dir":
-                        written = target / ref_basename(cid)  # one file into the folder
-                        dest = os.fspath(written)
-                    if item["type"] == "dir":
-                        folder(dest)
-                    elif item["type"] == "symlink":
-                        # Made last, so no later entry is ever written through a link.
-                        links.append((dest, item.get("target", "")))
-                    else:
-                        folder(os.path.dirname(dest))
-                        current = dest
-                        # os.open: open() adds an fstat, an isatty ioctl and an lseek a file.
-                        out = os.open(dest + ".part", _NEW_FILE, 0o666)
-                        files += 1
-                else:
-                    assert out is not None, "file data before a file header"
-                    view = memoryview(item)
-                    while view:
-                        view = view[os.write(out, view):]
-                    total += len(item)
-                    if progress:
-                        progress(len(item))
-            finish()
-            for dest, link_target in links:
-                folder(os.path.dirname(dest))
-                os.symlink(link_target, dest)
-        except BaseException:
-            if out is not None:
-                os.close(out)
-                out = None
-            # Leave nothing half-written behind: the target did not exist or was empty.
-            if into_dir:
-                for child in target.iterdir():
-                    if child.is_dir() and not child.is_symlink():
-                        shutil.rmtree(child, ignore_errors=True)
-                    else:
-                        child.unlink(missing_ok=True)
-            elif target.is_dir() and not target.is_symlink():
-                shutil.rmtree(target, ignore_errors=True)
-            else:
-                for leftover in (target, target.with_name(target.name + ".part")):
-                    if leftover.exists() or leftover.is_symlink():
-                        leftover.unlink()
-            raise
-        finally:
-            if out is not None:
-                os.close(out)
-        return {"cid": str(cid), "files": files, "bytes": total, "path": str(written)}
 
     # ------------------------------------------------------------------ blocks
 
