@@ -12,7 +12,7 @@ import pytest
 
 from pinfold.blockstore.cid import parse_cid
 from pinfold.blockstore.errors import BlockNotFound
-from pinfold.blockstore.unixfs import DirectoryBuilder, cat, import_bytes
+from pinfold.blockstore.unixfs import DirectoryBuilder, ImportParams, cat, import_bytes
 from pinfold.blockstore.unixfs.paths import (
     InvalidPath,
     PathNotFound,
@@ -114,10 +114,40 @@ def _read_local(blocks: dict[bytes, bytes], calls: list[int]):
     return read_local
 
 
-async def test_list_dir_reads_local_entries_in_batches_and_lists_the_same():
+async def test_list_dir_of_raw_children_reads_no_child_block():
+    """A raw child is a file of its link's Tsize (Kubo's ls does the same): a
+    listing reads no child block, locally or from peers."""
     vec = json.loads(VECTOR.read_text())
     blocks = {bytes(parse_cid(k).digest): base64.b64decode(v) for k, v in vec["blocks"].items()}
     root = parse_cid(vec["root"])
+    fetched: list[str] = []
+    plain = _store(blocks)
+
+    async def get_block(cid):
+        fetched.append(str(cid))
+        return await plain(cid)
+
+    calls: list[int] = []
+    got = await list_dir(get_block, root, read_local=_read_local(blocks, calls))
+    assert len(got) == 600 and all(e.cid.codec.name == "raw" for e in got)
+    assert all(e.kind == "file" and e.size == len(blocks[bytes(e.cid.digest)]) for e in got)
+    assert calls == []
+    assert not {str(e.cid) for e in got} & set(fetched)
+
+
+async def test_list_dir_reads_local_entries_in_batches_and_lists_the_same():
+    # dag-pb children (no raw leaves): each entry's root block says its kind and size
+    params = ImportParams(raw_leaves=False)
+    blocks: dict[bytes, bytes] = {}
+    b = DirectoryBuilder()
+    for i in range(600):
+        blks, child, tsize = import_bytes(b"%d" % i, params)
+        for c, d in blks:
+            blocks[bytes(c.digest)] = d
+        b.add_file(f"f{i}.txt", child, len(b"%d" % i), tsize)
+    dir_blocks, root = b.finish()
+    for c, d in dir_blocks:
+        blocks[bytes(c.digest)] = d
     fetched: list[str] = []
     plain = _store(blocks)
 

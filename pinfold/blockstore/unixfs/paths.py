@@ -357,8 +357,7 @@ async def _entries(get_block: GetBlock, cid: CID, node: dagpb.PBNode, ufs: UnixF
     if ufs.type == DataType.DIRECTORY:
         links = [(link.name, link.hash, link.tsize) for link in node.links]
     else:
-        links = [(name, child, None) for name, child in
-                 await _hamt_entries(get_block, cid, node, ufs)]
+        links = list(await _hamt_entries(get_block, cid, node, ufs))
     entries: list[tuple[str, CID, int | None]] = []
     seen: set[str] = set()
     for name, child, tsize in links:
@@ -367,10 +366,13 @@ async def _entries(get_block: GetBlock, cid: CID, node: dagpb.PBNode, ufs: UnixF
             seen.add(name)
             entries.append((name, child, tsize))
     kinds: list[tuple[Literal["file", "dir", "symlink", "other"], int | None] | None]
-    kinds = [None] * len(entries)
+    # A raw child is a file whose size is its block's, which its link's Tsize
+    # states: nothing to read (or fetch from a peer) for it.
+    kinds = [("file", tsize) if child.codec.code == RAW and tsize is not None else None
+             for _, child, tsize in entries]
     if read_local is not None:
         batchable = [i for i, (_, child, _) in enumerate(entries)
-                     if child.hashfun.code != IDENTITY]
+                     if kinds[i] is None and child.hashfun.code != IDENTITY]
         for lo in range(0, len(batchable), LOCAL_BATCH):
             part = batchable[lo:lo + LOCAL_BATCH]
             got = read_local([entries[i][1] for i in part], _entry_kind)

@@ -195,9 +195,10 @@ def _check_name(name: str | None, dir_cid: CID) -> str:
 
 async def _hamt_entries(
     get_block: GetBlock, cid: CID, node: dagpb.PBNode, ufs: UnixFSData
-) -> list[tuple[str, CID]]:
-    """Entries of a HAMT-sharded directory, in shard link order (sub-shards inline)."""
-    out: list[tuple[str, CID]] = []
+) -> list[tuple[str, CID, int | None]]:
+    """Entries of a HAMT-sharded directory as ``(name, cid, link Tsize)``, in shard
+    link order (sub-shards inline)."""
+    out: list[tuple[str, CID, int | None]] = []
     stack: list[tuple[CID, dagpb.PBNode, UnixFSData, int]] = [(cid, node, ufs, 0)]
     while stack:
         shard_cid, shard, data, i = stack.pop()
@@ -221,7 +222,7 @@ async def _hamt_entries(
                 stack.append((shard_cid, shard, data, j + 1))
                 stack.append((link.hash, sub, sub_data, 0))
                 break
-            out.append((name[width:], link.hash))
+            out.append((name[width:], link.hash, link.tsize))
     return out
 
 
@@ -268,7 +269,8 @@ async def walk_tree(get_block: GetBlock, root: CID) -> AsyncIterator[Entry]:
             if ufs.type == DataType.DIRECTORY:
                 children = [(link.name, link.hash) for link in node.links]
             else:
-                children = await _hamt_entries(get_block, cid, node, ufs)
+                children = [(name, child) for name, child, _ in
+                            await _hamt_entries(get_block, cid, node, ufs)]
             names: set[str] = set()
             todo = []
             for name, child in children:
