@@ -1,7 +1,8 @@
 """The Python client's ``get``: a file or directory tree written to a local path,
 mixed into ``Client`` (``client.py``). Standard library only.
 
-Each file goes to ``NAME.part`` and is renamed when complete; symlinks are made
+Each file goes to ``NAME.part`` (``.NAME-HASH.part`` when that is longer than
+the file system allows) and is renamed when complete; symlinks are made
 last, so no entry is ever written through a link; on an error nothing written
 is left behind.
 """
@@ -9,6 +10,7 @@ is left behind.
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import shutil
 from collections.abc import Callable
@@ -18,9 +20,20 @@ from typing import Any
 from pinfold.client_paths import ref_basename
 from pinfold.clientargs import transfer_params
 
-__all__ = ["GetMixin"]
+__all__ = ["GetMixin", "part_name"]
 
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+
+
+def part_name(dest: str) -> str:
+    """Where ``get`` writes ``dest`` until it is complete: ``dest.part``, or, when
+    that name is over 255 bytes (a name of 251-255 bytes), a short hidden name in
+    the same folder derived from the name."""
+    folder, name = os.path.split(dest)
+    if len(os.fsencode(name)) + 5 <= 255:
+        return dest + ".part"
+    digest = hashlib.sha256(os.fsencode(name)).hexdigest()[:16]
+    return os.path.join(folder, f".pinfold-get-{digest}.part")
 
 
 class GetMixin:
@@ -79,7 +92,7 @@ class GetMixin:
             if out is not None and current is not None:
                 os.close(out)
                 out = None
-                os.replace(current + ".part", current)
+                os.replace(part_name(current), current)
             out, current = None, None
 
         def folder(path: str) -> None:
@@ -110,7 +123,7 @@ class GetMixin:
                         folder(os.path.dirname(dest))
                         current = dest
                         # os.open: open() adds an fstat, an isatty ioctl and an lseek a file.
-                        out = os.open(dest + ".part", _NEW_FILE, 0o666)
+                        out = os.open(part_name(dest), _NEW_FILE, 0o666)
                         files += 1
                 else:
                     assert out is not None, "file data before a file header"
@@ -138,7 +151,7 @@ class GetMixin:
             elif target.is_dir() and not target.is_symlink():
                 shutil.rmtree(target, ignore_errors=True)
             else:
-                for leftover in (target, target.with_name(target.name + ".part")):
+                for leftover in (target, Path(part_name(os.fspath(target)))):
                     if leftover.exists() or leftover.is_symlink():
                         leftover.unlink()
             raise

@@ -104,3 +104,18 @@ def test_add_r_of_25000_files_gives_kubos_cid_and_get_restores_them(
     run_cli(daemon.home, "get", cid, "-o", str(out), timeout=600)
     for rel, data in hamt_folders.files(case):
         assert (out / rel).read_bytes() == data, rel
+
+
+def test_get_writes_names_of_251_to_255_bytes(daemon: DaemonProcess, tmp_path: Path) -> None:
+    """NAME.part would pass the 255-byte name limit; get still writes every file."""
+    src = tmp_path / "long"
+    src.mkdir()
+    names = ["L" * 250 + ".txt", "\u00fc" * 125 + ".txt", "short.txt"]  # 254, 254, 9 bytes
+    for i, name in enumerate(names):
+        (src / name).write_bytes(b"%d" % i * 1000)
+    cid = cli_json(daemon.home, "add", "-r", str(src))["cid"]
+    out = tmp_path / "out"
+    run_cli(daemon.home, "get", cid, "-o", str(out), timeout=120)
+    assert sorted(p.name for p in out.iterdir()) == sorted(names)
+    for i, name in enumerate(names):
+        assert (out / name).read_bytes() == b"%d" % i * 1000
