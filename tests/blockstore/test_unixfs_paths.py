@@ -45,6 +45,12 @@ def test_parse_path_forms_give_the_same_path():
     assert parse_url_path(f"/ipfs/{CID0}/a%20b/c").segments == ("a b", "c")
 
 
+def test_parse_path_keeps_spaces_at_the_ends_of_names():
+    assert parse_path(f"{CID0}/ lead space ").segments == (" lead space ",)
+    assert parse_path(f"  {CID0}/a/b ").segments == ("a", "b ")
+    assert parse_path(f"{CID0} \n").segments == ()  # a bare CID pasted with a newline
+
+
 @pytest.mark.parametrize("bad, words", [
     ("", "empty"),
     ("notacid/x", "'notacid' is not a CID"),

@@ -99,7 +99,9 @@ def parse_path(text: str) -> ContentPath:
     """
     if not isinstance(text, str) or not text.strip():
         raise InvalidPath("empty content path; expected CID or CID/path/in/dag")
-    rest = text.strip()
+    # Only leading blanks go: a name may end in a space (``CID/a ``); a bare
+    # CID's trailing blanks are dropped by ``parse_cid``.
+    rest = text.lstrip()
     if rest.startswith("ipfs://"):
         rest = rest[len("ipfs://"):]
     elif rest.startswith("/ipfs/"):
@@ -110,7 +112,7 @@ def parse_path(text: str) -> ContentPath:
     try:
         root = parse_cid(head)
     except (InvalidCID, ValueError) as exc:
-        if not tail and rest == text.strip():  # a bare CID: the CID's own message
+        if not tail and rest == text.lstrip():  # a bare CID: the CID's own message
             raise InvalidPathCID(str(exc)) from None
         raise InvalidPathCID(f"content path {text!r}: {head!r} is not a CID ({exc})") from None
     segments = tuple(s for s in tail.split("/") if s)
