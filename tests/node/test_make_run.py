@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_make_run_uses_loopback_and_free_ports_when_the_usual_ones_are_taken(
         tmp_path: Path) -> None:
     home = tmp_path / "home"
-    held = [socket.socket(), socket.socket()]
+    held = [socket.socket(), socket.socket(), socket.socket()]
     try:
         for s in held:
             s.bind(("127.0.0.1", 0))
@@ -32,7 +32,8 @@ def test_make_run_uses_loopback_and_free_ports_when_the_usual_ones_are_taken(
             proc = subprocess.Popen(
                 [sys.executable, str(ROOT / "tools" / "run_node.py"), "--home", str(home),
                  "--pinfold", str(Path(sys.executable).with_name("pinfold")),
-                 "--p2p-port", str(taken[0]), "--metrics-port", str(taken[1])],
+                 "--p2p-port", str(taken[0]), "--metrics-port", str(taken[1]),
+                 "--gateway-port", str(taken[2])],
                 stdout=subprocess.DEVNULL, stderr=err_file)
         try:
             def answers() -> dict:
@@ -46,6 +47,8 @@ def test_make_run_uses_loopback_and_free_ports_when_the_usual_ones_are_taken(
             assert all(f"/tcp/{taken[0]}/" not in a for a in info["addresses"])
             assert cfg.metrics.listen.startswith("127.0.0.1:")
             assert cfg.metrics.listen != f"127.0.0.1:{taken[1]}"
+            assert cfg.gateway.listen.startswith("127.0.0.1:")
+            assert cfg.gateway.listen != f"127.0.0.1:{taken[2]}"
             assert all(a.startswith("/ip4/127.0.0.1/") for a in info["addresses"]), info
             with Client(home=home) as c:
                 c.shutdown()
@@ -53,6 +56,8 @@ def test_make_run_uses_loopback_and_free_ports_when_the_usual_ones_are_taken(
             err = log.read_text()
             assert f"port {taken[0]} (libp2p) is taken" in err, err
             assert f"port {taken[1]} (metrics) is taken" in err, err
+            assert f"port {taken[2]} (gateway) is taken" in err, err
+            assert f"gateway on http://{cfg.gateway.listen}/ipfs/" in err, err
             assert "127.0.0.1" in err and "node.listen" in err, err
         finally:
             if proc.poll() is None:
