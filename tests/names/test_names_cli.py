@@ -1,6 +1,7 @@
 """The names commands as a user types them, on one real daemon: ``versions rm``
 run twice changes nothing the second time and says what is pinned;
-``versions NAME@N`` shows that version; ``tag`` refuses a ref without a version;
+``versions NAME@N`` shows that version; ``tag`` refuses a ref without a version
+and a retired version;
 ``push`` of a missing path exits as ``add`` does; ``pin ls`` hides the pins of
 name records unless ``--all``.
 """
@@ -98,6 +99,19 @@ def test_tag_without_a_version_is_refused_and_moves_nothing(daemon: DaemonProces
     cli_json(daemon.home, "tag", "org/tags@stable", "lts")  # a tag names a version too
     hist = cli_json(daemon.home, "versions", "org/tags")["versions"]
     assert [v["tags"] for v in hist] == [["main"], ["lts", "stable"]]
+
+
+def test_tag_of_a_retired_version_is_refused(daemon: DaemonProcess, tmp_path: Path) -> None:
+    f = tmp_path / "r.bin"
+    for n in (1, 2):
+        f.write_bytes(f"retired {n}".encode())
+        cli_json(daemon.home, "push", "org/ret", str(f))
+    run_cli(daemon.home, "versions", "rm", "org/ret@1")
+    refused = run_cli(daemon.home, "tag", "org/ret@1", "main", check=False)
+    assert refused.returncode == EXIT_ERROR, refused.stderr
+    assert b"org/ret@1 is retired" in refused.stderr and b"Traceback" not in refused.stderr
+    with daemon.client() as c:
+        assert c.resolve("org/ret@main") == c.resolve("org/ret@2")
 
 
 def test_push_and_add_of_a_missing_path_exit_alike(daemon: DaemonProcess,

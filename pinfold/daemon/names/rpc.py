@@ -146,6 +146,11 @@ def name_handlers(names: NameService, *,
             number = rec.version
         else:
             number = ref.ref
+        view = book.view(ref.name)
+        if view is not None and number in view.retired:
+            # its blocks are unpinned and may be collected: a tag on it would dangle
+            raise NameError_(f"{ref.name}@{number} is retired (versions rm); "
+                             f"tag a version that is not")
         signer = key_of(call.params)
         move = book.new_tag(ref.name, tag, number, key=signer.public_key, sign=signer.sign,
                             time_ms=names.now_ms())
