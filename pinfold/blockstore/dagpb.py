@@ -295,17 +295,10 @@ def _decode_link_fast(buf: bytes, start: int, end: int) -> PBLink | None:
             return None
         pos = stop
     if pos < end and buf[pos] == 0x18:
-        pos += 1
-        tsize = shift = 0
-        while True:
-            if pos >= end or shift > 56:
-                return None
-            byte = buf[pos]
-            pos += 1
-            tsize |= (byte & 0x7F) << shift
-            if byte < 0x80:
-                break
-            shift += 7
+        try:
+            tsize, pos = read_uvarint(buf, pos + 1, end)
+        except DecodeError:
+            return None
     if pos != end:
         return None
     return PBLink(hash=cid, name=name, tsize=tsize)
