@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pinfold.config import load, render, replace
 
-from tests.support.daemon import DaemonProcess, cli_json, model_file, run_cli
+from tests.support.daemon import DaemonProcess, cli_json, model_file, run_cli, stop_all
 from tests.support.wait import wait_until
 
 GRACE_S = 3.0
@@ -129,11 +129,7 @@ def main() -> int:
         return 0
     finally:
         say("\n== stopping")
-        for d in nodes:
-            try:
-                d.stop()
-            finally:
-                d.kill9()
+        stop_all(nodes)
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
 

@@ -17,7 +17,7 @@ from pinfold.replication.allocation import Candidate, RendezvousAllocator
 from pinfold.replication.types import pin_key
 
 from tests.support.cluster import configure, local_state, metric, peer_id
-from tests.support.daemon import DaemonProcess, run_cli
+from tests.support.daemon import DaemonProcess, run_cli, stop_all
 from tests.support.wait import wait_until
 
 SIZE = 12_000_000  # 12 blocks of 1 MiB
@@ -82,8 +82,4 @@ def test_add_replicas_right_after_joining_fetches_only_on_allocated_holders(
         assert metric(c, RECEIVED) < 1 << 20, metric(c, RECEIVED)
         assert metric(b, RECEIVED) >= SIZE
     finally:
-        for d in ds:
-            try:
-                d.stop()
-            finally:
-                d.kill9()
+        stop_all(ds)

@@ -36,7 +36,7 @@ from tests.support.cluster import (
     status,
 )
 from tests.support.cluster import configure as support_configure
-from tests.support.daemon import DaemonProcess, cli_json
+from tests.support.daemon import DaemonProcess, cli_json, stop_all
 from tests.support.wait import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -79,11 +79,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory):
         yield cl
     finally:
         # Also when the setup fails: no daemon outlives the module.
-        for d in nodes:
-            try:
-                d.stop()
-            finally:
-                d.kill9()
+        stop_all(nodes)
 
 
 def add(d: DaemonProcess, size: int, seed: int) -> str:

@@ -27,7 +27,7 @@ from pinfold.daemon.home import Home
 from pinfold.daemon.p2p.identity import load_identity, peer_id_of
 
 from tests.support.cluster import replication
-from tests.support.daemon import DaemonProcess, cli_json, run_cli
+from tests.support.daemon import DaemonProcess, cli_json, run_cli, stop_all
 from tests.support.wait import wait_until
 
 REPLICATION = replication(rmin=1, rmax=2, p_prior=0.9)
@@ -67,11 +67,7 @@ def nodes(tmp_path_factory: pytest.TempPathFactory):
         wait_until(all_alive, timeout_s=60, what="both nodes to see 2 alive cluster peers")
         yield ds
     finally:
-        for d in ds:
-            try:
-                d.stop()
-            finally:
-                d.kill9()
+        stop_all(ds)
 
 
 def _unfetchable() -> str:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.daemon import DaemonProcess, metric
+from tests.support.daemon import DaemonProcess, metric, stop_all
 from tests.support.wait import wait_until
 
 MiB = 1024 * 1024
@@ -34,11 +34,7 @@ def nodes(tmp_path: Path):
         return started[-n:]
 
     yield make
-    for d in started:
-        try:
-            d.stop()
-        finally:
-            d.kill9()
+    stop_all(started)
 
 
 def test_fetch_64mib_between_daemons(nodes) -> None:

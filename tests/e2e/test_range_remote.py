@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.daemon import DaemonProcess, metric, run_cli
+from tests.support.daemon import DaemonProcess, metric, run_cli, stop_all
 
 CHUNK = 64 * 1024
 BLOCKS = 40
@@ -26,11 +26,7 @@ def pair(tmp_path: Path) -> Iterator[tuple[DaemonProcess, DaemonProcess]]:
             cb.connect(ca.id()["addresses"][0])
         yield a, b
     finally:
-        for d in (a, b):
-            try:
-                d.stop()
-            finally:
-                d.kill9()
+        stop_all((a, b))
 
 
 def test_remote_range_read_fetches_only_the_covering_blocks(

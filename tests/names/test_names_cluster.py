@@ -22,7 +22,7 @@ from pinfold.daemon.p2p.identity import load_identity
 from pinfold.names.records import RetireRecord, TagRecord, VersionRecord, sign_record
 
 from tests.support.cluster import Cluster, configure, metric, peer_id, replication
-from tests.support.daemon import DaemonProcess, cli_json, run_cli
+from tests.support.daemon import DaemonProcess, cli_json, run_cli, stop_all
 from tests.support.wait import wait_until
 
 REPLICATION = replication(rmin=1, rmax=2, p_prior=0.9)
@@ -61,11 +61,7 @@ def cl(tmp_path_factory: pytest.TempPathFactory):
         wait_until(all_alive, timeout_s=90, what="a, b, c and h to see 4 alive peers")
         yield cluster
     finally:
-        for d in ds:
-            try:
-                d.stop()
-            finally:
-                d.kill9()
+        stop_all(ds)
 
 
 def _model(tmp: Path, seed: int, big: bytes) -> Path:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.cluster import configure, peer_id, replication
-from tests.support.daemon import DaemonProcess
+from tests.support.daemon import DaemonProcess, stop_all
 from tests.support.wait import wait_until
 
 MESSAGE = "m" * (128 * 1024)
@@ -38,11 +38,7 @@ def pair(tmp_path: Path):
         configure(b, cluster="big", trusted=ids, bootstrap=[seed], replication=REPLICATION)
         yield a, b
     finally:
-        for d in (a, b):
-            try:
-                d.stop()
-            finally:
-                d.kill9()
+        stop_all((a, b))
 
 
 def _latest(d: DaemonProcess, prefix: str) -> dict[str, int]:

@@ -36,7 +36,7 @@ from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.peer.id import ID
 from pinfold.config import load, render, replace
 
-from tests.support.daemon import DaemonProcess
+from tests.support.daemon import DaemonProcess, stop_all
 from tests.support.campaign import live_fingerprint, pick, record, seed
 from tests.support.cluster import metric, peer_id, replication, status
 from tests.support.wait import wait_until
@@ -99,11 +99,7 @@ def members(tmp_path_factory: pytest.TempPathFactory):
 
     wait_until(all_alive, timeout_s=60, what="every member to see 3 alive cluster peers")
     yield Members(nodes, ids)
-    for d in nodes:
-        try:
-            d.stop()
-        finally:
-            d.kill9()
+    stop_all(nodes)
 
 
 def add_pin(d: DaemonProcess, seed_: int) -> str:

@@ -27,7 +27,7 @@ from pinfold.daemon.p2p.bitswap import Bitswap, FetchTimeout
 
 from tests.support.bitswap import DictStore, new_host
 from tests.support.cluster import HEARTBEAT_S
-from tests.support.daemon import DaemonProcess, metric
+from tests.support.daemon import DaemonProcess, metric, stop_all
 from tests.support.campaign import MiB, configured, record
 from tests.support.wait import wait_until
 
@@ -63,11 +63,7 @@ def private_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[D
                  what="both daemons to know each other as cluster members")
         yield [a, b]
     finally:
-        for d in (a, b):
-            try:
-                d.stop()
-            finally:
-                d.kill9()
+        stop_all((a, b))
 
 
 class Outsider:

@@ -15,7 +15,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -191,6 +191,20 @@ class DaemonProcess:
             self.stop()
         finally:
             self.kill9()
+
+
+def stop_all(daemons: Iterable[DaemonProcess]) -> None:
+    """``DaemonProcess.__exit__`` for each (SIGTERM, then SIGKILL what is left): every
+    daemon is stopped even when an earlier one fails to stop; the first failure
+    is raised after all of them."""
+    failed: BaseException | None = None
+    for d in daemons:
+        try:
+            d.__exit__(None, None, None)
+        except BaseException as exc:  # noqa: BLE001 - re-raised once all are stopped
+            failed = failed or exc
+    if failed is not None:
+        raise failed
 
 
 @contextlib.contextmanager

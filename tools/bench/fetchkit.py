@@ -24,7 +24,7 @@ from pathlib import Path
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from tests.support.daemon import DaemonProcess, metric, run_cli  # noqa: E402
+from tests.support.daemon import DaemonProcess, metric, run_cli, stop_all  # noqa: E402
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -105,11 +105,7 @@ def daemons(names: list[str], *, config: str = "") -> Iterator[list[DaemonProces
                 n.start()
             yield nodes
         finally:
-            for n in nodes:
-                try:
-                    n.stop()
-                finally:
-                    n.kill9()
+            stop_all(nodes)
 
 
 def add(node: DaemonProcess, path: Path, *args: str) -> str:

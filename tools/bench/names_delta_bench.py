@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from pinfold.client import RpcError  # noqa: E402
 
 from tests.support.cluster import configure, peer_id, replication  # noqa: E402
-from tests.support.daemon import DaemonProcess, metric  # noqa: E402
+from tests.support.daemon import DaemonProcess, metric, stop_all  # noqa: E402
 from tools.bench.fetchkit import MiB, bench_size, make_file, size_text  # noqa: E402
 
 NAME = "bench/folder"
@@ -56,11 +56,7 @@ def _pair(root: Path) -> Iterator[tuple[DaemonProcess, DaemonProcess]]:
             time.sleep(0.2)
         yield a, b
     finally:
-        for d in (a, b):
-            try:
-                d.stop()
-            finally:
-                d.kill9()
+        stop_all((a, b))
 
 
 def _received(d: DaemonProcess) -> float:

@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from pinfold.config import load, render, replace
 
-from tests.support.daemon import PYTHON, DaemonProcess, cli_json, metric
+from tests.support.daemon import PYTHON, DaemonProcess, cli_json, metric, stop_all
 from tests.support.wait import wait_until
 
 MiB = 1024 * 1024
@@ -127,11 +127,7 @@ def repair_bench(total_mib: int, pins: int = 200) -> Iterator[tuple[str, ...]]:
                (f"+ {int(dups)} duplicate blocks (<= {(recv + dups * MiB) / needed:.3f} "
                 "counting each as 1 MiB)"), "target 1.0")
     finally:
-        for d in nodes:
-            try:
-                d.stop()
-            finally:
-                d.kill9()
+        stop_all(nodes)
         subprocess.run(["rm", "-rf", str(root)], check=False)
 
 
