@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pinfold.blockstore.cid import parse_cid
+from pinfold.blockstore.cid import CID, parse_cid
 from pinfold.blockstore.errors import BlockNotFound
 from pinfold.blockstore.unixfs import DirectoryBuilder, ImportParams, cat, import_bytes
 from pinfold.blockstore.unixfs.paths import (
@@ -27,8 +27,27 @@ VECTOR = Path(__file__).parent.parent / "vectors" / "hamt_js.json"
 CID0 = "bafkreic4vr2zjhksxxlcpr53a5yofbep7limcivblh72iy7u5qff6u6ify"
 
 
-def _store(blocks: dict[bytes, bytes]):
+def _folder(files: list[tuple[str, bytes]], params: ImportParams | None = None
+            ) -> tuple[dict[bytes, bytes], CID]:
+    """Import ``(path, bytes)`` files into a folder: ``(blocks by multihash, root CID)``."""
+    blocks: dict[bytes, bytes] = {}
+    b = DirectoryBuilder()
+    for path, data in files:
+        blks, root, tsize = import_bytes(data, params)
+        for c, d in blks:
+            blocks[bytes(c.digest)] = d
+        b.add_file(path, root, len(data), tsize)
+    dir_blocks, top = b.finish()
+    for c, d in dir_blocks:
+        blocks[bytes(c.digest)] = d
+    return blocks, top
+
+
+def _store(blocks: dict[bytes, bytes], reads: list[str] | None = None):
+    """A ``GetBlock`` over ``blocks``; each CID asked for is appended to ``reads``."""
     async def get_block(cid):
+        if reads is not None:
+            reads.append(str(cid))
         try:
             return blocks[bytes(cid.digest)]
         except KeyError:
@@ -69,16 +88,7 @@ def test_url_path_with_an_encoded_slash_is_refused():
 
 
 async def test_resolve_in_a_basic_directory_and_errors_name_the_segment():
-    blocks: dict[bytes, bytes] = {}
-    b = DirectoryBuilder()
-    for path, data in (("config.json", b"{}"), ("sub/w.bin", b"x" * 1000)):
-        blks, root, tsize = import_bytes(data)
-        for c, d in blks:
-            blocks[bytes(c.digest)] = d
-        b.add_file(path, root, len(data), tsize)
-    dir_blocks, top = b.finish()
-    for c, d in dir_blocks:
-        blocks[bytes(c.digest)] = d
+    blocks, top = _folder([("config.json", b"{}"), ("sub/w.bin", b"x" * 1000)])
     gb = _store(blocks)
     r = await resolve(gb, f"{top}/sub/w.bin")
     assert (r.kind, r.size, len(r.path_blocks)) == ("file", 1000, 3)
@@ -127,14 +137,8 @@ async def test_list_dir_of_raw_children_reads_no_child_block():
     blocks = {bytes(parse_cid(k).digest): base64.b64decode(v) for k, v in vec["blocks"].items()}
     root = parse_cid(vec["root"])
     fetched: list[str] = []
-    plain = _store(blocks)
-
-    async def get_block(cid):
-        fetched.append(str(cid))
-        return await plain(cid)
-
     calls: list[int] = []
-    got = await list_dir(get_block, root, read_local=_read_local(blocks, calls))
+    got = await list_dir(_store(blocks, fetched), root, read_local=_read_local(blocks, calls))
     assert len(got) == 600 and all(e.cid.codec.name == "raw" for e in got)
     assert all(e.kind == "file" and e.size == len(blocks[bytes(e.cid.digest)]) for e in got)
     assert calls == []
@@ -143,24 +147,11 @@ async def test_list_dir_of_raw_children_reads_no_child_block():
 
 async def test_list_dir_reads_local_entries_in_batches_and_lists_the_same():
     # dag-pb children (no raw leaves): each entry's root block says its kind and size
-    params = ImportParams(raw_leaves=False)
-    blocks: dict[bytes, bytes] = {}
-    b = DirectoryBuilder()
-    for i in range(600):
-        blks, child, tsize = import_bytes(b"%d" % i, params)
-        for c, d in blks:
-            blocks[bytes(c.digest)] = d
-        b.add_file(f"f{i}.txt", child, len(b"%d" % i), tsize)
-    dir_blocks, root = b.finish()
-    for c, d in dir_blocks:
-        blocks[bytes(c.digest)] = d
+    blocks, root = _folder([(f"f{i}.txt", b"%d" % i) for i in range(600)],
+                           ImportParams(raw_leaves=False))
     fetched: list[str] = []
     plain = _store(blocks)
-
-    async def get_block(cid):
-        fetched.append(str(cid))
-        return await plain(cid)
-
+    get_block = _store(blocks, fetched)
     want = await list_dir(plain, root)
     # Half the entries' blocks are "local": the rest come through get_block.
     local = dict(blocks)
@@ -176,22 +167,10 @@ async def test_list_dir_reads_local_entries_in_batches_and_lists_the_same():
 
 
 async def test_resolve_listing_decodes_the_directory_once_and_matches_resolve():
-    blocks: dict[bytes, bytes] = {}
-    b = DirectoryBuilder()
-    for path, data in (("a.txt", b"a"), ("d/b.txt", b"bb")):
-        blks, root, tsize = import_bytes(data)
-        for c, d in blks:
-            blocks[bytes(c.digest)] = d
-        b.add_file(path, root, len(data), tsize)
-    dir_blocks, top = b.finish()
-    for c, d in dir_blocks:
-        blocks[bytes(c.digest)] = d
+    blocks, top = _folder([("a.txt", b"a"), ("d/b.txt", b"bb")])
     reads: list[str] = []
     plain = _store(blocks)
-
-    async def get_block(cid):
-        reads.append(str(cid))
-        return await plain(cid)
+    get_block = _store(blocks, reads)
 
     r, entries = await resolve_listing(get_block, f"{top}/d", read_local=_read_local(blocks, []))
     assert r == await resolve(plain, f"{top}/d")
