@@ -392,11 +392,11 @@ async def test_a_want_lost_with_a_broken_stream_is_sent_again(broken):
         real = b.bitswap._on_message
         lost = []
 
-        async def lossy(peer, msg):
+        async def lossy(peer, msg, *digests):
             if not lost and any(not e.cancel for e in msg.wantlist):
                 lost.append(msg)
                 return
-            await real(peer, msg)
+            await real(peer, msg, *digests)
 
         b.bitswap._on_message = lossy
         async with trio.open_nursery() as nursery:
@@ -437,9 +437,9 @@ async def test_a_reply_stream_closed_cleanly_does_not_resend_the_wantlist():
             assert await a.bitswap.get_block(c1, timeout_s=8) == d1
         real = b.bitswap._on_message
 
-        async def ignore_wants(peer, msg):  # b sits on the want for c2
+        async def ignore_wants(peer, msg, *digests):  # b sits on the want for c2
             if not any(not e.cancel for e in msg.wantlist):
-                await real(peer, msg)
+                await real(peer, msg, *digests)
 
         b.bitswap._on_message = ignore_wants
         async with trio.open_nursery() as nursery:

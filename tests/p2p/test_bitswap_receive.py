@@ -231,8 +231,10 @@ async def test_a_store_failure_reaches_no_fetch_as_delivered_and_later_blocks_st
 
 async def test_replies_on_a_stream_each_as_kubo_sends_them_are_stored_without_duplicates(nursery):
     """Kubo and Helia send every reply on a new stream that selects the protocol in
-    its first bytes and ends after one message: each is answered in one write and
-    handled inline (``one_message_streams``); every block arrives once."""
+    its first bytes and ends after one message: each is served by the connection's
+    reader (no py-libp2p stream: ``transport/direct.py``), answered with the other
+    answers of its batch, and counted in ``one_message_streams``; every block
+    arrives once."""
     from pinfold.daemon.p2p.bitswap.message import PROTOCOL_1_2_0, WantType, decode_message, encode_framed
     from pinfold.daemon.p2p.transport.select import MULTISTREAM_HEADER, muxed_echo
 
@@ -292,5 +294,33 @@ async def test_replies_on_a_stream_each_as_kubo_sends_them_are_stored_without_du
         stats = fetcher.bitswap.statistics()
         assert got == {cid_key(c): d for c, d in blocks}
         assert stats.duplicate_blocks == 0
-        assert stats.one_message_streams >= 12  # the replies (and any HAVEs) handled inline
-        assert fetcher.host._selector is not None and fetcher.host._selector.fast >= 12
+        assert stats.one_message_streams >= 12  # the replies (and any HAVEs)
+        (conn,) = fetcher.host.libp2p.get_network().get_connections(kubo.peer_id)
+        assert conn.muxed_conn.direct_streams >= 12
+        assert fetcher.host._selector is not None and fetcher.host._selector.fast == 0
+
+
+@pytest.mark.parametrize("bad", ["an oversize length prefix", "a body that is not a message"])
+async def test_a_bad_message_on_a_stream_served_in_the_reader_cuts_the_peer_off(nursery, bad):
+    """A stream that selects Bitswap in its first bytes goes to the connection's
+    reader (transport/direct.py); what it carries is checked as on any stream."""
+    from pinfold.blockstore.varint import encode_uvarint
+    from pinfold.daemon.p2p.bitswap.message import PROTOCOL_1_2_0
+    from pinfold.daemon.p2p.transport.select import MULTISTREAM_HEADER, muxed_echo
+
+    body = (encode_uvarint(64 * MiB) if bad == "an oversize length prefix"
+            else encode_uvarint(5) + b"\xff\xff\xff\xff\xff")
+    async with running_nodes(1) as (fetcher,):
+        hostile = new_host()
+        await nursery.start(hostile.run)
+        await fetcher.host.connect(hostile.addrs()[0])
+        await wait_until_trio(lambda: fetcher.bitswap.statistics().peers == 1, what="peer seen")
+        (conn,) = hostile.libp2p.get_network().get_connections(fetcher.host.peer_id)
+        (ours,) = fetcher.host.libp2p.get_network().get_connections(hostile.peer_id)
+        stream = await conn.muxed_conn.open_stream()
+        with trio.fail_after(30):
+            await stream.write(MULTISTREAM_HEADER + muxed_echo(PROTOCOL_1_2_0) + body)
+            await wait_until_trio(lambda: fetcher.bitswap.statistics().peers_cut_off == 1,
+                                  what="the peer cut off")
+        assert ours.muxed_conn.direct_streams == 1
+        assert fetcher.host._selector is not None and fetcher.host._selector.fast == 0

@@ -190,3 +190,124 @@ async def test_a_peer_stream_nobody_writes_on_is_acknowledged_after_the_defer_ti
                 f[2] == stream.stream_id and f[1] & ACK for w in written for f in _frames(w)),
                 what="the deferred ACK")
         assert trio.current_time() - t0 >= ACK_DEFER_S * 0.9
+
+
+# ------------------------------------------------------------------ served in the reader
+
+
+class _Collect:
+    """A ``DirectReceiver`` that keeps what it is fed; ``refuse_after`` bytes: say no."""
+
+    def __init__(self, refuse_after: int | None = None) -> None:
+        self.data = bytearray()
+        self.ended: list[bool] = []
+        self.refuse_after = refuse_after
+
+    def feed(self, data) -> bool:
+        self.data += data
+        return self.refuse_after is None or len(self.data) <= self.refuse_after
+
+    def end(self, clean: bool) -> None:
+        self.ended.append(clean)
+
+
+def _direct(host: Host, *, refuse_after: int | None = None) -> tuple[list[_Collect], list[bytes]]:
+    """Serve PROTO in the reader on ``host``: the receivers opened, and what the
+    py-libp2p handler got (it should get only what the reader does not take)."""
+    opened: list[_Collect] = []
+    handled: list[bytes] = []
+
+    def opener(peer):
+        opened.append(_Collect(refuse_after))
+        return opened[-1]
+
+    async def handler(stream) -> None:
+        handled.append(await stream.read(1 << 20))
+        await stream.close()
+
+    host.set_stream_handler(PROTO, handler, receive_only=True, direct=opener)
+    return opened, handled
+
+
+async def test_a_lazy_receive_only_stream_is_served_in_the_reader_with_one_write():
+    payload = bytes(range(200)) * 1311  # 262,200 bytes: over the 256 KiB initial window
+    async with _pair() as (a, b):
+        opened, handled = _direct(b)
+        await a.connect(b.addrs()[0])
+        mux = _muxed(b, a.peer_id)
+        written = _record_frames(mux)
+        with trio.fail_after(30):
+            sent = await _lazy_send(a, b.peer_id, payload)
+            await wait_until_trio(lambda: opened and opened[0].ended, what="the stream's end")
+            await wait_until_trio(lambda: sent.recv_closed, what="our FIN back")
+        assert bytes(opened[0].data) == payload and opened[0].ended == [True]
+        assert handled == [] and b._selector is not None and b._selector.fast == 0
+        assert mux.direct_streams == 1 and sent.stream_id not in mux.streams  # closed both ways
+        writes = [w for w in written if any(f[2] == sent.stream_id for f in _frames(w))]
+        assert len(writes) == 1  # the answer; the answer's window covers the message
+        ours = [f for f in _frames(writes[0]) if f[2] == sent.stream_id]
+        (wtyp, wflags, _, grant, _), (dtyp, dflags, _, _, echo) = ours
+        assert (wtyp, wflags) == (1, ACK) and DEFAULT_WINDOW_SIZE + grant >= RECEIVE_ONLY_WINDOW_BYTES
+        assert (dtyp, dflags) == (0, FIN) and echo == MULTISTREAM_HEADER + muxed_echo(PROTO)
+
+
+async def test_a_long_stream_served_in_the_reader_gets_its_window_refilled():
+    payload = bytes(range(256)) * 16384  # 4 MiB: eight times the answer's window
+    async with _pair() as (a, b):
+        opened, _ = _direct(b)
+        await a.connect(b.addrs()[0])
+        with trio.fail_after(30):
+            await _lazy_send(a, b.peer_id, payload)
+            await wait_until_trio(lambda: opened and opened[0].ended, what="the stream's end")
+        assert bytes(opened[0].data) == payload and opened[0].ended == [True]
+
+
+async def test_an_opener_that_negotiates_step_by_step_goes_to_the_handler_not_the_reader():
+    async with _pair() as (a, b):
+        opened, handled = _direct(b)
+        await a.connect(b.addrs()[0])
+        with trio.fail_after(30):
+            stream = await a.new_stream(b.peer_id, [PROTO])
+            await stream.write(b"step by step")
+            await stream.close()
+            await wait_until_trio(lambda: handled, what="the handler to read the stream")
+        assert handled == [b"step by step"] and opened == []
+
+
+async def test_a_stream_whose_receiver_refuses_its_data_is_reset():
+    async with _pair() as (a, b):
+        opened, _ = _direct(b, refuse_after=100)
+        await a.connect(b.addrs()[0])
+        with trio.fail_after(30):
+            stream = await _muxed(a, b.peer_id).open_stream()
+            await stream.write(MULTISTREAM_HEADER + muxed_echo(PROTO) + bytes(1000))
+            await wait_until_trio(lambda: stream.reset_received, what="the reset")
+            await wait_until_trio(lambda: opened and opened[0].ended, what="the receiver told")
+        assert opened[0].ended == [False]
+        assert stream.stream_id not in _muxed(b, a.peer_id).streams
+
+
+async def test_a_stream_served_in_the_reader_that_the_peer_resets_ends_unclean():
+    async with _pair() as (a, b):
+        opened, _ = _direct(b)
+        await a.connect(b.addrs()[0])
+        with trio.fail_after(30):
+            stream = await _muxed(a, b.peer_id).open_stream()
+            await stream.write(MULTISTREAM_HEADER + muxed_echo(PROTO) + b"half a message")
+            await wait_until_trio(lambda: opened and opened[0].data, what="the first bytes")
+            await stream.reset()
+            await wait_until_trio(lambda: opened[0].ended, what="the receiver told")
+        assert opened[0].ended == [False] and bytes(opened[0].data) == b"half a message"
+
+
+async def test_streams_open_in_the_reader_end_unclean_when_the_connection_goes():
+    async with _pair() as (a, b):
+        opened, _ = _direct(b)
+        await a.connect(b.addrs()[0])
+        with trio.fail_after(30):
+            stream = await _muxed(a, b.peer_id).open_stream()
+            await stream.write(MULTISTREAM_HEADER + muxed_echo(PROTO) + b"more to come")
+            await wait_until_trio(lambda: opened and opened[0].data, what="the first bytes")
+            await a.disconnect(b.peer_id)
+            await wait_until_trio(lambda: opened[0].ended, what="the receiver told")
+        assert opened[0].ended == [False]

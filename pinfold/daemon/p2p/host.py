@@ -63,7 +63,8 @@ from pinfold.daemon.p2p.host_config import (
 )
 from pinfold.daemon.p2p import swarm_limits
 from pinfold.daemon.p2p.swarm_limits import REAP_AGE_S, InboundSlots, TrackingTCP, raw_connection
-from pinfold.daemon.p2p.transport import FastNoiseTransport, FastYamux, InboundSelector, install_muxer
+from pinfold.daemon.p2p.transport import DirectOpener, DirectRoutes, FastNoiseTransport, FastYamux
+from pinfold.daemon.p2p.transport import InboundSelector, install_muxer
 
 __all__ = [
     "DialError",
@@ -194,7 +195,8 @@ class Host:
         network = self.libp2p.get_network()
         if self.config.fast_channel:
             # py-libp2p's own muxer negotiation would build its stock Yamux
-            install_muxer(network, {YAMUX_PROTOCOL_ID: FastYamux})
+            self._direct: DirectRoutes | None = DirectRoutes()
+            install_muxer(network, {YAMUX_PROTOCOL_ID: FastYamux}, direct=self._direct)
             # a peer's new stream that selects a protocol in its first bytes is
             # answered in one write (transport/select.py)
             self._selector: InboundSelector | None = InboundSelector(
@@ -202,6 +204,7 @@ class Host:
             network.set_stream_handler(self._selector)
         else:
             self._selector = None
+            self._direct = None
         if hasattr(network, "auto_connector"):
             network.auto_connector.maybe_connect = _no_auto_connect  # type: ignore[method-assign]
         # py-libp2p 0.8.1 holds an inbound slot until the *node* stops (its inbound handler
@@ -445,11 +448,14 @@ class Host:
 
     # ------------------------------------------------------------ streams
 
-    def set_stream_handler(self, protocol: str, handler: StreamHandler, *, receive_only: bool = False) -> None:
+    def set_stream_handler(self, protocol: str, handler: StreamHandler, *, receive_only: bool = False,
+                           direct: DirectOpener | None = None) -> None:
         """Serve ``protocol`` with ``handler(stream)`` (one call per inbound stream).
 
         ``receive_only``: the handler never writes to the stream (Bitswap's), so on
-        the fast channel our side is closed as the protocol is agreed.
+        the fast channel our side is closed as the protocol is agreed. ``direct``
+        (with it): such streams that select ``protocol`` in their first bytes go to
+        ``direct(peer)``'s receiver from the connection's reader (``transport/direct.py``).
         """
         self.libp2p.set_stream_handler(TProtocol(protocol), handler)
         if self._selector is not None:
@@ -457,6 +463,8 @@ class Host:
                 self._selector.receive_only.add(protocol)
             else:
                 self._selector.receive_only.discard(protocol)
+        if self._direct is not None:
+            self._direct.set(protocol, direct if receive_only else None)
 
     async def new_stream(self, peer_id: ID, protocols: Sequence[str]) -> INetStream:
         """Open a stream to a connected peer, negotiating the first protocol it supports.

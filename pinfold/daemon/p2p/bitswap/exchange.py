@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import logging
 from collections import Counter
 from collections.abc import AsyncGenerator, Callable, Iterable, Sequence
@@ -40,7 +39,7 @@ from typing import Any
 
 import trio
 from libp2p.peer.id import ID
-from pinfold.blockstore.cid import CID, SHA2_256, cid_key
+from pinfold.blockstore.cid import CID, cid_key
 from pinfold.blockstore.errors import BlockNotFound
 from pinfold.blockstore.store import BlockStore
 
@@ -48,7 +47,7 @@ from pinfold.daemon.p2p.bitswap.client_types import SendWants, WantFailed
 from pinfold.daemon.p2p.bitswap.config import BitswapHost, ExchangeConfig, PutMany, ServeFilter
 from pinfold.daemon.p2p.bitswap.errors import BitswapNotRunning, RemoteProtocolError
 from pinfold.daemon.p2p.bitswap.fetch import Fetches
-from pinfold.daemon.p2p.bitswap.inbound import InboundStreams, StoreStep
+from pinfold.daemon.p2p.bitswap.inbound import InboundStreams, StoreStep, hash_blocks
 from pinfold.daemon.p2p.bitswap.ledger import BlockVerdict, PeerLedger
 from pinfold.daemon.p2p.bitswap.load import LoadSampler
 from pinfold.daemon.p2p.bitswap.message import (
@@ -68,16 +67,6 @@ from pinfold.daemon.p2p.bitswap.wants import WantManager
 __all__ = ["Bitswap"]
 
 logger = logging.getLogger(__name__)
-
-
-def _hash_blocks(blocks: Sequence[Block]) -> list[bytes | None]:
-    out: list[bytes | None] = []
-    for b in blocks:
-        if b.prefix.mh_code == SHA2_256:
-            out.append(hashlib.sha256(b.data).digest())
-        else:
-            out.append(None)
-    return out
 
 
 class Bitswap:
@@ -136,10 +125,12 @@ class Bitswap:
                 self._nursery = self._out.nursery = nursery
                 self._running = True
                 for proto in PROTOCOLS:
-                    self._host.set_stream_handler(proto, self._inbound.handle, receive_only=True)
+                    self._host.set_stream_handler(proto, self._inbound.handle, receive_only=True,
+                                                  direct=self._inbound.open_direct)
                 for peer in self._host.connected_peers():
                     self._peer_up(peer)
                 nursery.start_soon(self._peer_events, events)
+                nursery.start_soon(self._inbound.run_direct)
                 nursery.start_soon(self._server_loop)
                 nursery.start_soon(self._ticker)
                 nursery.start_soon(self._rebroadcaster)
@@ -472,7 +463,8 @@ class Bitswap:
         """A stream with ``peer`` ended uncleanly: send it our wants again."""
         self._out.resend_wants(peer)
 
-    async def on_message(self, peer: ID, msg: Message) -> StoreStep | None:
+    async def on_message(self, peer: ID, msg: Message,
+                         digests: Sequence[bytes | None] | None = None) -> StoreStep | None:
         """Feed one decoded message from ``peer`` to the cores.
 
         Received blocks are hashed and checked here; storing them is the
@@ -487,9 +479,10 @@ class Bitswap:
             TooManyBadBlocks: ``peer`` sent too many blocks we never asked for.
             MalformedMessage: a block's CID prefix names no valid CID.
         """
-        return await self._on_message(peer, msg)
+        return await self._on_message(peer, msg, digests)
 
-    async def _on_message(self, peer: ID, msg: Message) -> StoreStep | None:
+    async def _on_message(self, peer: ID, msg: Message,
+                          digests: Sequence[bytes | None] | None = None) -> StoreStep | None:
         now = trio.current_time()
         if msg.wantlist or msg.full:
             if not self._may_serve(peer):
@@ -505,20 +498,22 @@ class Bitswap:
         if msg.presences:
             self._apply(self._wants.on_presences(peer, msg.presences, now))
         if msg.blocks:
-            return await self._verify_blocks(peer, msg.blocks)
+            return await self._verify_blocks(peer, msg.blocks, digests)
         return None
 
-    async def _verify_blocks(self, peer: ID, blocks: Sequence[Block]) -> StoreStep | None:
+    async def _verify_blocks(self, peer: ID, blocks: Sequence[Block],
+                             digests: Sequence[bytes | None] | None = None) -> StoreStep | None:
         """Hash ``blocks`` (in a worker thread for a big message) and keep the wanted ones.
 
         Keys are multihash bytes made from the digests; the CID stored under is
         the one we asked for (no CID is built per block, no block data copied).
         """
-        total = sum(len(b.data) for b in blocks)
-        if total >= self.config.hash_in_thread_bytes:
-            digests = await trio.to_thread.run_sync(_hash_blocks, blocks)
-        else:
-            digests = _hash_blocks(blocks)
+        if digests is None:
+            total = sum(len(b.data) for b in blocks)
+            if total >= self.config.hash_in_thread_bytes:
+                digests = await trio.to_thread.run_sync(hash_blocks, blocks)
+            else:
+                digests = hash_blocks(blocks)
         accepted: list[tuple[CID, bytes | memoryview]] = []
         keys: list[bytes] = []
         seen: set[bytes] = set()

@@ -27,30 +27,49 @@ queue, no nursery for the steps. Otherwise the pipeline takes over.
 At most ``inbound_queue_messages`` decoded messages wait between stages 1
 and 2 per stream. Garbage or oversize frames cut the peer off at once. What
 a message means is the exchange's business (``InboundOwner.on_message``).
+
+On the fast channel such one-message streams (those that select the protocol
+in their first bytes, as Kubo's and Helia's do) skip py-libp2p's streams
+altogether: the connection's reader hands their bytes to ``open_direct``'s
+receivers (``transport/direct.py``), which split them into messages in the
+reader and queue the bodies for one task, ``run_direct``, that decodes and
+hands them to the exchange in arrival order and runs their ``StoreStep``s as
+above. A peer's queued bodies are bounded by ``direct_queue_bytes``: past it,
+its stream is reset and the peer cut off (it sent far more than we asked for).
 Imports the wire codec, the exchange's config and the transport's reader.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections import Counter
-from collections.abc import Awaitable, Callable
+import hashlib
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
 import trio
 from libp2p.abc import INetStream
 from libp2p.peer.id import ID
 
+from pinfold.blockstore.cid import SHA2_256
 from pinfold.daemon.p2p.bitswap.config import ExchangeConfig
-from pinfold.daemon.p2p.bitswap.errors import RemoteProtocolError
+from pinfold.daemon.p2p.bitswap.errors import MessageTooLarge, RemoteProtocolError
 from pinfold.daemon.p2p.bitswap.framing import MAX_MESSAGE_SIZE, FrameDecoder
-from pinfold.daemon.p2p.bitswap.message import Message, costly_to_decode, decode_message
+from pinfold.daemon.p2p.bitswap.message import Block, Message, costly_to_decode, decode_message
 from pinfold.daemon.p2p.bitswap.outbound import ended_cleanly, reset_stream
 from pinfold.daemon.p2p.transport import at_end, read_chunks
 
-__all__ = ["InboundOwner", "InboundStreams", "StoreStep"]
+__all__ = ["DIRECT_BATCH_MESSAGES", "DIRECT_QUEUE_BYTES", "InboundOwner", "InboundStreams",
+           "StoreStep", "hash_blocks"]
 
 logger = logging.getLogger(__name__)
+
+#: direct streams' messages ``run_direct`` takes at once, at most
+DIRECT_BATCH_MESSAGES = 16
+#: message bytes of one peer's direct streams waiting for ``run_direct``, at most:
+#: 16 want-blocks in flight of up to 4 MiB messages, with room to spare
+DIRECT_QUEUE_BYTES = 128 * 1024 * 1024
 
 StoreStep = Callable[[], Awaitable[None]]
 """The second half of handling a message's blocks: ``await step()`` stores the
@@ -59,6 +78,17 @@ hands them to the fetches that wanted them. Raises what the writer raises
 (``StoreFull``, ``StoreClosed``, ...; the reader logs it and the blocks stay
 wanted); cancelled before the writer took the request, nothing of it is stored."""
 
+
+
+def hash_blocks(blocks: Sequence[Block]) -> list[bytes | None]:
+    """The SHA2-256 digest of each block's data (32 bytes), or None for a block whose
+    CID prefix names another hash function (no other is accepted). Releases the
+    GIL while hashing, so it may run in a worker thread."""
+    out: list[bytes | None] = []
+    sha256 = hashlib.sha256
+    for b in blocks:
+        out.append(sha256(b.data).digest() if b.prefix.mh_code == SHA2_256 else None)
+    return out
 
 
 class InboundOwner(Protocol):
@@ -81,8 +111,10 @@ class InboundOwner(Protocol):
         """Whether we still exchange with ``peer`` (not cut off meanwhile)."""
         ...
 
-    async def on_message(self, peer: ID, msg: Message) -> StoreStep | None:
-        """Handle ``msg``; for wanted blocks, the step that stores them (run later)."""
+    async def on_message(self, peer: ID, msg: Message,
+                         digests: Sequence[bytes | None] | None = None) -> StoreStep | None:
+        """Handle ``msg``; for wanted blocks, the step that stores them (run later).
+        ``digests``: ``hash_blocks(msg.blocks)`` when the caller has them already."""
         ...
 
     async def cut_off(self, peer: ID, exc: RemoteProtocolError) -> None: ...
@@ -107,6 +139,102 @@ class InboundStreams:
         self._config = config
         self._c = counters
         self._store_slots = trio.Semaphore(config.store_steps)
+        # bodies of direct streams' messages, in arrival order, for run_direct
+        self._direct_send, self._direct_recv = trio.open_memory_channel[
+            tuple[ID, bytes | memoryview | None]](math.inf)
+        self._direct_bytes: Counter[ID] = Counter()  # per peer, queued
+        self._direct_refused: list[tuple[ID, RemoteProtocolError]] = []  # to cut off
+
+    # ------------------------------------------------------------ direct streams
+
+    def open_direct(self, peer: ID) -> _DirectStream | None:
+        """A receiver for a stream from ``peer`` served by the connection's reader
+        (``transport.DirectOpener``); None (py-libp2p's stream and ``handle``,
+        which refuses it) when we do not exchange or ``peer`` is banned."""
+        owner = self._owner
+        if not owner.running or owner.is_banned(peer):
+            return None
+        owner.peer_seen(peer)
+        self._c["inbound_streams"] += 1
+        return _DirectStream(self, peer)
+
+    def _queue_direct(self, peer: ID, body: bytes | memoryview) -> bool:
+        """Queue a direct stream's message body; False when ``peer`` is over its bound."""
+        queued = self._direct_bytes[peer] + len(body)
+        if queued > DIRECT_QUEUE_BYTES:
+            self._refuse_direct(peer, MessageTooLarge(
+                f"{queued} bytes of messages queued from one peer (limit {DIRECT_QUEUE_BYTES})"))
+            return False
+        self._direct_bytes[peer] = queued
+        self._direct_send.send_nowait((peer, body))
+        return True
+
+    def _refuse_direct(self, peer: ID, exc: RemoteProtocolError) -> None:
+        """Cut ``peer`` off (from ``run_direct``: the reader cannot await)."""
+        self._direct_refused.append((peer, exc))
+        self._direct_send.send_nowait((peer, None))  # wakes run_direct
+
+    async def run_direct(self) -> None:
+        """Hand the direct streams' messages to the exchange, in arrival order, and
+        store their blocks as ``_process`` does. Runs until cancelled.
+
+        Messages that queued up meanwhile (up to ``DIRECT_BATCH_MESSAGES``) are
+        taken together and their blocks hashed in one worker-thread call: Kubo
+        sends one block a message, and a thread round trip costs the event loop
+        about half as much as hashing the block."""
+        owner = self._owner
+        recv = self._direct_recv
+        async with trio.open_nursery() as steps:
+            while True:
+                batch = [await recv.receive()]
+                while len(batch) < DIRECT_BATCH_MESSAGES:
+                    try:
+                        batch.append(recv.receive_nowait())
+                    except trio.WouldBlock:
+                        break
+                while self._direct_refused:
+                    bad, exc = self._direct_refused.pop(0)
+                    await owner.cut_off(bad, exc)
+                msgs: list[tuple[ID, Message]] = []
+                for peer, body in batch:
+                    if body is None:  # a wake-up for the cut-offs above
+                        continue
+                    self._unqueue_direct(peer, len(body))
+                    if not owner.is_up(peer):  # cut off meanwhile
+                        continue
+                    try:
+                        msgs.append((peer, await self._decode(body)))
+                    except RemoteProtocolError as exc:
+                        await owner.cut_off(peer, exc)
+                blocks = [b for _, msg in msgs for b in msg.blocks]
+                if sum(len(b.data) for b in blocks) >= self._config.hash_in_thread_bytes:
+                    digests = await trio.to_thread.run_sync(hash_blocks, blocks)
+                else:
+                    digests = hash_blocks(blocks)
+                pos = 0
+                for peer, msg in msgs:
+                    mine = digests[pos:pos + len(msg.blocks)]
+                    pos += len(msg.blocks)
+                    if not owner.is_up(peer):
+                        continue
+                    try:
+                        step = await owner.on_message(peer, msg, mine)
+                    except RemoteProtocolError as exc:
+                        await owner.cut_off(peer, exc)
+                        continue
+                    if step is not None:
+                        await self._store_slots.acquire()
+                        steps.start_soon(self._store, peer, step)
+
+    def _unqueue_direct(self, peer: ID, nbytes: int) -> None:
+        queued = self._direct_bytes
+        left = queued[peer] - nbytes
+        if left > 0:
+            queued[peer] = left
+        else:
+            queued.pop(peer, None)
+
+    # ------------------------------------------------------------ py-libp2p streams
 
     async def handle(self, stream: INetStream) -> None:
         """Read one inbound Bitswap stream until the peer closes it."""
@@ -293,3 +421,36 @@ async def _close_quietly(stream: INetStream) -> None:
     except Exception:
         pass
 
+
+
+class _DirectStream:
+    """One direct stream's receiver (``transport.DirectReceiver``): splits its bytes
+    into messages as the reader hands them over and queues the bodies."""
+
+    __slots__ = ("_decoder", "_inbound", "_messages", "_peer")
+
+    def __init__(self, inbound: InboundStreams, peer: ID) -> None:
+        self._inbound = inbound
+        self._peer = peer
+        self._decoder = FrameDecoder(MAX_MESSAGE_SIZE)
+        self._messages = 0
+
+    def feed(self, data: memoryview | bytes) -> bool:
+        decoder = self._decoder
+        decoder.feed(data)
+        try:
+            while (body := decoder.next_frame()) is not None:
+                self._messages += 1
+                if not self._inbound._queue_direct(self._peer, body):
+                    return False
+        except RemoteProtocolError as exc:  # garbage or an oversize length prefix
+            self._inbound._refuse_direct(self._peer, exc)
+            return False
+        return True
+
+    def end(self, clean: bool) -> None:
+        inbound = self._inbound
+        if clean and self._messages == 1:
+            inbound._c["one_message_streams"] += 1
+        if not clean and inbound._owner.running:
+            inbound._owner.stream_broke(self._peer)

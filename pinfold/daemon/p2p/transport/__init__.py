@@ -21,6 +21,9 @@ older pinfold nodes connect as before.
 * ``InboundSelector`` (``select.py``): answers a peer's new stream whose first
   bytes select a protocol we serve in one write (ACK, window, the protocol
   echoed, our FIN for a receive-only protocol) instead of py-libp2p's five.
+* ``DirectRoutes`` (``direct.py``): receive-only protocols (Bitswap) whose
+  streams ``FastYamux``'s reader serves itself, handing each payload to the
+  protocol's receiver: no py-libp2p stream, task or handler per stream.
 
 The py-libp2p internals these rely on are checked by
 tests/p2p/test_libp2p_internals.py (libp2p is pinned to one version).
@@ -28,6 +31,7 @@ tests/p2p/test_libp2p_internals.py (libp2p is pinned to one version).
 
 from __future__ import annotations
 
+from pinfold.daemon.p2p.transport.direct import DirectOpener, DirectReceiver, DirectRoutes
 from pinfold.daemon.p2p.transport.noise import (
     MAX_NOISE_MESSAGE_BYTES,
     MAX_PLAINTEXT_BYTES,
@@ -40,6 +44,9 @@ from pinfold.daemon.p2p.transport.yamux import MAX_FRAME_PAYLOAD_BYTES, FastYamu
 from pinfold.daemon.p2p.transport.yamux_stream import at_end
 
 __all__ = [
+    "DirectOpener",
+    "DirectReceiver",
+    "DirectRoutes",
     "MAX_FRAME_PAYLOAD_BYTES",
     "MAX_NOISE_MESSAGE_BYTES",
     "MAX_PLAINTEXT_BYTES",

@@ -34,6 +34,7 @@ from libp2p.stream_muxer.yamux.yamux import DEFAULT_WINDOW_SIZE, Yamux
 
 from pinfold.blockstore.errors import DecodeError
 from pinfold.blockstore.varint import encode_uvarint, read_uvarint
+from pinfold.daemon.p2p.transport.direct import DirectRoutes
 from pinfold.daemon.p2p.transport.yamux_stream import FastYamuxStream
 
 __all__ = [
@@ -69,18 +70,24 @@ class FastMuxerMultistream(MuxerMultistream):
     ``/yamux/1.0.0`` and ignores the class given in ``muxer_opt``.
     """
 
+    #: receive-only protocols served in the reader, given to every muxer that takes them
+    direct: DirectRoutes | None = None
+
     async def new_conn(self, conn: ISecureConn, peer_id: ID) -> IMuxedConn:
         protocol, muxer_class = await self._selector.select(conn, conn.is_initiator, self.negotiate_timeout)
         if isinstance(muxer_class, type) and issubclass(muxer_class, Yamux):
             muxed: IMuxedConn = muxer_class(conn, peer_id, is_initiator=conn.is_initiator)
         else:
             muxed = muxer_class(conn, peer_id)
+        if hasattr(muxed, "direct"):
+            muxed.direct = self.direct
         return self._annotate_connection(muxed, conn, protocol)
 
 
-def install_muxer(network: Any, muxers: Mapping[Any, type]) -> None:
+def install_muxer(network: Any, muxers: Mapping[Any, type], direct: DirectRoutes | None = None) -> None:
     """Negotiate ``muxers`` (protocol -> muxer class) on ``network``'s connections with
-    a ``FastMuxerMultistream``.
+    a ``FastMuxerMultistream``; muxers that serve streams in their reader
+    (``FastYamux``) get ``direct``.
 
     Raises:
         RuntimeError: the swarm has no ``upgrader.muxer_multistream`` (py-libp2p changed).
@@ -90,7 +97,9 @@ def install_muxer(network: Any, muxers: Mapping[Any, type]) -> None:
     if not isinstance(stock, MuxerMultistream):
         raise RuntimeError("py-libp2p's swarm has no upgrader.muxer_multistream; "
                            "the fast channel cannot be installed (set node.fast_channel = false)")
-    upgrader.muxer_multistream = FastMuxerMultistream(dict(muxers), negotiate_timeout=stock.negotiate_timeout)
+    fast = FastMuxerMultistream(dict(muxers), negotiate_timeout=stock.negotiate_timeout)
+    fast.direct = direct
+    upgrader.muxer_multistream = fast
 
 
 def parse_select(data: bytes) -> tuple[str, int] | None:

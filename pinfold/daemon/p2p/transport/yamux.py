@@ -24,6 +24,13 @@ go-away) is py-libp2p's ``Yamux``/``YamuxStream``; what changes:
   ``ACK_DEFER_S``. With the one-write answer of ``FastYamuxStream.answer``
   (used by ``select.InboundSelector``), a peer that opens a stream per message
   (Kubo, Helia) costs us one write per stream instead of five.
+* serving a receive-only protocol in the reader (``direct.py``): a peer's new
+  stream waits (``_pending``) for its first bytes; if they select a protocol
+  in ``direct`` routes, the stream is answered with the ACK, a window, the echo
+  and our FIN (queued, and written with the other answers of the same batch
+  of frames in one write) and its payloads go to the protocol's receiver as
+  they are read. Otherwise, or when no bytes came within ``PEEK_WAIT_S``, it
+  goes to py-libp2p (``new_stream_send_channel``) with nothing consumed.
 """
 
 from __future__ import annotations
@@ -53,7 +60,16 @@ from libp2p.stream_muxer.yamux.yamux import (
     YamuxStream,
 )
 
+from pinfold.daemon.p2p.transport.direct import DirectRoutes
 from pinfold.daemon.p2p.transport.noise import FastSecureSession, NoiseMessageError
+from pinfold.daemon.p2p.transport.select import (
+    MAX_PROTOCOL_BYTES,
+    MULTISTREAM_HEADER,
+    PEEK_WAIT_S,
+    RECEIVE_ONLY_WINDOW_BYTES,
+    muxed_echo,
+    parse_select,
+)
 from pinfold.daemon.p2p.transport.yamux_stream import (
     MAX_FRAME_PAYLOAD_BYTES,
     WINDOW_WAIT_S,
@@ -132,6 +148,15 @@ class FastYamux(Yamux):
         self._unacked: dict[int, float] = {}
         self._unacked_ev = trio.Event()  # set when a stream joins _unacked
         self._ack_scope = trio.CancelScope()  # _ack_late_streams runs in it
+        #: receive-only protocols served by the reader (set by FastMuxerMultistream)
+        self.direct: DirectRoutes | None = None
+        # the peer's new streams waiting for their first bytes: ID -> (stream, since)
+        self._pending: dict[int, tuple[FastYamuxStream, float]] = {}
+        self._pending_ev = trio.Event()  # set when a stream joins _pending
+        self._queued: list[bytes] = []  # frames written at the end of the batch being read
+        self._pending_scope = trio.CancelScope()  # _hand_over_late runs in it
+        #: streams served by the reader so far
+        self.direct_streams = 0
 
     async def open_stream(self) -> FastYamuxStream:
         """Open a stream (py-libp2p's ``open_stream``, making a ``FastYamuxStream``).
@@ -218,12 +243,31 @@ class FastYamux(Yamux):
                 if self._unacked:
                     self._unacked_ev.set()
 
+    async def _hand_over_late(self) -> None:
+        """Give py-libp2p the peer's new streams that stayed without data for
+        ``PEEK_WAIT_S`` (an opener waiting for our header first). Runs until cancelled."""
+        with self._pending_scope:
+            while True:
+                await self._pending_ev.wait()
+                self._pending_ev = trio.Event()
+                await trio.sleep(PEEK_WAIT_S)
+                cutoff = trio.current_time() - PEEK_WAIT_S
+                for stream, since in list(self._pending.values()):
+                    if since <= cutoff and self._pending.pop(stream.stream_id, None) is not None:
+                        try:
+                            await self.new_stream_send_channel.send(stream)
+                        except (trio.BrokenResourceError, trio.ClosedResourceError):
+                            return  # the connection is going; its reader ends it
+                if self._pending:
+                    self._pending_ev.set()
+
     async def handle_incoming(self) -> None:
         session = self.secured_conn
         assert isinstance(session, FastSecureSession)  # checked in __init__
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._wake_streams_on_shutdown)
             nursery.start_soon(self._ack_late_streams)
+            nursery.start_soon(self._hand_over_late)
             try:
                 await self._read_frames(session)
             except Exception as exc:  # noqa: BLE001 - any failure ends this connection
@@ -232,6 +276,10 @@ class FastYamux(Yamux):
                 logger.log(level, "Yamux connection to %s ended: %s: %s", self.peer_id, type(exc).__name__, exc)
             self.event_shutting_down.set()
             self._ack_scope.cancel()
+            self._pending_scope.cancel()
+            for stream in list(self._all_streams):
+                stream._end_direct(clean=False)
+            self._pending.clear()
             await self._cleanup_on_error()
 
     async def _read_frames(self, session: FastSecureSession) -> None:
@@ -268,6 +316,10 @@ class FastYamux(Yamux):
                         return
                     if pos < end:
                         partial += view[pos:]
+            if self._queued:  # the answers and window updates of direct streams
+                frames = b"".join(self._queued)
+                self._queued.clear()
+                await self._write_frame(frames)
 
     async def _dispatch(self, data: bytes, pos: int, end: int) -> int:
         """Handle the whole frames in ``data[pos:end]``; the offset of the first
@@ -297,7 +349,9 @@ class FastYamux(Yamux):
                 continue
             if flags & FLAG_SYN:
                 await self._new_stream_frame(typ, flags, sid, length, payload)
-            elif not lock.locked():  # nobody holds it, and _apply does not await
+                pos = stop
+                continue
+            if not lock.locked():  # nobody holds it, and _apply does not await
                 stream = streams.get(sid)
                 if stream is not None:
                     self._apply(stream, typ, flags, length, payload)
@@ -306,8 +360,63 @@ class FastYamux(Yamux):
                     stream = streams.get(sid)
                     if stream is not None:
                         self._apply(stream, typ, flags, length, payload)
+            if stream is not None:
+                if self._pending and sid in self._pending:
+                    await self._select_pending(stream)
+                elif stream._direct is not None or stream._direct_refused:
+                    self._direct_frame(stream)
             pos = stop
         return pos
+
+    async def _select_pending(self, stream: FastYamuxStream) -> None:
+        """A waiting new stream got bytes, or ended: serve it in the reader if they
+        select a direct protocol, else hand it to py-libp2p with nothing consumed."""
+        if not (stream._buffered or stream.recv_closed or stream.reset_received):
+            return  # a window update: still waiting for its first bytes
+        self._pending.pop(stream.stream_id, None)
+        routes = self.direct
+        asked = None
+        if routes and not stream.reset_received:
+            asked = parse_select(stream.peek(len(MULTISTREAM_HEADER) + 2 + MAX_PROTOCOL_BYTES))
+        opener = routes.get(asked[0]) if routes and asked is not None else None
+        receiver = opener(self.peer_id) if opener is not None else None
+        if receiver is None or asked is None:
+            await self.new_stream_send_channel.send(stream)
+            return
+        protocol, used = asked
+        try:
+            self._queued.append(stream.answer_frames(
+                used, MULTISTREAM_HEADER + muxed_echo(protocol),
+                window=RECEIVE_ONLY_WINDOW_BYTES, close=True))
+        except MuxedStreamError:  # no send window for the echo: cannot happen on a new stream
+            receiver.end(False)
+            await self.new_stream_send_channel.send(stream)
+            return
+        self.direct_streams += 1
+        stream._serve_directly(receiver)
+        self._direct_frame(stream)
+
+    def _direct_frame(self, stream: FastYamuxStream) -> None:
+        """After a frame of a stream served in the reader: refill its receive window
+        (the receiver took the data already), reset it if the receiver refused
+        data, and end it when it closed."""
+        sid = stream.stream_id
+        if stream._direct_refused and not stream.closed:
+            stream.closed = stream.send_closed = stream.recv_closed = True
+            self._queued.append(_pack(0, TYPE_WINDOW_UPDATE, FLAG_RST, sid, 0))
+            self._unacked.pop(sid, None)
+            self._finalize_stream_locked(stream, fully_closed=True)
+        if stream.closed or stream.recv_closed or stream.reset_received:
+            stream._end_direct(clean=not stream.reset_received)
+            if stream.closed:  # our FIN went with the answer; the peer's came already
+                self._finalize_stream_locked(stream, fully_closed=True)
+            return
+        # Kubo's and Helia's streams carry one message of about a block, which the
+        # answer's window covers: refilling at half would cost a write per stream
+        if stream.recv_window <= RECEIVE_ONLY_WINDOW_BYTES // 4:
+            grant = RECEIVE_ONLY_WINDOW_BYTES - stream.recv_window
+            stream.recv_window += grant
+            self._queued.append(_pack(0, TYPE_WINDOW_UPDATE, 0, sid, grant))
 
     def _apply(self, stream: YamuxStream, typ: int, flags: int, length: int, payload: Any) -> None:
         """Apply a DATA or WINDOW_UPDATE frame to ``stream`` (caller holds ``streams_lock``).
@@ -377,8 +486,15 @@ class FastYamux(Yamux):
                     self._unacked[sid] = trio.current_time()
         if reply is not None:
             await self._write_frame(reply)
-        if new is not None:
-            await self.new_stream_send_channel.send(new)
+        if new is None:
+            return
+        if self.direct and not new.closed:
+            if not self._pending:
+                self._pending_ev.set()
+            self._pending[sid] = (new, trio.current_time())
+            await self._select_pending(new)
+            return
+        await self.new_stream_send_channel.send(new)
 
     async def _session_frame(self, typ: int, flags: int, value: int) -> bool:
         """A PING or GO_AWAY frame; False when the connection is to end.

@@ -4,7 +4,9 @@ The stream queues whole DATA payloads as its connection (``yamux.FastYamux``)
 hands them over, without copying; ``read`` copies once, ``read_chunks`` not at
 all. Its writes are DATA frames of at most ``MAX_FRAME_PAYLOAD_BYTES`` (one
 Noise message each). ``peek``, ``wait_buffered`` and ``answer`` serve the
-one-write answer to a peer's new stream (``select.InboundSelector``).
+one-write answer to a peer's new stream (``select.InboundSelector``). A stream
+served by the connection's reader (``direct.py``) hands its payloads to its
+``DirectReceiver`` instead of queueing them.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from libp2p.stream_muxer.yamux.yamux import (
     YamuxStream,
 )
 
+from pinfold.daemon.p2p.transport.direct import DirectReceiver
 from pinfold.daemon.p2p.transport.noise import MAX_PLAINTEXT_BYTES
 
 __all__ = [
@@ -97,12 +100,37 @@ class FastYamuxStream(YamuxStream):
         self._data_ev = trio.Event()  # set (and replaced) when data or an end arrives
         self._reader_waiting = False
         self._window_ev = trio.Event()  # set (and replaced) when send window arrives
+        #: served by the connection's reader (direct.py): where payloads go
+        self._direct: DirectReceiver | None = None
+        self._direct_refused = False  # the receiver's feed said no: reset the stream
 
     # ------------------------------------------------------------ called by FastYamux
 
     def _deliver(self, payload: memoryview | bytes) -> None:
+        direct = self._direct
+        if direct is not None:
+            if not self._direct_refused and not direct.feed(payload):
+                self._direct_refused = True
+            return
         self._chunks.append(payload)
         self._buffered += len(payload)
+
+    def _end_direct(self, clean: bool) -> None:
+        """Tell the direct receiver the stream ended (once) and detach it."""
+        direct = self._direct
+        if direct is not None:
+            self._direct = None
+            direct.end(clean and not self._direct_refused)
+
+    def _serve_directly(self, receiver: DirectReceiver) -> None:
+        """Hand the buffered payloads, and from now on every payload, to ``receiver``."""
+        self._direct = receiver
+        chunks = self._chunks
+        self._buffered = 0
+        while chunks and not self._direct_refused:
+            if not receiver.feed(chunks.popleft()):
+                self._direct_refused = True
+        chunks.clear()
 
     def _wake_reader(self) -> None:
         if self._reader_waiting:
@@ -243,6 +271,17 @@ class FastYamuxStream(YamuxStream):
             MuxedStreamError: the stream is closed for sending, or ``reply`` does
                 not fit; py-libp2p's connection errors from the write.
         """
+        frames = self.answer_frames(consumed, reply, window=window, close=close)
+        async with self.rw_lock.write_lock():
+            await self.conn._write_frame(frames)
+
+    def answer_frames(self, consumed: int, reply: bytes, *, window: int, close: bool) -> bytes:
+        """``answer``'s frames, with the stream's state moved as if they were sent
+        (the caller writes them next, before any other frame of this stream).
+
+        Raises:
+            MuxedStreamError: as ``answer``.
+        """
         if self.send_closed or self.closed:
             raise MuxedStreamError("Stream is closed for sending")
         if len(reply) > min(self.send_window, MAX_FRAME_PAYLOAD_BYTES):
@@ -266,8 +305,7 @@ class FastYamuxStream(YamuxStream):
             self.send_closed = True
             if self.recv_closed:
                 self.closed = True
-        async with self.rw_lock.write_lock():
-            await conn._write_frame(b"".join(frames))
+        return b"".join(frames)
 
     async def _grant_window(self) -> None:
         """Give the peer back the window that reads freed, once it is at least half
