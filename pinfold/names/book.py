@@ -34,7 +34,7 @@ from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
-from pinfold.blockstore.cid import CID, parse_cid
+from pinfold.blockstore.cid import CID, cid_key, parse_cid
 from pinfold.blockstore.unixfs.paths import ContentPath, parse_path
 from pinfold.names.records import (
     ClaimRecord,
@@ -54,7 +54,7 @@ from pinfold.names.records import (
 )
 
 __all__ = ["DEFAULT_TAG", "NameBook", "NameNotFound", "NameRef", "NameView", "NotAllowed",
-           "TagMove", "describe", "parse_ref"]
+           "TagMove", "VersionUse", "describe", "parse_ref"]
 
 DEFAULT_TAG = "main"
 
@@ -131,6 +131,22 @@ class TagMove:
     lamport: int
     time_ms: int
     current: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VersionUse:
+    """A version whose root is a given CID (``NameBook.versions_at``): ``tags``
+    point at it now; ``retired`` after ``versions rm``."""
+
+    name: str
+    version: int
+    tags: tuple[str, ...]
+    retired: bool
+
+    @property
+    def ref(self) -> str:
+        """``NAME@N``."""
+        return f"{self.name}@{self.version}"
 
 
 @dataclass(slots=True, kw_only=True)
@@ -274,6 +290,8 @@ class NameBook:
         self._records: dict[bytes, SignedRecord] = {}
         self._by_name: dict[str, list[SignedRecord]] = {}
         self._views: dict[str, NameView | None] = {}
+        #: root multihash -> [(name, version)], built when first asked after a change.
+        self._roots: dict[bytes, list[tuple[str, int]]] | None = None
         #: Blocks refused for a bad encoding or signature (metric).
         self.invalid = 0
 
@@ -295,6 +313,7 @@ class NameBook:
         self._records[key] = signed
         self._by_name.setdefault(signed.record.name, []).append(signed)
         self._views.pop(signed.record.name, None)
+        self._roots = None
         return True
 
     def add_block(self, block: bytes) -> SignedRecord:
@@ -319,6 +338,7 @@ class NameBook:
         """Change whose claims count (a config reload); every view is recomputed."""
         self._witnesses = frozenset(witnesses) if witnesses is not None else None
         self._views.clear()
+        self._roots = None
 
     def view(self, name: str) -> NameView | None:
         """The name's view (cached until a record of it arrives), or None."""
@@ -386,6 +406,29 @@ class NameBook:
             return None
         rec = self.lookup(parsed)
         return ContentPath(root=_root_cid(rec.root), segments=parsed.segments)
+
+    def versions_at(self, root: CID) -> list[VersionUse]:
+        """Every accepted version whose root is ``root`` (compared by multihash, so
+        a CIDv0 and its CIDv1 match), retired ones included, sorted by name and
+        number. The index is rebuilt on the first call after a record arrives
+        (one pass over the versions); then a call is a dict lookup."""
+        if self._roots is None:
+            index: dict[bytes, list[tuple[str, int]]] = {}
+            for name in self.names():
+                view = self.view(name)
+                assert view is not None
+                for number, s in view.versions.items():
+                    rec = s.record
+                    assert isinstance(rec, VersionRecord)
+                    index.setdefault(cid_key(_root_cid(rec.root)), []).append((name, number))
+            self._roots = index
+        out = []
+        for name, number in sorted(self._roots.get(cid_key(root), ())):
+            view = self.view(name)
+            assert view is not None
+            out.append(VersionUse(name=name, version=number, tags=tuple(view.tags_at(number)),
+                                  retired=number in view.retired))
+        return out
 
     # ---------------------------------------------------------------- publish
 

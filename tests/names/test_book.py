@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from pinfold.blockstore.cid import make_cid
+from pinfold.blockstore.cid import cid_v1, make_cid
 from pinfold.blockstore.dag import cbor_decode, cbor_encode
 from pinfold.names.book import NameBook, NameNotFound, NotAllowed, describe, parse_ref
 from pinfold.names.carrier import record_block, record_pin_metadata
@@ -257,3 +257,21 @@ def test_version_record_refuses_a_root_that_is_not_a_cid():
         with pytest.raises(RecordError, match="root: not a sha2-256 CID"):
             VersionRecord(name="m", lamport=1, time_ms=0, key=alice.public_key, version=1,
                           parent=0, root=root, size=0)
+
+
+def test_versions_at_finds_every_version_of_a_root_with_tags_and_retirement():
+    book, alice = NameBook(), KeySigner.generate()
+    publish(book, alice, "org/a", ROOT1)
+    publish(book, alice, "org/a", ROOT2)
+    publish(book, alice, "org/b", ROOT1)
+    book.add(book.new_tag("org/a", "stable", 1, key=alice.public_key, sign=alice.sign,
+                          time_ms=1))
+    uses = book.versions_at(make_cid(b"one"))
+    assert [(u.ref, u.tags, u.retired) for u in uses] == [
+        ("org/a@1", ("stable",), False), ("org/b@1", (), False)]
+    book.add(book.new_retire("org/a", 1, key=alice.public_key, sign=alice.sign, time_ms=2))
+    assert [u.retired for u in book.versions_at(make_cid(b"one"))] == [True, False]
+    assert book.versions_at(make_cid(b"three")) == []
+    v0 = make_cid(b"v0 root", 0x70, version=0)
+    publish(book, alice, "org/c", str(v0))
+    assert [u.ref for u in book.versions_at(cid_v1(v0))] == ["org/c@1"]  # same multihash

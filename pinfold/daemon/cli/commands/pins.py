@@ -102,7 +102,7 @@ def pin_add(c, args: argparse.Namespace, out: Output) -> int:
 
 
 def pin_rm(c, args: argparse.Namespace, out: Output) -> int:
-    res = c.unpin(args.cid)
+    res = c.unpin(args.cid, force=args.force)
     out.doc(res, f"unpinned {res['cid']}")
     return 0
 
