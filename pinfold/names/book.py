@@ -17,7 +17,9 @@ same way, whatever order the records arrived in:
   later one for the same number is a conflict and is rejected.
 - *tags*: each tag points where its last move (greatest ``(lamport,
   signature)``) by a publisher to an existing version says; earlier moves are
-  kept as superseded.
+  kept (``describe``: ``superseded``, each with the version the tag's next
+  move went to and whether that move was concurrent: same Lamport clock, so
+  its publisher had not seen this one).
 - records by keys that are not publishers (a hostile or merely ungranted
   member) are kept but change nothing; ``rejected`` counts them.
 
@@ -509,9 +511,29 @@ class NameBook:
                                         time_ms=time_ms, key=key, version=version), sign)
 
 
+def _next_moves(view: NameView) -> dict[int, TagMove]:
+    """``id(move) -> the next move of the same tag`` in ``(lamport, signature)``
+    order, for every move that is not the last of its tag."""
+    last: dict[str, TagMove] = {}
+    out: dict[int, TagMove] = {}
+    for m in view.moves:  # in record order
+        before = last.get(m.tag)
+        if before is not None:
+            out[id(before)] = m
+        last[m.tag] = m
+    return out
+
+
 def describe(view: NameView) -> list[dict[str, object]]:
     """The history of a name for ``versions``: one dict per version, newest
-    first, with its tags and the tag moves that pointed at it and were superseded."""
+    first, with ``tags`` (those at it now), ``retired`` and ``superseded``: the
+    earlier moves of a tag to it that a later move of that tag replaced, each
+    ``{tag, publisher, lamport, time_ms, moved_to, concurrent}``: ``moved_to``
+    the version the tag's next move went to, ``concurrent`` true when that move
+    has the same Lamport clock (its publisher had not seen this move: the two
+    raced and this one lost the tie-break). A tag moving on (a push moving
+    ``main``) is ``concurrent`` false: the version is not worse for it."""
+    following = _next_moves(view)
     out: list[dict[str, object]] = []
     for number in sorted(view.versions, reverse=True):
         s = view.versions[number]
@@ -524,7 +546,8 @@ def describe(view: NameView) -> list[dict[str, object]]:
             "tags": view.tags_at(number),
             "superseded": [
                 {"tag": m.tag, "publisher": key_text(m.key), "lamport": m.lamport,
-                 "time_ms": m.time_ms}
+                 "time_ms": m.time_ms, "moved_to": following[id(m)].version,
+                 "concurrent": following[id(m)].lamport == m.lamport}
                 for m in view.moves if m.version == number and not m.current],
             "retired": number in view.retired,
             "files": [{"path": f.path, "size": f.size, "sha256": f.sha256} for f in r.files],

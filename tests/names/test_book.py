@@ -275,3 +275,28 @@ def test_versions_at_finds_every_version_of_a_root_with_tags_and_retirement():
     v0 = make_cid(b"v0 root", 0x70, version=0)
     publish(book, alice, "org/c", str(v0))
     assert [u.ref for u in book.versions_at(cid_v1(v0))] == ["org/c@1"]  # same multihash
+
+
+def test_describe_tells_a_tag_that_moved_on_from_one_that_lost_a_race():
+    book, alice, bob = NameBook(), KeySigner.generate(), KeySigner.generate()
+    publish(book, alice, "m", ROOT1)
+    publish(book, alice, "m", ROOT2)
+    book.add(book.new_grant("m", bob.public_key, key=alice.public_key, sign=alice.sign,
+                            time_ms=0))
+    for v in (1, 2):  # main moves on, as each push moves it
+        book.add(book.new_tag("m", "main", v, key=alice.public_key, sign=alice.sign,
+                              time_ms=v))
+    # Signed against the same book: neither publisher has seen the other's move.
+    race = [book.new_tag("m", "race", v, key=k.public_key, sign=k.sign, time_ms=9)
+            for v, k in ((1, alice), (2, bob))]
+    assert race[0].record.lamport == race[1].record.lamport
+    for s in race:
+        book.add(s)
+    winner = book.view("m").tags["race"].version
+    loser = 3 - winner
+    hist = {h["version"]: h for h in describe(book.view("m"))}
+    main_moves = [s for s in hist[1]["superseded"] if s["tag"] == "main"]
+    assert [(s["moved_to"], s["concurrent"]) for s in main_moves] == [(2, False)]
+    lost = [s for s in hist[loser]["superseded"] if s["tag"] == "race"]
+    assert [(s["moved_to"], s["concurrent"]) for s in lost] == [(winner, True)]
+    assert not [s for s in hist[winner]["superseded"] if s["tag"] == "race"]

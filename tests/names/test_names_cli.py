@@ -1,6 +1,7 @@
 """The names commands as a user types them, on one real daemon: ``versions rm``
 run twice changes nothing the second time and says what is pinned;
-``versions NAME@N`` shows that version; ``tag`` refuses a ref without a version
+``versions NAME@N`` shows that version; ``versions`` labels versions by
+their tags and retirement; ``tag`` refuses a ref without a version
 and a retired version;
 ``push`` of a missing path exits as ``add`` does; ``pin ls`` hides the pins of
 name records unless ``--all``.
@@ -76,6 +77,31 @@ def test_versions_of_name_at_ref_shows_only_that_version(daemon: DaemonProcess,
     assert missing.returncode == 4 and b"org/hist has no version 9" in missing.stderr
     path = run_cli(daemon.home, "versions", "org/hist@1/w.bin", check=False)
     assert path.returncode != 0 and b"not a path inside a version" in path.stderr
+
+
+def test_versions_labels_say_tags_and_retirement_not_superseded(daemon: DaemonProcess,
+                                                                  tmp_path: Path) -> None:
+    """An older version that ``main`` moved past is just a version: its line shows
+    its tags (if any), never "superseded"; a retired one says whether its root is
+    still pinned."""
+    f = tmp_path / "w.bin"
+    for n in (1, 2, 3, 3):  # version 4 has version 3's bytes, so its root
+        f.write_bytes(f"weights {n}".encode() * 100)
+        cli_json(daemon.home, "push", "org/labels", str(f), "-m", f"cut {n}")
+    run_cli(daemon.home, "tag", "org/labels@1", "stable")
+    run_cli(daemon.home, "versions", "rm", "org/labels@2")
+    run_cli(daemon.home, "versions", "rm", "org/labels@3")
+    text = run_cli(daemon.home, "versions", "org/labels").stdout.decode()
+    lines = text.splitlines()
+    assert len(lines) == 5, text  # the header and one line per version
+    head = [line.split("  bafk")[0].strip() for line in lines[1:]]
+    assert head == ["4 [main]", "3 retired (root still pinned)", "2 retired (not pinned)",
+                    "1 [stable]"]
+    assert "superseded" not in text and "was main" not in text
+    hist = cli_json(daemon.home, "versions", "org/labels")["versions"]
+    # The JSON keeps the history of main's moves, saying each simply moved on.
+    assert [(s["tag"], s["moved_to"], s["concurrent"]) for s in hist[3]["superseded"]] == [
+        ("main", 2, False)]
 
 
 def test_tag_without_a_version_is_refused_and_moves_nothing(daemon: DaemonProcess,

@@ -112,18 +112,31 @@ def versions(c, args: argparse.Namespace, out: Output) -> int:
         return 0
     res = c.versions(words[0])
     lines = [f"{res['name']} (creator {res['creator']})"]
-    for v in res["versions"]:
-        tags = f" [{', '.join(v['tags'])}]" if v["tags"] else ""
-        state = " retired" if v["retired"] else ""
-        lines.append(
-            f"  {v['version']:>4}{tags}{state}  {v['cid']}  {v['size']} B  {_when(v['time_ms'])}"
-            f"  holders {len(v['holders'])} avail {v['availability']:.4g}"
-            f"  by {v['publisher'][-8:]}  {v['message']}")
-        for s in v["superseded"]:
-            lines.append(f"        (was {s['tag']}: moved by {s['publisher'][-8:]} "
-                         f"at {_when(s['time_ms'])}, superseded)")
+    lines += [line for v in res["versions"] for line in _version_lines(v)]
     out.doc(res, "\n".join(lines))
     return 0
+
+
+def _version_lines(v: dict[str, Any]) -> list[str]:
+    """One version of ``versions``: its number, the tags at it now, ``retired``
+    (with whether its root is still pinned), then its CID, size, time, holders,
+    publisher and message. A tag that moved on from it (a push moving ``main``)
+    leaves no mark: the version is as good as it was. Only a tag move to it
+    that lost to a concurrent move (same Lamport clock: a race between
+    publishers) gets a line, since someone meant the tag to be here."""
+    tags = f" [{', '.join(v['tags'])}]" if v["tags"] else ""
+    state = ""
+    if v["retired"]:
+        state = " retired (root still pinned)" if v["holders"] else " retired (not pinned)"
+    lines = [f"  {v['version']:>4}{tags}{state}  {v['cid']}  {v['size']} B  "
+             f"{_when(v['time_ms'])}  holders {len(v['holders'])} "
+             f"avail {v['availability']:.4g}  by {v['publisher'][-8:]}  {v['message']}"]
+    for s in v["superseded"]:
+        if s.get("concurrent"):
+            lines.append(f"        ({s['tag']} was moved here by {s['publisher'][-8:]} at "
+                         f"{_when(s['time_ms'])}; a concurrent move to version "
+                         f"{s['moved_to']} won)")
+    return lines
 
 
 def names(c, args: argparse.Namespace, out: Output) -> int:
