@@ -20,7 +20,7 @@ from pinfold.daemon.errors import PinInUse
 __all__ = ["check_unpin", "version_labels"]
 
 
-def _uses(book: NameBook | None, cid: CID) -> list[VersionUse]:
+def _uses(book: NameBook | None, cid: CID | str) -> list[VersionUse]:
     return book.versions_at(cid) if book is not None else []
 
 
@@ -54,8 +54,8 @@ def check_unpin(book: NameBook | None, cid: CID, cid_text: str) -> None:
                    f"which `repo gc` deletes its blocks)")
 
 
-def version_labels(book: NameBook | None, cid: CID) -> list[dict[str, Any]]:
-    """The versions whose root ``cid`` is, for ``pin ls``: ``[{name, version,
-    ref: "NAME@N", tags, retired}]`` (empty when none)."""
+def version_labels(book: NameBook | None, cid: CID | str) -> list[dict[str, Any]]:
+    """The versions whose root ``cid`` (a CID or its text) is, for ``pin ls``:
+    ``[{name, version, ref: "NAME@N", tags, retired}]`` (empty when none)."""
     return [{"name": u.name, "version": u.version, "ref": u.ref, "tags": list(u.tags),
              "retired": u.retired} for u in _uses(book, cid)]

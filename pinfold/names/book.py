@@ -409,11 +409,19 @@ class NameBook:
         rec = self.lookup(parsed)
         return ContentPath(root=_root_cid(rec.root), segments=parsed.segments)
 
-    def versions_at(self, root: CID) -> list[VersionUse]:
-        """Every accepted version whose root is ``root`` (compared by multihash, so
-        a CIDv0 and its CIDv1 match), retired ones included, sorted by name and
-        number. The index is rebuilt on the first call after a record arrives
-        (one pass over the versions); then a call is a dict lookup."""
+    def versions_at(self, root: CID | str) -> list[VersionUse]:
+        """Every accepted version whose root is ``root`` (a CID or its text;
+        compared by multihash, so a CIDv0 and its CIDv1 match), retired ones
+        included, sorted by name and number. The index is rebuilt on the first
+        call after a record arrives (one pass over the versions); then a call
+        is a dict lookup (text is parsed through a cache).
+
+        Raises:
+            InvalidCID: ``root`` is text that is not a CID."""
+        if not self._records:
+            return []
+        if isinstance(root, str):
+            root = _root_cid(root)
         if self._roots is None:
             index: dict[bytes, list[tuple[str, int]]] = {}
             for name in self.names():

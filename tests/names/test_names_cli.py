@@ -161,9 +161,9 @@ def test_pin_ls_hides_name_record_pins_unless_all(daemon: DaemonProcess,
     f.write_bytes(b"weights" * 100)
     v1 = cli_json(daemon.home, "push", "org/listed", str(f), "--tag", "stable")
     plain = run_cli(daemon.home, "pin", "ls").stdout.decode().splitlines()
-    assert plain == [f"{v1['cid']} recursive pinned name='org/listed'"]
+    assert plain == [f"{v1['cid']} recursive pinned name='org/listed@1' [main, stable]"]
     everything = run_cli(daemon.home, "pin", "ls", "--all").stdout.decode()
-    assert "name='org/listed'" in everything
+    assert "name='org/listed@1' [main, stable]" in everything
     assert "name='name:org/listed version 1'" in everything
     assert "name='name:org/listed tag stable'" in everything
     lines = run_cli(daemon.home, "--json", "pin", "ls", "--all").stdout.decode().splitlines()

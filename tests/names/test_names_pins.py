@@ -95,3 +95,40 @@ def test_pin_rm_force_and_retired_versions_unpin_as_before(daemon: DaemonProcess
     with daemon.client() as c:
         c.pin(v1["cid"])
         assert c.unpin(v1["cid"])["state"] == "unpinned"
+
+
+def test_pin_ls_labels_a_versions_pin_name_at_number_with_its_tags(
+        daemon: DaemonProcess, tmp_path: Path) -> None:
+    v1 = _push(daemon, tmp_path, "org/ls", b"first" * 500, "--tag", "stable")
+    v2 = _push(daemon, tmp_path, "org/ls", b"second" * 500)
+    f = tmp_path / "same.bin"
+    f.write_bytes(b"second" * 500)
+    v3 = cli_json(daemon.home, "push", "org/ls", str(f), "--no-main")
+    assert v3["cid"] == v2["cid"]
+    mine = tmp_path / "mine.bin"
+    mine.write_bytes(b"first" * 500)
+    other = cli_json(daemon.home, "add", str(mine), "--name", "mine")
+    assert other["cid"] == v1["cid"]  # the same bytes: one pin, both labels
+
+    lines = sorted(run_cli(daemon.home, "pin", "ls").stdout.decode().splitlines())
+    assert sorted([
+        f"{v1['cid']} recursive pinned name='org/ls@1' [stable] (pinned as 'mine')",
+        f"{v2['cid']} recursive pinned name='org/ls@2' [main], 'org/ls@3'",
+    ]) == lines
+    with daemon.client() as c:
+        by_cid = {p["cid"]: p for p in c.pins()}
+    assert by_cid[v2["cid"]]["versions"] == [
+        {"name": "org/ls", "version": 2, "ref": "org/ls@2", "tags": ["main"],
+         "retired": False},
+        {"name": "org/ls", "version": 3, "ref": "org/ls@3", "tags": [], "retired": False}]
+
+    # Retired versions drop out of the label while a live one shares the root...
+    run_cli(daemon.home, "versions", "rm", "org/ls@3")
+    ls = run_cli(daemon.home, "pin", "ls").stdout.decode()
+    assert f"{v2['cid']} recursive pinned name='org/ls@2' [main]\n" in ls
+    # ...and a retired version's root pinned again by hand says so.
+    cli_json(daemon.home, "tag", "org/ls@2", "stable")
+    run_cli(daemon.home, "versions", "rm", "org/ls@1")
+    run_cli(daemon.home, "pin", "add", v1["cid"])
+    ls = run_cli(daemon.home, "pin", "ls").stdout.decode()
+    assert f"{v1['cid']} recursive pinned name='org/ls@1' (retired)\n" in ls
