@@ -3,7 +3,8 @@ run twice changes nothing the second time and says what is pinned;
 ``versions NAME@N`` shows that version; ``versions`` labels versions by
 their tags and retirement; ``tag`` refuses a ref without a version
 and a retired version;
-``push`` of a missing path exits as ``add`` does; ``pin ls`` hides the pins of
+``push`` of a missing path exits as ``add`` does, and with its arguments
+swapped says the order; ``pin ls`` hides the pins of
 name records unless ``--all``.
 """
 
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from pinfold.client import RpcError
-from pinfold.daemon.cli.format import EXIT_ERROR
+from pinfold.daemon.cli.format import EXIT_ERROR, EXIT_USAGE
 from tests.support.daemon import DaemonProcess, cli_json, run_cli
 
 
@@ -153,6 +154,22 @@ def test_push_and_add_of_a_missing_path_exit_alike(daemon: DaemonProcess,
     aj = run_cli(daemon.home, "--json", "add", gone, check=False)
     assert pj.stderr == aj.stderr and b'"exit": 1' in pj.stderr
     assert cli_json(daemon.home, "names")["names"] == []
+
+
+def test_push_with_path_and_name_swapped_says_the_order(daemon: DaemonProcess,
+                                                       tmp_path: Path) -> None:
+    """``push ./model org/m``: org/m is no file but ./model is one, so the error
+    says the order (usage, exit 2) and nothing is published."""
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "w.bin").write_bytes(b"weights")
+    swapped = run_cli(daemon.home, "push", str(model), "org/swapped", check=False)
+    assert swapped.returncode == EXIT_USAGE, swapped.stderr
+    err = swapped.stderr.decode()
+    assert "the order is `pinfold push NAME PATH`" in err
+    assert f"`pinfold push org/swapped {model}`" in err and "Traceback" not in err
+    assert cli_json(daemon.home, "names")["names"] == []
+    assert cli_json(daemon.home, "push", "org/swapped", str(model))["version"] == 1
 
 
 def test_pin_ls_hides_name_record_pins_unless_all(daemon: DaemonProcess,

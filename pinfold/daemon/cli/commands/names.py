@@ -33,12 +33,20 @@ def _meta(pairs: list[str] | None) -> dict[str, str]:
 
 
 def push(c, args: argparse.Namespace, out: Output) -> int:
-    """``pinfold push NAME PATH``: a new version of NAME; prints ``NAME@N CID``."""
+    """``pinfold push NAME PATH``: a new version of NAME; prints ``NAME@N CID``.
+    A missing PATH is exit 1 as for ``add``, or a usage error saying the order
+    when NAME is the local path (the arguments swapped)."""
     repl = replication_kwargs(args)
     if "rmin" in repl and repl.get("rmin") != repl.get("rmax"):
         raise UsageError("push takes --replicas N or --availability P")
     wait = wait_kwargs(args)
     if not Path(args.path).exists():
+        if Path(args.name).exists():
+            # `push ./model org/m`: the arguments are swapped (usage, exit 2).
+            raise UsageError(f"push {args.name} {args.path}: {args.path!r} is not a file or "
+                             f"folder, but {args.name!r} is: the order is "
+                             f"`pinfold push NAME PATH`, e.g. "
+                             f"`pinfold push {args.path} {args.name}`")
         # As `add`: a missing input file is exit 1 (format.EXIT_CODES), not bad usage.
         raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), args.path)
     with TransferBar("push") as bar:
