@@ -55,7 +55,8 @@ def to_content_path(text: str, book: NameBook | None = None) -> ContentPath:
 
     Accepts ``CID``, ``CID/path/in/dag``, ``/ipfs/CID/path``,
     ``ipfs://CID/path`` and, when ``book`` is given, name refs ``NAME``,
-    ``NAME@VERSION``, ``NAME@TAG`` with an optional ``/path``.
+    ``NAME@VERSION``, ``NAME@TAG`` with an optional ``/path``, and ``NAME/path``
+    (the longest known name, at ``main``: ``NameBook.parse_known``).
 
     Raises:
         InvalidPathCID: the first segment is not a CID nor a known name
@@ -73,6 +74,9 @@ def to_content_path(text: str, book: NameBook | None = None) -> ContentPath:
     except InvalidPathCID as exc:
         if book is not None and "/" not in text and _NAME_LIKE.fullmatch(text):
             raise InvalidPathCID(f"{exc}; nor is it a name of this cluster") from None
+        if book is not None and "@" not in text:
+            raise InvalidPathCID(f"{exc}; nor do its first parts name a name of this "
+                                 "cluster (a name ref is NAME@REF/path)") from None
         raise
 
 

@@ -55,10 +55,12 @@ from pinfold.names.records import (
     sign_record,
 )
 
-__all__ = ["DEFAULT_TAG", "NameBook", "NameNotFound", "NameRef", "NameView", "NotAllowed",
-           "TagMove", "VersionUse", "describe", "parse_ref"]
+__all__ = ["DEFAULT_TAG", "MAX_NAME_SEGMENTS", "NameBook", "NameNotFound", "NameRef", "NameView", "NotAllowed",
+           "TagMove", "VersionUse", "describe", "parse_ref", "parse_ref_is_cid"]
 
 DEFAULT_TAG = "main"
+#: Most '/'-separated parts a name has (``records.check_name``).
+MAX_NAME_SEGMENTS = 4
 
 
 class NameNotFound(LookupError):
@@ -121,6 +123,21 @@ def parse_ref(text: str) -> NameRef | None:
         except Exception as exc:
             raise NameError_(f"{text!r}: {exc}") from None
     return NameRef(name=name, ref=ref, segments=segments)
+
+
+def parse_ref_is_cid(text: str) -> bool:
+    """True when ``text`` is a CID path as ``parse_ref`` decides (``/ipfs/``,
+    ``ipfs://``, or a first segment that parses as a CID)."""
+    t = text.strip()
+    if t.startswith("pinfold://"):
+        t = t[len("pinfold://"):]
+    if not t or t.startswith(("/ipfs/", "ipfs://")):
+        return True
+    try:
+        parse_cid(t.split("/", 1)[0].split("@", 1)[0])
+        return True
+    except Exception:
+        return False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -391,18 +408,52 @@ class NameBook:
             raise NameNotFound(f"no name {ref.name!r} in this cluster")
         return v.version_of(ref.ref)
 
+    def parse_known(self, text: str) -> NameRef | None:
+        """``parse_ref`` that also reads ``NAME/path`` (no ``@``): names may hold
+        ``/``, so ``org/data/x.csv`` is split after the longest run of leading
+        segments that is a known name (``org/data``), with ``ref`` None (tag
+        ``main``, as Hugging Face's default revision); an ``@`` after the name
+        is then part of the path (``org/data/a@2x.png``), as the gateway reads
+        ``/ipns/``. ``NAME@REF[/path]`` of a known NAME, and any text in which
+        no leading run is a known name, go to ``parse_ref``. None for a CID path.
+
+        Raises:
+            NameError_: a malformed name ref or path segment.
+        """
+        t = text.strip()
+        if t.startswith("pinfold://"):
+            t = t[len("pinfold://"):]
+        if parse_ref_is_cid(t) or ("@" in t and self.view(t.split("@", 1)[0]) is not None):
+            return parse_ref(t)
+        segs = [x for x in t.split("/") if x]
+        for k in range(min(MAX_NAME_SEGMENTS, len(segs)), 0, -1):
+            name = "/".join(segs[:k])
+            if "@" in name or self.view(name) is None:
+                continue
+            rest = "/".join(segs[k:])
+            if not rest:
+                return NameRef(name=name)
+            try:
+                segments = parse_path("bafkqaaa/" + rest).segments
+            except Exception as exc:
+                raise NameError_(f"{text!r}: {exc}") from None
+            return NameRef(name=name, segments=segments)
+        return parse_ref(t)
+
     def resolve(self, ref: str) -> ContentPath | None:
-        """``NAME[@REF][/path]`` as a content path (root CID and segments).
+        """``NAME[@REF][/path]`` as a content path (root CID and segments); a bare
+        ``NAME/path`` is read by ``parse_known`` (the longest known name, at ``main``).
 
         Returns None when ``ref`` is a CID path, not a name ref (``parse_ref``),
-        and for a bare ``NAME`` (no ``@``) the book does not know: that text may
-        as well be a mistyped CID, and the caller's CID error says so.
+        and for a bare ``NAME`` (no ``@``) the book does not know, with or
+        without a path: that text may as well be a mistyped CID, and the
+        caller's CID error says so.
 
         Raises:
             NameError_: a malformed name ref.
             NameNotFound: no such name, version or tag.
         """
-        parsed = parse_ref(ref)
+        parsed = self.parse_known(ref)
         if parsed is None or (parsed.ref is None and self.view(parsed.name) is None
                               and "@" not in ref):
             return None

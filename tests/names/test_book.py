@@ -300,3 +300,22 @@ def test_describe_tells_a_tag_that_moved_on_from_one_that_lost_a_race():
     lost = [s for s in hist[loser]["superseded"] if s["tag"] == "race"]
     assert [(s["moved_to"], s["concurrent"]) for s in lost] == [(winner, True)]
     assert not [s for s in hist[winner]["superseded"] if s["tag"] == "race"]
+
+
+def test_parse_known_splits_a_bare_name_path_after_the_longest_known_name():
+    book, alice = NameBook(), KeySigner.generate()
+    publish(book, alice, "org", ROOT1)
+    publish(book, alice, "org/data", ROOT1)
+    ref = book.parse_known("pinfold://org/data/sub/x.csv")
+    assert (ref.name, ref.ref, ref.segments) == ("org/data", None, ("sub", "x.csv"))
+    assert book.parse_known("org/other/x.csv").name == "org"  # the longest known run
+    assert book.parse_known("org/data/a@2x.png").segments == ("a@2x.png",)
+    explicit = book.parse_known("org/data@1/x.csv")
+    assert (explicit.name, explicit.ref, explicit.segments) == ("org/data", 1, ("x.csv",))
+    assert book.parse_known(f"{ROOT1}/x.csv") is None
+    assert book.parse_known("nope/x.csv").name == "nope/x.csv"  # unknown: parse_ref's
+    assert book.resolve("nope/x.csv") is None  # ...so resolve leaves it to the CID error
+    cp = book.resolve("org/data/sub/x.csv")
+    assert (str(cp.root), cp.segments) == (ROOT1, ("sub", "x.csv"))
+    with pytest.raises(NameError_):
+        book.parse_known("org/data/../x.csv")
