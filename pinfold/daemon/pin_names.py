@@ -49,7 +49,8 @@ def check_unpin(book: NameBook | None, cid: CID, cid_text: str) -> None:
         return
     what = " and ".join(_one(u) for u in live)
     rm = " then ".join(f"`pinfold versions rm {u.ref}`" for u in live)
-    raise PinInUse(f"{cid_text} is the root of {what}: remove the version with {rm} "
+    raise PinInUse(f"{cid_text} is the root of {what}: remove the "
+                   f"version{'s' if len(live) > 1 else ''} with {rm} "
                    f"(or unpin it anyway with `pinfold pin rm --force {cid_text}`, after "
                    f"which `repo gc` deletes its blocks)")
 
