@@ -76,8 +76,8 @@ def to_content_path(text: str, book: NameBook | None = None) -> ContentPath:
         if book is not None and "/" not in text and _NAME_LIKE.fullmatch(text):
             raise InvalidPathCID(f"{exc}; nor is it a name of this cluster") from None
         if book is not None and "@" not in text:
-            raise InvalidPathCID(f"{exc}; nor do its first parts name a name of this "
-                                 "cluster (a name ref is NAME@REF/path)") from None
+            raise InvalidPathCID(f"{exc}; nor does it start with a name of this cluster "
+                                 "(a path in a name: NAME@REF/path)") from None
         raise
 
 
