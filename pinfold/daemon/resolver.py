@@ -102,13 +102,13 @@ def ipns_content_path(text: str, book: NameBook | None) -> tuple[ContentPath, bo
         parsed = book.parse_known(t)  # NAME/path: the longest known name, at main
     except NameError_:
         segs = t.split("/")
-        if "@" in t or any(book.view("/".join(segs[:k])) is not None
+        if "@" in t or any(book.knows("/".join(segs[:k]))
                            for k in range(1, min(MAX_NAME_SEGMENTS, len(segs)) + 1)):
             raise  # a malformed ref, or a bad path segment under a known name
         raise NameNotFound(f"no name {t!r} in this cluster") from None
     if parsed is None:
         raise NameNotFound(f"{t!r} is a CID path, not a name; request it under /ipfs/")
-    if parsed.ref is None and book.view(parsed.name) is None:
+    if parsed.ref is None and not book.knows(parsed.name):
         raise NameNotFound(f"no name {t!r} in this cluster")
     rec = book.lookup(parsed)
     return ContentPath(root=parse_cid(rec.root), segments=parsed.segments), \

@@ -55,8 +55,8 @@ from pinfold.names.records import (
     sign_record,
 )
 
-__all__ = ["DEFAULT_TAG", "MAX_NAME_SEGMENTS", "NameBook", "NameNotFound", "NameRef", "NameView", "NotAllowed",
-           "TagMove", "VersionUse", "describe", "parse_ref", "parse_ref_is_cid"]
+__all__ = ["DEFAULT_TAG", "MAX_NAME_SEGMENTS", "NameBook", "NameNotFound", "NameRef", "NameView",
+           "NotAllowed", "TagMove", "VersionUse", "describe", "parse_ref", "parse_ref_is_cid"]
 
 DEFAULT_TAG = "main"
 #: Most '/'-separated parts a name has (``records.check_name``).
@@ -368,6 +368,11 @@ class NameBook:
                                              self._witnesses)
             return v
 
+    def knows(self, name: str) -> bool:
+        """True when ``name`` has an accepted version. Unlike ``view``, caches
+        nothing for a name without records (callers probe arbitrary text)."""
+        return name in self._by_name and self.view(name) is not None
+
     def has_claim(self, name: str, key: bytes) -> bool:
         """True when ``key`` signed a claim for ``name``."""
         return any(isinstance(s.record, ClaimRecord) and s.record.key == key
@@ -423,12 +428,14 @@ class NameBook:
         t = text.strip()
         if t.startswith("pinfold://"):
             t = t[len("pinfold://"):]
-        if parse_ref_is_cid(t) or ("@" in t and self.view(t.split("@", 1)[0]) is not None):
+        if "@" in t and self.knows(t.split("@", 1)[0]):
             return parse_ref(t)
+        if parse_ref_is_cid(t):
+            return None
         segs = [x for x in t.split("/") if x]
         for k in range(min(MAX_NAME_SEGMENTS, len(segs)), 0, -1):
             name = "/".join(segs[:k])
-            if "@" in name or self.view(name) is None:
+            if "@" in name or not self.knows(name):
                 continue
             rest = "/".join(segs[k:])
             if not rest:
@@ -454,7 +461,7 @@ class NameBook:
             NameNotFound: no such name, version or tag.
         """
         parsed = self.parse_known(ref)
-        if parsed is None or (parsed.ref is None and self.view(parsed.name) is None
+        if parsed is None or (parsed.ref is None and not self.knows(parsed.name)
                               and "@" not in ref):
             return None
         rec = self.lookup(parsed)
