@@ -54,13 +54,12 @@ from pinfold.names.records import (
     key_text,
     sign_record,
 )
+from pinfold.names.refs import MAX_NAME_SEGMENTS, NameRef, parse_ref, parse_ref_is_cid
 
 __all__ = ["DEFAULT_TAG", "MAX_NAME_SEGMENTS", "NameBook", "NameNotFound", "NameRef", "NameView",
            "NotAllowed", "TagMove", "VersionUse", "describe", "parse_ref", "parse_ref_is_cid"]
 
 DEFAULT_TAG = "main"
-#: Most '/'-separated parts a name has (``records.check_name``).
-MAX_NAME_SEGMENTS = 4
 
 
 class NameNotFound(LookupError):
@@ -73,71 +72,6 @@ class NotAllowed(PermissionError):
     """The signing key may not publish under the name; the message names both."""
 
     code = "not_allowed"
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class NameRef:
-    """A parsed ``NAME[@REF][/path]``: ``ref`` is ``None``, a version number or a tag."""
-
-    name: str
-    ref: int | str | None = None
-    segments: tuple[str, ...] = ()
-
-
-def parse_ref(text: str) -> NameRef | None:
-    """Parse a name ref; ``None`` when ``text`` is a CID path instead.
-
-    A text is a CID path when it starts with ``/ipfs/`` or ``ipfs://`` or its
-    first segment parses as a CID. ``pinfold://`` is stripped first.
-
-    Raises:
-        NameError_: a bad name, an empty ``@``, a bad tag or a bad path segment.
-    """
-    t = text.strip()
-    if t.startswith("pinfold://"):
-        t = t[len("pinfold://"):]
-    if not t or t.startswith(("/ipfs/", "ipfs://")):
-        return None
-    head = t.split("/", 1)[0].split("@", 1)[0]
-    try:
-        parse_cid(head)
-        return None
-    except Exception:
-        pass
-    if "@" in t:
-        name, rest = t.split("@", 1)
-        ref_text, _, path = rest.partition("/")
-        if not ref_text:
-            raise NameError_(f"{text!r}: nothing after '@' (use NAME@VERSION or NAME@TAG)")
-        ref: int | str | None = int(ref_text) if ref_text.isdigit() else check_tag(ref_text)
-        if isinstance(ref, int) and ref < 1:
-            raise NameError_(f"{text!r}: versions count from 1")
-    else:
-        name, ref, path = t.rstrip("/"), None, ""
-    check_name(name)
-    segments: tuple[str, ...] = ()
-    if path.strip("/"):
-        # The path rules of CID paths (no '.', '..' or NUL segments).
-        try:
-            segments = parse_path("bafkqaaa/" + path).segments
-        except Exception as exc:
-            raise NameError_(f"{text!r}: {exc}") from None
-    return NameRef(name=name, ref=ref, segments=segments)
-
-
-def parse_ref_is_cid(text: str) -> bool:
-    """True when ``text`` is a CID path as ``parse_ref`` decides (``/ipfs/``,
-    ``ipfs://``, or a first segment that parses as a CID)."""
-    t = text.strip()
-    if t.startswith("pinfold://"):
-        t = t[len("pinfold://"):]
-    if not t or t.startswith(("/ipfs/", "ipfs://")):
-        return True
-    try:
-        parse_cid(t.split("/", 1)[0].split("@", 1)[0])
-        return True
-    except Exception:
-        return False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
