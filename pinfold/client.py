@@ -430,9 +430,18 @@ class Client(GetMixin, PathsMixin, NamesMixin):
             raise PinWaitTimeout(str(cid), timeout or 0.0, res)
         return res
 
-    def unpin(self, cid: str) -> dict[str, Any]:
-        """Remove the pin of ``cid``."""
-        return self.call("pin_rm", {"cid": str(cid)})
+    def unpin(self, cid: str, *, force: bool = False) -> dict[str, Any]:
+        """Remove the pin of ``cid``.
+
+        Raises:
+            RpcError: ``pin_in_use`` when ``cid`` is the root of a live version of
+                a name (the message names it and ``pinfold versions rm NAME@N``);
+                ``force=True`` unpins it anyway. ``not_pinned``.
+        """
+        params: dict[str, Any] = {"cid": str(cid)}
+        if force:
+            params["force"] = True
+        return self.call("pin_rm", params)
 
     def pins(self, state: str | None = None, *, records: bool = False
              ) -> Iterator[dict[str, Any]]:

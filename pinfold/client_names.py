@@ -169,7 +169,11 @@ class NamesMixin:
         """``{"name", "creator", "publishers", "versions": [...]}``, newest first (for
         ``NAME@VERSION`` or ``NAME@TAG`` only the version it names); each
         version has ``version, parent, cid, size, time_ms, message, meta,
-        publisher, tags, superseded, retired, files, holders, availability``."""
+        publisher, tags, superseded, retired, files, holders, availability``:
+        ``tags`` point at it now; ``superseded`` are earlier moves of a tag to it
+        that a later move replaced, each ``{tag, publisher, lamport, time_ms,
+        moved_to, concurrent}`` (``concurrent``: lost a race, see
+        ``names.book.describe``; false for a tag that simply moved on)."""
         return self.call("name_versions", {"name": name})
 
     def names(self) -> Iterator[dict[str, Any]]:

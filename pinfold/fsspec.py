@@ -8,8 +8,15 @@ safetensors or ``datasets`` can open one file of a DAG lazily::
     cid = fsspec.filesystem("pinfold").put("folder", recursive=True)
 
 Registered through the ``fsspec.specs`` entry point (pyproject.toml). Paths are
-``CID``, ``CID/path/in/dag`` or ``NAME@VERSION|TAG[/path]`` (the daemon's
-resolver, ``daemon/resolver.py``); anything missing is ``FileNotFoundError``.
+``CID``, ``CID/path/in/dag``, ``NAME@VERSION|TAG[/path]`` or ``NAME/path``
+(the daemon's resolver, ``daemon/resolver.py``); anything missing is
+``FileNotFoundError``. Names may hold ``/``: in ``pinfold://org/data/x.csv``
+(no ``@``, first part not a CID) the name is the longest run of leading parts
+that is a known name (``org/data``), at its ``main`` (as Hugging Face's
+default revision), and the rest is the path inside. When no leading run is
+a known name the error is ``NameOrCIDNotFound`` (a ``FileNotFoundError`` and,
+since the text may be a mistyped CID, a ``ValueError``) naming the URL and
+suggesting ``NAME@REF/path``.
 Everything goes through ``pinfold.Client`` over the daemon's Unix socket:
 by default the one of ``$PINFOLD_HOME`` or ``~/.pinfold`` as the CLI finds it;
 ``storage_options={"socket": PATH}`` or ``{"home": DIR}`` choose another.
@@ -33,10 +40,11 @@ from typing import Any
 
 from fsspec.spec import AbstractBufferedFile, AbstractFileSystem
 
+from pinfold.blockstore.cid import parse_cid
 from pinfold.client import Client, RpcError
 from pinfold.client_paths import strip_scheme
 
-__all__ = ["PinfoldFile", "PinfoldFileSystem"]
+__all__ = ["NameOrCIDNotFound", "PinfoldFile", "PinfoldFileSystem"]
 
 #: Bytes a lazy file fetches per range (pinfold's default UnixFS chunk size).
 DEFAULT_BLOCK_SIZE = 1 << 20
@@ -54,12 +62,33 @@ def _close_all(clients: list[Client]) -> None:
         clients.pop().close()
 
 
+class NameOrCIDNotFound(FileNotFoundError, ValueError):
+    """A ``pinfold://`` path without ``@`` whose first part is not a CID and whose
+    leading parts are no known name: missing (``exists`` is False) as a name,
+    malformed as a CID. ``filename`` is the path asked for."""
+
+
+def _is_cid(text: str) -> bool:
+    try:
+        parse_cid(text)
+        return True
+    except Exception:
+        return False
+
+
 def _translate(exc: RpcError, path: str) -> Exception:
     """The Python error fsspec callers expect for the daemon's error code: a missing
     path, name, version (``NAME@99``) or tag is ``FileNotFoundError`` whose message
-    says what is missing and whose ``filename`` is the path asked for."""
+    says what is missing and whose ``filename`` is the path asked for; a bare
+    ``NAME/path`` of no known name is ``NameOrCIDNotFound``."""
     if exc.code in _NOT_FOUND:
         return FileNotFoundError(2, str(exc), path)
+    head = path.split("/", 1)[0]
+    if exc.code == "invalid_cid" and "@" not in path and head and not _is_cid(head):
+        return NameOrCIDNotFound(
+            2, f"pinfold://{path}: no name of this cluster starts this path and {head!r} "
+            "is not a CID; a path in a name is NAME@REF/path (e.g. "
+            "pinfold://org/data@main/file.csv; NAME/path reads the name's main)", path)
     if exc.code in _INVALID:
         return ValueError(str(exc))
     if exc.code == "not_a_file":

@@ -31,8 +31,11 @@ Method names and their parameters (the client in ``client.py`` mirrors them):
 ``pin_add``        {cid, recursive, name, rmin, rmax, availability, expire_in,
                    timeout, progress} -> the pin record (+ ``path`` when ``cid``
                    was a path)
-``pin_rm``         {cid}
-``pin_ls``         {state, records} -> stream of pin dicts -> {count}; state:
+``pin_rm``         {cid, force}; refused (``pin_in_use``) when cid is the root
+                   of a live version of a name unless ``force`` (``pin_names.py``)
+``pin_ls``         {state, records} -> stream of pin dicts (the root of a
+                   version also has ``versions``: [{name, version, ref, tags,
+                   retired}]) -> {count}; state:
                    a local state, ``error`` (failed pins, with ``error``) or
                    ``incomplete`` (pins missing blocks, ``blocks_present``);
                    name-record pins only with ``records`` true
@@ -87,9 +90,10 @@ from pinfold.blockstore.errors import BlockNotFound, PinError
 from pinfold.daemon.api_node import ApiNode
 from pinfold.daemon.api_paths import path_handlers
 from pinfold.daemon.api_shapes import is_record_listing, pin_dict, unpinned_dict
-from pinfold.daemon.errors import InvalidArgument, OutputClosed
+from pinfold.daemon.errors import InvalidArgument, OutputClosed, PinInUse
 from pinfold.daemon.ingest import BlockSink, undo_on_failure
 from pinfold.daemon.p2p.streams import UploadReader
+from pinfold.daemon.pin_names import check_unpin, version_labels
 from pinfold.daemon.pin_wait import wait_for_holders
 from pinfold.daemon.resolver import Resolver
 from pinfold.daemon.transfer import (expected_size, fetch_timeout_s, metered_get, transfer,
@@ -549,16 +553,26 @@ class Api:
 
     async def pin_rm(self, call: Any) -> dict[str, Any]:
         cid = _cid_param(call.params)
+        if not _param(call.params, "force", bool, False):
+            try:
+                check_unpin(self._book(), cid, call.params["cid"])
+            except PinInUse:
+                await self.node.pin_status(cid)  # not pinned at all: NotPinned says so
+                raise
         return unpinned_dict(await self.node.unpin(cid))
 
     async def pin_ls(self, call: Any) -> dict[str, Any]:
         state = _param(call.params, "state", str, None)
         records = _param(call.params, "records", bool, False)
         count = 0
+        book = self._book()
         async for item in self.node.pin_list(state):
             if not records and is_record_listing(item):
                 continue  # a name record's pin: bookkeeping, listed when asked
-            await call.send(pin_dict(item))
+            d = pin_dict(item)
+            if book is not None and (uses := version_labels(book, d["cid"])):
+                d["versions"] = uses
+            await call.send(d)
             count += 1
         return {"count": count}
 

@@ -13,13 +13,21 @@ from typing import Any
 
 from pinfold.blockstore.errors import BlockstoreError
 
-__all__ = ["InvalidArgument", "NetworkError", "OutputClosed", "param_str"]
+__all__ = ["InvalidArgument", "NetworkError", "OutputClosed", "PinInUse", "param_str"]
 
 
 class InvalidArgument(BlockstoreError, ValueError):
     """A request parameter is missing or wrong; the message names it."""
 
     code = "invalid_argument"
+
+
+class PinInUse(BlockstoreError):
+    """``pin rm`` of a CID that something else still needs (the root of a live
+    version of a name, as Kubo refuses an indirect pin); the message names the
+    user and how to remove it. Nothing is unpinned."""
+
+    code = "pin_in_use"
 
 
 class OutputClosed(BlockstoreError):

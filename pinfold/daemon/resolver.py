@@ -39,7 +39,8 @@ from pinfold.blockstore.unixfs.paths import (
     resolve,
     resolve_listing,
 )
-from pinfold.names.book import NameBook, NameNotFound, NameRef, parse_ref
+from pinfold.names.book import MAX_NAME_SEGMENTS, NameBook, NameNotFound
+from pinfold.names.records import NameError_
 
 __all__ = ["Resolver", "ipns_content_path", "to_content_path"]
 
@@ -55,7 +56,8 @@ def to_content_path(text: str, book: NameBook | None = None) -> ContentPath:
 
     Accepts ``CID``, ``CID/path/in/dag``, ``/ipfs/CID/path``,
     ``ipfs://CID/path`` and, when ``book`` is given, name refs ``NAME``,
-    ``NAME@VERSION``, ``NAME@TAG`` with an optional ``/path``.
+    ``NAME@VERSION``, ``NAME@TAG`` with an optional ``/path``, and ``NAME/path``
+    (the longest known name, at ``main``: ``NameBook.parse_known``).
 
     Raises:
         InvalidPathCID: the first segment is not a CID nor a known name
@@ -73,6 +75,9 @@ def to_content_path(text: str, book: NameBook | None = None) -> ContentPath:
     except InvalidPathCID as exc:
         if book is not None and "/" not in text and _NAME_LIKE.fullmatch(text):
             raise InvalidPathCID(f"{exc}; nor is it a name of this cluster") from None
+        if book is not None and "@" not in text:
+            raise InvalidPathCID(f"{exc}; nor does it start with a name of this cluster "
+                                 "(a path in a name: NAME@REF/path)") from None
         raise
 
 
@@ -93,29 +98,21 @@ def ipns_content_path(text: str, book: NameBook | None) -> tuple[ContentPath, bo
     t = text.strip().strip("/")
     if book is None:
         raise NameNotFound(f"{t!r}: this node keeps no names")
-    head = t.split("@", 1)[0]
-    if "@" in t and book.view(head) is not None:
-        return _explicit(t, book)
-    segs = [s for s in t.split("/") if s]
-    for k in range(min(4, len(segs)), 0, -1):
-        name = "/".join(segs[:k])
-        if "@" in name or book.view(name) is None:
-            continue
-        below = parse_ref(f"{name}@main/" + "/".join(segs[k:]))
-        assert below is not None
-        rec = book.lookup(NameRef(name=name, ref=None, segments=below.segments))
-        return ContentPath(root=parse_cid(rec.root), segments=below.segments), False
-    if "@" in t:  # an unknown name with a ref: its error says what is wrong
-        return _explicit(t, book)
-    raise NameNotFound(f"no name {t!r} in this cluster")
-
-
-def _explicit(t: str, book: NameBook) -> tuple[ContentPath, bool]:
-    parsed = parse_ref(t)
-    cp = book.resolve(t)
-    if parsed is None or cp is None:
+    try:
+        parsed = book.parse_known(t)  # NAME/path: the longest known name, at main
+    except NameError_:
+        segs = t.split("/")
+        if "@" in t or any(book.knows("/".join(segs[:k]))
+                           for k in range(1, min(MAX_NAME_SEGMENTS, len(segs)) + 1)):
+            raise  # a malformed ref, or a bad path segment under a known name
+        raise NameNotFound(f"no name {t!r} in this cluster") from None
+    if parsed is None:
         raise NameNotFound(f"{t!r} is a CID path, not a name; request it under /ipfs/")
-    return cp, isinstance(parsed.ref, int)
+    if parsed.ref is None and not book.knows(parsed.name):
+        raise NameNotFound(f"no name {t!r} in this cluster")
+    rec = book.lookup(parsed)
+    return ContentPath(root=parse_cid(rec.root), segments=parsed.segments), \
+        isinstance(parsed.ref, int)
 
 
 def entry_dict(entry: DirEntry, path: str | None = None) -> dict[str, Any]:

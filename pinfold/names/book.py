@@ -17,7 +17,9 @@ same way, whatever order the records arrived in:
   later one for the same number is a conflict and is rejected.
 - *tags*: each tag points where its last move (greatest ``(lamport,
   signature)``) by a publisher to an existing version says; earlier moves are
-  kept as superseded.
+  kept (``describe``: ``superseded``, each with the version the tag's next
+  move went to and whether that move was concurrent: same Lamport clock, so
+  its publisher had not seen this one).
 - records by keys that are not publishers (a hostile or merely ungranted
   member) are kept but change nothing; ``rejected`` counts them.
 
@@ -34,7 +36,7 @@ from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
-from pinfold.blockstore.cid import CID, parse_cid
+from pinfold.blockstore.cid import CID, cid_key, parse_cid
 from pinfold.blockstore.unixfs.paths import ContentPath, parse_path
 from pinfold.names.records import (
     ClaimRecord,
@@ -52,9 +54,10 @@ from pinfold.names.records import (
     key_text,
     sign_record,
 )
+from pinfold.names.refs import MAX_NAME_SEGMENTS, NameRef, parse_ref, parse_ref_is_cid
 
-__all__ = ["DEFAULT_TAG", "NameBook", "NameNotFound", "NameRef", "NameView", "NotAllowed",
-           "TagMove", "describe", "parse_ref"]
+__all__ = ["DEFAULT_TAG", "MAX_NAME_SEGMENTS", "NameBook", "NameNotFound", "NameRef", "NameView",
+           "NotAllowed", "TagMove", "VersionUse", "describe", "parse_ref", "parse_ref_is_cid"]
 
 DEFAULT_TAG = "main"
 
@@ -72,56 +75,6 @@ class NotAllowed(PermissionError):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class NameRef:
-    """A parsed ``NAME[@REF][/path]``: ``ref`` is ``None``, a version number or a tag."""
-
-    name: str
-    ref: int | str | None = None
-    segments: tuple[str, ...] = ()
-
-
-def parse_ref(text: str) -> NameRef | None:
-    """Parse a name ref; ``None`` when ``text`` is a CID path instead.
-
-    A text is a CID path when it starts with ``/ipfs/`` or ``ipfs://`` or its
-    first segment parses as a CID. ``pinfold://`` is stripped first.
-
-    Raises:
-        NameError_: a bad name, an empty ``@``, a bad tag or a bad path segment.
-    """
-    t = text.strip()
-    if t.startswith("pinfold://"):
-        t = t[len("pinfold://"):]
-    if not t or t.startswith(("/ipfs/", "ipfs://")):
-        return None
-    head = t.split("/", 1)[0].split("@", 1)[0]
-    try:
-        parse_cid(head)
-        return None
-    except Exception:
-        pass
-    if "@" in t:
-        name, rest = t.split("@", 1)
-        ref_text, _, path = rest.partition("/")
-        if not ref_text:
-            raise NameError_(f"{text!r}: nothing after '@' (use NAME@VERSION or NAME@TAG)")
-        ref: int | str | None = int(ref_text) if ref_text.isdigit() else check_tag(ref_text)
-        if isinstance(ref, int) and ref < 1:
-            raise NameError_(f"{text!r}: versions count from 1")
-    else:
-        name, ref, path = t.rstrip("/"), None, ""
-    check_name(name)
-    segments: tuple[str, ...] = ()
-    if path.strip("/"):
-        # The path rules of CID paths (no '.', '..' or NUL segments).
-        try:
-            segments = parse_path("bafkqaaa/" + path).segments
-        except Exception as exc:
-            raise NameError_(f"{text!r}: {exc}") from None
-    return NameRef(name=name, ref=ref, segments=segments)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
 class TagMove:
     """One move of a tag, ``current`` when it is the one in force."""
 
@@ -131,6 +84,22 @@ class TagMove:
     lamport: int
     time_ms: int
     current: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VersionUse:
+    """A version whose root is a given CID (``NameBook.versions_at``): ``tags``
+    point at it now; ``retired`` after ``versions rm``."""
+
+    name: str
+    version: int
+    tags: tuple[str, ...]
+    retired: bool
+
+    @property
+    def ref(self) -> str:
+        """``NAME@N``."""
+        return f"{self.name}@{self.version}"
 
 
 @dataclass(slots=True, kw_only=True)
@@ -274,6 +243,8 @@ class NameBook:
         self._records: dict[bytes, SignedRecord] = {}
         self._by_name: dict[str, list[SignedRecord]] = {}
         self._views: dict[str, NameView | None] = {}
+        #: root multihash -> [(name, version)], built when first asked after a change.
+        self._roots: dict[bytes, list[tuple[str, int]]] | None = None
         #: Blocks refused for a bad encoding or signature (metric).
         self.invalid = 0
 
@@ -295,6 +266,7 @@ class NameBook:
         self._records[key] = signed
         self._by_name.setdefault(signed.record.name, []).append(signed)
         self._views.pop(signed.record.name, None)
+        self._roots = None
         return True
 
     def add_block(self, block: bytes) -> SignedRecord:
@@ -319,6 +291,7 @@ class NameBook:
         """Change whose claims count (a config reload); every view is recomputed."""
         self._witnesses = frozenset(witnesses) if witnesses is not None else None
         self._views.clear()
+        self._roots = None
 
     def view(self, name: str) -> NameView | None:
         """The name's view (cached until a record of it arrives), or None."""
@@ -328,6 +301,11 @@ class NameBook:
             v = self._views[name] = _compute(name, self._by_name.get(name, ()),
                                              self._witnesses)
             return v
+
+    def knows(self, name: str) -> bool:
+        """True when ``name`` has an accepted version. Unlike ``view``, caches
+        nothing for a name without records (callers probe arbitrary text)."""
+        return name in self._by_name and self.view(name) is not None
 
     def has_claim(self, name: str, key: bytes) -> bool:
         """True when ``key`` signed a claim for ``name``."""
@@ -369,23 +347,90 @@ class NameBook:
             raise NameNotFound(f"no name {ref.name!r} in this cluster")
         return v.version_of(ref.ref)
 
+    def parse_known(self, text: str) -> NameRef | None:
+        """``parse_ref`` that also reads ``NAME/path`` (no ``@``): names may hold
+        ``/``, so ``org/data/x.csv`` is split after the longest run of leading
+        segments that is a known name (``org/data``), with ``ref`` None (tag
+        ``main``, as Hugging Face's default revision); an ``@`` after the name
+        is then part of the path (``org/data/a@2x.png``), as the gateway reads
+        ``/ipns/``. ``NAME@REF[/path]`` of a known NAME, and any text in which
+        no leading run is a known name, go to ``parse_ref``. None for a CID path.
+
+        Raises:
+            NameError_: a malformed name ref or path segment.
+        """
+        t = text.strip()
+        if t.startswith("pinfold://"):
+            t = t[len("pinfold://"):]
+        if "@" in t and self.knows(t.split("@", 1)[0]):
+            return parse_ref(t)
+        if parse_ref_is_cid(t):
+            return None
+        segs = [x for x in t.split("/") if x]
+        for k in range(min(MAX_NAME_SEGMENTS, len(segs)), 0, -1):
+            name = "/".join(segs[:k])
+            if "@" in name or not self.knows(name):
+                continue
+            rest = "/".join(segs[k:])
+            if not rest:
+                return NameRef(name=name)
+            try:
+                segments = parse_path("bafkqaaa/" + rest).segments
+            except Exception as exc:
+                raise NameError_(f"{text!r}: {exc}") from None
+            return NameRef(name=name, segments=segments)
+        return parse_ref(t)
+
     def resolve(self, ref: str) -> ContentPath | None:
-        """``NAME[@REF][/path]`` as a content path (root CID and segments).
+        """``NAME[@REF][/path]`` as a content path (root CID and segments); a bare
+        ``NAME/path`` is read by ``parse_known`` (the longest known name, at ``main``).
 
         Returns None when ``ref`` is a CID path, not a name ref (``parse_ref``),
-        and for a bare ``NAME`` (no ``@``) the book does not know: that text may
-        as well be a mistyped CID, and the caller's CID error says so.
+        and for a bare ``NAME`` (no ``@``) the book does not know, with or
+        without a path: that text may as well be a mistyped CID, and the
+        caller's CID error says so.
 
         Raises:
             NameError_: a malformed name ref.
             NameNotFound: no such name, version or tag.
         """
-        parsed = parse_ref(ref)
-        if parsed is None or (parsed.ref is None and self.view(parsed.name) is None
+        parsed = self.parse_known(ref)
+        if parsed is None or (parsed.ref is None and not self.knows(parsed.name)
                               and "@" not in ref):
             return None
         rec = self.lookup(parsed)
         return ContentPath(root=_root_cid(rec.root), segments=parsed.segments)
+
+    def versions_at(self, root: CID | str) -> list[VersionUse]:
+        """Every accepted version whose root is ``root`` (a CID or its text;
+        compared by multihash, so a CIDv0 and its CIDv1 match), retired ones
+        included, sorted by name and number. The index is rebuilt on the first
+        call after a record arrives (one pass over the versions); then a call
+        is a dict lookup (text is parsed through a cache).
+
+        Raises:
+            InvalidCID: ``root`` is text that is not a CID."""
+        if not self._records:
+            return []
+        if isinstance(root, str):
+            root = _root_cid(root)
+        if self._roots is None:
+            index: dict[bytes, list[tuple[str, int]]] = {}
+            for name in self.names():
+                view = self.view(name)
+                assert view is not None
+                for number, s in view.versions.items():
+                    rec = s.record
+                    assert isinstance(rec, VersionRecord)
+                    index.setdefault(cid_key(_root_cid(rec.root)), []).append((name, number))
+            self._roots = index
+        out = []
+        for name, number in sorted(self._roots.get(cid_key(root), ())):
+            view = self.view(name)
+            assert view is not None
+            out.append(VersionUse(name=name, version=number, tags=tuple(view.tags_at(number)),
+                                  retired=number in view.retired))
+        return out
 
     # ---------------------------------------------------------------- publish
 
@@ -466,9 +511,29 @@ class NameBook:
                                         time_ms=time_ms, key=key, version=version), sign)
 
 
+def _next_moves(view: NameView) -> dict[int, TagMove]:
+    """``id(move) -> the next move of the same tag`` in ``(lamport, signature)``
+    order, for every move that is not the last of its tag."""
+    last: dict[str, TagMove] = {}
+    out: dict[int, TagMove] = {}
+    for m in view.moves:  # in record order
+        before = last.get(m.tag)
+        if before is not None:
+            out[id(before)] = m
+        last[m.tag] = m
+    return out
+
+
 def describe(view: NameView) -> list[dict[str, object]]:
     """The history of a name for ``versions``: one dict per version, newest
-    first, with its tags and the tag moves that pointed at it and were superseded."""
+    first, with ``tags`` (those at it now), ``retired`` and ``superseded``: the
+    earlier moves of a tag to it that a later move of that tag replaced, each
+    ``{tag, publisher, lamport, time_ms, moved_to, concurrent}``: ``moved_to``
+    the version the tag's next move went to, ``concurrent`` true when that move
+    has the same Lamport clock (its publisher had not seen this move: the two
+    raced and this one lost the tie-break). A tag moving on (a push moving
+    ``main``) is ``concurrent`` false: the version is not worse for it."""
+    following = _next_moves(view)
     out: list[dict[str, object]] = []
     for number in sorted(view.versions, reverse=True):
         s = view.versions[number]
@@ -481,7 +546,8 @@ def describe(view: NameView) -> list[dict[str, object]]:
             "tags": view.tags_at(number),
             "superseded": [
                 {"tag": m.tag, "publisher": key_text(m.key), "lamport": m.lamport,
-                 "time_ms": m.time_ms}
+                 "time_ms": m.time_ms, "moved_to": following[id(m)].version,
+                 "concurrent": following[id(m)].lamport == m.lamport}
                 for m in view.moves if m.version == number and not m.current],
             "retired": number in view.retired,
             "files": [{"path": f.path, "size": f.size, "sha256": f.sha256} for f in r.files],

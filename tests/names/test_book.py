@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from pinfold.blockstore.cid import make_cid
+from pinfold.blockstore.cid import cid_v1, make_cid
 from pinfold.blockstore.dag import cbor_decode, cbor_encode
 from pinfold.names.book import NameBook, NameNotFound, NotAllowed, describe, parse_ref
 from pinfold.names.carrier import record_block, record_pin_metadata
@@ -257,3 +257,65 @@ def test_version_record_refuses_a_root_that_is_not_a_cid():
         with pytest.raises(RecordError, match="root: not a sha2-256 CID"):
             VersionRecord(name="m", lamport=1, time_ms=0, key=alice.public_key, version=1,
                           parent=0, root=root, size=0)
+
+
+def test_versions_at_finds_every_version_of_a_root_with_tags_and_retirement():
+    book, alice = NameBook(), KeySigner.generate()
+    publish(book, alice, "org/a", ROOT1)
+    publish(book, alice, "org/a", ROOT2)
+    publish(book, alice, "org/b", ROOT1)
+    book.add(book.new_tag("org/a", "stable", 1, key=alice.public_key, sign=alice.sign,
+                          time_ms=1))
+    uses = book.versions_at(make_cid(b"one"))
+    assert [(u.ref, u.tags, u.retired) for u in uses] == [
+        ("org/a@1", ("stable",), False), ("org/b@1", (), False)]
+    book.add(book.new_retire("org/a", 1, key=alice.public_key, sign=alice.sign, time_ms=2))
+    assert [u.retired for u in book.versions_at(make_cid(b"one"))] == [True, False]
+    assert book.versions_at(make_cid(b"three")) == []
+    v0 = make_cid(b"v0 root", 0x70, version=0)
+    publish(book, alice, "org/c", str(v0))
+    assert [u.ref for u in book.versions_at(cid_v1(v0))] == ["org/c@1"]  # same multihash
+
+
+def test_describe_tells_a_tag_that_moved_on_from_one_that_lost_a_race():
+    book, alice, bob = NameBook(), KeySigner.generate(), KeySigner.generate()
+    publish(book, alice, "m", ROOT1)
+    publish(book, alice, "m", ROOT2)
+    book.add(book.new_grant("m", bob.public_key, key=alice.public_key, sign=alice.sign,
+                            time_ms=0))
+    for v in (1, 2):  # main moves on, as each push moves it
+        book.add(book.new_tag("m", "main", v, key=alice.public_key, sign=alice.sign,
+                              time_ms=v))
+    # Signed against the same book: neither publisher has seen the other's move.
+    race = [book.new_tag("m", "race", v, key=k.public_key, sign=k.sign, time_ms=9)
+            for v, k in ((1, alice), (2, bob))]
+    assert race[0].record.lamport == race[1].record.lamport
+    for s in race:
+        book.add(s)
+    winner = book.view("m").tags["race"].version
+    loser = 3 - winner
+    hist = {h["version"]: h for h in describe(book.view("m"))}
+    main_moves = [s for s in hist[1]["superseded"] if s["tag"] == "main"]
+    assert [(s["moved_to"], s["concurrent"]) for s in main_moves] == [(2, False)]
+    lost = [s for s in hist[loser]["superseded"] if s["tag"] == "race"]
+    assert [(s["moved_to"], s["concurrent"]) for s in lost] == [(winner, True)]
+    assert not [s for s in hist[winner]["superseded"] if s["tag"] == "race"]
+
+
+def test_parse_known_splits_a_bare_name_path_after_the_longest_known_name():
+    book, alice = NameBook(), KeySigner.generate()
+    publish(book, alice, "org", ROOT1)
+    publish(book, alice, "org/data", ROOT1)
+    ref = book.parse_known("pinfold://org/data/sub/x.csv")
+    assert (ref.name, ref.ref, ref.segments) == ("org/data", None, ("sub", "x.csv"))
+    assert book.parse_known("org/other/x.csv").name == "org"  # the longest known run
+    assert book.parse_known("org/data/a@2x.png").segments == ("a@2x.png",)
+    explicit = book.parse_known("org/data@1/x.csv")
+    assert (explicit.name, explicit.ref, explicit.segments) == ("org/data", 1, ("x.csv",))
+    assert book.parse_known(f"{ROOT1}/x.csv") is None
+    assert book.parse_known("nope/x.csv").name == "nope/x.csv"  # unknown: parse_ref's
+    assert book.resolve("nope/x.csv") is None  # ...so resolve leaves it to the CID error
+    cp = book.resolve("org/data/sub/x.csv")
+    assert (str(cp.root), cp.segments) == (ROOT1, ("sub", "x.csv"))
+    with pytest.raises(NameError_):
+        book.parse_known("org/data/../x.csv")

@@ -46,6 +46,8 @@ def test_ipns_text_resolves_to_the_name_path_and_caching(
     ("org/data@7", NameNotFound, "no version 7"),
     ("org/data@/x", NameError_, "nothing after '@'"),
     ("nope@main/x", NameNotFound, "no name 'nope'"),
+    ("no/such/name/with/six/parts", NameNotFound, "no name 'no/such/name"),
+    ("org/data/../x", NameError_, "not allowed"),
 ])
 def test_ipns_errors_name_the_problem(book: NameBook, text: str, error: type,
                                       says: str) -> None:

@@ -1,8 +1,10 @@
 """The names commands as a user types them, on one real daemon: ``versions rm``
 run twice changes nothing the second time and says what is pinned;
-``versions NAME@N`` shows that version; ``tag`` refuses a ref without a version
+``versions NAME@N`` shows that version; ``versions`` labels versions by
+their tags and retirement; ``tag`` refuses a ref without a version
 and a retired version;
-``push`` of a missing path exits as ``add`` does; ``pin ls`` hides the pins of
+``push`` of a missing path exits as ``add`` does, and with its arguments
+swapped says the order; ``pin ls`` hides the pins of
 name records unless ``--all``.
 """
 
@@ -13,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from pinfold.client import RpcError
-from pinfold.daemon.cli.format import EXIT_ERROR
+from pinfold.daemon.cli.format import EXIT_ERROR, EXIT_USAGE
 from tests.support.daemon import DaemonProcess, cli_json, run_cli
 
 
@@ -78,6 +80,31 @@ def test_versions_of_name_at_ref_shows_only_that_version(daemon: DaemonProcess,
     assert path.returncode != 0 and b"not a path inside a version" in path.stderr
 
 
+def test_versions_labels_say_tags_and_retirement_not_superseded(daemon: DaemonProcess,
+                                                                  tmp_path: Path) -> None:
+    """An older version that ``main`` moved past is just a version: its line shows
+    its tags (if any), never "superseded"; a retired one says whether its root is
+    still pinned."""
+    f = tmp_path / "w.bin"
+    for n in (1, 2, 3, 3):  # version 4 has version 3's bytes, so its root
+        f.write_bytes(f"weights {n}".encode() * 100)
+        cli_json(daemon.home, "push", "org/labels", str(f), "-m", f"cut {n}")
+    run_cli(daemon.home, "tag", "org/labels@1", "stable")
+    run_cli(daemon.home, "versions", "rm", "org/labels@2")
+    run_cli(daemon.home, "versions", "rm", "org/labels@3")
+    text = run_cli(daemon.home, "versions", "org/labels").stdout.decode()
+    lines = text.splitlines()
+    assert len(lines) == 5, text  # the header and one line per version
+    head = [line.split("  bafk")[0].strip() for line in lines[1:]]
+    assert head == ["4 [main]", "3 retired (root still pinned)", "2 retired (not pinned)",
+                    "1 [stable]"]
+    assert "superseded" not in text and "was main" not in text
+    hist = cli_json(daemon.home, "versions", "org/labels")["versions"]
+    # The JSON keeps the history of main's moves, saying each simply moved on.
+    assert [(s["tag"], s["moved_to"], s["concurrent"]) for s in hist[3]["superseded"]] == [
+        ("main", 2, False)]
+
+
 def test_tag_without_a_version_is_refused_and_moves_nothing(daemon: DaemonProcess,
                                                             tmp_path: Path) -> None:
     f = tmp_path / "w.bin"
@@ -129,15 +156,31 @@ def test_push_and_add_of_a_missing_path_exit_alike(daemon: DaemonProcess,
     assert cli_json(daemon.home, "names")["names"] == []
 
 
+def test_push_with_path_and_name_swapped_says_the_order(daemon: DaemonProcess,
+                                                       tmp_path: Path) -> None:
+    """``push ./model org/m``: org/m is no file but ./model is one, so the error
+    says the order (usage, exit 2) and nothing is published."""
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "w.bin").write_bytes(b"weights")
+    swapped = run_cli(daemon.home, "push", str(model), "org/swapped", check=False)
+    assert swapped.returncode == EXIT_USAGE, swapped.stderr
+    err = swapped.stderr.decode()
+    assert "the order is `pinfold push NAME PATH`" in err
+    assert f"`pinfold push org/swapped {model}`" in err and "Traceback" not in err
+    assert cli_json(daemon.home, "names")["names"] == []
+    assert cli_json(daemon.home, "push", "org/swapped", str(model))["version"] == 1
+
+
 def test_pin_ls_hides_name_record_pins_unless_all(daemon: DaemonProcess,
                                                   tmp_path: Path) -> None:
     f = tmp_path / "w.bin"
     f.write_bytes(b"weights" * 100)
     v1 = cli_json(daemon.home, "push", "org/listed", str(f), "--tag", "stable")
     plain = run_cli(daemon.home, "pin", "ls").stdout.decode().splitlines()
-    assert plain == [f"{v1['cid']} recursive pinned name='org/listed'"]
+    assert plain == [f"{v1['cid']} recursive pinned name='org/listed@1' [main, stable]"]
     everything = run_cli(daemon.home, "pin", "ls", "--all").stdout.decode()
-    assert "name='org/listed'" in everything
+    assert "name='org/listed@1' [main, stable]" in everything
     assert "name='name:org/listed version 1'" in everything
     assert "name='name:org/listed tag stable'" in everything
     lines = run_cli(daemon.home, "--json", "pin", "ls", "--all").stdout.decode().splitlines()

@@ -275,3 +275,23 @@ def test_a_node_that_joins_later_sees_every_name(cl: Cluster, tmp_path: Path) ->
     wait_until(all_seen, timeout_s=120, what="d to learn every pushed version")
     for j in range(10):
         assert _resolves(d, f"bulk/m{j}@main") == _resolves(a, f"bulk/m{j}@main")
+
+
+def test_pin_rm_of_a_versions_cluster_pin_is_refused_on_any_member(cl: Cluster,
+                                                                   tmp_path: Path) -> None:
+    """The cluster pin of a live version: ``pin rm`` on another member is refused
+    (its book knows the version) and the pinset keeps it; ``--force`` removes it."""
+    a, c = cl.nodes[0], cl.nodes[2]
+    f = tmp_path / "kept.bin"
+    f.write_bytes(random.Random(9).randbytes(20_000))
+    v1 = cli_json(a.home, "push", "org/kept", str(f), "--replicas", "1")
+    wait_until(lambda: _resolves(c, "org/kept@1") == v1["cid"], timeout_s=60,
+               what="c to know org/kept@1")
+    refused = run_cli(c.home, "pin", "rm", v1["cid"], check=False)
+    assert refused.returncode == 7, refused.stderr
+    assert b"org/kept@1 (version 1 of org/kept, tags: main)" in refused.stderr
+    assert b"`pinfold versions rm org/kept@1`" in refused.stderr
+    assert _pinned_in_cluster(a, v1["cid"]) and _pinned_in_cluster(c, v1["cid"])
+    cli_json(c.home, "pin", "rm", "--force", v1["cid"])
+    wait_until(lambda: not _pinned_in_cluster(a, v1["cid"]), timeout_s=60,
+               what="the forced unpin to reach a")

@@ -175,3 +175,59 @@ def test_ls_lists_a_folder_by_name(named: dict[str, Any]) -> None:
     assert names == ["file.csv", "sub"]
     sizes = {e["name"]: e["size"] for e in entries}
     assert sizes["file.csv"] == len(CSV2)
+
+
+def test_fsspec_reads_a_bare_name_with_a_path_at_main(named: dict[str, Any],
+                                                      tmp_path: Any) -> None:
+    """``pinfold://NAME/path`` (no ``@``): the name is the longest run of leading
+    parts that is a known name, read at ``main``; the CLI takes it too."""
+    import fsspec
+
+    opts = {"socket": named["socket"]}
+    df = pandas.read_csv(f"pinfold://{NAME}/file.csv", storage_options=opts)
+    assert df["name"].tolist() == ["alpha", "beta"]  # main is version 2
+    fs = fsspec.filesystem("pinfold", socket=named["socket"])
+    assert fs.ls(f"pinfold://{NAME}/sub", detail=False) == [f"{NAME}/sub/a@b.txt",
+                                                             f"{NAME}/sub/notes.txt"]
+    assert fs.cat_file(f"pinfold://{NAME}/sub/notes.txt") == b"notes\n"
+    assert fs.cat_file(f"pinfold://{NAME}/sub/a@b.txt") == b"at\n"  # what ls listed
+    assert fs.info(f"pinfold://{NAME}/sub/notes.txt")["cid"] == fs.info(
+        f"pinfold://{NAME}@main/sub/notes.txt")["cid"]
+
+    # Names may hold '/': org/nest and org/nest/inner both exist; the longer wins,
+    # and main is where it points, not the newest version.
+    outer, inner = tmp_path / "outer", tmp_path / "inner"
+    (outer / "inner").mkdir(parents=True)
+    (outer / "inner" / "f.txt").write_text("outer's\n")
+    inner.mkdir()
+    with named["daemon"].client() as c:
+        c.push("org/nest", outer)
+        for text in ("inner 1\n", "inner 2\n"):
+            (inner / "f.txt").write_text(text)
+            c.push("org/nest/inner", inner)
+        c.tag("org/nest/inner@1", "main")
+    assert fs.cat_file("pinfold://org/nest/inner/f.txt") == b"inner 1\n"
+    assert fs.cat_file("pinfold://org/nest@main/inner/f.txt") == b"outer's\n"
+    cat = run_cli(named["daemon"].home, "cat", f"{NAME}/file.csv").stdout
+    assert cat == CSV2
+
+
+def test_fsspec_bare_path_of_no_known_name_is_not_found_suggesting_a_ref(
+        named: dict[str, Any]) -> None:
+    import fsspec
+
+    from pinfold.fsspec import NameOrCIDNotFound
+
+    fs = fsspec.filesystem("pinfold", socket=named["socket"])
+    url = "pinfold://org/nope/file.csv"
+    for call in (fs.info, fs.cat_file, lambda u: fs.open(u).read()):
+        with pytest.raises(FileNotFoundError) as info:
+            call(url)
+        err = info.value
+        assert isinstance(err, NameOrCIDNotFound) and isinstance(err, ValueError)
+        assert err.filename == "org/nope/file.csv"
+        assert str(err).count(url) == 1 and "NAME@REF/path" in str(err)
+        assert "'org' is not a CID" in str(err)
+    assert fs.exists(url) is False
+    with pytest.raises(FileNotFoundError, match="NAME@REF/path"):
+        pandas.read_csv(url, storage_options={"socket": named["socket"]})

@@ -19,7 +19,8 @@ exit statuses, the one table the CLI and README.md ("Exit codes") follow:
       key not allowed to publish under a name, limits, stopping, another
       daemon already running on the home), a pin
       request it cannot honour (a direct pin over a recursive one, more copies
-      than members, an unreachable availability), or a pin every holder failed
+      than members, an unreachable availability), a pin every holder failed,
+      or ``pin rm`` of the root of a live version of a name (without --force)
 130   interrupted (Ctrl-C)
 ====  =========================================================================
 """
@@ -61,6 +62,7 @@ EXIT_CODES: dict[str, int] = {
     "invalid_pin": EXIT_REFUSED,
     "pin_error": EXIT_REFUSED,
     "pin_failed": EXIT_REFUSED,
+    "pin_in_use": EXIT_REFUSED,
     "interrupted": EXIT_INTERRUPTED,
 }
 """Error code -> exit status; codes not listed exit with ``EXIT_ERROR``."""

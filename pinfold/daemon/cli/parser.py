@@ -381,8 +381,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--direct", action="store_true", help="pin only the root block")
     p.add_argument("--expire-in", type=_positive_seconds, metavar="SECONDS")
     _timeout_option(p, "fetching the DAG (standalone; in a cluster the holders fetch later)")
-    p = pin.add_parser("rm", help="unpin a CID")
+    p = pin.add_parser("rm", help="unpin a CID (refused for the root of a live version "
+                       "of a name: use `versions rm NAME@N`)")
     p.add_argument("cid")
+    p.add_argument("--force", action="store_true",
+                   help="unpin even the root of a live version (`repo gc` then deletes it)")
     p = pin.add_parser("ls", help="list pins (--all: with the pins of name records)")
     p.add_argument("--state", choices=PIN_STATES,
                    help="only pins in this local state (error: failed pins, with the reason)")

@@ -16,8 +16,10 @@
                        record, tags (those at the version now), default (the
                        version NAME alone names)}
 ``name_versions``      {name: NAME[@REF]} -> {name, creator, publishers,
-                       versions: [...]} each version with tags, superseded
-                       moves, holders and achieved availability; with @REF
+                       versions: [...]} each version with tags, retired,
+                       superseded (earlier moves of a tag to it, each with
+                       moved_to and concurrent: ``book.describe``), holders
+                       and achieved availability; with @REF
                        only the version REF names
 ``name_retire``        {ref: NAME@VERSION, key} -> {name, version, cid,
                        already_retired, unpinned, pinned, shared_with:

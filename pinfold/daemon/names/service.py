@@ -28,7 +28,7 @@ from pinfold.blockstore.cid import CID, parse_cid
 from pinfold.blockstore.errors import BlockNotFound
 from pinfold.blockstore.lmdbstore import LmdbBlockStore
 from pinfold.blockstore.writer import BatchWriter
-from pinfold.names.book import NameBook, NameRef, parse_ref
+from pinfold.names.book import NameBook, NameRef
 from pinfold.names.carrier import MARKER, record_block, record_pin_label, record_pin_metadata
 from pinfold.names.records import KeySigner, NameError_, RecordError, SignedRecord, key_from_text
 from pinfold.replication.entries import Entry
@@ -241,8 +241,9 @@ class NameService:
     # ------------------------------------------------------------------ reading
 
     def parse(self, ref: str) -> NameRef:
-        """``parse_ref`` that refuses CID paths (a name is expected here)."""
-        parsed = parse_ref(ref)
+        """``NameBook.parse_known`` (``NAME/path`` of a known name too) that refuses
+        CID paths (a name is expected here)."""
+        parsed = self.book.parse_known(ref)
         if parsed is None:
             raise NameError_(f"{ref!r} is a CID, not a name")
         return parsed

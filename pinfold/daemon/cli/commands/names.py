@@ -33,12 +33,20 @@ def _meta(pairs: list[str] | None) -> dict[str, str]:
 
 
 def push(c, args: argparse.Namespace, out: Output) -> int:
-    """``pinfold push NAME PATH``: a new version of NAME; prints ``NAME@N CID``."""
+    """``pinfold push NAME PATH``: a new version of NAME; prints ``NAME@N CID``.
+    A missing PATH is exit 1 as for ``add``, or a usage error saying the order
+    when NAME is the local path (the arguments swapped)."""
     repl = replication_kwargs(args)
     if "rmin" in repl and repl.get("rmin") != repl.get("rmax"):
         raise UsageError("push takes --replicas N or --availability P")
     wait = wait_kwargs(args)
     if not Path(args.path).exists():
+        if Path(args.name).exists():
+            # `push ./model org/m`: the arguments are swapped (usage, exit 2).
+            raise UsageError(f"push {args.name} {args.path}: {args.path!r} is not a file or "
+                             f"folder, but {args.name!r} is: the order is "
+                             f"`pinfold push NAME PATH`, e.g. "
+                             f"`pinfold push {args.path} {args.name}`")
         # As `add`: a missing input file is exit 1 (format.EXIT_CODES), not bad usage.
         raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), args.path)
     with TransferBar("push") as bar:
@@ -112,18 +120,31 @@ def versions(c, args: argparse.Namespace, out: Output) -> int:
         return 0
     res = c.versions(words[0])
     lines = [f"{res['name']} (creator {res['creator']})"]
-    for v in res["versions"]:
-        tags = f" [{', '.join(v['tags'])}]" if v["tags"] else ""
-        state = " retired" if v["retired"] else ""
-        lines.append(
-            f"  {v['version']:>4}{tags}{state}  {v['cid']}  {v['size']} B  {_when(v['time_ms'])}"
-            f"  holders {len(v['holders'])} avail {v['availability']:.4g}"
-            f"  by {v['publisher'][-8:]}  {v['message']}")
-        for s in v["superseded"]:
-            lines.append(f"        (was {s['tag']}: moved by {s['publisher'][-8:]} "
-                         f"at {_when(s['time_ms'])}, superseded)")
+    lines += [line for v in res["versions"] for line in _version_lines(v)]
     out.doc(res, "\n".join(lines))
     return 0
+
+
+def _version_lines(v: dict[str, Any]) -> list[str]:
+    """One version of ``versions``: its number, the tags at it now, ``retired``
+    (with whether its root is still pinned), then its CID, size, time, holders,
+    publisher and message. A tag that moved on from it (a push moving ``main``)
+    leaves no mark: the version is as good as it was. Only a tag move to it
+    that lost to a concurrent move (same Lamport clock: a race between
+    publishers) gets a line, since someone meant the tag to be here."""
+    tags = f" [{', '.join(v['tags'])}]" if v["tags"] else ""
+    state = ""
+    if v["retired"]:
+        state = " retired (root still pinned)" if v["holders"] else " retired (not pinned)"
+    lines = [f"  {v['version']:>4}{tags}{state}  {v['cid']}  {v['size']} B  "
+             f"{_when(v['time_ms'])}  holders {len(v['holders'])} "
+             f"avail {v['availability']:.4g}  by {v['publisher'][-8:]}  {v['message']}"]
+    for s in v["superseded"]:
+        if s.get("concurrent"):
+            lines.append(f"        ({s['tag']} was moved here by {s['publisher'][-8:]} at "
+                         f"{_when(s['time_ms'])}; a concurrent move to version "
+                         f"{s['moved_to']} won)")
+    return lines
 
 
 def names(c, args: argparse.Namespace, out: Output) -> int:

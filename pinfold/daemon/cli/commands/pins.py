@@ -78,9 +78,23 @@ def _pin_state_text(item: dict[str, Any], blocks_key: str = "blocks",
     return str(item.get("state", ""))
 
 
+def _version_label(versions: list[dict[str, Any]]) -> str:
+    """``'org/m@2' [main], 'org/m@1'``: the live versions at a root with their
+    tags; only when all are retired, those with ``(retired)``."""
+    live = [v for v in versions if not v["retired"]]
+    return ", ".join(
+        repr(v["ref"]) + (f" [{', '.join(v['tags'])}]" if v["tags"] else "")
+        + (" (retired)" if v["retired"] else "") for v in live or versions)
+
+
 def _fmt_pin(p: dict[str, Any]) -> str:
     text = f"{p['cid']} {p.get('mode', '')} {_pin_state_text(p)}"
-    if p.get("name"):
+    versions = p.get("versions") or []
+    if versions:  # a version's root: NAME@N says which one (push names the pin NAME)
+        text += f" name={_version_label(versions)}"
+        if p.get("name") and p["name"] not in {v["name"] for v in versions}:
+            text += f" (pinned as {p['name']!r})"
+    elif p.get("name"):
         text += f" name={p['name']!r}"
     if p.get("error"):
         text += f" error: {p['error']}"
@@ -102,7 +116,7 @@ def pin_add(c, args: argparse.Namespace, out: Output) -> int:
 
 
 def pin_rm(c, args: argparse.Namespace, out: Output) -> int:
-    res = c.unpin(args.cid)
+    res = c.unpin(args.cid, force=args.force)
     out.doc(res, f"unpinned {res['cid']}")
     return 0
 
