@@ -61,7 +61,9 @@ class ApiNode(Protocol):
                   fetch: bool = True, rmin: int | None = None, rmax: int | None = None,
                   availability: float | None = None, expire_at: float | None = None,
                   metadata: dict[str, str] | None = None, timeout_s: float | None = None,
-                  on_visit: Callable[[CID], None] | None = None) -> Pinned | ClusterPin: ...
+                  on_visit: Callable[[CID], None] | None = None,
+                  on_fetched: Callable[[CID, int], None] | None = None
+                  ) -> Pinned | ClusterPin: ...
 
     async def unpin(self, cid: CID) -> PinRecord | bytes: ...
 

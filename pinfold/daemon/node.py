@@ -433,7 +433,8 @@ class Node:
                   fetch: bool = True, rmin: int | None = None, rmax: int | None = None,
                   availability: float | None = None, expire_at: float | None = None,
                   metadata: dict[str, str] | None = None, timeout_s: float | None = None,
-                  on_visit: Callable[[CID], None] | None = None) -> Pinned | ClusterPin:
+                  on_visit: Callable[[CID], None] | None = None,
+                  on_fetched: Callable[[CID, int], None] | None = None) -> Pinned | ClusterPin:
         """Pin ``cid``: in a cluster, a pin of the shared pinset; standalone, a local
         pin (``Pinner.pin``, the one local pin path; ``timeout_s`` and ``on_visit``
         are its fetch's, unused in a cluster, whose holders fetch later).
@@ -460,7 +461,8 @@ class Node:
         assert self.pinner is not None
         done = await self.pinner.pin(cid, recursive=recursive, name=name, fetch=fetch,
                                      expire_at=expire_at, metadata=metadata,
-                                     timeout_s=timeout_s, on_visit=on_visit)
+                                     timeout_s=timeout_s, on_visit=on_visit,
+                                     on_fetched=on_fetched)
         if expire_at is not None and self.expiry is not None:
             self.expiry.wake()
         return done
