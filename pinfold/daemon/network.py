@@ -198,6 +198,11 @@ class Network:
         by_peer = {str(s.peer): s.blocks_received for s in self.bitswap.ledgers()}
         return bs.blocks_received, bs.bytes_received, by_peer
 
+    def sent_by_peer(self) -> dict[str, int]:
+        """Block bytes sent to each peer so far (peer ID text -> bytes), from the
+        ledgers; ``pin add --wait`` shows what this node sent each holder."""
+        return {str(s.peer): s.bytes_sent for s in self.bitswap.ledgers()}
+
     def blocks_added(self, cids: list[CID]) -> None:
         """Blocks were stored outside Bitswap (add, import): serve peers waiting for them."""
         self.bitswap.blocks_added(cids)

@@ -391,6 +391,10 @@ class Node:
         """Blocks received from peers so far: ``(blocks, bytes, blocks by peer ID)``."""
         return self.network.received() if self.network is not None else (0, 0, {})
 
+    def sent_by_peer(self) -> dict[str, int]:
+        """Block bytes sent to each peer so far: ``{peer ID: bytes}``."""
+        return self.network.sent_by_peer() if self.network is not None else {}
+
     @asynccontextmanager
     async def prefetcher(self, *, timeout_s: float | None = None
                          ) -> AsyncIterator[Callable[[list[CID]], None]]:
