@@ -22,7 +22,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import asdict, is_dataclass
 from importlib.metadata import version as _dist_version
@@ -366,6 +366,12 @@ class Node:
         """True if the block is local (identity CIDs always are)."""
         assert self.blocks is not None
         return self.blocks.has(cid)
+
+    def read_local(self, cids: Sequence[CID],
+                   fn: Callable[[CID, bytes | memoryview], Any]) -> list[Any]:
+        """``fn(cid, block)`` for each local block of ``cids`` in one store read,
+        ``None`` for the others (``TxnBlockStore.read_each``; the gateway's listings)."""
+        return self.store.read_each(cids, fn)
 
     def resolve_name(self, text: str) -> tuple[ContentPath, bool]:
         """The gateway's ``/ipns/`` resolver: ``resolver.ipns_content_path`` on the book."""
