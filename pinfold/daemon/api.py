@@ -353,7 +353,7 @@ class Api:
                     self.node.prefetcher(timeout_s=fetch_t) as prefetch:
                 cid = await self._ref(call.params)  # inside the bound: may fetch the path
                 metered = metered_get(self.node, meter, fetch_t, dag_bytes=False)
-                prefetch = metered_prefetch(prefetch, self.node, meter)
+                prefetch = metered_prefetch(prefetch, meter)
 
                 async def get(c: CID) -> bytes:  # counts the blocks this read touches
                     nonlocal blocks
@@ -386,7 +386,7 @@ class Api:
                 self.node.prefetcher(timeout_s=fetch_t) as prefetch:
             cid = await self._ref(call.params)  # inside the bound: may fetch the path
             get = metered_get(self.node, meter, fetch_t, dag_bytes=True)
-            prefetch = metered_prefetch(prefetch, self.node, meter)
+            prefetch = metered_prefetch(prefetch, meter)
             async for entry in unixfs.walk_tree(get, cid):
                 header: dict[str, Any] = {"path": entry.path, "type": entry.kind,
                                           "size": entry.size or 0}

@@ -6,7 +6,7 @@ Imports the blockstore types, config, metrics and the node parts' types.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
@@ -52,7 +52,10 @@ class ApiNode(Protocol):
     def sent_by_peer(self) -> dict[str, int]: ...
 
     def prefetcher(self, *, timeout_s: float | None = None
-                   ) -> AbstractAsyncContextManager[Callable[[list[CID]], None]]: ...
+                   ) -> AbstractAsyncContextManager[Callable[[list[CID]], list[CID]]]: ...
+
+    def read_local(self, cids: Sequence[CID],
+                   fn: Callable[[CID, bytes | memoryview], Any]) -> list[Any]: ...
 
     async def ensure_dag(self, root: CID, *, protection: Protection | None = None) -> None: ...
 

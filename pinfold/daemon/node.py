@@ -403,14 +403,15 @@ class Node:
 
     @asynccontextmanager
     async def prefetcher(self, *, timeout_s: float | None = None
-                         ) -> AsyncIterator[Callable[[list[CID]], None]]:
+                         ) -> AsyncIterator[Callable[[list[CID]], list[CID]]]:
         """A ``prefetch(cids)`` callback for ``unixfs.cat``: missing blocks are wanted
         from peers in the background as soon as their parent is read, so a remote
-        file streams without a round trip per block. Pending wants are cancelled
-        when the context exits. ``timeout_s`` as ``get_block``."""
+        file streams without a round trip per block; it returns the blocks it
+        wanted (a transfer's progress counts the others as local). Pending wants
+        are cancelled when the context exits. ``timeout_s`` as ``get_block``."""
         network = self.network
         if network is None:
-            yield lambda cids: None
+            yield lambda cids: []
             return
 
         async def drain(cids: list[CID]) -> None:
@@ -421,10 +422,11 @@ class Node:
                 log.debug("prefetch of %d blocks stopped: %s", len(cids), exc)
 
         async with trio.open_nursery() as nursery:
-            def prefetch(cids: list[CID]) -> None:
+            def prefetch(cids: list[CID]) -> list[CID]:
                 missing = [c for c in cids if not self.has_block(c)]
                 if missing:
                     nursery.start_soon(drain, missing)
+                return missing
 
             yield prefetch
             nursery.cancel_scope.cancel()

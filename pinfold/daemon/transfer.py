@@ -12,14 +12,14 @@ Imports trio and the blockstore's dag-pb and UnixFS decoders.
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Protocol
 
 import trio
 
 from pinfold.blockstore import dagpb
-from pinfold.blockstore.cid import CID, DAG_PB, RAW, cid_text
+from pinfold.blockstore.cid import CID, DAG_PB, IDENTITY, RAW, cid_text
 from pinfold.blockstore.errors import BlockNotFound, DecodeError
 from pinfold.blockstore.store import BlockStore
 from pinfold.blockstore.unixfs.data import DataType, decode_data
@@ -266,9 +266,14 @@ async def transfer(call: Any, what: str, cid: CID | str, received: ReceivedCount
 class BlockSource(Protocol):
     """What ``metered_get`` reads blocks through (the node)."""
 
-    def has_block(self, cid: CID) -> bool: ...
+    def read_local(self, cids: Sequence[CID],
+                   fn: Callable[[CID, bytes | memoryview], Any]) -> list[Any]: ...
 
     async def get_block(self, cid: CID, *, timeout_s: float | None = None) -> bytes: ...
+
+
+def _copy(_: CID, block: bytes | memoryview) -> bytes:
+    return bytes(block)
 
 
 def _content_bytes(cid: CID, block: bytes) -> int:
@@ -291,7 +296,8 @@ def metered_get(node: BlockSource, meter: TransferMeter, timeout_s: float | None
     A block in the store when first reached and not prefetched by this run
     (``meter.wanted``) counts toward ``meter.local_bytes``: its block bytes with
     ``dag_bytes``, else the file bytes it holds (``cat``, whose ``done`` is
-    file bytes).
+    file bytes). Such a block is read with ``read_local`` (one store read, as
+    ``get_block`` would); one not there is then fetched through ``get_block``.
 
     The last block read is kept, so a reader that reads a block twice in a row
     (``get`` reads a file's root to list it, then to send it) reads the store
@@ -306,12 +312,16 @@ def metered_get(node: BlockSource, meter: TransferMeter, timeout_s: float | None
         key = cid.digest
         if key == last_key:
             return last_data
-        local = key not in seen and key not in meter.wanted and node.has_block(cid)
-        # A local read returns without a checkpoint, so nobody sees this unless
-        # the block is being fetched from peers.
-        meter.waiting_on = cid
-        data = await node.get_block(cid, timeout_s=timeout_s)
-        meter.waiting_on = None
+        data: bytes | None = None
+        if key not in seen and key not in meter.wanted and cid.hashfun.code != IDENTITY:
+            data = node.read_local([cid], _copy)[0]
+        local = data is not None
+        if data is None:
+            # A local read returns without a checkpoint, so nobody sees this unless
+            # the block is being fetched from peers.
+            meter.waiting_on = cid
+            data = await node.get_block(cid, timeout_s=timeout_s)
+            meter.waiting_on = None
         last_key, last_data = key, data
         if key not in seen:
             seen.add(key)
@@ -327,17 +337,14 @@ def metered_get(node: BlockSource, meter: TransferMeter, timeout_s: float | None
     return get
 
 
-def metered_prefetch(prefetch: Callable[[list[CID]], object], node: BlockSource,
+def metered_prefetch(prefetch: Callable[[list[CID]], list[CID] | None],
                      meter: TransferMeter) -> Callable[[list[CID]], None]:
-    """A reader's ``prefetch`` that notes the blocks it asks peers for in
-    ``meter.wanted``, so ``metered_get`` does not count them as local when they
-    have arrived by the time they are read."""
+    """A reader's ``prefetch`` (``Node.prefetcher``'s, which returns the blocks it
+    wanted from peers) that notes those in ``meter.wanted``, so ``metered_get``
+    does not count them as local when they have arrived by the time they are read."""
 
     def wrapped(cids: list[CID]) -> None:
-        missing = [c for c in cids if not node.has_block(c)]
-        meter.wanted.update(c.digest for c in missing)
-        if missing:
-            prefetch(missing)
+        meter.wanted.update(c.digest for c in prefetch(cids) or ())
 
     return wrapped
 
