@@ -402,8 +402,11 @@ class Client(GetMixin, PathsMixin, NamesMixin):
         Args:
             cid: a pinned CID.
             timeout: seconds (> 0) to wait at most; None waits as long as it takes.
-            progress: called with ``{"pinned", "wanted", "holders"}`` at the start
-                and whenever the count or a holder's state changes.
+            progress: called with ``{"pinned", "wanted", "total", "holders"}`` at
+                the start and whenever the count, a holder's state or the bytes
+                known of it change (``total``: the DAG's bytes or None; each
+                holder: ``peer_id``, ``state``, ``peer_status``, and where known
+                ``bytes`` it has and ``sent_bytes`` this node sent it; DESIGN.md).
 
         Raises:
             ValueError: ``timeout`` is not > 0.

@@ -96,8 +96,8 @@ from pinfold.daemon.p2p.streams import UploadReader
 from pinfold.daemon.pin_names import check_unpin, version_labels
 from pinfold.daemon.pin_wait import wait_for_holders
 from pinfold.daemon.resolver import Resolver
-from pinfold.daemon.transfer import (expected_size, fetch_timeout_s, metered_get, transfer,
-                                     visit_counter)
+from pinfold.daemon.transfer import (DagVisits, expected_size, fetch_timeout_s, metered_get,
+                                     metered_prefetch, transfer)
 
 log = logging.getLogger("pinfold.api")
 
@@ -357,6 +357,7 @@ class Api:
                     self.node.prefetcher(timeout_s=fetch_t) as prefetch:
                 cid = await self._ref(call.params)  # inside the bound: may fetch the path
                 metered = metered_get(self.node, meter, fetch_t, dag_bytes=False)
+                prefetch = metered_prefetch(prefetch, meter)
 
                 async def get(c: CID) -> bytes:  # counts the blocks this read touches
                     nonlocal blocks
@@ -389,6 +390,7 @@ class Api:
                 self.node.prefetcher(timeout_s=fetch_t) as prefetch:
             cid = await self._ref(call.params)  # inside the bound: may fetch the path
             get = metered_get(self.node, meter, fetch_t, dag_bytes=True)
+            prefetch = metered_prefetch(prefetch, meter)
             async for entry in unixfs.walk_tree(get, cid):
                 header: dict[str, Any] = {"path": entry.path, "type": entry.kind,
                                           "size": entry.size or 0}
@@ -535,9 +537,11 @@ class Api:
         opts = self._pin_opts(call)
         async with transfer(call, "pin add", ref, self.node.received) as meter:
             cid = await self._ref(call.params)  # inside the bound: may fetch the path
+            visits = DagVisits(self.node.store, meter)
             pinned = await self.node.pin(cid, recursive=recursive,
                                          timeout_s=fetch_timeout_s(call.params),
-                                         on_visit=visit_counter(self.node.store, meter), **opts)
+                                         on_visit=visits.on_visit,
+                                         on_fetched=visits.on_fetched, **opts)
         res = pin_dict(pinned)
         if self.resolver.content_path(call.params["cid"]).segments:  # a path: say what it named
             res["path"] = call.params["cid"]

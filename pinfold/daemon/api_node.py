@@ -6,7 +6,7 @@ Imports the blockstore types, config, metrics and the node parts' types.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
@@ -49,8 +49,13 @@ class ApiNode(Protocol):
 
     def received(self) -> tuple[int, int, dict[str, int]]: ...
 
+    def sent_by_peer(self) -> dict[str, int]: ...
+
     def prefetcher(self, *, timeout_s: float | None = None
-                   ) -> AbstractAsyncContextManager[Callable[[list[CID]], None]]: ...
+                   ) -> AbstractAsyncContextManager[Callable[[list[CID]], list[CID]]]: ...
+
+    def read_local(self, cids: Sequence[CID],
+                   fn: Callable[[CID, bytes | memoryview], Any]) -> list[Any]: ...
 
     async def ensure_dag(self, root: CID, *, protection: Protection | None = None) -> None: ...
 
@@ -61,7 +66,9 @@ class ApiNode(Protocol):
                   fetch: bool = True, rmin: int | None = None, rmax: int | None = None,
                   availability: float | None = None, expire_at: float | None = None,
                   metadata: dict[str, str] | None = None, timeout_s: float | None = None,
-                  on_visit: Callable[[CID], None] | None = None) -> Pinned | ClusterPin: ...
+                  on_visit: Callable[[CID], None] | None = None,
+                  on_fetched: Callable[[CID, int], None] | None = None
+                  ) -> Pinned | ClusterPin: ...
 
     async def unpin(self, cid: CID) -> PinRecord | bytes: ...
 

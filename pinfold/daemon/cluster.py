@@ -28,7 +28,7 @@ import trio
 from libp2p.crypto.keys import KeyPair
 from libp2p.peer.id import ID
 from pinfold.blockstore.cid import CID
-from pinfold.blockstore.errors import NotPinned
+from pinfold.blockstore.errors import BlockNotFound, NotPinned
 from pinfold.blockstore.lmdbstore import LmdbBlockStore
 from pinfold.blockstore.writer import BatchWriter
 from pinfold.config import Config
@@ -36,13 +36,14 @@ from pinfold.replication.allocation import unreachable_availability
 from pinfold.replication.errors import InvalidPin, PinNotFound
 from pinfold.replication.manager import Manager, ManagerConfig
 from pinfold.replication.persist import ReplicationDB
-from pinfold.replication.transport import LocalPins
 from pinfold.replication.types import PeerStatus, Pin, PinMode, PinState, cid_text, pin_key
 
+from pinfold.daemon.cluster_pins import NodePins
 from pinfold.daemon.cluster_transport import SYNC_PROTOCOL, LibP2PTransport, topic_name
 from pinfold.daemon.errors import InvalidArgument
 from pinfold.daemon.metrics import counter, counter_by, gauge, gauge_by, histogram
 from pinfold.daemon.p2p.host import Host
+from pinfold.daemon.transfer import expected_size
 
 log = logging.getLogger("pinfold.cluster")
 
@@ -169,12 +170,13 @@ class Cluster:
     """
 
     def __init__(self, config: Config, *, peer_id: str, key_pair: KeyPair, host: Host,
-                 store: LmdbBlockStore, writer: BatchWriter, pins: LocalPins) -> None:
+                 store: LmdbBlockStore, writer: BatchWriter, pins: NodePins) -> None:
         self.config = config
         self.peer_id = peer_id
         self.name = config.cluster.name
         self.host = host
         self.store = store
+        self.pins = pins
         self.transport = LibP2PTransport(
             host, key_pair, self.name, trusted=config.cluster.trusted_peers,
             heartbeat_interval_s=config.replication.heartbeat_interval_s)
@@ -325,9 +327,13 @@ class Cluster:
 
     async def pin_status(self, cid: CID) -> dict[str, Any]:
         """The cluster's view of a pin (this node's holder with its last ``error`` when it
-        is in ``pin_error``). A local copy this node counted as ``pinned``
-        but that is missing blocks goes back to ``queued`` first (it is fetched
-        again), so neither this answer nor the peers count it as held."""
+        is in ``pin_error``), with the DAG's ``size_bytes`` when known (the pin's,
+        else the root block's sizes when the root is here) and a holder's
+        ``bytes`` where known: ``size_bytes`` for a pinned holder, the bytes
+        this node's own fetch has reached while it runs. A local copy this
+        node counted as ``pinned`` but that is missing blocks goes back to
+        ``queued`` first (it is fetched again), so neither this answer nor the
+        peers count it as held."""
         key = pin_key(cid)
         presence = None
         if self.manager.local_state(key) is PinState.PINNED:
@@ -352,7 +358,24 @@ class Cluster:
         if presence is not None and presence[0] < presence[1]:
             d["local_blocks"] = presence[1]
             d["local_blocks_present"] = presence[0]
+        size = pin.size_bytes if pin is not None else None
+        if size is None:
+            size = self._dag_size(cid)
+        d["size_bytes"] = size
+        fetching = self.pins.fetching_bytes(key)
+        for h in d["holders"]:
+            if h["state"] == PinState.PINNED.value and size is not None:
+                h["bytes"] = size
+            elif h["peer_id"] == self.peer_id and fetching is not None:
+                h["bytes"] = fetching
         return d
+
+    def _dag_size(self, cid: CID) -> int | None:
+        """The DAG bytes ``cid``'s root block announces, None when it is not here."""
+        try:
+            return expected_size(cid, self.store.get(cid), content=False)
+        except BlockNotFound:
+            return None
 
 
 # ---------------------------------------------------------------------- metrics

@@ -1,7 +1,8 @@
 """``NodePins``: the replication manager's ``LocalPins`` over this node's store.
 
 Fetch a DAG by Bitswap (from the holders first) and pin it for the owner
-"cluster", unpin, keep an origin copy, report completeness and capacity. Every
+"cluster", unpin, keep an origin copy, report completeness, capacity and the
+bytes a fetch running now has reached (``fetching_bytes``, for ``--wait``). Every
 pin goes through ``Pinner.pin`` (``daemon/pinning.py``), the node's one pin
 path. Imports the blockstore, replication's types and errors, and the pinner.
 """
@@ -42,6 +43,12 @@ class NodePins:
         self.store = store
         self._connected = connected
         self._capacity_bytes = capacity_bytes
+        self._fetching: dict[bytes, int] = {}  # pin key -> DAG bytes reached so far
+
+    def fetching_bytes(self, cid: bytes) -> int | None:
+        """Block bytes of ``cid``'s DAG the fetch running now has reached (local blocks
+        and fetched ones), None when no fetch of it runs here."""
+        return self._fetching.get(cid)
 
     @staticmethod
     def _cid(key: bytes) -> CID:
@@ -58,13 +65,34 @@ class NodePins:
         if mode is PinMode.DIRECT and held is not None and \
                 held.holds.get("cluster") == "recursive":
             return 0  # already held more strongly; a pin is never weakened
+        fetched_size = 0
+
+        def on_fetched(_: CID, size: int) -> None:
+            nonlocal fetched_size
+            fetched_size = size
+
+        def on_visit(c: CID) -> None:
+            # A fetched block's size came with it; a local one's is read.
+            nonlocal fetched_size
+            size, fetched_size = fetched_size, 0
+            if not size:
+                try:
+                    size = self.store.get_size(c)
+                except BlockNotFound:
+                    return
+            self._fetching[cid] = self._fetching.get(cid, 0) + size
+
+        self._fetching[cid] = 0
         try:
             done = await self.pinner.pin(root, recursive=mode is PinMode.RECURSIVE,
-                                         name="cluster", providers=providers, owner="cluster")
+                                         name="cluster", providers=providers, owner="cluster",
+                                         on_visit=on_visit, on_fetched=on_fetched)
         except trio.Cancelled:
             raise
         except Exception as exc:
             raise FetchFailed(f"{root}: {describe(exc)}") from exc
+        finally:
+            self._fetching.pop(cid, None)
         return done.fetched_bytes
 
     async def unpin(self, cid: bytes) -> None:

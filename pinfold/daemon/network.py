@@ -166,13 +166,15 @@ class Network:
     async def ensure_dag(self, root: CID, *, protection: Protection | None = None,
                          peers: Iterable[ID] | None = None,
                          on_visit: Callable[[CID], None] | None = None,
+                         on_fetched: Callable[[CID, int], None] | None = None,
                          timeout_s: float | None = None) -> FetchStats:
         """Fetch every missing block of ``root``'s DAG; returns Bitswap's ``FetchStats``.
 
         With ``protection`` (a store ``Protection``), every block stored by the
         fetch is added to it as it arrives. ``on_visit`` is called once with each
-        block of the DAG, local or fetched (Bitswap's ``fetch_dag``); ``timeout_s``
-        as ``get_block``.
+        block of the DAG, local or fetched (Bitswap's ``fetch_dag``), ``on_fetched``
+        with ``(cid, size)`` of each fetched one before its visit (``on_block``);
+        ``timeout_s`` as ``get_block``.
         """
         if not self.store.has(root) and not self.host.connected_peers():
             self._require_peers(root)
@@ -180,7 +182,7 @@ class Network:
             self._protections.add(protection)
         try:
             return await self.bitswap.fetch_dag(root, peers=peers, on_visit=on_visit,
-                                                timeout_s=timeout_s)
+                                                on_block=on_fetched, timeout_s=timeout_s)
         finally:
             self._protections.discard(protection)
 
@@ -195,6 +197,11 @@ class Network:
         bs = self.bitswap.statistics()
         by_peer = {str(s.peer): s.blocks_received for s in self.bitswap.ledgers()}
         return bs.blocks_received, bs.bytes_received, by_peer
+
+    def sent_by_peer(self) -> dict[str, int]:
+        """Block bytes sent to each peer so far (peer ID text -> bytes), from the
+        ledgers; ``pin add --wait`` shows what this node sent each holder."""
+        return {str(s.peer): s.bytes_sent for s in self.bitswap.ledgers()}
 
     def blocks_added(self, cids: list[CID]) -> None:
         """Blocks were stored outside Bitswap (add, import): serve peers waiting for them."""

@@ -22,7 +22,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import asdict, is_dataclass
 from importlib.metadata import version as _dist_version
@@ -367,6 +367,12 @@ class Node:
         assert self.blocks is not None
         return self.blocks.has(cid)
 
+    def read_local(self, cids: Sequence[CID],
+                   fn: Callable[[CID, bytes | memoryview], Any]) -> list[Any]:
+        """``fn(cid, block)`` for each local block of ``cids`` in one store read,
+        ``None`` for the others (``TxnBlockStore.read_each``; the gateway's listings)."""
+        return self.store.read_each(cids, fn)
+
     def resolve_name(self, text: str) -> tuple[ContentPath, bool]:
         """The gateway's ``/ipns/`` resolver: ``resolver.ipns_content_path`` on the book."""
         return ipns_content_path(text, self.names.book if self.names is not None else None)
@@ -391,16 +397,21 @@ class Node:
         """Blocks received from peers so far: ``(blocks, bytes, blocks by peer ID)``."""
         return self.network.received() if self.network is not None else (0, 0, {})
 
+    def sent_by_peer(self) -> dict[str, int]:
+        """Block bytes sent to each peer so far: ``{peer ID: bytes}``."""
+        return self.network.sent_by_peer() if self.network is not None else {}
+
     @asynccontextmanager
     async def prefetcher(self, *, timeout_s: float | None = None
-                         ) -> AsyncIterator[Callable[[list[CID]], None]]:
+                         ) -> AsyncIterator[Callable[[list[CID]], list[CID]]]:
         """A ``prefetch(cids)`` callback for ``unixfs.cat``: missing blocks are wanted
         from peers in the background as soon as their parent is read, so a remote
-        file streams without a round trip per block. Pending wants are cancelled
-        when the context exits. ``timeout_s`` as ``get_block``."""
+        file streams without a round trip per block; it returns the blocks it
+        wanted (a transfer's progress counts the others as local). Pending wants
+        are cancelled when the context exits. ``timeout_s`` as ``get_block``."""
         network = self.network
         if network is None:
-            yield lambda cids: None
+            yield lambda cids: []
             return
 
         async def drain(cids: list[CID]) -> None:
@@ -411,10 +422,11 @@ class Node:
                 log.debug("prefetch of %d blocks stopped: %s", len(cids), exc)
 
         async with trio.open_nursery() as nursery:
-            def prefetch(cids: list[CID]) -> None:
+            def prefetch(cids: list[CID]) -> list[CID]:
                 missing = [c for c in cids if not self.has_block(c)]
                 if missing:
                     nursery.start_soon(drain, missing)
+                return missing
 
             yield prefetch
             nursery.cancel_scope.cancel()
@@ -433,7 +445,8 @@ class Node:
                   fetch: bool = True, rmin: int | None = None, rmax: int | None = None,
                   availability: float | None = None, expire_at: float | None = None,
                   metadata: dict[str, str] | None = None, timeout_s: float | None = None,
-                  on_visit: Callable[[CID], None] | None = None) -> Pinned | ClusterPin:
+                  on_visit: Callable[[CID], None] | None = None,
+                  on_fetched: Callable[[CID, int], None] | None = None) -> Pinned | ClusterPin:
         """Pin ``cid``: in a cluster, a pin of the shared pinset; standalone, a local
         pin (``Pinner.pin``, the one local pin path; ``timeout_s`` and ``on_visit``
         are its fetch's, unused in a cluster, whose holders fetch later).
@@ -460,7 +473,8 @@ class Node:
         assert self.pinner is not None
         done = await self.pinner.pin(cid, recursive=recursive, name=name, fetch=fetch,
                                      expire_at=expire_at, metadata=metadata,
-                                     timeout_s=timeout_s, on_visit=on_visit)
+                                     timeout_s=timeout_s, on_visit=on_visit,
+                                     on_fetched=on_fetched)
         if expire_at is not None and self.expiry is not None:
             self.expiry.wake()
         return done

@@ -48,11 +48,13 @@ class Exchange(Protocol):
     async def ensure_dag(self, root: CID, *, protection: Protection | None = None,
                          peers: Iterable[ID] | None = None,
                          on_visit: Callable[[CID], None] | None = None,
+                         on_fetched: Callable[[CID, int], None] | None = None,
                          timeout_s: float | None = None) -> FetchResult:
         """Fetch every missing block of ``root``'s DAG (from ``peers`` when given),
         adding each to ``protection`` as it is stored; ``on_visit`` is called once
-        with each block of the DAG (identity CIDs excepted), local or fetched;
-        ``timeout_s`` as ``get_block``."""
+        with each block of the DAG (identity CIDs excepted), local or fetched,
+        and ``on_fetched`` with ``(cid, size in bytes)`` just before the visit of
+        a block fetched from a peer; ``timeout_s`` as ``get_block``."""
         ...
 
     def fetch_blocks(self, cids: list[CID], *, timeout_s: float | None = None

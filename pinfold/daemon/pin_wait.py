@@ -2,8 +2,9 @@
 
 The RPC method ``pin_wait`` (``daemon/api.py``) calls ``wait_for_holders``.
 It reads the node's ``pin status`` record at each change of the cluster's pins
-or holders' states (``wait_pin_change``) and streams a progress item when the
-count or a holder's state changes. Imports nothing of the daemon but types.
+or holders' states (``wait_pin_change``, at least every 0.5 s) and streams a
+progress item when the count, a holder's state or the bytes known of a holder
+change. Imports nothing of the daemon but types.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import trio
 from pinfold.blockstore.cid import CID
 from pinfold.config import Config
 
-__all__ = ["all_failed", "allocated_holders", "wait_for_holders"]
+__all__ = ["all_failed", "allocated_holders", "holder_progress", "wait_for_holders"]
 
 
 class WaitNode(Protocol):
@@ -27,6 +28,8 @@ class WaitNode(Protocol):
     async def pin_status(self, cid: CID) -> dict[str, Any]: ...
 
     async def wait_pin_change(self, timeout_s: float) -> None: ...
+
+    def sent_by_peer(self) -> dict[str, int]: ...
 
 
 _BUSY = ("queued", "pinning")
@@ -49,6 +52,23 @@ def allocated_holders(st: dict[str, Any]) -> list[dict[str, Any]]:
     return sorted(held, key=rank)[:max(1, int(st.get("rmax", 1)))]
 
 
+def holder_progress(holders: list[dict[str, Any]], sent: dict[str, int]
+                    ) -> list[dict[str, Any]]:
+    """The holders as a progress item lists them: ``peer_id``, ``state``,
+    ``peer_status``, and where known ``bytes`` (of the DAG the holder has: all
+    of it when pinned, what this node's own fetch reached) and ``sent_bytes``
+    (block bytes this node sent that peer since the wait began, > 0 only)."""
+    out = []
+    for h in holders:
+        item = {k: h.get(k) for k in ("peer_id", "state", "peer_status")}
+        if h.get("bytes") is not None:
+            item["bytes"] = h["bytes"]
+        if sent.get(str(h.get("peer_id")), 0) > 0:
+            item["sent_bytes"] = sent[str(h.get("peer_id"))]
+        out.append(item)
+    return out
+
+
 def all_failed(st: dict[str, Any]) -> bool:
     """No holder on a live peer is fetching or pinned, and one reports ``pin_error``."""
     live = [h for h in st.get("holders", []) if h.get("peer_status") != "dead"]
@@ -61,9 +81,10 @@ async def wait_for_holders(node: WaitNode, cid: CID, *, timeout: float | None,
                            send: Callable[[dict[str, Any]], Awaitable[None]]) -> dict[str, Any]:
     """Wait until ``rmin`` holders of ``cid`` report pinned on alive peers.
 
-    Calls ``send({"pinned", "wanted", "holders"})`` each time the count or a
-    holder's state changes (``holders``: the allocated ones, at most rmax, see
-    ``allocated_holders``); returns the ``pin_status`` record with ``done``
+    Calls ``send({"pinned", "wanted", "total", "holders"})`` each time the count,
+    a holder's state or its bytes change (``total``: the DAG's bytes, None when
+    unknown; ``holders``: the allocated ones, at most rmax, see
+    ``allocated_holders``, with bytes where known, see ``holder_progress``); returns the ``pin_status`` record with ``done``
     (False: the timeout passed first, or ``failed``). ``failed`` is True when
     no holder is fetching while some report ``pin_error``, for ``3 x`` the
     peer TTL on end (failed holders retry with a growing backoff; a failure
@@ -83,13 +104,15 @@ async def wait_for_holders(node: WaitNode, cid: CID, *, timeout: float | None,
     last: dict[str, Any] | None = None
     failed_since: float | None = None
     st = await node.pin_status(cid)
+    sent0 = node.sent_by_peer()
     with trio.move_on_after(math.inf if timeout is None else float(timeout)):
         while True:
             st = await node.pin_status(cid)
             holders = allocated_holders(st)
+            sent = {p: n - sent0.get(p, 0) for p, n in node.sent_by_peer().items()}
             progress = {"pinned": st["healthy"], "wanted": st["rmin"],
-                        "holders": [{k: h.get(k) for k in ("peer_id", "state", "peer_status")}
-                                    for h in holders]}
+                        "total": st.get("size_bytes"),
+                        "holders": holder_progress(holders, sent)}
             if progress != last:
                 await send(progress)
                 last = progress

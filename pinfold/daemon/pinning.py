@@ -112,7 +112,8 @@ class Pinner:
                   expire_at: float | None = None, metadata: Mapping[str, object] | None = None,
                   providers: Iterable[ID] | None = None, owner: str = "local",
                   timeout_s: float | None = None,
-                  on_visit: Callable[[CID], None] | None = None) -> Pinned:
+                  on_visit: Callable[[CID], None] | None = None,
+                  on_fetched: Callable[[CID, int], None] | None = None) -> Pinned:
         """Pin ``cid`` for ``owner``: its blocks' refcounts and the pin record in one
         transaction, fetching missing blocks first (from ``providers`` when given).
 
@@ -130,6 +131,8 @@ class Pinner:
             timeout_s: seconds a fetch may make no progress (None: the default).
             on_visit: called with each block of the DAG as the walk reaches it
                 (a transfer's progress).
+            on_fetched: called with ``(cid, size in bytes)`` of each block fetched
+                from a peer, just before its ``on_visit`` (local blocks get none).
 
         Raises:
             BlockNotFound: a block of the DAG is missing and cannot be fetched.
@@ -154,7 +157,7 @@ class Pinner:
                 # reports every block it reaches: that walk is the only one.
                 stats = await exchange.ensure_dag(
                     cid, protection=protection, peers=list(providers) if providers else None,
-                    on_visit=visit, timeout_s=timeout_s)
+                    on_visit=visit, on_fetched=on_fetched, timeout_s=timeout_s)
                 fetched = int(stats.fetched_bytes)
             elif recursive:
                 async for c in dagmod.walk(get, cid, has_block=self.blocks.has):

@@ -12,22 +12,23 @@ Imports trio and the blockstore's dag-pb and UnixFS decoders.
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Protocol
 
 import trio
 
 from pinfold.blockstore import dagpb
-from pinfold.blockstore.cid import CID, DAG_PB, RAW, cid_text
+from pinfold.blockstore.cid import CID, DAG_PB, IDENTITY, RAW, cid_text
 from pinfold.blockstore.errors import BlockNotFound, DecodeError
 from pinfold.blockstore.store import BlockStore
 from pinfold.blockstore.unixfs.data import DataType, decode_data
 
 from pinfold.daemon.errors import InvalidArgument
 
-__all__ = ["PROGRESS_INTERVAL_S", "TransferMeter", "TransferTimeout", "expected_size",
-           "fetch_timeout_s", "metered_get", "timeout_param", "transfer", "visit_counter"]
+__all__ = ["PROGRESS_INTERVAL_S", "DagVisits", "TransferMeter", "TransferTimeout",
+           "expected_size", "fetch_timeout_s", "metered_get", "metered_prefetch",
+           "timeout_param", "transfer"]
 
 #: Seconds between progress events (a terminal redraws about 4 times a second).
 PROGRESS_INTERVAL_S = 0.25
@@ -103,15 +104,19 @@ class TransferMeter:
 
     ``done`` counts the transfer's own unit (a file's bytes for ``cat``, the
     DAG's block bytes for ``get`` and ``pin add``) toward ``total``; ``blocks``
-    the blocks reached. What arrived from peers is read from the node's
-    counters (every fetch of the node while this one runs) against their value
-    at the start: ``fetched_*`` and the peers that sent blocks.
+    the blocks reached; ``local_bytes`` the part of ``done`` that was already
+    in the store when the transfer reached it (a resumed fetch), so a rate is
+    ``(done - local_bytes) / elapsed``. What arrived from peers is read from
+    the node's counters (every fetch of the node while this one runs) against
+    their value at the start: ``fetched_*`` and the peers that sent blocks.
 
     Attributes:
         what: the command, for messages (``cat``, ``get``, ``pin add``).
         cid: the CID asked for (text).
         total: bytes expected (``expected_size``), None if unknown.
         done: bytes done so far.
+        local_bytes: bytes of ``done`` found in the store, not fetched by this run.
+        wanted: multihashes of blocks this run asked peers for (prefetched).
         blocks: blocks reached so far.
         waiting_on: a block being fetched now, when the handler knows it.
         started: ``trio.current_time()`` at the start.
@@ -123,6 +128,8 @@ class TransferMeter:
         self._total: int | None = None
         self._total_root: tuple[CID, bytes] | None = None
         self.done = 0
+        self.local_bytes = 0
+        self.wanted: set[bytes] = set()
         self.blocks = 0
         self.waiting_on: CID | None = None
         self.started = trio.current_time()
@@ -162,7 +169,8 @@ class TransferMeter:
         """The progress event now (DESIGN.md, "Progress events")."""
         fetched_blocks, fetched_bytes, peers = self.fetched()
         ev: dict[str, Any] = {
-            "bytes": self.done, "total": self.total, "blocks": self.blocks,
+            "bytes": self.done, "local_bytes": min(self.local_bytes, self.done),
+            "total": self.total, "blocks": self.blocks,
             "fetched_blocks": fetched_blocks, "fetched_bytes": fetched_bytes,
             "peers": peers, "elapsed_s": round(trio.current_time() - self.started, 3),
         }
@@ -258,7 +266,24 @@ async def transfer(call: Any, what: str, cid: CID | str, received: ReceivedCount
 class BlockSource(Protocol):
     """What ``metered_get`` reads blocks through (the node)."""
 
+    def read_local(self, cids: Sequence[CID],
+                   fn: Callable[[CID, bytes | memoryview], Any]) -> list[Any]: ...
+
     async def get_block(self, cid: CID, *, timeout_s: float | None = None) -> bytes: ...
+
+
+def _copy(_: CID, block: bytes | memoryview) -> bytes:
+    return bytes(block)
+
+
+def _content_bytes(cid: CID, block: bytes) -> int:
+    """The file bytes a block holds (a raw leaf's length, a dag-pb node's UnixFS data)."""
+    if cid.codec.code == RAW:
+        return len(block)
+    try:
+        return len(decode_data(dagpb.decode(block).data).data or b"")
+    except (DecodeError, ValueError):
+        return 0
 
 
 def metered_get(node: BlockSource, meter: TransferMeter, timeout_s: float | None, *,
@@ -267,6 +292,12 @@ def metered_get(node: BlockSource, meter: TransferMeter, timeout_s: float | None
     ``dag_bytes``, its bytes toward ``meter.done``, reading the expected total from
     the root block, the first one read), and notes the block being fetched for a
     timeout's message.
+
+    A block in the store when first reached and not prefetched by this run
+    (``meter.wanted``) counts toward ``meter.local_bytes``: its block bytes with
+    ``dag_bytes``, else the file bytes it holds (``cat``, whose ``done`` is
+    file bytes). Such a block is read with ``read_local`` (one store read, as
+    ``get_block`` would); one not there is then fetched through ``get_block``.
 
     The last block read is kept, so a reader that reads a block twice in a row
     (``get`` reads a file's root to list it, then to send it) reads the store
@@ -281,15 +312,22 @@ def metered_get(node: BlockSource, meter: TransferMeter, timeout_s: float | None
         key = cid.digest
         if key == last_key:
             return last_data
-        # A local read returns without a checkpoint, so nobody sees this unless
-        # the block is being fetched from peers.
-        meter.waiting_on = cid
-        data = await node.get_block(cid, timeout_s=timeout_s)
-        meter.waiting_on = None
+        data: bytes | None = None
+        if key not in seen and key not in meter.wanted and cid.hashfun.code != IDENTITY:
+            data = node.read_local([cid], _copy)[0]
+        local = data is not None
+        if data is None:
+            # A local read returns without a checkpoint, so nobody sees this unless
+            # the block is being fetched from peers.
+            meter.waiting_on = cid
+            data = await node.get_block(cid, timeout_s=timeout_s)
+            meter.waiting_on = None
         last_key, last_data = key, data
         if key not in seen:
             seen.add(key)
             meter.blocks += 1
+            if local:
+                meter.local_bytes += len(data) if dag_bytes else _content_bytes(cid, data)
             if dag_bytes:
                 meter.done += len(data)
                 if meter.blocks == 1 and meter.total is None and cid_text(cid) == meter.cid:
@@ -299,20 +337,50 @@ def metered_get(node: BlockSource, meter: TransferMeter, timeout_s: float | None
     return get
 
 
-def visit_counter(store: BlockStore, meter: TransferMeter) -> Callable[[CID], None]:
-    """An ``on_visit`` for a pin's DAG walk: each block reached (stored by then)
-    counts with its bytes; the root's gives the expected total."""
+def metered_prefetch(prefetch: Callable[[list[CID]], list[CID] | None],
+                     meter: TransferMeter) -> Callable[[list[CID]], None]:
+    """A reader's ``prefetch`` (``Node.prefetcher``'s, which returns the blocks it
+    wanted from peers) that notes those in ``meter.wanted``, so ``metered_get``
+    does not count them as local when they have arrived by the time they are read."""
 
-    def visit(cid: CID) -> None:
+    def wrapped(cids: list[CID]) -> None:
+        meter.wanted.update(c.digest for c in prefetch(cids) or ())
+
+    return wrapped
+
+
+class DagVisits:
+    """``on_visit`` and ``on_fetched`` for a pin's DAG walk (``Pinner.pin``): each
+    block reached (stored by then) counts with its bytes, the root's gives the
+    expected total, and a block not reported fetched first counts as local.
+
+    The walk reports a fetched block to ``on_fetched`` just before it visits it
+    (Bitswap's ``fetch_dag``: ``on_block``, then ``on_visit``).
+    """
+
+    def __init__(self, store: BlockStore, meter: TransferMeter) -> None:
+        self._store = store
+        self._meter = meter
+        self._fetched = b""
+
+    def on_fetched(self, cid: CID, size: int) -> None:
+        """The walk fetched ``cid`` (``size`` bytes) from a peer."""
+        self._fetched = cid.digest
+
+    def on_visit(self, cid: CID) -> None:
+        """The walk reached ``cid`` (in the store by now)."""
+        meter = self._meter
+        fetched, self._fetched = self._fetched == cid.digest, b""
         try:
             if meter.total is None and cid_text(cid) == meter.cid:
-                meter.total = expected_size(cid, store.get(cid), content=False)
-            meter.done += store.get_size(cid)
+                meter.total = expected_size(cid, self._store.get(cid), content=False)
+            size = self._store.get_size(cid)
         except BlockNotFound:
             return
+        meter.done += size
+        if not fetched:
+            meter.local_bytes += size
         meter.blocks += 1
-
-    return visit
 
 
 def fetch_timeout_s(params: dict[str, Any]) -> float | None:

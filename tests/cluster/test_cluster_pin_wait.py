@@ -256,7 +256,50 @@ def test_pin_add_wait_shows_progress_on_a_terminal(nodes: list[DaemonProcess]) -
     finally:
         os.close(master)
     assert b"of 2 holders pinned" in seen and b"2 of 2 holders pinned" in seen, seen
+    assert b" kB" in seen, seen  # the DAG's size (about 300 kB), not only holder counts
     _unpin(a, cid)
+
+
+def test_wait_progress_reports_the_dag_size_and_bytes_sent_to_each_holder(
+        nodes: list[DaemonProcess]) -> None:
+    """Waiting on the origin: each item carries the DAG's size (``total``); pinned
+    holders have all its bytes, and the holder that fetched from this node shows
+    the bytes this node sent it during the wait."""
+    a, b = nodes
+    cid = _content(a, 12)
+    with a.client() as c:
+        a_id = c.id()["peer_id"]
+    with b.client() as c:
+        b_id = c.id()["peer_id"]
+    seen: list[dict] = []
+    with a.client() as c:
+        rec = c.pin(cid, replicas=2, wait=True, wait_timeout=60, progress=seen.append)
+        size = c.status(cid)["size_bytes"]
+    assert rec["status"]["healthy"] == 2
+    assert size is not None and size >= 300_000 + 12, size  # the origin knows its size
+    assert all(item["total"] == size for item in seen), seen
+    last = {h["peer_id"]: h for h in seen[-1]["holders"]}
+    assert set(last) == {a_id, b_id}, last
+    assert all(h["state"] == "pinned" and h["bytes"] == size for h in last.values()), last
+    # b fetched the DAG from a after the wait began: a counts what it sent b.
+    assert last[b_id].get("sent_bytes", 0) >= 1, last
+    _unpin(a, cid)
+
+
+def test_wait_line_shows_each_holders_bytes_where_known() -> None:
+    from pinfold.daemon.cli.localio import wait_line
+
+    item = {"pinned": 1, "wanted": 2, "total": 3_400_000, "holders": [
+        {"peer_id": "12D3KooWaaaaaaK3XaQ2", "state": "pinned", "bytes": 3_400_000},
+        {"peer_id": "12D3KooWbbbbbbPq9zR1", "state": "pinning", "bytes": 1_200_000,
+         "sent_bytes": 1_234_567},
+        {"peer_id": "12D3KooWccccccZZZZZZ", "state": "queued"}]}
+    assert wait_line(item) == ("1 of 2 holders pinned, 3.4 MB: ..K3XaQ2 pinned, "
+                               "..Pq9zR1 pinning 1.2 MB/3.4 MB (sent 1.2 MB), ..ZZZZZZ queued")
+    # Size unknown (the root is not here yet): counts and states only.
+    assert wait_line({"pinned": 0, "wanted": 1, "total": None, "holders": [
+        {"peer_id": "12D3KooWaaaaaaK3XaQ2", "state": "pinning", "bytes": 512}]}) \
+        == "0 of 1 holders pinned: ..K3XaQ2 pinning 512 bytes"
 
 
 # ---------------------------------------------------------------- impossible requests

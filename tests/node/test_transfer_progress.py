@@ -2,7 +2,9 @@
 (``on_progress=``), with byte counts that only grow and end at the total read
 from the root's UnixFS sizes; the CLI draws them as a bar on a terminal's
 stderr and prints nothing extra when stderr is piped (``cat``'s stdout stays
-byte-exact either way).
+byte-exact either way). A resumed transfer (part of the DAG stored already)
+reports the local part apart (``local_bytes``), so its rate counts only what
+peers sent.
 
 Real daemons in subprocesses: a holder and fresh fetchers connected to it,
 and a real pseudo-terminal for the bar.
@@ -57,6 +59,18 @@ def _dag(d: DaemonProcess, cid: str) -> list[int]:
         for chunk in c.dag_export(cid):
             sizes += [len(block) for _, block in reader.feed(chunk)]
     return sizes
+
+
+def _dag_blocks(d: DaemonProcess, cid: str) -> list[tuple[Any, bytes]]:
+    """The DAG's ``(CID, block)`` pairs, each once (as ``dag export`` writes them)."""
+    from pinfold.blockstore.car import CarReader
+
+    reader = CarReader()
+    pairs: list[tuple[Any, bytes]] = []
+    with d.client() as c:
+        for chunk in c.dag_export(cid):
+            pairs += reader.feed(chunk)
+    return pairs
 
 
 def _check_events(events: list[dict[str, Any]], total: int) -> None:
@@ -222,3 +236,58 @@ def test_get_of_a_remote_folder_writes_every_file_under_one_prefetcher(
     for rel, data in files.items():
         assert (tmp_path / "out" / rel).read_bytes() == data, rel
     _check_events(events, sum(_dag(d, cid)))
+
+
+@pytest.mark.parametrize("command", ["pin add", "get", "cat"])
+def test_resumed_fetch_reports_local_bytes_apart_and_rates_only_fetched_bytes(
+        holder: tuple[DaemonProcess, str, bytes], fetcher: DaemonProcess,
+        tmp_path: Path, command: str) -> None:
+    """Half the file's leaves are on the fetcher before the transfer (an interrupted
+    fetch): the events count them as ``local_bytes`` from the first event that
+    reaches them, and the bytes left once they are taken off (what a rate is
+    computed from) never exceed what arrived from peers."""
+    from pinfold.blockstore.cid import RAW
+
+    d, cid, data = holder
+    blocks = _dag_blocks(d, cid)
+    leaves = [(c, b) for c, b in blocks if c.codec.code == RAW]
+    assert len(leaves) >= 8, "the file should have many raw leaves"
+    stored = leaves[: len(leaves) // 2]
+    local = sum(len(b) for _, b in stored)
+    events: list[dict[str, Any]] = []
+    with fetcher.client() as c:
+        for leaf, block in stored:
+            assert c.block_put(block)["cid"] == str(leaf)
+        if command == "pin add":
+            c.pin(cid, on_progress=events.append, timeout=120)
+        elif command == "get":
+            c.get(cid, tmp_path / "out", on_progress=events.append)
+            assert (tmp_path / "out").read_bytes() == data
+        else:
+            assert b"".join(c.cat(cid, on_progress=events.append)) == data
+    total = SIZE if command == "cat" else sum(len(b) for _, b in blocks)
+    _check_events(events, total)
+    last = events[-1]
+    assert last["local_bytes"] == local, last
+    assert last["bytes"] - last["local_bytes"] == total - local, last
+    for ev in events:
+        assert 0 <= ev["local_bytes"] <= min(local, ev["bytes"]), ev
+        # The rate's numerator: only bytes peers sent in this run.
+        assert ev["bytes"] - ev["local_bytes"] <= ev["fetched_bytes"], ev
+
+
+def test_bar_of_a_resumed_fetch_starts_at_the_local_bytes_and_rates_only_fetched_ones(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """An event of 3 MB done of which 2 MB were local, after 2 s: the bar shows 3 MB
+    done, 500 kB/s (1 MB moved in 2 s, not 1.5 MB/s) and 0:00:04 left for 2 MB."""
+    from pinfold.daemon.cli.progressbar import TransferBar
+
+    with TransferBar("pin add", enabled=True) as bar:
+        bar.on_event({"bytes": 3_000_000, "local_bytes": 2_000_000, "total": 5_000_000,
+                      "blocks": 12, "fetched_bytes": 1_000_000, "peers": 1,
+                      "elapsed_s": 2.0})
+        task = bar._progress.tasks[0]
+        assert task.completed == 3_000_000
+        assert task.fields["rate"] == "500.0 kB/s", task.fields
+        assert task.fields["eta"] == "0:00:04", task.fields
+        assert task.fields["peers"] == "from 1 peer, 2.0 MB local", task.fields

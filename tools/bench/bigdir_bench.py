@@ -12,7 +12,12 @@ store, so the figures are pinfold's own per-entry cost:
 - ``get`` via the CLI against ``cp -r FOLDER`` as a process (the same files
   created on the same filesystem: the floor for writing a tree);
 - the daemon's CPU seconds per entry for ``ls`` and ``get`` (from
-  ``/proc/PID/stat``), which a loaded machine disturbs least.
+  ``/proc/PID/stat``), which a loaded machine disturbs least;
+- the HTTP gateway's HTML listing of a 4,096-entry folder added with
+  ``--cid-version 0`` (dag-pb leaves, Kubo's classic layout: the gateway must
+  read each entry's root block for its kind and size), in entries/s, against
+  ``ls`` via the CLI of the same folder (the same batched local reads); the
+  folders above have raw leaves, whose sizes their links state.
 
 Each timing is the best of ``REPS`` runs. Run alone: ``python
 tools/bench/bigdir_bench.py [FILES]``.
@@ -26,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -112,6 +118,33 @@ def _folder_rows(d0: DaemonProcess, tmp: Path, kind: str, n: int, reps: int
     ]
 
 
+def _gateway_rows(d0: DaemonProcess, tmp: Path, n: int, reps: int
+                  ) -> list[tuple[str, str, str]]:
+    """The gateway's HTML listing of a CIDv0 folder against ``ls`` via the CLI."""
+    src = tmp / "v0"
+    src.mkdir()
+    build(src, _case(n, FOLDERS["basic"]))
+    cid = run_cli(d0.home, "add", "-r", "--cid-version", "0", str(src),
+                  timeout=600).stdout.decode().split()[-1]
+    with d0.client() as c:
+        url = f"{c.id()['gateway']}/ipfs/{cid}/"
+    page = b""
+
+    def listing() -> None:
+        nonlocal page
+        with urllib.request.urlopen(url, timeout=600) as resp:
+            page = resp.read()
+
+    gw_s, gw_cpu = _best(listing, reps, pid=d0.pid)
+    if page.count(b"<tr>") < n:
+        raise AssertionError(f"the gateway listed {page.count(b'<tr>')} rows of {n}")
+    ls_s, ls_cpu = _best(lambda: run_cli(d0.home, "ls", cid, timeout=600), reps, pid=d0.pid)
+    return [(f"gateway HTML listing, {n:,} files, basic dir, CIDv0", f"{n / gw_s:,.0f} entries/s",
+             f"{ls_s / gw_s:.2f} x `ls` via CLI ({n / ls_s:,.0f} entries/s, process start "
+             f"included); daemon {gw_cpu / n * 1e6:,.0f} us CPU/entry, "
+             f"`ls` {ls_cpu / n * 1e6:,.0f}")]
+
+
 def run(n: int = FILES, reps: int = REPS) -> list[tuple[str, str, str]]:
     rows: list[tuple[str, str, str]] = []
     with tempfile.TemporaryDirectory(prefix="pinfold-bench-") as d:
@@ -121,6 +154,7 @@ def run(n: int = FILES, reps: int = REPS) -> list[tuple[str, str, str]]:
         try:
             for kind in FOLDERS:
                 rows += _folder_rows(d0, tmp, kind, n, reps)
+            rows += _gateway_rows(d0, tmp, n, reps)
         finally:
             d0.stop()
             d0.kill9()

@@ -101,8 +101,41 @@ def _umask() -> int:
     return mask
 
 
+def _size(n: int) -> str:
+    """Bytes in decimal units, as the transfer bar shows them: ``1.2 MB``."""
+    if n < 1000:
+        return f"{n} bytes"
+    value = n / 1000
+    for unit in ("kB", "MB", "GB"):
+        if value < 1000:
+            return f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{value:.1f} TB"
+
+
+def wait_line(item: dict[str, Any]) -> str:
+    """One ``pin_wait`` progress item as a line: the count, the DAG's size when
+    known, then each holder (the last 6 characters of its peer ID) with its
+    state and the bytes known of it: ``1 of 2 holders pinned, 3.4 MB: ..k3XaQ2
+    pinned, ..Pq9zR1 pinning 1.2 MB/3.4 MB (sent 1.2 MB)``."""
+    total = item.get("total")
+    text = f"{item['pinned']} of {item['wanted']} holders pinned"
+    if total:
+        text += f", {_size(int(total))}"
+    parts = []
+    for h in item.get("holders", []):
+        part = f"..{str(h.get('peer_id', ''))[-6:]} {h.get('state')}"
+        if h.get("state") != "pinned" and h.get("bytes") is not None:
+            part += f" {_size(int(h['bytes']))}" + (f"/{_size(int(total))}" if total else "")
+        if h.get("sent_bytes") and h.get("state") != "pinned":
+            part += f" (sent {_size(int(h['sent_bytes']))})"
+        parts.append(part)
+    return text + (": " + ", ".join(parts) if parts else "")
+
+
 class WaitProgress:
-    """``N of M holders pinned`` on stderr while waiting, only when stderr is a terminal."""
+    """The ``pin_wait`` progress (``wait_line``) on stderr while waiting, redrawn in
+    place, only when stderr is a terminal: piped, nothing is printed."""
 
     def __init__(self) -> None:
         self.enabled = sys.stderr.isatty()
@@ -111,9 +144,13 @@ class WaitProgress:
     def __call__(self, item: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        busy = [h["state"] for h in item.get("holders", []) if h.get("state") != "pinned"]
-        extra = f" ({', '.join(sorted(set(busy)))})" if busy else ""
-        sys.stderr.write(f"\r{item['pinned']} of {item['wanted']} holders pinned{extra}\x1b[K")
+        # Cut to the terminal's width: a wrapped line would not be redrawn in place.
+        try:
+            width = os.get_terminal_size(sys.stderr.fileno()).columns - 1
+        except (OSError, ValueError):
+            width = 0
+        width = width if width >= 40 else 119  # a terminal that reports no size
+        sys.stderr.write(f"\r{wait_line(item)[:width]}\x1b[K")
         sys.stderr.flush()
         self._shown = True
 

@@ -1,6 +1,7 @@
 """The transfer progress bar of ``add``, ``cat``, ``get`` and ``pin add`` on
 stderr (rich): bytes of the total, rate, time left and the peers blocks came
-from. Drawn only when stderr is a terminal, and not for bytes that go to that
+from. A resumed transfer's bar starts at the bytes already stored locally
+(``local_bytes``) and its rate and time left count only what this run moved. Drawn only when stderr is a terminal, and not for bytes that go to that
 same terminal on stdout; otherwise nothing at all is printed, so piped output
 and scripts see exactly what they saw without it.
 
@@ -52,6 +53,7 @@ class TransferBar:
             if enabled is None else enabled
         self._total = total
         self._done = 0
+        self._local = 0
         self._progress: Any = None
         self._task: Any = None
         self._t0 = time.monotonic()
@@ -66,8 +68,9 @@ class TransferBar:
         from rich.console import Console
         from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
 
-        # Rate and time left are averages over the whole transfer (bytes / elapsed),
-        # steadier than rich's windowed speed with events 0.25 s apart.
+        # Rate and time left are averages over the whole transfer (bytes moved in
+        # this run / elapsed), steadier than rich's windowed speed with events
+        # 0.25 s apart.
         self._progress = Progress(
             TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
             TextColumn("[progress.data.speed]{task.fields[rate]}"),
@@ -79,19 +82,22 @@ class TransferBar:
                                              completed=self._done, peers="", rate="", eta="")
 
     def _rates(self, elapsed_s: float | None) -> dict[str, str]:
-        """``rate`` and ``eta`` texts from the bytes done and the seconds elapsed."""
+        """``rate`` and ``eta`` texts from the bytes this run moved (done, less those
+        found locally) and the seconds elapsed."""
         from rich.filesize import decimal
 
         elapsed = elapsed_s if elapsed_s else time.monotonic() - self._t0
-        if elapsed <= 0 or self._done <= 0:
+        moved = self._done - self._local
+        if elapsed <= 0 or moved <= 0:
             return {"rate": "", "eta": ""}
-        rate = self._done / elapsed
+        rate = moved / elapsed
         left = (self._total - self._done) / rate if self._total else None
         return {"rate": f"{decimal(int(rate))}/s",
                 "eta": _clock(left) if left is not None and left > 0 else ""}
 
     def _event(self, ev: dict[str, Any]) -> None:
-        """Show a daemon progress event (``{bytes, total, blocks, peers, ...}``)."""
+        """Show a daemon progress event (``{bytes, local_bytes, total, blocks, peers,
+        ...}``)."""
         if not self.enabled:
             return
         total = ev.get("total")
@@ -104,9 +110,18 @@ class TransferBar:
             self._start()
         peers = int(ev.get("peers") or 0)
         self._done = int(ev.get("bytes") or 0)
+        self._local = min(int(ev.get("local_bytes") or 0), self._done)
         self._progress.update(self._task, completed=self._done, total=total,
-                              peers=f"from {peers} peer{'s' if peers != 1 else ''}"
-                              if peers else "", **self._rates(ev.get("elapsed_s")))
+                              peers=self._sources(peers), **self._rates(ev.get("elapsed_s")))
+
+    def _sources(self, peers: int) -> str:
+        """Where the bytes came from: ``from 2 peers``, ``1.6 MB local``."""
+        from rich.filesize import decimal
+
+        parts = [f"from {peers} peer{'s' if peers != 1 else ''}"] if peers else []
+        if self._local:
+            parts.append(f"{decimal(self._local)} local")
+        return ", ".join(parts)
 
     def advance(self, nbytes: int) -> None:
         """Count ``nbytes`` more done by this process (``add``'s upload)."""

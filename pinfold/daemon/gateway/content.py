@@ -11,10 +11,10 @@ segment (``X-Ipfs-Roots``) and every block read on the way (a CAR's path blocks)
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import trio
 
@@ -35,6 +35,13 @@ class ContentSource(Protocol):
 
     def has_block(self, cid: CID) -> bool:
         """True if the block is in the local store."""
+        ...
+
+    def read_local(self, cids: Sequence[CID],
+                   fn: Callable[[CID, bytes | memoryview], Any]) -> list[Any]:
+        """``fn(cid, block)`` for each of ``cids`` stored locally, all in one store
+        read (``unixfs.data.ReadLocal``, ``TxnBlockStore.read_each``); ``None``
+        for the others. ``block`` is valid only while ``fn`` runs."""
         ...
 
     def prefetcher(self) -> AbstractAsyncContextManager[Callable[[list[CID]], None]]:

@@ -127,7 +127,8 @@ async def directory_response(get_block: BlockReader, prefetcher: Prefetcher, req
         return await file_response(get_block, prefetcher, req, walked, index.cid,
                                    index.size or 0, "index.html", route="index")
     try:
-        entries = await list_dir(get_block, target.cid)
+        # Entries' root blocks that are local: LOCAL_BATCH to one store read, as `ls`.
+        entries = await list_dir(get_block, target.cid, read_local=get_block.source.read_local)
     except DecodeError as exc:
         raise HttpError(502, f"{walked.shown}: malformed directory: {exc}") from None
     page = render_listing(walked.path.ipfs_path + "/", str(target.cid), entries)
