@@ -9,6 +9,7 @@ import contextlib
 import struct
 from collections.abc import AsyncIterator
 
+import pytest
 import trio
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.stream_muxer.yamux.yamux import DEFAULT_WINDOW_SIZE
@@ -287,7 +288,8 @@ async def test_a_stream_whose_receiver_refuses_its_data_is_reset():
         assert stream.stream_id not in _muxed(b, a.peer_id).streams
 
 
-async def test_a_stream_served_in_the_reader_that_the_peer_resets_ends_unclean():
+@pytest.mark.parametrize("how", ["the peer resets it", "the connection goes"])
+async def test_a_stream_served_in_the_reader_that_breaks_ends_unclean(how):
     async with _pair() as (a, b):
         opened, _ = _direct(b)
         await a.connect(b.addrs()[0])
@@ -295,19 +297,9 @@ async def test_a_stream_served_in_the_reader_that_the_peer_resets_ends_unclean()
             stream = await _muxed(a, b.peer_id).open_stream()
             await stream.write(MULTISTREAM_HEADER + muxed_echo(PROTO) + b"half a message")
             await wait_until_trio(lambda: opened and opened[0].data, what="the first bytes")
-            await stream.reset()
+            if how == "the peer resets it":
+                await stream.reset()
+            else:
+                await a.disconnect(b.peer_id)
             await wait_until_trio(lambda: opened[0].ended, what="the receiver told")
         assert opened[0].ended == [False] and bytes(opened[0].data) == b"half a message"
-
-
-async def test_streams_open_in_the_reader_end_unclean_when_the_connection_goes():
-    async with _pair() as (a, b):
-        opened, _ = _direct(b)
-        await a.connect(b.addrs()[0])
-        with trio.fail_after(30):
-            stream = await _muxed(a, b.peer_id).open_stream()
-            await stream.write(MULTISTREAM_HEADER + muxed_echo(PROTO) + b"more to come")
-            await wait_until_trio(lambda: opened and opened[0].data, what="the first bytes")
-            await a.disconnect(b.peer_id)
-            await wait_until_trio(lambda: opened[0].ended, what="the receiver told")
-        assert opened[0].ended == [False]
