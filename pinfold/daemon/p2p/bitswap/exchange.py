@@ -47,7 +47,8 @@ from pinfold.daemon.p2p.bitswap.client_types import SendWants, WantFailed
 from pinfold.daemon.p2p.bitswap.config import BitswapHost, ExchangeConfig, PutMany, ServeFilter
 from pinfold.daemon.p2p.bitswap.errors import BitswapNotRunning, RemoteProtocolError
 from pinfold.daemon.p2p.bitswap.fetch import Fetches
-from pinfold.daemon.p2p.bitswap.inbound import InboundStreams, StoreStep, hash_blocks
+from pinfold.daemon.p2p.bitswap.inbound import InboundStreams, StoreStep
+from pinfold.daemon.p2p.bitswap.inbound import digests as hash_digests
 from pinfold.daemon.p2p.bitswap.ledger import BlockVerdict, PeerLedger
 from pinfold.daemon.p2p.bitswap.load import LoadSampler
 from pinfold.daemon.p2p.bitswap.message import (
@@ -509,11 +510,7 @@ class Bitswap:
         the one we asked for (no CID is built per block, no block data copied).
         """
         if digests is None:
-            total = sum(len(b.data) for b in blocks)
-            if total >= self.config.hash_in_thread_bytes:
-                digests = await trio.to_thread.run_sync(hash_blocks, blocks)
-            else:
-                digests = hash_blocks(blocks)
+            digests = await hash_digests(blocks, self.config.hash_in_thread_bytes)
         accepted: list[tuple[CID, bytes | memoryview]] = []
         keys: list[bytes] = []
         seen: set[bytes] = set()

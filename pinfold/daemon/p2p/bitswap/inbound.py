@@ -61,7 +61,7 @@ from pinfold.daemon.p2p.bitswap.outbound import ended_cleanly, reset_stream
 from pinfold.daemon.p2p.transport import at_end, read_chunks
 
 __all__ = ["DIRECT_BATCH_MESSAGES", "DIRECT_QUEUE_BYTES", "InboundOwner", "InboundStreams",
-           "StoreStep", "hash_blocks"]
+           "StoreStep", "digests", "hash_blocks"]
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +89,14 @@ def hash_blocks(blocks: Sequence[Block]) -> list[bytes | None]:
     for b in blocks:
         out.append(sha256(b.data).digest() if b.prefix.mh_code == SHA2_256 else None)
     return out
+
+
+async def digests(blocks: Sequence[Block], in_thread_bytes: int) -> list[bytes | None]:
+    """``hash_blocks(blocks)``, in a worker thread when their data add up to
+    ``in_thread_bytes`` or more (ExchangeConfig.hash_in_thread_bytes)."""
+    if sum(len(b.data) for b in blocks) >= in_thread_bytes:
+        return await trio.to_thread.run_sync(hash_blocks, blocks)
+    return hash_blocks(blocks)
 
 
 class InboundOwner(Protocol):
@@ -206,14 +214,11 @@ class InboundStreams:
                         msgs.append((peer, await self._decode(body)))
                     except RemoteProtocolError as exc:
                         await owner.cut_off(peer, exc)
-                blocks = [b for _, msg in msgs for b in msg.blocks]
-                if sum(len(b.data) for b in blocks) >= self._config.hash_in_thread_bytes:
-                    digests = await trio.to_thread.run_sync(hash_blocks, blocks)
-                else:
-                    digests = hash_blocks(blocks)
+                hashed = await digests([b for _, msg in msgs for b in msg.blocks],
+                                       self._config.hash_in_thread_bytes)
                 pos = 0
                 for peer, msg in msgs:
-                    mine = digests[pos:pos + len(msg.blocks)]
+                    mine = hashed[pos:pos + len(msg.blocks)]
                     pos += len(msg.blocks)
                     if not owner.is_up(peer):
                         continue
@@ -308,20 +313,12 @@ class InboundStreams:
         """Read until at least one message is decoded: ``(messages, False)``; or
         ``([], True)`` for a stream that ended cleanly before any message. None
         when the stream broke or the peer was cut off."""
-        chunk = self._config.read_chunk_bytes
         msgs: list[Message] = []
         try:
             while self._owner.running:
-                try:
-                    pieces = await read_chunks(stream, chunk)
-                except trio.Cancelled:
-                    raise
-                except EOFError:
-                    return (msgs, True) if ended_cleanly(stream) else None
-                except Exception:  # reset, connection error
-                    return None
-                if not pieces:
-                    return (msgs, True) if ended_cleanly(stream) else None
+                pieces = await self._next_pieces(stream)
+                if isinstance(pieces, bool):
+                    return (msgs, True) if pieces else None
                 for piece in pieces:
                     decoder.feed(piece)
                 while (body := decoder.next_frame()) is not None:
@@ -331,6 +328,19 @@ class InboundStreams:
         except RemoteProtocolError as exc:
             await self._owner.cut_off(peer, exc)
         return None
+
+    async def _next_pieces(self, stream: INetStream) -> list[memoryview | bytes] | bool:
+        """The next chunks read from ``stream``; at its end, whether it ended cleanly
+        (True: the peer closed it on a live connection; False: reset or broken)."""
+        try:
+            pieces = await read_chunks(stream, self._config.read_chunk_bytes)
+        except trio.Cancelled:
+            raise
+        except EOFError:  # py-libp2p's StreamEOF; also raised on a closed connection
+            return ended_cleanly(stream)
+        except Exception:  # noqa: BLE001 - reset, connection error
+            return False
+        return pieces or ended_cleanly(stream)
 
     async def _decode(self, body: memoryview | bytes) -> Message:
         if costly_to_decode(body):
@@ -353,19 +363,11 @@ class InboundStreams:
             True when the peer closed the stream cleanly on a live connection;
             False when it was reset, its connection closed, or we stopped reading.
         """
-        chunk = self._config.read_chunk_bytes
         try:
             while self._owner.running:
-                try:
-                    pieces = await read_chunks(stream, chunk)
-                except trio.Cancelled:
-                    raise
-                except EOFError:  # py-libp2p's StreamEOF; also raised on a closed connection
-                    return ended_cleanly(stream)
-                except Exception:  # reset, connection error
-                    return False
-                if not pieces:
-                    return ended_cleanly(stream)
+                pieces = await self._next_pieces(stream)
+                if isinstance(pieces, bool):
+                    return pieces
                 for piece in pieces:
                     decoder.feed(piece)
                 while (body := decoder.next_frame()) is not None:
