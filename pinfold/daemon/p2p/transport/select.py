@@ -41,9 +41,11 @@ __all__ = [
     "MAX_PROTOCOL_BYTES",
     "PEEK_WAIT_S",
     "RECEIVE_ONLY_WINDOW_BYTES",
+    "SELECT_PEEK_BYTES",
     "FastMuxerMultistream",
     "InboundSelector",
     "install_muxer",
+    "select_reply",
 ]
 
 logger = logging.getLogger(__name__)
@@ -102,6 +104,10 @@ def install_muxer(network: Any, muxers: Mapping[Any, type], direct: DirectRoutes
     upgrader.muxer_multistream = fast
 
 
+#: bytes of a new stream's buffer that can hold the header and one protocol line
+SELECT_PEEK_BYTES: Final = len(MULTISTREAM_HEADER) + 2 + MAX_PROTOCOL_BYTES
+
+
 def parse_select(data: bytes) -> tuple[str, int] | None:
     """The protocol a stream's first bytes ask for and how many bytes the header and
     the protocol line take, or None when ``data`` does not start with the
@@ -156,7 +162,7 @@ class InboundSelector:
         False (nothing consumed or written) otherwise."""
         if not await muxed.wait_buffered(PEEK_WAIT_S):
             return False
-        asked = parse_select(muxed.peek(len(MULTISTREAM_HEADER) + 2 + MAX_PROTOCOL_BYTES))
+        asked = parse_select(muxed.peek(SELECT_PEEK_BYTES))
         if asked is None:
             return False
         protocol, used = asked
@@ -165,7 +171,7 @@ class InboundSelector:
             return False
         receive_only = protocol in self.receive_only
         try:
-            await muxed.answer(used, MULTISTREAM_HEADER + muxed_echo(protocol),
+            await muxed.answer(used, select_reply(protocol),
                                window=RECEIVE_ONLY_WINDOW_BYTES if receive_only else 0,
                                close=receive_only)
         except Exception as exc:  # noqa: BLE001 - the stream or its connection is gone
@@ -180,6 +186,11 @@ class InboundSelector:
         stream.set_protocol(protocol)  # type: ignore[arg-type]
         await handler(stream)
         return True
+
+
+def select_reply(protocol: str) -> bytes:
+    """The listener's answer agreeing to ``protocol``: the header, then the protocol echoed."""
+    return MULTISTREAM_HEADER + muxed_echo(protocol)
 
 
 def muxed_echo(protocol: str) -> bytes:

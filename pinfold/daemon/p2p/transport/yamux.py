@@ -63,12 +63,11 @@ from libp2p.stream_muxer.yamux.yamux import (
 from pinfold.daemon.p2p.transport.direct import DirectRoutes
 from pinfold.daemon.p2p.transport.noise import FastSecureSession, NoiseMessageError
 from pinfold.daemon.p2p.transport.select import (
-    MAX_PROTOCOL_BYTES,
-    MULTISTREAM_HEADER,
     PEEK_WAIT_S,
     RECEIVE_ONLY_WINDOW_BYTES,
-    muxed_echo,
+    SELECT_PEEK_BYTES,
     parse_select,
+    select_reply,
 )
 from pinfold.daemon.p2p.transport.yamux_stream import (
     MAX_FRAME_PAYLOAD_BYTES,
@@ -377,7 +376,7 @@ class FastYamux(Yamux):
         routes = self.direct
         asked = None
         if routes and not stream.reset_received:
-            asked = parse_select(stream.peek(len(MULTISTREAM_HEADER) + 2 + MAX_PROTOCOL_BYTES))
+            asked = parse_select(stream.peek(SELECT_PEEK_BYTES))
         opener = routes.get(asked[0]) if routes and asked is not None else None
         receiver = opener(self.peer_id) if opener is not None else None
         if receiver is None or asked is None:
@@ -386,7 +385,7 @@ class FastYamux(Yamux):
         protocol, used = asked
         try:
             self._queued.append(stream.answer_frames(
-                used, MULTISTREAM_HEADER + muxed_echo(protocol),
+                used, select_reply(protocol),
                 window=RECEIVE_ONLY_WINDOW_BYTES, close=True))
         except MuxedStreamError:  # no send window for the echo: cannot happen on a new stream
             receiver.end(False)
@@ -405,10 +404,9 @@ class FastYamux(Yamux):
             stream.closed = stream.send_closed = stream.recv_closed = True
             self._queued.append(_pack(0, TYPE_WINDOW_UPDATE, FLAG_RST, sid, 0))
             self._unacked.pop(sid, None)
-            self._finalize_stream_locked(stream, fully_closed=True)
         if stream.closed or stream.recv_closed or stream.reset_received:
             stream._end_direct(clean=not stream.reset_received)
-            if stream.closed:  # our FIN went with the answer; the peer's came already
+            if stream.closed:  # reset here, or our FIN went with the answer and the peer's came
                 self._finalize_stream_locked(stream, fully_closed=True)
             return
         # Kubo's and Helia's streams carry one message of about a block, which the
