@@ -23,17 +23,15 @@ from pinfold.daemon.p2p.bitswap.message import (
     Block,
     BlockPresence,
     CidPrefix,
-    FrameDecoder,
     Message,
     PresenceType,
     WantEntry,
     WantType,
-    decode_message,
     encode_framed,
     encode_uvarint,
 )
 
-from tests.support.bitswap import new_host, random_bytes, raw_blocks, running_nodes
+from tests.support.bitswap import new_host, random_bytes, raw_blocks, running_nodes, wantlist_entries
 from tests.support.wait import wait_until_trio
 
 MiB = 1024 * 1024
@@ -310,28 +308,18 @@ async def test_wrong_block_for_a_wanted_cid_is_rejected_and_the_fetch_uses_a_goo
         async def liar(stream):
             nonlocal lies
             peer = stream.muxed_conn.peer_id
-            dec = FrameDecoder()
             out = None
-            while True:
-                try:
-                    chunk = await stream.read(65536)
-                except Exception:  # noqa: BLE001 - reset by the victim
-                    return
-                if not chunk:
-                    return
-                dec.feed(chunk)
-                while (body := dec.next_frame()) is not None:
-                    for e in decode_message(body).wantlist:
-                        if e.cancel:
-                            continue
-                        if out is None:
-                            out = await hostile.new_stream(peer, [PROTOCOL_1_2_0])
-                        if e.want_type == WantType.HAVE:
-                            reply = Message(presences=(BlockPresence(cid=e.cid, type=PresenceType.HAVE),))
-                        else:
-                            lies += 1
-                            reply = Message(blocks=(Block(prefix=CidPrefix.of(e.cid), data=forged),))
-                        await out.write(encode_framed(reply))
+            async for e in wantlist_entries(stream):  # until reset by the victim
+                if e.cancel:
+                    continue
+                if out is None:
+                    out = await hostile.new_stream(peer, [PROTOCOL_1_2_0])
+                if e.want_type == WantType.HAVE:
+                    reply = Message(presences=(BlockPresence(cid=e.cid, type=PresenceType.HAVE),))
+                else:
+                    lies += 1
+                    reply = Message(blocks=(Block(prefix=CidPrefix.of(e.cid), data=forged),))
+                await out.write(encode_framed(reply))
 
         for proto in PROTOCOLS:
             hostile.set_stream_handler(proto, liar)

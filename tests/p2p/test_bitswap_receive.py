@@ -25,7 +25,7 @@ from pinfold.daemon.p2p.bitswap.message import (
     encode_message,
 )
 
-from tests.support.bitswap import DictStore, new_host, raw_blocks, running_nodes
+from tests.support.bitswap import DictStore, new_host, raw_blocks, running_nodes, wantlist_entries
 from tests.support.wait import wait_until_trio
 
 MiB = 1024 * 1024
@@ -235,7 +235,7 @@ async def test_replies_on_a_stream_each_as_kubo_sends_them_are_stored_without_du
     reader (no py-libp2p stream: ``transport/direct.py``), answered with the other
     answers of its batch, and counted in ``one_message_streams``; every block
     arrives once."""
-    from pinfold.daemon.p2p.bitswap.message import PROTOCOL_1_2_0, WantType, decode_message, encode_framed
+    from pinfold.daemon.p2p.bitswap.message import PROTOCOL_1_2_0, WantType, encode_framed
     from pinfold.daemon.p2p.transport.select import MULTISTREAM_HEADER, muxed_echo
 
     async def _lazy_reply(stream, body: bytes) -> None:
@@ -261,22 +261,12 @@ async def test_replies_on_a_stream_each_as_kubo_sends_them_are_stored_without_du
             replies += 1
 
         async def wants(stream) -> None:
-            dec = FrameDecoder()
             async with trio.open_nursery() as sends:
-                while True:
-                    try:
-                        chunk = await stream.read(65536)
-                    except Exception:  # noqa: BLE001 - the fetcher closed its stream
-                        return
-                    if not chunk:
-                        return
-                    dec.feed(chunk)
-                    while (body := dec.next_frame()) is not None:
-                        for e in decode_message(body).wantlist:
-                            if not e.cancel and e.want_type == WantType.BLOCK:
-                                sends.start_soon(reply, e.cid)
-                            elif not e.cancel:  # want-have: answer HAVE on a stream of its own
-                                sends.start_soon(have, e.cid)
+                async for e in wantlist_entries(stream):  # until the fetcher closes it
+                    if not e.cancel and e.want_type == WantType.BLOCK:
+                        sends.start_soon(reply, e.cid)
+                    elif not e.cancel:  # want-have: answer HAVE on a stream of its own
+                        sends.start_soon(have, e.cid)
 
         async def have(cid) -> None:
             (conn,) = kubo.libp2p.get_network().get_connections(fetcher.host.peer_id)

@@ -16,6 +16,7 @@ from pinfold.blockstore.cid import CID, RAW, cid_key, make_cid
 from pinfold.blockstore.errors import BlockNotFound
 from pinfold.blockstore.dag import links
 from pinfold.daemon.p2p.bitswap import Bitswap, ExchangeConfig
+from pinfold.daemon.p2p.bitswap.message import FrameDecoder, WantEntry, decode_message
 from pinfold.daemon.p2p.host import Host, HostConfig
 
 if TYPE_CHECKING:
@@ -105,6 +106,23 @@ async def running_nodes(n: int, *, config: ExchangeConfig | None = None) -> Asyn
             yield nodes
         finally:
             nursery.cancel_scope.cancel()
+
+
+async def wantlist_entries(stream) -> AsyncIterator[WantEntry]:
+    """Every wantlist entry a peer sends on a py-libp2p ``stream`` of Bitswap
+    messages, in order, until the stream ends or breaks."""
+    decoder = FrameDecoder()
+    while True:
+        try:
+            chunk = await stream.read(65536)
+        except Exception:  # noqa: BLE001 - closed or reset by the peer: the end
+            return
+        if not chunk:
+            return
+        decoder.feed(chunk)
+        while (body := decoder.next_frame()) is not None:
+            for entry in decode_message(body).wantlist:
+                yield entry
 
 
 def env_flag(name: str) -> bool:
