@@ -96,6 +96,19 @@ def test_noise_session_internals_the_fast_reader_uses_are_there():
     from libp2p.io.trio import TrioTCPStream
 
     assert "self.stream.receive_some(n)" in inspect.getsource(TrioTCPStream.read)
+    # FastSecureSession.write_now: encryption as py-libp2p's write does it, and
+    # the TCP socket and write lock under the raw connection
+    src = inspect.getsource(CipherState.encrypt_with_ad)
+    assert "self.n = self.n + 1" in src
+    assert "cipher_state_encrypt.encrypt_with_ad(None, data)" in inspect.getsource(
+        NoiseTransportReadWriter.encrypt.__globals__["NoiseState"].encrypt)
+    assert "self.read_writer.write_msg(data_encrypted)" in inspect.getsource(
+        NoiseTransportReadWriter.write_msg)
+    src = inspect.getsource(TrioTCPStream.write)
+    assert "async with self.write_lock:" in src and "self.stream.send_all(data)" in src
+    from libp2p.network.connection.raw_connection import RawConnection
+
+    assert "self.stream.write(data)" in inspect.getsource(RawConnection.write)
 
 
 async def test_pinfold_hosts_run_the_fast_noise_session_and_yamux_on_their_connections():

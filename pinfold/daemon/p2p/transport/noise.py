@@ -9,11 +9,13 @@ large chunks and decrypts every complete message in a chunk at once.
 
 from __future__ import annotations
 
+import os
 from typing import Any, Final
 
 from cryptography.exceptions import InvalidTag
 from libp2p.abc import IRawConnection, ISecureConn
-from libp2p.io.exceptions import IncompleteReadError, IOException
+from libp2p.io.exceptions import ConnectionClosedError, IncompleteReadError, IOException
+from libp2p.io.trio import TrioTCPStream
 from libp2p.peer.id import ID
 from libp2p.security.noise.io import NoiseTransportReadWriter
 from libp2p.security.noise.transport import Transport as NoiseTransport
@@ -166,6 +168,58 @@ class FastSecureSession(SecureSession):
         self.reader = NoiseMessageReader(raw, cipher_state, chunk_bytes=chunk_bytes)
         self._plain: list[bytes] = []  # decrypted, not yet read (the first one from _offset)
         self._offset = 0
+        self._raw = raw
+        self._encrypt = rw.noise_state.noise_protocol.cipher_state_encrypt.encrypt_with_ad
+        tcp = getattr(raw, "stream", None)  # RawConnection over a TrioTCPStream
+        self._tcp = tcp if isinstance(tcp, TrioTCPStream) else None
+
+    def write_now(self, data: bytes | memoryview) -> memoryview | None:
+        """Encrypt ``data`` and hand the socket what it takes at once, without waiting.
+
+        For a caller that keeps its own writes in order (``FastYamux``): no
+        other write may be under way on this session. The messages are the
+        ones ``write`` sends (plaintext split at ``MAX_PLAINTEXT_BYTES``).
+
+        Returns:
+            None when this cannot be tried (not TCP, the socket closed, a write
+            through py-libp2p under way, or ``data`` empty): nothing was
+            encrypted, write the usual way. Else the encrypted bytes the
+            socket did not take (empty: all sent); they must be written with
+            ``write_rest`` before anything else, or the peer's nonce falls out
+            of step.
+
+        Raises:
+            ConnectionClosedError: the socket failed (reset, broken pipe).
+        """
+        tcp = self._tcp
+        if tcp is None or not data or tcp.write_lock.locked():
+            return None
+        fd = tcp.stream.socket.fileno()
+        if fd < 0:
+            return None
+        encrypt = self._encrypt
+        view = memoryview(data)
+        parts: list[bytes] = []
+        for start in range(0, len(view), MAX_PLAINTEXT_BYTES):
+            sealed = encrypt(None, view[start:start + MAX_PLAINTEXT_BYTES])
+            parts.append(len(sealed).to_bytes(2, "big"))
+            parts.append(sealed)
+        wire = b"".join(parts)
+        try:
+            sent = os.write(fd, wire)  # the socket is non-blocking (trio's)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            raise ConnectionClosedError(f"TCP write failed: {exc}", transport="tcp") from exc
+        return memoryview(wire)[sent:]
+
+    async def write_rest(self, rest: memoryview) -> None:
+        """Send what ``write_now`` left over (already encrypted), waiting for the socket.
+
+        Raises:
+            ConnectionClosedError, RawConnError: the connection broke.
+        """
+        await self._raw.write(bytes(rest))
 
     async def receive_plaintexts(self) -> list[bytes]:
         """What is buffered, else the next decrypted Noise messages.

@@ -38,6 +38,7 @@ from __future__ import annotations
 import logging
 import struct
 import weakref
+from collections.abc import Awaitable
 from typing import Any, Final
 
 import trio
@@ -95,6 +96,9 @@ DATA_READ_TIMEOUT_S: Final = 60.0
 #: longest a frame write may take once begun, seconds: it is not cancellable
 #: (half a Noise message breaks the connection), so past this the connection closes
 WRITE_SHIELD_S: Final = 30.0
+#: a write of at least this many bytes handed to the socket at once then lets
+#: other tasks run (a writer of many block frames would hold the loop), bytes
+YIELD_AFTER_BYTES: Final = 16 * 1024
 #: a peer's new stream we wrote nothing on for this long is acknowledged alone,
 #: seconds (go-yamux closes a session whose stream stays unacknowledged 75 s)
 ACK_DEFER_S: Final = 0.5
@@ -208,20 +212,47 @@ class FastYamux(Yamux):
             if typ in (TYPE_DATA, TYPE_WINDOW_UPDATE) and self._ack_due(sid):
                 data = b"".join((_pack(0, typ, flags | FLAG_ACK, sid, length),
                                  memoryview(data)[HEADER_SIZE:]))
-        async with self._write_lock:
-            # A Noise message is sent whole or the connection ends: a write
-            # cancelled halfway (a full socket buffer) would leave the peer half a
-            # message and a nonce out of step, so every later message would fail
-            # authentication. The write finishes under a shield, within a bound.
-            with trio.CancelScope(shield=True) as scope:
-                scope.deadline = trio.current_time() + WRITE_SHIELD_S
-                await self.secured_conn.write(data)
-            if scope.cancelled_caught:
-                self.event_shutting_down.set()
-                with trio.CancelScope(shield=True):
-                    await self.secured_conn.close()
-                raise MuxedStreamError(
-                    f"a write to {self.peer_id} did not finish in {WRITE_SHIELD_S:g} s; connection closed")
+        lock = self._write_lock
+        if not lock.locked():
+            # Nobody is writing: encrypt and hand the socket the bytes now. The
+            # awaited path below costs three trips through the scheduler (two
+            # locks and the send) before the peer gets a window update or a want.
+            rest = self.secured_conn.write_now(data)
+            if rest is not None:
+                if rest:  # the socket buffer is full: the rest goes next, in order
+                    lock.acquire_nowait()  # free: nothing awaited since the check
+                    try:
+                        await self._finish_write(self.secured_conn.write_rest(rest))
+                    finally:
+                        lock.release()
+                elif len(data) >= YIELD_AFTER_BYTES:
+                    # a long writer (a holder's block messages) lets the reader run
+                    await trio.lowlevel.cancel_shielded_checkpoint()
+                return
+        async with lock:
+            await self._finish_write(self.secured_conn.write(data))
+
+    async def _finish_write(self, write: Awaitable[None]) -> None:
+        """Await ``write`` (the caller holds the write lock).
+
+        A Noise message is sent whole or the connection ends: a write cancelled
+        halfway (a full socket buffer) would leave the peer half a message and a
+        nonce out of step, so every later message would fail authentication.
+        The write finishes under a shield, within a bound.
+
+        Raises:
+            MuxedStreamError: it did not finish in ``WRITE_SHIELD_S``; the
+                connection is closed.
+        """
+        with trio.CancelScope(shield=True) as scope:
+            scope.deadline = trio.current_time() + WRITE_SHIELD_S
+            await write
+        if scope.cancelled_caught:
+            self.event_shutting_down.set()
+            with trio.CancelScope(shield=True):
+                await self.secured_conn.close()
+            raise MuxedStreamError(
+                f"a write to {self.peer_id} did not finish in {WRITE_SHIELD_S:g} s; connection closed")
 
     async def _ack_late_streams(self) -> None:
         """Acknowledge the peer's streams that stayed unanswered ``ACK_DEFER_S``
