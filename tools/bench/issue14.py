@@ -5,7 +5,8 @@ One script per figure, each measuring its baseline in the same run:
 * ``fetch_one_bench``: 1 GiB `pin add` from one pinfold holder vs Helia -> Helia
   (Helia fetches 256 MiB, ``BENCH_HELIA_SIZE``, within 300 s);
 * ``holders_bench``: three holders vs one (receiver CPU-s/GiB for both);
-* ``kubo_bench``: the model file from Kubo vs from pinfold (duplicate blocks);
+* ``kubo_bench``: the model file from Kubo vs from pinfold (duplicate blocks),
+  and vs Kubo fetching it from the same Kubo;
 * ``dont_have_bench``: a CID every peer answers DONT_HAVE for (seconds to error);
 * ``channel_bench``: the raw Noise+Yamux stream, py-libp2p's stock channel vs ours.
 
