@@ -194,17 +194,27 @@ class NamesMixin:
             params["key"] = key
         return self.call("name_grant", params)
 
-    def retire(self, ref: str, *, key: str | None = None) -> dict[str, Any]:
+    def retire(self, ref: str, *, key: str | None = None, force: bool = False
+               ) -> dict[str, Any]:
         """Unpin version ``NAME@N`` and record it as retired (the record stays).
 
         Returns ``{"name", "version", "cid", "already_retired", "unpinned", "pinned",
-        "shared_with"}``: a root another live version has (``shared_with``, their
-        numbers) stays pinned; retiring a retired version publishes and unpins
-        nothing (``already_retired``); ``pinned`` is the root's pin afterwards.
+        "shared_with", "tags"}``: a root another live version has (``shared_with``,
+        their numbers) stays pinned; retiring a retired version publishes and
+        unpins nothing (``already_retired``); ``pinned`` is the root's pin
+        afterwards; ``tags`` are the tags at the version now (only with ``force``
+        or on a version retired before).
+
+        Raises:
+            RpcError: ``pin_in_use`` when a tag points at the version (the
+                message names the tags and ``pinfold tag`` to move them);
+                ``force=True`` retires it anyway. ``name_not_found``.
         """
-        params = {"ref": ref}
+        params: dict[str, Any] = {"ref": ref}
         if key is not None:
             params["key"] = key
+        if force:
+            params["force"] = True
         return self.call("name_retire", params)
 
     def export_records(self, name: str) -> list[bytes]:

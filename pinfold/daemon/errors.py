@@ -24,8 +24,9 @@ class InvalidArgument(BlockstoreError, ValueError):
 
 class PinInUse(BlockstoreError):
     """``pin rm`` of a CID that something else still needs (the root of a live
-    version of a name, as Kubo refuses an indirect pin); the message names the
-    user and how to remove it. Nothing is unpinned."""
+    version of a name, as Kubo refuses an indirect pin), or ``versions rm`` of a
+    version a tag points at; the message names the user (versions, tags) and
+    how to remove it. Nothing is unpinned or retired."""
 
     code = "pin_in_use"
 

@@ -1,11 +1,11 @@
-"""What the name book says about a pin (DESIGN.md "Names"): the guard that keeps
-``pin rm`` from unpinning the root of a live version, and the ``NAME@N``
-labels ``pin ls`` shows.
+"""What the name book says about a pin (DESIGN.md "Names"): the guards that keep
+``pin rm`` from unpinning the root of a live version and ``versions rm`` from
+retiring a version a tag points at, and the ``NAME@N`` labels ``pin ls`` shows.
 
 The pins layer knows nothing of names (``pinfold.blockstore``,
 ``pinfold.replication`` sit below ``pinfold.names``); the RPC methods in
-``daemon/api.py`` ask here before unpinning and when listing. Pure: reads the
-book, no I/O. Imports the names core.
+``daemon/api.py`` and ``daemon/names/rpc.py`` ask here before unpinning or
+retiring and when listing. Pure: reads the book, no I/O. Imports the names core.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pinfold.names.book import NameBook, VersionUse
 
 from pinfold.daemon.errors import PinInUse
 
-__all__ = ["check_unpin", "version_labels"]
+__all__ = ["check_retire", "check_unpin", "version_labels"]
 
 
 def _uses(book: NameBook | None, cid: CID | str) -> list[VersionUse]:
@@ -53,6 +53,50 @@ def check_unpin(book: NameBook | None, cid: CID, cid_text: str) -> None:
                    f"version{'s' if len(live) > 1 else ''} with {rm} "
                    f"(or unpin it anyway with `pinfold pin rm --force {cid_text}`, after "
                    f"which `repo gc` deletes its blocks)")
+
+
+def check_retire(book: NameBook, name: str, version: int) -> None:
+    """Refuse to retire ``NAME@N`` while a tag points at it: ``NAME@TAG`` (and
+    ``NAME`` alone, for ``main``) would then resolve to a retired version whose
+    root is unpinned, so ``repo gc`` deletes its blocks. The Hugging Face Hub
+    likewise keeps the commit a branch points at. A version already retired
+    passes (retiring it again changes nothing).
+
+    Args:
+        book: the node's name book; ``name``, ``version``: the version to retire
+            (the caller has checked that it exists).
+
+    Raises:
+        PinInUse: the message names the version, the tags at it and what to
+            do: move them with ``pinfold tag`` (to the newest other live
+            version, when there is one), or ``versions rm --force``.
+    """
+    view = book.view(name)
+    if view is None or version in view.retired:
+        return
+    tags = view.tags_at(version)
+    if not tags:
+        return
+    ref, many = f"{name}@{version}", len(tags) > 1
+    refs = [f"{name}@{t}" for t in tags]
+    if view.default_version() == version:
+        refs.append(f"{name} alone")
+    live = [n for n in view.versions if n != version and n not in view.retired]
+    if live:
+        how = (f"move the tag{'s' if many else ''} first with "
+               + " then ".join(f"`pinfold tag {name}@{max(live)} {t}`" for t in tags)
+               + " (or to another version)")
+    else:
+        how = (f"push a new version and move the tag{'s' if many else ''} there with "
+               f"`pinfold tag {name}@N TAG` (it is the only live version of {name})")
+    root = view.versions[version].record.root  # type: ignore[union-attr]
+    shared = any(view.versions[n].record.root == root for n in live)  # type: ignore[union-attr]
+    after = "" if shared else " whose blocks `repo gc` deletes"
+    raise PinInUse(f"{ref} has tag{'s' if many else ''} {', '.join(tags)} "
+                   f"({', '.join(refs)} resolve{'' if len(refs) > 1 else 's'} to it): "
+                   f"{how}, or retire it anyway with `pinfold versions rm --force {ref}` "
+                   f"(the tag{'s then name' if many else ' then names'} a retired "
+                   f"version{after})")
 
 
 def version_labels(book: NameBook | None, cid: CID | str) -> list[dict[str, Any]]:

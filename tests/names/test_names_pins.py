@@ -1,7 +1,8 @@
 """Pins of versions, on one real daemon: ``pin rm`` refuses the root of a live
 version (so ``repo gc`` cannot break ``pull NAME@N``) unless ``--force``, from
-the CLI and the Python client; ``pin ls`` labels a version's pin ``NAME@N``
-with its tags.
+the CLI and the Python client; ``versions rm`` refuses a version a tag points
+at (so ``NAME@TAG`` cannot name deleted blocks) unless ``--force``; ``pin ls``
+labels a version's pin ``NAME@N`` with its tags.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from pinfold.client import RpcError
-from pinfold.daemon.cli.format import EXIT_NOT_FOUND, EXIT_REFUSED
+from pinfold.daemon.cli.format import EXIT_NOT_FOUND, EXIT_REFUSED, EXIT_USAGE
 from tests.support.daemon import DaemonProcess, cli_json, run_cli
 
 
@@ -132,3 +133,68 @@ def test_pin_ls_labels_a_versions_pin_name_at_number_with_its_tags(
     run_cli(daemon.home, "pin", "add", v1["cid"])
     ls = run_cli(daemon.home, "pin", "ls").stdout.decode()
     assert f"{v1['cid']} recursive pinned name='org/ls@1' (retired)\n" in ls
+
+
+def test_versions_rm_of_a_tagged_version_is_refused_and_gc_keeps_its_blocks(
+        daemon: DaemonProcess, tmp_path: Path) -> None:
+    v1 = _push(daemon, tmp_path, "org/tagged", b"one" * 500)
+    v2 = _push(daemon, tmp_path, "org/tagged", b"two" * 500, "--tag", "stable")
+
+    refused = run_cli(daemon.home, "versions", "rm", "org/tagged@2", check=False)
+    assert refused.returncode == EXIT_REFUSED, refused.stderr
+    err = refused.stderr.decode()
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("pinfold: error: org/tagged@2 has tags main, stable (org/tagged@main, "
+                          "org/tagged@stable, org/tagged alone resolve to it): move the tags "
+                          "first with `pinfold tag org/tagged@1 main` then "
+                          "`pinfold tag org/tagged@1 stable`"), err
+    assert "`pinfold versions rm --force org/tagged@2`" in err
+    with daemon.client() as c, pytest.raises(RpcError) as raised:
+        c.retire("org/tagged@2")
+    assert raised.value.code == "pin_in_use"
+    assert "org/tagged@2 has tags main, stable" in str(raised.value)
+    solo = _push(daemon, tmp_path, "org/solo", b"alone" * 500)
+    only = run_cli(daemon.home, "versions", "rm", "org/solo@1", check=False)
+    assert only.returncode == EXIT_REFUSED
+    assert b"push a new version and move the tag there with `pinfold tag org/solo@N TAG` " \
+           b"(it is the only live version of org/solo)" in only.stderr
+
+    # Nothing changed: no retire record, every root pinned, gc keeps the blocks.
+    hist = cli_json(daemon.home, "versions", "org/tagged")["versions"]
+    assert [(v["version"], v["tags"], v["retired"]) for v in hist] == [
+        (2, ["main", "stable"], False), (1, [], False)]
+    with daemon.client() as c:
+        assert not [p for p in c.pins(records=True) if " retire " in p.get("name", "")]
+    assert _pinned(daemon) == {v1["cid"], v2["cid"], solo["cid"]}
+    assert cli_json(daemon.home, "repo", "gc")["blocks_freed"] == 0
+    for ref, body in (("org/tagged", b"two" * 500), ("org/tagged@stable", b"two" * 500),
+                      ("org/solo", b"alone" * 500)):
+        assert run_cli(daemon.home, "cat", ref).stdout == body
+
+    # With the tags moved away, it retires as before.
+    cli_json(daemon.home, "tag", "org/tagged@1", "main")
+    cli_json(daemon.home, "tag", "org/tagged@1", "stable")
+    done = run_cli(daemon.home, "versions", "rm", "org/tagged@2").stdout.decode()
+    assert done.strip() == f"retired org/tagged@2 (unpinned {v2['cid']})"
+
+
+def test_versions_rm_force_retires_a_tagged_version_and_names_the_tags_left_on_it(
+        daemon: DaemonProcess, tmp_path: Path) -> None:
+    v1 = _push(daemon, tmp_path, "org/forced", b"one" * 500)
+    v2 = _push(daemon, tmp_path, "org/forced", b"two" * 500)
+    text = run_cli(daemon.home, "versions", "rm", "--force", "org/forced@2").stdout.decode()
+    assert text.strip() == (f"retired org/forced@2 (unpinned {v2['cid']}); tag main still "
+                            "points at this retired version: move it with "
+                            "`pinfold tag org/forced@N TAG`")
+    assert _pinned(daemon) == {v1["cid"]}
+    # Retiring it again is not refused (nothing more to lose) and still says so.
+    again = cli_json(daemon.home, "versions", "rm", "org/forced@2")
+    assert again["already_retired"] and again["tags"] == ["main"]
+    v3 = _push(daemon, tmp_path, "org/forced", b"three" * 500)
+    with daemon.client() as c:
+        res = c.retire("org/forced@3", force=True)
+    assert res["tags"] == ["main"] and res["unpinned"] and res["cid"] == v3["cid"]
+    assert _pinned(daemon) == {v1["cid"]}
+    usage = run_cli(daemon.home, "versions", "--force", "org/forced", check=False)
+    assert usage.returncode == EXIT_USAGE and b"--force goes with `versions rm" in usage.stderr
+

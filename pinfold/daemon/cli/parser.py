@@ -222,9 +222,13 @@ def _name_commands(cmd: Any) -> None:
     key_option(p)
 
     p = cmd("versions", "a name's history, or one version's (versions rm NAME@N: "
-            "unpin a version)")
+            "unpin a version; refused while a tag points at it)")
     p.add_argument("words", nargs="+", metavar="NAME[@REF] | rm NAME@N")
+    p.add_argument("--force", action="store_true",
+                   help="with rm: retire even a version a tag points at (the tag then "
+                   "names a retired version; `pinfold tag` moves it)")
     key_option(p)
+    p.intermixed = True  # type: ignore[attr-defined]  # `versions rm --force NAME@N`
 
     cmd("names", "list the names of the cluster")
 
@@ -242,7 +246,26 @@ def _name_commands(cmd: Any) -> None:
 
 class _Parser(argparse.ArgumentParser):
     """An ``ArgumentParser`` whose errors raise ``UsageError`` (so ``main`` reports
-    them, as JSON with ``--json``) instead of printing and exiting."""
+    them, as JSON with ``--json``) instead of printing and exiting.
+
+    A (sub)command parser with ``intermixed`` set reads options between its
+    positionals (``versions rm --force NAME@N``): plain argparse stops a
+    ``nargs="+"`` positional at the first option and leaves what follows as
+    unrecognized. Such a parser has no subcommands (argparse's
+    ``parse_known_intermixed_args`` refuses them).
+    """
+
+    intermixed = False
+    _mixing = False
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        if not self.intermixed or self._mixing:
+            return super().parse_known_args(args, namespace)
+        self._mixing = True  # parse_known_intermixed_args calls back in here
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._mixing = False
 
     def error(self, message: str):  # type: ignore[override]
         raise UsageError(message, parser=self)

@@ -21,10 +21,13 @@
                        moved_to and concurrent: ``book.describe``), holders
                        and achieved availability; with @REF
                        only the version REF names
-``name_retire``        {ref: NAME@VERSION, key} -> {name, version, cid,
+``name_retire``        {ref: NAME@VERSION, key, force} -> {name, version, cid,
                        already_retired, unpinned, pinned, shared_with:
-                       [live versions with the same root, kept pinned]};
-                       retiring a retired version changes nothing
+                       [live versions with the same root, kept pinned],
+                       tags: [tags at it now]}; refused (``pin_in_use``) while
+                       a tag points at it unless ``force``
+                       (``pin_names.check_retire``); retiring a retired
+                       version changes nothing
 ``name_ls``            -> {names: [{name, versions, tags, creator}]}
 ``name_import``        {records: [block]} -> {imported, records}: signed
                        records (any key: the book decides what they change)
@@ -57,6 +60,7 @@ from pinfold.daemon.errors import InvalidArgument, param_str
 from pinfold.daemon.names.keys import SELF, generate_key, list_keys
 from pinfold.daemon.names.service import NameService
 from pinfold.daemon.parts import Handler
+from pinfold.daemon.pin_names import check_retire
 
 __all__ = ["name_handlers"]
 
@@ -211,10 +215,14 @@ def name_handlers(names: NameService, *,
 
     async def name_retire(call: Any) -> dict[str, Any]:
         """Retire ``NAME@N`` once: a second call publishes nothing and unpins nothing,
-        and the reply says what is true of the root's pin now."""
+        and the reply says what is true of the root's pin now. A version a tag
+        points at is refused (``PinInUse``) unless ``force``."""
         ref = names.parse(param_str(call.params, "ref"))
         if not isinstance(ref.ref, int):
             raise NameError_("versions rm takes NAME@VERSION (a version number)")
+        force = call.params.get("force", False)
+        if not isinstance(force, bool):
+            raise InvalidArgument(f"parameter 'force' must be bool, got {force!r}")
         signer = key_of(call.params)
         retire = book.new_retire(ref.name, ref.ref, key=signer.public_key, sign=signer.sign,
                                  time_ms=names.now_ms())
@@ -222,6 +230,8 @@ def name_handlers(names: NameService, *,
         view = book.view(ref.name)
         assert view is not None
         already = ref.ref in view.retired
+        if not force:
+            check_retire(book, ref.name, ref.ref)
         # A root another live version holds stays pinned (``shared`` names them).
         shared = sorted(n for n, s in view.versions.items()
                         if n != ref.ref and n not in view.retired
@@ -242,7 +252,7 @@ def name_handlers(names: NameService, *,
             pinned = False
         return {"name": ref.name, "version": ref.ref, "cid": rec.root,
                 "already_retired": already, "unpinned": unpinned, "pinned": pinned,
-                "shared_with": shared}
+                "shared_with": shared, "tags": view.tags_at(ref.ref)}
 
     async def name_ls(call: Any) -> dict[str, Any]:
         out = []

@@ -105,7 +105,14 @@ def _retired_text(res: dict[str, Any]) -> str:
         pin = f"{cid} is still pinned"
     else:
         pin = f"{cid} is not pinned"
-    return f"{head} ({pin})"
+    tags = res.get("tags") or []
+    if not tags:
+        return f"{head} ({pin})"
+    # Only with --force (or a version retired so before): say what now dangles.
+    many = len(tags) > 1
+    return (f"{head} ({pin}); tag{'s' if many else ''} {', '.join(tags)} still "
+            f"point{'' if many else 's'} at this retired version: move "
+            f"{'them' if many else 'it'} with `pinfold tag {res['name']}@N TAG`")
 
 
 def versions(c, args: argparse.Namespace, out: Output) -> int:
@@ -113,11 +120,14 @@ def versions(c, args: argparse.Namespace, out: Output) -> int:
     only the version REF (a number or a tag) names."""
     words = args.words
     if len(words) > 2 or (len(words) == 2 and words[0] != "rm"):
-        raise UsageError("use `versions NAME[@VERSION|@TAG]` or `versions rm NAME@VERSION`")
+        raise UsageError("use `versions NAME[@VERSION|@TAG]` or "
+                         "`versions rm [--force] NAME@VERSION`")
     if len(words) == 2:
-        res = c.retire(words[1], key=args.key)
+        res = c.retire(words[1], key=args.key, force=args.force)
         out.doc(res, _retired_text(res))
         return 0
+    if args.force:
+        raise UsageError("--force goes with `versions rm NAME@VERSION`")
     res = c.versions(words[0])
     lines = [f"{res['name']} (creator {res['creator']})"]
     lines += [line for v in res["versions"] for line in _version_lines(v)]
