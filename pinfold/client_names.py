@@ -177,7 +177,11 @@ class NamesMixin:
         return self.call("name_versions", {"name": name})
 
     def names(self) -> Iterator[dict[str, Any]]:
-        """Every name: ``{"name", "versions", "latest", "creator", "tags"}``."""
+        """Every name: ``{"name", "versions", "retired", "latest", "creator", "tags",
+        "retired_tags"}``: ``versions`` counts the live (not retired) versions,
+        ``retired`` the retired ones; ``latest`` is the newest live version (None
+        when all are retired); ``tags`` maps each tag to its version number;
+        ``retired_tags`` lists the tags at a retired version."""
         return iter(self.call("name_ls")["names"])
 
     def tag(self, ref: str, tag: str, *, key: str | None = None) -> dict[str, Any]:

@@ -5,7 +5,8 @@ their tags and retirement; ``tag`` refuses a ref without a version
 and a retired version;
 ``push`` of a missing path exits as ``add`` does, and with its arguments
 swapped says the order; ``pin ls`` hides the pins of
-name records unless ``--all``.
+name records unless ``--all``; ``names`` shows the newest live version and
+counts live versions apart from retired ones.
 """
 
 from __future__ import annotations
@@ -189,3 +190,29 @@ def test_pin_ls_hides_name_record_pins_unless_all(daemon: DaemonProcess,
         assert [p["cid"] for p in c.pins()] == [v1["cid"]]
         assert len(list(c.pins(records=True))) == len(lines)
         assert [p["cid"] for p in c.pins(state="pinned")] == [v1["cid"]]
+
+
+def test_names_shows_the_newest_live_version_and_counts_only_live_ones(
+        daemon: DaemonProcess, tmp_path: Path) -> None:
+    f = tmp_path / "w.bin"
+    for n in (1, 2, 3):
+        f.write_bytes(f"weights {n}".encode() * 100)
+        cli_json(daemon.home, "push", "org/count", str(f))
+    cli_json(daemon.home, "push", "org/plain", str(f))
+    f.write_bytes(b"only one")
+    cli_json(daemon.home, "push", "org/zero", str(f))
+    cli_json(daemon.home, "tag", "org/count@2", "main")
+    run_cli(daemon.home, "versions", "rm", "org/count@3")
+    run_cli(daemon.home, "versions", "rm", "--force", "org/zero@1")
+
+    lines = run_cli(daemon.home, "names").stdout.decode().splitlines()
+    assert lines == ["org/count  v2  2 live versions (1 retired)  main=2",
+                     "org/plain  v1  1 version  main=1",
+                     "org/zero  no live version (1 retired)  main=1 (retired)"]
+    by_name = {n["name"]: n for n in cli_json(daemon.home, "names")["names"]}
+    assert [(by_name[x]["latest"], by_name[x]["versions"], by_name[x]["retired"],
+             by_name[x]["retired_tags"]) for x in ("org/count", "org/plain", "org/zero")] == [
+        (2, 2, 1, []), (1, 1, 0, []), (None, 0, 1, ["main"])]
+    with daemon.client() as c:  # the version listed is the one the bare name resolves to
+        assert c.resolve("org/count") == c.resolve("org/count@2")
+        assert [n["latest"] for n in c.names()] == [2, 1, None]

@@ -190,6 +190,8 @@ def test_versions_rm_force_retires_a_tagged_version_and_names_the_tags_left_on_i
     # Retiring it again is not refused (nothing more to lose) and still says so.
     again = cli_json(daemon.home, "versions", "rm", "org/forced@2")
     assert again["already_retired"] and again["tags"] == ["main"]
+    assert run_cli(daemon.home, "names").stdout.decode().strip() == (
+        "org/forced  v1  1 live version (1 retired)  main=2 (retired)")
     v3 = _push(daemon, tmp_path, "org/forced", b"three" * 500)
     with daemon.client() as c:
         res = c.retire("org/forced@3", force=True)

@@ -28,7 +28,11 @@
                        a tag points at it unless ``force``
                        (``pin_names.check_retire``); retiring a retired
                        version changes nothing
-``name_ls``            -> {names: [{name, versions, tags, creator}]}
+``name_ls``            -> {names: [{name, versions, retired, latest, tags,
+                       retired_tags, creator}]}: ``versions`` counts live
+                       versions, ``retired`` retired ones, ``latest`` is the
+                       newest live version (None when every one is retired),
+                       ``retired_tags`` the tags at a retired version
 ``name_import``        {records: [block]} -> {imported, records}: signed
                        records (any key: the book decides what they change)
 ``name_export``        {name} -> {name, records: [block]}
@@ -259,8 +263,12 @@ def name_handlers(names: NameService, *,
         for name in book.names():
             v = book.view(name)
             assert v is not None
-            out.append({"name": name, "versions": len(v.versions),
-                        "latest": max(v.versions), "creator": key_text(v.creator),
+            live = [n for n in v.versions if n not in v.retired]
+            out.append({"name": name, "versions": len(live),
+                        "retired": len(v.versions) - len(live),
+                        "latest": max(live, default=None), "creator": key_text(v.creator),
+                        "retired_tags": sorted(t for t, m in v.tags.items()
+                                               if m.version in v.retired),
                         "tags": {t: m.version for t, m in sorted(v.tags.items())}})
         return {"names": out}
 

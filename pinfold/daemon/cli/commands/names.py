@@ -157,13 +157,30 @@ def _version_lines(v: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _name_line(n: dict[str, Any]) -> str:
+    """One name of ``names``: ``org/m  v4  3 live versions (1 retired)  main=4
+    stable=1``: ``v4`` is the newest live version, the count is of live versions,
+    and a tag left at a retired version (``versions rm --force``) says so; with
+    every version retired, ``no live version (2 retired)``."""
+    live, retired = n["versions"], n.get("retired", 0)
+    if n["latest"] is None:
+        count = f"no live version ({retired} retired)"
+    elif retired:
+        count = f"v{n['latest']}  {live} live version{'' if live == 1 else 's'} " \
+                f"({retired} retired)"
+    else:
+        count = f"v{n['latest']}  {live} version{'' if live == 1 else 's'}"
+    stale = set(n.get("retired_tags", ()))  # moved onto a retired version: `versions rm --force`
+    tags = " ".join(f"{t}={v}" + (" (retired)" if t in stale else "")
+                    for t, v in n["tags"].items())
+    return f"{n['name']}  {count}" + (f"  {tags}" if tags else "")
+
+
 def names(c, args: argparse.Namespace, out: Output) -> int:
-    """``pinfold names``: every name, its newest version and tags."""
+    """``pinfold names``: every name, its newest live version, how many versions
+    are live (and retired) and its tags."""
     items = list(c.names())
-    text = "\n".join(
-        f"{n['name']}  v{n['latest']}  "
-        + " ".join(f"{t}={v}" for t, v in n["tags"].items()) for n in items)
-    out.doc({"names": items}, text)
+    out.doc({"names": items}, "\n".join(_name_line(n) for n in items))
     return 0
 
 
