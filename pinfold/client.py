@@ -461,7 +461,8 @@ class Client(GetMixin, PathsMixin, NamesMixin):
     def status(self, cid: str) -> dict[str, Any]:
         """``{"cid", "name", "mode", "rmin", "rmax", "healthy", "availability",
         "local_state", "holders": [...]}``; a holder counts as ``pinned`` only with
-        every block of the pin."""
+        every block of the pin. The root of a version of a name also has
+        ``"versions": [{"name", "version", "ref", "tags", "retired"}]``, as ``pins``."""
         return self.call("pin_status", {"cid": str(cid)})
 
     # ------------------------------------------------------------------ repo

@@ -39,7 +39,7 @@ Method names and their parameters (the client in ``client.py`` mirrors them):
                    a local state, ``error`` (failed pins, with ``error``) or
                    ``incomplete`` (pins missing blocks, ``blocks_present``);
                    name-record pins only with ``records`` true
-``pin_status``     {cid} -> DESIGN.md contract
+``pin_status``     {cid} -> DESIGN.md contract (+ ``versions`` as ``pin_ls``)
 ``pin_wait``       {cid, timeout} -> stream of {pinned, wanted, holders} ->
                    pin_status record + {done}
 ``repo_stat``      -> {blocks, bytes, pins, map_used_bytes, ...}
@@ -581,7 +581,10 @@ class Api:
         return {"count": count}
 
     async def pin_status(self, call: Any) -> dict[str, Any]:
-        return await self.node.pin_status(_cid_param(call.params))
+        res = await self.node.pin_status(_cid_param(call.params))
+        if uses := version_labels(self._book(), res["cid"]):
+            res = {**res, "versions": uses}  # as pin_ls: the root of a version
+        return res
 
     # ------------------------------------------------------------------ repo
 

@@ -1,6 +1,7 @@
 """What the name book says about a pin (DESIGN.md "Names"): the guards that keep
 ``pin rm`` from unpinning the root of a live version and ``versions rm`` from
-retiring a version a tag points at, and the ``NAME@N`` labels ``pin ls`` shows.
+retiring a version a tag points at, and the ``NAME@N`` labels ``pin ls`` and
+``pin status`` show.
 
 The pins layer knows nothing of names (``pinfold.blockstore``,
 ``pinfold.replication`` sit below ``pinfold.names``); the RPC methods in
@@ -100,7 +101,8 @@ def check_retire(book: NameBook, name: str, version: int) -> None:
 
 
 def version_labels(book: NameBook | None, cid: CID | str) -> list[dict[str, Any]]:
-    """The versions whose root ``cid`` (a CID or its text) is, for ``pin ls``:
+    """The versions whose root ``cid`` (a CID or its text) is, for ``pin ls`` and
+    ``pin status``:
     ``[{name, version, ref: "NAME@N", tags, retired}]`` (empty when none)."""
     return [{"name": u.name, "version": u.version, "ref": u.ref, "tags": list(u.tags),
              "retired": u.retired} for u in _uses(book, cid)]

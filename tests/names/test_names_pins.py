@@ -2,7 +2,7 @@
 version (so ``repo gc`` cannot break ``pull NAME@N``) unless ``--force``, from
 the CLI and the Python client; ``versions rm`` refuses a version a tag points
 at (so ``NAME@TAG`` cannot name deleted blocks) unless ``--force``; ``pin ls``
-labels a version's pin ``NAME@N`` with its tags.
+and ``pin status`` label a version's pin ``NAME@N`` with its tags.
 """
 
 from __future__ import annotations
@@ -200,3 +200,33 @@ def test_versions_rm_force_retires_a_tagged_version_and_names_the_tags_left_on_i
     usage = run_cli(daemon.home, "versions", "--force", "org/forced", check=False)
     assert usage.returncode == EXIT_USAGE and b"--force goes with `versions rm" in usage.stderr
 
+
+def test_pin_status_labels_a_versions_pin_name_at_number_as_pin_ls_does(
+        daemon: DaemonProcess, tmp_path: Path) -> None:
+    v1 = _push(daemon, tmp_path, "org/st", b"first" * 500, "--tag", "stable")
+    v2 = _push(daemon, tmp_path, "org/st", b"second" * 500)
+    mine = tmp_path / "mine.bin"
+    mine.write_bytes(b"first" * 500)
+    assert cli_json(daemon.home, "add", str(mine), "--name", "mine")["cid"] == v1["cid"]
+    plain = tmp_path / "plain.bin"
+    plain.write_bytes(b"plain" * 500)
+    other = cli_json(daemon.home, "add", str(plain), "--name", "plain")
+
+    def name_line(cid: str) -> str:
+        lines = run_cli(daemon.home, "pin", "status", cid).stdout.decode().splitlines()
+        return next(line for line in lines if line.startswith("name: "))
+
+    assert name_line(v1["cid"]) == "name: 'org/st@1' [stable] (pinned as 'mine')"
+    assert name_line(v2["cid"]) == "name: 'org/st@2' [main]"
+    assert name_line(other["cid"]) == "name: plain"  # not a version: its pin name
+    ls = run_cli(daemon.home, "pin", "ls").stdout.decode()
+    assert f"{v1['cid']} recursive pinned name='org/st@1' [stable] (pinned as 'mine')" in ls
+    with daemon.client() as c:
+        listed = {p["cid"]: p.get("versions") for p in c.pins()}
+        for cid in (v1["cid"], v2["cid"]):
+            assert c.status(cid)["versions"] == listed[cid]
+        assert c.status(v2["cid"])["versions"] == [
+            {"name": "org/st", "version": 2, "ref": "org/st@2", "tags": ["main"],
+             "retired": False}]
+        assert "versions" not in c.status(other["cid"])
+    assert cli_json(daemon.home, "pin", "status", v2["cid"])["versions"][0]["ref"] == "org/st@2"

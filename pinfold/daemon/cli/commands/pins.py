@@ -87,15 +87,24 @@ def _version_label(versions: list[dict[str, Any]]) -> str:
         + (" (retired)" if v["retired"] else "") for v in live or versions)
 
 
+def _name_label(p: dict[str, Any]) -> str:
+    """A pin's name as ``pin ls`` and ``pin status`` show it: ``'org/m@2' [main]``
+    for a version's root (``push`` names the pin NAME; NAME@N says which
+    version), with ``(pinned as 'mine')`` when the pin has another name;
+    else the pin's name quoted, or ``""``."""
+    versions = p.get("versions") or []
+    if not versions:
+        return repr(p["name"]) if p.get("name") else ""
+    text = _version_label(versions)
+    if p.get("name") and p["name"] not in {v["name"] for v in versions}:
+        text += f" (pinned as {p['name']!r})"
+    return text
+
+
 def _fmt_pin(p: dict[str, Any]) -> str:
     text = f"{p['cid']} {p.get('mode', '')} {_pin_state_text(p)}"
-    versions = p.get("versions") or []
-    if versions:  # a version's root: NAME@N says which one (push names the pin NAME)
-        text += f" name={_version_label(versions)}"
-        if p.get("name") and p["name"] not in {v["name"] for v in versions}:
-            text += f" (pinned as {p['name']!r})"
-    elif p.get("name"):
-        text += f" name={p['name']!r}"
+    if label := _name_label(p):
+        text += f" name={label}"
     if p.get("error"):
         text += f" error: {p['error']}"
     return text
@@ -130,7 +139,9 @@ def pin_ls(c, args: argparse.Namespace, out: Output) -> int:
 def pin_status(c, args: argparse.Namespace, out: Output) -> int:
     res = c.status(args.cid)
     lines = [f"cid: {res['cid']}"]
-    if res.get("name"):
+    if res.get("versions"):
+        lines.append(f"name: {_name_label(res)}")
+    elif res.get("name"):
         lines.append(f"name: {res['name']}")
     if res.get("mode"):
         lines.append(f"mode: {res['mode']}")
