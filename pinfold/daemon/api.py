@@ -93,7 +93,7 @@ from pinfold.daemon.api_shapes import is_record_listing, pin_dict, unpinned_dict
 from pinfold.daemon.errors import InvalidArgument, OutputClosed, PinInUse
 from pinfold.daemon.ingest import BlockSink, undo_on_failure
 from pinfold.daemon.p2p.streams import UploadReader
-from pinfold.daemon.pin_names import check_unpin, version_labels
+from pinfold.daemon.pin_names import check_unpin, labelled
 from pinfold.daemon.pin_wait import wait_for_holders
 from pinfold.daemon.resolver import Resolver
 from pinfold.daemon.transfer import (DagVisits, expected_size, fetch_timeout_s, metered_get,
@@ -573,18 +573,12 @@ class Api:
         async for item in self.node.pin_list(state):
             if not records and is_record_listing(item):
                 continue  # a name record's pin: bookkeeping, listed when asked
-            d = pin_dict(item)
-            if book is not None and (uses := version_labels(book, d["cid"])):
-                d["versions"] = uses
-            await call.send(d)
+            await call.send(labelled(book, pin_dict(item)))
             count += 1
         return {"count": count}
 
     async def pin_status(self, call: Any) -> dict[str, Any]:
-        res = await self.node.pin_status(_cid_param(call.params))
-        if uses := version_labels(self._book(), res["cid"]):
-            res = {**res, "versions": uses}  # as pin_ls: the root of a version
-        return res
+        return labelled(self._book(), await self.node.pin_status(_cid_param(call.params)))
 
     # ------------------------------------------------------------------ repo
 

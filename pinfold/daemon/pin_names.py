@@ -18,7 +18,7 @@ from pinfold.names.book import NameBook, VersionUse
 
 from pinfold.daemon.errors import PinInUse
 
-__all__ = ["check_retire", "check_unpin", "version_labels"]
+__all__ = ["check_retire", "check_unpin", "labelled", "version_labels"]
 
 
 def _uses(book: NameBook | None, cid: CID | str) -> list[VersionUse]:
@@ -106,3 +106,11 @@ def version_labels(book: NameBook | None, cid: CID | str) -> list[dict[str, Any]
     ``[{name, version, ref: "NAME@N", tags, retired}]`` (empty when none)."""
     return [{"name": u.name, "version": u.version, "ref": u.ref, "tags": list(u.tags),
              "retired": u.retired} for u in _uses(book, cid)]
+
+
+def labelled(book: NameBook | None, pin: dict[str, Any]) -> dict[str, Any]:
+    """``pin`` (a ``pin_ls`` item or ``pin_status`` reply, with ``cid``) plus
+    ``versions`` (``version_labels``) when its CID is the root of a version;
+    else ``pin`` itself."""
+    uses = version_labels(book, pin["cid"])
+    return {**pin, "versions": uses} if uses else pin

@@ -230,7 +230,8 @@ def _name_commands(cmd: Any) -> None:
     key_option(p)
     p.intermixed = True  # type: ignore[attr-defined]  # `versions rm --force NAME@N`
 
-    cmd("names", "list the names of the cluster")
+    cmd("names", "list the names of the cluster: each one's newest live version, how many "
+        "versions are live (and retired), its tags")
 
     name = cmd("name", "name ownership").add_subparsers(dest="subcommand", metavar="SUBCOMMAND")
     p = name.add_parser("grant", help="let KEY publish under NAME")
