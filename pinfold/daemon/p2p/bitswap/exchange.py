@@ -40,7 +40,7 @@ from typing import Any
 import trio
 from libp2p.peer.id import ID
 from pinfold.blockstore.cid import CID, cid_key
-from pinfold.blockstore.errors import BlockNotFound
+from pinfold.blockstore.errors import BlockNotFound, BlockstoreError
 from pinfold.blockstore.store import BlockStore
 
 from pinfold.daemon.p2p.bitswap.client_types import SendWants, WantFailed
@@ -542,9 +542,21 @@ class Bitswap:
 
     async def _store_blocks(self, peer: ID, accepted: list[tuple[CID, bytes | memoryview]],
                             keys: list[bytes]) -> None:
-        """Store verified blocks (one writer request), then count and deliver them."""
+        """Store verified blocks (one writer request), then count and deliver them.
+
+        Raises:
+            BlockstoreError: the store refused them (full disk or
+                ``blockstore.max_size_bytes``, a store removed on disk); the fetches
+                that wanted them fail with it first, so a full store ends a fetch
+                at once instead of having the same blocks sent again until it
+                times out.
+        """
         nbytes = sum(len(d) for _, d in accepted)
-        await self._put_many(accepted)
+        try:
+            await self._put_many(accepted)
+        except BlockstoreError as exc:
+            self._fetches.fail_sessions(self._wants.sessions_wanting(keys), exc)
+            raise
         self._engine.record_received(peer, len(accepted), nbytes)
         if self._engine.blocks_added(keys):
             self._server_wake.set()
