@@ -52,3 +52,31 @@ def test_cat_into_a_full_store_says_so_in_one_line(tmp_path: Path) -> None:
     finally:
         small.stop()
         holder.stop()
+
+
+def test_gateway_get_into_a_full_store_ends_naming_the_store(tmp_path: Path) -> None:
+    """507 before the first byte; after it the response is cut (the trustless
+    gateway spec's rule) and the log names the full store, with no traceback."""
+    import http.client
+    import urllib.error
+    import urllib.request
+
+    holder, small, cid = _holder_and_small(tmp_path)
+    try:
+        gateway = cli_json(small.home, "id")["gateway"]
+        try:
+            with urllib.request.urlopen(f"{gateway}/ipfs/{cid}", timeout=50) as resp:
+                resp.read()
+            raise AssertionError("the gateway served a file its store cannot hold")
+        except urllib.error.HTTPError as exc:
+            body = exc.read()
+            assert exc.code == 507, (exc.code, body)
+            assert b"full" in body and not INTERNAL_NAME.search(body), body
+        except http.client.IncompleteRead:
+            pass  # cut mid-body
+        log = small.log()
+        assert "cannot be stored: blockstore full" in log, log[-2000:]
+        assert "Traceback" not in log, log[-4000:]
+    finally:
+        small.stop()
+        holder.stop()
