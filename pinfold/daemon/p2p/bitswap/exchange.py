@@ -102,6 +102,7 @@ class Bitswap:
                                   unusable_retry_s=cfg.unusable_retry_s)
         self._c: Counter[str] = Counter()
         self._rejected: Counter[str] = Counter()
+        self._received_from: Counter[ID] = Counter()  # wanted blocks by sender, kept
         self._latency = LatencyHistogram()
         self._out = Outbound(host, self._engine, self._wants, self._ledger, cfg, self._c,
                              wake_server=self._wake_server, on_unusable=self._peer_unusable)
@@ -285,6 +286,12 @@ class Bitswap:
     def ledgers(self) -> list[LedgerStat]:
         """Per-peer ledgers (wantlist size, queued and sent/received bytes)."""
         return self._engine.ledgers()
+
+    def received_by_peer(self) -> dict[str, int]:
+        """Wanted blocks each peer sent since the exchange started (peer ID text ->
+        blocks), kept after it disconnects (a ledger is not); one entry per peer
+        that ever delivered a wanted block."""
+        return {str(p): n for p, n in self._received_from.items()}
 
     # ------------------------------------------------------------ who may fetch
 
@@ -570,6 +577,7 @@ class Bitswap:
                 continue
             want_cid, sids, actions = res
             self._c["blocks_received"] += 1
+            self._received_from[peer] += 1
             self._c["bytes_received"] += len(data)
             dt = self._fetches.took(key, now)
             if dt is not None:
