@@ -10,7 +10,7 @@ safetensors or ``datasets`` can open one file of a DAG lazily::
 Registered through the ``fsspec.specs`` entry point (pyproject.toml). Paths are
 ``CID``, ``CID/path/in/dag``, ``NAME@VERSION|TAG[/path]`` or ``NAME/path``
 (the daemon's resolver, ``daemon/resolver.py``); anything missing is
-``FileNotFoundError``. Names may hold ``/``: in ``pinfold://org/data/x.csv``
+``FileNotFoundError``, content no peer sends in time ``TimeoutError``. Names may hold ``/``: in ``pinfold://org/data/x.csv``
 (no ``@``, first part not a CID) the name is the longest run of leading parts
 that is a known name (``org/data``), at its ``main`` (as Hugging Face's
 default revision), and the rest is the path inside. When no leading run is
@@ -33,6 +33,7 @@ Imports fsspec and the client only.
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 import weakref
@@ -53,6 +54,8 @@ DEFAULT_MAX_BLOCKS = 32
 
 #: A path, CID, name, version or tag that is not there: FileNotFoundError.
 _NOT_FOUND = {"path_not_found", "not_found", "name_not_found"}
+#: No peer delivered a block in time, or the request's own bound passed: TimeoutError.
+_TIMEOUT = {"timeout", "fetch_timeout"}
 #: A malformed CID, path or name ref: ValueError.
 _INVALID = {"invalid_cid", "invalid_path", "invalid_argument", "invalid_name"}
 
@@ -80,9 +83,12 @@ def _translate(exc: RpcError, path: str) -> Exception:
     """The Python error fsspec callers expect for the daemon's error code: a missing
     path, name, version (``NAME@99``) or tag is ``FileNotFoundError`` whose message
     says what is missing and whose ``filename`` is the path asked for; a bare
-    ``NAME/path`` of no known name is ``NameOrCIDNotFound``."""
+    ``NAME/path`` of no known name is ``NameOrCIDNotFound``; content no peer
+    delivered in time is ``TimeoutError``, as the standard library's I/O says."""
     if exc.code in _NOT_FOUND:
         return FileNotFoundError(2, str(exc), path)
+    if exc.code in _TIMEOUT:
+        return TimeoutError(errno.ETIMEDOUT, str(exc), path)
     head = path.split("/", 1)[0]
     if exc.code == "invalid_cid" and "@" not in path and head and not _is_cid(head):
         return NameOrCIDNotFound(

@@ -195,8 +195,7 @@ class Network:
         """Wanted blocks received so far: ``(blocks, bytes, blocks by peer ID)``;
         counters for the progress of transfers (``daemon/transfer.py``)."""
         bs = self.bitswap.statistics()
-        by_peer = {str(s.peer): s.blocks_received for s in self.bitswap.ledgers()}
-        return bs.blocks_received, bs.bytes_received, by_peer
+        return bs.blocks_received, bs.bytes_received, self.bitswap.received_by_peer()
 
     def sent_by_peer(self) -> dict[str, int]:
         """Block bytes sent to each peer so far (peer ID text -> bytes), from the

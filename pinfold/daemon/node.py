@@ -219,6 +219,7 @@ class Node:
                 task_status.started()
                 await self._stop.wait()
                 log.info("stopping")
+                server.begin_stop()
                 nursery.cancel_scope.cancel()
             self._check_store_files()
             self._record_store()

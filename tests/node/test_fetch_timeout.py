@@ -23,6 +23,7 @@ from pinfold.client import RpcError
 from pinfold.daemon.cli.parser import parse_duration
 
 from tests.support.daemon import DaemonProcess, cli_json, run_cli
+from tests.support.wait import wait_until
 
 MISSING = "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku"
 
@@ -81,6 +82,41 @@ def test_timeout_names_the_block_it_waited_for_and_the_size_from_the_root(
     assert info.value.code == "timeout", message
     assert message.startswith(f"cat {root}: timed out after 1.5 s with 0 of 600000 bytes done")
     assert message.endswith(f"; waiting for block {leaves[0]}"), message
+
+
+def test_timeout_counts_the_peers_that_sent_blocks_after_they_left(
+        beside_a_silent_peer: DaemonProcess, tmp_path: Path) -> None:
+    """A holder sends part of a file and is killed: the timeout still says the
+    blocks arrived from 1 peer (its ledger is gone, what it sent is not)."""
+    import threading
+
+    data = os.urandom(600_000)
+    blocks, root, _ = import_bytes(data, ImportParams(chunk_size=256 * 1024))
+    by_cid = dict((str(c), b) for c, b in blocks)
+    leaf = next(str(c) for c, _ in blocks if str(c) != str(root))
+    holder = DaemonProcess(tmp_path, "holder").start()
+    try:
+        with holder.client() as h:  # the root and one leaf; the others are nowhere
+            h.block_put(by_cid[str(root)], codec="dag-pb")
+            h.block_put(by_cid[leaf])
+        fetcher = beside_a_silent_peer
+        cli_json(fetcher.home, "peers", "connect", cli_json(holder.home, "id")["addresses"][0])
+        out: list = []
+        t = threading.Thread(target=lambda: out.append(run_cli(
+            fetcher.home, "--json", "pin", "add", str(root), "--timeout", "8", check=False)))
+        t.start()
+        try:
+            def fetched() -> bool:
+                return run_cli(fetcher.home, "block", "stat", leaf, check=False).returncode == 0
+            wait_until(fetched, timeout_s=30, what="the leaf to arrive from the holder")
+            holder.kill9()
+        finally:
+            t.join(60)
+        err = json.loads(out[0].stderr)["error"]
+        assert out[0].returncode == 5 and err["code"] == "timeout", err
+        assert "2 blocks (" in err["message"] and "arrived from 1 peer" in err["message"], err
+    finally:
+        holder.kill9()
 
 
 def test_timeout_in_the_client_raises_timeout_naming_the_cid(

@@ -121,3 +121,28 @@ def test_pandas_read_csv_through_pinfold_url(node: DaemonProcess, folder: dict[s
     assert list(df.columns) == ["name", "size"] and df["size"].tolist() == [1, 22, 333]
     monkeypatch.setenv("PINFOLD_HOME", str(node.home))
     assert pandas.read_csv(url)["name"].tolist() == ["alpha", "beta", "gamma"]
+
+
+def test_content_no_peer_sends_in_time_is_timeout_error(tmp_path: Path) -> None:
+    """A CID only a silent peer (SIGSTOPped, connected) could have: the read
+    raises the standard ``TimeoutError`` naming the CID, not the client's RpcError."""
+    import os
+    import signal
+
+    from tests.support.daemon import cli_json
+
+    missing = "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku"
+    a = DaemonProcess(tmp_path, "a", config="[bitswap]\nfetch_timeout_s = 1.0\n").start()
+    silent = DaemonProcess(tmp_path, "silent").start()
+    try:
+        cli_json(a.home, "peers", "connect", cli_json(silent.home, "id")["addresses"][0])
+        os.kill(silent.pid, signal.SIGSTOP)
+        fs = fsspec.filesystem("pinfold", socket=str(a.home / "rpc.sock"), skip_instance_cache=True)
+        with pytest.raises(TimeoutError) as info:
+            fs.cat_file(missing, start=0, end=10)
+        assert missing in str(info.value)
+    finally:
+        os.kill(silent.pid, signal.SIGCONT)
+        for d in (a, silent):
+            d.stop()
+            d.kill9()

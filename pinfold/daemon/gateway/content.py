@@ -19,7 +19,7 @@ from typing import Any, Protocol
 import trio
 
 from pinfold.blockstore.cid import CID
-from pinfold.blockstore.errors import BlockNotFound, DecodeError
+from pinfold.blockstore.errors import BlockNotFound, DecodeError, StoreFull
 from pinfold.blockstore.unixfs.paths import ContentPath, PathNotFound, Resolved, resolve
 
 from pinfold.daemon.gateway.http import HttpError
@@ -61,7 +61,8 @@ class BlockReader:
 
     Raises (from ``__call__``):
         HttpError: 504 when the block did not arrive within ``timeout_s`` seconds,
-            or the exchange gave up on it (no peer has it, its own deadline passed).
+            or the exchange gave up on it (no peer has it, its own deadline passed);
+            507 when it arrived but the node's store is full.
     """
 
     def __init__(self, source: ContentSource, timeout_s: float) -> None:
@@ -77,6 +78,8 @@ class BlockReader:
                 # and BlockUnavailable (every peer said DONT_HAVE) are TimeoutErrors
                 raise HttpError(504, f"retrieval failed: {exc}",
                                 (("Retry-After", "60"),)) from None
+            except StoreFull as exc:  # fetched, but this node has no room to keep it
+                raise HttpError(507, f"block {cid} cannot be stored: {exc}") from None
             self.blocks_read += 1
             return data
         raise HttpError(504, f"block {cid} was not retrieved within {self.timeout_s:g} s "

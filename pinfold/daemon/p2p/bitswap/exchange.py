@@ -40,7 +40,7 @@ from typing import Any
 import trio
 from libp2p.peer.id import ID
 from pinfold.blockstore.cid import CID, cid_key
-from pinfold.blockstore.errors import BlockNotFound
+from pinfold.blockstore.errors import BlockNotFound, BlockstoreError
 from pinfold.blockstore.store import BlockStore
 
 from pinfold.daemon.p2p.bitswap.client_types import SendWants, WantFailed
@@ -102,6 +102,7 @@ class Bitswap:
                                   unusable_retry_s=cfg.unusable_retry_s)
         self._c: Counter[str] = Counter()
         self._rejected: Counter[str] = Counter()
+        self._received_from: Counter[ID] = Counter()  # wanted blocks by sender, kept
         self._latency = LatencyHistogram()
         self._out = Outbound(host, self._engine, self._wants, self._ledger, cfg, self._c,
                              wake_server=self._wake_server, on_unusable=self._peer_unusable)
@@ -285,6 +286,12 @@ class Bitswap:
     def ledgers(self) -> list[LedgerStat]:
         """Per-peer ledgers (wantlist size, queued and sent/received bytes)."""
         return self._engine.ledgers()
+
+    def received_by_peer(self) -> dict[str, int]:
+        """Wanted blocks each peer sent since the exchange started (peer ID text ->
+        blocks), kept after it disconnects (a ledger is not); one entry per peer
+        that ever delivered a wanted block."""
+        return {str(p): n for p, n in self._received_from.items()}
 
     # ------------------------------------------------------------ who may fetch
 
@@ -542,9 +549,21 @@ class Bitswap:
 
     async def _store_blocks(self, peer: ID, accepted: list[tuple[CID, bytes | memoryview]],
                             keys: list[bytes]) -> None:
-        """Store verified blocks (one writer request), then count and deliver them."""
+        """Store verified blocks (one writer request), then count and deliver them.
+
+        Raises:
+            BlockstoreError: the store refused them (full disk or
+                ``blockstore.max_size_bytes``, a store removed on disk); the fetches
+                that wanted them fail with it first, so a full store ends a fetch
+                at once instead of having the same blocks sent again until it
+                times out.
+        """
         nbytes = sum(len(d) for _, d in accepted)
-        await self._put_many(accepted)
+        try:
+            await self._put_many(accepted)
+        except BlockstoreError as exc:
+            self._fetches.fail_sessions(self._wants.sessions_wanting(keys), exc)
+            raise
         self._engine.record_received(peer, len(accepted), nbytes)
         if self._engine.blocks_added(keys):
             self._server_wake.set()
@@ -558,6 +577,7 @@ class Bitswap:
                 continue
             want_cid, sids, actions = res
             self._c["blocks_received"] += 1
+            self._received_from[peer] += 1
             self._c["bytes_received"] += len(data)
             dt = self._fetches.took(key, now)
             if dt is not None:

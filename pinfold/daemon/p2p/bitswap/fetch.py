@@ -96,6 +96,13 @@ class Fetches:
             if sess is not None:
                 sess.send.send_nowait(err)
 
+    def fail_sessions(self, sids: Iterable[int], exc: BaseException) -> None:
+        """Fail the open sessions ``sids`` with ``exc`` (their blocks cannot be stored)."""
+        for sid in sids:
+            sess = self.sessions.get(sid)
+            if sess is not None:
+                sess.send.send_nowait(exc)
+
     def stop_all(self, exc: BaseException) -> None:
         """Fail every open fetch with ``exc`` (the exchange stopped)."""
         for sess in list(self.sessions.values()):

@@ -404,11 +404,12 @@ class InboundStreams:
 
     async def _store(self, peer: ID, step: StoreStep) -> None:
         """Run ``step``. If the store refuses its blocks (full, closed, an I/O
-        error), they stay wanted: the error is logged and the peer gets our
-        wants again, as after a broken stream; the stream goes on."""
+        error), the step has failed the fetches that wanted them; the error is
+        logged and the peer gets our remaining wants again, as after a broken
+        stream; the stream goes on."""
         try:
             await step()
-        except Exception as exc:  # noqa: BLE001 - the blocks stay wanted; say why once
+        except Exception as exc:  # noqa: BLE001 - logged; the stream goes on
             logger.warning("bitswap: storing blocks received from %s failed: %s", peer, exc)
             self._c["store_failures"] += 1
             self._owner.stream_broke(peer)

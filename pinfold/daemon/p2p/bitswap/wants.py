@@ -206,6 +206,15 @@ class WantManager(WantRouter):
         w = self._wants.get(key)
         return w.cid if w else None
 
+    def sessions_wanting(self, keys: Iterable[bytes]) -> set[int]:
+        """The IDs of the sessions that want any of the store keys ``keys`` now."""
+        out: set[int] = set()
+        for key in keys:
+            w = self._wants.get(key)
+            if w is not None:
+                out.update(w.sessions)
+        return out
+
     def on_presences(self, peer: Peer, presences: Iterable[BlockPresence], now: float) -> list[Action]:
         """HAVE / DONT_HAVE answers from ``peer``."""
         if peer not in self.scheduler:

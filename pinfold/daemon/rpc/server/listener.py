@@ -80,6 +80,7 @@ class RpcServer:
         self._upload_buffered = 0
         self._upload_peak = 0
         self._send_queue_peak = 0
+        self.stopping = False
 
     def statistics(self) -> RpcServerStats:
         """A snapshot of the server's counters."""
@@ -97,6 +98,12 @@ class RpcServer:
             upload_buffered_peak_bytes=self._upload_peak,
             send_queue_peak_bytes=self._send_queue_peak,
         )
+
+    def begin_stop(self) -> None:
+        """The daemon is stopping: requests cancelled from now on (by the daemon,
+        not by their client) reply ``shutting_down`` (CLI exit 7) before their
+        connection closes, within ``limits.close_flush_timeout_s``."""
+        self.stopping = True
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Listen and serve until cancelled; ``task_status.started()`` once accepting.

@@ -57,6 +57,7 @@ class ServerSide(Protocol):
     _bytes_out: int
     _upload_buffered: int
     _send_queue_peak: int
+    stopping: bool
 
     def _request_done(self, method: str, outcome: str, seconds: float) -> None: ...
 
@@ -282,6 +283,15 @@ class _Connection:
                 bufs, n = encode(final)
             outcome = "ok" if isinstance(final, Result) else final.code
             self.enqueue(bufs, n)
+        except BaseException:  # Cancelled, bare or in a handler's nursery's group
+            if server.stopping and not req.scope.cancel_called:
+                # The daemon is stopping: say so (exit 7), rather than let the
+                # client see only its connection close; the writer flushes it.
+                outcome = "shutting_down"
+                self.enqueue(*encode(ErrorReply(
+                    id=req.id, code="shutting_down",
+                    message=f"{req.method}: the daemon is stopping")))
+            raise
         finally:
             del self.active[req.id]
             if req.chunks:
@@ -328,7 +338,11 @@ class _Connection:
                         await self._write_pending()
                         try:
                             self._take(self.recv_channel.receive_nowait())
-                        except (trio.WouldBlock, trio.EndOfChannel):
+                        except trio.WouldBlock:
+                            if not self.active:
+                                break
+                            await trio.sleep(0.005)  # a request unwinding may queue its reply
+                        except trio.EndOfChannel:
                             break
                 raise
         except OSError:  # the client went away; end the connection
