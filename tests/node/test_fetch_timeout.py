@@ -101,14 +101,17 @@ def test_timeout_counts_the_peers_that_sent_blocks_after_they_left(
             h.block_put(by_cid[leaf])
         fetcher = beside_a_silent_peer
         cli_json(fetcher.home, "peers", "connect", cli_json(holder.home, "id")["addresses"][0])
+        stored = cli_json(fetcher.home, "repo", "stat")["blocks"]
         out: list = []
         t = threading.Thread(target=lambda: out.append(run_cli(
             fetcher.home, "--json", "pin", "add", str(root), "--timeout", "8", check=False)))
         t.start()
         try:
+            # Count stored blocks: `block stat` would fetch the leaf itself, and
+            # could do so before `pin add` has started.
             def fetched() -> bool:
-                return run_cli(fetcher.home, "block", "stat", leaf, check=False).returncode == 0
-            wait_until(fetched, timeout_s=30, what="the leaf to arrive from the holder")
+                return cli_json(fetcher.home, "repo", "stat")["blocks"] >= stored + 2
+            wait_until(fetched, timeout_s=30, what="the root and leaf to arrive from the holder")
             holder.kill9()
         finally:
             t.join(60)
