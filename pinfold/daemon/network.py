@@ -152,15 +152,21 @@ class Network:
         if not self.host.connected_peers():
             raise BlockNotFound(cid, "not in the local store and no peer is connected")
 
-    async def get_block(self, cid: CID, *, timeout_s: float | None = None) -> bytes:
+    async def get_block(self, cid: CID, *, timeout_s: float | None = None,
+                        wait_for_peers: bool = False) -> bytes:
         """Fetch one block from connected peers (verified, stored); ``timeout_s``:
         seconds without progress before it fails (default ``bitswap.fetch_timeout_s``).
+        With ``wait_for_peers`` (a transfer that peers were already serving), no
+        connected peer means waiting for one to (re)connect, as ``ensure_dag``
+        does once under way.
 
         Raises:
-            BlockNotFound: no peer is connected (fails at once rather than wait).
+            BlockNotFound: no peer is connected and not ``wait_for_peers`` (fails
+                at once rather than wait).
             FetchTimeout: no peer delivered it in time.
         """
-        self._require_peers(cid)
+        if not wait_for_peers:
+            self._require_peers(cid)
         return await self.bitswap.get_block(cid, timeout_s=timeout_s)
 
     async def ensure_dag(self, root: CID, *, protection: Protection | None = None,

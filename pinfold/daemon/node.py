@@ -383,16 +383,18 @@ class Node:
         if self.network is not None:
             self.network.blocks_added(cids)
 
-    async def get_block(self, cid: CID, *, timeout_s: float | None = None) -> bytes:
+    async def get_block(self, cid: CID, *, timeout_s: float | None = None,
+                        wait_for_peers: bool = False) -> bytes:
         """The block's bytes, from the store or from peers (``Blocks.get``;
-        ``timeout_s``: seconds a fetch may make no progress, None: the default).
+        ``timeout_s``: seconds a fetch may make no progress, None: the default;
+        ``wait_for_peers``: wait for a peer when none is connected).
 
         Raises:
             BlockNotFound: not local and no network, or a ``FetchTimeout`` subclass
                 when no peer had it in time.
         """
         assert self.blocks is not None
-        return await self.blocks.get(cid, timeout_s=timeout_s)
+        return await self.blocks.get(cid, timeout_s=timeout_s, wait_for_peers=wait_for_peers)
 
     def received(self) -> tuple[int, int, dict[str, int]]:
         """Blocks received from peers so far: ``(blocks, bytes, blocks by peer ID)``."""

@@ -40,9 +40,12 @@ class Exchange(Protocol):
     they are read back from.
     """
 
-    async def get_block(self, cid: CID, *, timeout_s: float | None = None) -> bytes:
+    async def get_block(self, cid: CID, *, timeout_s: float | None = None,
+                        wait_for_peers: bool = False) -> bytes:
         """One block from connected peers (``timeout_s``: seconds without progress,
-        None: the configured default). Raises ``BlockNotFound`` (``FetchTimeout``)."""
+        None: the configured default; ``wait_for_peers``: with no peer connected,
+        wait for one instead of failing at once). Raises ``BlockNotFound``
+        (``FetchTimeout``)."""
         ...
 
     async def ensure_dag(self, root: CID, *, protection: Protection | None = None,

@@ -42,9 +42,11 @@ class Blocks:
         """True if the block is local (identity CIDs always are)."""
         return is_identity(cid) or self.store.has(cid)
 
-    async def get(self, cid: CID, *, timeout_s: float | None = None) -> bytes:
+    async def get(self, cid: CID, *, timeout_s: float | None = None,
+                  wait_for_peers: bool = False) -> bytes:
         """The block's bytes, from the store or from peers (``timeout_s``: seconds
-        without progress before a fetch fails; None: the configured default).
+        without progress before a fetch fails; None: the configured default;
+        ``wait_for_peers`` as ``Exchange.get_block``).
 
         Raises:
             BlockNotFound: not local and no exchange, or a ``FetchTimeout``
@@ -57,7 +59,8 @@ class Blocks:
         except BlockNotFound:
             if self.exchange is None:
                 raise
-        return await self.exchange.get_block(cid, timeout_s=timeout_s)
+        return await self.exchange.get_block(cid, timeout_s=timeout_s,
+                                             wait_for_peers=wait_for_peers)
 
     async def get_local(self, cid: CID) -> bytes:
         """The block's bytes from the store only. Raises ``BlockNotFound``."""

@@ -269,7 +269,8 @@ class BlockSource(Protocol):
     def read_local(self, cids: Sequence[CID],
                    fn: Callable[[CID, bytes | memoryview], Any]) -> list[Any]: ...
 
-    async def get_block(self, cid: CID, *, timeout_s: float | None = None) -> bytes: ...
+    async def get_block(self, cid: CID, *, timeout_s: float | None = None,
+                        wait_for_peers: bool = False) -> bytes: ...
 
 
 def _copy(_: CID, block: bytes | memoryview) -> bytes:
@@ -302,6 +303,10 @@ def metered_get(node: BlockSource, meter: TransferMeter, timeout_s: float | None
     The last block read is kept, so a reader that reads a block twice in a row
     (``get`` reads a file's root to list it, then to send it) reads the store
     once. Blocks count by multihash: two spellings of a CID are one block.
+
+    Once peers have sent blocks during the transfer, a block fetched with no
+    peer connected waits for one (``wait_for_peers``) within ``timeout_s``:
+    the holder that left mid-transfer may be back, as under ``pin add``.
     """
     seen: set[bytes] = set()
     last_key = b""
@@ -320,7 +325,8 @@ def metered_get(node: BlockSource, meter: TransferMeter, timeout_s: float | None
             # A local read returns without a checkpoint, so nobody sees this unless
             # the block is being fetched from peers.
             meter.waiting_on = cid
-            data = await node.get_block(cid, timeout_s=timeout_s)
+            data = await node.get_block(cid, timeout_s=timeout_s,
+                                        wait_for_peers=meter.fetched()[0] > 0)
             meter.waiting_on = None
         last_key, last_data = key, data
         if key not in seen:
