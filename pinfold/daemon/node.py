@@ -9,12 +9,8 @@ same home (the store's lock and the live socket), stops cleanly on SIGINT or
 SIGTERM or the ``shutdown`` RPC (in-flight writes finish or roll back; nothing
 committed is lost), and tells systemd when it is ready (``sd_notify``).
 
-The store must be the one the home used: ``<home>/store.json`` records its
-ID, so a start on a home whose store is missing, or was replaced by an empty
-one, is refused unless ``allow_empty_store`` says to begin again empty. While
-running, the store's files are checked every ``STORE_CHECK_INTERVAL_S``
-seconds (and before every commit); if they were removed or replaced the
-daemon stops with an error instead of writing into a file nobody will read.
+The store must be the one the home used, and its files are watched while
+the daemon runs (``daemon/home_store.py``).
 """
 
 from __future__ import annotations
@@ -24,6 +20,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from functools import partial
 from dataclasses import asdict, is_dataclass
 from importlib.metadata import version as _dist_version
 from typing import Any
@@ -31,7 +28,7 @@ from typing import Any
 import trio
 
 from pinfold.blockstore.cid import CID
-from pinfold.blockstore.errors import NotPinned, StoreGone
+from pinfold.blockstore.errors import NotPinned
 from pinfold.blockstore.lmdbstore import LmdbBlockStore
 from pinfold.blockstore.pins import PinRecord, Protection
 from pinfold.blockstore.unixfs.paths import ContentPath
@@ -48,7 +45,9 @@ from pinfold.daemon.names.service import NameService
 from pinfold.daemon.errors import InvalidArgument
 from pinfold.daemon.gateway import Gateway
 from pinfold.daemon.expiry import LocalExpiry
-from pinfold.daemon.home import Home, HomeError, StoreRecord
+from pinfold.daemon.home import Home
+from pinfold.daemon.home_store import (STORE_CHECK_INTERVAL_S, check_store_files, open_store,
+                                       record_store, watch_store)
 from pinfold.daemon.metrics import Metrics, counter, store_metric_families
 from pinfold.daemon.network import Network
 from pinfold.daemon.p2p.identity import load_identity, peer_id_of
@@ -58,11 +57,6 @@ from pinfold.daemon.resolver import ipns_content_path
 from pinfold.daemon.rpc.server import RpcLimits, RpcServer, RpcServerError, resolve_group
 
 log = logging.getLogger("pinfold.node")
-
-#: Seconds between checks that the store's files are still the ones opened.
-STORE_CHECK_INTERVAL_S = 2.0
-#: Least seconds between rewrites of ``store.json``'s counts while they change.
-STORE_RECORD_EVERY_S = 10.0
 
 try:
     VERSION = _dist_version("pinfold")
@@ -156,7 +150,8 @@ class Node:
         keypair = load_identity(self.home.identity_path)
         self.peer_id = peer_id_of(keypair).to_base58()
         bs = self.config.blockstore
-        self.store = await trio.to_thread.run_sync(self._open_store)
+        self.store = await trio.to_thread.run_sync(partial(
+            open_store, self.home, bs, allow_empty_store=self.allow_empty_store))
         try:
             store = self.store
             self.writer = writer = BatchWriter(store, max_batch_bytes=16 * 1024 * 1024)
@@ -210,7 +205,7 @@ class Node:
                     await nursery.start(self.gateway.run)
                 if bs.gc_interval_s > 0:
                     nursery.start_soon(self._gc_loop, bs.gc_interval_s)
-                nursery.start_soon(self._watch_store, STORE_CHECK_INTERVAL_S)
+                nursery.start_soon(watch_store, self.home, store, STORE_CHECK_INTERVAL_S)
                 await nursery.start(self.expiry.run)
                 log.info("pinfold %s ready: peer %s, socket %s, metrics %s, gateway %s",
                          VERSION, self.peer_id, self.socket_path,
@@ -221,8 +216,8 @@ class Node:
                 log.info("stopping")
                 server.begin_stop()
                 nursery.cancel_scope.cancel()
-            self._check_store_files()
-            self._record_store()
+            check_store_files(self.home, store)
+            record_store(self.home, store)
         finally:
             self.metrics.close()
             store, self.store = self.store, None
@@ -234,106 +229,6 @@ class Node:
         ceiling), read live."""
         cfg = self.config
         return getattr(cfg.replication, "capacity_bytes", 0) or cfg.blockstore.max_size_bytes
-
-    def _open_store(self) -> LmdbBlockStore:
-        """Open the home's store, refusing one that is not the store this home used.
-
-        Raises:
-            HomeError: ``store.json`` names a store, and the store is missing or
-                is another, empty one (unless ``allow_empty_store``).
-            StoreLocked, BlockstoreError: as ``LmdbBlockStore``.
-        """
-        bs = self.config.blockstore
-        path = self.home.store_path
-        record = self.home.read_store_record()
-        choices = (f"Restore the store directory from a backup (README, \"Back up and "
-                   f"restore\"), or start with an empty store: `pinfold --home "
-                   f"{self.home.root} daemon --allow-empty-store` (in a cluster the other "
-                   "peers re-replicate the pins this node held; standalone, its data is gone)")
-        if (record is not None and not (path / "data.mdb").exists()
-                and not self.allow_empty_store):
-            raise HomeError(f"the blockstore {path} is missing (no data.mdb), but this home "
-                            f"used {record.describe()}, recorded in "
-                            f"{self.home.store_record_path}. {choices}")
-        store = LmdbBlockStore(path, max_size_bytes=bs.max_size_bytes, sync=bs.sync)
-        try:
-            if record is not None and record.store_id != store.store_id:
-                empty = store.stat().blocks == 0 and not any(store.pin_counts().values())
-                if self.allow_empty_store:
-                    log.warning("starting with the store %s (id %s) as --allow-empty-store "
-                                "asked; this home used %s", path, store.store_id,
-                                record.describe())
-                elif empty:
-                    raise HomeError(f"the blockstore {path} is empty and is not the store this "
-                                    f"home used: it is store {store.store_id}, this home used "
-                                    f"{record.describe()}, recorded in "
-                                    f"{self.home.store_record_path}. {choices}")
-                else:
-                    log.warning("the blockstore %s is store %s, not the one this home used "
-                                "(%s); it holds data, so it is used from now on", path,
-                                store.store_id, record.describe())
-            self._record_store(store)
-        except BaseException:
-            store.close()
-            raise
-        return store
-
-    def _record_store(self, store: LmdbBlockStore | None = None) -> None:
-        """Write ``store.json``: the store's ID and what it holds now.
-
-        A failure (a full disk) is logged, not raised: the daemon keeps running,
-        and the record is written again at the next chance.
-        """
-        store = store or self.store
-        assert store is not None
-        old = self.home.read_store_record()
-        first_seen = old.first_seen if old and old.store_id == store.store_id else time.time()
-        st = store.stat()
-        try:
-            self.home.write_store_record(StoreRecord(
-                store_id=store.store_id, first_seen=first_seen, updated=time.time(),
-                blocks=st.blocks, bytes=st.bytes, pins=sum(store.pin_counts().values())))
-        except OSError as exc:
-            log.warning("cannot write %s: %s", self.home.store_record_path,
-                        exc.strerror or exc)
-
-    def _check_store_files(self) -> None:
-        """Stop the daemon if the store's files were removed or replaced.
-
-        Raises:
-            StoreGone: with what to do next.
-        """
-        assert self.store is not None
-        try:
-            self.store.check_files()
-        except StoreGone as exc:
-            raise StoreGone(f"{exc}. The daemon stops: put the store back (from a backup if "
-                            f"need be) and start it again, or start with an empty store: "
-                            f"`pinfold --home {self.home.root} daemon --allow-empty-store`"
-                            ) from None
-
-    async def _watch_store(self, interval_s: float) -> None:
-        """Check the store's files every ``interval_s`` seconds; keep ``store.json``'s
-        counts current (rewritten when they changed, at most every ``STORE_RECORD_EVERY_S``)."""
-        store = self.store
-        assert store is not None
-
-        def counts() -> tuple[int, int, int]:
-            st = store.stat()
-            return st.blocks, st.bytes, sum(store.pin_counts().values())
-
-        recorded_at = trio.current_time()
-        last = counts()
-        while True:
-            await trio.sleep(interval_s)
-            self._check_store_files()
-            now = counts()
-            if now != last and trio.current_time() - recorded_at >= STORE_RECORD_EVERY_S:
-                try:
-                    self._record_store()
-                except HomeError as exc:  # store.json became unreadable meanwhile
-                    log.warning("%s", exc)
-                last, recorded_at = now, trio.current_time()
 
     async def _gc_loop(self, interval_s: float) -> None:
         while True:
