@@ -30,8 +30,9 @@ Parts: the decisions are pure - ``policy.py`` (what this node does with its
 share, when to sync), ``accounting.py`` (pin health counts, repair timing,
 the reported value types), ``settings.py`` (``ManagerConfig``). The driving
 is split by job into the mixins ``pinqueue.PinQueue`` (fetch and release),
-``gossip.Gossip`` (messages, heartbeats, health events, persist then gossip)
-and ``antientropy.AntiEntropy`` (sync sessions); this module composes them,
+``gossip.Gossip`` (messages, heartbeats, health events, persist then gossip),
+``antientropy.AntiEntropy`` (sync sessions) and ``plan_actions.PlanActions``
+(carrying out a planned chunk, assessing its pins); this module composes them,
 keeps the state, and runs the user API and the planning loop.
 
 Time: everything in the replication layer uses wall-clock seconds; the
@@ -53,20 +54,17 @@ import trio
 
 from pinfold.replication.accounting import (
     REPAIR_BUCKETS,
-    UNDER,
     Accounting,
     ClusterStatus,
     ManagerStats,
     PeerInfo,
     empty_stats,
     peer_info,
-    report_lines,
 )
 from pinfold.replication.antientropy import AntiEntropy
 from pinfold.replication.errors import (
     ClockSkewError,
     InvalidPin,
-    PinNotFound,
     PinsetDecodeError,
     StaleWrite,
 )
@@ -82,12 +80,11 @@ from pinfold.replication.persist import (
     int_bytes,
 )
 from pinfold.replication.pinqueue import FetchJob, PinQueue
+from pinfold.replication.plan_actions import PlanActions
 from pinfold.replication.pinset import Entry, PinSet
-from pinfold.replication.planner import PinStatus, PlanContext, Policy, pin_status, plan_cids
+from pinfold.replication.planner import PinStatus, Policy, pin_status
 from pinfold.replication.policy import (
-    OriginCopy,
     SyncSchedule,
-    origin_copy,
     pin_bounds,
     restored_state,
 )
@@ -95,14 +92,11 @@ from pinfold.replication.settings import ManagerConfig
 from pinfold.replication.states import OwnStates, PeerStates
 from pinfold.replication.transport import LocalPins, Transport
 from pinfold.replication.types import (
-    ExpireAction,
     Pin,
-    PinAction,
     PinMode,
     PinState,
     Reason,
     ReportAction,
-    UnpinAction,
     cid_text,
 )
 
@@ -122,7 +116,7 @@ _CHUNK: Final = 512
 _EMPTY_STATS: Final = empty_stats()
 
 
-class Manager(Gossip, AntiEntropy, PinQueue):
+class Manager(Gossip, AntiEntropy, PinQueue, PlanActions):
     """The replication manager of one node.
 
     Usage::
@@ -536,69 +530,3 @@ class Manager(Gossip, AntiEntropy, PinQueue):
     def plan_now(self, cids: Iterable[bytes]) -> list[Any]:
         """Plan the given CIDs at once and carry out the actions (tests, ``recover``)."""
         return self._plan_chunk(list(cids))
-
-    def _plan_chunk(self, cids: list[bytes]) -> list[Any]:
-        now = self.now()
-        ctx = PlanContext(self.health, now, current=self._current, keep_states=True)
-        actions = plan_cids(cids, self.pinset, self.holdings, self.health, self.policy, now,
-                            context=ctx)
-        seen = ctx.seen or {}
-        fresh: list[ReportAction] = []
-        c = self._acct.counters
-        c.plans += 1
-        c.planned_cids += len(cids)
-        for a in actions:
-            seen.pop(a.cid, None)  # carrying it out may change the CID's states
-            if isinstance(a, PinAction):
-                self._on_pin_action(a)
-            elif isinstance(a, UnpinAction):
-                self._on_unpin_action(a, now)
-            elif isinstance(a, ExpireAction):
-                self._on_expire(a.cid)
-            elif isinstance(a, ReportAction):
-                if self._reports.get(a.cid) != a:
-                    fresh.append(a)
-                self._reports[a.cid] = a
-        for line in report_lines(fresh):
-            log.warning("%s", line)
-        for cid in cids:
-            self._assess(cid, ctx, now, seen.pop(cid, None))
-        self._acct.invalidate()
-        return actions
-
-    def _assess(self, cid: bytes, ctx: PlanContext, now: float,
-                states: dict[str, PinState] | None) -> None:
-        """Update the pin's health record, repair timing and origin copy after planning it
-        (``states``: its holders' states if known to be current, else None)."""
-        pin = self.pinset.pin(cid)
-        rec = self.local.get(cid)
-        if pin is None or pin.expired(now):
-            self._acct.forget(cid)
-            self._acct.repair_forget(cid)
-            self._reports.pop(cid, None)
-            if rec is not None and rec.staged:
-                self._release_stage(cid)
-            if pin is None and rec is not None and self.own.get(cid) is PinState.REMOTE:
-                self.local.pop(cid, None)
-                self._persist_local(cid)
-            return
-        if states is None:
-            states = self.holdings.states(cid)
-        code, healthy = self._acct.assess(cid, pin, states, ctx.status, ctx.p, now)
-        if code & 3 != UNDER:
-            self._reports.pop(cid, None)
-        if rec is None or not rec.staged:
-            return
-        todo = origin_copy(healthy=healthy, rmin=pin.rmin, state=self.own.get(cid))
-        if todo is OriginCopy.ADOPT:
-            rec.staged = False
-            self._persist_local(cid)
-        elif todo is OriginCopy.RELEASE:
-            self._release_stage(cid)
-
-    def _on_expire(self, cid: bytes) -> None:
-        try:
-            self._write(pin=None, cid=cid)
-            log.info("pin %s expired; wrote its tombstone", cid_text(cid))
-        except PinNotFound:
-            pass

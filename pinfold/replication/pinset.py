@@ -23,6 +23,7 @@ indexes, all O(1) to update:
   replicas compare roots, then the children of differing nodes, ... so they
   find the differing buckets in ``tree_bits / 4`` round trips and pull only
   those (``sync.py``). A new replica (root count 0) pulls everything at once.
+  The tree is ``digest_tree.DigestTree``.
 - *change log*: each change gets a local sequence number (``version``);
   ``delta_since(v)`` returns the entries changed after ``v`` - what to gossip
   or write to LMDB next. The log is compacted when it holds twice as many
@@ -54,8 +55,8 @@ import bisect
 from array import array
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Final
 
+from pinfold.replication.digest_tree import FANOUT_BITS, DigestTree
 from pinfold.replication.entries import (
     DEFAULT_TREE_BITS,
     FORMAT_VERSION,
@@ -99,10 +100,6 @@ __all__ = [
     "msgpack_unpack",
 ]
 
-#: Bits per digest-tree level (fan-out 16).
-FANOUT_BITS: Final = 4
-
-
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PinSetStats:
     """Counts for metrics and ``cluster status``.
@@ -143,16 +140,13 @@ class PinSet:
 
     __slots__ = (
         "_buckets",
+        "_digests",
         "_entries",
-        "_leaf_count",
-        "_leaf_digest",
-        "_levels",
         "_log_keys",
         "_log_seqs",
         "_max_ts",
         "_rejected",
         "_tombstones",
-        "_tree",
         "_tree_bits",
         "_version",
         "_watermark",
@@ -162,14 +156,9 @@ class PinSet:
         if type(tree_bits) is not int or tree_bits % FANOUT_BITS or not 4 <= tree_bits <= 20:
             raise InvalidPin(f"tree_bits: must be a multiple of 4 in 4..20, got {tree_bits!r}")
         self._tree_bits = tree_bits
-        self._levels = tree_bits // FANOUT_BITS
         self._entries: dict[bytes, Entry] = {}
         self._buckets: list[set[bytes] | None] = [None] * (1 << tree_bits)
-        # Leaf (bucket) digests and counts are kept up to date; the levels above
-        # are rebuilt from them on demand (65,536 XORs, a few ms) when dirty.
-        self._leaf_digest = [0] * (1 << tree_bits)
-        self._leaf_count = [0] * (1 << tree_bits)
-        self._tree: list[tuple[list[int], list[int]]] | None = None
+        self._digests = DigestTree(tree_bits)
         self._tombstones: set[bytes] = set()
         self._log_keys: list[bytes] = []
         self._log_seqs = array("Q")
@@ -188,7 +177,7 @@ class PinSet:
     @property
     def levels(self) -> int:
         """Depth of the leaf (bucket) level; the root is level 0."""
-        return self._levels
+        return self._digests.levels
 
     @property
     def version(self) -> int:
@@ -347,31 +336,6 @@ class PinSet:
             raise InvalidPin("merge_set: replicas use different tree_bits")
         return self.merge(other._entries.values())
 
-    def _tree_update(self, bucket: int, delta_hash: int, delta_count: int) -> None:
-        self._leaf_digest[bucket] ^= delta_hash
-        self._leaf_count[bucket] += delta_count
-        self._tree = None
-
-    def _levels_cache(self) -> list[tuple[list[int], list[int]]]:
-        """``[(digests, counts)]`` per level, root first, rebuilt when stale."""
-        if self._tree is None:
-            levels = [(self._leaf_digest, self._leaf_count)]
-            fan = 1 << FANOUT_BITS
-            for _ in range(self._levels):
-                d, c = levels[-1]
-                nd = [0] * (len(d) // fan)
-                nc = [0] * (len(d) // fan)
-                for i in range(len(nd)):
-                    x = 0
-                    for v in d[i * fan : (i + 1) * fan]:
-                        x ^= v
-                    nd[i] = x
-                    nc[i] = sum(c[i * fan : (i + 1) * fan])
-                levels.append((nd, nc))
-            levels.reverse()
-            self._tree = levels
-        return self._tree
-
     def _store(self, entry: Entry, old: Entry | None) -> None:
         key = entry.cid
         b = bucket_of(key, self._tree_bits)
@@ -381,9 +345,9 @@ class PinSet:
             if keys is None:
                 keys = self._buckets[b] = set()
             keys.add(key)
-            self._tree_update(b, h, 1)
+            self._digests.update(b, h, 1)
         else:
-            self._tree_update(b, h ^ entry_hash(old), 0)
+            self._digests.update(b, h ^ entry_hash(old), 0)
         self._entries[key] = entry
         if entry.pin is None:
             self._tombstones.add(key)
@@ -401,7 +365,7 @@ class PinSet:
         if not keys:
             self._buckets[b] = None
         self._tombstones.discard(key)
-        self._tree_update(b, entry_hash(old), -1)
+        self._digests.update(b, entry_hash(old), -1)
         self._log(key)
 
     def _log(self, key: bytes) -> None:
@@ -476,22 +440,13 @@ class PinSet:
 
     # ------------------------------------------------------------ anti-entropy
 
-    def _check_node(self, level: int, index: int) -> None:
-        if type(level) is not int or not 0 <= level <= self._levels:
-            raise InvalidPin(f"level: must be in 0..{self._levels}, got {level!r}")
-        if type(index) is not int or not 0 <= index < (1 << (FANOUT_BITS * level)):
-            last = (1 << (FANOUT_BITS * level)) - 1
-            raise InvalidPin(f"index: must be in 0..{last}, got {index!r}")
-
     def summary(self, level: int, index: int) -> tuple[int, int]:
         """``(digest, count)`` of one digest-tree node.
 
         Raises:
             InvalidPin: no such node.
         """
-        self._check_node(level, index)
-        d, c = self._levels_cache()[level]
-        return d[index], c[index]
+        return self._digests.summary(level, index)
 
     def children(self, level: int, index: int) -> list[tuple[int, int]]:
         """``(digest, count)`` of the 16 children (at ``level + 1``) of a node.
@@ -499,18 +454,15 @@ class PinSet:
         Raises:
             InvalidPin: no such node, or it is a leaf.
         """
-        self._check_node(level, index)
-        if level >= self._levels:
-            raise InvalidPin(f"level {level} is the leaf level; it has no children")
-        lo = index << FANOUT_BITS
-        d, c = self._levels_cache()[level + 1]
-        return [(d[i], c[i]) for i in range(lo, lo + (1 << FANOUT_BITS))]
+        return self._digests.children(level, index)
 
     def bucket_range(self, level: int, index: int) -> tuple[int, int]:
-        """The buckets ``[lo, hi)`` under a digest-tree node."""
-        self._check_node(level, index)
-        shift = FANOUT_BITS * (self._levels - level)
-        return index << shift, (index + 1) << shift
+        """The buckets ``[lo, hi)`` under a digest-tree node.
+
+        Raises:
+            InvalidPin: no such node.
+        """
+        return self._digests.bucket_range(level, index)
 
     def entries_in_buckets(self, lo: int, hi: int, limit: int, *,
                            max_bytes: int | None = None) -> tuple[list[Entry], int | None]:
@@ -536,7 +488,7 @@ class PinSet:
         out: list[Entry] = []
         entries = self._entries
         # Skip empty subtrees quickly using the leaf counts.
-        counts = self._leaf_count
+        counts = self._digests.leaf_count
         size = 0
         b = lo
         while b < hi:

@@ -1,7 +1,8 @@
 """Hostile inputs for the parser campaigns: valid encodings of every format
 that takes outside bytes (corpora to mutate), Hypothesis strategies for config
 files, and the adapters that feed bytes to each parser. Used by
-``tests/reliability/test_hostile_codecs.py`` and ``test_hostile_live.py``.
+``tests/reliability/test_hostile_codecs.py``, ``test_hostile_live.py`` and
+``test_hostile_config.py``.
 """
 
 from __future__ import annotations

@@ -7,6 +7,8 @@ by how much does repair beat it?
   availability-target mode over many runs.
 - ``churn``: real daemons on 127.0.0.1 killed (SIGKILL) and restarted on a seeded
   schedule, probed through a gateway node that holds none of the pins.
+  Its pure model (``churn_model``), parameter and result records
+  (``churn_records``) and process driver (``churn_driver``) are sibling modules.
 - ``report``: ``make availability`` - runs both and writes tables (Markdown,
   CSV) and a plot (PNG) into ``results/availability/``.
 """

@@ -13,8 +13,8 @@ path). One connection per peer (``max_connections_per_peer=1``; with more
 py-libp2p waits 250 ms on every dial) and a total connection limit.
 
 py-libp2p cuts its loggers off from the logging tree on import;
-``route_libp2p_logs`` puts them back under the root logger so the daemon's
-logging configuration applies to them too.
+``route_libp2p_logs`` (``libp2p_logs``, re-exported here) puts them back under
+the root logger so the daemon's logging configuration applies to them too.
 
 Identity: ``pinfold.daemon.p2p.identity`` reads/writes the key file (libp2p
 ``PrivateKey`` protobuf, Ed25519, mode 0600); ``Host`` takes the ``KeyPair``.
@@ -62,6 +62,7 @@ from pinfold.daemon.p2p.host_config import (
     strip_p2p,
 )
 from pinfold.daemon.p2p import swarm_limits
+from pinfold.daemon.p2p.libp2p_logs import route_libp2p_logs
 from pinfold.daemon.p2p.swarm_limits import REAP_AGE_S, InboundSlots, TrackingTCP, raw_connection
 from pinfold.daemon.p2p.transport import DirectOpener, DirectRoutes, FastNoiseTransport, FastYamux
 from pinfold.daemon.p2p.transport import InboundSelector, install_muxer
@@ -83,31 +84,6 @@ logger = logging.getLogger(__name__)
 #: Protocols a pinfold host negotiates for security and muxing; nothing else is offered.
 SECURITY_PROTOCOLS: Final = (str(NOISE_PROTOCOL_ID),)
 MUXER_PROTOCOLS: Final = (str(YAMUX_PROTOCOL_ID),)
-
-
-def route_libp2p_logs(level: int = logging.WARNING) -> None:
-    """Send py-libp2p's log records up the standard logging tree.
-
-    py-libp2p's ``setup_logging`` (run on import) clears the ``libp2p`` logger's
-    handlers and sets ``propagate = False``; this undoes that so records reach
-    the handlers configured on the root logger.
-
-    Args:
-        level: the level for the ``libp2p`` logger (it is very chatty below WARNING).
-    """
-    root = logging.getLogger("libp2p")
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
-    root.propagate = True
-    root.setLevel(level)
-    for name, obj in list(logging.Logger.manager.loggerDict.items()):
-        if name.startswith("libp2p.") and isinstance(obj, logging.Logger):
-            for handler in list(obj.handlers):
-                obj.removeHandler(handler)
-            obj.propagate = True
-    # A refused dial is routine (a peer restarting, a bootstrap retry) and the
-    # caller reports it; py-libp2p's TCP transport logs each one at ERROR.
-    logging.getLogger("libp2p.transport.tcp.tcp").setLevel(logging.CRITICAL)
 
 
 class _Notifee(INotifee):

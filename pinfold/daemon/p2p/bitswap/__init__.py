@@ -1,11 +1,12 @@
 """pinfold's Bitswap 1.2.0 (answering 1.1.0 and 1.0.0).
 
-Layers (STYLE.md 1): ``message`` (wire codec); ``server``, ``wants`` (with
-its vocabulary ``client_types``), ``schedule`` and ``ledger`` (sans-IO
-decision cores); ``config`` and ``stats`` (the exchange's
-settings and counters); ``exchange`` (the trio driver) with its parts
-``outbound`` (our stream to each peer), ``inbound`` (theirs to us) and
-``fetch`` (fetch sessions).
+Layers (STYLE.md 1): ``message`` (wire codec, with ``prefix``: block CID
+prefixes); ``server``, ``wants`` (with its vocabulary ``client_types``),
+``schedule`` and ``ledger`` (sans-IO decision cores); ``config`` and ``stats``
+(the exchange's settings and counters); ``exchange`` (the trio driver) with its parts
+``outbound`` (our stream to each peer), ``inbound`` (theirs to us),
+``serving`` (the engine's answers, the serve filter) and ``fetch`` (fetch
+sessions).
 """
 
 from pinfold.daemon.p2p.bitswap.client_types import ClientConfig

@@ -3,8 +3,9 @@
 ``Bitswap`` wires ``ServerEngine`` (what to send whom), ``WantManager`` (whom
 to ask for what) and ``PeerLedger`` (whom to refuse, whom to leave alone,
 which blocks count against a peer) to libp2p streams (``outbound``: our stream
-to each peer; ``inbound``: theirs to us), the block store, the batched writer
-and the fetch sessions (``fetch``). It decides nothing itself: it reads,
+to each peer; ``inbound``: theirs to us), the block store (``serving``: the
+engine's answers, and the serve filter), the batched writer and the fetch
+sessions (``fetch``). It decides nothing itself: it reads,
 decodes, hashes, stores, writes, and feeds events to the cores.
 
 Trust: every received block is hashed (sha2-256) and must match a CID we
@@ -40,7 +41,7 @@ from typing import Any
 import trio
 from libp2p.peer.id import ID
 from pinfold.blockstore.cid import CID, cid_key
-from pinfold.blockstore.errors import BlockNotFound, BlockstoreError
+from pinfold.blockstore.errors import BlockstoreError
 from pinfold.blockstore.store import BlockStore
 
 from pinfold.daemon.p2p.bitswap.client_types import SendWants, WantFailed
@@ -54,13 +55,11 @@ from pinfold.daemon.p2p.bitswap.load import LoadSampler
 from pinfold.daemon.p2p.bitswap.message import (
     PROTOCOLS,
     Block,
-    BlockPresence,
-    CidPrefix,
     Message,
-    PresenceType,
 )
-from pinfold.daemon.p2p.bitswap.outbound import Envelope, Outbound, Outbox
+from pinfold.daemon.p2p.bitswap.outbound import Outbound, Outbox
 from pinfold.daemon.p2p.bitswap.server import LedgerStat, ServerEngine
+from pinfold.daemon.p2p.bitswap.serving import Serving
 from pinfold.daemon.p2p.bitswap.schedule import PeerPerf
 from pinfold.daemon.p2p.bitswap.stats import BitswapStats, FetchStats, LatencyHistogram
 from pinfold.daemon.p2p.bitswap.wants import WantManager
@@ -109,10 +108,9 @@ class Bitswap:
         self._outboxes: dict[ID, Outbox] = self._out.boxes
         self._inbound = InboundStreams(self, cfg, self._c)
         self._fetches = Fetches(self._wants, store, cfg, self._apply, self._check_running)
+        self._serving = Serving(self._engine, store, self._out, cfg)
         self._nursery: trio.Nursery | None = None
-        self._server_wake = trio.Event()
         self._running = False
-        self._serve_filter: ServeFilter | None = None
 
     # ------------------------------------------------------------ service
 
@@ -133,7 +131,7 @@ class Bitswap:
                     self._peer_up(peer)
                 nursery.start_soon(self._peer_events, events)
                 nursery.start_soon(self._inbound.run_direct)
-                nursery.start_soon(self._server_loop)
+                nursery.start_soon(self._serving.loop)
                 nursery.start_soon(self._ticker)
                 nursery.start_soon(self._rebroadcaster)
                 task_status.started()
@@ -154,7 +152,7 @@ class Bitswap:
             raise BitswapNotRunning("bitswap is not running (start Bitswap.run first)")
 
     def _wake_server(self) -> None:
-        self._server_wake.set()
+        self._serving.wake()
 
     # ------------------------------------------------------------ public API
 
@@ -245,7 +243,7 @@ class Bitswap:
         peers waiting for them are served."""
         woken = self._engine.blocks_added(cid_key(c) for c in cids)
         if woken:
-            self._server_wake.set()
+            self._serving.wake()
 
     def statistics(self) -> BitswapStats:
         """A frozen snapshot of the counters."""
@@ -307,7 +305,7 @@ class Bitswap:
         Returns:
             Wants dropped because their peers are refused now (``recheck_serve``).
         """
-        self._serve_filter = allowed
+        self._serving.filter = allowed
         return self.recheck_serve()
 
     def recheck_serve(self) -> int:
@@ -318,25 +316,7 @@ class Bitswap:
         Returns:
             How many wants were dropped.
         """
-        dropped = 0
-        for peer in self._engine.peers():
-            if self._may_serve(peer):  # type: ignore[arg-type]
-                continue
-            dropped += self._engine.drop_wants(peer)
-            self._out.drop_envelopes(peer)  # type: ignore[arg-type]
-        if dropped:
-            logger.info("bitswap: dropped %d wants of peers no longer allowed to fetch", dropped)
-        return dropped
-
-    def _may_serve(self, peer: ID) -> bool:
-        allowed = self._serve_filter
-        if allowed is None:
-            return True
-        try:
-            return bool(allowed(peer))
-        except Exception:
-            logger.exception("bitswap: serve filter failed for %s; refusing its wants", peer)
-            return False
+        return self._serving.recheck()
 
     # ------------------------------------------------------------ core actions
 
@@ -413,45 +393,6 @@ class Bitswap:
         if peer not in self._outboxes and peer in self._host.connected_peers():
             self._peer_up(peer)
 
-    # ------------------------------------------------------------ serving
-
-    def _block_size(self, cid: CID) -> int | None:
-        try:
-            return self._store.get_size(cid)
-        except BlockNotFound:
-            return None
-        except Exception as exc:
-            logger.warning("bitswap: store size lookup for %s failed: %r", cid, exc)
-            return None
-
-    async def _server_loop(self) -> None:
-        """Turn the engine's envelopes into messages on the peers' outboxes."""
-        while True:
-            env = self._engine.next_envelope(self._block_size)
-            if env is None:
-                await self._server_wake.wait()
-                self._server_wake = trio.Event()
-                continue
-            box = self._outboxes.get(env.peer)  # type: ignore[arg-type]
-            if box is None or box.closed:
-                self._engine.envelope_sent(env.peer, env.block_bytes, len(env.blocks), written=False)
-                continue
-            blocks: list[Block] = []
-            presences = [BlockPresence(cid=c, type=PresenceType.HAVE) for c in env.haves]
-            presences += [BlockPresence(cid=c, type=PresenceType.DONT_HAVE) for c in env.dont_haves]
-            for cid in env.blocks:
-                try:
-                    data = self._store.get(cid)
-                except BlockNotFound:
-                    presences.append(BlockPresence(cid=cid, type=PresenceType.DONT_HAVE))
-                    continue
-                blocks.append(Block(prefix=CidPrefix.of(cid), data=data))
-            if self.config.reply_delay_s:
-                await trio.sleep(self.config.reply_delay_s)  # test hook: a slow holder
-            box.add_env(Envelope(blocks=blocks, presences=presences,
-                                 block_bytes=env.block_bytes, nblocks=len(blocks)))
-            await trio.lowlevel.checkpoint()
-
     # ------------------------------------------------------------ inbound (InboundOwner)
 
     def is_banned(self, peer: ID) -> bool:
@@ -493,7 +434,7 @@ class Bitswap:
                           digests: Sequence[bytes | None] | None = None) -> StoreStep | None:
         now = trio.current_time()
         if msg.wantlist or msg.full:
-            if not self._may_serve(peer):
+            if not self._serving.may_serve(peer):
                 # Refused (bitswap.serve = "cluster"): no answer, not even DONT_HAVE, and
                 # nothing kept; wants it held from before were dropped by recheck_serve.
                 refused = sum(1 for e in msg.wantlist if not e.cancel)
@@ -502,7 +443,7 @@ class Bitswap:
                     logger.debug("bitswap: refused %d wants from %s (not allowed to fetch)",
                                  refused, peer)
             elif self._engine.receive_wantlist(peer, msg.wantlist, full=msg.full):
-                self._server_wake.set()
+                self._serving.wake()
         if msg.presences:
             self._apply(self._wants.on_presences(peer, msg.presences, now))
         if msg.blocks:
@@ -566,7 +507,7 @@ class Bitswap:
             raise
         self._engine.record_received(peer, len(accepted), nbytes)
         if self._engine.blocks_added(keys):
-            self._server_wake.set()
+            self._serving.wake()
         now = trio.current_time()
         for key, (_cid, data) in zip(keys, accepted, strict=True):
             res = self._wants.on_block(peer, key, now, len(data))

@@ -34,13 +34,12 @@ Blocks over 2 MiB are refused. Errors are ``MalformedMessage`` /
 
 Everything here is pure: bytes in, values out. Framing (the length prefix on
 a stream) is ``framing``; ``FrameDecoder``, ``frame`` and ``MAX_MESSAGE_SIZE``
-are re-exported here.
+are re-exported here, as is ``CidPrefix`` from ``prefix`` (a block's CID prefix).
 """
 
 from __future__ import annotations
 
 import enum
-import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final
@@ -51,6 +50,7 @@ from pinfold.blockstore.varint import encode_uvarint, read_uvarint
 
 from pinfold.daemon.p2p.bitswap.errors import MalformedMessage, MessageTooLarge
 from pinfold.daemon.p2p.bitswap.framing import MAX_MESSAGE_SIZE, FrameDecoder, frame
+from pinfold.daemon.p2p.bitswap.prefix import V0_PREFIX, CidPrefix
 
 __all__ = [
     "MAX_MESSAGE_SIZE",
@@ -128,81 +128,6 @@ class BlockPresence:
 
     cid: CID
     type: PresenceType
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class CidPrefix:
-    """A CID without its digest (``Block.prefix``): version, codec, hash code, digest length."""
-
-    version: int
-    codec: int
-    mh_code: int
-    mh_length: int
-
-    def to_bytes(self) -> bytes:
-        """The prefix as four uvarints."""
-        return b"".join(
-            encode_uvarint(v) for v in (self.version, self.codec, self.mh_code, self.mh_length)
-        )
-
-    @classmethod
-    def of(cls, cid: CID) -> CidPrefix:
-        """The prefix of ``cid``."""
-        return cls(
-            version=cid.version,
-            codec=cid.codec.code,
-            mh_code=cid.hashfun.code,
-            mh_length=len(cid.raw_digest),
-        )
-
-    def key_for_digest(self, digest: bytes) -> bytes:
-        """The store key (multihash bytes) of the CID with this prefix and raw
-        ``digest``, checked as ``cid_for_digest`` checks it, without building a
-        CID: the prefix is checked once, by building one CID per distinct prefix.
-
-        Raises:
-            MalformedMessage: as ``cid_for_digest``.
-        """
-        if len(digest) != self.mh_length:
-            raise MalformedMessage(
-                f"block prefix says a {self.mh_length}-byte digest, hash gives {len(digest)}"
-            )
-        return _checked_mh_header(self) + digest
-
-    def cid_for_digest(self, digest: bytes) -> CID:
-        """The CID with this prefix and raw ``digest``.
-
-        Raises:
-            MalformedMessage: the prefix names an impossible CID (bad version,
-                CIDv0 that is not dag-pb/sha2-256, digest length mismatch).
-        """
-        if len(digest) != self.mh_length:
-            raise MalformedMessage(
-                f"block prefix says a {self.mh_length}-byte digest, hash gives {len(digest)}"
-            )
-        mh = encode_uvarint(self.mh_code) + encode_uvarint(self.mh_length) + digest
-        try:
-            if self.version == 0:
-                if (self.codec, self.mh_code) != (0x70, 0x12):
-                    raise ValueError("CIDv0 must be dag-pb with sha2-256")
-                return CID("base58btc", 0, "dag-pb", mh)
-            if self.version != 1:
-                raise ValueError(f"CID version {self.version}")
-            return CID("base32", 1, self.codec, mh)
-        except Exception as exc:
-            raise MalformedMessage(f"block prefix names no valid CID: {exc}") from exc
-
-
-@functools.lru_cache(maxsize=64)
-def _checked_mh_header(prefix: CidPrefix) -> bytes:
-    """``<code><length>`` of ``prefix``'s multihash, once ``prefix`` named a valid CID
-    (errors are not cached)."""
-    prefix.cid_for_digest(bytes(prefix.mh_length))
-    return encode_uvarint(prefix.mh_code) + encode_uvarint(prefix.mh_length)
-
-
-#: prefix of every CIDv0 block (Bitswap 1.0.0 sends blocks without prefixes)
-V0_PREFIX: Final = CidPrefix(version=0, codec=0x70, mh_code=0x12, mh_length=32)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
