@@ -17,7 +17,9 @@ and every pin has between rmin and rmax holders that say ``pinned`` (holders
 counted on nodes that are up; a pin is available only where a holder is).
 
 Meanwhile a sampler thread reads every node's pinned set about three times a
-second. From those samples: how long each new pin took to first reach rmin,
+second, each time in node order and then in reverse (``Campaign.sample``: one
+pass spread over a second can catch a handover between two holders half
+before and half after). From those samples: how long each new pin took to first reach rmin,
 and every episode in which a pin that had reached rmin fell below it:
 
 * with every node up, no pin may fall below rmin at all: partitions do not

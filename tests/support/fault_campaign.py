@@ -74,24 +74,38 @@ class Campaign:
         except Exception:  # noqa: BLE001 - a node being killed or restarted
             return None
 
-    def sample(self) -> Sample:
+    def sample(self, *, both_ways: bool = False) -> Sample:
+        """Every up node's pinned set, read one node after another.
+
+        With ``both_ways`` (the sampler's samples, from which episodes below rmin
+        are found) the nodes are read in order and then in reverse, and a node
+        holds what it listed in either pass. The reads of one pass are spread
+        over time (seconds, under load), so one pass can read the holder that
+        takes over a copy before it has pinned it and the holder that hands the
+        copy over after it released it: one copy seen where there were always
+        two (the planner drops an extra only once the newcomer reports pinned).
+        The reverse pass reads the newcomer again after that release. A drop
+        below rmin that lasts the sample is seen in both passes.
+        """
         with self.lock:
             up = frozenset(i for i in range(N) if i not in self.down)
-        pinned = {}
-        for i in up:
+        pinned: dict[int, frozenset[str]] = {}
+        order = sorted(up)
+        for i in [*order, *reversed(order)] if both_ways else order:
             got = self.pinned_on(i)
             if got is not None:
-                pinned[i] = got
+                pinned[i] = pinned.get(i, frozenset()) | got
         with self.lock:  # a node killed while we read it does not count as up
-            alive = frozenset(i for i in up if i not in self.down)
-        # A running node that did not answer (busy starting, a slow RPC) is not
+            alive = frozenset(i for i in range(N) if i not in self.down)
+        # A running node that did not answer (busy starting, a slow RPC), or that
+        # came back while the others were read and so was not read at all, is not
         # known to hold nothing: such a sample does not count for episodes.
         return Sample(time.monotonic(), alive & frozenset(pinned), pinned,
                       complete=alive <= frozenset(pinned))
 
     def sampler(self) -> None:
         while not self.stop.is_set():
-            s = self.sample()
+            s = self.sample(both_ways=True)
             with self.lock:
                 self.samples.append(s)
             self.stop.wait(SAMPLE_S)
