@@ -286,6 +286,8 @@ def test_malformed_client_frames_are_named(body: bytes, needle: str) -> None:
     {"t": "hello", "protocol": "other", "version": 1, "window": w.DEFAULT_WINDOW_BYTES},
     {"t": "hello", "protocol": "pinfold-rpc", "version": "1"},
     {"t": "hello", "protocol": "pinfold-rpc", "version": 9, "new_field": 1},
+    {"t": "hello", "protocol": "pinfold-rpc", "version": [1]},   # unhashable: not looked up
+    {"t": "hello", "protocol": "pinfold-rpc", "version": {"v": 1}},
 ])
 def test_unsupported_hello_names_the_versions(hello: dict) -> None:
     with pytest.raises(w.WireError) as err:

@@ -297,7 +297,8 @@ def decode_client_message(body: bytes | bytearray | memoryview | Bulk) -> Client
     if kind == "hello":
         # Name and version first: a newer client's hello may carry fields this version lacks.
         protocol, version = obj.get("protocol"), obj.get("version")
-        if protocol != PROTOCOL or version not in SUPPORTED_VERSIONS or type(version) is not int:
+        # The type first: a list or a map is not hashable, so not looked up in the set.
+        if protocol != PROTOCOL or type(version) is not int or version not in SUPPORTED_VERSIONS:
             raise WireError(
                 "unsupported_version",
                 f"this daemon speaks {PROTOCOL} version {max(SUPPORTED_VERSIONS)}; the client "
