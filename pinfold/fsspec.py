@@ -10,10 +10,11 @@ safetensors or ``datasets`` can open one file of a DAG lazily::
 Registered through the ``fsspec.specs`` entry point (pyproject.toml). Paths are
 ``CID``, ``CID/path/in/dag``, ``NAME@VERSION|TAG[/path]`` or ``NAME/path``
 (the daemon's resolver, ``daemon/resolver.py``); anything missing is
-``FileNotFoundError``, content no peer sends in time ``TimeoutError``. Names may hold ``/``: in ``pinfold://org/data/x.csv``
-(no ``@``, first part not a CID) the name is the longest run of leading parts
-that is a known name (``org/data``), at its ``main`` (as Hugging Face's
-default revision), and the rest is the path inside. When no leading run is
+``FileNotFoundError``, content no peer sends in time ``TimeoutError``. Names
+may hold ``/``: in ``pinfold://org/data/x.csv`` (no ``@``, first part not a
+CID) the name is the longest run of leading parts that is a known name
+(``org/data``), at its ``main`` (as Hugging Face's default revision), and the
+rest is the path inside. When no leading run is
 a known name the error is ``NameOrCIDNotFound`` (a ``FileNotFoundError`` and,
 since the text may be a mistyped CID, a ``ValueError``) naming the URL and
 suggesting ``NAME@REF/path``.

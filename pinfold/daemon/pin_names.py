@@ -82,7 +82,7 @@ def check_retire(book: NameBook, name: str, version: int) -> None:
     refs = [f"{name}@{t}" for t in tags]
     if view.default_version() == version:
         refs.append(f"{name} alone")
-    live = [n for n in view.versions if n != version and n not in view.retired]
+    live = [n for n in view.live() if n != version]
     if live:
         how = (f"move the tag{'s' if many else ''} first with "
                + " then ".join(f"`pinfold tag {name}@{max(live)} {t}`" for t in tags)
@@ -90,9 +90,7 @@ def check_retire(book: NameBook, name: str, version: int) -> None:
     else:
         how = (f"push a new version and move the tag{'s' if many else ''} there with "
                f"`pinfold tag {name}@N TAG` (it is the only live version of {name})")
-    root = view.versions[version].record.root  # type: ignore[union-attr]
-    shared = any(view.versions[n].record.root == root for n in live)  # type: ignore[union-attr]
-    after = "" if shared else " whose blocks `repo gc` deletes"
+    after = "" if view.sharing_root(version) else " whose blocks `repo gc` deletes"
     raise PinInUse(f"{ref} has tag{'s' if many else ''} {', '.join(tags)} "
                    f"({', '.join(refs)} resolve{'' if len(refs) > 1 else 's'} to it): "
                    f"{how}, or retire it anyway with `pinfold versions rm --force {ref}` "

@@ -116,10 +116,20 @@ class NameView:
     rejected: int = 0
     max_lamport: int = 0
 
+    def live(self) -> list[int]:
+        """The version numbers not retired, in the order they were added."""
+        return [v for v in self.versions if v not in self.retired]
+
+    def sharing_root(self, version: int) -> list[int]:
+        """The live versions other than ``version`` whose root CID is ``version``'s,
+        ascending: retiring ``version`` must leave that root pinned for them."""
+        root = self.versions[version].record.root  # type: ignore[union-attr]
+        return sorted(n for n in self.live() if n != version
+                      and self.versions[n].record.root == root)  # type: ignore[union-attr]
+
     def latest(self) -> int | None:
         """The newest version not retired (else the newest), or None."""
-        live = [v for v in self.versions if v not in self.retired]
-        pool = live or list(self.versions)
+        pool = self.live() or list(self.versions)
         return max(pool) if pool else None
 
     def default_version(self) -> int | None:

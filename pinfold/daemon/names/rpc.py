@@ -237,9 +237,7 @@ def name_handlers(names: NameService, *,
         if not force:
             check_retire(book, ref.name, ref.ref)
         # A root another live version holds stays pinned (``shared`` names them).
-        shared = sorted(n for n, s in view.versions.items()
-                        if n != ref.ref and n not in view.retired
-                        and s.record.root == rec.root)  # type: ignore[union-attr]
+        shared = view.sharing_root(ref.ref)
         unpinned = False
         if not already and not shared:
             try:
@@ -263,7 +261,7 @@ def name_handlers(names: NameService, *,
         for name in book.names():
             v = book.view(name)
             assert v is not None
-            live = [n for n in v.versions if n not in v.retired]
+            live = v.live()
             out.append({"name": name, "versions": len(live),
                         "retired": len(v.versions) - len(live),
                         "latest": max(live, default=None), "creator": key_text(v.creator),
